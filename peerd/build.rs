@@ -1,0 +1,29 @@
+//! Compiles `proto/` with protox (no system `protoc`) and generates prost/tonic code.
+
+use anyhow::Context;
+
+const PROTOS: &[&str] = &[
+    "envoy/service/discovery/v3/discovery.proto",
+    "istio/workload/workload.proto",
+    "istio/security/authorization.proto",
+    "peerd/debug/v1/debug.proto",
+];
+
+fn main() -> anyhow::Result<()> {
+    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    let fds = protox::compile(PROTOS, [&proto_root]).context("compiling proto/")?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )
+    .context("writing descriptor set")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".envoy.service.discovery.v3")
+        .compile_fds(fds)
+        .context("generating code")?;
+    Ok(())
+}

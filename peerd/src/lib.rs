@@ -1,0 +1,9 @@
+//! peerd links Istio ambient meshes across clusters: it federates WDS/WADS between the
+//! local istiod and peered clusters and serves the merged view to the node's ztunnel.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of modules.
+
+pub mod proto;
+pub mod store;
+pub mod view;
+pub mod xds;

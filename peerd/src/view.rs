@@ -1,0 +1,267 @@
+//! A `View` is one published, versioned set of resources of both types: what one
+//! upstream sent (per origin, in the store), what ztunnel is served (the merged view), or
+//! what peers are served (the export view), or what a simulated istiod serves.
+//!
+//! Readers take O(1) snapshots (`arc-swap` over persistent `imbl` maps); a writer
+//! changes only the names it touches and publishes a [`ChangeSet`] naming them, so a
+//! single change never copies the whole state.
+//!
+//! Architecture invariant: a `ChangeSet` is published only after the snapshot that
+//! contains it is visible, so a subscriber that reads the snapshot after receiving a
+//! change always sees that change (or a later one). A subscriber that lags (the
+//! broadcast ring overflowed) must fall back to a full comparison against a snapshot.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::broadcast;
+
+use crate::xds::resource::{Resource, Summary};
+use crate::xds::types::{PerType, ResourceType};
+
+/// Names changed (added, updated or removed) by one write to a view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub version: u64,
+    pub kind: ResourceType,
+    pub names: Vec<Arc<str>>,
+}
+
+pub type ResourceMap = imbl::OrdMap<Arc<str>, Arc<Resource>>;
+
+/// An immutable snapshot of a view.
+#[derive(Clone, Default)]
+pub struct ViewState {
+    pub version: u64,
+    resources: PerType<ResourceMap>,
+    /// `network/IP` (ztunnel's on-demand key) → name of the workload or service owning it.
+    by_address: imbl::HashMap<Arc<str>, Arc<str>>,
+}
+
+impl ViewState {
+    pub fn get(&self, kind: ResourceType, name: &str) -> Option<&Arc<Resource>> {
+        self.resources.get(kind).get(name)
+    }
+
+    pub fn resources(&self, kind: ResourceType) -> &ResourceMap {
+        self.resources.get(kind)
+    }
+
+    pub fn len(&self, kind: ResourceType) -> usize {
+        self.resources.get(kind).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        ResourceType::ALL.iter().all(|t| self.len(*t) == 0)
+    }
+
+    /// Resolves an on-demand key for the Address type: a workload uid, a service
+    /// `namespace/hostname`, or `network/IP`.
+    pub fn resolve_address_key(&self, key: &str) -> Option<&Arc<Resource>> {
+        let by_name = self.get(ResourceType::Address, key);
+        by_name.or_else(|| {
+            self.by_address
+                .get(key)
+                .and_then(|name| self.get(ResourceType::Address, name))
+        })
+    }
+
+    /// Counts (workloads, services) of the Address type, and authorizations.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let workloads = self
+            .resources(ResourceType::Address)
+            .values()
+            .filter(|r| matches!(r.summary, Summary::Workload(_)))
+            .count();
+        let addresses = self.len(ResourceType::Address);
+        (
+            workloads,
+            addresses - workloads,
+            self.len(ResourceType::Authorization),
+        )
+    }
+}
+
+/// `network/IP` keys of a resource, in ztunnel's on-demand format.
+pub fn address_keys(r: &Resource) -> Vec<Arc<str>> {
+    fn key(network: &str, ip: &IpAddr) -> Arc<str> {
+        Arc::from(format!("{network}/{ip}"))
+    }
+    match &r.summary {
+        Summary::Workload(w) => w.addresses.iter().map(|ip| key(&w.network, ip)).collect(),
+        Summary::Service(s) => s.vips.iter().map(|(n, ip)| key(n, ip)).collect(),
+        Summary::Authorization(_) => Vec::new(),
+    }
+}
+
+pub struct View {
+    label: Arc<str>,
+    state: ArcSwap<ViewState>,
+    /// Serializes writers; readers never take it.
+    writer: Mutex<()>,
+    changes: broadcast::Sender<Arc<ChangeSet>>,
+}
+
+/// How many change sets a subscriber may fall behind before it must resync fully.
+const CHANGE_RING: usize = 4096;
+
+impl View {
+    pub fn new(label: impl Into<Arc<str>>) -> Arc<View> {
+        let (changes, _) = broadcast::channel(CHANGE_RING);
+        Arc::new(View {
+            label: label.into(),
+            state: ArcSwap::from_pointee(ViewState::default()),
+            writer: Mutex::new(()),
+            changes,
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn snapshot(&self) -> Arc<ViewState> {
+        self.state.load_full()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeSet>> {
+        self.changes.subscribe()
+    }
+
+    /// Applies upserts and removals of one type atomically. A resource whose version
+    /// and bytes equal the held one is not a change. Returns the published change set,
+    /// or `None` when nothing changed.
+    pub fn apply(
+        &self,
+        kind: ResourceType,
+        upserts: impl IntoIterator<Item = Arc<Resource>>,
+        removals: impl IntoIterator<Item = Arc<str>>,
+    ) -> Option<Arc<ChangeSet>> {
+        // A poisoned lock only means another writer panicked; the state behind the
+        // ArcSwap is still a consistent snapshot.
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.state.load_full();
+        let mut next = ViewState::clone(&current);
+        let mut names = Vec::new();
+        for name in removals {
+            if let Some(old) = next.resources.get_mut(kind).remove(&name) {
+                unindex(&mut next.by_address, &old);
+                names.push(name);
+            }
+        }
+        for r in upserts {
+            debug_assert_eq!(r.kind, kind);
+            let map = next.resources.get_mut(kind);
+            if let Some(old) = map.get(&r.name) {
+                if old.version == r.version && old.body == r.body {
+                    continue;
+                }
+                let old = Arc::clone(old);
+                unindex(&mut next.by_address, &old);
+            }
+            for key in address_keys(&r) {
+                next.by_address.insert(key, Arc::clone(&r.name));
+            }
+            names.push(Arc::clone(&r.name));
+            next.resources.get_mut(kind).insert(Arc::clone(&r.name), r);
+        }
+        if names.is_empty() {
+            return None;
+        }
+        next.version = current.version + 1;
+        let change = Arc::new(ChangeSet {
+            version: next.version,
+            kind,
+            names,
+        });
+        self.state.store(Arc::new(next));
+        // No subscribers is fine: nobody is listening yet.
+        let _ = self.changes.send(Arc::clone(&change));
+        Some(change)
+    }
+
+    /// Makes the view hold exactly `resources` for `kind`, removing the rest.
+    pub fn replace_all(
+        &self,
+        kind: ResourceType,
+        resources: impl IntoIterator<Item = Arc<Resource>>,
+    ) -> Option<Arc<ChangeSet>> {
+        let resources: Vec<Arc<Resource>> = resources.into_iter().collect();
+        let keep: std::collections::HashSet<&str> =
+            resources.iter().map(|r| &*r.name).collect();
+        let snapshot = self.snapshot();
+        let removals: Vec<Arc<str>> = snapshot
+            .resources(kind)
+            .keys()
+            .filter(|n| !keep.contains(&***n))
+            .cloned()
+            .collect();
+        self.apply(kind, resources, removals)
+    }
+}
+
+fn unindex(index: &mut imbl::HashMap<Arc<str>, Arc<str>>, old: &Resource) {
+    for key in address_keys(old) {
+        if index.get(&key).is_some_and(|n| *n == old.name) {
+            index.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::istio::workload;
+
+    fn wl(uid: &str, ip: [u8; 4], node: &str) -> Arc<Resource> {
+        Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: uid.into(),
+                name: uid.into(),
+                namespace: "default".into(),
+                addresses: vec![ip.to_vec()],
+                node: node.into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn apply_publishes_only_changed_names_and_snapshots_are_stable() {
+        let view = View::new("test");
+        let mut rx = view.subscribe();
+        let before = view.snapshot();
+        let c = view
+            .apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1"), wl("b", [127, 0, 0, 3], "n1")], [])
+            .unwrap();
+        assert_eq!(c.names.len(), 2);
+        assert_eq!(rx.recv().await.unwrap().names.len(), 2);
+        // Same content again: not a change.
+        assert!(view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1")], []).is_none());
+        // Update one and remove the other.
+        let c = view
+            .apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n2")], [Arc::from("b")])
+            .unwrap();
+        assert_eq!(c.names, vec![Arc::<str>::from("b"), Arc::from("a")]);
+        assert!(before.is_empty(), "old snapshot unchanged");
+        let now = view.snapshot();
+        assert_eq!(now.len(ResourceType::Address), 1);
+        assert_eq!(now.version, 2);
+    }
+
+    #[test]
+    fn on_demand_keys_resolve_by_network_ip_and_follow_updates() {
+        let view = View::new("test");
+        view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1")], []);
+        assert_eq!(&*view.snapshot().resolve_address_key("/127.0.0.2").unwrap().name, "a");
+        view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 9], "n1")], []);
+        let s = view.snapshot();
+        assert!(s.resolve_address_key("/127.0.0.2").is_none());
+        assert_eq!(&*s.resolve_address_key("/127.0.0.9").unwrap().name, "a");
+        assert_eq!(&*s.resolve_address_key("a").unwrap().name, "a");
+        view.replace_all(ResourceType::Address, []);
+        assert!(view.snapshot().resolve_address_key("/127.0.0.9").is_none());
+    }
+}

@@ -1,0 +1,9 @@
+//! xDS: the wire types, resource validation, wire-level editing, the delta ADS client
+//! (to istiod and peers) and the delta ADS server (to ztunnel and peers).
+
+pub mod resource;
+pub mod stats;
+pub mod types;
+
+pub use resource::{Resource, ResourceError, Summary};
+pub use types::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, PerType, ResourceType};

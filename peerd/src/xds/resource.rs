@@ -1,0 +1,406 @@
+//! One xDS resource as peerd holds it: the original `Any.value` bytes (forwarded
+//! unchanged, so fields unknown to our schema survive) plus a small decoded summary used
+//! for validation, indexing and federation decisions.
+//!
+//! Architecture invariant: `body` is never re-encoded from the summary or from prost
+//! structs. Changes to a received resource go through [`crate::xds::wire`].
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::proto::istio::{security, workload};
+use crate::xds::types::ResourceType;
+
+/// A validated resource. Cheap to clone behind an `Arc`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub kind: ResourceType,
+    /// The semantic xDS name: a workload's `uid`, a service's `namespace/hostname`, an
+    /// authorization's `namespace/name`.
+    pub name: Arc<str>,
+    /// The version this resource is announced with. For resources held from an upstream
+    /// it is the upstream's version (echoed in `initial_resource_versions`); for resources
+    /// peerd serves it is [`content_version`] of `body`.
+    pub version: Arc<str>,
+    /// The `Any.value` bytes exactly as received (or as edited at the wire level).
+    pub body: Bytes,
+    pub summary: Summary,
+}
+
+impl fmt::Debug for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resource")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// The fields peerd inspects. Everything else stays opaque in `Resource::body`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Summary {
+    Workload(WorkloadSummary),
+    Service(ServiceSummary),
+    Authorization(AuthorizationSummary),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkloadSummary {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub cluster_id: String,
+    pub network: String,
+    pub addresses: Vec<IpAddr>,
+    pub trust_domain: String,
+    pub service_account: String,
+    /// Keys (`namespace/hostname`) of the services this workload backs.
+    pub services: Vec<String>,
+    pub has_network_gateway: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    /// (network, address) of each VIP.
+    pub vips: Vec<(String, IpAddr)>,
+    /// (service_port, target_port) pairs.
+    pub ports: Vec<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthorizationSummary {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// Why a resource was rejected. The `Display` form is what goes into a NACK after
+/// `"<name>: "`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceError {
+    #[error("resource has no payload")]
+    MissingPayload,
+    #[error("payload type {found} does not match response type {expected}")]
+    TypeMismatch { expected: String, found: String },
+    #[error("cannot decode {kind}: {reason}")]
+    Malformed { kind: ResourceType, reason: String },
+    #[error("Address has neither a workload nor a service")]
+    EmptyAddress,
+    #[error("{field} has an address of {len} bytes (must be 4 or 16)")]
+    BadAddressLength { field: &'static str, len: usize },
+    #[error("workload has no uid")]
+    MissingUid,
+    #[error("service has no hostname or namespace")]
+    MissingHostname,
+    #[error("authorization has no name or namespace")]
+    MissingAuthorizationName,
+    #[error("services key {0:?} is not namespace/hostname")]
+    BadServiceKey(String),
+    #[error("resource name does not match its content (expected {expected:?})")]
+    NameMismatch { expected: String },
+    #[error("duplicate name in one response")]
+    Duplicate,
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl Resource {
+    /// Validates a received payload and builds the resource, keeping `body` as is.
+    /// `name` is the name the sender gave it; it must equal the semantic name.
+    pub fn from_wire(
+        kind: ResourceType,
+        name: &str,
+        version: &str,
+        body: Bytes,
+    ) -> Result<Resource, ResourceError> {
+        let summary = summarize(kind, &body)?;
+        let expected = summary.semantic_name();
+        if expected != name {
+            return Err(ResourceError::NameMismatch { expected });
+        }
+        Ok(Resource {
+            kind,
+            name: Arc::from(name),
+            version: Arc::from(version),
+            body,
+            summary,
+        })
+    }
+
+    /// Builds a resource peerd originates (simulator, federation output), named by its
+    /// content and versioned by its bytes.
+    pub fn from_body(kind: ResourceType, body: Bytes) -> Result<Resource, ResourceError> {
+        let summary = summarize(kind, &body)?;
+        let name: Arc<str> = Arc::from(summary.semantic_name());
+        let version = content_version(&body);
+        Ok(Resource {
+            kind,
+            name,
+            version,
+            body,
+            summary,
+        })
+    }
+
+    pub fn workload(w: &workload::Workload) -> Result<Resource, ResourceError> {
+        let addr = workload::Address {
+            r#type: Some(workload::address::Type::Workload(w.clone())),
+        };
+        Resource::from_body(ResourceType::Address, Bytes::from(addr.encode_to_vec()))
+    }
+
+    pub fn service(s: &workload::Service) -> Result<Resource, ResourceError> {
+        let addr = workload::Address {
+            r#type: Some(workload::address::Type::Service(s.clone())),
+        };
+        Resource::from_body(ResourceType::Address, Bytes::from(addr.encode_to_vec()))
+    }
+
+    pub fn authorization(a: &security::Authorization) -> Result<Resource, ResourceError> {
+        Resource::from_body(ResourceType::Authorization, Bytes::from(a.encode_to_vec()))
+    }
+
+    /// The same resource announced under a content-derived version (what peerd serves).
+    pub fn with_content_version(&self) -> Resource {
+        Resource {
+            version: content_version(&self.body),
+            ..self.clone()
+        }
+    }
+
+    /// Replaces the body (after a wire edit) and re-validates it.
+    pub fn with_body(&self, body: Bytes) -> Result<Resource, ResourceError> {
+        Resource::from_body(self.kind, body)
+    }
+
+    pub fn as_workload(&self) -> Option<&WorkloadSummary> {
+        match &self.summary {
+            Summary::Workload(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn as_service(&self) -> Option<&ServiceSummary> {
+        match &self.summary {
+            Summary::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Full prost decode, for inspection only (unknown fields are dropped by prost).
+    pub fn decode_address(&self) -> Option<workload::Address> {
+        match self.kind {
+            ResourceType::Address => workload::Address::decode(self.body.as_ref()).ok(),
+            ResourceType::Authorization => None,
+        }
+    }
+}
+
+impl Summary {
+    /// The xDS name ztunnel expects for this content.
+    pub fn semantic_name(&self) -> String {
+        match self {
+            Summary::Workload(w) => w.uid.clone(),
+            Summary::Service(s) => format!("{}/{}", s.namespace, s.hostname),
+            Summary::Authorization(a) => format!("{}/{}", a.namespace, a.name),
+        }
+    }
+}
+
+/// A version string derived from the bytes: equal bytes ⇔ equal version (64-bit FNV-1a),
+/// stable across restarts so a reconnecting client's `initial_resource_versions` match.
+pub fn content_version(body: &[u8]) -> Arc<str> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in body {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Arc::from(format!("{hash:016x}"))
+}
+
+fn malformed(kind: ResourceType, e: prost::DecodeError) -> ResourceError {
+    ResourceError::Malformed {
+        kind,
+        reason: e.to_string(),
+    }
+}
+
+pub fn ip_from_bytes(field: &'static str, b: &[u8]) -> Result<IpAddr, ResourceError> {
+    match b.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(b).map_err(|_| {
+            ResourceError::BadAddressLength { field, len: b.len() }
+        })?)),
+        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(b).map_err(|_| {
+            ResourceError::BadAddressLength { field, len: b.len() }
+        })?)),
+        len => Err(ResourceError::BadAddressLength { field, len }),
+    }
+}
+
+/// Decodes and validates the payload the way ztunnel would, returning the summary.
+pub fn summarize(kind: ResourceType, body: &[u8]) -> Result<Summary, ResourceError> {
+    match kind {
+        ResourceType::Address => {
+            let addr = workload::Address::decode(body).map_err(|e| malformed(kind, e))?;
+            match addr.r#type {
+                Some(workload::address::Type::Workload(w)) => summarize_workload(w),
+                Some(workload::address::Type::Service(s)) => summarize_service(s),
+                None => Err(ResourceError::EmptyAddress),
+            }
+        }
+        ResourceType::Authorization => {
+            let a = security::Authorization::decode(body).map_err(|e| malformed(kind, e))?;
+            if a.name.is_empty() || a.namespace.is_empty() {
+                return Err(ResourceError::MissingAuthorizationName);
+            }
+            for rule in &a.rules {
+                for clause in &rule.clauses {
+                    for m in &clause.matches {
+                        for ip in m
+                            .source_ips
+                            .iter()
+                            .chain(&m.not_source_ips)
+                            .chain(&m.destination_ips)
+                            .chain(&m.not_destination_ips)
+                        {
+                            ip_from_bytes("Match address", &ip.address)?;
+                        }
+                    }
+                }
+            }
+            Ok(Summary::Authorization(AuthorizationSummary {
+                name: a.name,
+                namespace: a.namespace,
+            }))
+        }
+    }
+}
+
+fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
+    if w.uid.is_empty() {
+        return Err(ResourceError::MissingUid);
+    }
+    let addresses = w
+        .addresses
+        .iter()
+        .map(|a| ip_from_bytes("Workload.addresses", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(gw) = &w.network_gateway {
+        if let Some(workload::gateway_address::Destination::Address(a)) = &gw.destination {
+            ip_from_bytes("Workload.network_gateway", &a.address)?;
+        }
+    }
+    let mut services: Vec<String> = w.services.keys().cloned().collect();
+    services.sort();
+    if let Some(bad) = services.iter().find(|k| !k.contains('/')) {
+        return Err(ResourceError::BadServiceKey(bad.clone()));
+    }
+    Ok(Summary::Workload(WorkloadSummary {
+        uid: w.uid,
+        name: w.name,
+        namespace: w.namespace,
+        cluster_id: w.cluster_id,
+        network: w.network,
+        addresses,
+        trust_domain: w.trust_domain,
+        service_account: w.service_account,
+        services,
+        has_network_gateway: w.network_gateway.is_some(),
+    }))
+}
+
+fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
+    if s.hostname.is_empty() || s.namespace.is_empty() {
+        return Err(ResourceError::MissingHostname);
+    }
+    let vips = s
+        .addresses
+        .iter()
+        .map(|a| Ok((a.network.clone(), ip_from_bytes("Service.addresses", &a.address)?)))
+        .collect::<Result<Vec<_>, ResourceError>>()?;
+    Ok(Summary::Service(ServiceSummary {
+        name: s.name,
+        namespace: s.namespace,
+        hostname: s.hostname,
+        vips,
+        ports: s.ports.iter().map(|p| (p.service_port, p.target_port)).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_workload() -> workload::Workload {
+        workload::Workload {
+            uid: "c1//Pod/default/echo-0".into(),
+            name: "echo-0".into(),
+            namespace: "default".into(),
+            addresses: vec![vec![127, 1, 1, 1]],
+            cluster_id: "c1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workload_is_named_by_uid_and_versioned_by_content() {
+        let r = Resource::workload(&sample_workload()).unwrap();
+        assert_eq!(&*r.name, "c1//Pod/default/echo-0");
+        assert_eq!(r.version, content_version(&r.body));
+        let w = r.as_workload().unwrap();
+        assert_eq!(w.addresses, vec!["127.1.1.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn rejects_bad_address_length() {
+        let mut w = sample_workload();
+        w.addresses = vec![vec![1, 2, 3]];
+        let addr = workload::Address {
+            r#type: Some(workload::address::Type::Workload(w)),
+        };
+        let err = summarize(ResourceType::Address, &addr.encode_to_vec()).unwrap_err();
+        assert_eq!(
+            err,
+            ResourceError::BadAddressLength {
+                field: "Workload.addresses",
+                len: 3
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_and_empty_and_misnamed() {
+        assert!(matches!(
+            summarize(ResourceType::Address, &[0xff, 0xff, 0xff]),
+            Err(ResourceError::Malformed { .. })
+        ));
+        assert_eq!(
+            summarize(ResourceType::Address, &[]),
+            Err(ResourceError::EmptyAddress)
+        );
+        let r = Resource::workload(&sample_workload()).unwrap();
+        let err = Resource::from_wire(ResourceType::Address, "wrong", "v1", r.body).unwrap_err();
+        assert_eq!(
+            err,
+            ResourceError::NameMismatch {
+                expected: "c1//Pod/default/echo-0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn service_key_without_slash_is_rejected() {
+        let mut w = sample_workload();
+        w.services.insert("noslash".into(), workload::PortList::default());
+        let err = Resource::workload(&w).unwrap_err();
+        assert_eq!(err, ResourceError::BadServiceKey("noslash".into()));
+    }
+}
