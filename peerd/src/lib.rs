@@ -3,7 +3,11 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 
+pub mod cli;
+pub mod federation;
 pub mod proto;
 pub mod store;
+pub mod telemetry;
+pub mod version;
 pub mod view;
 pub mod xds;
