@@ -299,10 +299,12 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
         .iter()
         .map(|a| ip_from_bytes("Workload.addresses", a))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(gw) = &w.network_gateway {
-        if let Some(workload::gateway_address::Destination::Address(a)) = &gw.destination {
-            ip_from_bytes("Workload.network_gateway", &a.address)?;
-        }
+    if let Some(workload::GatewayAddress {
+        destination: Some(workload::gateway_address::Destination::Address(a)),
+        ..
+    }) = &w.network_gateway
+    {
+        ip_from_bytes("Workload.network_gateway", &a.address)?;
     }
     let mut services: Vec<String> = w.services.keys().cloned().collect();
     services.sort();
