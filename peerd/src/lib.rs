@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cli;
 pub mod federation;
+pub mod identity;
 pub mod proto;
 pub mod store;
 pub mod telemetry;
