@@ -4,6 +4,7 @@
 pub mod resource;
 pub mod stats;
 pub mod types;
+pub mod wire;
 
 pub use resource::{Resource, ResourceError, Summary};
 pub use types::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, PerType, ResourceType};
