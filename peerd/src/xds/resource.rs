@@ -236,16 +236,10 @@ fn malformed(kind: ResourceType, e: prost::DecodeError) -> ResourceError {
 pub fn ip_from_bytes(field: &'static str, b: &[u8]) -> Result<IpAddr, ResourceError> {
     match b.len() {
         4 => Ok(IpAddr::from(<[u8; 4]>::try_from(b).map_err(|_| {
-            ResourceError::BadAddressLength {
-                field,
-                len: b.len(),
-            }
+            ResourceError::BadAddressLength { field, len: b.len() }
         })?)),
         16 => Ok(IpAddr::from(<[u8; 16]>::try_from(b).map_err(|_| {
-            ResourceError::BadAddressLength {
-                field,
-                len: b.len(),
-            }
+            ResourceError::BadAddressLength { field, len: b.len() }
         })?)),
         len => Err(ResourceError::BadAddressLength { field, len }),
     }
@@ -330,23 +324,14 @@ fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
     let vips = s
         .addresses
         .iter()
-        .map(|a| {
-            Ok((
-                a.network.clone(),
-                ip_from_bytes("Service.addresses", &a.address)?,
-            ))
-        })
+        .map(|a| Ok((a.network.clone(), ip_from_bytes("Service.addresses", &a.address)?)))
         .collect::<Result<Vec<_>, ResourceError>>()?;
     Ok(Summary::Service(ServiceSummary {
         name: s.name,
         namespace: s.namespace,
         hostname: s.hostname,
         vips,
-        ports: s
-            .ports
-            .iter()
-            .map(|p| (p.service_port, p.target_port))
-            .collect(),
+        ports: s.ports.iter().map(|p| (p.service_port, p.target_port)).collect(),
     }))
 }
 
@@ -414,8 +399,7 @@ mod tests {
     #[test]
     fn service_key_without_slash_is_rejected() {
         let mut w = sample_workload();
-        w.services
-            .insert("noslash".into(), workload::PortList::default());
+        w.services.insert("noslash".into(), workload::PortList::default());
         let err = Resource::workload(&w).unwrap_err();
         assert_eq!(err, ResourceError::BadServiceKey("noslash".into()));
     }

@@ -40,9 +40,8 @@ impl ResourceType {
             return Some(t);
         }
         match s.to_ascii_lowercase().as_str() {
-            "address" | "addresses" | "workload" | "workloads" | "service" | "services" | "wds" => {
-                Some(ResourceType::Address)
-            }
+            "address" | "addresses" | "workload" | "workloads" | "service" | "services"
+            | "wds" => Some(ResourceType::Address),
             "authorization" | "authorizations" | "authz" | "wads" | "policy" | "policies" => {
                 Some(ResourceType::Authorization)
             }
@@ -98,10 +97,7 @@ mod tests {
             ResourceType::from_type_url("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
             None
         );
-        assert_eq!(
-            ResourceType::parse_loose("authz"),
-            Some(ResourceType::Authorization)
-        );
+        assert_eq!(ResourceType::parse_loose("authz"), Some(ResourceType::Authorization));
         assert_eq!(ResourceType::parse_loose("nope"), None);
     }
 }
