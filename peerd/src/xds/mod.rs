@@ -1,8 +1,12 @@
 //! xDS: the wire types, resource validation, wire-level editing, the delta ADS client
 //! (to istiod and peers) and the delta ADS server (to ztunnel and peers).
 
+pub mod auth;
+pub mod client;
 pub mod resource;
+pub mod server;
 pub mod stats;
+pub mod transport;
 pub mod types;
 pub mod wire;
 
