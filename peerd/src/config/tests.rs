@@ -595,6 +595,11 @@ fn each_invalid_value_names_its_field() {
             "not an IP address or hostname",
         ),
         (
+            "cluster: c1\npeers: [{ cluster: c2, address: 10.0.0.300 }]",
+            "peers[0].address",
+            "not an IP address or hostname",
+        ),
+        (
             "cluster: c1\npeers: [{ cluster: c2, address: 10.0.0.1, port: 0 }]",
             "peers[0].port",
             "0 is not a port",

@@ -791,11 +791,16 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// A DNS hostname (any case, labels of letters, digits and '-', optional trailing dot).
+/// A DNS hostname (any case, labels of letters, digits and '-', optional trailing dot;
+/// the last label is not all digits, so a mistyped IPv4 address is not a hostname).
 fn is_dns_name(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     !s.is_empty()
         && s.len() <= 253
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
