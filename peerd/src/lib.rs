@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod federation;
 pub mod identity;
 pub mod proto;

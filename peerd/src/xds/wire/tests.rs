@@ -914,3 +914,78 @@ fn wrong_wire_type_for_a_map_field_is_rejected() {
         .within("Workload.services entry")
     );
 }
+
+#[test]
+fn duplicate_singular_fields_are_replaced_by_one_at_the_first_position() {
+    // Workload: network="a", unknown 150, network="b", name="n". A decoder sees network "b".
+    let mut nested = Vec::new();
+    super::codec::put_len_field(&mut nested, 4, b"a");
+    super::codec::put_len_field(&mut nested, 150, b"u");
+    super::codec::put_len_field(&mut nested, 4, b"b");
+    super::codec::put_len_field(&mut nested, 1, b"n");
+    let body = address_of_workload_bytes(&nested);
+    assert_eq!(decode_workload(&body).network, "b");
+    let edited = edit_workload(&body, |w| {
+        w.set_network("c");
+        Ok(())
+    })
+    .unwrap();
+    let fields = raw_fields(&only_len_payload(&edited, 1));
+    let numbers: Vec<u32> = fields.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, vec![4, 150, 1]);
+    assert_eq!(decode_workload(&edited).network, "c");
+    // Setting the empty (default) value removes the field altogether.
+    let cleared = edit_workload(&body, |w| {
+        w.set_network("");
+        Ok(())
+    })
+    .unwrap();
+    let numbers: Vec<u32> = raw_fields(&only_len_payload(&cleared, 1))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(numbers, vec![150, 1]);
+}
+
+#[test]
+fn unknown_fields_inside_a_services_entry_survive_a_rename() {
+    // Entry: key, unknown 150, value PortList{ports:[{service_port: 80}]}.
+    let port_list = PortList {
+        ports: vec![Port {
+            service_port: 80,
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec();
+    let mut entry = Vec::new();
+    super::codec::put_len_field(&mut entry, 1, b"ns/old");
+    super::codec::put_len_field(&mut entry, 150, b"entry-extra");
+    super::codec::put_len_field(&mut entry, 2, &port_list);
+    let body = address_of_workload_bytes(&super::codec::len_field(22, &entry));
+    let edited = edit_workload(&body, |w| {
+        w.rewrite_service_keys(|k| Some(k.replace("old", "new")))?;
+        Ok(())
+    })
+    .unwrap();
+    let w = decode_workload(&edited);
+    assert_eq!(
+        w.services.get("ns/new").map(|p| p.ports[0].service_port),
+        Some(80)
+    );
+    let nested = only_len_payload(&edited, 1);
+    let new_entry = only_len_payload(&nested, 22);
+    let fields = raw_fields(&new_entry);
+    assert_eq!(fields[0], (1, super::codec::len_field(1, b"ns/new")));
+    assert_eq!(
+        fields[1],
+        (150, super::codec::len_field(150, b"entry-extra"))
+    );
+    assert_eq!(fields[2], (2, super::codec::len_field(2, &port_list)));
+    // An entry whose key does not change keeps its exact bytes.
+    let same = edit_workload(&body, |w| {
+        w.rewrite_service_keys(|k| Some(k.to_owned()))?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(&same[..], &body[..]);
+}
