@@ -6,6 +6,9 @@
 //! Without eBPF they skip with a printed reason, unless `PEERD_REQUIRE_EBPF=1` (CI),
 //! which turns "unavailable" into a failure.
 
+// Tests may unwrap: a failed set-up step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
