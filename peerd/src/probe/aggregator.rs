@@ -1,0 +1,464 @@
+//! Turns raw kernel map snapshots into per-destination cumulative counters, deltas, rates
+//! and latency percentiles, and attributes destinations to peers.
+//!
+//! Owns: the previous snapshot (to compute deltas), counter-reset handling (an LRU
+//! eviction or a reload restarts an entry from zero), percentile estimation from the
+//! log2 histogram, and the periodic reader task. Must never touch the kernel except
+//! through `ProbeHandle::snapshot`, and never attribute a destination that is not in the
+//! caller's peer index. Time comes from `Instant` (monotonic), so wall-clock jumps do not
+//! distort rates; the kernel side uses `bpf_ktime_get_ns` (monotonic) for latency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use peerd_ebpf::{DestKey, DestStats, LATENCY_BUCKETS};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::loader::{KernelSnapshot, MapHealth, ProbeHandle};
+
+/// Connect counters (cumulative or over an interval) with their latency histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectCounts {
+    pub attempts: u64,
+    pub established: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    pub unreachable: u64,
+    pub aborted: u64,
+    pub other_errors: u64,
+    pub syn_retransmits: u64,
+    pub latency_sum_us: u64,
+    pub latency_hist: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for ConnectCounts {
+    fn default() -> Self {
+        ConnectCounts::from(&DestStats::ZERO)
+    }
+}
+
+impl From<&DestStats> for ConnectCounts {
+    fn from(s: &DestStats) -> Self {
+        ConnectCounts {
+            attempts: s.attempts,
+            established: s.established,
+            refused: s.refused,
+            timed_out: s.timed_out,
+            unreachable: s.unreachable,
+            aborted: s.aborted,
+            other_errors: s.other_errors,
+            syn_retransmits: s.syn_retransmits,
+            latency_sum_us: s.latency_sum_us,
+            latency_hist: s.latency_hist,
+        }
+    }
+}
+
+impl ConnectCounts {
+    /// Connects that ended without being established.
+    pub fn failures(&self) -> u64 {
+        self.refused + self.timed_out + self.unreachable + self.aborted + self.other_errors
+    }
+
+    /// `self - earlier`, or `self` when any counter went backwards (the kernel entry was
+    /// evicted and recreated, or the programs were reloaded).
+    pub fn since(&self, earlier: &ConnectCounts) -> ConnectCounts {
+        let scalars_back = self.attempts < earlier.attempts
+            || self.established < earlier.established
+            || self.refused < earlier.refused
+            || self.timed_out < earlier.timed_out
+            || self.unreachable < earlier.unreachable
+            || self.aborted < earlier.aborted
+            || self.other_errors < earlier.other_errors
+            || self.syn_retransmits < earlier.syn_retransmits
+            || self.latency_sum_us < earlier.latency_sum_us;
+        let hist_back = self.latency_hist.iter().zip(earlier.latency_hist.iter()).any(|(a, b)| a < b);
+        if scalars_back || hist_back {
+            return *self;
+        }
+        let mut latency_hist = [0u64; LATENCY_BUCKETS];
+        for (slot, (now, before)) in
+            latency_hist.iter_mut().zip(self.latency_hist.iter().zip(earlier.latency_hist.iter()))
+        {
+            *slot = now - before;
+        }
+        ConnectCounts {
+            attempts: self.attempts - earlier.attempts,
+            established: self.established - earlier.established,
+            refused: self.refused - earlier.refused,
+            timed_out: self.timed_out - earlier.timed_out,
+            unreachable: self.unreachable - earlier.unreachable,
+            aborted: self.aborted - earlier.aborted,
+            other_errors: self.other_errors - earlier.other_errors,
+            syn_retransmits: self.syn_retransmits - earlier.syn_retransmits,
+            latency_sum_us: self.latency_sum_us - earlier.latency_sum_us,
+            latency_hist,
+        }
+    }
+
+    /// Adds `other` into `self` (for per-peer sums).
+    pub fn add(&mut self, other: &ConnectCounts) {
+        self.attempts += other.attempts;
+        self.established += other.established;
+        self.refused += other.refused;
+        self.timed_out += other.timed_out;
+        self.unreachable += other.unreachable;
+        self.aborted += other.aborted;
+        self.other_errors += other.other_errors;
+        self.syn_retransmits += other.syn_retransmits;
+        self.latency_sum_us += other.latency_sum_us;
+        for (slot, value) in self.latency_hist.iter_mut().zip(other.latency_hist.iter()) {
+            *slot += value;
+        }
+    }
+
+    /// Latency percentile in µs (`q` in 0..=1) from the log2 histogram, interpolating
+    /// linearly inside the bucket; `None` without established connects.
+    pub fn latency_percentile_us(&self, q: f64) -> Option<f64> {
+        percentile_us(&self.latency_hist, q)
+    }
+}
+
+/// Bucket bounds in µs: bucket 0 is [0, 1), bucket b is [2^(b-1), 2^b).
+fn bucket_bounds(bucket: usize) -> (f64, f64) {
+    if bucket == 0 {
+        (0.0, 1.0)
+    } else {
+        let lower = (1u64 << (bucket - 1)) as f64;
+        (lower, lower * 2.0)
+    }
+}
+
+/// Percentile estimate from a log2 µs histogram.
+pub fn percentile_us(hist: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    // Rank of the wanted sample, 1-based, at least the first sample.
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0u64;
+    for (bucket, &count) in hist.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        if seen + count >= rank {
+            let (lower, upper) = bucket_bounds(bucket);
+            let within = (rank - seen) as f64 / count as f64;
+            return Some(lower + within * (upper - lower));
+        }
+        seen += count;
+    }
+    None
+}
+
+/// Rates per second over the last interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConnectRates {
+    pub attempts_per_s: f64,
+    pub established_per_s: f64,
+    pub failures_per_s: f64,
+    pub syn_retransmits_per_s: f64,
+}
+
+impl ConnectRates {
+    fn over(delta: &ConnectCounts, elapsed: Duration) -> Self {
+        let secs = elapsed.as_secs_f64();
+        if secs <= 0.0 {
+            return ConnectRates::default();
+        }
+        ConnectRates {
+            attempts_per_s: delta.attempts as f64 / secs,
+            established_per_s: delta.established as f64 / secs,
+            failures_per_s: delta.failures() as f64 / secs,
+            syn_retransmits_per_s: delta.syn_retransmits as f64 / secs,
+        }
+    }
+}
+
+/// Measurements for one destination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DestinationReport {
+    pub destination: SocketAddr,
+    pub total: ConnectCounts,
+    /// Since the previous report (the whole total for the first one).
+    pub delta: ConnectCounts,
+    pub rates: ConnectRates,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+/// One aggregation round.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeReport {
+    /// Length of the interval the deltas cover (zero for the first report).
+    pub interval: Duration,
+    pub destinations: BTreeMap<SocketAddr, DestinationReport>,
+    pub health: MapHealthReport,
+}
+
+/// Map health plus what changed since the previous report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapHealthReport {
+    pub current: MapHealth,
+    pub evicted_total: u64,
+    pub insert_failures_total: u64,
+}
+
+impl ProbeReport {
+    pub fn get(&self, destination: SocketAddr) -> Option<&DestinationReport> {
+        self.destinations.get(&destination)
+    }
+}
+
+/// Keeps the previous snapshot to compute deltas.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    previous: HashMap<DestKey, ConnectCounts>,
+    previous_at: Option<Instant>,
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds one snapshot taken at `now` into a report.
+    pub fn update(&mut self, snapshot: &KernelSnapshot, now: Instant) -> ProbeReport {
+        let interval = self.previous_at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let mut destinations = BTreeMap::new();
+        let mut next = HashMap::with_capacity(snapshot.destinations.len());
+        for (key, stats) in &snapshot.destinations {
+            let total = ConnectCounts::from(stats);
+            let delta = match self.previous.get(key) {
+                Some(before) => total.since(before),
+                None => total,
+            };
+            let destination = SocketAddr::new(key.addr(), key.dport);
+            destinations.insert(
+                destination,
+                DestinationReport {
+                    destination,
+                    total,
+                    delta,
+                    rates: ConnectRates::over(&delta, interval),
+                    p50_us: total.latency_percentile_us(0.50),
+                    p99_us: total.latency_percentile_us(0.99),
+                },
+            );
+            next.insert(*key, total);
+        }
+        self.previous = next;
+        self.previous_at = Some(now);
+        let health = snapshot.health;
+        ProbeReport {
+            interval,
+            destinations,
+            health: MapHealthReport {
+                current: health,
+                evicted_total: health.dest_evicted(),
+                insert_failures_total: health.dest_insert_failed + health.start_insert_failed,
+            },
+        }
+    }
+}
+
+/// Per-peer measurements, split by destination port (e.g. 15008 HBONE, 15012 xDS).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerProbe {
+    pub by_port: BTreeMap<u16, PortProbe>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PortProbe {
+    pub total: ConnectCounts,
+    pub delta: ConnectCounts,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+/// Sums destinations into peers using `index` (address → peer name: east-west gateway
+/// addresses, or remote pod IPs for flat peers). Destinations not in the index are
+/// ignored: they are not peers, so they are never attributed.
+pub fn attribute(report: &ProbeReport, index: &HashMap<IpAddr, String>) -> BTreeMap<String, PeerProbe> {
+    let mut peers: BTreeMap<String, PeerProbe> = BTreeMap::new();
+    for (destination, dest) in &report.destinations {
+        let Some(peer) = index.get(&destination.ip()) else { continue };
+        let port = peers.entry(peer.clone()).or_default().by_port.entry(destination.port()).or_default();
+        port.total.add(&dest.total);
+        port.delta.add(&dest.delta);
+    }
+    for peer in peers.values_mut() {
+        for port in peer.by_port.values_mut() {
+            port.p50_us = port.total.latency_percentile_us(0.50);
+            port.p99_us = port.total.latency_percentile_us(0.99);
+        }
+    }
+    peers
+}
+
+/// Reads the maps every `interval` and publishes reports until the handle is dropped.
+/// Dropping the returned [`AggregatorTask`] stops the task; dropping the last handle
+/// reference detaches the programs.
+pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorTask {
+    let (tx, rx) = watch::channel(Arc::new(ProbeReport::default()));
+    let task = tokio::spawn(async move {
+        let mut aggregator = Aggregator::new();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let snapshot = match handle.lock() {
+                Ok(guard) => guard.snapshot(),
+                Err(poisoned) => poisoned.into_inner().snapshot(),
+            };
+            match snapshot {
+                Ok(snapshot) => {
+                    let report = aggregator.update(&snapshot, Instant::now());
+                    if tx.send(Arc::new(report)).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "reading eBPF maps failed"),
+            }
+        }
+    });
+    AggregatorTask { task, reports: rx }
+}
+
+/// The periodic reader; aborted on drop.
+#[derive(Debug)]
+pub struct AggregatorTask {
+    task: JoinHandle<()>,
+    reports: watch::Receiver<Arc<ProbeReport>>,
+}
+
+impl AggregatorTask {
+    /// The latest report (a default, empty report before the first read).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ProbeReport>> {
+        self.reports.clone()
+    }
+}
+
+impl Drop for AggregatorTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(attempts: u64, established: u64, hist: &[(usize, u64)]) -> DestStats {
+        let mut s = DestStats::ZERO;
+        s.attempts = attempts;
+        s.established = established;
+        for &(bucket, count) in hist {
+            s.latency_hist[bucket] = count;
+        }
+        s
+    }
+
+    fn snapshot(entries: Vec<(DestKey, DestStats)>) -> KernelSnapshot {
+        let live = entries.len() as u64;
+        KernelSnapshot {
+            destinations: entries,
+            health: MapHealth { dest_inserted: live, live_destinations: live, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn deltas_and_rates_over_the_interval() {
+        let key = DestKey::new("127.0.0.1".parse().unwrap(), 15008);
+        let dest: SocketAddr = "127.0.0.1:15008".parse().unwrap();
+        let mut agg = Aggregator::new();
+        let t0 = Instant::now();
+        let first = agg.update(&snapshot(vec![(key, stats(10, 8, &[(5, 8)]))]), t0);
+        assert_eq!(first.get(dest).unwrap().delta.attempts, 10);
+        assert_eq!(first.interval, Duration::ZERO);
+        let second = agg.update(&snapshot(vec![(key, stats(30, 28, &[(5, 28)]))]), t0 + Duration::from_secs(2));
+        let report = second.get(dest).unwrap();
+        assert_eq!(report.total.attempts, 30);
+        assert_eq!(report.delta.attempts, 20);
+        assert_eq!(report.delta.established, 20);
+        assert_eq!(report.delta.latency_hist[5], 20);
+        assert!((report.rates.attempts_per_s - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn counter_going_backwards_is_a_reset_not_a_huge_delta() {
+        let key = DestKey::new("fd00::2".parse().unwrap(), 15012);
+        let dest: SocketAddr = "[fd00::2]:15012".parse().unwrap();
+        let mut agg = Aggregator::new();
+        let t0 = Instant::now();
+        agg.update(&snapshot(vec![(key, stats(100, 100, &[]))]), t0);
+        let after = agg.update(&snapshot(vec![(key, stats(3, 2, &[]))]), t0 + Duration::from_secs(1));
+        assert_eq!(after.get(dest).unwrap().delta.attempts, 3);
+        assert_eq!(after.get(dest).unwrap().delta.established, 2);
+    }
+
+    #[test]
+    fn evicted_destination_disappears_and_eviction_is_counted() {
+        let a = DestKey::new("10.0.0.1".parse().unwrap(), 15008);
+        let mut agg = Aggregator::new();
+        let snap = KernelSnapshot {
+            destinations: vec![(a, stats(1, 1, &[]))],
+            health: MapHealth { dest_inserted: 5, live_destinations: 1, ..Default::default() },
+        };
+        let report = agg.update(&snap, Instant::now());
+        assert_eq!(report.destinations.len(), 1);
+        assert_eq!(report.health.evicted_total, 4);
+    }
+
+    #[test]
+    fn percentiles_interpolate_inside_log2_buckets() {
+        // 50 samples in [64,128) µs, 50 in [1024,2048) µs.
+        let mut hist = [0u64; LATENCY_BUCKETS];
+        hist[7] = 50;
+        hist[11] = 50;
+        let p50 = percentile_us(&hist, 0.5).unwrap();
+        assert!((64.0..=128.0).contains(&p50), "{p50}");
+        assert_eq!(p50, 128.0);
+        let p99 = percentile_us(&hist, 0.99).unwrap();
+        assert!((1024.0..=2048.0).contains(&p99), "{p99}");
+        assert_eq!(percentile_us(&[0; LATENCY_BUCKETS], 0.5), None);
+        assert_eq!(percentile_us(&hist, 1.5), None);
+        let mut zero_bucket = [0u64; LATENCY_BUCKETS];
+        zero_bucket[0] = 4;
+        assert!(percentile_us(&zero_bucket, 0.5).unwrap() <= 1.0);
+    }
+
+    #[test]
+    fn attribution_ignores_destinations_that_are_not_peers() {
+        let gw = DestKey::new("127.0.3.1".parse().unwrap(), 15008);
+        let gw_xds = DestKey::new("127.0.3.1".parse().unwrap(), 15012);
+        let pod = DestKey::new("127.3.1.7".parse().unwrap(), 15008);
+        let stranger = DestKey::new("127.0.9.9".parse().unwrap(), 15008);
+        let mut agg = Aggregator::new();
+        let report = agg.update(
+            &snapshot(vec![
+                (gw, stats(4, 4, &[(3, 4)])),
+                (gw_xds, stats(1, 0, &[])),
+                (pod, stats(2, 1, &[(4, 1)])),
+                (stranger, stats(50, 50, &[])),
+            ]),
+            Instant::now(),
+        );
+        let index: HashMap<IpAddr, String> = [
+            ("127.0.3.1".parse().unwrap(), "cluster-3".to_string()),
+            ("127.3.1.7".parse().unwrap(), "cluster-3".to_string()),
+        ]
+        .into();
+        let peers = attribute(&report, &index);
+        assert_eq!(peers.len(), 1);
+        let c3 = &peers["cluster-3"];
+        assert_eq!(c3.by_port[&15008].total.attempts, 6);
+        assert_eq!(c3.by_port[&15008].total.established, 5);
+        assert_eq!(c3.by_port[&15012].total.attempts, 1);
+        assert!(c3.by_port[&15008].p50_us.is_some());
+    }
+}

@@ -1,0 +1,87 @@
+//! Benchmark helpers for `cargo xtask bench probes`: a loopback connect loop and the
+//! kernel's per-program BPF run-time statistics.
+//!
+//! Owns: measuring, not judging (no thresholds here; benchmarks are never tests). Must
+//! never connect outside loopback.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::loader::{ProbeHandle, ProgramRunStats};
+
+/// Result of one connect loop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectLoopResult {
+    pub connects: u64,
+    pub elapsed: Duration,
+}
+
+impl ConnectLoopResult {
+    pub fn per_connect(&self) -> Duration {
+        if self.connects == 0 {
+            Duration::ZERO
+        } else {
+            self.elapsed / u32::try_from(self.connects).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+/// A loopback listener that accepts and drops connections on a background thread.
+#[derive(Debug)]
+pub struct LoopbackSink {
+    addr: SocketAddr,
+}
+
+impl LoopbackSink {
+    /// Binds `127.0.0.1:port` (0: any free port).
+    pub fn start(port: u16) -> io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let addr = listener.local_addr()?;
+        thread::Builder::new().name("bench-sink".into()).spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        })?;
+        Ok(LoopbackSink { addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// `n` sequential connects to a loopback `target`; refuses non-loopback targets.
+pub fn connect_loop(target: SocketAddr, n: u64) -> io::Result<ConnectLoopResult> {
+    if !target.ip().is_loopback() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bench connects only to loopback"));
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(target)?;
+        // Let the sink close first so TIME_WAIT lands on its side, not on our ephemeral
+        // ports (20k connects would otherwise exhaust them across rounds).
+        let mut byte = [0u8; 1];
+        let _eof = stream.read(&mut byte)?;
+        drop(stream);
+    }
+    Ok(ConnectLoopResult { connects: n, elapsed: started.elapsed() })
+}
+
+/// Turns on the kernel's BPF run-time accounting while the returned fd lives.
+pub fn enable_bpf_stats() -> io::Result<OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|err| io::Error::other(err.to_string()))
+}
+
+/// Per-program run counts and run time (meaningful only with stats enabled).
+pub fn program_stats(handle: &ProbeHandle) -> Vec<ProgramRunStats> {
+    handle.program_stats()
+}
+
+/// Average run time per program invocation.
+pub fn mean_run_time(stats: &ProgramRunStats) -> Option<Duration> {
+    let runs = u32::try_from(stats.run_count).ok().filter(|r| *r > 0)?;
+    Some(stats.run_time / runs)
+}
