@@ -3,6 +3,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 
+pub mod kube;
 pub mod proto;
 pub mod store;
 pub mod view;

@@ -1,0 +1,1 @@
+//! Emulator tests over real HTTP on 127.0.0.1.
