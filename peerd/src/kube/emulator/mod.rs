@@ -9,7 +9,8 @@
 //! `authentication.k8s.io/v1` TokenReviews), with objects stored schema-free as JSON:
 //!
 //! - legacy discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>[/<v>]`) in plain
-//!   `application/json`, which kubectl 1.32 and kube-rs accept;
+//!   `application/json`, which kubectl 1.32 and kube-rs accept, and a minimal OpenAPI v3
+//!   (enough for kubectl to leave field validation to the server);
 //! - get, list (cluster-wide and per namespace, `labelSelector`, `fieldSelector` on
 //!   `metadata.name`/`metadata.namespace`, `limit`/`continue` over a consistent snapshot,
 //!   `resourceVersion` + `resourceVersionMatch`), `Table` output for `kubectl get`;
@@ -36,6 +37,7 @@ mod faults;
 mod wire;
 mod managed_fields;
 mod meta;
+mod openapi;
 mod patch;
 mod resources;
 mod rest;
@@ -338,7 +340,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(rest::handle(&state, target, request).await)
 }
 
-/// Discovery and health endpoints; None if `path` is not one.
+/// Discovery, OpenAPI and health endpoints; None if `path` is not one.
 fn discovery_response(state: &State, method: &Method, path: &str) -> Option<Response<Body>> {
     let trimmed = path.trim_end_matches('/');
     let segments: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
@@ -350,6 +352,8 @@ fn discovery_response(state: &State, method: &Method, path: &str) -> Option<Resp
         ["apis"] => Some(discovery::group_list()),
         ["apis", group] => discovery::group(group),
         ["apis", group, version] => discovery::resource_list(group, version),
+        ["openapi", "v3"] => Some(openapi::root()),
+        ["openapi", "v3", rest @ ..] => openapi::group_version(&rest.join("/")),
         ["openapi", ..] => None,
         _ => return None,
     };

@@ -239,7 +239,7 @@ fn encode_continue(rv: u64, key: &ObjectKey) -> String {
 
 fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
     let invalid = || ApiError::bad_request("continue key is not valid");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let bytes: Vec<u8> = (0..token.len())

@@ -208,8 +208,8 @@ impl Store {
     }
 
     fn cascade_namespace_delete(&self, inner: &mut Inner, namespace: &str) {
-        for resource in 0..RESOURCES.len() {
-            if !RESOURCES[resource].namespaced {
+        for (resource, def) in RESOURCES.iter().enumerate() {
+            if !def.namespaced {
                 continue;
             }
             let doomed: Vec<(ObjectKey, Arc<Value>)> = inner.objects[resource]

@@ -66,9 +66,7 @@ impl WatchSpec {
     }
 
     fn line(&self, event_type: &str, object: &Value) -> Bytes {
-        let mut text = json!({"type": event_type, "object": self.target.output(object)}).to_string();
-        text.push('\n');
-        Bytes::from(text)
+        raw_line(event_type, &self.target.output(object))
     }
 
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
@@ -78,6 +76,13 @@ impl WatchSpec {
         }
         self.line("BOOKMARK", &json!({"metadata": metadata}))
     }
+}
+
+/// One newline-terminated watch event; `object` is sent as is.
+fn raw_line(event_type: &str, object: &Value) -> Bytes {
+    let mut text = json!({"type": event_type, "object": object}).to_string();
+    text.push('\n');
+    Bytes::from(text)
 }
 
 type Sender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
@@ -128,7 +133,7 @@ fn stream(state: &Arc<State>, spec: WatchSpec, from: WatchFrom) -> Response<Body
         let mut subscription = match subscription {
             Ok(sub) => sub,
             Err(err) => {
-                let line = spec.line("ERROR", &err.to_status());
+                let line = raw_line("ERROR", &err.to_status());
                 let _ = tx.send(Ok(Frame::data(line))).await;
                 return;
             }
