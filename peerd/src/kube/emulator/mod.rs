@@ -58,7 +58,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use http::{Method, Request, Response, header};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -251,6 +252,44 @@ impl EmulatorHandle {
             .map(|obj| (*obj).clone())
     }
 
+    /// Serves one request in-process, exactly as over HTTP (counted, faults apply), e.g. to
+    /// seed objects: `request(Method::POST, "/api/v1/namespaces", "application/json",
+    /// body)`. Returns the status code and the JSON body. Watches are refused: use HTTP.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let uri: Uri = path_and_query
+            .parse()
+            .with_context(|| format!("invalid request path {path_and_query:?}"))?;
+        let query = self::wire::Query::parse(uri.query());
+        if query.flag("watch") {
+            anyhow::bail!("watches are only served over HTTP ({})", self.url);
+        }
+        let mut headers = HeaderMap::new();
+        if !content_type.is_empty() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                content_type.parse().context("invalid content type")?,
+            );
+        }
+        headers.insert(header::USER_AGENT, http::HeaderValue::from_static("peerd-emulator-inprocess"));
+        let response = route(&self.state, &method, &uri, &headers, body.into()).await;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status, value))
+    }
+
     /// Stops accepting, closes every connection and watch, and waits for the server task.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -299,7 +338,6 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
     let bytes = match Limited::new(body, state.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
@@ -310,34 +348,38 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             )));
         }
     };
-    if path.starts_with("/__emulator/") {
-        return Ok(control::handle(&state, &parts.method, &path, &bytes));
-    }
-    let header_text = |name: header::HeaderName| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
+    Ok(route(&state, &parts.method, &parts.uri, &parts.headers, bytes).await)
+}
+
+/// Serves one request whose body has been read (from the network or in-process).
+async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+    let path = uri.path();
+    let response = if path.starts_with("/__emulator/") {
+        control::handle(state, method, path, &body)
+    } else if let Some(response) = discovery_response(state, method, path) {
+        response
+    } else {
+        match rest::parse_target(path) {
+            Some(Ok(target)) => {
+                let header_text = |name: header::HeaderName| {
+                    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+                };
+                let request = rest::ApiRequest {
+                    method: method.clone(),
+                    query: self::wire::Query::parse(uri.query()),
+                    content_type: header_text(header::CONTENT_TYPE),
+                    accept: header_text(header::ACCEPT),
+                    user_agent: header_text(header::USER_AGENT),
+                    body,
+                };
+                rest::handle(state, target, request).await
+            }
+            Some(Err(err)) => error_response(&err),
+            None => error_response(&ApiError::path_not_found(path)),
+        }
     };
-    if let Some(response) = discovery_response(&state, &parts.method, &path) {
-        return Ok(response);
-    }
-    let target = match rest::parse_target(&path) {
-        Some(Ok(target)) => target,
-        Some(Err(err)) => return Ok(error_response(&err)),
-        None => return Ok(error_response(&ApiError::path_not_found(&path))),
-    };
-    let request = rest::ApiRequest {
-        method: parts.method.clone(),
-        query: self::wire::Query::parse(parts.uri.query()),
-        content_type: header_text(header::CONTENT_TYPE),
-        accept: header_text(header::ACCEPT),
-        user_agent: header_text(header::USER_AGENT),
-        body: bytes,
-    };
-    Ok(rest::handle(&state, target, request).await)
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "emulated API request");
+    response
 }
 
 /// Discovery, OpenAPI and health endpoints; None if `path` is not one.

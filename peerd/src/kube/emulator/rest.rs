@@ -367,13 +367,17 @@ fn dry_run(req: &ApiRequest) -> Result<bool, ApiError> {
     }
 }
 
-pub(crate) fn parse_json_body(req: &ApiRequest) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(req: &ApiRequest) -> Result<Value, ApiError> {
     let ct = req.content_type.as_str();
-    if !(ct.is_empty() || ct.starts_with("application/json") || ct.starts_with("*/*")) {
-        return Err(ApiError::unsupported_media_type(ct));
-    }
-    let value: Value = serde_json::from_slice(&req.body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let value: Value = if ct.starts_with("application/yaml") {
+        serde_yaml::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
+    } else if ct.is_empty() || ct.starts_with("application/json") || ct.starts_with("*/*") {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
+    } else {
+        return Err(ApiError::unsupported_body_type(ct));
+    };
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
@@ -525,7 +529,7 @@ fn respond(target: &Target, code: u16, obj: &Value) -> Response<Body> {
 }
 
 fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body>, ApiError> {
-    let mut obj = parse_json_body(req)?;
+    let mut obj = parse_body(req)?;
     check_type(target, &obj)?;
     check_identity(target, &obj)?;
     let manager = field_manager(req)?;
@@ -552,7 +556,7 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
 }
 
 fn update(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body>, ApiError> {
-    let mut body = parse_json_body(req)?;
+    let mut body = parse_body(req)?;
     check_type(target, &body)?;
     check_identity(target, &body)?;
     let manager = field_manager(req)?;

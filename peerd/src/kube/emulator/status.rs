@@ -141,6 +141,19 @@ impl ApiError {
         )
     }
 
+    /// A create/update body that is neither JSON nor YAML (e.g. kubectl's protobuf for
+    /// core types: the emulator has no protobuf codec).
+    pub fn unsupported_body_type(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({content_type:?}) - accepted \
+                 media types include: application/json, application/yaml"
+            ),
+        )
+    }
+
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
             415,

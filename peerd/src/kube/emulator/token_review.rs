@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::State;
 use super::wire::{Body, json_response};
-use super::rest::{ApiRequest, Target, parse_json_body};
+use super::rest::{ApiRequest, Target, parse_body};
 use super::status::ApiError;
 
 /// Who a valid token authenticates as.
@@ -23,7 +23,7 @@ pub struct TokenIdentity {
 }
 
 pub(crate) fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<http::Response<Body>, ApiError> {
-    let review = parse_json_body(req)?;
+    let review = parse_body(req)?;
     let token = review
         .pointer("/spec/token")
         .and_then(Value::as_str)

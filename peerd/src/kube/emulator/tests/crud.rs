@@ -283,3 +283,34 @@ async fn token_reviews_authenticate_configured_tokens() {
     assert_eq!(client.post(reviews, &json!({"spec": {}})).await.status, 422);
     assert_eq!(client.get(reviews).await.status, 405);
 }
+
+#[tokio::test]
+async fn yaml_bodies_are_accepted_and_protobuf_is_refused() {
+    let (_emu, client) = start().await;
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n";
+    let created = client.send(http::Method::POST, "/api/v1/namespaces/default/configmaps", "application/yaml", yaml).await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.body["data"]["k"], "v");
+    let protobuf = client
+        .send(http::Method::POST, "/api/v1/namespaces/default/configmaps", "application/vnd.kubernetes.protobuf", "k8s\0")
+        .await;
+    assert_eq!(protobuf.status, 415);
+    assert_eq!(protobuf.body["reason"], "UnsupportedMediaType");
+    assert!(protobuf.body["message"].as_str().unwrap().contains("application/json"));
+}
+
+#[tokio::test]
+async fn in_process_requests_share_state_with_http() {
+    let (emu, client) = start().await;
+    let (status, body) = emu
+        .request(http::Method::POST, GW, "application/json", gateway("seeded").to_string())
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    assert_eq!(body["metadata"]["name"], "seeded");
+    assert_eq!(client.get(&format!("{GW}/seeded")).await.body["spec"]["gatewayClassName"], "istio-remote");
+    let (status, _) = emu.request(http::Method::GET, &format!("{GW}/nope"), "", "").await.unwrap();
+    assert_eq!(status, 404);
+    assert!(emu.request(http::Method::GET, &format!("{GW}?watch=true"), "", "").await.is_err());
+    assert_eq!(emu.counters().verb(super::super::Verb::Create), 1, "in-process requests are counted");
+}
