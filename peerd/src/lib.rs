@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod federation;
 pub mod identity;
+pub mod kube;
 pub mod probe;
 pub mod proto;
 pub mod store;
