@@ -5,6 +5,7 @@
 
 pub mod identity;
 pub mod proto;
+pub mod sim;
 pub mod store;
 pub mod view;
 pub mod xds;
