@@ -4,10 +4,11 @@
 //! [`CertSource`] holds the current `CertifiedKey` in an `ArcSwap` and is handed to
 //! rustls as both `ResolvesServerCert` and `ResolvesClientCert`: each new handshake reads
 //! the current key, established connections keep the one they started with. A watcher
-//! task polls the files' metadata (device, inode, mtime, size — so an atomic rename or a
-//! Kubernetes secret symlink swap is seen even within one mtime tick) and swaps in the
-//! new key only when it loads and matches its certificate. [`RootsSource`] does the same
-//! for a root bundle; the verifiers in `tls` read it at every handshake.
+//! task polls the files' modification time (with device, inode, size and a hash of the
+//! bytes — so an atomic rename, a Kubernetes secret symlink swap or an in-place rewrite
+//! is seen even within one coarse mtime tick) and swaps in the new key only when it
+//! loads and matches its certificate. [`RootsSource`] does the same for a root bundle;
+//! the verifiers in `tls` read it at every handshake.
 //!
 //! This file must never replace a working certificate with a broken one: a bad new file
 //! is logged (path and reason, never key material) and the old certificate stays.
@@ -38,15 +39,28 @@ pub enum ReloadOutcome {
     Rejected(String),
 }
 
-/// Identity of the files' current contents, cheap to read.
+/// Identity of the files' current contents: metadata plus a hash of the bytes. The
+/// files are a few KB, and the hash catches an in-place rewrite of equal size within
+/// one (coarse) mtime tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<(u64, u64, i64, i64, u64)>);
+struct Fingerprint(Vec<(u64, u64, i64, i64, u64, u64)>);
 
 fn fingerprint(paths: &[PathBuf]) -> Option<Fingerprint> {
+    use std::hash::{Hash, Hasher};
     let mut parts = Vec::with_capacity(paths.len());
     for p in paths {
         let m = std::fs::metadata(p).ok()?;
-        parts.push((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+        let bytes = std::fs::read(p).ok()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        parts.push((
+            m.dev(),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.size(),
+            hasher.finish(),
+        ));
     }
     Some(Fingerprint(parts))
 }
