@@ -1068,6 +1068,29 @@ mod tests {
         assert_ne!(pod_address(1, PODS_PER_BLOCK * 7), pod_address(31, 0));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn address_slots_stay_in_the_clusters_loopback_blocks(
+            k in 1u8..=MAX_CLUSTER_INDEX,
+            other in 1u8..=MAX_CLUSTER_INDEX,
+            pod in 0u32..PODS_PER_BLOCK * BLOCKS,
+            vip in 0u32..VIPS_PER_BLOCK * BLOCKS,
+        ) {
+            let p = pod_address(k, pod).octets();
+            let v = vip_address(k, vip).octets();
+            for o in [p, v] {
+                proptest::prop_assert_eq!(o[0], 127);
+                proptest::prop_assert!(o[1] != 0);
+                proptest::prop_assert_eq!(o[1] % 32, k % 32);
+            }
+            proptest::prop_assert!(p[2] >= 1 && (1..=254).contains(&p[3]));
+            proptest::prop_assert!(v[2] == 0 && (2..=254).contains(&v[3]));
+            if other != k {
+                proptest::prop_assert_ne!(pod_address(other, pod), pod_address(k, pod));
+            }
+        }
+    }
+
     #[test]
     fn global_services_from_fraction_and_list() {
         let mut o = options(50, 20, 5);
