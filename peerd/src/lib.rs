@@ -11,6 +11,7 @@ pub mod identity;
 pub mod kube;
 pub mod probe;
 pub mod proto;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod version;

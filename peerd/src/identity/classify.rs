@@ -84,6 +84,10 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ConnectFailure {
 }
 
 fn classify_one(e: &(dyn StdError + 'static)) -> Option<ConnectFailure> {
+    // Already classified, e.g. by `dial` inside a gRPC connector.
+    if let Some(f) = e.downcast_ref::<ConnectFailure>() {
+        return Some(f.clone());
+    }
     if let Some(m) = e.downcast_ref::<IdentityMismatch>() {
         return Some(ConnectFailure::new(
             FailureReason::IdentityMismatch,

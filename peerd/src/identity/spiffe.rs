@@ -230,6 +230,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn print_then_parse_round_trips(
+            td in "[a-z0-9][a-z0-9.-]{0,20}",
+            ns in "[a-z0-9][a-z0-9-]{0,20}",
+            sa in "[a-z0-9][a-z0-9._-]{0,20}",
+        ) {
+            let id = SpiffeId::new(&td, &ns, &sa).unwrap();
+            let back: SpiffeId = id.to_string().parse().unwrap();
+            proptest::prop_assert_eq!(back, id);
+        }
+    }
+
     #[test]
     fn new_validates() {
         assert!(SpiffeId::new("td", "ns", "sa").is_ok());

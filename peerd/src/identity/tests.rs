@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::classify::{ConnectFailure, FailureReason, classify, dial};
 use super::pki::{CertificateAuthority, IssuedCert, LeafSpec, LeafUsage, Pki};
-use super::reload::{CertSource, ReloadOutcome};
+use super::reload::{CertSource, ReloadOutcome, RootsSource};
 use super::spiffe::SpiffeId;
 use super::tls::{
     CertFiles, ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions, TlsFileError,
@@ -296,7 +296,7 @@ async fn mtls_server_verifies_optional_client_certificates() {
     let tmp = tempfile::tempdir().unwrap();
     let source = source_for(&server_leaf(&w.cluster_a, "a.local"), tmp.path());
     let options = ServerTlsOptions {
-        client_auth: ClientAuth::Optional(roots_of(&w.pki)),
+        client_auth: ClientAuth::Optional(roots_of(&w.pki).into()),
         allow_tls12: false,
     };
     let (addr, mut rx) = echo_server(server_config(source, &options).unwrap()).await;
@@ -441,6 +441,14 @@ fn classify_walks_wrapped_errors() {
     let c = classify(wrapped.as_ref());
     assert_eq!(c.reason, FailureReason::TlsError);
     assert!(c.message.contains("tls: unknown certificate authority"));
+
+    // A failure `dial` already classified keeps its reason through wrappers.
+    let dialed = ConnectFailure {
+        reason: FailureReason::IdentityMismatch,
+        message: "expected trust domain b.local".into(),
+    };
+    let wrapped = anyhow::Error::new(std::io::Error::other(dialed.clone())).context("grpc connect");
+    assert_eq!(classify(wrapped.as_ref()), dialed);
 
     let other = std::io::Error::other("stream reset");
     assert_eq!(classify(&other).reason, FailureReason::StreamError);
@@ -677,4 +685,108 @@ fn bad_rotation_is_rejected_once_and_keeps_old_certificate() {
     assert_eq!(source.check_now(), ReloadOutcome::Reloaded);
     assert_eq!(source.generation(), 1);
     assert_eq!(source.current().cert[0], other.cert_der);
+}
+
+#[tokio::test]
+async fn reloaded_roots_apply_to_new_handshakes_on_both_sides() {
+    let w = world();
+    let tmp = tempfile::tempdir().unwrap();
+    let server_cert = source_for(
+        &server_leaf(&w.cluster_a, "a.local"),
+        &tmp.path().join("server"),
+    );
+
+    // Client side: the root file first holds an unrelated root, then the right one.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Pki::load_or_create(&other_dir.path().join("pki"), "other root").unwrap();
+    let client_roots_path = tmp.path().join("client-roots.pem");
+    std::fs::write(&client_roots_path, other.root().cert_pem()).unwrap();
+    let client_roots = RootsSource::from_file(&client_roots_path).unwrap();
+    let client = client_config(&ClientTlsOptions::new(
+        client_roots.clone(),
+        ServerIdentity::TrustDomain("a.local".into()),
+    ))
+    .unwrap();
+
+    // Server side: mTLS roots that at first trust only the shared root.
+    let server_roots_path = tmp.path().join("server-roots.pem");
+    std::fs::write(&server_roots_path, w.pki.root().cert_pem()).unwrap();
+    let server_roots = RootsSource::from_file(&server_roots_path).unwrap();
+    let options = ServerTlsOptions {
+        client_auth: ClientAuth::Optional(server_roots.clone().into()),
+        allow_tls12: false,
+    };
+    let (addr, mut rx) = echo_server(server_config(server_cert, &options).unwrap()).await;
+
+    let err = dial(addr, name("127.0.0.1"), client.clone(), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("unknown certificate authority"),
+        "{err}"
+    );
+    let _ = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+
+    std::fs::write(&client_roots_path, w.pki.root().cert_pem()).unwrap();
+    assert_eq!(client_roots.check_now(), ReloadOutcome::Reloaded);
+    let mut tls = dial(addr, name("127.0.0.1"), client, WAIT).await.unwrap();
+    assert_eq!(echo(&mut tls, b"ok").await.unwrap(), b"ok");
+    assert_eq!(
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        None
+    );
+
+    // A client certificate from the other root: rejected, then accepted once the
+    // server's bundle holds both roots.
+    let rogue_ca = other.cluster_ca("rogue").unwrap();
+    let rogue = source_for(
+        &client_leaf(&rogue_ca, "b.local"),
+        &tmp.path().join("rogue"),
+    );
+    let rogue_client = || {
+        client_config(
+            &ClientTlsOptions::new(roots_of(&w.pki), ServerIdentity::Name)
+                .with_client_cert(rogue.clone()),
+        )
+        .unwrap()
+    };
+    let rejected = match dial(addr, name("127.0.0.1"), rogue_client(), WAIT).await {
+        Err(e) => e,
+        Ok(mut tls) => classify(&echo(&mut tls, b"x").await.unwrap_err()),
+    };
+    assert_eq!(rejected.reason, FailureReason::TlsError, "{rejected}");
+    let _ = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+
+    std::fs::write(
+        &server_roots_path,
+        format!("{}{}", w.pki.root().cert_pem(), other.root().cert_pem()),
+    )
+    .unwrap();
+    assert_eq!(server_roots.check_now(), ReloadOutcome::Reloaded);
+    assert_eq!(server_roots.current().len(), 2);
+    let mut tls = dial(addr, name("127.0.0.1"), rogue_client(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(echo(&mut tls, b"now ok").await.unwrap(), b"now ok");
+    let seen = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen,
+        Some(SpiffeId::new("b.local", "istio-eastwest", "peerd-client").unwrap())
+    );
+
+    // A broken bundle keeps the previous roots.
+    std::fs::write(&server_roots_path, "not a bundle").unwrap();
+    assert!(matches!(
+        server_roots.check_now(),
+        ReloadOutcome::Rejected(_)
+    ));
+    assert_eq!(server_roots.current().len(), 2);
 }

@@ -12,18 +12,21 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 
 use super::pki::{CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
+use super::reload::RootsSource;
 use super::spiffe::{self, SpiffeId};
 
 /// ALPN for gRPC over TLS.
@@ -173,6 +176,39 @@ pub fn load_certified_key(
     }
 }
 
+/// Trusted roots: fixed, or a [`RootsSource`] reloaded from its file. Verifiers read
+/// the current bundle at every handshake, so a root rotation needs no new config.
+#[derive(Clone, Debug)]
+pub struct Roots(Arc<RootsSource>);
+
+impl Roots {
+    pub fn current(&self) -> Arc<RootCertStore> {
+        self.0.current()
+    }
+
+    pub fn source(&self) -> &Arc<RootsSource> {
+        &self.0
+    }
+}
+
+impl From<Arc<RootCertStore>> for Roots {
+    fn from(roots: Arc<RootCertStore>) -> Roots {
+        Roots(RootsSource::fixed(roots))
+    }
+}
+
+impl From<RootCertStore> for Roots {
+    fn from(roots: RootCertStore) -> Roots {
+        Roots(RootsSource::fixed(Arc::new(roots)))
+    }
+}
+
+impl From<Arc<RootsSource>> for Roots {
+    fn from(source: Arc<RootsSource>) -> Roots {
+        Roots(source)
+    }
+}
+
 /// Whether the server asks for client certificates.
 #[derive(Clone)]
 pub enum ClientAuth {
@@ -180,9 +216,9 @@ pub enum ClientAuth {
     None,
     /// Clients may present a certificate; one that is presented must chain to these
     /// roots. Used on the shared 15012 listener: peers present certs, ztunnel does not.
-    Optional(Arc<RootCertStore>),
+    Optional(Roots),
     /// Every client must present a certificate chaining to these roots.
-    Required(Arc<RootCertStore>),
+    Required(Roots),
 }
 
 impl fmt::Debug for ClientAuth {
@@ -235,18 +271,12 @@ pub fn server_config(
         .map_err(|e| TlsFileError::Config(e.to_string()))?;
     let builder = match &options.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider);
-            let verifier = if matches!(options.client_auth, ClientAuth::Optional(_)) {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|e| TlsFileError::Config(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        ClientAuth::Optional(roots) => builder.with_client_cert_verifier(Arc::new(
+            ReloadingClientVerifier::new(roots.clone(), false, provider)?,
+        )),
+        ClientAuth::Required(roots) => builder.with_client_cert_verifier(Arc::new(
+            ReloadingClientVerifier::new(roots.clone(), true, provider)?,
+        )),
     };
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -267,7 +297,7 @@ pub enum ServerIdentity {
 
 #[derive(Clone)]
 pub struct ClientTlsOptions {
-    pub roots: Arc<RootCertStore>,
+    pub roots: Roots,
     pub server_identity: ServerIdentity,
     /// Our certificate for mTLS (peers); `None` for server-authenticated TLS.
     pub client_cert: Option<Arc<dyn ResolvesClientCert>>,
@@ -275,9 +305,9 @@ pub struct ClientTlsOptions {
 }
 
 impl ClientTlsOptions {
-    pub fn new(roots: Arc<RootCertStore>, server_identity: ServerIdentity) -> ClientTlsOptions {
+    pub fn new(roots: impl Into<Roots>, server_identity: ServerIdentity) -> ClientTlsOptions {
         ClientTlsOptions {
-            roots,
+            roots: roots.into(),
             server_identity,
             client_cert: None,
             allow_tls12: false,
@@ -293,25 +323,11 @@ impl ClientTlsOptions {
 /// A client config verifying the server as `options` says, ALPN `h2`.
 pub fn client_config(options: &ClientTlsOptions) -> Result<Arc<ClientConfig>, TlsFileError> {
     let provider = provider();
-    let webpki =
-        WebPkiServerVerifier::builder_with_provider(options.roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsFileError::Config(e.to_string()))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match &options.server_identity {
-        ServerIdentity::Name => webpki,
-        ServerIdentity::Spiffe(id) => Arc::new(SpiffeServerVerifier {
-            roots: options.roots.clone(),
-            webpki,
-            provider: provider.clone(),
-            expected: ExpectedSpiffe::Exact(id.clone()),
-        }),
-        ServerIdentity::TrustDomain(td) => Arc::new(SpiffeServerVerifier {
-            roots: options.roots.clone(),
-            webpki,
-            provider: provider.clone(),
-            expected: ExpectedSpiffe::TrustDomain(td.clone()),
-        }),
-    };
+    let verifier = Arc::new(PeerServerVerifier {
+        roots: options.roots.clone(),
+        identity: options.server_identity.clone(),
+        provider: provider.clone(),
+    });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(options.allow_tls12))
         .map_err(|e| TlsFileError::Config(e.to_string()))?
@@ -343,60 +359,60 @@ fn presented_list(p: &[String]) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
-enum ExpectedSpiffe {
-    Exact(SpiffeId),
-    TrustDomain(String),
-}
-
-/// Chain verification as in web PKI (roots, intermediates, validity period, key usage)
-/// followed by a SPIFFE URI SAN check instead of the DNS/IP name check: peers are named by
-/// identity, not by the address we dial.
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    webpki: Arc<WebPkiServerVerifier>,
+/// Server verification exactly as rustls' `WebPkiServerVerifier` does it (webpki chain
+/// to the roots, validity period, serverAuth usage; then the DNS/IP name), except that
+/// the roots are read at each handshake (so they can be reloaded) and that for peers the
+/// name check is a SPIFFE URI SAN check: peers are named by identity, not by the
+/// address we dial.
+struct PeerServerVerifier {
+    roots: Roots,
+    identity: ServerIdentity,
     provider: Arc<CryptoProvider>,
-    expected: ExpectedSpiffe,
 }
 
-impl fmt::Debug for SpiffeServerVerifier {
+impl fmt::Debug for PeerServerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffeServerVerifier")
-            .field("expected", &self.expected)
+        f.debug_struct("PeerServerVerifier")
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerCertVerifier for PeerServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.roots.current(),
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let presented = spiffe::identities_in_cert(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let ok = match &self.expected {
-            ExpectedSpiffe::Exact(id) => presented.iter().any(|p| p == id),
-            ExpectedSpiffe::TrustDomain(td) => presented.iter().any(|p| p.in_trust_domain(td)),
+        let (expected, ok, presented) = match &self.identity {
+            ServerIdentity::Name => {
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                return Ok(ServerCertVerified::assertion());
+            }
+            ServerIdentity::Spiffe(id) => {
+                let presented = presented_ids(end_entity)?;
+                (id.to_string(), presented.iter().any(|p| p == id), presented)
+            }
+            ServerIdentity::TrustDomain(td) => {
+                let presented = presented_ids(end_entity)?;
+                let ok = presented.iter().any(|p| p.in_trust_domain(td));
+                (format!("trust domain {td}"), ok, presented)
+            }
         };
         if ok {
             return Ok(ServerCertVerified::assertion());
         }
-        let expected = match &self.expected {
-            ExpectedSpiffe::Exact(id) => id.to_string(),
-            ExpectedSpiffe::TrustDomain(td) => format!("trust domain {td}"),
-        };
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(IdentityMismatch {
                 expected,
@@ -411,7 +427,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -420,11 +441,151 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn presented_ids(end_entity: &CertificateDer<'_>) -> Result<Vec<SpiffeId>, rustls::Error> {
+    spiffe::identities_in_cert(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+}
+
+/// rustls' `WebPkiClientVerifier`, rebuilt when the roots reload. It sends no CA hints
+/// (clients then offer whatever certificate they have).
+struct ReloadingClientVerifier {
+    roots: Roots,
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+    /// (roots generation, verifier built from those roots)
+    built: ArcSwap<(u64, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl fmt::Debug for ReloadingClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingClientVerifier")
+            .field("mandatory", &self.mandatory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingClientVerifier {
+    fn new(
+        roots: Roots,
+        mandatory: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ReloadingClientVerifier, TlsFileError> {
+        let generation = roots.source().generation();
+        let verifier = build_client_verifier(&roots.current(), mandatory, &provider)
+            .map_err(TlsFileError::Config)?;
+        Ok(ReloadingClientVerifier {
+            roots,
+            mandatory,
+            provider,
+            built: ArcSwap::from_pointee((generation, verifier)),
+        })
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        let built = self.built.load();
+        // Read the generation before the roots: the roots are then at least that new.
+        let generation = self.roots.source().generation();
+        if built.0 == generation {
+            return Arc::clone(&built.1);
+        }
+        match build_client_verifier(&self.roots.current(), self.mandatory, &self.provider) {
+            Ok(verifier) => {
+                self.built
+                    .store(Arc::new((generation, Arc::clone(&verifier))));
+                verifier
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reloaded roots are unusable for client verification; keeping the previous ones");
+                Arc::clone(&built.1)
+            }
+        }
+    }
+}
+
+fn build_client_verifier(
+    roots: &Arc<RootCertStore>,
+    mandatory: bool,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+    let builder = if mandatory {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
