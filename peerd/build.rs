@@ -29,6 +29,8 @@ fn main() -> anyhow::Result<()> {
         .build_client(true)
         .build_server(true)
         .bytes(".envoy.service.discovery.v3")
+        // Ordered maps: equal content must encode to equal bytes (content versions).
+        .btree_map(".istio")
         .compile_fds(fds)
         .context("generating code")?;
     Ok(())

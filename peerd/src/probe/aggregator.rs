@@ -75,13 +75,18 @@ impl ConnectCounts {
             || self.other_errors < earlier.other_errors
             || self.syn_retransmits < earlier.syn_retransmits
             || self.latency_sum_us < earlier.latency_sum_us;
-        let hist_back = self.latency_hist.iter().zip(earlier.latency_hist.iter()).any(|(a, b)| a < b);
+        let hist_back = self
+            .latency_hist
+            .iter()
+            .zip(earlier.latency_hist.iter())
+            .any(|(a, b)| a < b);
         if scalars_back || hist_back {
             return *self;
         }
         let mut latency_hist = [0u64; LATENCY_BUCKETS];
-        for (slot, (now, before)) in
-            latency_hist.iter_mut().zip(self.latency_hist.iter().zip(earlier.latency_hist.iter()))
+        for (slot, (now, before)) in latency_hist
+            .iter_mut()
+            .zip(self.latency_hist.iter().zip(earlier.latency_hist.iter()))
         {
             *slot = now - before;
         }
@@ -228,7 +233,9 @@ impl Aggregator {
 
     /// Folds one snapshot taken at `now` into a report.
     pub fn update(&mut self, snapshot: &KernelSnapshot, now: Instant) -> ProbeReport {
-        let interval = self.previous_at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let interval = self
+            .previous_at
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         let mut destinations = BTreeMap::new();
         let mut next = HashMap::with_capacity(snapshot.destinations.len());
         for (key, stats) in &snapshot.destinations {
@@ -283,11 +290,21 @@ pub struct PortProbe {
 /// Sums destinations into peers using `index` (address → peer name: east-west gateway
 /// addresses, or remote pod IPs for flat peers). Destinations not in the index are
 /// ignored: they are not peers, so they are never attributed.
-pub fn attribute(report: &ProbeReport, index: &HashMap<IpAddr, String>) -> BTreeMap<String, PeerProbe> {
+pub fn attribute(
+    report: &ProbeReport,
+    index: &HashMap<IpAddr, String>,
+) -> BTreeMap<String, PeerProbe> {
     let mut peers: BTreeMap<String, PeerProbe> = BTreeMap::new();
     for (destination, dest) in &report.destinations {
-        let Some(peer) = index.get(&destination.ip()) else { continue };
-        let port = peers.entry(peer.clone()).or_default().by_port.entry(destination.port()).or_default();
+        let Some(peer) = index.get(&destination.ip()) else {
+            continue;
+        };
+        let port = peers
+            .entry(peer.clone())
+            .or_default()
+            .by_port
+            .entry(destination.port())
+            .or_default();
         port.total.add(&dest.total);
         port.delta.add(&dest.delta);
     }
@@ -367,7 +384,11 @@ mod tests {
         let live = entries.len() as u64;
         KernelSnapshot {
             destinations: entries,
-            health: MapHealth { dest_inserted: live, live_destinations: live, ..Default::default() },
+            health: MapHealth {
+                dest_inserted: live,
+                live_destinations: live,
+                ..Default::default()
+            },
         }
     }
 
@@ -380,7 +401,10 @@ mod tests {
         let first = agg.update(&snapshot(vec![(key, stats(10, 8, &[(5, 8)]))]), t0);
         assert_eq!(first.get(dest).unwrap().delta.attempts, 10);
         assert_eq!(first.interval, Duration::ZERO);
-        let second = agg.update(&snapshot(vec![(key, stats(30, 28, &[(5, 28)]))]), t0 + Duration::from_secs(2));
+        let second = agg.update(
+            &snapshot(vec![(key, stats(30, 28, &[(5, 28)]))]),
+            t0 + Duration::from_secs(2),
+        );
         let report = second.get(dest).unwrap();
         assert_eq!(report.total.attempts, 30);
         assert_eq!(report.delta.attempts, 20);
@@ -396,7 +420,10 @@ mod tests {
         let mut agg = Aggregator::new();
         let t0 = Instant::now();
         agg.update(&snapshot(vec![(key, stats(100, 100, &[]))]), t0);
-        let after = agg.update(&snapshot(vec![(key, stats(3, 2, &[]))]), t0 + Duration::from_secs(1));
+        let after = agg.update(
+            &snapshot(vec![(key, stats(3, 2, &[]))]),
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(after.get(dest).unwrap().delta.attempts, 3);
         assert_eq!(after.get(dest).unwrap().delta.established, 2);
     }
@@ -407,7 +434,11 @@ mod tests {
         let mut agg = Aggregator::new();
         let snap = KernelSnapshot {
             destinations: vec![(a, stats(1, 1, &[]))],
-            health: MapHealth { dest_inserted: 5, live_destinations: 1, ..Default::default() },
+            health: MapHealth {
+                dest_inserted: 5,
+                live_destinations: 1,
+                ..Default::default()
+            },
         };
         let report = agg.update(&snap, Instant::now());
         assert_eq!(report.destinations.len(), 1);

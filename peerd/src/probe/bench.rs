@@ -40,11 +40,13 @@ impl LoopbackSink {
     pub fn start(port: u16) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
-        thread::Builder::new().name("bench-sink".into()).spawn(move || {
-            for stream in listener.incoming() {
-                drop(stream);
-            }
-        })?;
+        thread::Builder::new()
+            .name("bench-sink".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    drop(stream);
+                }
+            })?;
         Ok(LoopbackSink { addr })
     }
 
@@ -56,7 +58,10 @@ impl LoopbackSink {
 /// `n` sequential connects to a loopback `target`; refuses non-loopback targets.
 pub fn connect_loop(target: SocketAddr, n: u64) -> io::Result<ConnectLoopResult> {
     if !target.ip().is_loopback() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bench connects only to loopback"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bench connects only to loopback",
+        ));
     }
     let started = Instant::now();
     for _ in 0..n {
@@ -67,12 +72,16 @@ pub fn connect_loop(target: SocketAddr, n: u64) -> io::Result<ConnectLoopResult>
         let _eof = stream.read(&mut byte)?;
         drop(stream);
     }
-    Ok(ConnectLoopResult { connects: n, elapsed: started.elapsed() })
+    Ok(ConnectLoopResult {
+        connects: n,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Turns on the kernel's BPF run-time accounting while the returned fd lives.
 pub fn enable_bpf_stats() -> io::Result<OwnedFd> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|err| io::Error::other(err.to_string()))
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|err| io::Error::other(err.to_string()))
 }
 
 /// Per-program run counts and run time (meaningful only with stats enabled).

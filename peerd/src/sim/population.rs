@@ -15,14 +15,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::proto::istio::{security, workload};
 use crate::xds::resource::{Resource, ResourceError};
-use crate::xds::types::ResourceType;
 
 /// Highest cluster index: second octets `k + 32·j` must stay ≤ 255 for j < 8.
 pub const MAX_CLUSTER_INDEX: u8 = 31;
@@ -686,50 +683,13 @@ impl Population {
                 )
             })
             .collect();
-        workload_resource_sorted(&w, &services)
+        Resource::workload(&workload::Workload { services, ..w })
             .map(Arc::new)
             .map_err(|source| PopulationError::Resource {
                 name: uid.to_string(),
                 source,
             })
     }
-}
-
-/// One `map<string, PortList>` entry as protobuf encodes it (key = 1, value = 2).
-#[derive(Clone, PartialEq, prost::Message)]
-struct ServicesEntry {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(message, optional, tag = "2")]
-    value: Option<workload::PortList>,
-}
-
-const WORKLOAD_SERVICES_FIELD: u32 = 22;
-const ADDRESS_WORKLOAD_FIELD: u32 = 1;
-
-/// Builds a workload Address resource whose `services` map is encoded in key order.
-/// (prost encodes a `HashMap` in its random iteration order, so `Resource::workload`
-/// gives different bytes — and versions — for equal workloads backing several services.)
-/// `w.services` is ignored; `services` is used instead.
-pub fn workload_resource_sorted(
-    w: &workload::Workload,
-    services: &BTreeMap<String, workload::PortList>,
-) -> Result<Resource, ResourceError> {
-    let mut body = workload::Workload {
-        services: Default::default(),
-        ..w.clone()
-    }
-    .encode_to_vec();
-    for (key, ports) in services {
-        let entry = ServicesEntry {
-            key: key.clone(),
-            value: Some(ports.clone()),
-        };
-        prost::encoding::message::encode(WORKLOAD_SERVICES_FIELD, &entry, &mut body);
-    }
-    let mut address = Vec::with_capacity(body.len() + 6);
-    prost::encoding::bytes::encode(ADDRESS_WORKLOAD_FIELD, &body, &mut address);
-    Resource::from_body(ResourceType::Address, Bytes::from(address))
 }
 
 fn service_model(
@@ -903,6 +863,8 @@ mod tests {
 
     use super::*;
     use crate::xds::resource::Summary;
+    use bytes::Bytes;
+    use prost::Message;
 
     fn options(workloads: usize, services: usize, seed: u64) -> PopulationOptions {
         PopulationOptions::new("cluster-2", 2, workloads, services, seed)

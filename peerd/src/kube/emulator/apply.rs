@@ -29,7 +29,12 @@ pub type Conflicts = Vec<(String, String)>;
 
 /// Applies `config` onto `current` (or onto `skeleton` when the object does not exist)
 /// and returns the new object with updated `managedFields`.
-pub fn apply(current: Option<&Value>, skeleton: Value, config: &Value, req: ApplyRequest<'_>) -> Result<Value, Conflicts> {
+pub fn apply(
+    current: Option<&Value>,
+    skeleton: Value,
+    config: &Value,
+    req: ApplyRequest<'_>,
+) -> Result<Value, Conflicts> {
     let mut object = current.cloned().unwrap_or(skeleton);
     let mut entries = current.map(read_entries).unwrap_or_default();
     let intent = scoped(config, req.scope);
@@ -71,7 +76,11 @@ pub fn apply(current: Option<&Value>, skeleton: Value, config: &Value, req: Appl
         .iter()
         .position(|e| e.is(req.manager, Operation::Apply, subresource));
     if let Some(index) = own_index {
-        let previously: Vec<_> = entries[index].fields.difference(&applied).cloned().collect();
+        let previously: Vec<_> = entries[index]
+            .fields
+            .difference(&applied)
+            .cloned()
+            .collect();
         for dropped in previously {
             let still_applied = applied.iter().any(|p| overlaps(p, &dropped));
             let owned_elsewhere = entries
@@ -131,10 +140,18 @@ mod tests {
     use crate::kube::emulator::managed_fields::record_update;
     use serde_json::json;
 
-    const MAIN: Scope = Scope::Main { status_separate: true };
+    const MAIN: Scope = Scope::Main {
+        status_separate: true,
+    };
 
     fn req(manager: &str, force: bool) -> ApplyRequest<'_> {
-        ApplyRequest { manager, force, scope: MAIN, api_version: "networking.istio.io/v1", now: "t" }
+        ApplyRequest {
+            manager,
+            force,
+            scope: MAIN,
+            api_version: "networking.istio.io/v1",
+            now: "t",
+        }
     }
 
     fn skeleton() -> Value {
@@ -158,12 +175,18 @@ mod tests {
         let obj = apply(None, skeleton(), &mine, req("peerd", false)).unwrap();
         let theirs = json!({"spec": {"address": "10.0.0.2"}});
         let conflicts = apply(Some(&obj), skeleton(), &theirs, req("other", false)).unwrap_err();
-        assert_eq!(conflicts, vec![("peerd".to_string(), ".spec.address".to_string())]);
+        assert_eq!(
+            conflicts,
+            vec![("peerd".to_string(), ".spec.address".to_string())]
+        );
 
         let forced = apply(Some(&obj), skeleton(), &theirs, req("other", true)).unwrap();
         assert_eq!(forced["spec"]["address"], "10.0.0.2");
         let entries = read_entries(&forced);
-        assert!(entries.iter().all(|e| e.manager != "peerd"), "peerd lost its only field");
+        assert!(
+            entries.iter().all(|e| e.manager != "peerd"),
+            "peerd lost its only field"
+        );
     }
 
     #[test]
@@ -173,7 +196,13 @@ mod tests {
         let obj = apply(Some(&obj), skeleton(), &config, req("other", false)).unwrap();
         assert_eq!(read_entries(&obj).len(), 2);
         // peerd stops applying the field; "other" still owns it, so it stays.
-        let obj = apply(Some(&obj), skeleton(), &json!({"spec": {}}), req("peerd", false)).unwrap();
+        let obj = apply(
+            Some(&obj),
+            skeleton(),
+            &json!({"spec": {}}),
+            req("peerd", false),
+        )
+        .unwrap();
         assert_eq!(obj["spec"]["address"], "10.0.0.1");
     }
 
@@ -183,18 +212,40 @@ mod tests {
         let obj = apply(None, skeleton(), &mine, req("peerd", false)).unwrap();
         let mut edited = obj.clone();
         edited["spec"]["weight"] = json!(5);
-        record_update(Some(&obj), &mut edited, "kubectl-edit", MAIN, "networking.istio.io/v1", "t");
+        record_update(
+            Some(&obj),
+            &mut edited,
+            "kubectl-edit",
+            MAIN,
+            "networking.istio.io/v1",
+            "t",
+        );
         let conflicts = apply(Some(&edited), skeleton(), &mine, req("peerd", false)).unwrap_err();
-        assert_eq!(conflicts, vec![("kubectl-edit".to_string(), ".spec.weight".to_string())]);
+        assert_eq!(
+            conflicts,
+            vec![("kubectl-edit".to_string(), ".spec.weight".to_string())]
+        );
         let restored = apply(Some(&edited), skeleton(), &mine, req("peerd", true)).unwrap();
         assert_eq!(restored["spec"]["weight"], 1);
     }
 
     #[test]
     fn main_apply_never_touches_status() {
-        let mut obj = apply(None, skeleton(), &json!({"spec": {"a": 1}}), req("peerd", false)).unwrap();
+        let mut obj = apply(
+            None,
+            skeleton(),
+            &json!({"spec": {"a": 1}}),
+            req("peerd", false),
+        )
+        .unwrap();
         obj["status"] = json!({"conditions": [1]});
-        let obj = apply(Some(&obj), skeleton(), &json!({"spec": {"a": 2}, "status": {"conditions": []}}), req("peerd", false)).unwrap();
+        let obj = apply(
+            Some(&obj),
+            skeleton(),
+            &json!({"spec": {"a": 2}, "status": {"conditions": []}}),
+            req("peerd", false),
+        )
+        .unwrap();
         assert_eq!(obj["status"], json!({"conditions": [1]}));
         assert_eq!(obj["spec"]["a"], 2);
     }

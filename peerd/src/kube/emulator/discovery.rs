@@ -105,7 +105,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if list.is_empty() {
         return None;
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -127,7 +131,10 @@ mod tests {
             .iter()
             .find(|g| g["name"] == "networking.istio.io")
             .unwrap();
-        assert_eq!(istio["preferredVersion"]["groupVersion"], "networking.istio.io/v1");
+        assert_eq!(
+            istio["preferredVersion"]["groupVersion"],
+            "networking.istio.io/v1"
+        );
         assert_eq!(istio["versions"][1]["version"], "v1beta1");
         assert!(group("nope.example.com").is_none());
     }

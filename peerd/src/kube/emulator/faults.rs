@@ -33,7 +33,12 @@ impl Verb {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Verb::Create | Verb::Update | Verb::Patch | Verb::Apply | Verb::Delete | Verb::DeleteCollection
+            Verb::Create
+                | Verb::Update
+                | Verb::Patch
+                | Verb::Apply
+                | Verb::Delete
+                | Verb::DeleteCollection
         )
     }
 
@@ -71,10 +76,17 @@ impl RequestCounts {
 
     /// create + update + patch + apply + delete + deletecollection.
     pub fn writes(&self) -> u64 {
-        [Verb::Create, Verb::Update, Verb::Patch, Verb::Apply, Verb::Delete, Verb::DeleteCollection]
-            .into_iter()
-            .map(|v| self.verb(v))
-            .sum()
+        [
+            Verb::Create,
+            Verb::Update,
+            Verb::Patch,
+            Verb::Apply,
+            Verb::Delete,
+            Verb::DeleteCollection,
+        ]
+        .into_iter()
+        .map(|v| self.verb(v))
+        .sum()
     }
 
     /// Requests of `verb` on `plural.group` (or `plural` for the core group).
@@ -102,11 +114,17 @@ impl Counters {
     }
 
     pub(crate) fn count_discovery(&self) {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).discovery += 1;
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .discovery += 1;
     }
 
     pub(crate) fn snapshot(&self) -> RequestCounts {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn reset(&self) {
@@ -168,7 +186,9 @@ impl Default for FaultControls {
 impl FaultControls {
     /// Fails the next `count` resource requests with HTTP `status` (500–599).
     pub fn fail_next(&self, count: u64, status: u16) {
-        self.inner.fail_status.store(clamp_5xx(status), Ordering::SeqCst);
+        self.inner
+            .fail_status
+            .store(clamp_5xx(status), Ordering::SeqCst);
         self.inner.fail_next.store(count, Ordering::SeqCst);
     }
 
@@ -213,7 +233,9 @@ impl FaultControls {
         if let Some(fraction) = request.fail_fraction
             && !(0.0..=1.0).contains(&fraction)
         {
-            return Err(format!("fail_fraction must be within 0.0–1.0, got {fraction}"));
+            return Err(format!(
+                "fail_fraction must be within 0.0–1.0, got {fraction}"
+            ));
         }
         if request.clear {
             self.clear();
@@ -267,7 +289,11 @@ impl FaultControls {
 }
 
 fn clamp_5xx(status: u16) -> u16 {
-    if (500..=599).contains(&status) { status } else { 500 }
+    if (500..=599).contains(&status) {
+        status
+    } else {
+        500
+    }
 }
 
 /// Decrements a counter if positive; true if it was.
@@ -302,11 +328,20 @@ mod tests {
     #[test]
     fn control_requests_are_validated() {
         let faults = FaultControls::default();
-        let bad = FaultRequest { fail_status: Some(404), ..Default::default() };
+        let bad = FaultRequest {
+            fail_status: Some(404),
+            ..Default::default()
+        };
         assert!(faults.apply_request(&bad).is_err());
-        let bad = FaultRequest { fail_fraction: Some(1.5), ..Default::default() };
+        let bad = FaultRequest {
+            fail_fraction: Some(1.5),
+            ..Default::default()
+        };
         assert!(faults.apply_request(&bad).is_err());
-        let good = FaultRequest { conflict_next: Some(1), ..Default::default() };
+        let good = FaultRequest {
+            conflict_next: Some(1),
+            ..Default::default()
+        };
         faults.apply_request(&good).unwrap();
         assert!(faults.take_conflict());
         assert!(!faults.take_conflict());
@@ -320,7 +355,10 @@ mod tests {
         counters.count(Verb::Delete, "pods");
         let snap = counters.snapshot();
         assert_eq!(snap.writes(), 2);
-        assert_eq!(snap.on(Verb::Apply, "workloadentries.networking.istio.io"), 1);
+        assert_eq!(
+            snap.on(Verb::Apply, "workloadentries.networking.istio.io"),
+            1
+        );
         counters.reset();
         assert_eq!(counters.snapshot().writes(), 0);
     }

@@ -62,7 +62,12 @@ pub fn scoped(obj: &Value, scope: Scope) -> Value {
                 }
                 false
             }
-            (Scope::Main { status_separate: true }, "status") => false,
+            (
+                Scope::Main {
+                    status_separate: true,
+                },
+                "status",
+            ) => false,
             (Scope::Main { .. }, _) => true,
         };
         if keep {
@@ -176,7 +181,10 @@ impl ManagedEntry {
         if !self.subresource.is_empty()
             && let Value::Object(map) = &mut entry
         {
-            map.insert("subresource".into(), Value::String(self.subresource.clone()));
+            map.insert(
+                "subresource".into(),
+                Value::String(self.subresource.clone()),
+            );
         }
         entry
     }
@@ -187,7 +195,13 @@ impl ManagedEntry {
             "Update" => Operation::Update,
             _ => return None,
         };
-        let text = |key: &str| entry.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+        let text = |key: &str| {
+            entry
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         Some(Self {
             manager: text("manager"),
             operation,
@@ -283,7 +297,14 @@ pub fn write_entries(obj: &mut Value, entries: &[ManagedEntry]) {
 /// Records a non-apply write (create, update, patch) by `manager`: it takes ownership of
 /// every field it changed; fields it removed are no longer owned by anyone.
 /// `new`'s own `managedFields` (from the client) are replaced.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, scope: Scope, api_version: &str, now: &str) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    scope: Scope,
+    api_version: &str,
+    now: &str,
+) {
     let mut entries = old.map(read_entries).unwrap_or_default();
     let empty = Value::Object(Map::new());
     let old_scoped = scoped(old.unwrap_or(&empty), scope);
@@ -302,7 +323,10 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, scope:
     }
     if !changed.is_empty() {
         let subresource = scope.subresource();
-        let index = match entries.iter().position(|e| e.is(manager, Operation::Update, subresource)) {
+        let index = match entries
+            .iter()
+            .position(|e| e.is(manager, Operation::Update, subresource))
+        {
             Some(index) => index,
             None => {
                 entries.push(ManagedEntry {
@@ -349,16 +373,31 @@ mod tests {
     #[test]
     fn scopes_split_status_from_the_rest() {
         let obj = json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n", "labels": {"a": "1"}}, "spec": {"x": 1}, "status": {"y": 2}});
-        let main = scoped(&obj, Scope::Main { status_separate: true });
-        assert_eq!(main, json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1}}));
+        let main = scoped(
+            &obj,
+            Scope::Main {
+                status_separate: true,
+            },
+        );
+        assert_eq!(
+            main,
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1}})
+        );
         assert_eq!(scoped(&obj, Scope::Status), json!({"status": {"y": 2}}));
-        let whole = scoped(&obj, Scope::Main { status_separate: false });
+        let whole = scoped(
+            &obj,
+            Scope::Main {
+                status_separate: false,
+            },
+        );
         assert_eq!(whole["status"], json!({"y": 2}));
     }
 
     #[test]
     fn update_takes_changed_fields_from_other_managers() {
-        let scope = Scope::Main { status_separate: true };
+        let scope = Scope::Main {
+            status_separate: true,
+        };
         let mut created = json!({"metadata": {"name": "n"}, "spec": {"a": 1, "b": 1}});
         record_update(None, &mut created, "first", scope, "v1", "t0");
         let mut updated = json!({"metadata": {"name": "n"}, "spec": {"a": 2, "b": 1}});

@@ -34,7 +34,6 @@ mod apply;
 mod control;
 mod discovery;
 mod faults;
-mod wire;
 mod managed_fields;
 mod meta;
 mod openapi;
@@ -47,6 +46,7 @@ mod store;
 mod table;
 mod token_review;
 mod watch;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -72,9 +72,9 @@ use tokio::task::JoinSet;
 pub use faults::{FaultControls, FaultRequest, RequestCounts, Verb};
 pub use token_review::TokenIdentity;
 
-use self::wire::{Body, error_response, json_response, text_response};
 use self::status::ApiError;
 use self::store::Store;
+use self::wire::{Body, error_response, json_response, text_response};
 
 /// How an emulator instance behaves.
 #[derive(Debug, Clone)]
@@ -99,7 +99,9 @@ impl Default for EmulatorOptions {
             history_window: 50_000,
             watch_buffer: 65_536,
             bookmark_interval: Duration::from_secs(5),
-            namespaces: ["default", "kube-system", "istio-system"].map(String::from).to_vec(),
+            namespaces: ["default", "kube-system", "istio-system"]
+                .map(String::from)
+                .to_vec(),
             tokens: BTreeMap::new(),
             max_body_bytes: 3 * 1024 * 1024,
         }
@@ -124,11 +126,16 @@ pub struct Emulator;
 impl Emulator {
     /// Binds `listen` (use port 0 for an ephemeral port) and serves until the returned
     /// handle is shut down or dropped.
-    pub async fn start(listen: SocketAddr, options: EmulatorOptions) -> anyhow::Result<EmulatorHandle> {
+    pub async fn start(
+        listen: SocketAddr,
+        options: EmulatorOptions,
+    ) -> anyhow::Result<EmulatorHandle> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding the emulated API server to {listen}"))?;
-        let addr = listener.local_addr().context("reading the emulator's local address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the emulator's local address")?;
         let (shutdown_tx, shutdown_rx) = signal::channel(false);
         let state = Arc::new(State {
             store: Store::new(options.history_window, options.watch_buffer),
@@ -171,12 +178,16 @@ fn seed_namespace(state: &State, name: &str) -> anyhow::Result<()> {
     });
     state
         .store
-        .mutate(resources::NAMESPACES, (String::new(), name.to_string()), |current| {
-            Ok(match current {
-                Some(_) => store::Mutation::Unchanged,
-                None => store::Mutation::Put(obj),
-            })
-        })
+        .mutate(
+            resources::NAMESPACES,
+            (String::new(), name.to_string()),
+            |current| {
+                Ok(match current {
+                    Some(_) => store::Mutation::Unchanged,
+                    None => store::Mutation::Put(obj),
+                })
+            },
+        )
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("seeding namespace {name}: {e}"))
 }
@@ -237,7 +248,11 @@ impl EmulatorHandle {
 
     /// Makes a token invalid from now on.
     pub fn revoke_token(&self, token: &str) {
-        self.state.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+        self.state
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
     }
 
     /// The stored object `group/plural` `namespace/name` (namespace empty for
@@ -276,7 +291,10 @@ impl EmulatorHandle {
                 content_type.parse().context("invalid content type")?,
             );
         }
-        headers.insert(header::USER_AGENT, http::HeaderValue::from_static("peerd-emulator-inprocess"));
+        headers.insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_static("peerd-emulator-inprocess"),
+        );
         let response = route(&self.state, &method, &uri, &headers, body.into()).await;
         let status = response.status().as_u16();
         let bytes = response
@@ -352,7 +370,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// Serves one request whose body has been read (from the network or in-process).
-async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+async fn route(
+    state: &Arc<State>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     let path = uri.path();
     let response = if path.starts_with("/__emulator/") {
         control::handle(state, method, path, &body)
@@ -362,7 +386,11 @@ async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderM
         match rest::parse_target(path) {
             Some(Ok(target)) => {
                 let header_text = |name: header::HeaderName| {
-                    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
                 };
                 let request = rest::ApiRequest {
                     method: method.clone(),

@@ -11,7 +11,11 @@ use serde_json::{Map, Value, json};
 use super::resources::{self, ResourceDef};
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// Every group-version served: core first, then groups in catalog order.
@@ -61,7 +65,11 @@ pub fn group_version(path: &str) -> Option<Value> {
     let patch_params = ["dryRun", "fieldManager", "fieldValidation", "force"];
     for def in resources::in_group_version(group, version) {
         let base = if def.namespaced {
-            format!("/{}/namespaces/{{namespace}}/{}", gv_path(group, version), def.plural)
+            format!(
+                "/{}/namespaces/{{namespace}}/{}",
+                gv_path(group, version),
+                def.plural
+            )
         } else {
             format!("/{}/{}", gv_path(group, version), def.plural)
         };
@@ -69,8 +77,31 @@ pub fn group_version(path: &str) -> Option<Value> {
         if !def.create_only
             && let Value::Object(map) = &mut collection
         {
-            map.insert("get".into(), operation(def, version, "list", &["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch"]));
-            map.insert("delete".into(), operation(def, version, "deletecollection", &["labelSelector", "fieldSelector", "dryRun"]));
+            map.insert(
+                "get".into(),
+                operation(
+                    def,
+                    version,
+                    "list",
+                    &[
+                        "labelSelector",
+                        "fieldSelector",
+                        "limit",
+                        "continue",
+                        "resourceVersion",
+                        "watch",
+                    ],
+                ),
+            );
+            map.insert(
+                "delete".into(),
+                operation(
+                    def,
+                    version,
+                    "deletecollection",
+                    &["labelSelector", "fieldSelector", "dryRun"],
+                ),
+            );
         }
         paths.insert(base.clone(), collection);
         if !def.create_only {
@@ -84,7 +115,16 @@ pub fn group_version(path: &str) -> Option<Value> {
                 }),
             );
         }
-        let schema_name = format!("{}.{}.{}", if def.group.is_empty() { "io.k8s.api.core" } else { def.group }, version, def.kind);
+        let schema_name = format!(
+            "{}.{}.{}",
+            if def.group.is_empty() {
+                "io.k8s.api.core"
+            } else {
+                def.group
+            },
+            version,
+            def.kind
+        );
         schemas.insert(
             schema_name,
             json!({
@@ -109,16 +149,28 @@ mod tests {
     #[test]
     fn root_lists_every_group_version() {
         let doc = root();
-        assert_eq!(doc["paths"]["api/v1"]["serverRelativeURL"], "/openapi/v3/api/v1");
+        assert_eq!(
+            doc["paths"]["api/v1"]["serverRelativeURL"],
+            "/openapi/v3/api/v1"
+        );
         assert!(doc["paths"]["apis/networking.istio.io/v1beta1"].is_object());
     }
 
     #[test]
     fn patch_operations_declare_field_validation() {
         let doc = group_version("apis/networking.istio.io/v1").unwrap();
-        let patch = &doc["paths"]["/apis/networking.istio.io/v1/namespaces/{namespace}/workloadentries/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "WorkloadEntry");
-        let params: Vec<&str> = patch["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let patch = &doc["paths"]["/apis/networking.istio.io/v1/namespaces/{namespace}/workloadentries/{name}"]
+            ["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "WorkloadEntry"
+        );
+        let params: Vec<&str> = patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
         assert!(params.contains(&"fieldValidation"));
         assert!(group_version("apis/nope/v1").is_none());
     }

@@ -28,7 +28,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// RFC 6902 operations `add`, `remove`, `replace`, `move`, `copy`, `test`.
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
-    let ops = patch.as_array().ok_or("a JSON patch must be an array of operations")?;
+    let ops = patch
+        .as_array()
+        .ok_or("a JSON patch must be an array of operations")?;
     for (index, op) in ops.iter().enumerate() {
         apply_op(target, op).map_err(|e| format!("operation {index}: {e}"))?;
     }
@@ -36,9 +38,16 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
 }
 
 fn apply_op(target: &mut Value, op: &Value) -> Result<(), String> {
-    let name = op.get("op").and_then(Value::as_str).ok_or("missing \"op\"")?;
+    let name = op
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or("missing \"op\"")?;
     let path = pointer(op, "path")?;
-    let value = || op.get("value").cloned().ok_or_else(|| format!("{name} needs \"value\""));
+    let value = || {
+        op.get("value")
+            .cloned()
+            .ok_or_else(|| format!("{name} needs \"value\""))
+    };
     match name {
         "add" => add(target, &path, value()?),
         "remove" => remove(target, &path).map(|_| ()),
@@ -53,7 +62,9 @@ fn apply_op(target: &mut Value, op: &Value) -> Result<(), String> {
         }
         "copy" => {
             let from = pointer(op, "from")?;
-            let copied = get(target, &from).cloned().ok_or("\"from\" does not exist")?;
+            let copied = get(target, &from)
+                .cloned()
+                .ok_or("\"from\" does not exist")?;
             add(target, &path, copied)
         }
         "test" => {
@@ -78,7 +89,10 @@ fn pointer(op: &Value, field: &str) -> Result<Vec<String>, String> {
     let rest = text
         .strip_prefix('/')
         .ok_or_else(|| format!("JSON pointer {text:?} must start with '/'"))?;
-    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+    Ok(rest
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect())
 }
 
 fn render(path: &[String]) -> String {
@@ -94,7 +108,9 @@ fn get<'a>(target: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn parent<'a>(target: &'a mut Value, path: &[String]) -> Result<(&'a mut Value, String), String> {
-    let (last, parents) = path.split_last().ok_or("the root cannot be the target here")?;
+    let (last, parents) = path
+        .split_last()
+        .ok_or("the root cannot be the target here")?;
     let mut cursor = target;
     for token in parents {
         cursor = match cursor {
@@ -119,7 +135,12 @@ fn add(target: &mut Value, path: &[String], value: Value) -> Result<(), String> 
             Ok(())
         }
         Value::Array(items) => {
-            let index = if last == "-" { items.len() } else { last.parse::<usize>().map_err(|_| format!("bad array index {last:?}"))? };
+            let index = if last == "-" {
+                items.len()
+            } else {
+                last.parse::<usize>()
+                    .map_err(|_| format!("bad array index {last:?}"))?
+            };
             if index > items.len() {
                 return Err(format!("array index {index} out of range"));
             }
@@ -137,7 +158,11 @@ fn remove(target: &mut Value, path: &[String]) -> Result<Value, String> {
         Value::Object(map) => map.remove(&last).ok_or_else(missing),
         Value::Array(items) => {
             let index = last.parse::<usize>().map_err(|_| missing())?;
-            if index < items.len() { Ok(items.remove(index)) } else { Err(missing()) }
+            if index < items.len() {
+                Ok(items.remove(index))
+            } else {
+                Err(missing())
+            }
         }
         _ => Err(missing()),
     }
@@ -151,29 +176,46 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7386() {
         let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}));
-        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}}));
+        merge_patch(
+            &mut doc,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
     }
 
     #[test]
     fn json_patch_operations() {
         let mut doc = json!({"metadata": {"labels": {"a/b": "1"}}, "spec": {"ports": [1, 3]}});
-        json_patch(&mut doc, &json!([
-            {"op": "test", "path": "/metadata/labels/a~1b", "value": "1"},
-            {"op": "add", "path": "/spec/ports/1", "value": 2},
-            {"op": "add", "path": "/spec/ports/-", "value": 4},
-            {"op": "replace", "path": "/metadata/labels/a~1b", "value": "2"},
-            {"op": "copy", "from": "/spec/ports", "path": "/spec/copy"},
-            {"op": "move", "from": "/spec/copy", "path": "/spec/moved"},
-            {"op": "remove", "path": "/spec/ports/0"}
-        ])).unwrap();
-        assert_eq!(doc, json!({"metadata": {"labels": {"a/b": "2"}}, "spec": {"ports": [2, 3, 4], "moved": [1, 2, 3, 4]}}));
+        json_patch(
+            &mut doc,
+            &json!([
+                {"op": "test", "path": "/metadata/labels/a~1b", "value": "1"},
+                {"op": "add", "path": "/spec/ports/1", "value": 2},
+                {"op": "add", "path": "/spec/ports/-", "value": 4},
+                {"op": "replace", "path": "/metadata/labels/a~1b", "value": "2"},
+                {"op": "copy", "from": "/spec/ports", "path": "/spec/copy"},
+                {"op": "move", "from": "/spec/copy", "path": "/spec/moved"},
+                {"op": "remove", "path": "/spec/ports/0"}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            json!({"metadata": {"labels": {"a/b": "2"}}, "spec": {"ports": [2, 3, 4], "moved": [1, 2, 3, 4]}})
+        );
     }
 
     #[test]
     fn json_patch_errors_are_reported() {
         let mut doc = json!({"a": 1});
-        assert!(json_patch(&mut doc, &json!([{"op": "test", "path": "/a", "value": 2}])).unwrap_err().contains("test failed"));
+        assert!(
+            json_patch(&mut doc, &json!([{"op": "test", "path": "/a", "value": 2}]))
+                .unwrap_err()
+                .contains("test failed")
+        );
         assert!(json_patch(&mut doc, &json!([{"op": "remove", "path": "/zz"}])).is_err());
         assert!(json_patch(&mut doc, &json!({"op": "add"})).is_err());
         assert!(json_patch(&mut doc, &json!([{"op": "frob", "path": "/a"}])).is_err());

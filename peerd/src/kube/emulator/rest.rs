@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use super::State;
 use super::apply::{ApplyRequest, apply};
 use super::faults::Verb;
-use super::wire::{Body, Query, error_response, json_response};
 use super::managed_fields::{Scope, record_update};
 use super::meta;
 use super::patch::{json_patch, merge_patch};
@@ -28,6 +27,7 @@ use super::store::{Mutation, ObjectKey, object_key};
 use super::table;
 use super::token_review;
 use super::watch;
+use super::wire::{Body, Query, error_response, json_response};
 
 /// A request after the HTTP layer: body fully read.
 pub(crate) struct ApiRequest {
@@ -62,7 +62,9 @@ impl Target {
     fn scope(&self) -> Scope {
         match self.subresource.as_deref() {
             Some("status") => Scope::Status,
-            _ => Scope::Main { status_separate: self.def.status_subresource },
+            _ => Scope::Main {
+                status_separate: self.def.status_subresource,
+            },
         }
     }
 
@@ -71,7 +73,10 @@ impl Target {
     }
 
     fn key(&self) -> ObjectKey {
-        (self.namespace.clone().unwrap_or_default(), self.name().to_string())
+        (
+            self.namespace.clone().unwrap_or_default(),
+            self.name().to_string(),
+        )
     }
 
     /// An object as served at the requested version.
@@ -96,25 +101,26 @@ pub(crate) fn parse_target(path: &str) -> Option<Result<Target, ApiError>> {
     };
     let not_found = || ApiError::path_not_found(path);
     let find = |plural: &str| resources::find(group, version, plural);
-    let target = |id: ResourceId, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
-        let def = resources::def(id);
-        if def.namespaced != namespace.is_some() && (name.is_some() || namespace.is_some()) {
-            return Err(not_found());
-        }
-        if let Some(sub) = sub
-            && (sub != "status" || !def.status_subresource)
-        {
-            return Err(not_found());
-        }
-        Ok(Target {
-            id,
-            def,
-            version: version.to_string(),
-            namespace: namespace.map(String::from),
-            name: name.map(String::from),
-            subresource: sub.map(String::from),
-        })
-    };
+    let target =
+        |id: ResourceId, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+            let def = resources::def(id);
+            if def.namespaced != namespace.is_some() && (name.is_some() || namespace.is_some()) {
+                return Err(not_found());
+            }
+            if let Some(sub) = sub
+                && (sub != "status" || !def.status_subresource)
+            {
+                return Err(not_found());
+            }
+            Ok(Target {
+                id,
+                def,
+                version: version.to_string(),
+                namespace: namespace.map(String::from),
+                name: name.map(String::from),
+                subresource: sub.map(String::from),
+            })
+        };
     let namespaced_plural = |p: &str| find(p).filter(|id| resources::def(*id).namespaced);
     let result = match rest {
         ["namespaces", ns, plural, tail @ ..] if namespaced_plural(plural).is_some() => {
@@ -152,7 +158,9 @@ fn verb_for(target: &Target, req: &ApiRequest) -> Result<Verb, ApiError> {
         (&Method::GET, false) => Verb::List,
         (&Method::POST, false) => Verb::Create,
         (&Method::PUT, true) => Verb::Update,
-        (&Method::PATCH, true) if req.content_type.starts_with("application/apply-patch") => Verb::Apply,
+        (&Method::PATCH, true) if req.content_type.starts_with("application/apply-patch") => {
+            Verb::Apply
+        }
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) => Verb::Delete,
         (&Method::DELETE, false) => Verb::DeleteCollection,
@@ -168,7 +176,11 @@ fn verb_for(target: &Target, req: &ApiRequest) -> Result<Verb, ApiError> {
             && target.namespace.is_none()
             && matches!(verb, Verb::Create | Verb::DeleteCollection))
     };
-    if allowed { Ok(verb) } else { Err(ApiError::method_not_allowed()) }
+    if allowed {
+        Ok(verb)
+    } else {
+        Err(ApiError::method_not_allowed())
+    }
 }
 
 /// Serves one resource request (counters and faults included).
@@ -214,7 +226,10 @@ fn get(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body
     if table::wants_table(&req.accept) {
         let rv = meta::resource_version(&out).unwrap_or("").to_string();
         let include = req.query.get("includeObject").unwrap_or("Metadata");
-        return Ok(json_response(200, &table::table(target.def, &[out], &rv, include)));
+        return Ok(json_response(
+            200,
+            &table::table(target.def, &[out], &rv, include),
+        ));
     }
     Ok(json_response(200, &out))
 }
@@ -228,8 +243,11 @@ fn selectors(query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> 
 }
 
 pub(crate) fn parse_rv(text: &str) -> Result<u64, ApiError> {
-    text.parse::<u64>()
-        .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {text:?}: must be an unsigned integer")))
+    text.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid resourceVersion {text:?}: must be an unsigned integer"
+        ))
+    })
 }
 
 fn encode_continue(rv: u64, key: &ObjectKey) -> String {
@@ -246,7 +264,8 @@ fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
         .step_by(2)
         .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| invalid()))
         .collect::<Result<_, _>>()?;
-    let (rv, ns, name): (u64, String, String) = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let (rv, ns, name): (u64, String, String) =
+        serde_json::from_slice(&bytes).map_err(|_| invalid())?;
     Ok((rv, (ns, name)))
 }
 
@@ -282,7 +301,9 @@ fn list(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Bod
                         (None, None)
                     }
                     Some(other) => {
-                        return Err(ApiError::bad_request(format!("invalid resourceVersionMatch {other:?}")));
+                        return Err(ApiError::bad_request(format!(
+                            "invalid resourceVersionMatch {other:?}"
+                        )));
                     }
                 }
             }
@@ -324,7 +345,10 @@ fn list(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Bod
     if table::wants_table(&req.accept) {
         let include = q.get("includeObject").unwrap_or("Metadata");
         let mut doc = table::table(target.def, &page, &rv.to_string(), include);
-        if let (Some(token), Some(meta)) = (&continue_token, doc.get_mut("metadata").and_then(Value::as_object_mut)) {
+        if let (Some(token), Some(meta)) = (
+            &continue_token,
+            doc.get_mut("metadata").and_then(Value::as_object_mut),
+        ) {
             meta.insert("continue".into(), json!(token));
         }
         return Ok(json_response(200, &doc));
@@ -354,7 +378,11 @@ fn field_manager(req: &ApiRequest) -> Result<String, ApiError> {
         Some(manager) => Ok(manager.to_string()),
         None => {
             let agent = req.user_agent.split('/').next().unwrap_or("").trim();
-            Ok(if agent.is_empty() { "unknown".to_string() } else { agent.to_string() })
+            Ok(if agent.is_empty() {
+                "unknown".to_string()
+            } else {
+                agent.to_string()
+            })
         }
     }
 }
@@ -363,23 +391,29 @@ fn dry_run(req: &ApiRequest) -> Result<bool, ApiError> {
     match req.query.get("dryRun") {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unsupported dryRun value {other:?}"
+        ))),
     }
 }
 
 pub(crate) fn parse_body(req: &ApiRequest) -> Result<Value, ApiError> {
     let ct = req.content_type.as_str();
     let value: Value = if ct.starts_with("application/yaml") {
-        serde_yaml::from_slice(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
+        serde_yaml::from_slice(&req.body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+        })?
     } else if ct.is_empty() || ct.starts_with("application/json") || ct.starts_with("*/*") {
-        serde_json::from_slice(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
+        serde_json::from_slice(&req.body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?
     } else {
         return Err(ApiError::unsupported_body_type(ct));
     };
     if !value.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     Ok(value)
 }
@@ -482,14 +516,31 @@ fn bump_generation(target: &Target, current: &Value, new: &mut Value) {
         return;
     }
     let generation = meta::generation(current).unwrap_or(1);
-    let next = if meta::spec_part(current) != meta::spec_part(new) { generation + 1 } else { generation };
+    let next = if meta::spec_part(current) != meta::spec_part(new) {
+        generation + 1
+    } else {
+        generation
+    };
     meta::metadata_mut(new).insert("generation".into(), json!(next));
 }
 
 /// Final step of every write to an existing object: ownership, generation, no-op check.
-fn finish_update(target: &Target, current: &Value, mut new: Value, manager: &str, now: &str) -> Mutation {
+fn finish_update(
+    target: &Target,
+    current: &Value,
+    mut new: Value,
+    manager: &str,
+    now: &str,
+) -> Mutation {
     meta::carry_server_metadata(current, &mut new);
-    record_update(Some(current), &mut new, manager, target.scope(), &target.api_version(), now);
+    record_update(
+        Some(current),
+        &mut new,
+        manager,
+        target.scope(),
+        &target.api_version(),
+        now,
+    );
     bump_generation(target, current, &mut new);
     if meta::comparable(&new) == meta::comparable(current) {
         Mutation::Unchanged
@@ -511,7 +562,9 @@ fn confine_to_scope(target: &Target, current: &Value, mut new: Value) -> Value {
             }
             out
         }
-        Scope::Main { status_separate: true } => {
+        Scope::Main {
+            status_separate: true,
+        } => {
             if let Value::Object(map) = &mut new {
                 match current.get("status") {
                     Some(status) => map.insert("status".into(), status.clone()),
@@ -520,7 +573,9 @@ fn confine_to_scope(target: &Target, current: &Value, mut new: Value) -> Value {
             }
             new
         }
-        Scope::Main { status_separate: false } => new,
+        Scope::Main {
+            status_separate: false,
+        } => new,
     }
 }
 
@@ -540,18 +595,27 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
             None => String::new(),
         },
     };
-    meta::validate_name(&name)
-        .map_err(|e| ApiError::invalid(target.def, &name, format!("metadata.name: Invalid value: {name:?}: {e}")))?;
+    meta::validate_name(&name).map_err(|e| {
+        ApiError::invalid(
+            target.def,
+            &name,
+            format!("metadata.name: Invalid value: {name:?}: {e}"),
+        )
+    })?;
     let now = meta::now_rfc3339();
     normalize(target, &mut obj, &name);
     initialize(target, &mut obj, &now);
-    let scope = Scope::Main { status_separate: target.def.status_subresource };
+    let scope = Scope::Main {
+        status_separate: target.def.status_subresource,
+    };
     record_update(None, &mut obj, &manager, scope, &target.api_version(), &now);
     let key = (target.namespace.clone().unwrap_or_default(), name.clone());
-    let committed = state.store.mutate_maybe_dry(target.id, key, dry_run(req)?, |current| match current {
-        Some(_) => Err(ApiError::already_exists(target.def, &name)),
-        None => Ok(Mutation::Put(obj)),
-    })?;
+    let committed = state
+        .store
+        .mutate_maybe_dry(target.id, key, dry_run(req)?, |current| match current {
+            Some(_) => Err(ApiError::already_exists(target.def, &name)),
+            None => Ok(Mutation::Put(obj)),
+        })?;
     Ok(respond(target, 201, &committed.object))
 }
 
@@ -563,22 +627,37 @@ fn update(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
     let precondition = meta::resource_version(&body).map(String::from);
     let now = meta::now_rfc3339();
     normalize(target, &mut body, target.name());
-    let committed = state.store.mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
-        let current = current.ok_or_else(|| ApiError::not_found(target.def, target.name()))?;
-        if precondition.as_deref().is_some_and(|rv| Some(rv) != meta::resource_version(current)) {
-            return Err(ApiError::conflict(target.def, target.name()));
-        }
-        let new = confine_to_scope(target, current, body);
-        Ok(finish_update(target, current, new, &manager, &now))
-    })?;
+    let committed =
+        state
+            .store
+            .mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
+                let current =
+                    current.ok_or_else(|| ApiError::not_found(target.def, target.name()))?;
+                if precondition
+                    .as_deref()
+                    .is_some_and(|rv| Some(rv) != meta::resource_version(current))
+                {
+                    return Err(ApiError::conflict(target.def, target.name()));
+                }
+                let new = confine_to_scope(target, current, body);
+                Ok(finish_update(target, current, new, &manager, &now))
+            })?;
     Ok(respond(target, 200, &committed.object))
 }
 
 fn patch(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body>, ApiError> {
-    let kind = req.content_type.split(';').next().unwrap_or("").trim().to_string();
+    let kind = req
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if !matches!(
         kind.as_str(),
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" | "application/json-patch+json"
+        "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/json-patch+json"
     ) {
         return Err(ApiError::unsupported_media_type(&req.content_type));
     }
@@ -586,89 +665,141 @@ fn patch(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Bo
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let manager = field_manager(req)?;
     let now = meta::now_rfc3339();
-    let committed = state.store.mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
-        let current = current.ok_or_else(|| ApiError::not_found(target.def, target.name()))?;
-        let mut patched = (**current).clone();
-        if kind == "application/json-patch+json" {
-            json_patch(&mut patched, &doc).map_err(|e| ApiError::new(422, "Invalid", e))?;
-        } else {
-            if !doc.is_object() {
-                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
-            }
-            merge_patch(&mut patched, &doc);
-        }
-        if meta::resource_version(&patched) != meta::resource_version(current) {
-            return Err(ApiError::conflict(target.def, target.name()));
-        }
-        if meta::name(&patched) != target.name() || meta::namespace(&patched) != meta::namespace(current) {
-            return Err(ApiError::invalid(target.def, target.name(), "metadata.name: field is immutable"));
-        }
-        normalize(target, &mut patched, target.name());
-        let new = confine_to_scope(target, current, patched);
-        Ok(finish_update(target, current, new, &manager, &now))
-    })?;
+    let committed =
+        state
+            .store
+            .mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
+                let current =
+                    current.ok_or_else(|| ApiError::not_found(target.def, target.name()))?;
+                let mut patched = (**current).clone();
+                if kind == "application/json-patch+json" {
+                    json_patch(&mut patched, &doc).map_err(|e| ApiError::new(422, "Invalid", e))?;
+                } else {
+                    if !doc.is_object() {
+                        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+                    }
+                    merge_patch(&mut patched, &doc);
+                }
+                if meta::resource_version(&patched) != meta::resource_version(current) {
+                    return Err(ApiError::conflict(target.def, target.name()));
+                }
+                if meta::name(&patched) != target.name()
+                    || meta::namespace(&patched) != meta::namespace(current)
+                {
+                    return Err(ApiError::invalid(
+                        target.def,
+                        target.name(),
+                        "metadata.name: field is immutable",
+                    ));
+                }
+                normalize(target, &mut patched, target.name());
+                let new = confine_to_scope(target, current, patched);
+                Ok(finish_update(target, current, new, &manager, &now))
+            })?;
     Ok(respond(target, 200, &committed.object))
 }
 
-fn server_side_apply(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body>, ApiError> {
+fn server_side_apply(
+    state: &State,
+    target: &Target,
+    req: &ApiRequest,
+) -> Result<Response<Body>, ApiError> {
     let manager = req
         .query
         .non_empty("fieldManager")
         .ok_or_else(|| ApiError::bad_request("PATCH, fieldManager is required for apply requests"))?
         .to_string();
     if manager.len() > 128 {
-        return Err(ApiError::bad_request("fieldManager: Too long: may not be more than 128 bytes"));
+        return Err(ApiError::bad_request(
+            "fieldManager: Too long: may not be more than 128 bytes",
+        ));
     }
     let force = req.query.flag("force");
     let config: Value = serde_yaml::from_slice(&req.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     if !config.is_object() {
-        return Err(ApiError::bad_request("an apply configuration must be an object"));
+        return Err(ApiError::bad_request(
+            "an apply configuration must be an object",
+        ));
     }
     for field in ["apiVersion", "kind"] {
-        if config.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request(format!("{field} must be set in an apply configuration")));
+        if config
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field} must be set in an apply configuration"
+            )));
         }
     }
     check_type(target, &config)?;
     check_identity(target, &config)?;
-    meta::validate_name(target.name())
-        .map_err(|e| ApiError::invalid(target.def, target.name(), format!("metadata.name: Invalid value: {e}")))?;
+    meta::validate_name(target.name()).map_err(|e| {
+        ApiError::invalid(
+            target.def,
+            target.name(),
+            format!("metadata.name: Invalid value: {e}"),
+        )
+    })?;
     let now = meta::now_rfc3339();
     let api_version = target.api_version();
-    let request = ApplyRequest { manager: &manager, force, scope: target.scope(), api_version: &api_version, now: &now };
+    let request = ApplyRequest {
+        manager: &manager,
+        force,
+        scope: target.scope(),
+        api_version: &api_version,
+        now: &now,
+    };
     let mut created = false;
-    let committed = state.store.mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
-        if current.is_none() && target.subresource.is_some() {
-            return Err(ApiError::not_found(target.def, target.name()));
-        }
-        let mut skeleton = json!({});
-        normalize(target, &mut skeleton, target.name());
-        let mut new = apply(current.map(|c| &**c), skeleton, &config, request)
-            .map_err(|conflicts| ApiError::apply_conflict(target.def, target.name(), &api_version, &conflicts))?;
-        normalize(target, &mut new, target.name());
-        match current {
-            None => {
-                let managed = meta::metadata(&new).and_then(|m| m.get("managedFields")).cloned();
-                initialize(target, &mut new, &now);
-                if let Some(managed) = managed {
-                    meta::metadata_mut(&mut new).insert("managedFields".into(), managed);
+    let committed =
+        state
+            .store
+            .mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
+                if current.is_none() && target.subresource.is_some() {
+                    return Err(ApiError::not_found(target.def, target.name()));
                 }
-                created = true;
-                Ok(Mutation::Put(new))
-            }
-            Some(current) => {
-                // `apply` started from `current`, so server metadata is already current's.
-                bump_generation(target, current, &mut new);
-                if meta::comparable(&new) == meta::comparable(current) {
-                    Ok(Mutation::Unchanged)
-                } else {
-                    Ok(Mutation::Put(new))
+                let mut skeleton = json!({});
+                normalize(target, &mut skeleton, target.name());
+                let mut new = apply(current.map(|c| &**c), skeleton, &config, request).map_err(
+                    |conflicts| {
+                        ApiError::apply_conflict(
+                            target.def,
+                            target.name(),
+                            &api_version,
+                            &conflicts,
+                        )
+                    },
+                )?;
+                normalize(target, &mut new, target.name());
+                match current {
+                    None => {
+                        let managed = meta::metadata(&new)
+                            .and_then(|m| m.get("managedFields"))
+                            .cloned();
+                        initialize(target, &mut new, &now);
+                        if let Some(managed) = managed {
+                            meta::metadata_mut(&mut new).insert("managedFields".into(), managed);
+                        }
+                        created = true;
+                        Ok(Mutation::Put(new))
+                    }
+                    Some(current) => {
+                        // `apply` started from `current`, so server metadata is already current's.
+                        bump_generation(target, current, &mut new);
+                        if meta::comparable(&new) == meta::comparable(current) {
+                            Ok(Mutation::Unchanged)
+                        } else {
+                            Ok(Mutation::Put(new))
+                        }
+                    }
                 }
-            }
-        }
-    })?;
-    Ok(respond(target, if created { 201 } else { 200 }, &committed.object))
+            })?;
+    Ok(respond(
+        target,
+        if created { 201 } else { 200 },
+        &committed.object,
+    ))
 }
 
 fn delete_options(req: &ApiRequest) -> Result<(Option<String>, Option<String>), ApiError> {
@@ -689,16 +820,26 @@ fn delete_options(req: &ApiRequest) -> Result<(Option<String>, Option<String>), 
 
 fn delete(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body>, ApiError> {
     let (uid, rv) = delete_options(req)?;
-    let committed = state.store.mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
-        let current = current.ok_or_else(|| ApiError::not_found(target.def, target.name()))?;
-        if uid.as_deref().is_some_and(|uid| Some(uid) != meta::meta_str(current, "uid")) {
-            return Err(ApiError::conflict(target.def, target.name()));
-        }
-        if rv.as_deref().is_some_and(|rv| Some(rv) != meta::resource_version(current)) {
-            return Err(ApiError::conflict(target.def, target.name()));
-        }
-        Ok(Mutation::Delete)
-    })?;
+    let committed =
+        state
+            .store
+            .mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
+                let current =
+                    current.ok_or_else(|| ApiError::not_found(target.def, target.name()))?;
+                if uid
+                    .as_deref()
+                    .is_some_and(|uid| Some(uid) != meta::meta_str(current, "uid"))
+                {
+                    return Err(ApiError::conflict(target.def, target.name()));
+                }
+                if rv
+                    .as_deref()
+                    .is_some_and(|rv| Some(rv) != meta::resource_version(current))
+                {
+                    return Err(ApiError::conflict(target.def, target.name()));
+                }
+                Ok(Mutation::Delete)
+            })?;
     let uid = meta::meta_str(&committed.object, "uid");
     let mut doc = status::success(target.def, target.name(), uid);
     if let Value::Object(map) = &mut doc {
@@ -707,15 +848,30 @@ fn delete(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
     Ok(json_response(200, &doc))
 }
 
-fn delete_collection(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<Body>, ApiError> {
+fn delete_collection(
+    state: &State,
+    target: &Target,
+    req: &ApiRequest,
+) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(&req.query)?;
     let dry = dry_run(req)?;
-    let (_, items) = state.store.list(target.id, target.namespace.as_deref(), None)?;
+    let (_, items) = state
+        .store
+        .list(target.id, target.namespace.as_deref(), None)?;
     let mut deleted = Vec::new();
-    for obj in items.iter().filter(|o| labels.matches(o) && fields.matches(o)) {
-        let result = state.store.mutate_maybe_dry(target.id, object_key(obj), dry, |current| {
-            Ok(if current.is_some() { Mutation::Delete } else { Mutation::Unchanged })
-        });
+    for obj in items
+        .iter()
+        .filter(|o| labels.matches(o) && fields.matches(o))
+    {
+        let result = state
+            .store
+            .mutate_maybe_dry(target.id, object_key(obj), dry, |current| {
+                Ok(if current.is_some() {
+                    Mutation::Delete
+                } else {
+                    Mutation::Unchanged
+                })
+            });
         // An object deleted concurrently is simply not part of the result.
         if let Ok(committed) = result {
             deleted.push(target.output(&committed.object));

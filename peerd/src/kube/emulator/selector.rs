@@ -106,7 +106,9 @@ fn parse_label_term(term: &str) -> Result<LabelRequirement, String> {
             .ok_or_else(|| format!("malformed set in selector term {term:?}"))?;
         let mut words = head.split_whitespace();
         let (Some(key), Some(op), None) = (words.next(), words.next(), words.next()) else {
-            return Err(format!("expected `key in (…)` or `key notin (…)`, got {term:?}"));
+            return Err(format!(
+                "expected `key in (…)` or `key notin (…)`, got {term:?}"
+            ));
         };
         validate_key(key)?;
         let values: Vec<String> = inner
@@ -160,7 +162,9 @@ fn validate_value(value: &str) -> Result<(), String> {
 fn valid_label_chars(s: &str) -> bool {
     let bytes = s.as_bytes();
     let alnum = |c: &u8| c.is_ascii_alphanumeric();
-    bytes.iter().all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+    bytes
+        .iter()
+        .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
         && bytes.first().is_some_and(alnum)
         && bytes.last().is_some_and(alnum)
 }
@@ -263,7 +267,15 @@ mod tests {
 
     #[test]
     fn bad_label_selectors_are_errors() {
-        for bad in ["tier in (", "tier in front", "a b", "tier within (x)", "-bad=x", "a=b c", "k in ()"] {
+        for bad in [
+            "tier in (",
+            "tier in front",
+            "a b",
+            "tier within (x)",
+            "-bad=x",
+            "a=b c",
+            "k in ()",
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "accepted {bad:?}");
         }
     }
@@ -272,9 +284,21 @@ mod tests {
     fn field_selectors_on_name_and_namespace() {
         let o = obj(json!({}));
         assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&o));
-        assert!(!FieldSelector::parse("metadata.name!=a").unwrap().matches(&o));
-        assert!(FieldSelector::parse("metadata.namespace==ns1,metadata.name=a").unwrap().matches(&o));
-        assert!(!FieldSelector::parse("metadata.namespace=ns2").unwrap().matches(&o));
+        assert!(
+            !FieldSelector::parse("metadata.name!=a")
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            FieldSelector::parse("metadata.namespace==ns1,metadata.name=a")
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.namespace=ns2")
+                .unwrap()
+                .matches(&o)
+        );
         let err = FieldSelector::parse("spec.nodeName=x").unwrap_err();
         assert!(err.contains("not supported"), "{err}");
     }

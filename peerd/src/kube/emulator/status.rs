@@ -42,8 +42,15 @@ impl ApiError {
     }
 
     pub fn namespace_not_found(namespace: &str) -> Self {
-        Self::new(404, "NotFound", format!("namespaces \"{namespace}\" not found"))
-            .with_details(&super::resources::RESOURCES[super::resources::NAMESPACES], namespace)
+        Self::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        )
+        .with_details(
+            &super::resources::RESOURCES[super::resources::NAMESPACES],
+            namespace,
+        )
     }
 
     pub fn already_exists(def: &ResourceDef, name: &str) -> Self {
@@ -86,7 +93,9 @@ impl ApiError {
         } else {
             let mut text = format!("Apply failed with {} conflicts:", conflicts.len());
             for manager in &managers {
-                text.push_str(&format!(" conflicts with \"{manager}\" using {api_version}:"));
+                text.push_str(&format!(
+                    " conflicts with \"{manager}\" using {api_version}:"
+                ));
                 for (_, field) in conflicts.iter().filter(|(m, _)| m == manager) {
                     text.push_str(&format!("\n- {field}"));
                 }
@@ -167,7 +176,11 @@ impl ApiError {
     }
 
     pub fn path_not_found(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -261,9 +274,16 @@ mod tests {
             &[("other".into(), ".spec.gatewayClassName".into())],
         );
         assert_eq!(err.code, 409);
-        assert!(err.message.contains("conflict with \"other\""), "{}", err.message);
+        assert!(
+            err.message.contains("conflict with \"other\""),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains(".spec.gatewayClassName"));
         let status = err.to_status();
-        assert_eq!(status["details"]["causes"][0]["field"], ".spec.gatewayClassName");
+        assert_eq!(
+            status["details"]["causes"][0]["field"],
+            ".spec.gatewayClassName"
+        );
     }
 }

@@ -116,7 +116,9 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (every write is a single
         // insert/remove), so poisoning is not a reason to stop serving.
-        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     pub fn current_rv(&self) -> u64 {
@@ -140,7 +142,12 @@ impl Store {
     }
 
     /// Runs `decide` on the current object under the store lock and commits its decision.
-    pub fn mutate<F>(&self, resource: ResourceId, key: ObjectKey, decide: F) -> Result<Committed, ApiError>
+    pub fn mutate<F>(
+        &self,
+        resource: ResourceId,
+        key: ObjectKey,
+        decide: F,
+    ) -> Result<Committed, ApiError>
     where
         F: FnOnce(Option<&Arc<Value>>) -> Result<Mutation, ApiError>,
     {
@@ -149,7 +156,13 @@ impl Store {
 
     /// [`Store::mutate`]; with `dry_run` every check runs but nothing is committed (the
     /// returned object keeps the current resourceVersion).
-    pub fn mutate_maybe_dry<F>(&self, resource: ResourceId, key: ObjectKey, dry_run: bool, decide: F) -> Result<Committed, ApiError>
+    pub fn mutate_maybe_dry<F>(
+        &self,
+        resource: ResourceId,
+        key: ObjectKey,
+        dry_run: bool,
+        decide: F,
+    ) -> Result<Committed, ApiError>
     where
         F: FnOnce(Option<&Arc<Value>>) -> Result<Mutation, ApiError>,
     {
@@ -168,7 +181,9 @@ impl Store {
                     }
                 }
                 if dry_run {
-                    return Ok(Committed { object: Arc::new(object) });
+                    return Ok(Committed {
+                        object: Arc::new(object),
+                    });
                 }
                 inner.rv += 1;
                 let rv = inner.rv;
@@ -176,7 +191,11 @@ impl Store {
                     .insert("resourceVersion".into(), Value::String(rv.to_string()));
                 let object = Arc::new(object);
                 inner.objects[resource].insert(key, object.clone());
-                let event_type = if current.is_some() { EventType::Modified } else { EventType::Added };
+                let event_type = if current.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
                 self.publish(&mut inner, resource, event_type, object.clone(), current);
                 Ok(Committed { object })
             }
@@ -196,12 +215,19 @@ impl Store {
         }
     }
 
-    fn remove_locked(&self, inner: &mut Inner, resource: ResourceId, key: &ObjectKey, old: Arc<Value>) -> Arc<Value> {
+    fn remove_locked(
+        &self,
+        inner: &mut Inner,
+        resource: ResourceId,
+        key: &ObjectKey,
+        old: Arc<Value>,
+    ) -> Arc<Value> {
         inner.rv += 1;
         let rv = inner.rv;
         inner.objects[resource].remove(key);
         let mut gone = (*old).clone();
-        meta::metadata_mut(&mut gone).insert("resourceVersion".into(), Value::String(rv.to_string()));
+        meta::metadata_mut(&mut gone)
+            .insert("resourceVersion".into(), Value::String(rv.to_string()));
         let gone = Arc::new(gone);
         self.publish(inner, resource, EventType::Deleted, gone.clone(), Some(old));
         gone
@@ -223,8 +249,21 @@ impl Store {
         }
     }
 
-    fn publish(&self, inner: &mut Inner, resource: ResourceId, event_type: EventType, object: Arc<Value>, old: Option<Arc<Value>>) {
-        let event = Arc::new(StoredEvent { rv: inner.rv, resource, event_type, object, old });
+    fn publish(
+        &self,
+        inner: &mut Inner,
+        resource: ResourceId,
+        event_type: EventType,
+        object: Arc<Value>,
+        old: Option<Arc<Value>>,
+    ) {
+        let event = Arc::new(StoredEvent {
+            rv: inner.rv,
+            resource,
+            event_type,
+            object,
+            old,
+        });
         inner.history.push_back(event.clone());
         while inner.history.len() > inner.history_window {
             if let Some(dropped) = inner.history.pop_front() {
@@ -237,7 +276,12 @@ impl Store {
 
     /// Objects of `resource` (in `namespace` if given) at resourceVersion `at` (now if None),
     /// sorted by namespace then name; returns the resourceVersion of the snapshot.
-    pub fn list(&self, resource: ResourceId, namespace: Option<&str>, at: Option<u64>) -> Result<(u64, Vec<Arc<Value>>), ApiError> {
+    pub fn list(
+        &self,
+        resource: ResourceId,
+        namespace: Option<&str>,
+        at: Option<u64>,
+    ) -> Result<(u64, Vec<Arc<Value>>), ApiError> {
         let inner = self.lock();
         let in_namespace = |key: &ObjectKey| namespace.is_none_or(|ns| key.0 == ns);
         let current = inner.rv;
@@ -287,7 +331,11 @@ impl Store {
     }
 
     /// Registers a watch on `resource` starting at `from`.
-    pub fn subscribe(&self, resource: ResourceId, from: WatchFrom) -> Result<Subscription, ApiError> {
+    pub fn subscribe(
+        &self,
+        resource: ResourceId,
+        from: WatchFrom,
+    ) -> Result<Subscription, ApiError> {
         let inner = self.lock();
         let receiver = self.events.subscribe();
         match from {
@@ -310,14 +358,22 @@ impl Store {
                     .filter(|e| e.rv > rv && e.resource == resource)
                     .cloned()
                     .collect();
-                Ok(Subscription { initial: Vec::new(), replay, receiver, rv: inner.rv })
+                Ok(Subscription {
+                    initial: Vec::new(),
+                    replay,
+                    receiver,
+                    rv: inner.rv,
+                })
             }
         }
     }
 }
 
 pub fn object_key(obj: &Value) -> ObjectKey {
-    (meta::namespace(obj).to_string(), meta::name(obj).to_string())
+    (
+        meta::namespace(obj).to_string(),
+        meta::name(obj).to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -330,9 +386,17 @@ mod tests {
         find("", "v1", "configmaps").unwrap()
     }
 
-    fn put(store: &Store, resource: ResourceId, ns: &str, name: &str, data: &str) -> Result<Committed, ApiError> {
+    fn put(
+        store: &Store,
+        resource: ResourceId,
+        ns: &str,
+        name: &str,
+        data: &str,
+    ) -> Result<Committed, ApiError> {
         let obj = json!({"metadata": {"name": name, "namespace": ns}, "data": {"k": data}});
-        store.mutate(resource, (ns.into(), name.into()), |_| Ok(Mutation::Put(obj)))
+        store.mutate(resource, (ns.into(), name.into()), |_| {
+            Ok(Mutation::Put(obj))
+        })
     }
 
     fn namespace(store: &Store, name: &str) {
@@ -373,12 +437,18 @@ mod tests {
         for i in 0..5 {
             put(&store, configmaps(), "ns", "a", &i.to_string()).unwrap();
         }
-        let err = store.subscribe(configmaps(), WatchFrom::After(start)).err().unwrap();
+        let err = store
+            .subscribe(configmaps(), WatchFrom::After(start))
+            .err()
+            .unwrap();
         assert_eq!((err.code, err.reason), (410, "Expired"));
         let err = store.list(configmaps(), None, Some(start)).unwrap_err();
         assert_eq!(err.code, 410);
         let recent = store.current_rv() - 1;
-        let sub = store.subscribe(configmaps(), WatchFrom::After(recent)).ok().unwrap();
+        let sub = store
+            .subscribe(configmaps(), WatchFrom::After(recent))
+            .ok()
+            .unwrap();
         assert_eq!(sub.replay.len(), 1);
     }
 
@@ -390,7 +460,9 @@ mod tests {
         put(&store, configmaps(), "ns", "a", "1").unwrap();
         put(&store, configmaps(), "other", "b", "1").unwrap();
         store
-            .mutate(NAMESPACES, (String::new(), "ns".into()), |_| Ok(Mutation::Delete))
+            .mutate(NAMESPACES, (String::new(), "ns".into()), |_| {
+                Ok(Mutation::Delete)
+            })
             .unwrap();
         let (_, items) = store.list(configmaps(), None, None).unwrap();
         assert_eq!(items.len(), 1);

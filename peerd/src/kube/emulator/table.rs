@@ -13,13 +13,17 @@ use super::resources::ResourceDef;
 
 /// Whether the Accept header asks for a Table.
 pub fn wants_table(accept: &str) -> bool {
-    accept.split(',').any(|part| part.contains("as=Table") && part.contains("g=meta.k8s.io"))
+    accept
+        .split(',')
+        .any(|part| part.contains("as=Table") && part.contains("g=meta.k8s.io"))
 }
 
 type Cell = fn(&Value) -> Value;
 
 fn string_at(obj: &Value, pointer: &str) -> Value {
-    obj.pointer(pointer).cloned().unwrap_or(Value::String(String::new()))
+    obj.pointer(pointer)
+        .cloned()
+        .unwrap_or(Value::String(String::new()))
 }
 
 fn condition_status(obj: &Value, condition: &str) -> Value {
@@ -34,7 +38,15 @@ fn joined(obj: &Value, pointer: &str) -> Value {
     let items: Vec<String> = obj
         .pointer(pointer)
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect()
+        })
         .unwrap_or_default();
     Value::String(items.join(","))
 }
@@ -47,13 +59,17 @@ fn extra_columns(def: &ResourceDef) -> Vec<(&'static str, Cell)> {
             ("Address", |o| string_at(o, "/status/addresses/0/value")),
             ("Programmed", |o| condition_status(o, "Programmed")),
         ],
-        ("networking.istio.io", "workloadentries") => vec![("Address", |o| string_at(o, "/spec/address"))],
+        ("networking.istio.io", "workloadentries") => {
+            vec![("Address", |o| string_at(o, "/spec/address"))]
+        }
         ("networking.istio.io", "serviceentries") => vec![
             ("Hosts", |o| joined(o, "/spec/hosts")),
             ("Location", |o| string_at(o, "/spec/location")),
             ("Resolution", |o| string_at(o, "/spec/resolution")),
         ],
-        ("coordination.k8s.io", "leases") => vec![("Holder", |o| string_at(o, "/spec/holderIdentity"))],
+        ("coordination.k8s.io", "leases") => {
+            vec![("Holder", |o| string_at(o, "/spec/holderIdentity"))]
+        }
         ("", "services") => vec![
             ("Type", |o| string_at(o, "/spec/type")),
             ("Cluster-IP", |o| string_at(o, "/spec/clusterIP")),
@@ -61,7 +77,11 @@ fn extra_columns(def: &ResourceDef) -> Vec<(&'static str, Cell)> {
         ("", "namespaces") => vec![("Status", |o| string_at(o, "/status/phase"))],
         ("", "pods") => vec![("Status", |o| string_at(o, "/status/phase"))],
         ("", "configmaps") => vec![("Data", |o| {
-            json!(o.get("data").and_then(Value::as_object).map_or(0, |d| d.len()))
+            json!(
+                o.get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |d| d.len())
+            )
         })],
         _ => Vec::new(),
     }
@@ -72,7 +92,10 @@ fn age(obj: &Value) -> Value {
     let Some(created) = meta::meta_str(obj, "creationTimestamp").and_then(parse_rfc3339) else {
         return json!("<unknown>");
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let secs = now.saturating_sub(created);
     let text = match secs {
         s if s < 120 => format!("{s}s"),
@@ -116,9 +139,16 @@ fn row_object(obj: &Value, include: &str) -> Option<Value> {
 }
 
 /// A Table of `objects` (already in the requested version).
-pub fn table(def: &ResourceDef, objects: &[Value], resource_version: &str, include_object: &str) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    objects: &[Value],
+    resource_version: &str,
+    include_object: &str,
+) -> Value {
     let extra = extra_columns(def);
-    let mut columns = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0})];
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}),
+    ];
     for (name, _) in &extra {
         columns.push(json!({"name": name, "type": "string", "format": "", "description": name, "priority": 0}));
     }
@@ -130,7 +160,8 @@ pub fn table(def: &ResourceDef, objects: &[Value], resource_version: &str, inclu
             cells.extend(extra.iter().map(|(_, cell)| cell(obj)));
             cells.push(age(obj));
             let mut row = json!({"cells": cells});
-            if let (Some(object), Value::Object(map)) = (row_object(obj, include_object), &mut row) {
+            if let (Some(object), Value::Object(map)) = (row_object(obj, include_object), &mut row)
+            {
                 map.insert("object".into(), object);
             }
             row
@@ -152,7 +183,9 @@ mod tests {
 
     #[test]
     fn recognises_kubectl_accept_header() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 
@@ -174,7 +207,10 @@ mod tests {
         assert_eq!(t["rows"][0]["cells"][0], "east");
         assert_eq!(t["rows"][0]["cells"][1], "istio-remote");
         assert_eq!(t["rows"][0]["cells"][3], "True");
-        assert_eq!(t["rows"][0]["object"]["metadata"]["namespace"], "istio-system");
+        assert_eq!(
+            t["rows"][0]["object"]["metadata"]["namespace"],
+            "istio-system"
+        );
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 5);
     }
 }

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::State;
-use super::wire::{Body, json_response};
 use super::rest::{ApiRequest, Target, parse_body};
 use super::status::ApiError;
+use super::wire::{Body, json_response};
 
 /// Who a valid token authenticates as.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +22,11 @@ pub struct TokenIdentity {
     pub audiences: Vec<String>,
 }
 
-pub(crate) fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<http::Response<Body>, ApiError> {
+pub(crate) fn create(
+    state: &State,
+    target: &Target,
+    req: &ApiRequest,
+) -> Result<http::Response<Body>, ApiError> {
     let review = parse_body(req)?;
     let token = review
         .pointer("/spec/token")
@@ -32,9 +36,19 @@ pub(crate) fn create(state: &State, target: &Target, req: &ApiRequest) -> Result
     let requested: Vec<String> = review
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
-    let identity = state.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned();
+    let identity = state
+        .tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(token)
+        .cloned();
     let status = match identity {
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
         Some(identity) => {
@@ -43,7 +57,11 @@ pub(crate) fn create(state: &State, target: &Target, req: &ApiRequest) -> Result
             } else if requested.is_empty() {
                 identity.audiences.clone()
             } else {
-                requested.iter().filter(|a| identity.audiences.contains(a)).cloned().collect()
+                requested
+                    .iter()
+                    .filter(|a| identity.audiences.contains(a))
+                    .cloned()
+                    .collect()
             };
             if !requested.is_empty() && granted.is_empty() {
                 json!({"authenticated": false, "error": "token audiences do not match the requested audiences"})

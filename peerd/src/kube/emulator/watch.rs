@@ -15,18 +15,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
-use hyper::body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::State;
-use super::wire::{Body, Query, error_response};
 use super::rest::{Target, parse_rv};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{EventType, StoredEvent, WatchFrom};
+use super::wire::{Body, Query, error_response};
 
 /// Parameters of one watch.
 struct WatchSpec {
@@ -72,7 +72,10 @@ impl WatchSpec {
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
         let mut metadata = json!({"resourceVersion": rv.to_string()});
         if initial_events_end && let Value::Object(map) = &mut metadata {
-            map.insert("annotations".into(), json!({"k8s.io/initial-events-end": "true"}));
+            map.insert(
+                "annotations".into(),
+                json!({"k8s.io/initial-events-end": "true"}),
+            );
         }
         self.line("BOOKMARK", &json!({"metadata": metadata}))
     }
@@ -101,10 +104,9 @@ fn prepare(target: &Target, query: &Query) -> Result<(WatchSpec, WatchFrom), Api
     let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("unable to parse field selector: {e}")))?;
     let timeout = match query.non_empty("timeoutSeconds") {
-        Some(text) => Some(Duration::from_secs(
-            text.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {text:?}")))?,
-        )),
+        Some(text) => Some(Duration::from_secs(text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds {text:?}"))
+        })?)),
         None => None,
     };
     let bookmarks = query.flag("allowWatchBookmarks");
@@ -121,7 +123,14 @@ fn prepare(target: &Target, query: &Query) -> Result<(WatchSpec, WatchFrom), Api
         None | Some("0") => WatchFrom::Now,
         Some(text) => WatchFrom::After(parse_rv(text)?),
     };
-    let spec = WatchSpec { target: target.clone(), labels, fields, bookmarks, send_initial_events, timeout };
+    let spec = WatchSpec {
+        target: target.clone(),
+        labels,
+        fields,
+        bookmarks,
+        send_initial_events,
+        timeout,
+    };
     Ok((spec, from))
 }
 
@@ -159,13 +168,22 @@ fn stream(state: &Arc<State>, spec: WatchSpec, from: WatchFrom) -> Response<Body
             }
             last_rv = event.rv;
         }
-        live(&state, &spec, &tx, &mut subscription.receiver, start, &mut last_rv).await;
+        live(
+            &state,
+            &spec,
+            &tx,
+            &mut subscription.receiver,
+            start,
+            &mut last_rv,
+        )
+        .await;
     });
     let body = StreamBody::new(ReceiverStream::new(rx)).boxed();
     let mut response = Response::new(body);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -174,7 +192,13 @@ async fn send(tx: &Sender, line: Bytes) -> bool {
 }
 
 /// Forwards one live event; false ends the watch.
-async fn forward(spec: &WatchSpec, tx: &Sender, event: &StoredEvent, start: u64, last_rv: &mut u64) -> bool {
+async fn forward(
+    spec: &WatchSpec,
+    tx: &Sender,
+    event: &StoredEvent,
+    start: u64,
+    last_rv: &mut u64,
+) -> bool {
     if event.rv <= start || event.resource != spec.target.id {
         return true;
     }

@@ -24,10 +24,12 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn json_response(status: u16, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(full(bytes));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -37,10 +39,12 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
 
 pub fn text_response(status: u16, text: &'static str) -> Response<Body> {
     let mut response = Response::new(full(text));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -112,7 +116,9 @@ mod tests {
 
     #[test]
     fn decodes_selectors_from_query_strings() {
-        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29&watch=1&x"));
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29&watch=1&x",
+        ));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a,b)"));
         assert!(q.flag("watch"));
         assert_eq!(q.get("x"), Some(""));

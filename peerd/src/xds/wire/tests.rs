@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap (helper brief)
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use proptest::collection::{hash_map, vec};
+use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -174,7 +174,7 @@ fn arb_workload() -> impl Strategy<Value = Workload> {
         proptest::option::of(arb_gateway()),
     );
     let extra = (
-        hash_map(
+        btree_map(
             arb_service_key(),
             vec(arb_port(), 0..3).prop_map(|ports| PortList { ports }),
             0..4,
@@ -331,7 +331,7 @@ fn apply_to_struct(w: &mut Workload, op: &WorkloadOp) {
             w.services = std::mem::take(&mut w.services)
                 .into_iter()
                 .filter_map(|(k, v)| rename_key(&k).map(|k| (k, v)))
-                .collect::<HashMap<_, _>>();
+                .collect::<BTreeMap<_, _>>();
         }
     }
 }
@@ -500,7 +500,7 @@ fn sample_workload() -> Workload {
         namespace: "default".into(),
         addresses: vec![vec![10, 0, 0, 7]],
         network: "net2".into(),
-        services: HashMap::from([
+        services: BTreeMap::from([
             (
                 "default/echo.default.svc.cluster.local".to_owned(),
                 PortList { ports: vec![] },

@@ -20,7 +20,10 @@ pub struct Reply {
 
 impl TestClient {
     pub fn new(base: &str) -> Self {
-        Self { base: base.to_string(), http: Client::builder(TokioExecutor::new()).build_http() }
+        Self {
+            base: base.to_string(),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 
     pub async fn send(&self, method: Method, path: &str, content_type: &str, body: &str) -> Reply {
@@ -34,7 +37,12 @@ impl TestClient {
         let response = self.http.request(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
         Reply { status, body }
     }
 
@@ -54,11 +62,13 @@ impl TestClient {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.send(Method::POST, path, "application/json", &body.to_string()).await
+        self.send(Method::POST, path, "application/json", &body.to_string())
+            .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
-        self.send(Method::PUT, path, "application/json", &body.to_string()).await
+        self.send(Method::PUT, path, "application/json", &body.to_string())
+            .await
     }
 
     pub async fn patch(&self, path: &str, content_type: &str, body: &str) -> Reply {
@@ -77,7 +87,10 @@ impl TestClient {
             .unwrap();
         let response = self.http.request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "watch {path}");
-        WatchStream { body: response.into_body(), buffer: Vec::new() }
+        WatchStream {
+            body: response.into_body(),
+            buffer: Vec::new(),
+        }
     }
 }
 

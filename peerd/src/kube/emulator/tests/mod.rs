@@ -21,13 +21,19 @@ pub const WE: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/workl
 pub const GW: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-system/gateways";
 
 pub async fn start_with(options: EmulatorOptions) -> (EmulatorHandle, TestClient) {
-    let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+    let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
     let client = TestClient::new(emulator.url());
     (emulator, client)
 }
 
 pub async fn start() -> (EmulatorHandle, TestClient) {
-    start_with(EmulatorOptions { bookmark_interval: Duration::from_millis(50), ..Default::default() }).await
+    start_with(EmulatorOptions {
+        bookmark_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await
 }
 
 pub fn workload_entry(name: &str, address: &str, labels: Value) -> Value {
@@ -49,15 +55,27 @@ pub fn gateway(name: &str) -> Value {
 }
 
 pub fn rv(obj: &Value) -> u64 {
-    obj["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Manual poking: `PEERD_EMULATOR_HOLD_SECS=120 cargo test -p peerd --lib hold_open -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore]
 async fn hold_open() {
-    let secs: u64 = std::env::var("PEERD_EMULATOR_HOLD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let emu = Emulator::start("127.0.0.1:18080".parse().unwrap(), EmulatorOptions::default()).await.unwrap();
+    let secs: u64 = std::env::var("PEERD_EMULATOR_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let emu = Emulator::start(
+        "127.0.0.1:18080".parse().unwrap(),
+        EmulatorOptions::default(),
+    )
+    .await
+    .unwrap();
     println!("emulator at {}", emu.url());
     tokio::time::sleep(Duration::from_secs(secs)).await;
     println!("{:?}", emu.counters());
