@@ -268,7 +268,7 @@ async fn bad_resources_are_nacked_by_name_and_the_good_ones_applied() {
     let bad_ip_body = workload::Address {
         r#type: Some(workload::address::Type::Workload(workload::Workload {
             uid: "c2//Pod/default/bad-ip".into(),
-            addresses: vec![vec![10, 0, 0, 0, 6].into()],
+            addresses: vec![vec![10, 0, 0, 0, 6]],
             ..Default::default()
         })),
     }

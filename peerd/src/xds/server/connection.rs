@@ -37,6 +37,9 @@ struct Outstanding {
     names: Vec<Arc<str>>,
 }
 
+/// What a flush owes the client: wire name → resource to send, and names to remove.
+type Diff = (BTreeMap<Arc<str>, Arc<Resource>>, BTreeSet<Arc<str>>);
+
 #[derive(Default)]
 struct TypeState {
     /// The initial request for this type arrived.
@@ -76,10 +79,10 @@ impl TypeState {
         snapshot: &'a ViewState,
         wire_name: &str,
     ) -> Option<&'a Arc<Resource>> {
-        if self.wildcard {
-            if let Some(r) = snapshot.get(kind, wire_name) {
-                return Some(r);
-            }
+        if self.wildcard
+            && let Some(r) = snapshot.get(kind, wire_name)
+        {
+            return Some(r);
         }
         if self.explicit.contains(wire_name) {
             return Self::resolve(kind, snapshot, wire_name);
@@ -92,7 +95,7 @@ impl TypeState {
         &mut self,
         kind: ResourceType,
         snapshot: &ViewState,
-    ) -> (BTreeMap<Arc<str>, Arc<Resource>>, BTreeSet<Arc<str>>) {
+    ) -> Diff {
         let mut upserts = BTreeMap::new();
         let mut removed = BTreeSet::new();
         let dirty = std::mem::take(&mut self.dirty);
@@ -317,14 +320,14 @@ impl Connection {
     /// Applies one request. Returns whether a flush is due now (initial request,
     /// on-demand names, wildcard turned on).
     fn handle_request(&mut self, req: discovery::DeltaDiscoveryRequest) -> Result<bool, Status> {
-        if !self.node_known {
-            if let Some(node) = &req.node {
-                self.node_known = true;
-                *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::from(node.id.as_str());
-                self.entry.stats.set_name(node.id.clone());
-                tracing::info!(node = %node.id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
-            }
+        if !self.node_known
+            && let Some(node) = &req.node
+        {
+            self.node_known = true;
+            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
+                Arc::from(node.id.as_str());
+            self.entry.stats.set_name(node.id.clone());
+            tracing::info!(node = %node.id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
         }
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
             return Ok(self.unknown_type(&req.type_url));
