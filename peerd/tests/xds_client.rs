@@ -545,3 +545,61 @@ async fn rejected_token_is_classified_as_unauthenticated() {
     );
     assert_eq!(stored(&store, Address), seeded);
 }
+
+#[tokio::test]
+async fn handshake_that_never_completes_is_a_connect_timeout() {
+    // Accepts TCP, never answers the TLS ClientHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held_open = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            sockets.push(s);
+        }
+    });
+    let store = Store::new();
+    let seeded = seed(&store);
+    let pki = Pki::new("any");
+    let mut o = options(addr, &pki);
+    o.connect_timeout = Duration::from_millis(300);
+    let client = run(AdsClient::new(o, Arc::clone(&store)));
+    eventually("connect timeout", || {
+        client.failure() == Some(FailureKind::ConnectTimeout)
+    })
+    .await;
+    assert!(client.stats.snapshot().last_error.contains("timed out"));
+    assert_eq!(stored(&store, Address), seeded);
+    held_open.abort();
+}
+
+#[tokio::test]
+async fn token_file_is_reread_on_every_connect() {
+    let view = View::new("export");
+    view.apply(Authorization, [authz("default", "allow")], []);
+    let selector = Arc::new(BearerTokenSelector {
+        verifier: Arc::new(StaticTokenVerifier::from_literal("rotated-token", "peer")),
+        view: Arc::clone(&view),
+        label: "export".into(),
+    });
+    let server = start_server(selector, ServerOptions::default()).await;
+    let path = std::env::temp_dir().join(format!("peerd-xds-token-{}", std::process::id()));
+    std::fs::write(&path, "stale-token\n").unwrap();
+    let store = Store::new();
+    let mut o = options(server.addr, &server.pki);
+    o.token = Some(TokenSource::File(path.clone()));
+    let client = run(AdsClient::new(o, Arc::clone(&store)));
+    eventually("unauthenticated", || {
+        client.failure() == Some(FailureKind::Unauthenticated)
+    })
+    .await;
+    std::fs::write(&path, "rotated-token\n").unwrap();
+    eventually("synced after rotation", || {
+        store.origin(ORIGIN).is_fully_synced()
+    })
+    .await;
+    assert_eq!(
+        stored(&store, Authorization),
+        Held::of_view(&view, Authorization)
+    );
+    let _ = std::fs::remove_file(&path);
+}

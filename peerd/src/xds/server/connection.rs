@@ -91,11 +91,7 @@ impl TypeState {
     }
 
     /// The changes to send, from `snapshot`: (wire name → resource, removed names).
-    fn diff(
-        &mut self,
-        kind: ResourceType,
-        snapshot: &ViewState,
-    ) -> Diff {
+    fn diff(&mut self, kind: ResourceType, snapshot: &ViewState) -> Diff {
         let mut upserts = BTreeMap::new();
         let mut removed = BTreeSet::new();
         let dirty = std::mem::take(&mut self.dirty);
@@ -302,6 +298,9 @@ impl Connection {
                 true
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
+                self.entry
+                    .full_diffs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(node = %self.entry.node(), skipped = n, "xds server: change feed lagged; full diff");
                 metrics::counter!("peerd_xds_server_full_resyncs_total", "view" => self.label())
                     .increment(1);
