@@ -603,3 +603,24 @@ async fn token_file_is_reread_on_every_connect() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test]
+async fn server_certificate_for_another_name_is_an_identity_mismatch() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let store = Store::new();
+    let seeded = seed(&store);
+    let mut o = options(upstream.addr, &upstream.pki);
+    o.server_name = "istiod.istio-system.svc".into();
+    let client = run(AdsClient::new(o, Arc::clone(&store)));
+    eventually("identity mismatch", || {
+        client.failure() == Some(FailureKind::IdentityMismatch)
+    })
+    .await;
+    assert!(client.stats.snapshot().last_error.contains("TLS handshake"));
+    assert_eq!(stored(&store, Address), seeded);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), upstream.streams.recv())
+            .await
+            .is_err()
+    );
+}

@@ -13,6 +13,10 @@
 //! `peerd_xds_client_errors_total{reason="no_response"}` and KEEPS the stream (HTTP/2
 //! keepalive already detects dead transports; a live but silent server is not fixed by
 //! reconnecting, and a late answer is still applied).
+//!
+//! A name that occurs more than once in one response is rejected in every copy (which
+//! one is right is unknowable) and NACKed once as `"<name>: duplicate name in one
+//! response"`; an already stored version of it stays.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -120,6 +124,8 @@ pub enum FailureKind {
     ConnectTimeout,
     ConnectionRefused,
     Tls,
+    /// TLS worked but the server's certificate is not for the expected name/identity.
+    IdentityMismatch,
     Unauthenticated,
     MessageTooLarge,
     NoResponse,
@@ -133,6 +139,7 @@ impl FailureKind {
             FailureKind::ConnectTimeout => "connect_timeout",
             FailureKind::ConnectionRefused => "connection_refused",
             FailureKind::Tls => "tls",
+            FailureKind::IdentityMismatch => "identity_mismatch",
             FailureKind::Unauthenticated => "unauthenticated",
             FailureKind::MessageTooLarge => "message_too_large",
             FailureKind::NoResponse => "no_response",
@@ -555,10 +562,25 @@ fn connect_failure(c: &ConnectError) -> FailureKind {
     match c {
         ConnectError::Refused { .. } => FailureKind::ConnectionRefused,
         ConnectError::Timeout { .. } => FailureKind::ConnectTimeout,
+        ConnectError::Tls { source, .. } if is_name_mismatch(source) => {
+            FailureKind::IdentityMismatch
+        }
         ConnectError::Tls { .. } | ConnectError::NoH2 { .. } => FailureKind::Tls,
         ConnectError::Tcp { .. } => FailureKind::Stream,
         ConnectError::InvalidEndpoint { .. } => FailureKind::Config,
     }
+}
+
+/// Whether a TLS failure is "certificate not valid for the expected name".
+fn is_name_mismatch(e: &std::io::Error) -> bool {
+    use rustls::CertificateError;
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    )
 }
 
 fn classify_transport(e: &tonic::transport::Error, endpoint: &str) -> ClientError {
