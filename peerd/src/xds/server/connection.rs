@@ -665,3 +665,64 @@ fn to_wire(kind: ResourceType, wire_name: &str, r: &Resource) -> discovery::Reso
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::istio::workload;
+
+    fn wl(uid: &str, pad: usize) -> Arc<Resource> {
+        Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: uid.into(),
+                name: "n".repeat(pad),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn nack_messages_name_resources_before_the_colon() {
+        let names = nacked_names("a/b: bad; Kubernetes//Pod/ns/x: cannot decode: eof; junk");
+        assert_eq!(names, HashSet::from(["a/b", "Kubernetes//Pod/ns/x"]));
+        assert!(nacked_names("whole response rejected").is_empty());
+    }
+
+    #[test]
+    fn chunks_stay_under_the_budget_and_keep_everything() {
+        let upserts: BTreeMap<Arc<str>, Arc<Resource>> = (0..10)
+            .map(|i| {
+                let r = wl(&format!("u{i}"), 1000);
+                (Arc::clone(&r.name), r)
+            })
+            .collect();
+        let huge = wl("huge", 10_000);
+        let mut with_huge = upserts.clone();
+        with_huge.insert(Arc::clone(&huge.name), huge);
+        let removed: BTreeSet<Arc<str>> = [Arc::from("gone")].into();
+        let chunks = chunk_response(ResourceType::Address, with_huge, removed, 4096, "test");
+        assert!(chunks.len() >= 3);
+        let sent: Vec<&str> = chunks
+            .iter()
+            .flat_map(|c| c.0.iter().map(|(n, _)| &**n))
+            .collect();
+        assert_eq!(sent.len(), 10, "the oversized resource is left out");
+        assert!(!sent.contains(&"huge"));
+        assert_eq!(chunks.last().unwrap().1, vec![Arc::<str>::from("gone")]);
+        for (resources, _) in &chunks {
+            let size: usize = resources.iter().map(|(_, r)| r.body.len()).sum();
+            assert!(size < 4096);
+        }
+        // No resources at all still yields one (empty) response.
+        let empty = chunk_response(
+            ResourceType::Address,
+            BTreeMap::new(),
+            BTreeSet::new(),
+            4096,
+            "t",
+        );
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].0.is_empty() && empty[0].1.is_empty());
+    }
+}
