@@ -405,7 +405,8 @@ impl Connection {
 
     /// A request for a type this server does not serve: answered once with an empty
     /// response echoing the type URL (so a client waiting for it is not stuck), then
-    /// ignored, including its ACKs. Returns whether a flush is due (never).
+    /// ignored, including its ACKs. Returns whether a flush is due (only for the first
+    /// request of that type, to send the empty answer).
     fn unknown_type(&mut self, type_url: &str) -> bool {
         if self.unknown_types.insert(type_url.to_string()) {
             metrics::counter!("peerd_xds_server_unknown_type_requests_total", "view" => self.label()).increment(1);
