@@ -25,6 +25,12 @@ use crate::xds::types::{PerType, ResourceType};
 
 type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
 
+/// Responses kept for ACK matching per type; a client that never ACKs cannot grow it
+/// beyond this (older entries are dropped and their late ACKs ignored).
+const MAX_OUTSTANDING: usize = 256;
+/// Distinct unknown type URLs answered per connection; more are ignored silently.
+const MAX_UNKNOWN_TYPES: usize = 16;
+
 /// Name used in subscriptions for "everything".
 const WILDCARD: &str = "*";
 
@@ -408,7 +414,9 @@ impl Connection {
     /// ignored, including its ACKs. Returns whether a flush is due (only for the first
     /// request of that type, to send the empty answer).
     fn unknown_type(&mut self, type_url: &str) -> bool {
-        if self.unknown_types.insert(type_url.to_string()) {
+        if self.unknown_types.len() < MAX_UNKNOWN_TYPES
+            && self.unknown_types.insert(type_url.to_string())
+        {
             metrics::counter!("peerd_xds_server_unknown_type_requests_total", "view" => self.label()).increment(1);
             tracing::warn!(node = %self.entry.node(), type_url, "xds server: request for an unknown type; answering with an empty response");
             self.next_nonce += 1;
@@ -547,6 +555,9 @@ impl Connection {
                 }
                 self.next_nonce += 1;
                 let nonce = self.next_nonce;
+                if ts.outstanding.len() >= MAX_OUTSTANDING {
+                    ts.outstanding.pop_front();
+                }
                 ts.outstanding.push_back(Outstanding {
                     nonce,
                     view_version: snapshot.version,
