@@ -40,7 +40,7 @@ fn options(addr: std::net::SocketAddr, trust: &Pki) -> ClientOptions {
 
 struct Running {
     stats: Arc<peerd::xds::stats::StreamStats>,
-    failure: Arc<std::sync::Mutex<Option<FailureKind>>>,
+    failure: Arc<std::sync::Mutex<Option<peerd::xds::client::Failure>>>,
     cancel: CancellationToken,
 }
 
@@ -52,7 +52,11 @@ impl Drop for Running {
 
 impl Running {
     fn failure(&self) -> Option<FailureKind> {
-        *self.failure.lock().unwrap()
+        self.failure.lock().unwrap().as_ref().map(|f| f.kind)
+    }
+
+    fn failure_detail(&self) -> Option<peerd::xds::client::Failure> {
+        self.failure.lock().unwrap().clone()
     }
 }
 
@@ -508,6 +512,18 @@ async fn tls_failure_is_classified_and_keeps_state() {
         Arc::clone(&store),
     ));
     eventually("tls failure", || client.failure() == Some(FailureKind::Tls)).await;
+    let detail = client.failure_detail().unwrap();
+    assert_eq!(detail.kind.condition_reason(), "TLSError");
+    assert!(
+        matches!(
+            detail.tls,
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        ),
+        "{:?}",
+        detail.tls
+    );
     let err = client.stats.snapshot().last_error;
     assert!(err.contains("TLS handshake"), "{err}");
     assert_eq!(stored(&store, Address), seeded);
@@ -616,6 +632,10 @@ async fn server_certificate_for_another_name_is_an_identity_mismatch() {
         client.failure() == Some(FailureKind::IdentityMismatch)
     })
     .await;
+    assert_eq!(
+        client.failure_detail().unwrap().kind.condition_reason(),
+        "IdentityMismatch"
+    );
     assert!(client.stats.snapshot().last_error.contains("TLS handshake"));
     assert_eq!(stored(&store, Address), seeded);
     assert!(
