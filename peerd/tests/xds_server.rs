@@ -727,3 +727,30 @@ async fn shutdown_ends_streams_and_serve_returns() {
         .expect("serve did not return");
     assert!(result.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn on_demand_reconnect_answers_pending_lookups_from_initial_versions() {
+    let view = View::new("merged");
+    view.apply(Address, [wl("c1//Pod/default/a", [127, 0, 0, 2])], []);
+    let server = start_server(open(&view), ServerOptions::default()).await;
+    let mut z = ztunnel(&server).await;
+    // ztunnel in on-demand mode reconnecting: lookups never answered carry version "".
+    z.initial(
+        Address,
+        &["*"],
+        &["*"],
+        &[("/127.0.0.2", ""), ("/127.0.0.77", "")],
+    )
+    .await;
+    let r = z.recv_ack().await;
+    assert_eq!(names(&r), set(&["/127.0.0.2"]));
+    assert_eq!(r.removed_resources, vec!["/127.0.0.77".to_string()]);
+    // The keys stay subscribed: a change to the workload behind one is pushed.
+    view.apply(
+        Address,
+        [wl_named("c1//Pod/default/a", [127, 0, 0, 2], "v2")],
+        [],
+    );
+    let r = z.recv_ack().await;
+    assert_eq!(names(&r), set(&["/127.0.0.2"]));
+}
