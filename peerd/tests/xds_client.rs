@@ -40,7 +40,7 @@ fn options(addr: std::net::SocketAddr, trust: &Pki) -> ClientOptions {
 
 struct Running {
     stats: Arc<peerd::xds::stats::StreamStats>,
-    failure: Arc<std::sync::Mutex<Option<FailureKind>>>,
+    failure: Arc<std::sync::Mutex<Option<peerd::xds::client::Failure>>>,
     cancel: CancellationToken,
 }
 
@@ -52,7 +52,11 @@ impl Drop for Running {
 
 impl Running {
     fn failure(&self) -> Option<FailureKind> {
-        *self.failure.lock().unwrap()
+        self.failure.lock().unwrap().as_ref().map(|f| f.kind)
+    }
+
+    fn failure_detail(&self) -> Option<peerd::xds::client::Failure> {
+        self.failure.lock().unwrap().clone()
     }
 }
 
@@ -268,7 +272,7 @@ async fn bad_resources_are_nacked_by_name_and_the_good_ones_applied() {
     let bad_ip_body = workload::Address {
         r#type: Some(workload::address::Type::Workload(workload::Workload {
             uid: "c2//Pod/default/bad-ip".into(),
-            addresses: vec![vec![10, 0, 0, 0, 6].into()],
+            addresses: vec![vec![10, 0, 0, 0, 6]],
             ..Default::default()
         })),
     }
@@ -508,6 +512,18 @@ async fn tls_failure_is_classified_and_keeps_state() {
         Arc::clone(&store),
     ));
     eventually("tls failure", || client.failure() == Some(FailureKind::Tls)).await;
+    let detail = client.failure_detail().unwrap();
+    assert_eq!(detail.kind.condition_reason(), "TLSError");
+    assert!(
+        matches!(
+            detail.tls,
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        ),
+        "{:?}",
+        detail.tls
+    );
     let err = client.stats.snapshot().last_error;
     assert!(err.contains("TLS handshake"), "{err}");
     assert_eq!(stored(&store, Address), seeded);
@@ -544,4 +560,87 @@ async fn rejected_token_is_classified_as_unauthenticated() {
         "{err}"
     );
     assert_eq!(stored(&store, Address), seeded);
+}
+
+#[tokio::test]
+async fn handshake_that_never_completes_is_a_connect_timeout() {
+    // Accepts TCP, never answers the TLS ClientHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held_open = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            sockets.push(s);
+        }
+    });
+    let store = Store::new();
+    let seeded = seed(&store);
+    let pki = Pki::new("any");
+    let mut o = options(addr, &pki);
+    o.connect_timeout = Duration::from_millis(300);
+    let client = run(AdsClient::new(o, Arc::clone(&store)));
+    eventually("connect timeout", || {
+        client.failure() == Some(FailureKind::ConnectTimeout)
+    })
+    .await;
+    assert!(client.stats.snapshot().last_error.contains("timed out"));
+    assert_eq!(stored(&store, Address), seeded);
+    held_open.abort();
+}
+
+#[tokio::test]
+async fn token_file_is_reread_on_every_connect() {
+    let view = View::new("export");
+    view.apply(Authorization, [authz("default", "allow")], []);
+    let selector = Arc::new(BearerTokenSelector {
+        verifier: Arc::new(StaticTokenVerifier::from_literal("rotated-token", "peer")),
+        view: Arc::clone(&view),
+        label: "export".into(),
+    });
+    let server = start_server(selector, ServerOptions::default()).await;
+    let path = std::env::temp_dir().join(format!("peerd-xds-token-{}", std::process::id()));
+    std::fs::write(&path, "stale-token\n").unwrap();
+    let store = Store::new();
+    let mut o = options(server.addr, &server.pki);
+    o.token = Some(TokenSource::File(path.clone()));
+    let client = run(AdsClient::new(o, Arc::clone(&store)));
+    eventually("unauthenticated", || {
+        client.failure() == Some(FailureKind::Unauthenticated)
+    })
+    .await;
+    std::fs::write(&path, "rotated-token\n").unwrap();
+    eventually("synced after rotation", || {
+        store.origin(ORIGIN).is_fully_synced()
+    })
+    .await;
+    assert_eq!(
+        stored(&store, Authorization),
+        Held::of_view(&view, Authorization)
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn server_certificate_for_another_name_is_an_identity_mismatch() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let store = Store::new();
+    let seeded = seed(&store);
+    let mut o = options(upstream.addr, &upstream.pki);
+    o.server_name = "istiod.istio-system.svc".into();
+    let client = run(AdsClient::new(o, Arc::clone(&store)));
+    eventually("identity mismatch", || {
+        client.failure() == Some(FailureKind::IdentityMismatch)
+    })
+    .await;
+    assert_eq!(
+        client.failure_detail().unwrap().kind.condition_reason(),
+        "IdentityMismatch"
+    );
+    assert!(client.stats.snapshot().last_error.contains("TLS handshake"));
+    assert_eq!(stored(&store, Address), seeded);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), upstream.streams.recv())
+            .await
+            .is_err()
+    );
 }

@@ -389,7 +389,7 @@ async fn nack_is_recorded_and_recovers_on_the_next_version() {
     assert!(!subs.list()[0].address.rejected);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_does_not_block_a_fast_one() {
     let view = View::new("merged");
     let options = ServerOptions {
@@ -629,4 +629,128 @@ async fn large_pushes_are_split_under_the_message_cap() {
         responses += 1;
     }
     assert!(responses > 1, "120 KB cannot fit one 32 KB message");
+}
+
+#[tokio::test]
+async fn stalled_handshakes_do_not_block_accept_and_time_out() {
+    let view = View::new("merged");
+    let options = ServerOptions {
+        handshake_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let server = start_server(open(&view), options).await;
+    // A client that opens TCP and never says anything.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // A real client is served meanwhile.
+    let mut z = ztunnel(&server).await;
+    z.initial(Address, &[], &[], &[]).await;
+    assert_eq!(z.recv_ack().await.type_url, Address.type_url());
+    // The stalled connection is closed by the server after the handshake timeout.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stalled, &mut buf))
+        .await
+        .expect("server never closed the stalled connection");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_fell_behind_the_change_feed_gets_a_full_diff() {
+    let view = View::new("merged");
+    view.apply(Address, [wl("u/gone", [10, 5, 0, 1])], []);
+    let options = ServerOptions {
+        debounce: Duration::ZERO,
+        outbound_queue: 1,
+        ..ServerOptions::default()
+    };
+    let server = start_server(open(&view), options).await;
+    let mut slow = ztunnel(&server).await;
+    slow.initial(Address, &[], &[], &[]).await;
+    let mut held = Held::default();
+    held.apply(&slow.recv_ack().await);
+    // More writes than the change ring holds (4096) while the client does not read,
+    // with bodies large enough to fill its HTTP/2 windows.
+    let pad = "p".repeat(2048);
+    for i in 0..6000u32 {
+        let o = i.to_be_bytes();
+        view.apply(
+            Address,
+            [wl_named(
+                &format!("u/{}", i % 300),
+                [10, 6, o[2], o[3]],
+                &format!("{pad}{i}"),
+            )],
+            [],
+        );
+    }
+    view.apply(Address, [], [Arc::from("u/gone")]);
+    let want = Held::of_view(&view, Address);
+    while held != want {
+        held.apply(&slow.recv_ack().await);
+    }
+    assert!(!held.0.contains_key("u/gone"));
+    assert_eq!(held.0.len(), 300);
+    assert!(
+        server.server.subscribers().list()[0].full_diffs >= 1,
+        "the client really lagged"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_and_serve_returns() {
+    let view = View::new("merged");
+    let pki = Pki::new("server");
+    let config = server_tls(&pki, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = peerd::xds::server::AdsServer::new(open(&view), ServerOptions::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = server.clone();
+    let sd = shutdown.clone();
+    let serving = tokio::spawn(async move { s.serve(listener, config, sd).await });
+    let mut z = Downstream::connect(addr, client_tls(&pki, None), None)
+        .await
+        .unwrap();
+    z.initial(Address, &[], &[], &[]).await;
+    z.recv_ack().await;
+    shutdown.cancel();
+    let end = tokio::time::timeout(WAIT, z.rx.message())
+        .await
+        .expect("stream not ended");
+    match end {
+        Ok(None) => {}
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(Some(r)) => panic!("unexpected response {r:?}"),
+    }
+    drop(z);
+    let result = tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("serve did not return");
+    assert!(result.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn on_demand_reconnect_answers_pending_lookups_from_initial_versions() {
+    let view = View::new("merged");
+    view.apply(Address, [wl("c1//Pod/default/a", [127, 0, 0, 2])], []);
+    let server = start_server(open(&view), ServerOptions::default()).await;
+    let mut z = ztunnel(&server).await;
+    // ztunnel in on-demand mode reconnecting: lookups never answered carry version "".
+    z.initial(
+        Address,
+        &["*"],
+        &["*"],
+        &[("/127.0.0.2", ""), ("/127.0.0.77", "")],
+    )
+    .await;
+    let r = z.recv_ack().await;
+    assert_eq!(names(&r), set(&["/127.0.0.2"]));
+    assert_eq!(r.removed_resources, vec!["/127.0.0.77".to_string()]);
+    // The keys stay subscribed: a change to the workload behind one is pushed.
+    view.apply(
+        Address,
+        [wl_named("c1//Pod/default/a", [127, 0, 0, 2], "v2")],
+        [],
+    );
+    let r = z.recv_ack().await;
+    assert_eq!(names(&r), set(&["/127.0.0.2"]));
 }

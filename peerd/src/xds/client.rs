@@ -13,6 +13,10 @@
 //! `peerd_xds_client_errors_total{reason="no_response"}` and KEEPS the stream (HTTP/2
 //! keepalive already detects dead transports; a live but silent server is not fixed by
 //! reconnecting, and a late answer is still applied).
+//!
+//! A name that occurs more than once in one response is rejected in every copy (which
+//! one is right is unknowable) and NACKed once as `"<name>: duplicate name in one
+//! response"`; an already stored version of it stays.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -120,6 +124,8 @@ pub enum FailureKind {
     ConnectTimeout,
     ConnectionRefused,
     Tls,
+    /// TLS worked but the server's certificate is not for the expected name/identity.
+    IdentityMismatch,
     Unauthenticated,
     MessageTooLarge,
     NoResponse,
@@ -128,11 +134,24 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// The `gloo.solo.io/PeerConnected` reason this failure maps to.
+    pub fn condition_reason(self) -> &'static str {
+        match self {
+            FailureKind::ConnectTimeout => "ConnectTimeout",
+            FailureKind::ConnectionRefused => "ConnectionRefused",
+            FailureKind::Tls => "TLSError",
+            FailureKind::IdentityMismatch => "IdentityMismatch",
+            _ => "StreamError",
+        }
+    }
+
+    /// Metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::ConnectTimeout => "connect_timeout",
             FailureKind::ConnectionRefused => "connection_refused",
             FailureKind::Tls => "tls",
+            FailureKind::IdentityMismatch => "identity_mismatch",
             FailureKind::Unauthenticated => "unauthenticated",
             FailureKind::MessageTooLarge => "message_too_large",
             FailureKind::NoResponse => "no_response",
@@ -147,7 +166,12 @@ impl FailureKind {
 pub struct ClientError {
     pub kind: FailureKind,
     pub message: String,
+    /// The rustls error of a failed handshake, kept for finer classification.
+    pub tls: Option<rustls::Error>,
 }
+
+/// The last failure of a client, as shown in status and conditions.
+pub type Failure = ClientError;
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,7 +190,7 @@ pub struct AdsClient {
     store: Arc<Store>,
     filter: Option<Arc<dyn ResourceFilter>>,
     stats: Arc<StreamStats>,
-    failure: Arc<Mutex<Option<FailureKind>>>,
+    failure: Arc<Mutex<Option<Failure>>>,
 }
 
 impl AdsClient {
@@ -190,13 +214,16 @@ impl AdsClient {
         Arc::clone(&self.stats)
     }
 
-    /// A handle to read the class of the last failure (`None` once a session works).
-    pub fn failure_handle(&self) -> Arc<Mutex<Option<FailureKind>>> {
+    /// A handle to read the last failure (`None` once a session works).
+    pub fn failure_handle(&self) -> Arc<Mutex<Option<Failure>>> {
         Arc::clone(&self.failure)
     }
 
-    pub fn last_failure(&self) -> Option<FailureKind> {
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn last_failure(&self) -> Option<Failure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
@@ -207,8 +234,8 @@ impl AdsClient {
         &self.opts.origin
     }
 
-    fn set_failure(&self, kind: Option<FailureKind>) {
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = kind;
+    fn set_failure(&self, failure: Option<Failure>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
     }
 
     /// Runs sessions until `cancel` fires. Stored resources survive every failure.
@@ -239,8 +266,8 @@ impl AdsClient {
                     metrics::counter!("peerd_xds_client_errors_total", "peer_cluster" => peer.clone(), "reason" => e.kind.as_str())
                         .increment(1);
                     tracing::warn!(origin = %peer, endpoint = %self.opts.endpoint, reason = e.kind.as_str(), error = %e, "xds client: upstream session failed; stored resources kept");
-                    self.set_failure(Some(e.kind));
-                    self.stats.disconnected(e.message);
+                    self.stats.disconnected(e.message.clone());
+                    self.set_failure(Some(e));
                 }
             }
             let delay = backoff_delay(self.opts.backoff_initial, self.opts.backoff_max, attempt);
@@ -261,6 +288,7 @@ impl AdsClient {
                 .map_err(|e| ClientError {
                     kind: FailureKind::Config,
                     message: format!("cannot read bearer token file {}: {e}", path.display()),
+                    tls: None,
                 })?
                 .trim()
                 .to_string(),
@@ -270,6 +298,7 @@ impl AdsClient {
             .map_err(|_| ClientError {
                 kind: FailureKind::Config,
                 message: "bearer token contains characters not allowed in a header".to_string(),
+                tls: None,
             })
     }
 
@@ -305,12 +334,14 @@ impl AdsClient {
         .map_err(|e| ClientError {
             kind: FailureKind::Config,
             message: e.to_string(),
+            tls: None,
         })?;
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("https://{}", opts.endpoint))
                 .map_err(|e| ClientError {
                     kind: FailureKind::Config,
                     message: format!("invalid upstream endpoint {:?}: {e}", opts.endpoint),
+                    tls: None,
                 })?
                 .http2_keep_alive_interval(opts.keepalive_interval)
                 .keep_alive_timeout(opts.keepalive_timeout)
@@ -338,10 +369,12 @@ impl AdsClient {
             let key = MetadataKey::from_bytes(name.as_bytes()).map_err(|_| ClientError {
                 kind: FailureKind::Config,
                 message: format!("invalid header name {name:?}"),
+                tls: None,
             })?;
             let value = MetadataValue::try_from(value.as_str()).map_err(|_| ClientError {
                 kind: FailureKind::Config,
                 message: format!("invalid value for header {name:?}"),
+                tls: None,
             })?;
             request.metadata_mut().insert(key, value);
         }
@@ -380,8 +413,12 @@ impl AdsClient {
                     tracing::warn!(origin = %peer, "xds client: {message}; keeping the stream open");
                     metrics::counter!("peerd_xds_client_errors_total", "peer_cluster" => peer.clone(), "reason" => FailureKind::NoResponse.as_str())
                         .increment(1);
-                    self.stats.set_last_error(message);
-                    self.set_failure(Some(FailureKind::NoResponse));
+                    self.stats.set_last_error(message.clone());
+                    self.set_failure(Some(ClientError {
+                        kind: FailureKind::NoResponse,
+                        message,
+                        tls: None,
+                    }));
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(resp)) => {
@@ -396,6 +433,7 @@ impl AdsClient {
                             return Err(ClientError {
                                 kind: FailureKind::Stream,
                                 message: format!("request stream to {} closed", opts.endpoint),
+                                tls: None,
                             });
                         }
                     }
@@ -555,21 +593,42 @@ fn connect_failure(c: &ConnectError) -> FailureKind {
     match c {
         ConnectError::Refused { .. } => FailureKind::ConnectionRefused,
         ConnectError::Timeout { .. } => FailureKind::ConnectTimeout,
+        ConnectError::Tls { source, .. } if is_name_mismatch(source) => {
+            FailureKind::IdentityMismatch
+        }
         ConnectError::Tls { .. } | ConnectError::NoH2 { .. } => FailureKind::Tls,
         ConnectError::Tcp { .. } => FailureKind::Stream,
         ConnectError::InvalidEndpoint { .. } => FailureKind::Config,
     }
 }
 
+/// Whether a TLS failure is "certificate not valid for the expected name".
+fn is_name_mismatch(e: &std::io::Error) -> bool {
+    use rustls::CertificateError;
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    )
+}
+
+fn from_connect_error(c: &ConnectError) -> ClientError {
+    ClientError {
+        kind: connect_failure(c),
+        message: c.to_string(),
+        tls: c.tls_error().cloned(),
+    }
+}
+
 fn classify_transport(e: &tonic::transport::Error, endpoint: &str) -> ClientError {
     match find_connect_error(e) {
-        Some(c) => ClientError {
-            kind: connect_failure(c),
-            message: c.to_string(),
-        },
+        Some(c) => from_connect_error(c),
         None => ClientError {
             kind: FailureKind::Stream,
             message: format!("connecting to {endpoint} failed: {}", error_chain(e)),
+            tls: None,
         },
     }
 }
@@ -577,10 +636,7 @@ fn classify_transport(e: &tonic::transport::Error, endpoint: &str) -> ClientErro
 fn classify_status(s: &tonic::Status, endpoint: &str) -> ClientError {
     use std::error::Error as _;
     if let Some(c) = s.source().and_then(|src| find_connect_error(src)) {
-        return ClientError {
-            kind: connect_failure(c),
-            message: c.to_string(),
-        };
+        return from_connect_error(c);
     }
     let kind = match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
@@ -600,6 +656,7 @@ fn classify_status(s: &tonic::Status, endpoint: &str) -> ClientError {
             s.code(),
             s.message()
         ),
+        tls: None,
     }
 }
 

@@ -10,5 +10,7 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
+pub use client::{AdsClient, ClientOptions, FailureKind, ResourceFilter, TokenSource};
 pub use resource::{Resource, ResourceError, Summary};
+pub use server::{AdsServer, ServerOptions, Subscribers};
 pub use types::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, PerType, ResourceType};

@@ -206,6 +206,19 @@ pub enum ConnectError {
     NoH2 { endpoint: String },
 }
 
+impl ConnectError {
+    /// The rustls error behind a TLS failure, for finer classification (e.g.
+    /// `identity::classify::classify_tls`).
+    pub fn tls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            ConnectError::Tls { source, .. } => source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            _ => None,
+        }
+    }
+}
+
 /// A tonic connector: TCP to a fixed endpoint, then TLS with a fixed server name. The
 /// URI tonic passes is ignored (the endpoint is fixed at construction).
 #[derive(Clone)]

@@ -319,7 +319,7 @@ pub fn wl_named(uid: &str, ip: [u8; 4], name: &str) -> Arc<Resource> {
             uid: uid.into(),
             name: name.into(),
             namespace: "default".into(),
-            addresses: vec![ip.to_vec().into()],
+            addresses: vec![ip.to_vec()],
             ..Default::default()
         })
         .unwrap(),
@@ -334,7 +334,7 @@ pub fn svc(ns: &str, host: &str, vip: [u8; 4]) -> Arc<Resource> {
             hostname: host.into(),
             addresses: vec![workload::NetworkAddress {
                 network: String::new(),
-                address: vip.to_vec().into(),
+                address: vip.to_vec(),
                 length: None,
             }],
             ..Default::default()

@@ -25,6 +25,12 @@ use crate::xds::types::{PerType, ResourceType};
 
 type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
 
+/// Responses kept for ACK matching per type; a client that never ACKs cannot grow it
+/// beyond this (older entries are dropped and their late ACKs ignored).
+const MAX_OUTSTANDING: usize = 256;
+/// Distinct unknown type URLs answered per connection; more are ignored silently.
+const MAX_UNKNOWN_TYPES: usize = 16;
+
 /// Name used in subscriptions for "everything".
 const WILDCARD: &str = "*";
 
@@ -36,6 +42,9 @@ struct Outstanding {
     /// Names sent (upserted) in it.
     names: Vec<Arc<str>>,
 }
+
+/// What a flush owes the client: wire name → resource to send, and names to remove.
+type Diff = (BTreeMap<Arc<str>, Arc<Resource>>, BTreeSet<Arc<str>>);
 
 #[derive(Default)]
 struct TypeState {
@@ -76,10 +85,10 @@ impl TypeState {
         snapshot: &'a ViewState,
         wire_name: &str,
     ) -> Option<&'a Arc<Resource>> {
-        if self.wildcard {
-            if let Some(r) = snapshot.get(kind, wire_name) {
-                return Some(r);
-            }
+        if self.wildcard
+            && let Some(r) = snapshot.get(kind, wire_name)
+        {
+            return Some(r);
         }
         if self.explicit.contains(wire_name) {
             return Self::resolve(kind, snapshot, wire_name);
@@ -88,11 +97,7 @@ impl TypeState {
     }
 
     /// The changes to send, from `snapshot`: (wire name → resource, removed names).
-    fn diff(
-        &mut self,
-        kind: ResourceType,
-        snapshot: &ViewState,
-    ) -> (BTreeMap<Arc<str>, Arc<Resource>>, BTreeSet<Arc<str>>) {
+    fn diff(&mut self, kind: ResourceType, snapshot: &ViewState) -> Diff {
         let mut upserts = BTreeMap::new();
         let mut removed = BTreeSet::new();
         let dirty = std::mem::take(&mut self.dirty);
@@ -299,6 +304,9 @@ impl Connection {
                 true
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
+                self.entry
+                    .full_diffs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(node = %self.entry.node(), skipped = n, "xds server: change feed lagged; full diff");
                 metrics::counter!("peerd_xds_server_full_resyncs_total", "view" => self.label())
                     .increment(1);
@@ -317,14 +325,14 @@ impl Connection {
     /// Applies one request. Returns whether a flush is due now (initial request,
     /// on-demand names, wildcard turned on).
     fn handle_request(&mut self, req: discovery::DeltaDiscoveryRequest) -> Result<bool, Status> {
-        if !self.node_known {
-            if let Some(node) = &req.node {
-                self.node_known = true;
-                *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::from(node.id.as_str());
-                self.entry.stats.set_name(node.id.clone());
-                tracing::info!(node = %node.id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
-            }
+        if !self.node_known
+            && let Some(node) = &req.node
+        {
+            self.node_known = true;
+            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
+                Arc::from(node.id.as_str());
+            self.entry.stats.set_name(node.id.clone());
+            tracing::info!(node = %node.id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
         }
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
             return Ok(self.unknown_type(&req.type_url));
@@ -403,9 +411,12 @@ impl Connection {
 
     /// A request for a type this server does not serve: answered once with an empty
     /// response echoing the type URL (so a client waiting for it is not stuck), then
-    /// ignored, including its ACKs. Returns whether a flush is due (never).
+    /// ignored, including its ACKs. Returns whether a flush is due (only for the first
+    /// request of that type, to send the empty answer).
     fn unknown_type(&mut self, type_url: &str) -> bool {
-        if self.unknown_types.insert(type_url.to_string()) {
+        if self.unknown_types.len() < MAX_UNKNOWN_TYPES
+            && self.unknown_types.insert(type_url.to_string())
+        {
             metrics::counter!("peerd_xds_server_unknown_type_requests_total", "view" => self.label()).increment(1);
             tracing::warn!(node = %self.entry.node(), type_url, "xds server: request for an unknown type; answering with an empty response");
             self.next_nonce += 1;
@@ -544,6 +555,9 @@ impl Connection {
                 }
                 self.next_nonce += 1;
                 let nonce = self.next_nonce;
+                if ts.outstanding.len() >= MAX_OUTSTANDING {
+                    ts.outstanding.pop_front();
+                }
                 ts.outstanding.push_back(Outstanding {
                     nonce,
                     view_version: snapshot.version,
@@ -661,5 +675,66 @@ fn to_wire(kind: ResourceType, wire_name: &str, r: &Resource) -> discovery::Reso
         }),
         name: wire_name.to_string(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::istio::workload;
+
+    fn wl(uid: &str, pad: usize) -> Arc<Resource> {
+        Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: uid.into(),
+                name: "n".repeat(pad),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn nack_messages_name_resources_before_the_colon() {
+        let names = nacked_names("a/b: bad; Kubernetes//Pod/ns/x: cannot decode: eof; junk");
+        assert_eq!(names, HashSet::from(["a/b", "Kubernetes//Pod/ns/x"]));
+        assert!(nacked_names("whole response rejected").is_empty());
+    }
+
+    #[test]
+    fn chunks_stay_under_the_budget_and_keep_everything() {
+        let upserts: BTreeMap<Arc<str>, Arc<Resource>> = (0..10)
+            .map(|i| {
+                let r = wl(&format!("u{i}"), 1000);
+                (Arc::clone(&r.name), r)
+            })
+            .collect();
+        let huge = wl("huge", 10_000);
+        let mut with_huge = upserts.clone();
+        with_huge.insert(Arc::clone(&huge.name), huge);
+        let removed: BTreeSet<Arc<str>> = [Arc::from("gone")].into();
+        let chunks = chunk_response(ResourceType::Address, with_huge, removed, 4096, "test");
+        assert!(chunks.len() >= 3);
+        let sent: Vec<&str> = chunks
+            .iter()
+            .flat_map(|c| c.0.iter().map(|(n, _)| &**n))
+            .collect();
+        assert_eq!(sent.len(), 10, "the oversized resource is left out");
+        assert!(!sent.contains(&"huge"));
+        assert_eq!(chunks.last().unwrap().1, vec![Arc::<str>::from("gone")]);
+        for (resources, _) in &chunks {
+            let size: usize = resources.iter().map(|(_, r)| r.body.len()).sum();
+            assert!(size < 4096);
+        }
+        // No resources at all still yields one (empty) response.
+        let empty = chunk_response(
+            ResourceType::Address,
+            BTreeMap::new(),
+            BTreeSet::new(),
+            4096,
+            "t",
+        );
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].0.is_empty() && empty[0].1.is_empty());
     }
 }

@@ -100,7 +100,8 @@ impl AdsServer {
     }
 
     /// Serves TLS (ALPN h2 is added to `tls` if missing) on `listener` until `shutdown`
-    /// fires; then ends every stream with `UNAVAILABLE` and returns.
+    /// fires; then ends every stream with `UNAVAILABLE` and returns. Shutdown is final for
+    /// this server and its clones (build a new `AdsServer` to serve again).
     pub async fn serve(
         &self,
         listener: TcpListener,

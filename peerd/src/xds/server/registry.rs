@@ -54,6 +54,8 @@ pub struct SubscriberInfo {
     pub view_label: String,
     pub identity: String,
     pub stats: StreamSnapshot,
+    /// Times this connection fell behind the view's change feed and re-diffed fully.
+    pub full_diffs: u64,
     pub address: TypeProgress,
     pub authorization: TypeProgress,
 }
@@ -90,6 +92,7 @@ pub(crate) struct Subscriber {
     pub node_id: Mutex<Arc<str>>,
     pub stats: StreamStats,
     pub progress: Mutex<PerType<TypeProgress>>,
+    pub full_diffs: AtomicU64,
 }
 
 impl Subscriber {
@@ -110,6 +113,7 @@ impl Subscriber {
             view_label: self.view_label.to_string(),
             identity: self.identity.clone(),
             stats: self.stats.snapshot(),
+            full_diffs: self.full_diffs.load(Ordering::Relaxed),
             address: *progress.get(ResourceType::Address),
             authorization: *progress.get(ResourceType::Authorization),
         }
@@ -154,6 +158,7 @@ impl Subscribers {
             remote_addr,
             node_id: Mutex::new(Arc::from("")),
             progress: Mutex::new(PerType::default()),
+            full_diffs: AtomicU64::new(0),
         });
         entry.stats.connected();
         self.entries.insert(id, Arc::clone(&entry));
