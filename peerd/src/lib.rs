@@ -4,6 +4,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod federation;

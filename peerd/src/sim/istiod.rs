@@ -449,6 +449,38 @@ impl SimIstiod {
     }
 }
 
+/// Serves a [`ServeContext`] with the real delta-xDS server: TLS, bearer token required
+/// (the token in the TLS dir), until shutdown. This is what `peerd sim istiod` runs.
+pub async fn serve_xds(
+    context: ServeContext,
+    options: crate::xds::server::ServerOptions,
+) -> anyhow::Result<()> {
+    use crate::xds::auth::{BearerTokenSelector, StaticTokenVerifier};
+    let verifier = StaticTokenVerifier::from_literal(context.token.secret(), "sim-client");
+    let selector = Arc::new(BearerTokenSelector {
+        verifier: Arc::new(verifier),
+        view: Arc::clone(&context.view),
+        label: context.view.label().to_string(),
+    });
+    let server = crate::xds::server::AdsServer::new(selector, options);
+    let listener = tokio::net::TcpListener::bind(context.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding simulated istiod on {}: {e}", context.listen))?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut shutdown = context.shutdown.clone();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        // Either a `true` or a dropped sender ends serving.
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        stop.cancel();
+    });
+    server.serve(listener, context.tls, cancel).await
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {

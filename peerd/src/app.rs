@@ -1,0 +1,289 @@
+//! `peerd run`: assembles the daemon from a validated [`Config`]: upstream clients →
+//! store → federation → xDS server, plus the admin listeners and readiness gates.
+//!
+//! It owns process wiring and lifetimes (one cancellation token ends everything). It must
+//! never hold protocol or federation logic: each piece lives in its own module.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Readiness};
+use crate::config::{Config, Upstream};
+use crate::federation::Federation;
+use crate::identity::reload::{CertSource, RootsSource};
+use crate::identity::tls::{ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions};
+use crate::proto::envoy::config::core::v3::Node;
+use crate::store::{Store, StoreEvent};
+use crate::xds::auth::{BearerTokenSelector, StaticTokenVerifier};
+use crate::xds::client::{AdsClient, ClientOptions, TokenSource};
+use crate::xds::server::{AdsServer, ServerOptions};
+use crate::xds::stats::StreamStats;
+
+/// Readiness gate: the local istiod upstream has completed its first full sync.
+pub const GATE_LOCAL_SYNCED: &str = "local upstream synced";
+/// Readiness gate: the xDS listener is bound.
+pub const GATE_XDS_LISTENING: &str = "xds listening";
+
+/// How often certificate and root files are checked for rotation.
+const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A running peerd.
+pub struct Peerd {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub federation: Arc<Federation>,
+    pub server: AdsServer,
+    pub readiness: Arc<Readiness>,
+    /// Stats of each upstream stream, by origin name.
+    pub upstreams: Vec<(String, Arc<StreamStats>)>,
+    /// Bound addresses (port 0 in the config resolves here).
+    pub xds_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    _watches: Vec<crate::identity::reload::WatchHandle>,
+}
+
+impl Peerd {
+    /// Binds every listener and starts every task. Errors name what failed.
+    pub async fn start(config: Config) -> anyhow::Result<Peerd> {
+        let config = Arc::new(config);
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut watches = Vec::new();
+
+        let readiness = Readiness::new();
+        readiness.register(GATE_LOCAL_SYNCED);
+        readiness.register(GATE_XDS_LISTENING);
+
+        let store = Store::new();
+        let federation = Federation::new(&config.cluster, Arc::clone(&store));
+
+        // Downstream server: ztunnel with a bearer token gets the merged view.
+        let tls = config
+            .xds
+            .tls
+            .as_ref()
+            .context("xds.tls: a server certificate is required")?;
+        let cert = CertSource::from_files(&tls.cert_chain, &tls.key)
+            .context("xds.tls: loading the server certificate")?;
+        watches.push(cert.watch(CERT_RELOAD_INTERVAL));
+        let client_auth = match &tls.client_roots {
+            Some(path) => {
+                let roots = RootsSource::from_file(path).context("xds.tls.root")?;
+                watches.push(roots.watch(CERT_RELOAD_INTERVAL));
+                ClientAuth::Optional(roots.into())
+            }
+            None => ClientAuth::None,
+        };
+        let server_tls = crate::identity::tls::server_config(
+            cert,
+            &ServerTlsOptions {
+                client_auth,
+                allow_tls12: false,
+            },
+        )
+        .context("xds.tls: building the server TLS configuration")?;
+        let token_file = config.xds.token_file.as_ref().context(
+            "xds.auth.tokenFile: a bearer-token file is required to authenticate ztunnel",
+        )?;
+        let verifier = StaticTokenVerifier::from_file(token_file, "ztunnel")
+            .with_context(|| format!("xds.auth.tokenFile: reading {}", token_file.display()))?;
+        let selector = Arc::new(BearerTokenSelector {
+            verifier: Arc::new(verifier),
+            view: Arc::clone(federation.merged()),
+            label: "merged".into(),
+        });
+        let server = AdsServer::new(
+            selector,
+            ServerOptions {
+                debounce: config.xds.debounce,
+                outbound_queue: config.xds.connection_queue,
+                max_message_size: config.xds.max_message_bytes,
+                ..ServerOptions::default()
+            },
+        );
+        let xds_listener = admin::bind(config.listeners.xds, "xds").await?;
+        let xds_addr = xds_listener.local_addr().context("xds listener address")?;
+        {
+            let server = server.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move { server.serve(xds_listener, server_tls, cancel).await });
+        }
+        readiness.set(GATE_XDS_LISTENING, true);
+
+        // Admin listeners.
+        let metrics = admin::install_metrics_recorder()?;
+        let metrics_listener = admin::bind(config.listeners.metrics, "metrics").await?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .context("metrics listener address")?;
+        tasks.spawn(admin::serve_metrics(
+            metrics_listener,
+            metrics,
+            cancel.clone(),
+        ));
+        let health_listener = admin::bind(config.listeners.health, "health").await?;
+        let health_addr = health_listener
+            .local_addr()
+            .context("health listener address")?;
+        tasks.spawn(admin::serve_health(
+            health_listener,
+            Arc::clone(&readiness),
+            cancel.clone(),
+        ));
+
+        // Federation, then the upstreams feeding it.
+        {
+            let federation = Arc::clone(&federation);
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                federation.run(cancel).await;
+                Ok(())
+            });
+        }
+        tasks.spawn(track_local_sync(
+            Arc::clone(&store),
+            config.cluster.clone(),
+            Arc::clone(&readiness),
+            cancel.clone(),
+        ));
+        let mut upstreams = Vec::new();
+        for (i, upstream) in config.upstreams.iter().enumerate() {
+            let options = client_options(&config, upstream)
+                .with_context(|| format!("upstreams[{i}] ({})", upstream.name))?;
+            let client = AdsClient::new(options, Arc::clone(&store));
+            upstreams.push((upstream.name.clone(), client.stats()));
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                client.run(cancel).await;
+                Ok(())
+            });
+        }
+        if !config.upstreams.iter().any(|u| u.name == config.cluster) {
+            // Nothing will ever sync the local cluster: say so instead of never being ready.
+            tracing::warn!(cluster = %config.cluster, "no upstream is named like the local cluster; readiness waits for it");
+        }
+        tracing::info!(cluster = %config.cluster, xds = %xds_addr, metrics = %metrics_addr, health = %health_addr, "peerd started");
+
+        Ok(Peerd {
+            config,
+            store,
+            federation,
+            server,
+            readiness,
+            upstreams,
+            xds_addr,
+            metrics_addr,
+            health_addr,
+            cancel,
+            tasks,
+            _watches: watches,
+        })
+    }
+
+    /// A token that stops everything when cancelled.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Runs until cancelled or until a task fails; then stops the rest.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                joined = self.tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => { result = Err(e); break; }
+                    Some(Err(e)) => { result = Err(anyhow::anyhow!("task panicked: {e}")); break; }
+                },
+            }
+        }
+        self.cancel.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Ok(Err(e)) = joined {
+                tracing::debug!(error = %e, "task ended with an error during shutdown");
+            }
+        }
+        tracing::info!("peerd stopped");
+        result
+    }
+}
+
+/// Opens the readiness gate once the local origin has synced both types, and keeps it
+/// open afterwards (a later disconnect keeps serving the last state: ztunnel must not
+/// lose its configuration because istiod restarted).
+async fn track_local_sync(
+    store: Arc<Store>,
+    cluster: String,
+    readiness: Arc<Readiness>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut events = store.subscribe();
+    loop {
+        if store.get(&cluster).is_some_and(|o| o.is_fully_synced()) {
+            readiness.set(GATE_LOCAL_SYNCED, true);
+            return Ok(());
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            event = events.recv() => match event {
+                Ok(StoreEvent::Synced { .. }) | Err(_) => {}
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// The node identity peerd presents upstream, in ztunnel's style.
+fn node(config: &Config) -> Node {
+    let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "peerd".into());
+    let namespace =
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| config.control_namespace.clone());
+    let ip = std::env::var("INSTANCE_IP").unwrap_or_else(|_| "127.0.0.1".into());
+    Node {
+        id: format!("peerd~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"),
+        ..Node::default()
+    }
+}
+
+fn client_options(config: &Config, upstream: &Upstream) -> anyhow::Result<ClientOptions> {
+    let Some(root_ca) = &upstream.root_ca else {
+        bail!(
+            "rootCa: a root certificate is required to verify {}",
+            upstream.server_name
+        );
+    };
+    let roots = RootsSource::from_file(root_ca).context("rootCa")?;
+    let mut tls = ClientTlsOptions::new(roots, ServerIdentity::Name);
+    if let Some(cert) = &upstream.client_cert {
+        let source = CertSource::from_files(&cert.cert_chain, &cert.key).context("clientCert")?;
+        tls = tls.with_client_cert(source);
+    }
+    let tls =
+        crate::identity::tls::client_config(&tls).context("building the TLS configuration")?;
+    let mut options = ClientOptions::new(
+        upstream.name.clone(),
+        upstream.authority(),
+        upstream.server_name.clone(),
+        tls,
+    );
+    options.token = upstream.token_file.clone().map(TokenSource::File);
+    options.headers = vec![("clusterid".into(), config.cluster.clone())];
+    options.node = node(config);
+    options.backoff_initial = upstream.backoff_initial;
+    options.backoff_max = upstream.backoff_max;
+    options.keepalive_interval = upstream.keepalive_interval;
+    options.keepalive_timeout = upstream.keepalive_timeout;
+    options.connect_timeout = upstream.connect_timeout;
+    options.max_message_size = upstream.max_message_bytes;
+    Ok(options)
+}
