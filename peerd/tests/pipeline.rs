@@ -157,6 +157,10 @@ fn with_network(r: &Resource, network: &str) -> Resource {
     r.with_body(body).unwrap()
 }
 
+fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+}
+
 fn want(view: &View) -> [Held; 2] {
     [
         Held::of_view(view, ResourceType::Address),
@@ -268,10 +272,7 @@ async fn reconnect_gets_only_the_difference_and_on_demand_is_answered() {
             .collect()
     };
     let (addr_versions, authz_versions) = (versions(&held[0]), versions(&held[1]));
-    let refs = |v: &[(String, String)]| -> Vec<(&str, &str)> {
-        v.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
-    };
-    let (a, b) = (refs(&addr_versions), refs(&authz_versions));
+    let (a, b) = (as_refs(&addr_versions), as_refs(&authz_versions));
     z.initial(ResourceType::Address, &[], &[], &a).await;
     z.initial(ResourceType::Authorization, &[], &[], &b).await;
     for _ in 0..2 {
