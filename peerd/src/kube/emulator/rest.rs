@@ -532,6 +532,9 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
     let mut obj = parse_body(req)?;
     check_type(target, &obj)?;
     check_identity(target, &obj)?;
+    if meta::resource_version(&obj).is_some() {
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    }
     let manager = field_manager(req)?;
     let name = match meta::meta_str(&obj, "name").filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
@@ -641,6 +644,15 @@ fn server_side_apply(state: &State, target: &Target, req: &ApiRequest) -> Result
     let committed = state.store.mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
         if current.is_none() && target.subresource.is_some() {
             return Err(ApiError::not_found(target.def, target.name()));
+        }
+        // A resourceVersion in an apply configuration is a precondition.
+        if let Some(wanted) = meta::resource_version(&config)
+            && current.is_none_or(|c| meta::resource_version(c) != Some(wanted))
+        {
+            return Err(match current {
+                Some(_) => ApiError::conflict(target.def, target.name()),
+                None => ApiError::not_found(target.def, target.name()),
+            });
         }
         let mut skeleton = json!({});
         normalize(target, &mut skeleton, target.name());

@@ -38,6 +38,10 @@ async fn apply_creates_then_reapply_is_a_no_op() {
     assert_eq!(fields["f:metadata"]["f:labels"]["f:app.kubernetes.io/managed-by"], json!({}));
     assert_eq!(created.body["metadata"]["generation"], 1);
 
+    let mut stale = config.clone();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    assert_eq!(client.patch(&path, APPLY, &stale.to_string()).await.status, 409, "resourceVersion is a precondition");
+
     let rv_before = emu.resource_version();
     let again = client.patch(&path, APPLY, &config.to_string()).await;
     assert_eq!(again.status, 200);
@@ -157,6 +161,9 @@ async fn bad_apply_requests() {
     assert_eq!(client.patch(&format!("{WE}/we?fieldManager=peerd"), APPLY, &no_kind.to_string()).await.status, 400);
     let wrong_name = client.patch(&format!("{WE}/other?fieldManager=peerd"), APPLY, &config).await;
     assert_eq!(wrong_name.status, 400);
+    let mut with_rv = workload_entry("we", "10.0.0.1", json!({}));
+    with_rv["metadata"]["resourceVersion"] = json!("1");
+    assert_eq!(client.patch(&format!("{WE}/we?fieldManager=peerd"), APPLY, &with_rv.to_string()).await.status, 404);
     let not_yaml = client.patch(&format!("{WE}/we?fieldManager=peerd"), APPLY, "{[").await;
     assert_eq!(not_yaml.status, 400);
     assert_eq!(client.get(&format!("{WE}/we")).await.status, 404, "nothing was created");

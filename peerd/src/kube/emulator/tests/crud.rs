@@ -51,6 +51,10 @@ async fn bad_creates_are_rejected_with_status_objects() {
     let not_json = client.send(http::Method::POST, WE, "application/json", "{nope").await;
     assert_eq!((not_json.status.as_u16(), not_json.body["kind"].as_str()), (400, Some("Status")));
 
+    let mut with_rv = workload_entry("we", "10.0.0.1", json!({}));
+    with_rv["metadata"]["resourceVersion"] = json!("5");
+    assert_eq!(client.post(WE, &with_rv).await.status, 400);
+
     let no_name = client.post(WE, &json!({"metadata": {}, "spec": {}})).await;
     assert_eq!(no_name.status, 422);
 
