@@ -489,7 +489,7 @@ fn bump_generation(target: &Target, current: &Value, new: &mut Value) {
 /// Final step of every write to an existing object: ownership, generation, no-op check.
 fn finish_update(target: &Target, current: &Value, mut new: Value, manager: &str, now: &str) -> Mutation {
     meta::carry_server_metadata(current, &mut new);
-    record_update(Some(current), &mut new, manager, target.scope(), &target.api_version(), now);
+    record_update(Some(current), &mut new, manager, target.scope(), target.def.list_maps, &target.api_version(), now);
     bump_generation(target, current, &mut new);
     if meta::comparable(&new) == meta::comparable(current) {
         Mutation::Unchanged
@@ -549,7 +549,7 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
     normalize(target, &mut obj, &name);
     initialize(target, &mut obj, &now);
     let scope = Scope::Main { status_separate: target.def.status_subresource };
-    record_update(None, &mut obj, &manager, scope, &target.api_version(), &now);
+    record_update(None, &mut obj, &manager, scope, target.def.list_maps, &target.api_version(), &now);
     let key = (target.namespace.clone().unwrap_or_default(), name.clone());
     let committed = state.store.mutate_maybe_dry(target.id, key, dry_run(req)?, |current| match current {
         Some(_) => Err(ApiError::already_exists(target.def, &name)),
@@ -639,7 +639,14 @@ fn server_side_apply(state: &State, target: &Target, req: &ApiRequest) -> Result
         .map_err(|e| ApiError::invalid(target.def, target.name(), format!("metadata.name: Invalid value: {e}")))?;
     let now = meta::now_rfc3339();
     let api_version = target.api_version();
-    let request = ApplyRequest { manager: &manager, force, scope: target.scope(), api_version: &api_version, now: &now };
+    let request = ApplyRequest {
+        manager: &manager,
+        force,
+        scope: target.scope(),
+        list_maps: target.def.list_maps,
+        api_version: &api_version,
+        now: &now,
+    };
     let mut created = false;
     let committed = state.store.mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
         if current.is_none() && target.subresource.is_some() {
