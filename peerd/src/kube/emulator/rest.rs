@@ -4,7 +4,9 @@
 //! Owns request validation (names, namespaces, apiVersion/kind, preconditions), server
 //! metadata (uid, creationTimestamp, generation, managedFields through
 //! `managed_fields`/`apply`), the status-subresource split, no-op detection (a write that
-//! changes nothing gets no new resourceVersion), list pagination and fault hooks. It must
+//! changes nothing gets no new resourceVersion), finalizers (a delete of an object with
+//! finalizers only sets `deletionTimestamp`; the write that empties them deletes it), list
+//! pagination and fault hooks. It must
 //! never hold the store lock across an await: every read-modify-write is one
 //! `Store::mutate` closure.
 
@@ -491,11 +493,34 @@ fn finish_update(target: &Target, current: &Value, mut new: Value, manager: &str
     meta::carry_server_metadata(current, &mut new);
     record_update(Some(current), &mut new, manager, target.scope(), target.def.list_maps, &target.api_version(), now);
     bump_generation(target, current, &mut new);
+    store_changed(current, new)
+}
+
+/// Put `new` unless it equals `current`; an object awaiting deletion whose last
+/// finalizer was just removed is deleted instead.
+fn store_changed(current: &Value, new: Value) -> Mutation {
     if meta::comparable(&new) == meta::comparable(current) {
         Mutation::Unchanged
+    } else if meta::deletion_requested(&new) && !meta::has_finalizers(&new) {
+        Mutation::Delete
     } else {
         Mutation::Put(new)
     }
+}
+
+/// A delete: immediate without finalizers, otherwise only marks the object.
+fn delete_decision(current: &Value) -> Mutation {
+    if !meta::has_finalizers(current) {
+        return Mutation::Delete;
+    }
+    if meta::deletion_requested(current) {
+        return Mutation::Unchanged;
+    }
+    let mut marked = current.clone();
+    let metadata = meta::metadata_mut(&mut marked);
+    metadata.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+    metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
+    Mutation::Put(marked)
 }
 
 /// Keeps the parts of `current` a write in `scope` must not change.
@@ -679,11 +704,7 @@ fn server_side_apply(state: &State, target: &Target, req: &ApiRequest) -> Result
             Some(current) => {
                 // `apply` started from `current`, so server metadata is already current's.
                 bump_generation(target, current, &mut new);
-                if meta::comparable(&new) == meta::comparable(current) {
-                    Ok(Mutation::Unchanged)
-                } else {
-                    Ok(Mutation::Put(new))
-                }
+                Ok(store_changed(current, new))
             }
         }
     })?;
@@ -716,8 +737,13 @@ fn delete(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
         if rv.as_deref().is_some_and(|rv| Some(rv) != meta::resource_version(current)) {
             return Err(ApiError::conflict(target.def, target.name()));
         }
-        Ok(Mutation::Delete)
+        Ok(delete_decision(current))
     })?;
+    if meta::has_finalizers(&committed.object) {
+        // Still there, waiting for its finalizers: answer with the object, as
+        // kube-apiserver does.
+        return Ok(respond(target, 200, &committed.object));
+    }
     let uid = meta::meta_str(&committed.object, "uid");
     let mut doc = status::success(target.def, target.name(), uid);
     if let Value::Object(map) = &mut doc {
@@ -733,7 +759,10 @@ fn delete_collection(state: &State, target: &Target, req: &ApiRequest) -> Result
     let mut deleted = Vec::new();
     for obj in items.iter().filter(|o| labels.matches(o) && fields.matches(o)) {
         let result = state.store.mutate_maybe_dry(target.id, object_key(obj), dry, |current| {
-            Ok(if current.is_some() { Mutation::Delete } else { Mutation::Unchanged })
+            Ok(match current {
+                Some(current) => delete_decision(current),
+                None => Mutation::Unchanged,
+            })
         });
         // An object deleted concurrently is simply not part of the result.
         if let Ok(committed) = result {

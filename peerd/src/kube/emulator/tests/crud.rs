@@ -318,3 +318,27 @@ async fn in_process_requests_share_state_with_http() {
     assert!(emu.request(http::Method::GET, &format!("{GW}?watch=true"), "", "").await.is_err());
     assert_eq!(emu.counters().verb(super::super::Verb::Create), 1, "in-process requests are counted");
 }
+
+#[tokio::test]
+async fn finalizers_delay_deletion_until_removed() {
+    let (emu, client) = start().await;
+    let mut with_finalizer = workload_entry("we", "10.0.0.1", json!({}));
+    with_finalizer["metadata"]["finalizers"] = json!(["peerd.io/cleanup"]);
+    client.post(WE, &with_finalizer).await;
+    let path = format!("{WE}/we");
+    let from = emu.resource_version();
+    let mut watch = client.watch(&format!("{WE}?watch=true&resourceVersion={from}")).await;
+
+    let marked = client.delete(&path).await;
+    assert_eq!(marked.status, 200);
+    assert!(marked.body["metadata"]["deletionTimestamp"].is_string(), "{}", marked.body);
+    assert_eq!(client.get(&path).await.status, 200, "still there while finalizers remain");
+    let again = client.delete(&path).await;
+    assert_eq!(again.body["metadata"]["resourceVersion"], marked.body["metadata"]["resourceVersion"], "a second delete changes nothing");
+
+    let released = client.patch(&path, "application/merge-patch+json", r#"{"metadata":{"finalizers":null}}"#).await;
+    assert_eq!(released.status, 200);
+    assert_eq!(client.get(&path).await.status, 404, "removing the last finalizer deletes");
+    assert_eq!(watch.next_change().await.unwrap()["type"], "MODIFIED");
+    assert_eq!(watch.next_change().await.unwrap()["type"], "DELETED");
+}
