@@ -8,6 +8,7 @@ mod discovery;
 mod faults;
 mod kubectl;
 mod list;
+mod scale;
 mod watch;
 
 use std::time::Duration;
