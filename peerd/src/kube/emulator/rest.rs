@@ -183,7 +183,7 @@ pub(crate) async fn handle(state: &Arc<State>, target: Target, req: ApiRequest) 
     if let Some(delay) = state.faults.delay() {
         tokio::time::sleep(delay).await;
     }
-    if let Some(code) = state.faults.take_failure() {
+    if let Some(code) = state.faults.take_failure(verb) {
         return error_response(&ApiError::injected(code));
     }
     if verb.is_write() && !target.def.create_only && state.faults.take_conflict() {
