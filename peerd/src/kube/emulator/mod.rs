@@ -33,6 +33,19 @@
 //! them when creating core types imperatively, e.g. `kubectl create configmap`: 415; use
 //! `kubectl apply --server-side`), HTTP/2, TLS.
 //!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use peerd::kube::emulator::{Emulator, EmulatorOptions, Verb};
+//! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorOptions::default()).await?;
+//! // kubectl --server <url> get gateways -A, or a kube-rs client from emulator.kubeconfig(..)
+//! println!("{}", emulator.url());
+//! emulator.faults().fail_next(3, 503);
+//! assert_eq!(emulator.counters().verb(Verb::Apply), 0);
+//! emulator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! This module must never be used to serve a real cluster.
 
 mod apply;
