@@ -3,6 +3,7 @@
 
 mod apply;
 mod client;
+mod client_shapes;
 mod crud;
 mod discovery;
 mod faults;
