@@ -23,7 +23,8 @@
 //! - server-side apply with `managedFields` per field manager (leaf fields of nested maps
 //!   and of list-map items such as Gateway `status.conditions` keyed by `type`; other lists
 //!   atomic), conflicts naming the other manager and field (409) unless `force=true`;
-//! - the `/status` subresource, `generation`, `uid`, `creationTimestamp`, `Status` errors;
+//! - the `/status` subresource, `generation`, `uid`, `creationTimestamp`, `Status` errors,
+//!   Service defaults (`type: ClusterIP`, a cluster IP from 10.96.0.0/12);
 //! - fault injection and per-verb request counters ([`FaultControls`], [`RequestCounts`]),
 //!   from Rust or via `/__emulator/…` (see `control.rs`).
 //!
@@ -134,6 +135,8 @@ pub(crate) struct State {
     pub(crate) max_body_bytes: usize,
     pub(crate) server_address: String,
     pub(crate) shutdown: signal::Receiver<bool>,
+    /// Next Service cluster IP to hand out (offset into 10.96.0.0/12).
+    pub(crate) next_cluster_ip: std::sync::atomic::AtomicU32,
 }
 
 /// Entry point: `Emulator::start(addr, options)`.
@@ -157,6 +160,7 @@ impl Emulator {
             max_body_bytes: options.max_body_bytes,
             server_address: addr.to_string(),
             shutdown: shutdown_rx,
+            next_cluster_ip: std::sync::atomic::AtomicU32::new(1),
         });
         for namespace in &options.namespaces {
             seed_namespace(&state, namespace)?;

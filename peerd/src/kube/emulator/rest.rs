@@ -449,7 +449,10 @@ fn normalize(target: &Target, obj: &mut Value, name: &str) {
 }
 
 /// Server metadata of a brand-new object.
-fn initialize(target: &Target, obj: &mut Value, now: &str) {
+fn initialize(state: &State, target: &Target, obj: &mut Value, now: &str) {
+    if target.def.group.is_empty() && target.def.plural == "services" {
+        default_service(state, obj);
+    }
     let tracks_generation = target.def.tracks_generation;
     let metadata = meta::metadata_mut(obj);
     for field in meta::SERVER_OWNED {
@@ -478,6 +481,40 @@ fn initialize(target: &Target, obj: &mut Value, now: &str) {
     }
 }
 
+/// What kube-apiserver fills in on a new Service: `type: ClusterIP` and, unless headless
+/// or ExternalName, a cluster IP (sequential from 10.96.0.1).
+fn default_service(state: &State, obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let kind = spec.entry("type").or_insert_with(|| json!("ClusterIP")).clone();
+    if kind == "ExternalName" || spec.get("clusterIP").is_some_and(|ip| ip.as_str().is_some_and(|ip| !ip.is_empty())) {
+        return;
+    }
+    let offset = state.next_cluster_ip.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + (offset % (1 << 20)));
+    spec.insert("clusterIP".into(), json!(ip.to_string()));
+    spec.insert("clusterIPs".into(), json!([ip.to_string()]));
+}
+
+/// An update that leaves out the allocated cluster IP (and type) keeps the current ones,
+/// as kube-apiserver does.
+fn keep_service_allocations(current: &Value, new: &mut Value) {
+    let (Some(old_spec), Some(new_spec)) = (
+        current.get("spec").and_then(Value::as_object),
+        new.get_mut("spec").and_then(Value::as_object_mut),
+    ) else {
+        return;
+    };
+    for field in ["type", "clusterIP", "clusterIPs"] {
+        if let Some(value) = old_spec.get(field)
+            && new_spec.get(field).is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+        {
+            new_spec.insert(field.to_string(), value.clone());
+        }
+    }
+}
+
 /// Bumps `generation` when anything outside metadata/status changed.
 fn bump_generation(target: &Target, current: &Value, new: &mut Value) {
     if !target.def.tracks_generation {
@@ -491,6 +528,9 @@ fn bump_generation(target: &Target, current: &Value, new: &mut Value) {
 /// Final step of every write to an existing object: ownership, generation, no-op check.
 fn finish_update(target: &Target, current: &Value, mut new: Value, manager: &str, now: &str) -> Mutation {
     meta::carry_server_metadata(current, &mut new);
+    if target.def.group.is_empty() && target.def.plural == "services" {
+        keep_service_allocations(current, &mut new);
+    }
     record_update(Some(current), &mut new, manager, target.scope(), target.def.list_maps, &target.api_version(), now);
     bump_generation(target, current, &mut new);
     store_changed(current, new)
@@ -572,7 +612,7 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
         .map_err(|e| ApiError::invalid(target.def, &name, format!("metadata.name: Invalid value: {name:?}: {e}")))?;
     let now = meta::now_rfc3339();
     normalize(target, &mut obj, &name);
-    initialize(target, &mut obj, &now);
+    initialize(state, target, &mut obj, &now);
     let scope = Scope::Main { status_separate: target.def.status_subresource };
     record_update(None, &mut obj, &manager, scope, target.def.list_maps, &target.api_version(), &now);
     let key = (target.namespace.clone().unwrap_or_default(), name.clone());
@@ -694,7 +734,7 @@ fn server_side_apply(state: &State, target: &Target, req: &ApiRequest) -> Result
         match current {
             None => {
                 let managed = meta::metadata(&new).and_then(|m| m.get("managedFields")).cloned();
-                initialize(target, &mut new, &now);
+                initialize(state, target, &mut new, &now);
                 if let Some(managed) = managed {
                     meta::metadata_mut(&mut new).insert("managedFields".into(), managed);
                 }

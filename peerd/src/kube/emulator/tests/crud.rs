@@ -342,3 +342,24 @@ async fn finalizers_delay_deletion_until_removed() {
     assert_eq!(watch.next_change().await.unwrap()["type"], "MODIFIED");
     assert_eq!(watch.next_change().await.unwrap()["type"], "DELETED");
 }
+
+#[tokio::test]
+async fn services_get_a_type_and_a_cluster_ip() {
+    let (_emu, client) = start().await;
+    let services = "/api/v1/namespaces/default/services";
+    let first = client.post(services, &json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}})).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.body["spec"]["type"], "ClusterIP");
+    assert_eq!(first.body["spec"]["clusterIP"], "10.96.0.1");
+    let second = client.post(services, &json!({"metadata": {"name": "b"}, "spec": {"ports": [{"port": 80}]}})).await;
+    assert_eq!(second.body["spec"]["clusterIPs"], json!(["10.96.0.2"]));
+    let headless = client.post(services, &json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}})).await;
+    assert_eq!(headless.body["spec"]["clusterIP"], "None");
+
+    let mut without_ip = json!({"metadata": {"name": "a", "labels": {"global": "true"}}, "spec": {"ports": [{"port": 81}]}});
+    without_ip["metadata"]["resourceVersion"] = first.body["metadata"]["resourceVersion"].clone();
+    let updated = client.put(&format!("{services}/a"), &without_ip).await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(updated.body["spec"]["clusterIP"], "10.96.0.1", "an update keeps the allocated IP");
+    assert_eq!(updated.body["spec"]["ports"][0]["port"], 81);
+}
