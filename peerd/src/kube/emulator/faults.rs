@@ -60,6 +60,8 @@ pub struct RequestCounts {
     pub by_verb: BTreeMap<String, u64>,
     /// Count per `"<verb> <plural>.<group>"` (core group: `"<verb> <plural>"`).
     pub by_resource: BTreeMap<String, u64>,
+    /// Responses per `"<verb> <HTTP status>"`, e.g. `"apply 409"` (injected faults included).
+    pub by_outcome: BTreeMap<String, u64>,
     /// Discovery requests (`/version`, `/api…`, `/apis…`).
     pub discovery: u64,
 }
@@ -74,6 +76,29 @@ impl RequestCounts {
         [Verb::Create, Verb::Update, Verb::Patch, Verb::Apply, Verb::Delete, Verb::DeleteCollection]
             .into_iter()
             .map(|v| self.verb(v))
+            .sum()
+    }
+
+    /// Responses to `verb` with HTTP status `code`.
+    pub fn outcome(&self, verb: Verb, code: u16) -> u64 {
+        self.by_outcome
+            .get(&format!("{} {code}", verb.as_str()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Write requests answered with a 2xx status.
+    pub fn successful_writes(&self) -> u64 {
+        self.by_outcome
+            .iter()
+            .filter(|(key, _)| {
+                let mut parts = key.split(' ');
+                let verb_is_write = parts.next().is_some_and(|v| {
+                    matches!(v, "create" | "update" | "patch" | "apply" | "delete" | "deletecollection")
+                });
+                verb_is_write && parts.next().is_some_and(|code| code.starts_with('2'))
+            })
+            .map(|(_, n)| n)
             .sum()
     }
 
@@ -98,6 +123,14 @@ impl Counters {
         *counts
             .by_resource
             .entry(format!("{} {resource}", verb.as_str()))
+            .or_default() += 1;
+    }
+
+    pub(crate) fn count_outcome(&self, verb: Verb, code: u16) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts
+            .by_outcome
+            .entry(format!("{} {code}", verb.as_str()))
             .or_default() += 1;
     }
 
@@ -357,8 +390,13 @@ mod tests {
         counters.count(Verb::Get, "pods");
         counters.count(Verb::Apply, "workloadentries.networking.istio.io");
         counters.count(Verb::Delete, "pods");
+        counters.count_outcome(Verb::Apply, 201);
+        counters.count_outcome(Verb::Delete, 404);
+        counters.count_outcome(Verb::Get, 200);
         let snap = counters.snapshot();
         assert_eq!(snap.writes(), 2);
+        assert_eq!(snap.successful_writes(), 1);
+        assert_eq!(snap.outcome(Verb::Delete, 404), 1);
         assert_eq!(snap.on(Verb::Apply, "workloadentries.networking.istio.io"), 1);
         counters.reset();
         assert_eq!(counters.snapshot().writes(), 0);

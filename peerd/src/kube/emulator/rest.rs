@@ -180,6 +180,12 @@ pub(crate) async fn handle(state: &Arc<State>, target: Target, req: ApiRequest) 
         Err(err) => return error_response(&err),
     };
     state.counters.count(verb, &target.def.qualified_plural());
+    let response = serve_verb(state, verb, &target, &req).await;
+    state.counters.count_outcome(verb, response.status().as_u16());
+    response
+}
+
+async fn serve_verb(state: &Arc<State>, verb: Verb, target: &Target, req: &ApiRequest) -> Response<Body> {
     if let Some(delay) = state.faults.delay() {
         tokio::time::sleep(delay).await;
     }
@@ -190,16 +196,16 @@ pub(crate) async fn handle(state: &Arc<State>, target: Target, req: ApiRequest) 
         return error_response(&ApiError::conflict(target.def, target.name()));
     }
     let result = match verb {
-        Verb::Get => get(state, &target, &req),
-        Verb::List => list(state, &target, &req),
-        Verb::Watch => return watch::start(state, &target, &req.query),
-        Verb::Create if target.def.create_only => token_review::create(state, &target, &req),
-        Verb::Create => create(state, &target, &req),
-        Verb::Update => update(state, &target, &req),
-        Verb::Patch => patch(state, &target, &req),
-        Verb::Apply => server_side_apply(state, &target, &req),
-        Verb::Delete => delete(state, &target, &req),
-        Verb::DeleteCollection => delete_collection(state, &target, &req),
+        Verb::Get => get(state, target, req),
+        Verb::List => list(state, target, req),
+        Verb::Watch => return watch::start(state, target, &req.query),
+        Verb::Create if target.def.create_only => token_review::create(state, target, req),
+        Verb::Create => create(state, target, req),
+        Verb::Update => update(state, target, req),
+        Verb::Patch => patch(state, target, req),
+        Verb::Apply => server_side_apply(state, target, req),
+        Verb::Delete => delete(state, target, req),
+        Verb::DeleteCollection => delete_collection(state, target, req),
     };
     match result {
         Ok(response) => response,
