@@ -7,11 +7,12 @@
 //! is every leaf of nested maps; lists are atomic. It must never touch fields outside the
 //! write's scope (`status` for the main resource, everything else for `/status`).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::managed_fields::{
-    FieldSet, ManagedEntry, Operation, Scope, field_set, get_path, overlaps, read_entries,
-    remove_path, render_path, scoped, write_entries,
+    FieldSet, ListMaps, ManagedEntry, Operation, Scope, field_set, get_path, is_key_field,
+    item_prefix, merge_into, overlaps, read_entries, remove_path, render_path, scoped,
+    write_entries,
 };
 
 /// Who applies, how, and when.
@@ -20,6 +21,8 @@ pub struct ApplyRequest<'a> {
     pub manager: &'a str,
     pub force: bool,
     pub scope: Scope,
+    /// Lists of this type merged item by item.
+    pub list_maps: ListMaps,
     pub api_version: &'a str,
     pub now: &'a str,
 }
@@ -38,7 +41,7 @@ pub fn apply(
     let mut object = current.cloned().unwrap_or(skeleton);
     let mut entries = current.map(read_entries).unwrap_or_default();
     let intent = scoped(config, req.scope);
-    let applied = field_set(&intent);
+    let applied = field_set(&intent, req.list_maps);
     let live = scoped(&object, req.scope);
 
     let mut conflicts: Conflicts = Vec::new();
@@ -81,19 +84,30 @@ pub fn apply(
             .difference(&applied)
             .cloned()
             .collect();
-        for dropped in previously {
-            let still_applied = applied.iter().any(|p| overlaps(p, &dropped));
-            let owned_elsewhere = entries
+        let owned_elsewhere = |path: &[String]| {
+            entries
                 .iter()
                 .enumerate()
-                .any(|(i, e)| i != index && e.fields.iter().any(|f| overlaps(f, &dropped)));
-            if !still_applied && !owned_elsewhere {
-                remove_path(&mut object, &dropped);
+                .any(|(i, e)| i != index && e.fields.iter().any(|f| overlaps(f, path)))
+        };
+        let still_applied = |path: &[String]| applied.iter().any(|p| overlaps(p, path));
+        for dropped in previously {
+            if still_applied(&dropped) || owned_elsewhere(&dropped) {
+                continue;
+            }
+            // A list item nobody applies or owns any more goes as a whole; otherwise
+            // its key fields stay so the item remains addressable.
+            match item_prefix(&dropped) {
+                Some(item) if !still_applied(item) && !owned_elsewhere(item) => {
+                    remove_path(&mut object, item)
+                }
+                _ if is_key_field(&dropped) => {}
+                _ => remove_path(&mut object, &dropped),
             }
         }
     }
 
-    merge_into(&mut object, &intent);
+    merge_into(&mut object, &intent, req.list_maps);
 
     let entry = ManagedEntry {
         manager: req.manager.to_string(),
@@ -111,29 +125,6 @@ pub fn apply(
     Ok(object)
 }
 
-/// Deep-merges maps; anything else in `patch` replaces; `null` removes.
-fn merge_into(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                if value.is_null() {
-                    target.remove(key);
-                    continue;
-                }
-                let slot = target
-                    .entry(key.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if value.is_object() && slot.is_object() {
-                    merge_into(slot, value);
-                } else {
-                    *slot = value.clone();
-                }
-            }
-        }
-        (target, patch) => *target = patch.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +140,7 @@ mod tests {
             manager,
             force,
             scope: MAIN,
+            list_maps: &[],
             api_version: "networking.istio.io/v1",
             now: "t",
         }
@@ -217,6 +209,7 @@ mod tests {
             &mut edited,
             "kubectl-edit",
             MAIN,
+            &[],
             "networking.istio.io/v1",
             "t",
         );

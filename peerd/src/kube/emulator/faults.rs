@@ -1,12 +1,12 @@
 //! Fault injection and request counters.
 //!
 //! Owns the switches tests flip to make the emulated API server misbehave (5xx for the
-//! next N requests or a fraction of them, a delay before every response, dropping every
+//! next N requests or a fraction of them, optionally only for some verbs, a delay before every response, dropping every
 //! open watch, 409 on the next N writes) and the per-verb request counters tests read to
 //! assert, e.g., "zero writes at steady state". It must never change stored objects:
 //! faults only affect responses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,6 +65,8 @@ pub struct RequestCounts {
     pub by_verb: BTreeMap<String, u64>,
     /// Count per `"<verb> <plural>.<group>"` (core group: `"<verb> <plural>"`).
     pub by_resource: BTreeMap<String, u64>,
+    /// Responses per `"<verb> <HTTP status>"`, e.g. `"apply 409"` (injected faults included).
+    pub by_outcome: BTreeMap<String, u64>,
     /// Discovery requests (`/version`, `/api…`, `/apis…`).
     pub discovery: u64,
 }
@@ -89,6 +91,32 @@ impl RequestCounts {
         .sum()
     }
 
+    /// Responses to `verb` with HTTP status `code`.
+    pub fn outcome(&self, verb: Verb, code: u16) -> u64 {
+        self.by_outcome
+            .get(&format!("{} {code}", verb.as_str()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Write requests answered with a 2xx status.
+    pub fn successful_writes(&self) -> u64 {
+        self.by_outcome
+            .iter()
+            .filter(|(key, _)| {
+                let mut parts = key.split(' ');
+                let verb_is_write = parts.next().is_some_and(|v| {
+                    matches!(
+                        v,
+                        "create" | "update" | "patch" | "apply" | "delete" | "deletecollection"
+                    )
+                });
+                verb_is_write && parts.next().is_some_and(|code| code.starts_with('2'))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Requests of `verb` on `plural.group` (or `plural` for the core group).
     pub fn on(&self, verb: Verb, resource: &str) -> u64 {
         self.by_resource
@@ -110,6 +138,14 @@ impl Counters {
         *counts
             .by_resource
             .entry(format!("{} {resource}", verb.as_str()))
+            .or_default() += 1;
+    }
+
+    pub(crate) fn count_outcome(&self, verb: Verb, code: u16) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts
+            .by_outcome
+            .entry(format!("{} {code}", verb.as_str()))
             .or_default() += 1;
     }
 
@@ -145,6 +181,8 @@ struct FaultState {
     fail_ppm: AtomicU64,
     delay_ms: AtomicU64,
     conflict_next: AtomicU64,
+    /// When set, failure faults (fail_next / fail_fraction) only hit these verbs.
+    fail_verbs: Mutex<Option<BTreeSet<Verb>>>,
     drop_watches: watch::Sender<u64>,
 }
 
@@ -160,6 +198,8 @@ pub struct FaultRequest {
     pub fail_status: Option<u16>,
     /// Fail this fraction (0.0–1.0) of resource requests.
     pub fail_fraction: Option<f64>,
+    /// Restrict failures to these verbs (`"apply"`, `"watch"`, …); empty = all verbs.
+    pub fail_verbs: Option<Vec<Verb>>,
     /// Delay every resource response by this many milliseconds.
     pub delay_ms: Option<u64>,
     /// Answer the next N writes with 409 Conflict.
@@ -177,6 +217,7 @@ impl Default for FaultControls {
                 fail_ppm: AtomicU64::new(0),
                 delay_ms: AtomicU64::new(0),
                 conflict_next: AtomicU64::new(0),
+                fail_verbs: Mutex::new(None),
                 drop_watches: watch::Sender::new(0),
             }),
         }
@@ -196,6 +237,16 @@ impl FaultControls {
     pub fn fail_fraction(&self, fraction: f64) {
         let ppm = (fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
         self.inner.fail_ppm.store(ppm, Ordering::SeqCst);
+    }
+
+    /// Restricts failure faults to `verbs` (an empty slice: every verb again).
+    pub fn fail_only(&self, verbs: &[Verb]) {
+        let set = (!verbs.is_empty()).then(|| verbs.iter().copied().collect());
+        *self
+            .inner
+            .fail_verbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = set;
     }
 
     /// Delays every resource response (including the start of a watch) by `delay`.
@@ -221,6 +272,7 @@ impl FaultControls {
         self.inner.fail_ppm.store(0, Ordering::SeqCst);
         self.inner.delay_ms.store(0, Ordering::SeqCst);
         self.inner.conflict_next.store(0, Ordering::SeqCst);
+        self.fail_only(&[]);
     }
 
     /// Applies a control-endpoint request.
@@ -249,6 +301,9 @@ impl FaultControls {
         if let Some(fraction) = request.fail_fraction {
             self.fail_fraction(fraction);
         }
+        if let Some(verbs) = &request.fail_verbs {
+            self.fail_only(verbs);
+        }
         if let Some(ms) = request.delay_ms {
             self.inner.delay_ms.store(ms, Ordering::SeqCst);
         }
@@ -268,8 +323,18 @@ impl FaultControls {
         }
     }
 
-    /// The status to fail this request with, if a failure fault fires.
-    pub(crate) fn take_failure(&self) -> Option<u16> {
+    /// The status to fail this request with, if a failure fault fires for `verb`.
+    pub(crate) fn take_failure(&self, verb: Verb) -> Option<u16> {
+        let targeted = self
+            .inner
+            .fail_verbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|verbs| verbs.contains(&verb));
+        if !targeted {
+            return None;
+        }
         let status = self.inner.fail_status.load(Ordering::SeqCst);
         if take_one(&self.inner.fail_next) {
             return Some(status);
@@ -311,18 +376,37 @@ mod tests {
     fn fail_next_fires_exactly_n_times() {
         let faults = FaultControls::default();
         faults.fail_next(2, 503);
-        assert_eq!(faults.take_failure(), Some(503));
-        assert_eq!(faults.take_failure(), Some(503));
-        assert_eq!(faults.take_failure(), None);
+        assert_eq!(faults.take_failure(Verb::Get), Some(503));
+        assert_eq!(faults.take_failure(Verb::Get), Some(503));
+        assert_eq!(faults.take_failure(Verb::Get), None);
     }
 
     #[test]
     fn fraction_one_always_fails_and_zero_never() {
         let faults = FaultControls::default();
         faults.fail_fraction(1.0);
-        assert!((0..100).all(|_| faults.take_failure() == Some(500)));
+        assert!((0..100).all(|_| faults.take_failure(Verb::List) == Some(500)));
         faults.fail_fraction(0.0);
-        assert!((0..100).all(|_| faults.take_failure().is_none()));
+        assert!((0..100).all(|_| faults.take_failure(Verb::List).is_none()));
+    }
+
+    #[test]
+    fn failures_can_target_verbs() {
+        let faults = FaultControls::default();
+        faults.fail_only(&[Verb::Apply]);
+        faults.fail_next(1, 500);
+        assert_eq!(
+            faults.take_failure(Verb::Get),
+            None,
+            "reads pass and do not use up the fault"
+        );
+        assert_eq!(faults.take_failure(Verb::Apply), Some(500));
+        assert_eq!(faults.take_failure(Verb::Apply), None);
+        let request: FaultRequest =
+            serde_json::from_str(r#"{"fail_verbs": ["watch"], "fail_fraction": 1.0}"#).unwrap();
+        faults.apply_request(&request).unwrap();
+        assert_eq!(faults.take_failure(Verb::Watch), Some(500));
+        assert_eq!(faults.take_failure(Verb::List), None);
     }
 
     #[test]
@@ -353,8 +437,13 @@ mod tests {
         counters.count(Verb::Get, "pods");
         counters.count(Verb::Apply, "workloadentries.networking.istio.io");
         counters.count(Verb::Delete, "pods");
+        counters.count_outcome(Verb::Apply, 201);
+        counters.count_outcome(Verb::Delete, 404);
+        counters.count_outcome(Verb::Get, 200);
         let snap = counters.snapshot();
         assert_eq!(snap.writes(), 2);
+        assert_eq!(snap.successful_writes(), 1);
+        assert_eq!(snap.outcome(Verb::Delete, 404), 1);
         assert_eq!(
             snap.on(Verb::Apply, "workloadentries.networking.istio.io"),
             1

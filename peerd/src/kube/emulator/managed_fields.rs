@@ -1,7 +1,8 @@
 //! `metadata.managedFields`: which field manager owns which fields.
 //!
-//! Owns field sets (leaf paths through nested maps; lists and scalars are atomic leaves),
-//! their `FieldsV1` encoding, the split of an object into the main and `status` scopes,
+//! Owns field sets (leaf paths through nested maps and through the items of lists declared
+//! as list-maps, e.g. Gateway `status.conditions` keyed by `type`; other lists and scalars
+//! are atomic leaves), their `FieldsV1` encoding (`f:<field>`, `k:{<keys>}`), the split of an object into the main and `status` scopes,
 //! and ownership changes made by non-apply writes (an update takes the fields it changed
 //! from everyone else). It must never decide apply conflicts: `apply.rs` does.
 
@@ -13,6 +14,66 @@ use super::meta;
 
 pub type FieldPath = Vec<String>;
 pub type FieldSet = BTreeSet<FieldPath>;
+
+/// Lists merged item by item (`x-kubernetes-list-type: map`): a field path pattern, where
+/// `*` stands for one list item, and the item's key fields.
+pub type ListMaps = &'static [(&'static [&'static str], &'static [&'static str])];
+
+/// Marks a path element that selects a list item; the rest is the item's keys as JSON,
+/// e.g. `"\u{1}{\"type\":\"Accepted\"}"`. Field names never contain this character.
+const ITEM: char = '\u{1}';
+
+fn list_keys(list_maps: ListMaps, pattern: &[String]) -> Option<&'static [&'static str]> {
+    list_maps
+        .iter()
+        .find(|(path, _)| {
+            path.len() == pattern.len() && path.iter().zip(pattern).all(|(a, b)| a == b)
+        })
+        .map(|(_, keys)| *keys)
+}
+
+/// The path element of a list-map item, or None if a key field is missing.
+fn item_element(item: &Value, keys: &[&str]) -> Option<String> {
+    let mut text = String::from("{");
+    for (i, key) in keys.iter().enumerate() {
+        let value = item.get(*key)?;
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&Value::String((*key).to_string()).to_string());
+        text.push(':');
+        text.push_str(&value.to_string());
+    }
+    text.push('}');
+    Some(format!("{ITEM}{text}"))
+}
+
+fn is_item(element: &str) -> bool {
+    element.starts_with(ITEM)
+}
+
+/// The keys of an item element as a map.
+fn item_keys(element: &str) -> Option<Map<String, Value>> {
+    serde_json::from_str(element.strip_prefix(ITEM)?).ok()
+}
+
+fn matches_item(item: &Value, keys: &Map<String, Value>) -> bool {
+    keys.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
+/// The list-map keys for the list at `schema` (field names, `*` for items), if every item
+/// carries them; otherwise the list is atomic.
+fn keyed_list(
+    list_maps: ListMaps,
+    schema: &[String],
+    items: &[Value],
+) -> Option<&'static [&'static str]> {
+    let keys = list_keys(list_maps, schema)?;
+    items
+        .iter()
+        .all(|item| item_element(item, keys).is_some())
+        .then_some(keys)
+}
 
 /// Which part of an object a write addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,15 +138,36 @@ pub fn scoped(obj: &Value, scope: Scope) -> Value {
     Value::Object(out)
 }
 
-/// Leaf paths of a value: keys through maps; anything but a map is a leaf. Empty maps
-/// are structure, not values: nobody owns them, so they never conflict.
-pub fn field_set(value: &Value) -> FieldSet {
-    fn walk(value: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
+/// Leaf paths of a value: keys through maps and items of list-maps; anything else is a
+/// leaf. Empty maps and lists are structure, not values: nobody owns them.
+pub fn field_set(value: &Value, list_maps: ListMaps) -> FieldSet {
+    fn walk(
+        value: &Value,
+        prefix: &mut FieldPath,
+        schema: &mut Vec<String>,
+        list_maps: ListMaps,
+        out: &mut FieldSet,
+    ) {
         match value {
             Value::Object(map) => {
                 for (key, child) in map {
                     prefix.push(key.clone());
-                    walk(child, prefix, out);
+                    schema.push(key.clone());
+                    walk(child, prefix, schema, list_maps, out);
+                    schema.pop();
+                    prefix.pop();
+                }
+            }
+            Value::Array(items) if keyed_list(list_maps, schema, items).is_some() => {
+                let keys = keyed_list(list_maps, schema, items).unwrap_or_default();
+                for item in items {
+                    let Some(element) = item_element(item, keys) else {
+                        continue;
+                    };
+                    prefix.push(element);
+                    schema.push("*".to_string());
+                    walk(item, prefix, schema, list_maps, out);
+                    schema.pop();
                     prefix.pop();
                 }
             }
@@ -96,31 +178,72 @@ pub fn field_set(value: &Value) -> FieldSet {
         }
     }
     let mut out = FieldSet::new();
-    walk(value, &mut Vec::new(), &mut out);
+    walk(value, &mut Vec::new(), &mut Vec::new(), list_maps, &mut out);
     out
 }
 
 pub fn get_path<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |v, key| v.get(key.as_str()))
+    path.iter().try_fold(value, |v, element| {
+        if is_item(element) {
+            let keys = item_keys(element)?;
+            v.as_array()?.iter().find(|item| matches_item(item, &keys))
+        } else {
+            v.get(element.as_str())
+        }
+    })
 }
 
-/// Removes the field at `path`, then any maps that became empty because of it (but never
-/// a top-level field such as `spec` or `metadata`).
+fn get_path_mut<'a>(value: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    let mut cursor = value;
+    for element in path {
+        cursor = if is_item(element) {
+            let keys = item_keys(element)?;
+            cursor
+                .as_array_mut()?
+                .iter_mut()
+                .find(|item| matches_item(item, &keys))?
+        } else {
+            cursor.get_mut(element.as_str())?
+        };
+    }
+    Some(cursor)
+}
+
+/// The path up to and including its last list-item element, if it has one.
+pub fn item_prefix(path: &[String]) -> Option<&[String]> {
+    let last = path.iter().rposition(|e| is_item(e))?;
+    Some(&path[..=last])
+}
+
+/// Whether `path` ends at a key field of the list item it is in.
+pub fn is_key_field(path: &[String]) -> bool {
+    match path {
+        [.., item, field] if is_item(item) => {
+            item_keys(item).is_some_and(|keys| keys.contains_key(field))
+        }
+        _ => false,
+    }
+}
+
+/// Removes the field (or list item) at `path`, then any maps that became empty because
+/// of it (but never a top-level field such as `spec` or `metadata`, nor a list item).
 pub fn remove_path(value: &mut Value, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
-    let mut cursor = &mut *value;
-    for key in parents {
-        match cursor.get_mut(key.as_str()) {
-            Some(next) => cursor = next,
-            None => return,
+    let Some(container) = get_path_mut(value, parents) else {
+        return;
+    };
+    if is_item(last) {
+        if let (Some(keys), Value::Array(items)) = (item_keys(last), container) {
+            items.retain(|item| !matches_item(item, &keys));
         }
-    }
-    if let Value::Object(map) = cursor {
+    } else if let Value::Object(map) = container {
         map.remove(last);
     }
+    let parent_is_field = parents.last().is_some_and(|p| !is_item(p));
     if parents.len() > 1
+        && parent_is_field
         && get_path(value, parents).is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
     {
         remove_path(value, parents);
@@ -133,9 +256,63 @@ pub fn overlaps(a: &[String], b: &[String]) -> bool {
     a[..n] == b[..n]
 }
 
-/// `.spec.ports`, as conflict messages write field paths.
+/// `.spec.ports` or `.status.conditions[type="Ready"].status`, as conflict messages write
+/// field paths.
 pub fn render_path(path: &[String]) -> String {
-    path.iter().map(|k| format!(".{k}")).collect()
+    path.iter()
+        .map(|element| match item_keys(element) {
+            Some(keys) if is_item(element) => {
+                let parts: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("[{}]", parts.join(","))
+            }
+            _ => format!(".{element}"),
+        })
+        .collect()
+}
+
+/// Merges `patch` into `target` as apply does: maps deep-merge, list-maps merge item by
+/// key, anything else replaces; `null` removes.
+pub fn merge_into(target: &mut Value, patch: &Value, list_maps: ListMaps) {
+    fn merge(target: &mut Value, patch: &Value, schema: &mut Vec<String>, list_maps: ListMaps) {
+        match (target, patch) {
+            (Value::Object(target), Value::Object(patch)) => {
+                for (key, value) in patch {
+                    if value.is_null() {
+                        target.remove(key);
+                        continue;
+                    }
+                    schema.push(key.clone());
+                    match target.get_mut(key) {
+                        Some(slot) => merge(slot, value, schema, list_maps),
+                        None => {
+                            target.insert(key.clone(), value.clone());
+                        }
+                    }
+                    schema.pop();
+                }
+            }
+            (Value::Array(target), Value::Array(patch))
+                if keyed_list(list_maps, schema, target).is_some()
+                    && keyed_list(list_maps, schema, patch).is_some() =>
+            {
+                let keys = keyed_list(list_maps, schema, patch).unwrap_or_default();
+                schema.push("*".to_string());
+                for item in patch {
+                    let element = item_element(item, keys);
+                    let existing = target
+                        .iter_mut()
+                        .find(|t| element.is_some() && item_element(t, keys) == element);
+                    match existing {
+                        Some(slot) => merge(slot, item, schema, list_maps),
+                        None => target.push(item.clone()),
+                    }
+                }
+                schema.pop();
+            }
+            (target, patch) => *target = patch.clone(),
+        }
+    }
+    merge(target, patch, &mut Vec::new(), list_maps);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,9 +395,13 @@ pub fn encode_fields(fields: &FieldSet) -> Value {
     let mut root = Map::new();
     for path in fields {
         let mut node = &mut root;
-        for key in path {
+        for element in path {
+            let name = match element.strip_prefix(ITEM) {
+                Some(keys) => format!("k:{keys}"),
+                None => format!("f:{element}"),
+            };
             let child = node
-                .entry(format!("f:{key}"))
+                .entry(name)
                 .or_insert_with(|| Value::Object(Map::new()));
             if !child.is_object() {
                 *child = Value::Object(Map::new());
@@ -234,7 +415,7 @@ pub fn encode_fields(fields: &FieldSet) -> Value {
     Value::Object(root)
 }
 
-/// Inverse of [`encode_fields`]; `.` marks and keyed list items (`k:`/`v:`/`i:`) make
+/// Inverse of [`encode_fields`]; `.` marks and set/index list items (`v:`/`i:`) make
 /// their parent an atomic leaf.
 pub fn decode_fields(value: &Value) -> FieldSet {
     fn walk(node: &Map<String, Value>, prefix: &mut FieldPath, out: &mut FieldSet) {
@@ -245,9 +426,14 @@ pub fn decode_fields(value: &Value) -> FieldSet {
             return;
         }
         for (key, child) in node {
-            match key.strip_prefix("f:") {
-                Some(name) => {
-                    prefix.push(name.to_string());
+            let element = match (key.strip_prefix("f:"), key.strip_prefix("k:")) {
+                (Some(name), _) => Some(name.to_string()),
+                (_, Some(keys)) => Some(format!("{ITEM}{keys}")),
+                _ => None,
+            };
+            match element {
+                Some(element) => {
+                    prefix.push(element);
                     match child {
                         Value::Object(map) => walk(map, prefix, out),
                         _ => {
@@ -302,6 +488,7 @@ pub fn record_update(
     new: &mut Value,
     manager: &str,
     scope: Scope,
+    list_maps: ListMaps,
     api_version: &str,
     now: &str,
 ) {
@@ -309,8 +496,8 @@ pub fn record_update(
     let empty = Value::Object(Map::new());
     let old_scoped = scoped(old.unwrap_or(&empty), scope);
     let new_scoped = scoped(new, scope);
-    let old_leaves = field_set(&old_scoped);
-    let new_leaves = field_set(&new_scoped);
+    let old_leaves = field_set(&old_scoped, list_maps);
+    let new_leaves = field_set(&new_scoped, list_maps);
     let changed: FieldSet = new_leaves
         .iter()
         .filter(|p| get_path(&old_scoped, p) != get_path(&new_scoped, p))
@@ -359,7 +546,7 @@ mod tests {
     #[test]
     fn fields_round_trip_through_fields_v1() {
         let obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "ports": [1, 2], "empty": {}}});
-        let fields = field_set(&obj);
+        let fields = field_set(&obj, &[]);
         let expected: FieldSet = ["metadata.labels.a", "spec.x", "spec.ports"]
             .into_iter()
             .map(path)
@@ -399,15 +586,76 @@ mod tests {
             status_separate: true,
         };
         let mut created = json!({"metadata": {"name": "n"}, "spec": {"a": 1, "b": 1}});
-        record_update(None, &mut created, "first", scope, "v1", "t0");
+        record_update(None, &mut created, "first", scope, &[], "v1", "t0");
         let mut updated = json!({"metadata": {"name": "n"}, "spec": {"a": 2, "b": 1}});
-        record_update(Some(&created), &mut updated, "second", scope, "v1", "t1");
+        record_update(
+            Some(&created),
+            &mut updated,
+            "second",
+            scope,
+            &[],
+            "v1",
+            "t1",
+        );
         let entries = read_entries(&updated);
         let first = entries.iter().find(|e| e.manager == "first").unwrap();
         let second = entries.iter().find(|e| e.manager == "second").unwrap();
         assert_eq!(first.fields, [path("spec.b")].into_iter().collect());
         assert_eq!(second.fields, [path("spec.a")].into_iter().collect());
         assert_eq!(second.operation, Operation::Update);
+    }
+
+    const CONDITIONS: ListMaps = &[(&["status", "conditions"], &["type"])];
+
+    #[test]
+    fn list_map_items_are_addressed_by_key() {
+        let obj = json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}]}});
+        let fields = field_set(&obj, CONDITIONS);
+        assert_eq!(fields.len(), 4, "type and status of two items: {fields:?}");
+        let b_status: FieldPath = vec![
+            "status".into(),
+            "conditions".into(),
+            format!("{ITEM}{{\"type\":\"B\"}}"),
+            "status".into(),
+        ];
+        assert!(fields.contains(&b_status));
+        assert_eq!(get_path(&obj, &b_status), Some(&json!("False")));
+        assert_eq!(
+            render_path(&b_status),
+            ".status.conditions[type=\"B\"].status"
+        );
+        let encoded = encode_fields(&fields);
+        assert_eq!(
+            encoded["f:status"]["f:conditions"]["k:{\"type\":\"B\"}"]["f:status"],
+            json!({})
+        );
+        assert_eq!(decode_fields(&encoded), fields);
+
+        let mut removed = obj.clone();
+        remove_path(&mut removed, item_prefix(&b_status).unwrap());
+        assert_eq!(
+            removed["status"]["conditions"],
+            json!([{"type": "A", "status": "True"}])
+        );
+        assert!(is_key_field(&[
+            b_status[0].clone(),
+            b_status[1].clone(),
+            b_status[2].clone(),
+            "type".into()
+        ]));
+
+        let mut merged = obj.clone();
+        merge_into(
+            &mut merged,
+            &json!({"status": {"conditions": [{"type": "B", "status": "True"}, {"type": "C", "status": "True"}]}}),
+            CONDITIONS,
+        );
+        assert_eq!(
+            merged["status"]["conditions"],
+            json!([{"type": "A", "status": "True"}, {"type": "B", "status": "True"}, {"type": "C", "status": "True"}])
+        );
+        // Without the declaration the list is atomic.
+        assert_eq!(field_set(&obj, &[]).len(), 1);
     }
 
     #[test]

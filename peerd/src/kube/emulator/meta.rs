@@ -144,6 +144,17 @@ pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
         .and_then(Value::as_object)
 }
 
+pub fn has_finalizers(obj: &Value) -> bool {
+    metadata(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+pub fn deletion_requested(obj: &Value) -> bool {
+    metadata(obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|t| !t.is_null()))
+}
+
 pub fn generation(obj: &Value) -> Option<i64> {
     metadata(obj)
         .and_then(|m| m.get("generation"))
@@ -158,6 +169,7 @@ pub const SERVER_OWNED: &[&str] = &[
     "generation",
     "managedFields",
     "deletionTimestamp",
+    "deletionGracePeriodSeconds",
     "selfLink",
 ];
 

@@ -17,16 +17,35 @@
 //! - watch from a resourceVersion with ADDED/MODIFIED/DELETED, BOOKMARKs, and a 410
 //!   `Expired` ERROR event when the version is older than the retained history;
 //! - create (409 AlreadyExists), update with resourceVersion precondition (409 Conflict),
-//!   merge / JSON patch, delete (with preconditions), deletecollection, `dryRun=All`;
-//! - server-side apply with `managedFields` per field manager (leaf fields of nested maps;
-//!   lists atomic), conflicts naming the other manager (409) unless `force=true`;
-//! - the `/status` subresource, `generation`, `uid`, `creationTimestamp`, `Status` errors;
+//!   merge / JSON patch, delete (with preconditions; objects with finalizers only get a
+//!   `deletionTimestamp` until the last finalizer is removed), deletecollection,
+//!   `dryRun=All`;
+//! - server-side apply with `managedFields` per field manager (leaf fields of nested maps
+//!   and of list-map items such as Gateway `status.conditions` keyed by `type`; other lists
+//!   atomic), conflicts naming the other manager and field (409) unless `force=true`;
+//! - the `/status` subresource, `generation`, `uid`, `creationTimestamp`, `Status` errors,
+//!   Service defaults (`type: ClusterIP`, a cluster IP from 10.96.0.0/12);
 //! - fault injection and per-verb request counters ([`FaultControls`], [`RequestCounts`]),
 //!   from Rust or via `/__emulator/…` (see `control.rs`).
 //!
 //! Not emulated: authentication/authorization of callers (every request is allowed),
-//! admission, finalizers and graceful deletion (deletes are immediate), strategic-merge
-//! list semantics (served as a merge patch), schema validation, protobuf, HTTP/2, TLS.
+//! admission, grace periods, garbage collection by owner references, strategic-merge list
+//! semantics (served as a merge patch), schema validation, protobuf bodies (kubectl sends
+//! them when creating core types imperatively, e.g. `kubectl create configmap`: 415; use
+//! `kubectl apply --server-side`), HTTP/2, TLS.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use peerd::kube::emulator::{Emulator, EmulatorOptions, Verb};
+//! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorOptions::default()).await?;
+//! // kubectl --server <url> get gateways -A, or a kube-rs client from emulator.kubeconfig(..)
+//! println!("{}", emulator.url());
+//! emulator.faults().fail_next(3, 503);
+//! assert_eq!(emulator.counters().verb(Verb::Apply), 0);
+//! emulator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! This module must never be used to serve a real cluster.
 
@@ -118,6 +137,8 @@ pub(crate) struct State {
     pub(crate) max_body_bytes: usize,
     pub(crate) server_address: String,
     pub(crate) shutdown: signal::Receiver<bool>,
+    /// Next Service cluster IP to hand out (offset into 10.96.0.0/12).
+    pub(crate) next_cluster_ip: std::sync::atomic::AtomicU32,
 }
 
 /// Entry point: `Emulator::start(addr, options)`.
@@ -146,6 +167,7 @@ impl Emulator {
             max_body_bytes: options.max_body_bytes,
             server_address: addr.to_string(),
             shutdown: shutdown_rx,
+            next_cluster_ip: std::sync::atomic::AtomicU32::new(1),
         });
         for namespace in &options.namespaces {
             seed_namespace(&state, namespace)?;
@@ -210,6 +232,18 @@ impl EmulatorHandle {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A kubeconfig (YAML) whose only context points at this emulator over plain HTTP,
+    /// for kubectl `--kubeconfig` or a kube-rs `Kubeconfig`. No credentials: the
+    /// emulator does not authenticate callers.
+    pub fn kubeconfig(&self, default_namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulated\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: emulated\n  context:\n    cluster: emulated\n    user: emulated\n    \
+             namespace: {default_namespace}\ncurrent-context: emulated\nusers:\n- name: emulated\n  user: {{}}\n",
+            url = self.url
+        )
     }
 
     /// The fault switches of this emulator.

@@ -1,8 +1,11 @@
 //! The fixed catalog of resource types the emulated API server serves.
 //!
 //! Owns the static facts about each type (group, versions, plural, kind, scope, which
-//! subresources exist, whether `metadata.generation` is tracked). It must never hold
+//! subresources exist, whether `metadata.generation` is tracked, which lists merge by
+//! key). It must never hold
 //! objects or any mutable state: the store owns those.
+
+use super::managed_fields::ListMaps;
 
 /// Index of a resource type in [`RESOURCES`]; stable for the life of the process.
 pub type ResourceId = usize;
@@ -27,6 +30,8 @@ pub struct ResourceDef {
     pub tracks_generation: bool,
     /// Only `create` is served (TokenReview): nothing is stored.
     pub create_only: bool,
+    /// Lists merged item by item in server-side apply (`x-kubernetes-list-type: map`).
+    pub list_maps: ListMaps,
 }
 
 impl ResourceDef {
@@ -76,6 +81,24 @@ impl ResourceDef {
 
 const ISTIO_CATEGORIES: &[&str] = &["istio-io", "networking-istio-io"];
 
+/// Every type: owner references are keyed by uid.
+const COMMON_LISTS: ListMaps = &[(&["metadata", "ownerReferences"], &["uid"])];
+
+/// Gateway API v1 list-maps (as its CRD declares them), so conditions written by
+/// different controllers merge instead of replacing each other.
+const GATEWAY_LISTS: ListMaps = &[
+    (&["metadata", "ownerReferences"], &["uid"]),
+    (&["spec", "listeners"], &["name"]),
+    (&["status", "conditions"], &["type"]),
+    (&["status", "listeners"], &["name"]),
+    (&["status", "listeners", "*", "conditions"], &["type"]),
+];
+
+const SERVICE_LISTS: ListMaps = &[
+    (&["metadata", "ownerReferences"], &["uid"]),
+    (&["spec", "ports"], &["port", "protocol"]),
+];
+
 /// Every served resource type. Namespaces must stay first: the store relies on
 /// [`NAMESPACES`] to check that a namespace exists.
 pub static RESOURCES: &[ResourceDef] = &[
@@ -91,6 +114,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: true,
         tracks_generation: false,
         create_only: false,
+        list_maps: COMMON_LISTS,
     },
     ResourceDef {
         group: "",
@@ -104,6 +128,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: true,
         tracks_generation: false,
         create_only: false,
+        list_maps: SERVICE_LISTS,
     },
     ResourceDef {
         group: "",
@@ -117,6 +142,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: true,
         tracks_generation: false,
         create_only: false,
+        list_maps: COMMON_LISTS,
     },
     ResourceDef {
         group: "",
@@ -130,6 +156,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: false,
         tracks_generation: false,
         create_only: false,
+        list_maps: COMMON_LISTS,
     },
     ResourceDef {
         group: "gateway.networking.k8s.io",
@@ -143,6 +170,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: true,
         tracks_generation: true,
         create_only: false,
+        list_maps: GATEWAY_LISTS,
     },
     ResourceDef {
         group: "networking.istio.io",
@@ -156,6 +184,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: true,
         tracks_generation: true,
         create_only: false,
+        list_maps: COMMON_LISTS,
     },
     ResourceDef {
         group: "networking.istio.io",
@@ -169,6 +198,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: true,
         tracks_generation: true,
         create_only: false,
+        list_maps: COMMON_LISTS,
     },
     ResourceDef {
         group: "coordination.k8s.io",
@@ -182,6 +212,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: false,
         tracks_generation: false,
         create_only: false,
+        list_maps: COMMON_LISTS,
     },
     ResourceDef {
         group: "authentication.k8s.io",
@@ -195,6 +226,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_subresource: false,
         tracks_generation: false,
         create_only: true,
+        list_maps: COMMON_LISTS,
     },
 ];
 

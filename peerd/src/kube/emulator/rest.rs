@@ -4,7 +4,9 @@
 //! Owns request validation (names, namespaces, apiVersion/kind, preconditions), server
 //! metadata (uid, creationTimestamp, generation, managedFields through
 //! `managed_fields`/`apply`), the status-subresource split, no-op detection (a write that
-//! changes nothing gets no new resourceVersion), list pagination and fault hooks. It must
+//! changes nothing gets no new resourceVersion), finalizers (a delete of an object with
+//! finalizers only sets `deletionTimestamp`; the write that empties them deletes it), list
+//! pagination and fault hooks. It must
 //! never hold the store lock across an await: every read-modify-write is one
 //! `Store::mutate` closure.
 
@@ -190,26 +192,39 @@ pub(crate) async fn handle(state: &Arc<State>, target: Target, req: ApiRequest) 
         Err(err) => return error_response(&err),
     };
     state.counters.count(verb, &target.def.qualified_plural());
+    let response = serve_verb(state, verb, &target, &req).await;
+    state
+        .counters
+        .count_outcome(verb, response.status().as_u16());
+    response
+}
+
+async fn serve_verb(
+    state: &Arc<State>,
+    verb: Verb,
+    target: &Target,
+    req: &ApiRequest,
+) -> Response<Body> {
     if let Some(delay) = state.faults.delay() {
         tokio::time::sleep(delay).await;
     }
-    if let Some(code) = state.faults.take_failure() {
+    if let Some(code) = state.faults.take_failure(verb) {
         return error_response(&ApiError::injected(code));
     }
     if verb.is_write() && !target.def.create_only && state.faults.take_conflict() {
         return error_response(&ApiError::conflict(target.def, target.name()));
     }
     let result = match verb {
-        Verb::Get => get(state, &target, &req),
-        Verb::List => list(state, &target, &req),
-        Verb::Watch => return watch::start(state, &target, &req.query),
-        Verb::Create if target.def.create_only => token_review::create(state, &target, &req),
-        Verb::Create => create(state, &target, &req),
-        Verb::Update => update(state, &target, &req),
-        Verb::Patch => patch(state, &target, &req),
-        Verb::Apply => server_side_apply(state, &target, &req),
-        Verb::Delete => delete(state, &target, &req),
-        Verb::DeleteCollection => delete_collection(state, &target, &req),
+        Verb::Get => get(state, target, req),
+        Verb::List => list(state, target, req),
+        Verb::Watch => return watch::start(state, target, &req.query),
+        Verb::Create if target.def.create_only => token_review::create(state, target, req),
+        Verb::Create => create(state, target, req),
+        Verb::Update => update(state, target, req),
+        Verb::Patch => patch(state, target, req),
+        Verb::Apply => server_side_apply(state, target, req),
+        Verb::Delete => delete(state, target, req),
+        Verb::DeleteCollection => delete_collection(state, target, req),
     };
     match result {
         Ok(response) => response,
@@ -481,7 +496,10 @@ fn normalize(target: &Target, obj: &mut Value, name: &str) {
 }
 
 /// Server metadata of a brand-new object.
-fn initialize(target: &Target, obj: &mut Value, now: &str) {
+fn initialize(state: &State, target: &Target, obj: &mut Value, now: &str) {
+    if target.def.group.is_empty() && target.def.plural == "services" {
+        default_service(state, obj);
+    }
     let tracks_generation = target.def.tracks_generation;
     let metadata = meta::metadata_mut(obj);
     for field in meta::SERVER_OWNED {
@@ -510,6 +528,53 @@ fn initialize(target: &Target, obj: &mut Value, now: &str) {
     }
 }
 
+/// What kube-apiserver fills in on a new Service: `type: ClusterIP` and, unless headless
+/// or ExternalName, a cluster IP (sequential from 10.96.0.1).
+fn default_service(state: &State, obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let kind = spec
+        .entry("type")
+        .or_insert_with(|| json!("ClusterIP"))
+        .clone();
+    if kind == "ExternalName"
+        || spec
+            .get("clusterIP")
+            .is_some_and(|ip| ip.as_str().is_some_and(|ip| !ip.is_empty()))
+    {
+        return;
+    }
+    let offset = state
+        .next_cluster_ip
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let ip = std::net::Ipv4Addr::from(
+        u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + (offset % (1 << 20)),
+    );
+    spec.insert("clusterIP".into(), json!(ip.to_string()));
+    spec.insert("clusterIPs".into(), json!([ip.to_string()]));
+}
+
+/// An update that leaves out the allocated cluster IP (and type) keeps the current ones,
+/// as kube-apiserver does.
+fn keep_service_allocations(current: &Value, new: &mut Value) {
+    let (Some(old_spec), Some(new_spec)) = (
+        current.get("spec").and_then(Value::as_object),
+        new.get_mut("spec").and_then(Value::as_object_mut),
+    ) else {
+        return;
+    };
+    for field in ["type", "clusterIP", "clusterIPs"] {
+        if let Some(value) = old_spec.get(field)
+            && new_spec
+                .get(field)
+                .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+        {
+            new_spec.insert(field.to_string(), value.clone());
+        }
+    }
+}
+
 /// Bumps `generation` when anything outside metadata/status changed.
 fn bump_generation(target: &Target, current: &Value, new: &mut Value) {
     if !target.def.tracks_generation {
@@ -533,20 +598,47 @@ fn finish_update(
     now: &str,
 ) -> Mutation {
     meta::carry_server_metadata(current, &mut new);
+    if target.def.group.is_empty() && target.def.plural == "services" {
+        keep_service_allocations(current, &mut new);
+    }
     record_update(
         Some(current),
         &mut new,
         manager,
         target.scope(),
+        target.def.list_maps,
         &target.api_version(),
         now,
     );
     bump_generation(target, current, &mut new);
+    store_changed(current, new)
+}
+
+/// Put `new` unless it equals `current`; an object awaiting deletion whose last
+/// finalizer was just removed is deleted instead.
+fn store_changed(current: &Value, new: Value) -> Mutation {
     if meta::comparable(&new) == meta::comparable(current) {
         Mutation::Unchanged
+    } else if meta::deletion_requested(&new) && !meta::has_finalizers(&new) {
+        Mutation::Delete
     } else {
         Mutation::Put(new)
     }
+}
+
+/// A delete: immediate without finalizers, otherwise only marks the object.
+fn delete_decision(current: &Value) -> Mutation {
+    if !meta::has_finalizers(current) {
+        return Mutation::Delete;
+    }
+    if meta::deletion_requested(current) {
+        return Mutation::Unchanged;
+    }
+    let mut marked = current.clone();
+    let metadata = meta::metadata_mut(&mut marked);
+    metadata.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+    metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
+    Mutation::Put(marked)
 }
 
 /// Keeps the parts of `current` a write in `scope` must not change.
@@ -587,6 +679,11 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
     let mut obj = parse_body(req)?;
     check_type(target, &obj)?;
     check_identity(target, &obj)?;
+    if meta::resource_version(&obj).is_some() {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
     let manager = field_manager(req)?;
     let name = match meta::meta_str(&obj, "name").filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
@@ -604,11 +701,19 @@ fn create(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
     })?;
     let now = meta::now_rfc3339();
     normalize(target, &mut obj, &name);
-    initialize(target, &mut obj, &now);
+    initialize(state, target, &mut obj, &now);
     let scope = Scope::Main {
         status_separate: target.def.status_subresource,
     };
-    record_update(None, &mut obj, &manager, scope, &target.api_version(), &now);
+    record_update(
+        None,
+        &mut obj,
+        &manager,
+        scope,
+        target.def.list_maps,
+        &target.api_version(),
+        &now,
+    );
     let key = (target.namespace.clone().unwrap_or_default(), name.clone());
     let committed = state
         .store
@@ -748,6 +853,7 @@ fn server_side_apply(
         manager: &manager,
         force,
         scope: target.scope(),
+        list_maps: target.def.list_maps,
         api_version: &api_version,
         now: &now,
     };
@@ -758,6 +864,15 @@ fn server_side_apply(
             .mutate_maybe_dry(target.id, target.key(), dry_run(req)?, |current| {
                 if current.is_none() && target.subresource.is_some() {
                     return Err(ApiError::not_found(target.def, target.name()));
+                }
+                // A resourceVersion in an apply configuration is a precondition.
+                if let Some(wanted) = meta::resource_version(&config)
+                    && current.is_none_or(|c| meta::resource_version(c) != Some(wanted))
+                {
+                    return Err(match current {
+                        Some(_) => ApiError::conflict(target.def, target.name()),
+                        None => ApiError::not_found(target.def, target.name()),
+                    });
                 }
                 let mut skeleton = json!({});
                 normalize(target, &mut skeleton, target.name());
@@ -777,7 +892,7 @@ fn server_side_apply(
                         let managed = meta::metadata(&new)
                             .and_then(|m| m.get("managedFields"))
                             .cloned();
-                        initialize(target, &mut new, &now);
+                        initialize(state, target, &mut new, &now);
                         if let Some(managed) = managed {
                             meta::metadata_mut(&mut new).insert("managedFields".into(), managed);
                         }
@@ -787,11 +902,7 @@ fn server_side_apply(
                     Some(current) => {
                         // `apply` started from `current`, so server metadata is already current's.
                         bump_generation(target, current, &mut new);
-                        if meta::comparable(&new) == meta::comparable(current) {
-                            Ok(Mutation::Unchanged)
-                        } else {
-                            Ok(Mutation::Put(new))
-                        }
+                        Ok(store_changed(current, new))
                     }
                 }
             })?;
@@ -838,8 +949,13 @@ fn delete(state: &State, target: &Target, req: &ApiRequest) -> Result<Response<B
                 {
                     return Err(ApiError::conflict(target.def, target.name()));
                 }
-                Ok(Mutation::Delete)
+                Ok(delete_decision(current))
             })?;
+    if meta::has_finalizers(&committed.object) {
+        // Still there, waiting for its finalizers: answer with the object, as
+        // kube-apiserver does.
+        return Ok(respond(target, 200, &committed.object));
+    }
     let uid = meta::meta_str(&committed.object, "uid");
     let mut doc = status::success(target.def, target.name(), uid);
     if let Value::Object(map) = &mut doc {
@@ -866,10 +982,9 @@ fn delete_collection(
         let result = state
             .store
             .mutate_maybe_dry(target.id, object_key(obj), dry, |current| {
-                Ok(if current.is_some() {
-                    Mutation::Delete
-                } else {
-                    Mutation::Unchanged
+                Ok(match current {
+                    Some(current) => delete_decision(current),
+                    None => Mutation::Unchanged,
                 })
             });
         // An object deleted concurrently is simply not part of the result.

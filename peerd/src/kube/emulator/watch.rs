@@ -2,7 +2,9 @@
 //!
 //! Owns the watch lifecycle: start point (`resourceVersion` unset/"0" → synthetic ADDED
 //! events for the current state; N → every change after N; older than the retained
-//! history → one `ERROR` event carrying a 410 `Expired` Status, as kube-apiserver does),
+//! history → one `ERROR` event carrying a 410 `Expired` Status, as kube-apiserver does;
+//! newer than the store → one `ERROR` event with a 504 `Timeout` "Too large resource
+//! version"),
 //! `sendInitialEvents` with the initial-events-end bookmark, periodic BOOKMARK events
 //! when `allowWatchBookmarks=true`, selector transitions (an object that stops matching
 //! is reported DELETED, one that starts matching ADDED), `timeoutSeconds`, and ending on
@@ -147,6 +149,24 @@ fn stream(state: &Arc<State>, spec: WatchSpec, from: WatchFrom) -> Response<Body
                 return;
             }
         };
+        if let WatchFrom::After(wanted) = from
+            && wanted > subscription.rv
+        {
+            // kube-apiserver answers a resourceVersion from the future (e.g. after the
+            // server lost its state) with a Timeout error event, and clients relist.
+            let mut status = ApiError::new(
+                504,
+                "Timeout",
+                format!(
+                    "Too large resource version: {wanted}, current: {}",
+                    subscription.rv
+                ),
+            )
+            .to_status();
+            status["details"] = json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1});
+            let _ = tx.send(Ok(Frame::data(raw_line("ERROR", &status)))).await;
+            return;
+        }
         let mut last_rv = subscription.rv;
         for obj in &subscription.initial {
             if spec.matches(obj) && !send(&tx, spec.line("ADDED", obj)).await {

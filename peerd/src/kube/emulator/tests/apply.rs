@@ -48,6 +48,14 @@ async fn apply_creates_then_reapply_is_a_no_op() {
     );
     assert_eq!(created.body["metadata"]["generation"], 1);
 
+    let mut stale = config.clone();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    assert_eq!(
+        client.patch(&path, APPLY, &stale.to_string()).await.status,
+        409,
+        "resourceVersion is a precondition"
+    );
+
     let rv_before = emu.resource_version();
     let again = client.patch(&path, APPLY, &config.to_string()).await;
     assert_eq!(again.status, 200);
@@ -292,6 +300,19 @@ async fn bad_apply_requests() {
         .patch(&format!("{WE}/other?fieldManager=peerd"), APPLY, &config)
         .await;
     assert_eq!(wrong_name.status, 400);
+    let mut with_rv = workload_entry("we", "10.0.0.1", json!({}));
+    with_rv["metadata"]["resourceVersion"] = json!("1");
+    assert_eq!(
+        client
+            .patch(
+                &format!("{WE}/we?fieldManager=peerd"),
+                APPLY,
+                &with_rv.to_string()
+            )
+            .await
+            .status,
+        404
+    );
     let not_yaml = client
         .patch(&format!("{WE}/we?fieldManager=peerd"), APPLY, "{[")
         .await;
@@ -300,5 +321,137 @@ async fn bad_apply_requests() {
         client.get(&format!("{WE}/we")).await.status,
         404,
         "nothing was created"
+    );
+}
+
+fn status_config(conditions: Value) -> String {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "istio-system"},
+        "status": {"conditions": conditions},
+    })
+    .to_string()
+}
+
+fn condition(kind: &str, status: &str) -> Value {
+    json!({"type": kind, "status": status, "reason": kind, "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"})
+}
+
+fn condition_types(obj: &Value) -> Vec<(String, String)> {
+    obj["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn gateway_conditions_of_different_managers_merge_by_type() {
+    let (_emu, client) = start().await;
+    client.post(GW, &gateway("gw")).await;
+    let status = format!("{GW}/gw/status");
+    let peerd = |force: bool| {
+        format!(
+            "{status}?fieldManager=peerd{}",
+            if force { "&force=true" } else { "" }
+        )
+    };
+    let istiod = format!("{status}?fieldManager=istiod");
+
+    let applied = client
+        .patch(
+            &peerd(false),
+            APPLY,
+            &status_config(json!([
+                condition("Accepted", "True"),
+                condition("Programmed", "False")
+            ])),
+        )
+        .await;
+    assert_eq!(applied.status, 200);
+    let other = client
+        .patch(
+            &istiod,
+            APPLY,
+            &status_config(json!([condition("ResolvedRefs", "True")])),
+        )
+        .await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(
+        condition_types(&other.body),
+        [
+            ("Accepted".into(), "True".into()),
+            ("Programmed".into(), "False".into()),
+            ("ResolvedRefs".into(), "True".into())
+        ]
+    );
+
+    // peerd stops reporting Programmed: only its own condition goes, istiod's stays.
+    let dropped = client
+        .patch(
+            &peerd(false),
+            APPLY,
+            &status_config(json!([condition("Accepted", "True")])),
+        )
+        .await;
+    assert_eq!(
+        condition_types(&dropped.body),
+        [
+            ("Accepted".into(), "True".into()),
+            ("ResolvedRefs".into(), "True".into())
+        ]
+    );
+
+    // istiod writing a condition peerd owns, with another value, conflicts on that field.
+    let clash = client
+        .patch(
+            &istiod,
+            APPLY,
+            &status_config(json!([
+                condition("ResolvedRefs", "True"),
+                condition("Accepted", "False")
+            ])),
+        )
+        .await;
+    assert_eq!(clash.status, 409);
+    let message = clash.body["message"].as_str().unwrap();
+    assert!(message.contains("conflict with \"peerd\""), "{message}");
+    assert!(
+        message.contains(r#".status.conditions[type="Accepted"].status"#),
+        "{message}"
+    );
+
+    // A forced apply by peerd over a hand-written condition keeps the other items.
+    client
+        .patch(&format!("{status}?fieldManager=kubectl-patch"), "application/merge-patch+json", &json!({"status": {"conditions": [condition("Accepted", "Unknown"), condition("ResolvedRefs", "True")]}}).to_string())
+        .await;
+    let conflict = client
+        .patch(
+            &peerd(false),
+            APPLY,
+            &status_config(json!([condition("Accepted", "True")])),
+        )
+        .await;
+    assert_eq!(conflict.status, 409);
+    let forced = client
+        .patch(
+            &peerd(true),
+            APPLY,
+            &status_config(json!([condition("Accepted", "True")])),
+        )
+        .await;
+    assert_eq!(
+        condition_types(&forced.body),
+        [
+            ("Accepted".into(), "True".into()),
+            ("ResolvedRefs".into(), "True".into())
+        ]
     );
 }

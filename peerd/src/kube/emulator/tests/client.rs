@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 test client for the emulator (hyper-util legacy client).
+//! A minimal HTTP/1.1 test client for the emulator (hyper-util legacy client). It only
+//! ever talks to the emulator's loopback URL it is given.
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

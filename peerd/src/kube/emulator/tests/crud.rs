@@ -82,6 +82,10 @@ async fn bad_creates_are_rejected_with_status_objects() {
         (400, Some("Status"))
     );
 
+    let mut with_rv = workload_entry("we", "10.0.0.1", json!({}));
+    with_rv["metadata"]["resourceVersion"] = json!("5");
+    assert_eq!(client.post(WE, &with_rv).await.status, 400);
+
     let no_name = client.post(WE, &json!({"metadata": {}, "spec": {}})).await;
     assert_eq!(no_name.status, 422);
 
@@ -578,4 +582,90 @@ async fn in_process_requests_share_state_with_http() {
         1,
         "in-process requests are counted"
     );
+}
+
+#[tokio::test]
+async fn finalizers_delay_deletion_until_removed() {
+    let (emu, client) = start().await;
+    let mut with_finalizer = workload_entry("we", "10.0.0.1", json!({}));
+    with_finalizer["metadata"]["finalizers"] = json!(["peerd.io/cleanup"]);
+    client.post(WE, &with_finalizer).await;
+    let path = format!("{WE}/we");
+    let from = emu.resource_version();
+    let mut watch = client
+        .watch(&format!("{WE}?watch=true&resourceVersion={from}"))
+        .await;
+
+    let marked = client.delete(&path).await;
+    assert_eq!(marked.status, 200);
+    assert!(
+        marked.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        marked.body
+    );
+    assert_eq!(
+        client.get(&path).await.status,
+        200,
+        "still there while finalizers remain"
+    );
+    let again = client.delete(&path).await;
+    assert_eq!(
+        again.body["metadata"]["resourceVersion"], marked.body["metadata"]["resourceVersion"],
+        "a second delete changes nothing"
+    );
+
+    let released = client
+        .patch(
+            &path,
+            "application/merge-patch+json",
+            r#"{"metadata":{"finalizers":null}}"#,
+        )
+        .await;
+    assert_eq!(released.status, 200);
+    assert_eq!(
+        client.get(&path).await.status,
+        404,
+        "removing the last finalizer deletes"
+    );
+    assert_eq!(watch.next_change().await.unwrap()["type"], "MODIFIED");
+    assert_eq!(watch.next_change().await.unwrap()["type"], "DELETED");
+}
+
+#[tokio::test]
+async fn services_get_a_type_and_a_cluster_ip() {
+    let (_emu, client) = start().await;
+    let services = "/api/v1/namespaces/default/services";
+    let first = client
+        .post(
+            services,
+            &json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.body["spec"]["type"], "ClusterIP");
+    assert_eq!(first.body["spec"]["clusterIP"], "10.96.0.1");
+    let second = client
+        .post(
+            services,
+            &json!({"metadata": {"name": "b"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(second.body["spec"]["clusterIPs"], json!(["10.96.0.2"]));
+    let headless = client
+        .post(
+            services,
+            &json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}),
+        )
+        .await;
+    assert_eq!(headless.body["spec"]["clusterIP"], "None");
+
+    let mut without_ip = json!({"metadata": {"name": "a", "labels": {"global": "true"}}, "spec": {"ports": [{"port": 81}]}});
+    without_ip["metadata"]["resourceVersion"] = first.body["metadata"]["resourceVersion"].clone();
+    let updated = client.put(&format!("{services}/a"), &without_ip).await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(
+        updated.body["spec"]["clusterIP"], "10.96.0.1",
+        "an update keeps the allocated IP"
+    );
+    assert_eq!(updated.body["spec"]["ports"][0]["port"], 81);
 }

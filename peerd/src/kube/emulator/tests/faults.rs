@@ -22,6 +22,8 @@ async fn fail_next_answers_5xx_then_recovers() {
         200,
         "discovery is never faulted"
     );
+    assert_eq!(emu.counters().outcome(Verb::List, 503), 2);
+    assert_eq!(emu.counters().outcome(Verb::List, 200), 1);
 }
 
 #[tokio::test]
@@ -175,6 +177,9 @@ async fn counters_prove_zero_writes_at_steady_state() {
         counts.on(Verb::Apply, "workloadentries.networking.istio.io"),
         1
     );
+    assert_eq!(counts.outcome(Verb::Apply, 201), 1);
+    assert_eq!(counts.outcome(Verb::Delete, 404), 1);
+    assert_eq!(counts.successful_writes(), 1);
 
     emu.reset_counters();
     client.get(WE).await;

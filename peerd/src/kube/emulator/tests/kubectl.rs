@@ -242,6 +242,24 @@ async fn real_kubectl_lists_applies_and_round_trips() {
     assert!(!stale.status.success());
     assert!(String::from_utf8_lossy(&stale.stderr).contains("the object has been modified"));
 
+    // The handle's kubeconfig works on its own (default namespace istio-system).
+    let kubeconfig = kubectl.file("emulator.kubeconfig", &emu.kubeconfig("istio-system"));
+    let via_config = tokio::process::Command::new(KUBECTL)
+        .args(["--kubeconfig", &kubeconfig, "get", "gateways", "-o", "name"])
+        .env("HOME", &kubectl.dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        via_config.status.success(),
+        "{}",
+        String::from_utf8_lossy(&via_config.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&via_config.stdout).trim(),
+        "gateway.gateway.networking.k8s.io/cluster-2"
+    );
+
     // Status patch and delete.
     kubectl
         .ok(&["patch", "gateway", "cluster-2", "-n", "istio-system", "--subresource=status", "--type=merge", "-p", r#"{"status":{"conditions":[{"type":"Programmed","status":"True","reason":"Programmed","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#])

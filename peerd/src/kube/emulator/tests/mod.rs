@@ -1,13 +1,16 @@
 //! Emulator tests over real HTTP on 127.0.0.1: semantics per feature, and the real
-//! kubectl on this machine against the emulator.
+//! kubectl on this machine against the emulator. Every emulator binds an ephemeral port on
+//! 127.0.0.1; tests must never reach any other address and never assert on speed.
 
 mod apply;
 mod client;
+mod client_shapes;
 mod crud;
 mod discovery;
 mod faults;
 mod kubectl;
 mod list;
+mod scale;
 mod watch;
 
 use std::time::Duration;
@@ -62,7 +65,9 @@ pub fn rv(obj: &Value) -> u64 {
         .unwrap()
 }
 
-/// Manual poking: `PEERD_EMULATOR_HOLD_SECS=120 cargo test -p peerd --lib hold_open -- --ignored --nocapture`.
+/// Manual poking with kubectl: `PEERD_EMULATOR_HOLD_SECS=120 cargo test -p peerd --lib
+/// hold_open -- --ignored --nocapture` (address from `PEERD_EMULATOR_ADDR`, default
+/// 127.0.0.1:18080).
 #[tokio::test]
 #[ignore]
 async fn hold_open() {
@@ -70,12 +75,11 @@ async fn hold_open() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let emu = Emulator::start(
-        "127.0.0.1:18080".parse().unwrap(),
-        EmulatorOptions::default(),
-    )
-    .await
-    .unwrap();
+    let addr =
+        std::env::var("PEERD_EMULATOR_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".to_string());
+    let emu = Emulator::start(addr.parse().unwrap(), EmulatorOptions::default())
+        .await
+        .unwrap();
     println!("emulator at {}", emu.url());
     tokio::time::sleep(Duration::from_secs(secs)).await;
     println!("{:?}", emu.counters());

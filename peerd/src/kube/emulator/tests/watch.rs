@@ -194,6 +194,23 @@ async fn too_old_resource_version_gets_410_expired() {
 }
 
 #[tokio::test]
+async fn resource_version_from_the_future_is_a_timeout_error() {
+    let (emu, client) = start().await;
+    let future = emu.resource_version() + 1000;
+    let mut watch = client
+        .watch(&format!("{WE}?watch=true&resourceVersion={future}"))
+        .await;
+    let error = watch.next().await.unwrap();
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["object"]["code"], 504);
+    assert_eq!(
+        error["object"]["details"]["causes"][0]["reason"],
+        "ResourceVersionTooLarge"
+    );
+    assert!(watch.next().await.is_none());
+}
+
+#[tokio::test]
 async fn selector_transitions_become_adds_and_deletes() {
     let (emu, client) = start().await;
     client
@@ -247,31 +264,28 @@ async fn dropped_and_timed_out_watches_end() {
     let mut dropped = client
         .watch(&format!("{WE}?watch=true&resourceVersion={from}"))
         .await;
-    let mut timed = client
-        .watch(&format!(
-            "{WE}?watch=true&resourceVersion={from}&timeoutSeconds=1"
-        ))
-        .await;
     client
         .post(WE, &workload_entry("a", "10.0.0.1", json!({})))
         .await;
     assert_eq!(dropped.next_change().await.unwrap()["type"], "ADDED");
     emu.faults().drop_watches();
     assert!(dropped.next().await.is_none());
-    assert_eq!(timed.next_change().await.unwrap()["type"], "ADDED");
+
+    // A new watch after the drop works, resumes from a resourceVersion, and ends at its
+    // timeout.
+    let mut timed = client
+        .watch(&format!(
+            "{WE}?watch=true&resourceVersion={from}&timeoutSeconds=1"
+        ))
+        .await;
+    assert_eq!(
+        timed.next_change().await.unwrap()["object"]["metadata"]["name"],
+        "a"
+    );
     assert!(
         tokio::time::timeout(Duration::from_secs(30), timed.next())
             .await
             .unwrap()
             .is_none()
-    );
-
-    // A new watch after the drop works and resumes from a resourceVersion.
-    let mut resumed = client
-        .watch(&format!("{WE}?watch=true&resourceVersion={from}"))
-        .await;
-    assert_eq!(
-        resumed.next_change().await.unwrap()["object"]["metadata"]["name"],
-        "a"
     );
 }
