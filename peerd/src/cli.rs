@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (standalone mode: configuration from a YAML file + env + flags).
     Run(RunArgs),
+    /// A whole federation on this machine: N simulated clusters on 127.0.k.1.
+    Sandbox(SandboxArgs),
     /// Simulators of what cannot run here (istiod).
     #[command(subcommand)]
     Sim(SimCommand),
@@ -54,6 +56,42 @@ pub struct RunArgs {
     /// Overrides the local istiod upstream address / XDS_ADDRESS.
     #[arg(long)]
     pub xds_address: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SandboxArgs {
+    /// Number of clusters (cluster-1 and cluster-2 share a flat network; the others
+    /// each have their own).
+    #[arg(long, default_value_t = 3)]
+    pub clusters: u8,
+    #[arg(long, default_value_t = 200)]
+    pub workloads_per_cluster: usize,
+    #[arg(long, default_value_t = 20)]
+    pub services_per_cluster: usize,
+    /// Changes per second in each simulated istiod.
+    #[arg(long, default_value_t = 2.0)]
+    pub churn_per_sec: f64,
+    /// Where certificates, configs, logs live (default: a new temp dir, printed).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Stop after this long (e.g. 60s, 5m).
+    #[arg(long = "for", value_parser = parse_duration_arg)]
+    pub run_for: Option<std::time::Duration>,
+    /// Rewrite this file with the status as JSON every second.
+    #[arg(long)]
+    pub status_json: Option<PathBuf>,
+    /// Inject a fault once every peer is connected: `stop-peer=<cluster>`.
+    #[arg(long = "fault")]
+    pub faults: Vec<crate::sandbox::Fault>,
+    /// Inject faults at the latest this long after start.
+    #[arg(long, default_value = "45s", value_parser = parse_duration_arg)]
+    pub fault_after: std::time::Duration,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +134,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run_daemon(args).await,
+        Command::Sandbox(args) => {
+            crate::sandbox::run(crate::sandbox::SandboxOptions {
+                clusters: args.clusters,
+                workloads_per_cluster: args.workloads_per_cluster,
+                services_per_cluster: args.services_per_cluster,
+                churn_per_sec: args.churn_per_sec,
+                state_dir: args.state_dir,
+                run_for: args.run_for,
+                status_json: args.status_json,
+                faults: args.faults,
+                fault_after: args.fault_after,
+                seed: args.seed,
+            })
+            .await
+        }
         Command::Sim(SimCommand::Istiod(args)) => run_sim_istiod(args).await,
     }
 }

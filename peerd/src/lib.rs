@@ -12,6 +12,7 @@ pub mod identity;
 pub mod kube;
 pub mod probe;
 pub mod proto;
+pub mod sandbox;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -83,7 +83,7 @@ pub struct XdsServerFile {
     pub auth: AuthFile,
     /// Coalescing window for bursts of changes before a push. Default `5ms`.
     pub debounce: Option<String>,
-    /// Largest gRPC message sent or accepted, bytes. Default 16 MiB.
+    /// Largest gRPC message sent or accepted, bytes. Default 200 MiB (ztunnel's limit).
     pub max_message_bytes: Option<u64>,
     /// Pending pushes buffered per connection before it is resynced from a snapshot.
     /// Default 64.
@@ -136,7 +136,7 @@ pub struct UpstreamFile {
     pub keepalive: KeepaliveFile,
     /// TCP+TLS connect timeout. Default `5s`.
     pub connect_timeout: Option<String>,
-    /// Largest gRPC message accepted, bytes. Default 16 MiB.
+    /// Largest gRPC message accepted, bytes. Default 200 MiB (ztunnel's limit).
     pub max_message_bytes: Option<u64>,
 }
 

@@ -49,7 +49,8 @@ pub mod defaults {
     pub const XDS_PORT: u16 = 15012;
     pub const HBONE_PORT: u16 = 15008;
     pub const DEBOUNCE: Duration = Duration::from_millis(5);
-    pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+    /// Same as ztunnel's inbound limit: an initial sync of a large cluster is one message.
+    pub const MAX_MESSAGE_BYTES: usize = 200 * 1024 * 1024;
     pub const CONNECTION_QUEUE: usize = 64;
     pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
     pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
