@@ -40,7 +40,10 @@ type Command = Vec<Arg>;
 #[derive(Debug, Clone, PartialEq)]
 enum Arg {
     /// `.a.b` (from dot) or `$.a.b` (from the root); empty path = `.` / `$`.
-    Field { from_root: bool, path: Vec<String> },
+    Field {
+        from_root: bool,
+        path: Vec<String>,
+    },
     Str(String),
     Num(f64),
     Bool(bool),
@@ -241,7 +244,11 @@ fn parse_pipeline(ws: &[String]) -> anyhow::Result<Pipeline> {
         if part.is_empty() {
             bail!("empty command in pipeline");
         }
-        pipeline.push(part.iter().map(|w| parse_arg(w)).collect::<anyhow::Result<_>>()?);
+        pipeline.push(
+            part.iter()
+                .map(|w| parse_arg(w))
+                .collect::<anyhow::Result<_>>()?,
+        );
     }
     Ok(pipeline)
 }
@@ -369,7 +376,13 @@ impl Templates {
         Ok(out)
     }
 
-    fn exec(&self, nodes: &[Node], root: &Value, dot: &Value, out: &mut String) -> anyhow::Result<()> {
+    fn exec(
+        &self,
+        nodes: &[Node],
+        root: &Value,
+        dot: &Value,
+        out: &mut String,
+    ) -> anyhow::Result<()> {
         for node in nodes {
             match node {
                 Node::Text(t) => out.push_str(t),
@@ -600,7 +613,11 @@ pub fn helm_numbers(v: &Value) -> Value {
             .and_then(serde_json::Number::from_f64)
             .map_or(Value::Null, Value::Number),
         Value::Array(a) => Value::Array(a.iter().map(helm_numbers).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), helm_numbers(v))).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), helm_numbers(v)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -614,9 +631,11 @@ pub fn integral_numbers(v: &Value) -> Value {
             _ => Value::Number(n.clone()),
         },
         Value::Array(a) => Value::Array(a.iter().map(integral_numbers).collect()),
-        Value::Object(o) => {
-            Value::Object(o.iter().map(|(k, v)| (k.clone(), integral_numbers(v))).collect())
-        }
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), integral_numbers(v)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -645,7 +664,10 @@ mod tests {
 
     fn render(src: &str, values: Value) -> anyhow::Result<String> {
         let mut t = Templates::new(PathBuf::from("."));
-        t.add("_helpers.tpl", r#"{{- define "x.l" -}}a: {{ .Release.Name }}{{- end }}"#)?;
+        t.add(
+            "_helpers.tpl",
+            r#"{{- define "x.l" -}}a: {{ .Release.Name }}{{- end }}"#,
+        )?;
         t.add("t.yaml", src)?;
         t.render(
             "t.yaml",
@@ -666,7 +688,10 @@ mod tests {
     #[test]
     fn missing_values_key_is_an_error() {
         let err = render("x: {{ .Values.a.b }}", json!({"a": {}})).unwrap_err();
-        assert!(format!("{err:#}").contains("Values.a.b is not defined"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("Values.a.b is not defined"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -686,7 +711,10 @@ mod tests {
     #[test]
     fn if_else_and_int() {
         let src = "{{ if .Values.on }}on{{ else }}off{{ end }} {{ int .Values.n }}";
-        assert_eq!(render(src, json!({"on": false, "n": 16777216})).unwrap(), "off 16777216");
+        assert_eq!(
+            render(src, json!({"on": false, "n": 16777216})).unwrap(),
+            "off 16777216"
+        );
         assert_eq!(render(src, json!({"on": true, "n": 1})).unwrap(), "on 1");
     }
 
@@ -694,7 +722,10 @@ mod tests {
     fn large_numbers_need_int_like_in_helm() {
         let err = render("{{ .Values.n }}", json!({"n": 16777216})).unwrap_err();
         assert!(format!("{err:#}").contains("exponent form"), "{err:#}");
-        assert_eq!(render("{{ toJson .Values.p }}", json!({"p": [15008]})).unwrap(), "[15008]");
+        assert_eq!(
+            render("{{ toJson .Values.p }}", json!({"p": [15008]})).unwrap(),
+            "[15008]"
+        );
     }
 
     #[test]
