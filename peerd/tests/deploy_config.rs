@@ -52,7 +52,10 @@ fn validate(text: &str) -> (Option<Config>, Vec<String>) {
 fn kustomize_base_config_is_valid() {
     let text = config_map_text(&repo().join("deploy/kustomize/base/configmap.yaml"));
     let (_, errors) = validate(&text);
-    assert!(errors.is_empty(), "deploy/kustomize/base config: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "deploy/kustomize/base config: {errors:#?}"
+    );
     let file = Config::parse_file(&text).unwrap();
     assert_eq!(file.peering_namespace.as_deref(), Some("istio-eastwest"));
     assert_eq!(file.control_namespace.as_deref(), Some("istio-system"));
@@ -64,10 +67,9 @@ fn kustomize_base_config_is_valid() {
 
 #[test]
 fn example_overlay_config_is_valid() {
-    let text = std::fs::read_to_string(
-        repo().join("deploy/kustomize/overlays/example/config.yaml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("deploy/kustomize/overlays/example/config.yaml"))
+            .unwrap();
     let (_, errors) = validate(&text);
     assert!(errors.is_empty(), "overlay config: {errors:#?}");
     let file = Config::parse_file(&text).unwrap();
@@ -82,7 +84,9 @@ fn in_pod_paths_are_the_only_tolerated_errors() {
         .replace("failureWindow: \"30s\"", "failureWindow: \"soon\"");
     let (_, errors) = validate(&text);
     assert!(
-        errors.iter().any(|e| e.starts_with("hysteresis.failureWindow")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("hysteresis.failureWindow")),
         "{errors:#?}"
     );
 }
