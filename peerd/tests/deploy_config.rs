@@ -5,6 +5,8 @@
 //! The files name certificate paths inside the pod (/etc/peerd/…, /var/run/secrets/…);
 //! those "does not exist" errors are the only ones tolerated here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
 use std::path::{Path, PathBuf};
 
 use peerd::config::{Config, ConfigError, Env, Overrides, resolve};

@@ -241,7 +241,7 @@ impl Chart {
         let mut leaves = Vec::new();
         collect_leaves(&self.values, &mut Vec::new(), &mut leaves);
         for leaf in leaves {
-            let used = (1..=leaf.len()).any(|n| referenced.contains(&leaf[..n].to_vec()));
+            let used = (1..=leaf.len()).any(|n| referenced.contains(&leaf[..n]));
             if !used {
                 errors.push(format!(
                     "values.yaml: {} is never used by a template",
@@ -875,7 +875,7 @@ mod tests {
     fn compare_reports_field_differences() {
         let a = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"helm.sh/chart": "c"}}, "spec": {"x": 1}});
         let b = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {}}, "spec": {"x": 2}});
-        let problems = compare(&[a.clone()], &[b]);
+        let problems = compare(std::slice::from_ref(&a), &[b]);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("/spec/x"));
         let mut same = a.clone();

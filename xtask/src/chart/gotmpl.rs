@@ -260,7 +260,7 @@ pub struct Templates {
     files_dir: PathBuf,
 }
 
-enum End {
+enum Closer {
     Eof,
     End,
     Else,
@@ -280,12 +280,12 @@ impl Templates {
         let tokens = lex(name, src)?;
         let mut pos = 0;
         let (nodes, end) = self
-            .parse_block(name, &tokens, &mut pos)
+            .parse_block(&tokens, &mut pos)
             .with_context(|| format!("parsing {name}"))?;
         match end {
-            End::Eof => {}
-            End::End => bail!("{name}: `end` without an opening action"),
-            End::Else => bail!("{name}: `else` without an opening action"),
+            Closer::Eof => {}
+            Closer::End => bail!("{name}: `end` without an opening action"),
+            Closer::Else => bail!("{name}: `else` without an opening action"),
         }
         self.bodies.insert(name.to_string(), nodes);
         Ok(())
@@ -293,10 +293,9 @@ impl Templates {
 
     fn parse_block(
         &mut self,
-        name: &str,
         tokens: &[Token],
         pos: &mut usize,
-    ) -> anyhow::Result<(Vec<Node>, End)> {
+    ) -> anyhow::Result<(Vec<Node>, Closer)> {
         let mut nodes = Vec::new();
         while let Some(tok) = tokens.get(*pos) {
             *pos += 1;
@@ -312,12 +311,12 @@ impl Templates {
             let ws = words(action)?;
             let keyword = ws.first().map(String::as_str).unwrap_or("");
             match keyword {
-                "end" => return Ok((nodes, End::End)),
+                "end" => return Ok((nodes, Closer::End)),
                 "else" => {
                     if ws.len() > 1 {
                         bail!("`{action}`: `else if`/`else with` are outside the subset");
                     }
-                    return Ok((nodes, End::Else));
+                    return Ok((nodes, Closer::Else));
                 }
                 "define" => {
                     let [_, n] = ws.as_slice() else {
@@ -326,21 +325,21 @@ impl Templates {
                     let Arg::Str(n) = parse_arg(n)? else {
                         bail!("`{action}`: define name must be a string");
                     };
-                    let (body, end) = self.parse_block(name, tokens, pos)?;
-                    if !matches!(end, End::End) {
+                    let (body, end) = self.parse_block(tokens, pos)?;
+                    if !matches!(end, Closer::End) {
                         bail!("define {n:?} is not closed by `end`");
                     }
                     self.defines.insert(n, body);
                 }
                 "if" | "with" | "range" => {
                     let pipe = parse_pipeline(&ws[1..])?;
-                    let (body, end) = self.parse_block(name, tokens, pos)?;
+                    let (body, end) = self.parse_block(tokens, pos)?;
                     let (other, end) = match end {
-                        End::Else if keyword != "range" => self.parse_block(name, tokens, pos)?,
-                        End::Else => bail!("`range … else` is outside the subset"),
+                        Closer::Else if keyword != "range" => self.parse_block(tokens, pos)?,
+                        Closer::Else => bail!("`range … else` is outside the subset"),
                         e => (Vec::new(), e),
                     };
-                    if !matches!(end, End::End) {
+                    if !matches!(end, Closer::End) {
                         bail!("`{action}` is not closed by `end`");
                     }
                     nodes.push(match keyword {
@@ -352,7 +351,7 @@ impl Templates {
                 _ => nodes.push(Node::Output(parse_pipeline(&ws)?)),
             }
         }
-        Ok((nodes, End::Eof))
+        Ok((nodes, Closer::Eof))
     }
 
     /// Names of the templates that produce output (not `_*.tpl` helpers).
