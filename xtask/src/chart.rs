@@ -70,8 +70,7 @@ pub fn run() -> anyhow::Result<()> {
     let chart = Chart::load(&deploy.join("helm/peerd"))?;
     chart.check_values_references()?;
 
-    let defaults = chart.render(&json!({}))?;
-    let all_on = chart.render(&json!({
+    let all_on_values = json!({
         "network": "net1",
         "flatNetworks": true,
         "eastWestGateway": {"address": "192.0.2.10"},
@@ -80,17 +79,24 @@ pub fn run() -> anyhow::Result<()> {
         "serviceAccount": {"annotations": {"example.com/owner": "mesh-team"}},
         "prometheusRule": {"labels": {"release": "prometheus"}},
         "dashboard": {"enabled": true},
-    }))?;
-    let no_ebpf = chart.render(&json!({
+    });
+    let no_ebpf_values = json!({
         "ebpf": {"enabled": false},
         "probe": {"mode": "userspace"},
         "podMonitor": {"enabled": false},
         "prometheusRule": {"enabled": false},
-    }))?;
+    });
+    let mut problems = chart.check_values_schema(&[
+        ("defaults", &json!({})),
+        ("all options", &all_on_values),
+        ("without eBPF", &no_ebpf_values),
+    ])?;
+    let defaults = chart.render(&json!({}))?;
+    let all_on = chart.render(&all_on_values)?;
+    let no_ebpf = chart.render(&no_ebpf_values)?;
     let base = kustomize(&deploy.join("kustomize/base"))?;
     let overlay = kustomize(&deploy.join("kustomize/overlays/example"))?;
 
-    let mut problems = Vec::new();
     problems.extend(compare(&defaults, &base));
     let mut all: Vec<Sourced> = Vec::new();
     for (source, objects) in [
@@ -219,6 +225,44 @@ impl Chart {
                 Ok((n, text))
             })
             .collect()
+    }
+
+    /// values.yaml overlaid by each override set validates against values.schema.json.
+    fn check_values_schema(&self, sets: &[(&str, &Value)]) -> anyhow::Result<Vec<String>> {
+        let schema = read_yaml(&self.dir.join("values.schema.json"))?;
+        let instances: Vec<Value> = sets
+            .iter()
+            .map(|(label, over)| {
+                let mut v = self.values.clone();
+                merge(&mut v, over);
+                json!([label, v])
+            })
+            .collect();
+        let script = "import json, sys, jsonschema\n\
+            d = json.load(sys.stdin)\n\
+            for label, values in d['instances']:\n\
+            \x20   for e in jsonschema.Draft7Validator(d['schema']).iter_errors(values):\n\
+            \x20       print(f\"values.schema.json, {label}: /{'/'.join(map(str, e.absolute_path))}: {e.message}\")\n";
+        let input = serde_json::to_vec(&json!({"schema": schema, "instances": instances}))?;
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting python3")?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().context("python stdin")?;
+            stdin.write_all(&input)?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("values schema check did not run (python3 with jsonschema: cargo xtask setup)");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 
     /// Every `.Values.a.b` in a template exists in values.yaml, and every values.yaml
