@@ -136,12 +136,19 @@ pub fn run() -> anyhow::Result<()> {
 
 /// Prints the chart's default rendering, template by template (like `helm template`).
 pub fn template() -> anyhow::Result<()> {
+    use std::io::Write;
     let chart = Chart::load(&crate::root().join("deploy/helm/peerd"))?;
+    let mut out = String::new();
     for (name, text) in chart.render_texts(&json!({}))? {
-        if !text.trim().is_empty() {
-            println!("---\n# Source: peerd/{name}\n{}", text.trim_end());
+        if name.ends_with(".yaml") && !text.trim().is_empty() {
+            out.push_str(&format!(
+                "---\n# Source: peerd/{name}\n{}\n",
+                text.trim_end()
+            ));
         }
     }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
     Ok(())
 }
 
@@ -191,6 +198,9 @@ impl Chart {
     fn render(&self, overrides: &Value) -> anyhow::Result<Vec<Value>> {
         let mut objects = Vec::new();
         for (name, text) in self.render_texts(overrides)? {
+            if !name.ends_with(".yaml") {
+                continue; // NOTES.txt: rendered (so checked), not an object
+            }
             for (i, doc) in split_documents(&text).iter().enumerate() {
                 let v: Value = serde_yaml::from_str(doc).with_context(|| {
                     format!("{name}: rendered document {i} is not valid YAML:\n{doc}")
@@ -219,7 +229,6 @@ impl Chart {
         self.templates
             .names()
             .into_iter()
-            .filter(|n| n.ends_with(".yaml"))
             .map(|n| {
                 let text = self.templates.render(&n, &root)?;
                 Ok((n, text))
