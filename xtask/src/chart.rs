@@ -904,6 +904,53 @@ mod tests {
         assert!(!text.contains("workloadentries"), "{text}");
     }
 
+    fn daemonset(security: Value, host_path: bool) -> Value {
+        let volumes = if host_path {
+            json!([{"name": "t", "hostPath": {"path": "/sys/kernel/tracing"}}])
+        } else {
+            json!([])
+        };
+        json!({"kind": "DaemonSet", "spec": {"template": {"spec": {
+            "containers": [{"securityContext": security}], "volumes": volumes}}}})
+    }
+
+    #[test]
+    fn security_promises_are_enforced() {
+        let good_ebpf = json!({"privileged": false, "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true, "runAsNonRoot": false,
+            "capabilities": {"drop": ["ALL"], "add": ["BPF", "PERFMON"]}});
+        let good_plain = json!({"privileged": false, "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true, "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]}});
+        let ok = check_security(
+            &[daemonset(good_ebpf.clone(), true)],
+            &[daemonset(good_plain.clone(), false)],
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+
+        let mut extra_cap = good_ebpf.clone();
+        extra_cap["capabilities"]["add"] = json!(["BPF", "PERFMON", "SYS_ADMIN"]);
+        let mut privileged = good_plain.clone();
+        privileged["privileged"] = json!(true);
+        let bad = check_security(
+            &[daemonset(extra_cap, true)],
+            &[daemonset(privileged, true)],
+        );
+        let text = bad.join("\n");
+        assert!(text.contains("capabilities.add"), "{text}");
+        assert!(text.contains("securityContext.privileged"), "{text}");
+        assert!(text.contains("hostPath volumes without eBPF"), "{text}");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_reported() {
+        let cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": {"config.yaml": "cluster: a\nclustr: b\n"}});
+        let problems = check_config_maps("t", &[cm]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("unknown config key clustr"));
+    }
+
     #[test]
     fn values_references_are_found() {
         let refs = values_references("{{ .Values.a.b | quote }} {{ toYaml $.Values.c }}");
