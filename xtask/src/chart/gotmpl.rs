@@ -496,7 +496,6 @@ fn call(t: &Templates, func: &str, args: Vec<Value>, root: &Value) -> anyhow::Re
         }
         Ok(())
     };
-    let _ = root;
     Ok(match func {
         "include" => {
             arity(2)?;
