@@ -2,6 +2,7 @@
 //! machine setup). No shell scripts: `.ci/run` only calls `cargo xtask test`.
 
 mod bench;
+mod chart;
 mod setup;
 mod test;
 
@@ -35,6 +36,13 @@ enum Cmd {
     Lint,
     /// Run a benchmark: `xds`, `federation`, `probes`, `kube`, or `all`.
     Bench(bench::BenchArgs),
+    /// Check deploy/ offline: render the chart and the Kustomize base, compare them,
+    /// validate against Kubernetes 1.32 schemas, RBAC without wildcards, metric names.
+    Chart {
+        /// Only print the chart's default rendering (like `helm template`), no checks.
+        #[arg(long)]
+        template: bool,
+    },
     /// Run `peerd sandbox` (release build), passing the remaining arguments.
     Sandbox {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -49,6 +57,8 @@ fn main() -> ExitCode {
         Cmd::Test { no_setup, no_bench } => test::run(!no_setup, !no_bench),
         Cmd::Lint => test::lint(),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Chart { template: false } => chart::run(),
+        Cmd::Chart { template: true } => chart::template(),
         Cmd::Sandbox { args } => {
             let mut all = vec!["run", "--release", "-p", "peerd", "--", "sandbox"];
             all.extend(args.iter().map(String::as_str));

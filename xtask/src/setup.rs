@@ -1,6 +1,7 @@
 //! Installs the machine-level prerequisites of the test suite, only when missing:
 //! clang/llvm/libbpf (eBPF programs), nftables + iproute2 (network-namespace tests),
-//! prometheus (real scrape tests), Python grpcio (independent debug API client).
+//! prometheus (real scrape tests, promtool for alert rules), Python grpcio (independent
+//! debug API client), kubernetes-validate (deploy/ manifests).
 
 use std::process::Command;
 
@@ -23,6 +24,8 @@ const PIP: &[(&str, &str)] = &[
     ("grpc_reflection", "grpcio-reflection"),
     ("grpc_health", "grpcio-health-checking"),
     ("pytest", "pytest"),
+    // `cargo xtask chart`: Kubernetes schema validation of deploy/.
+    ("kubernetes_validate", "kubernetes-validate"),
 ];
 
 fn have_command(name: &str) -> bool {

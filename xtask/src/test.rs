@@ -19,6 +19,7 @@ pub fn run(setup: bool, bench: bool) -> anyhow::Result<()> {
         crate::setup::run()?;
     }
     lint()?;
+    crate::chart::run()?;
     crate::cargo(&["test", "--workspace", "--no-fail-fast"])?;
     let py = crate::root().join("tests/python");
     if py.is_dir() {
