@@ -16,8 +16,15 @@ const CLANG_CANDIDATES: &[&str] = &[
     "clang-14",
 ];
 const STRIP_CANDIDATES: &[&str] = &[
-    "llvm-strip", "llvm-strip-21", "llvm-strip-20", "llvm-strip-19", "llvm-strip-18",
-    "llvm-strip-17", "llvm-strip-16", "llvm-strip-15", "llvm-strip-14",
+    "llvm-strip",
+    "llvm-strip-21",
+    "llvm-strip-20",
+    "llvm-strip-19",
+    "llvm-strip-18",
+    "llvm-strip-17",
+    "llvm-strip-16",
+    "llvm-strip-15",
+    "llvm-strip-14",
 ];
 
 fn main() {
@@ -27,7 +34,12 @@ fn main() {
     for entry in ["connect.bpf.c", "kernel_types.h", "shared.h"] {
         println!("cargo:rerun-if-changed={}", src.join(entry).display());
     }
-    for var in ["PEERD_CLANG", "PEERD_LLVM_STRIP", "PEERD_REQUIRE_EBPF", "PEERD_NO_EBPF_BUILD"] {
+    for var in [
+        "PEERD_CLANG",
+        "PEERD_LLVM_STRIP",
+        "PEERD_REQUIRE_EBPF",
+        "PEERD_NO_EBPF_BUILD",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let require = env::var("PEERD_REQUIRE_EBPF").is_ok_and(|v| v == "1");
@@ -101,7 +113,15 @@ fn compile_all(src: &Path, out_dir: &Path) -> Result<Vec<(String, PathBuf)>, Str
         let input = src.join(format!("{name}.bpf.c"));
         let output = out_dir.join(format!("{name}.bpf.o"));
         let result = Command::new(&clang)
-            .args(["-O2", "-g", "-mcpu=v3", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall"])
+            .args([
+                "-O2",
+                "-g",
+                "-mcpu=v3",
+                "-target",
+                "bpf",
+                "-D__TARGET_ARCH_x86",
+                "-Wall",
+            ])
             .arg("-I")
             .arg(src)
             .arg("-c")

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// (The kernel only grants GPL-only helpers such as bpf_probe_read_kernel to GPL-compatible
+// programs, so the kernel side is dual-licensed; the rest of peerd is Apache-2.0.)
 /* connect.bpf.c: kernel side of peerd's connectivity probes.
  *
  * Owns: counting outbound TCP connects per (destination address, destination port) for

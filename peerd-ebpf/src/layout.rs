@@ -96,7 +96,11 @@ impl DestKey {
             IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), AF_INET),
             IpAddr::V6(v6) => (v6.octets(), AF_INET6),
         };
-        DestKey { daddr, dport: port, family }
+        DestKey {
+            daddr,
+            dport: port,
+            family,
+        }
     }
 
     /// The destination address (IPv4 for `AF_INET` keys).
@@ -200,30 +204,20 @@ impl DestStats {
 mod tests {
     use super::*;
 
-    /// Parses `_Static_assert(sizeof(struct X) == N` and
-    /// `_Static_assert(__builtin_offsetof(struct X, f) == N` lines from shared.h.
+    /// Parses `_Static_assert(sizeof(struct X) == N, …)` and
+    /// `_Static_assert(__builtin_offsetof(struct X, f) == N, …)` lines of shared.h into
+    /// (type, field, value).
     fn c_assertions() -> Vec<(String, Option<String>, usize)> {
         let header = include_str!("shared.h");
         let mut found = Vec::new();
         for line in header.lines().filter(|l| l.starts_with("_Static_assert(")) {
-            let body = &line["_Static_assert(".len()..];
-            let (expr, _) = body.split_once(',').map_or((body, ""), |(e, r)| {
-                // offsetof has a comma inside; re-split on "==".
-                if e.contains("offsetof") { (body, r) } else { (e, r) }
-            });
-            let (lhs, rhs) = expr.split_once("==").unwrap();
-            let value: usize = rhs
-                .split(',')
-                .next()
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            let lhs = lhs.trim();
-            if let Some(inner) = lhs.strip_prefix("sizeof(struct ") {
-                found.push((inner.trim_end_matches(')').to_string(), None, value));
+            let (lhs, rest) = line["_Static_assert(".len()..].split_once("==").unwrap();
+            let value: usize = rest.split(',').next().unwrap().trim().parse().unwrap();
+            let lhs = lhs.trim().trim_end_matches(')');
+            if let Some(ty) = lhs.strip_prefix("sizeof(struct ") {
+                found.push((ty.to_string(), None, value));
             } else if let Some(inner) = lhs.strip_prefix("__builtin_offsetof(struct ") {
-                let (ty, field) = inner.trim_end_matches(')').split_once(',').unwrap();
+                let (ty, field) = inner.split_once(',').unwrap();
                 found.push((ty.trim().to_string(), Some(field.trim().to_string()), value));
             } else {
                 panic!("unrecognised assertion in shared.h: {line}");
@@ -260,7 +254,10 @@ mod tests {
         assert!(assertions.len() >= 15, "parsed only {assertions:?}");
         for (ty, field, c_value) in assertions {
             let rust_value = rust_layout(&ty, field.as_deref());
-            assert_eq!(rust_value, c_value, "{ty}.{field:?}: Rust {rust_value}, C {c_value}");
+            assert_eq!(
+                rust_value, c_value,
+                "{ty}.{field:?}: Rust {rust_value}, C {c_value}"
+            );
         }
     }
 
@@ -276,20 +273,52 @@ mod tests {
         };
         assert_eq!(define("PEERD_LATENCY_BUCKETS"), LATENCY_BUCKETS as u64);
         assert_eq!(define("PEERD_MAX_PORTS"), u64::from(crate::MAX_PORTS));
-        assert_eq!(define("PEERD_DEFAULT_MAX_DESTINATIONS"), u64::from(crate::DEFAULT_MAX_DESTINATIONS));
-        assert_eq!(define("PEERD_DEFAULT_MAX_IN_FLIGHT"), u64::from(crate::DEFAULT_MAX_IN_FLIGHT));
+        assert_eq!(
+            define("PEERD_DEFAULT_MAX_DESTINATIONS"),
+            u64::from(crate::DEFAULT_MAX_DESTINATIONS)
+        );
+        assert_eq!(
+            define("PEERD_DEFAULT_MAX_IN_FLIGHT"),
+            u64::from(crate::DEFAULT_MAX_IN_FLIGHT)
+        );
         for (name, counter) in [
             ("PEERD_COUNTER_DEST_INSERTED", Counter::DestInserted),
-            ("PEERD_COUNTER_DEST_INSERT_FAILED", Counter::DestInsertFailed),
-            ("PEERD_COUNTER_START_INSERT_FAILED", Counter::StartInsertFailed),
+            (
+                "PEERD_COUNTER_DEST_INSERT_FAILED",
+                Counter::DestInsertFailed,
+            ),
+            (
+                "PEERD_COUNTER_START_INSERT_FAILED",
+                Counter::StartInsertFailed,
+            ),
             ("PEERD_COUNTER_START_MISSING", Counter::StartMissing),
         ] {
-            let line = header.lines().find(|l| l.trim().starts_with(&format!("{name} ="))).unwrap();
-            let value: u32 = line.split('=').nth(1).unwrap().trim().trim_end_matches(',').parse().unwrap();
+            let line = header
+                .lines()
+                .find(|l| l.trim().starts_with(&format!("{name} =")))
+                .unwrap();
+            let value: u32 = line
+                .split('=')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .trim_end_matches(',')
+                .parse()
+                .unwrap();
             assert_eq!(value, counter as u32, "{name}");
         }
-        let count = header.lines().find(|l| l.trim().starts_with("PEERD_COUNTER_COUNT =")).unwrap();
-        let count: u32 = count.split('=').nth(1).unwrap().trim().trim_end_matches(',').parse().unwrap();
+        let count = header
+            .lines()
+            .find(|l| l.trim().starts_with("PEERD_COUNTER_COUNT ="))
+            .unwrap();
+        let count: u32 = count
+            .split('=')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap();
         assert_eq!(count, COUNTER_SLOTS);
     }
 

@@ -25,7 +25,11 @@ const HBONE: u16 = 15008;
 const XDS: u16 = 15012;
 
 fn load(attach: AttachPreference, ports: &[u16]) -> ProbeHandle {
-    let config = LoaderConfig { ports: ports.to_vec(), attach, ..LoaderConfig::default() };
+    let config = LoaderConfig {
+        ports: ports.to_vec(),
+        attach,
+        ..LoaderConfig::default()
+    };
     match ProbeHandle::load(&config) {
         Ok(handle) => handle,
         Err(err) => panic!("eBPF probes failed to load: {err}"),
@@ -44,7 +48,11 @@ fn stats_for(handle: &ProbeHandle, dest: SocketAddr) -> DestStats {
 }
 
 /// Waits (generously) until `done` holds for the destination's counters, then returns them.
-fn wait_for(handle: &ProbeHandle, dest: SocketAddr, done: impl Fn(&DestStats) -> bool) -> DestStats {
+fn wait_for(
+    handle: &ProbeHandle,
+    dest: SocketAddr,
+    done: impl Fn(&DestStats) -> bool,
+) -> DestStats {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stats = stats_for(handle, dest);
@@ -56,7 +64,12 @@ fn wait_for(handle: &ProbeHandle, dest: SocketAddr, done: impl Fn(&DestStats) ->
 }
 
 /// `n` sequential connects from namespace `ns`, each with an optional app timeout.
-fn connect_n(ns: &str, dest: SocketAddr, n: usize, app_timeout: Option<Duration>) -> Vec<std::io::Result<()>> {
+fn connect_n(
+    ns: &str,
+    dest: SocketAddr,
+    n: usize,
+    app_timeout: Option<Duration>,
+) -> Vec<std::io::Result<()>> {
     in_netns(ns, move || {
         (0..n)
             .map(|_| {
@@ -74,7 +87,10 @@ fn connect_n(ns: &str, dest: SocketAddr, n: usize, app_timeout: Option<Duration>
 fn report(handle: &ProbeHandle, dest: SocketAddr) -> DestinationReport {
     let mut aggregator = Aggregator::new();
     let report = aggregator.update(&handle.snapshot().unwrap(), Instant::now());
-    report.get(dest).cloned().unwrap_or_else(|| panic!("{dest} not in report {report:?}"))
+    report
+        .get(dest)
+        .cloned()
+        .unwrap_or_else(|| panic!("{dest} not in report {report:?}"))
 }
 
 /// An nft table `inet peerd_test` with a named counter `hits` and one input rule.
@@ -101,13 +117,23 @@ fn successful_connects_counted_exactly(attach: AttachPreference, expected: Attac
     let stats = wait_for(&handle, server.addr, |s| s.established >= N);
     assert_eq!(stats.attempts, N);
     assert_eq!(stats.established, N);
-    assert_eq!(stats.refused + stats.timed_out + stats.unreachable + stats.aborted + stats.other_errors, 0);
+    assert_eq!(
+        stats.refused + stats.timed_out + stats.unreachable + stats.aborted + stats.other_errors,
+        0
+    );
     assert_eq!(stats.syn_retransmits, 0);
-    assert_eq!(stats.latency_hist.iter().sum::<u64>(), N, "one latency sample per connect");
+    assert_eq!(
+        stats.latency_hist.iter().sum::<u64>(),
+        N,
+        "one latency sample per connect"
+    );
     // Plausible latency: above zero and below one second for every sample.
     assert!(stats.latency_sum_us > 0, "latency sum is zero: {stats:?}");
     let slowest_bucket = stats.latency_hist.iter().rposition(|c| *c > 0).unwrap();
-    assert!(slowest_bucket <= 20, "a connect took over 2^20 µs: {stats:?}");
+    assert!(
+        slowest_bucket <= 20,
+        "a connect took over 2^20 µs: {stats:?}"
+    );
     let summary = report(&handle, server.addr);
     let p50 = summary.p50_us.unwrap();
     let p99 = summary.p99_us.unwrap();
@@ -141,8 +167,10 @@ fn syn_drop_counted_as_timeouts(attach: AttachPreference) {
         return;
     }
     let net = NetnsPair::new().unwrap();
-    net.server_nft(&nft_rule("tcp dport 15008 tcp flags & (syn | ack) == syn counter name hits drop"))
-        .unwrap();
+    net.server_nft(&nft_rule(
+        "tcp dport 15008 tcp flags & (syn | ack) == syn counter name hits drop",
+    ))
+    .unwrap();
     let handle = load(attach, &[HBONE]);
     let dest = SocketAddr::new(net.server_v4, HBONE);
 
@@ -178,13 +206,19 @@ fn tcp_reset_counted_as_refused() {
     let net = NetnsPair::new().unwrap();
     // A listener exists, so only the nft reset can refuse these connects.
     let server = Server::start(&net.server, SocketAddr::new(net.server_v4, HBONE)).unwrap();
-    net.server_nft(&nft_rule("tcp dport 15008 counter name hits reject with tcp reset")).unwrap();
+    net.server_nft(&nft_rule(
+        "tcp dport 15008 counter name hits reject with tcp reset",
+    ))
+    .unwrap();
     let handle = load(AttachPreference::TracepointFirst, &[HBONE]);
 
     const N: u64 = 10;
     let results = connect_n(&net.client, server.addr, N as usize, None);
     for result in &results {
-        assert_eq!(result.as_ref().unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            result.as_ref().unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
     }
     let stats = wait_for(&handle, server.addr, |s| s.refused >= N);
     assert_eq!(stats.attempts, N);
@@ -200,20 +234,32 @@ fn application_connect_timeout_counted_as_aborted() {
         return;
     }
     let net = NetnsPair::new().unwrap();
-    net.server_nft(&nft_rule("tcp dport 15008 counter name hits drop")).unwrap();
+    net.server_nft(&nft_rule("tcp dport 15008 counter name hits drop"))
+        .unwrap();
     let handle = load(AttachPreference::TracepointFirst, &[HBONE]);
     let dest = SocketAddr::new(net.server_v4, HBONE);
 
     const N: u64 = 3;
     // Shorter than the first SYN retransmit (1 s): the application gives up first.
-    let results = connect_n(&net.client, dest, N as usize, Some(Duration::from_millis(300)));
+    let results = connect_n(
+        &net.client,
+        dest,
+        N as usize,
+        Some(Duration::from_millis(300)),
+    );
     for result in &results {
-        assert_eq!(result.as_ref().unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(
+            result.as_ref().unwrap_err().kind(),
+            std::io::ErrorKind::TimedOut
+        );
     }
     let stats = wait_for(&handle, dest, |s| s.aborted >= N);
     assert_eq!(stats.attempts, N);
     assert_eq!(stats.aborted, N);
-    assert_eq!(stats.timed_out, 0, "the kernel never timed these out itself");
+    assert_eq!(
+        stats.timed_out, 0,
+        "the kernel never timed these out itself"
+    );
     assert_eq!(stats.established + stats.refused, 0);
 }
 
@@ -234,12 +280,18 @@ fn icmp_host_unreachable_counted_as_unreachable() {
     const N: u64 = 3;
     let results = connect_n(&net.client, dest, N as usize, None);
     for result in &results {
-        assert_eq!(result.as_ref().unwrap_err().raw_os_error(), Some(libc::EHOSTUNREACH));
+        assert_eq!(
+            result.as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EHOSTUNREACH)
+        );
     }
     let stats = wait_for(&handle, dest, |s| s.unreachable >= N);
     assert_eq!(stats.attempts, N);
     assert_eq!(stats.unreachable, N);
-    assert_eq!(stats.established + stats.refused + stats.timed_out + stats.aborted, 0);
+    assert_eq!(
+        stats.established + stats.refused + stats.timed_out + stats.aborted,
+        0
+    );
 }
 
 #[test]
@@ -279,10 +331,21 @@ fn loopback_ipv4_and_ipv6_counted() {
     // Loopback inside the client namespace, on a random port so no other traffic matches.
     let v4 = Server::start(&net.client, "127.0.0.1:0".parse().unwrap()).unwrap();
     let v6 = Server::start(&net.client, "[::1]:0".parse().unwrap()).unwrap();
-    let handle = load(AttachPreference::TracepointFirst, &[v4.addr.port(), v6.addr.port()]);
+    let handle = load(
+        AttachPreference::TracepointFirst,
+        &[v4.addr.port(), v6.addr.port()],
+    );
 
-    assert!(connect_n(&net.client, v4.addr, 5, None).iter().all(|r| r.is_ok()));
-    assert!(connect_n(&net.client, v6.addr, 3, None).iter().all(|r| r.is_ok()));
+    assert!(
+        connect_n(&net.client, v4.addr, 5, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    assert!(
+        connect_n(&net.client, v6.addr, 3, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
     let stats = wait_for(&handle, v4.addr, |s| s.established >= 5);
     assert_eq!((stats.attempts, stats.established), (5, 5));
     let stats = wait_for(&handle, v6.addr, |s| s.established >= 3);
@@ -302,20 +365,47 @@ fn unfiltered_port_not_counted_and_port_changes_take_effect() {
     let mut handle = load(AttachPreference::TracepointFirst, &[HBONE]);
     assert_eq!(handle.ports(), vec![HBONE]);
 
-    assert!(connect_n(&net.client, other.addr, 4, None).iter().all(|r| r.is_ok()));
-    assert!(connect_n(&net.client, hbone.addr, 2, None).iter().all(|r| r.is_ok()));
-    assert_eq!(wait_for(&handle, hbone.addr, |s| s.established >= 2).established, 2);
-    assert_eq!(stats_for(&handle, other.addr), DestStats::ZERO, "port 15009 is not filtered");
+    assert!(
+        connect_n(&net.client, other.addr, 4, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    assert!(
+        connect_n(&net.client, hbone.addr, 2, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    assert_eq!(
+        wait_for(&handle, hbone.addr, |s| s.established >= 2).established,
+        2
+    );
+    assert_eq!(
+        stats_for(&handle, other.addr),
+        DestStats::ZERO,
+        "port 15009 is not filtered"
+    );
 
     // Add 15009, drop 15008.
     handle.set_ports(&[15009]).unwrap();
     assert_eq!(handle.ports(), vec![15009]);
-    assert!(connect_n(&net.client, other.addr, 3, None).iter().all(|r| r.is_ok()));
-    assert!(connect_n(&net.client, hbone.addr, 5, None).iter().all(|r| r.is_ok()));
+    assert!(
+        connect_n(&net.client, other.addr, 3, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    assert!(
+        connect_n(&net.client, hbone.addr, 5, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
     let stats = wait_for(&handle, other.addr, |s| s.established >= 3);
     assert_eq!((stats.attempts, stats.established), (3, 3));
     let stats = stats_for(&handle, hbone.addr);
-    assert_eq!((stats.attempts, stats.established), (2, 2), "15008 no longer counted");
+    assert_eq!(
+        (stats.attempts, stats.established),
+        (2, 2),
+        "15008 no longer counted"
+    );
 
     // Bad port sets are refused and the filter is unchanged.
     assert!(handle.set_ports(&[0]).is_err());
@@ -334,7 +424,11 @@ fn full_destination_map_evicts_and_counts_without_failing() {
         let probe = Server::start(&net.client, "127.0.0.1:0".parse().unwrap()).unwrap();
         probe.addr.port()
     };
-    let config = LoaderConfig { ports: vec![port], max_destinations: 4, ..LoaderConfig::default() };
+    let config = LoaderConfig {
+        ports: vec![port],
+        max_destinations: 4,
+        ..LoaderConfig::default()
+    };
     let handle = ProbeHandle::load(&config).unwrap();
 
     // Ten distinct loopback destinations (nothing listens there: refused, still counted).
@@ -348,7 +442,10 @@ fn full_destination_map_evicts_and_counts_without_failing() {
     let health = snapshot.health;
     assert_eq!(health.dest_inserted, DESTINATIONS);
     assert!(health.live_destinations <= 4, "{health:?}");
-    assert_eq!(health.dest_evicted(), DESTINATIONS - health.live_destinations);
+    assert_eq!(
+        health.dest_evicted(),
+        DESTINATIONS - health.live_destinations
+    );
     assert_eq!(health.dest_insert_failed, 0);
     // The survivors still count correctly.
     for (_, stats) in &snapshot.destinations {
@@ -365,7 +462,8 @@ fn restart_with_connects_in_flight_leaves_no_programs_and_miscounts_nothing() {
         return;
     }
     let net = NetnsPair::new().unwrap();
-    net.server_nft(&nft_rule("tcp dport 15008 counter name hits drop")).unwrap();
+    net.server_nft(&nft_rule("tcp dport 15008 counter name hits drop"))
+        .unwrap();
     let dest = SocketAddr::new(net.server_v4, HBONE);
 
     let first = load(AttachPreference::TracepointFirst, &[HBONE]);
@@ -378,19 +476,28 @@ fn restart_with_connects_in_flight_leaves_no_programs_and_miscounts_nothing() {
     assert_eq!(seen.attempts, 1);
     drop(first);
 
-    let loaded: Vec<u32> =
-        aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p| p.id()).collect();
+    let loaded: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| p.id())
+        .collect();
     for id in &first_ids {
         assert!(!loaded.contains(id), "program {id} outlived its handle");
     }
     let pinned = std::fs::read_dir("/sys/fs/bpf")
-        .map(|dir| dir.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("peerd")).count())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains("peerd"))
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(pinned, 0, "no pins under /sys/fs/bpf");
 
     let second = load(AttachPreference::TracepointFirst, &[HBONE]);
     let result = in_flight.join().unwrap();
-    assert_eq!(result[0].as_ref().unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(
+        result[0].as_ref().unwrap_err().kind(),
+        std::io::ErrorKind::TimedOut
+    );
     // The outcome of a connect whose start the new instance never saw is not attributed;
     // it is only counted as a missing start.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -422,8 +529,14 @@ async fn prober_counted() {
     // Root namespace loopback, random ports: one listening, one closed.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let open = listener.local_addr().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let handle = Arc::new(Mutex::new(load(AttachPreference::TracepointFirst, &[open.port(), closed.port()])));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let handle = Arc::new(Mutex::new(load(
+        AttachPreference::TracepointFirst,
+        &[open.port(), closed.port()],
+    )));
 
     let prober = Prober::new(ProberConfig {
         enabled: true,
@@ -439,7 +552,10 @@ async fn prober_counted() {
         assert_eq!(outcomes.len(), 2);
         for (target, outcome) in outcomes {
             if target == open {
-                assert!(matches!(outcome, ProbeOutcome::Established { .. }), "{outcome:?}");
+                assert!(
+                    matches!(outcome, ProbeOutcome::Established { .. }),
+                    "{outcome:?}"
+                );
             } else {
                 assert_eq!(outcome, ProbeOutcome::Refused);
             }
@@ -458,7 +574,10 @@ async fn prober_counted() {
             assert_eq!(report.get(closed).unwrap().total.attempts, 3);
             break;
         }
-        assert!(Instant::now() < deadline, "kernel never counted the prober: {report:?}");
+        assert!(
+            Instant::now() < deadline,
+            "kernel never counted the prober: {report:?}"
+        );
     }
     drop(listener);
 }
@@ -484,7 +603,23 @@ fn bench_helper_reads_kernel_run_time_stats() {
     assert!(bench::mean_run_time(state).is_some());
     let counted = wait_for(&handle, sink.addr(), |s| s.established >= 50);
     assert_eq!(counted.established, 50);
-    assert!(bench::connect_loop("192.0.2.1:15008".parse().unwrap(), 1).is_err(), "non-loopback refused");
+    assert!(
+        bench::connect_loop("192.0.2.1:15008".parse().unwrap(), 1).is_err(),
+        "non-loopback refused"
+    );
+    drop(handle);
+
+    let rounds = bench::compare(20, 2).unwrap();
+    assert_eq!(rounds.len(), 2);
+    for round in &rounds {
+        assert_eq!((round.without.connects, round.with.connects), (20, 20));
+        assert!(round.ratio > 0.0);
+        assert!(
+            round.programs.iter().any(|p| p.run_count >= 40),
+            "{:?}",
+            round.programs
+        );
+    }
 }
 
 #[test]
@@ -498,7 +633,12 @@ fn without_privileges_peerd_keeps_running_in_userspace_mode() {
     let out = Command::new("setpriv")
         .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
         .arg(&exe)
-        .args(["--ignored", "--exact", "unprivileged_child_reports_userspace_mode", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "unprivileged_child_reports_userspace_mode",
+            "--nocapture",
+        ])
         .env("PEERD_TEST_UNPRIVILEGED_CHILD", "1")
         .output()
         .unwrap();
@@ -506,7 +646,10 @@ fn without_privileges_peerd_keeps_running_in_userspace_mode() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
     assert!(stdout.contains("MODE=userspace"), "{stdout}");
-    let reason = stdout.lines().find_map(|l| l.strip_prefix("REASON=")).unwrap();
+    let reason = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REASON="))
+        .unwrap();
     assert!(
         reason.contains("privileges") || reason.contains("not permitted"),
         "reason does not explain the missing permission: {reason}"

@@ -1,15 +1,15 @@
 //! Turns raw kernel map snapshots into per-destination cumulative counters, deltas, rates
-//! and latency percentiles, and attributes destinations to peers.
+//! and latency percentiles.
 //!
 //! Owns: the previous snapshot (to compute deltas), counter-reset handling (an LRU
 //! eviction or a reload restarts an entry from zero), percentile estimation from the
 //! log2 histogram, and the periodic reader task. Must never touch the kernel except
-//! through `ProbeHandle::snapshot`, and never attribute a destination that is not in the
-//! caller's peer index. Time comes from `Instant` (monotonic), so wall-clock jumps do not
-//! distort rates; the kernel side uses `bpf_ktime_get_ns` (monotonic) for latency.
+//! through `ProbeHandle::snapshot`; attribution to peers lives in `attribution`. Time
+//! comes from `Instant` (monotonic), so wall-clock jumps do not distort rates; the kernel
+//! side uses `bpf_ktime_get_ns` (monotonic) for latency.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,13 +75,18 @@ impl ConnectCounts {
             || self.other_errors < earlier.other_errors
             || self.syn_retransmits < earlier.syn_retransmits
             || self.latency_sum_us < earlier.latency_sum_us;
-        let hist_back = self.latency_hist.iter().zip(earlier.latency_hist.iter()).any(|(a, b)| a < b);
+        let hist_back = self
+            .latency_hist
+            .iter()
+            .zip(earlier.latency_hist.iter())
+            .any(|(a, b)| a < b);
         if scalars_back || hist_back {
             return *self;
         }
         let mut latency_hist = [0u64; LATENCY_BUCKETS];
-        for (slot, (now, before)) in
-            latency_hist.iter_mut().zip(self.latency_hist.iter().zip(earlier.latency_hist.iter()))
+        for (slot, (now, before)) in latency_hist
+            .iter_mut()
+            .zip(self.latency_hist.iter().zip(earlier.latency_hist.iter()))
         {
             *slot = now - before;
         }
@@ -228,7 +233,9 @@ impl Aggregator {
 
     /// Folds one snapshot taken at `now` into a report.
     pub fn update(&mut self, snapshot: &KernelSnapshot, now: Instant) -> ProbeReport {
-        let interval = self.previous_at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let interval = self
+            .previous_at
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         let mut destinations = BTreeMap::new();
         let mut next = HashMap::with_capacity(snapshot.destinations.len());
         for (key, stats) in &snapshot.destinations {
@@ -264,40 +271,6 @@ impl Aggregator {
             },
         }
     }
-}
-
-/// Per-peer measurements, split by destination port (e.g. 15008 HBONE, 15012 xDS).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PeerProbe {
-    pub by_port: BTreeMap<u16, PortProbe>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PortProbe {
-    pub total: ConnectCounts,
-    pub delta: ConnectCounts,
-    pub p50_us: Option<f64>,
-    pub p99_us: Option<f64>,
-}
-
-/// Sums destinations into peers using `index` (address → peer name: east-west gateway
-/// addresses, or remote pod IPs for flat peers). Destinations not in the index are
-/// ignored: they are not peers, so they are never attributed.
-pub fn attribute(report: &ProbeReport, index: &HashMap<IpAddr, String>) -> BTreeMap<String, PeerProbe> {
-    let mut peers: BTreeMap<String, PeerProbe> = BTreeMap::new();
-    for (destination, dest) in &report.destinations {
-        let Some(peer) = index.get(&destination.ip()) else { continue };
-        let port = peers.entry(peer.clone()).or_default().by_port.entry(destination.port()).or_default();
-        port.total.add(&dest.total);
-        port.delta.add(&dest.delta);
-    }
-    for peer in peers.values_mut() {
-        for port in peer.by_port.values_mut() {
-            port.p50_us = port.total.latency_percentile_us(0.50);
-            port.p99_us = port.total.latency_percentile_us(0.99);
-        }
-    }
-    peers
 }
 
 /// Reads the maps every `interval` and publishes reports until the handle is dropped.
@@ -367,7 +340,11 @@ mod tests {
         let live = entries.len() as u64;
         KernelSnapshot {
             destinations: entries,
-            health: MapHealth { dest_inserted: live, live_destinations: live, ..Default::default() },
+            health: MapHealth {
+                dest_inserted: live,
+                live_destinations: live,
+                ..Default::default()
+            },
         }
     }
 
@@ -380,7 +357,10 @@ mod tests {
         let first = agg.update(&snapshot(vec![(key, stats(10, 8, &[(5, 8)]))]), t0);
         assert_eq!(first.get(dest).unwrap().delta.attempts, 10);
         assert_eq!(first.interval, Duration::ZERO);
-        let second = agg.update(&snapshot(vec![(key, stats(30, 28, &[(5, 28)]))]), t0 + Duration::from_secs(2));
+        let second = agg.update(
+            &snapshot(vec![(key, stats(30, 28, &[(5, 28)]))]),
+            t0 + Duration::from_secs(2),
+        );
         let report = second.get(dest).unwrap();
         assert_eq!(report.total.attempts, 30);
         assert_eq!(report.delta.attempts, 20);
@@ -396,9 +376,28 @@ mod tests {
         let mut agg = Aggregator::new();
         let t0 = Instant::now();
         agg.update(&snapshot(vec![(key, stats(100, 100, &[]))]), t0);
-        let after = agg.update(&snapshot(vec![(key, stats(3, 2, &[]))]), t0 + Duration::from_secs(1));
+        let after = agg.update(
+            &snapshot(vec![(key, stats(3, 2, &[]))]),
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(after.get(dest).unwrap().delta.attempts, 3);
         assert_eq!(after.get(dest).unwrap().delta.established, 2);
+    }
+
+    #[test]
+    fn clock_going_backwards_gives_zero_rates_not_a_panic() {
+        let key = DestKey::new("127.0.0.1".parse().unwrap(), 15008);
+        let dest: SocketAddr = "127.0.0.1:15008".parse().unwrap();
+        let mut agg = Aggregator::new();
+        let later = Instant::now() + Duration::from_secs(10);
+        agg.update(&snapshot(vec![(key, stats(1, 1, &[]))]), later);
+        let report = agg.update(
+            &snapshot(vec![(key, stats(5, 5, &[]))]),
+            later - Duration::from_secs(5),
+        );
+        assert_eq!(report.interval, Duration::ZERO);
+        assert_eq!(report.get(dest).unwrap().delta.attempts, 4);
+        assert_eq!(report.get(dest).unwrap().rates, ConnectRates::default());
     }
 
     #[test]
@@ -407,7 +406,11 @@ mod tests {
         let mut agg = Aggregator::new();
         let snap = KernelSnapshot {
             destinations: vec![(a, stats(1, 1, &[]))],
-            health: MapHealth { dest_inserted: 5, live_destinations: 1, ..Default::default() },
+            health: MapHealth {
+                dest_inserted: 5,
+                live_destinations: 1,
+                ..Default::default()
+            },
         };
         let report = agg.update(&snap, Instant::now());
         assert_eq!(report.destinations.len(), 1);
@@ -430,35 +433,5 @@ mod tests {
         let mut zero_bucket = [0u64; LATENCY_BUCKETS];
         zero_bucket[0] = 4;
         assert!(percentile_us(&zero_bucket, 0.5).unwrap() <= 1.0);
-    }
-
-    #[test]
-    fn attribution_ignores_destinations_that_are_not_peers() {
-        let gw = DestKey::new("127.0.3.1".parse().unwrap(), 15008);
-        let gw_xds = DestKey::new("127.0.3.1".parse().unwrap(), 15012);
-        let pod = DestKey::new("127.3.1.7".parse().unwrap(), 15008);
-        let stranger = DestKey::new("127.0.9.9".parse().unwrap(), 15008);
-        let mut agg = Aggregator::new();
-        let report = agg.update(
-            &snapshot(vec![
-                (gw, stats(4, 4, &[(3, 4)])),
-                (gw_xds, stats(1, 0, &[])),
-                (pod, stats(2, 1, &[(4, 1)])),
-                (stranger, stats(50, 50, &[])),
-            ]),
-            Instant::now(),
-        );
-        let index: HashMap<IpAddr, String> = [
-            ("127.0.3.1".parse().unwrap(), "cluster-3".to_string()),
-            ("127.3.1.7".parse().unwrap(), "cluster-3".to_string()),
-        ]
-        .into();
-        let peers = attribute(&report, &index);
-        assert_eq!(peers.len(), 1);
-        let c3 = &peers["cluster-3"];
-        assert_eq!(c3.by_port[&15008].total.attempts, 6);
-        assert_eq!(c3.by_port[&15008].total.established, 5);
-        assert_eq!(c3.by_port[&15012].total.attempts, 1);
-        assert!(c3.by_port[&15008].p50_us.is_some());
     }
 }

@@ -151,7 +151,10 @@ impl ProbeHandle {
             return Err(LoadError::Config("map capacities must be positive".into()));
         }
         let btf = Btf::parse_file(&config.btf_path, aya::Endianness::default()).map_err(|err| {
-            LoadError::Btf { path: config.btf_path.clone(), reason: err.to_string() }
+            LoadError::Btf {
+                path: config.btf_path.clone(),
+                reason: err.to_string(),
+            }
         })?;
         raise_memlock_limit();
         ensure_mounted(BPFFS, "bpf");
@@ -177,7 +180,11 @@ impl ProbeHandle {
             match attach(&mut ebpf, *kind, &btf) {
                 Ok(()) => {
                     tracing::info!(attach = %kind, ports = ?ports, "eBPF connect probes attached");
-                    return Ok(ProbeHandle { ebpf, kind: *kind, ports });
+                    return Ok(ProbeHandle {
+                        ebpf,
+                        kind: *kind,
+                        ports,
+                    });
                 }
                 Err(reason) => {
                     tracing::warn!(attach = %kind, %reason, "eBPF attachment failed");
@@ -232,7 +239,9 @@ impl ProbeHandle {
         let counters: Array<&MapData, u64> =
             Array::try_from(counters_map).map_err(|err| map_error(maps::COUNTERS, &err))?;
         let read = |counter: Counter| -> Result<u64, LoadError> {
-            counters.get(&(counter as u32), 0).map_err(|err| map_error(maps::COUNTERS, &err))
+            counters
+                .get(&(counter as u32), 0)
+                .map_err(|err| map_error(maps::COUNTERS, &err))
         };
         debug_assert!(COUNTER_SLOTS > Counter::StartMissing as u32);
         let health = MapHealth {
@@ -242,7 +251,10 @@ impl ProbeHandle {
             start_missing: read(Counter::StartMissing)?,
             live_destinations: destinations.len() as u64,
         };
-        Ok(KernelSnapshot { destinations, health })
+        Ok(KernelSnapshot {
+            destinations,
+            health,
+        })
     }
 
     /// Kernel ids of the attached programs (to check that nothing outlives the handle).
@@ -304,7 +316,9 @@ fn write_ports(
         BpfHashMap::try_from(map).map_err(|err| map_error(maps::PORTS, &err))?;
     // Add first, then remove: a port kept in both sets is never briefly missing.
     for port in wanted.difference(current) {
-        filter.insert(port, 1, 0).map_err(|err| map_error(maps::PORTS, &err))?;
+        filter
+            .insert(port, 1, 0)
+            .map_err(|err| map_error(maps::PORTS, &err))?;
     }
     for port in current.difference(wanted) {
         match filter.remove(port) {
@@ -360,7 +374,9 @@ fn attach_one(
     event: &str,
     btf: &Btf,
 ) -> Result<(), String> {
-    let program = ebpf.program_mut(name).ok_or_else(|| "not in the object".to_string())?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| "not in the object".to_string())?;
     match kind {
         AttachKind::Tracepoint => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| error_chain(&e))?;
@@ -390,7 +406,10 @@ fn unload(program: &mut aya::programs::Program, kind: AttachKind) -> Result<(), 
 }
 
 fn map_error(map: &'static str, err: &dyn std::error::Error) -> LoadError {
-    LoadError::Map { map, reason: error_chain(err) }
+    LoadError::Map {
+        map,
+        reason: error_chain(err),
+    }
 }
 
 /// `err: source: source…` so the verifier log or errno is visible in one line.
@@ -421,7 +440,10 @@ fn ensure_mounted(path: &str, fstype: &str) {
     if is_mounted(path, fstype) || !Path::new(path).is_dir() {
         return;
     }
-    match Command::new("mount").args(["-t", fstype, fstype, path]).output() {
+    match Command::new("mount")
+        .args(["-t", fstype, fstype, path])
+        .output()
+    {
         Ok(out) if out.status.success() => tracing::info!(path, fstype, "mounted"),
         Ok(out) => tracing::warn!(
             path,
@@ -436,7 +458,10 @@ fn ensure_mounted(path: &str, fstype: &str) {
 /// Kernels ≥ 5.11 account BPF memory to the memcg, so a refused rlimit is only a warning.
 #[allow(unsafe_code)] // setrlimit(2) has no safe wrapper in std; plain FFI, no pointers kept.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: `limit` is a valid, initialised rlimit that outlives the call.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
     if rc != 0 {

@@ -6,6 +6,7 @@
 //! never connect anywhere the prober's target guard refuses.
 
 pub mod aggregator;
+pub mod attribution;
 pub mod bench;
 pub mod loader;
 pub mod mode;

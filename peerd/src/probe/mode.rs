@@ -68,7 +68,12 @@ pub fn start(settings: &ProbeSettings) -> (ProbeMode, Option<ProbeHandle>) {
         ));
     }
     match ProbeHandle::load(&settings.loader) {
-        Ok(handle) => (ProbeMode::Ebpf { attach: handle.attach_kind() }, Some(handle)),
+        Ok(handle) => (
+            ProbeMode::Ebpf {
+                attach: handle.attach_kind(),
+            },
+            Some(handle),
+        ),
         Err(err) => userspace(err.to_string()),
     }
 }
@@ -84,7 +89,10 @@ mod tests {
 
     #[test]
     fn disabled_is_userspace_with_reason() {
-        let settings = ProbeSettings { disable_ebpf: true, ..Default::default() };
+        let settings = ProbeSettings {
+            disable_ebpf: true,
+            ..Default::default()
+        };
         let (mode, handle) = start(&settings);
         assert!(handle.is_none());
         assert_eq!(mode.name(), "userspace");
@@ -120,7 +128,9 @@ mod tests {
 
     #[test]
     fn display_names_the_mode() {
-        let ebpf = ProbeMode::Ebpf { attach: AttachKind::TpBtf };
+        let ebpf = ProbeMode::Ebpf {
+            attach: AttachKind::TpBtf,
+        };
         assert_eq!(ebpf.to_string(), "ebpf (tp_btf)");
         assert_eq!(ebpf.reason(), None);
     }

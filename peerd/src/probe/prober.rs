@@ -53,7 +53,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProberError {
-    #[error("probe targets refused by the sandbox guard (only loopback or allow-listed test addresses): {0:?}")]
+    #[error(
+        "probe targets refused by the sandbox guard (only loopback or allow-listed test addresses): {0:?}"
+    )]
     TargetRefused(Vec<SocketAddr>),
     #[error("invalid prober configuration: {0}")]
     Config(String),
@@ -86,7 +88,9 @@ impl Default for ProberConfig {
 /// The userspace view of one connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeOutcome {
-    Established { latency: Duration },
+    Established {
+        latency: Duration,
+    },
     Refused,
     /// The kernel gave up (ETIMEDOUT).
     TimedOut,
@@ -162,8 +166,11 @@ impl Prober {
     /// Replaces the targets. All-or-nothing: if the guard refuses any target, the previous
     /// list is kept and the refused targets are returned.
     pub fn set_targets(&self, targets: Vec<SocketAddr>) -> Result<(), ProberError> {
-        let refused: Vec<SocketAddr> =
-            targets.iter().copied().filter(|t| !self.config.guard.permits(*t)).collect();
+        let refused: Vec<SocketAddr> = targets
+            .iter()
+            .copied()
+            .filter(|t| !self.config.guard.permits(*t))
+            .collect();
         if !refused.is_empty() {
             tracing::warn!(?refused, "probe targets refused by guard");
             return Err(ProberError::TargetRefused(refused));
@@ -209,7 +216,9 @@ impl Prober {
         match tokio::time::timeout(self.config.timeout, TcpStream::connect(target)).await {
             Ok(Ok(stream)) => {
                 drop(stream);
-                ProbeOutcome::Established { latency: started.elapsed() }
+                ProbeOutcome::Established {
+                    latency: started.elapsed(),
+                }
             }
             Ok(Err(err)) => ProbeOutcome::from_error(&err),
             Err(_elapsed) => ProbeOutcome::Aborted,
@@ -218,7 +227,11 @@ impl Prober {
 
     fn next_delay(&self) -> Duration {
         let jitter_ms = self.config.jitter.as_millis().min(u128::from(u64::MAX)) as u64;
-        let extra = if jitter_ms == 0 { 0 } else { rand::rng().random_range(0..=jitter_ms) };
+        let extra = if jitter_ms == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=jitter_ms)
+        };
         self.config.interval + Duration::from_millis(extra)
     }
 
@@ -239,7 +252,9 @@ impl Prober {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -258,7 +273,9 @@ mod tests {
 
     #[test]
     fn guard_allows_loopback_and_allow_list_only() {
-        let guard = TargetGuard::LoopbackOr { allow: vec!["10.200.1.2".parse().unwrap()] };
+        let guard = TargetGuard::LoopbackOr {
+            allow: vec!["10.200.1.2".parse().unwrap()],
+        };
         assert!(guard.permits("127.0.0.1:15008".parse().unwrap()));
         assert!(guard.permits("127.3.1.7:15008".parse().unwrap()));
         assert!(guard.permits("[::1]:15012".parse().unwrap()));
@@ -274,13 +291,24 @@ mod tests {
     #[test]
     fn refused_targets_keep_previous_list() {
         let prober = Prober::new(config(TargetGuard::loopback_only())).unwrap();
-        prober.set_targets(vec!["127.0.0.1:1".parse().unwrap()]).unwrap();
+        prober
+            .set_targets(vec!["127.0.0.1:1".parse().unwrap()])
+            .unwrap();
         let err = prober
-            .set_targets(vec!["127.0.0.2:2".parse().unwrap(), "192.0.2.1:15008".parse().unwrap()])
+            .set_targets(vec![
+                "127.0.0.2:2".parse().unwrap(),
+                "192.0.2.1:15008".parse().unwrap(),
+            ])
             .unwrap_err();
-        assert_eq!(err, ProberError::TargetRefused(vec!["192.0.2.1:15008".parse().unwrap()]));
+        assert_eq!(
+            err,
+            ProberError::TargetRefused(vec!["192.0.2.1:15008".parse().unwrap()])
+        );
         assert!(err.to_string().contains("192.0.2.1:15008"));
-        assert_eq!(prober.targets(), vec!["127.0.0.1:1".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            prober.targets(),
+            vec!["127.0.0.1:1".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -305,7 +333,10 @@ mod tests {
         let prober = Prober::new(config(TargetGuard::loopback_only())).unwrap();
         prober.set_targets(vec![open, closed]).unwrap();
         let outcomes: BTreeMap<_, _> = prober.probe_once().await.into_iter().collect();
-        assert!(matches!(outcomes[&open], ProbeOutcome::Established { .. }), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[&open], ProbeOutcome::Established { .. }),
+            "{outcomes:?}"
+        );
         assert_eq!(outcomes[&closed], ProbeOutcome::Refused);
         let stats = prober.stats();
         assert_eq!(stats[&open].established, 1);
@@ -318,7 +349,9 @@ mod tests {
         let mut cfg = config(TargetGuard::loopback_only());
         cfg.enabled = false;
         let prober = Prober::new(cfg).unwrap();
-        prober.set_targets(vec!["127.0.0.1:9".parse().unwrap()]).unwrap();
+        prober
+            .set_targets(vec!["127.0.0.1:9".parse().unwrap()])
+            .unwrap();
         assert!(prober.probe_once().await.is_empty());
         assert!(prober.spawn().is_none());
         assert!(prober.stats().is_empty());

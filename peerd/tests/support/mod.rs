@@ -53,5 +53,8 @@ fn is_root() -> bool {
 }
 
 fn tool_works(tool: &str, args: &[&str]) -> bool {
-    std::process::Command::new(tool).args(args).output().is_ok_and(|o| o.status.success())
+    std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

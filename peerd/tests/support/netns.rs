@@ -46,10 +46,18 @@ impl NetnsPair {
         let pair = NetnsPair {
             client: format!("peerd-t{pid}-{seq}-c"),
             server: format!("peerd-t{pid}-{seq}-s"),
-            client_v4: format!("10.200.{subnet}.1").parse().map_err(io::Error::other)?,
-            server_v4: format!("10.200.{subnet}.2").parse().map_err(io::Error::other)?,
-            client_v6: format!("fd00:200:{subnet:x}::1").parse().map_err(io::Error::other)?,
-            server_v6: format!("fd00:200:{subnet:x}::2").parse().map_err(io::Error::other)?,
+            client_v4: format!("10.200.{subnet}.1")
+                .parse()
+                .map_err(io::Error::other)?,
+            server_v4: format!("10.200.{subnet}.2")
+                .parse()
+                .map_err(io::Error::other)?,
+            client_v6: format!("fd00:200:{subnet:x}::1")
+                .parse()
+                .map_err(io::Error::other)?,
+            server_v6: format!("fd00:200:{subnet:x}::2")
+                .parse()
+                .map_err(io::Error::other)?,
         };
         // Constructed before set-up so Drop cleans whatever part of it succeeded.
         pair.setup(&format!("pv{pid}x{seq}"))?;
@@ -60,21 +68,60 @@ impl NetnsPair {
         let (vc, vs) = (format!("{veth}c"), format!("{veth}s"));
         run("ip", &["netns", "add", &self.client])?;
         run("ip", &["netns", "add", &self.server])?;
-        run("ip", &[
-            "link", "add", &vc, "netns", &self.client, "type", "veth", "peer", "name", &vs,
-            "netns", &self.server,
-        ])?;
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &vc,
+                "netns",
+                &self.client,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &vs,
+                "netns",
+                &self.server,
+            ],
+        )?;
         for (ns, dev, v4, v6) in [
             (&self.client, &vc, self.client_v4, self.client_v6),
             (&self.server, &vs, self.server_v4, self.server_v6),
         ] {
-            run("ip", &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
-            run("ip", &["-n", ns, "-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            )?;
             run("ip", &["-n", ns, "link", "set", dev, "up"])?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         }
         // One SYN retransmit before ETIMEDOUT: a dropped connect fails in ~3 s.
-        run("ip", &["netns", "exec", &self.client, "sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.client,
+                "sysctl",
+                "-qw",
+                "net.ipv4.tcp_syn_retries=1",
+            ],
+        )?;
         Ok(())
     }
 
@@ -100,9 +147,20 @@ impl NetnsPair {
 
     /// Packets counted by the named nft counter `inet peerd_test <name>` in the server ns.
     pub fn server_counter_packets(&self, name: &str) -> io::Result<u64> {
-        let text = run("ip", &[
-            "netns", "exec", &self.server, "nft", "list", "counter", "inet", "peerd_test", name,
-        ])?;
+        let text = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.server,
+                "nft",
+                "list",
+                "counter",
+                "inet",
+                "peerd_test",
+                name,
+            ],
+        )?;
         let packets = text
             .split_whitespace()
             .skip_while(|w| *w != "packets")
@@ -130,7 +188,9 @@ pub fn in_netns<T: Send + 'static>(
         enter(&path)?;
         Ok(f())
     });
-    handle.join().map_err(|_| io::Error::other("netns thread panicked"))?
+    handle
+        .join()
+        .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
 fn enter(path: &str) -> io::Result<()> {
@@ -169,7 +229,11 @@ impl Server {
                 }
             }
         });
-        Ok(Server { addr, stop, thread: Some(thread) })
+        Ok(Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
