@@ -669,3 +669,39 @@ fn unprivileged_child_reports_userspace_mode() {
     assert!(handle.is_none());
     assert_eq!(mode.name(), "userspace");
 }
+
+#[test]
+fn probe_service_in_ebpf_mode_publishes_reports() {
+    use peerd::probe::mode::ProbeSettings;
+    use peerd::probe::service::ProbeService;
+    let _serial = support::serial();
+    if support::unavailable_reason().is_some() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let mut settings = ProbeSettings::default();
+        settings.loader.ports = vec![target.port()];
+        let service = ProbeService::start(&settings, Duration::from_millis(50));
+        assert_eq!(service.mode().name(), "ebpf", "{}", service.mode());
+        for _ in 0..4 {
+            drop(TcpStream::connect(target).unwrap());
+        }
+        let mut reports = service.reports();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            reports.changed().await.unwrap();
+            let established = reports.borrow().get(target).map(|r| r.total.established);
+            if established == Some(4) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never reported: {established:?}");
+        }
+        assert_eq!(service.program_stats().len(), 2);
+    });
+}

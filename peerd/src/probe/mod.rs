@@ -11,3 +11,4 @@ pub mod bench;
 pub mod loader;
 pub mod mode;
 pub mod prober;
+pub mod service;
