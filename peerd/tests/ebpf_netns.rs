@@ -350,7 +350,18 @@ fn loopback_ipv4_and_ipv6_counted() {
     assert_eq!((stats.attempts, stats.established), (5, 5));
     let stats = wait_for(&handle, v6.addr, |s| s.established >= 3);
     assert_eq!((stats.attempts, stats.established), (3, 3));
-    assert_eq!(report(&handle, v4.addr).destination, v4.addr);
+    // An IPv6 socket to ::ffff:127.0.0.1 is reported under 127.0.0.1.
+    let mapped = SocketAddr::new("::ffff:127.0.0.1".parse().unwrap(), v4.addr.port());
+    assert!(
+        connect_n(&net.client, mapped, 2, None)
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    let stats = wait_for(&handle, mapped, |s| s.established >= 2);
+    assert_eq!((stats.attempts, stats.established), (2, 2));
+    let merged = report(&handle, v4.addr);
+    assert_eq!(merged.destination, v4.addr);
+    assert_eq!((merged.total.attempts, merged.total.established), (7, 7));
 }
 
 #[test]

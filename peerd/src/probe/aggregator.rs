@@ -36,7 +36,7 @@ pub struct ConnectCounts {
 
 impl Default for ConnectCounts {
     fn default() -> Self {
-        ConnectCounts::from(&DestStats::ZERO)
+        ConnectCounts::ZERO
     }
 }
 
@@ -58,6 +58,19 @@ impl From<&DestStats> for ConnectCounts {
 }
 
 impl ConnectCounts {
+    pub const ZERO: ConnectCounts = ConnectCounts {
+        attempts: 0,
+        established: 0,
+        refused: 0,
+        timed_out: 0,
+        unreachable: 0,
+        aborted: 0,
+        other_errors: 0,
+        syn_retransmits: 0,
+        latency_sum_us: 0,
+        latency_hist: [0; LATENCY_BUCKETS],
+    };
+
     /// Connects that ended without being established.
     pub fn failures(&self) -> u64 {
         self.refused + self.timed_out + self.unreachable + self.aborted + self.other_errors
@@ -244,19 +257,27 @@ impl Aggregator {
                 Some(before) => total.since(before),
                 None => total,
             };
-            let destination = SocketAddr::new(key.addr(), key.dport);
-            destinations.insert(
-                destination,
-                DestinationReport {
+            // An IPv6 socket connecting to `::ffff:a.b.c.d` reaches the IPv4 destination:
+            // report (and attribute) both kinds of key under the IPv4 address.
+            let destination = SocketAddr::new(key.addr().to_canonical(), key.dport);
+            let entry = destinations
+                .entry(destination)
+                .or_insert_with(|| DestinationReport {
                     destination,
-                    total,
-                    delta,
-                    rates: ConnectRates::over(&delta, interval),
-                    p50_us: total.latency_percentile_us(0.50),
-                    p99_us: total.latency_percentile_us(0.99),
-                },
-            );
+                    total: ConnectCounts::ZERO,
+                    delta: ConnectCounts::ZERO,
+                    rates: ConnectRates::default(),
+                    p50_us: None,
+                    p99_us: None,
+                });
+            entry.total.add(&total);
+            entry.delta.add(&delta);
             next.insert(*key, total);
+        }
+        for report in destinations.values_mut() {
+            report.rates = ConnectRates::over(&report.delta, interval);
+            report.p50_us = report.total.latency_percentile_us(0.50);
+            report.p99_us = report.total.latency_percentile_us(0.99);
         }
         self.previous = next;
         self.previous_at = Some(now);
@@ -398,6 +419,29 @@ mod tests {
         assert_eq!(report.interval, Duration::ZERO);
         assert_eq!(report.get(dest).unwrap().delta.attempts, 4);
         assert_eq!(report.get(dest).unwrap().rates, ConnectRates::default());
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_keys_merge_into_the_ipv4_destination() {
+        let v4 = DestKey::new("127.0.0.1".parse().unwrap(), 15008);
+        let mapped = DestKey::new("::ffff:127.0.0.1".parse().unwrap(), 15008);
+        assert_ne!(v4, mapped, "the kernel keys differ by family");
+        let mut agg = Aggregator::new();
+        let report = agg.update(
+            &snapshot(vec![
+                (v4, stats(5, 5, &[(4, 5)])),
+                (mapped, stats(2, 2, &[(6, 2)])),
+            ]),
+            Instant::now(),
+        );
+        assert_eq!(report.destinations.len(), 1);
+        let merged = report.get("127.0.0.1:15008".parse().unwrap()).unwrap();
+        assert_eq!((merged.total.attempts, merged.total.established), (7, 7));
+        assert_eq!(
+            merged.total.latency_hist[4] + merged.total.latency_hist[6],
+            7
+        );
+        assert!(merged.p99_us.unwrap() >= 32.0);
     }
 
     #[test]
