@@ -117,6 +117,14 @@ impl ConnectCounts {
         }
     }
 
+    /// Records one established connect that took `latency`.
+    pub fn record_established(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.established += 1;
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+        self.latency_hist[latency_bucket(us)] += 1;
+    }
+
     /// Adds `other` into `self` (for per-peer sums).
     pub fn add(&mut self, other: &ConnectCounts) {
         self.attempts += other.attempts;
@@ -137,6 +145,15 @@ impl ConnectCounts {
     /// linearly inside the bucket; `None` without established connects.
     pub fn latency_percentile_us(&self, q: f64) -> Option<f64> {
         percentile_us(&self.latency_hist, q)
+    }
+}
+
+/// The log2 bucket of a latency in µs, exactly as the kernel programs compute it.
+pub fn latency_bucket(us: u64) -> usize {
+    if us == 0 {
+        0
+    } else {
+        ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1)
     }
 }
 
@@ -244,16 +261,30 @@ impl Aggregator {
         Self::default()
     }
 
-    /// Folds one snapshot taken at `now` into a report.
+    /// Folds one kernel snapshot taken at `now` into a report.
     pub fn update(&mut self, snapshot: &KernelSnapshot, now: Instant) -> ProbeReport {
+        let entries = snapshot
+            .destinations
+            .iter()
+            .map(|(key, stats)| (*key, ConnectCounts::from(stats)));
+        self.update_from_counts(entries, snapshot.health, now)
+    }
+
+    /// Folds cumulative per-destination counts from any source (the kernel maps, or the
+    /// active prober in userspace mode) into a report of the same shape.
+    pub fn update_from_counts(
+        &mut self,
+        entries: impl IntoIterator<Item = (DestKey, ConnectCounts)>,
+        health: MapHealth,
+        now: Instant,
+    ) -> ProbeReport {
         let interval = self
             .previous_at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         let mut destinations = BTreeMap::new();
-        let mut next = HashMap::with_capacity(snapshot.destinations.len());
-        for (key, stats) in &snapshot.destinations {
-            let total = ConnectCounts::from(stats);
-            let delta = match self.previous.get(key) {
+        let mut next = HashMap::new();
+        for (key, total) in entries {
+            let delta = match self.previous.get(&key) {
                 Some(before) => total.since(before),
                 None => total,
             };
@@ -272,7 +303,7 @@ impl Aggregator {
                 });
             entry.total.add(&total);
             entry.delta.add(&delta);
-            next.insert(*key, total);
+            next.insert(key, total);
         }
         for report in destinations.values_mut() {
             report.rates = ConnectRates::over(&report.delta, interval);
@@ -281,7 +312,6 @@ impl Aggregator {
         }
         self.previous = next;
         self.previous_at = Some(now);
-        let health = snapshot.health;
         ProbeReport {
             interval,
             destinations,
@@ -442,6 +472,24 @@ mod tests {
             7
         );
         assert!(merged.p99_us.unwrap() >= 32.0);
+    }
+
+    #[test]
+    fn latency_buckets_match_the_kernel_definition() {
+        // bucket 0: < 1 µs; bucket b: [2^(b-1), 2^b) µs; the last bucket is open.
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 1);
+        assert_eq!(latency_bucket(2), 2);
+        assert_eq!(latency_bucket(3), 2);
+        assert_eq!(latency_bucket(4), 3);
+        assert_eq!(latency_bucket(1023), 10);
+        assert_eq!(latency_bucket(1024), 11);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        for b in 1..LATENCY_BUCKETS - 1 {
+            let (lower, upper) = bucket_bounds(b);
+            assert_eq!(latency_bucket(lower as u64), b);
+            assert_eq!(latency_bucket(upper as u64 - 1), b);
+        }
     }
 
     #[test]
