@@ -467,6 +467,53 @@ fn full_destination_map_evicts_and_counts_without_failing() {
 }
 
 #[test]
+fn full_in_flight_map_counts_missing_starts_instead_of_misattributing() {
+    let _serial = support::serial();
+    if support::unavailable_reason().is_some() {
+        return;
+    }
+    let net = NetnsPair::new().unwrap();
+    net.server_nft(&nft_rule("tcp dport 15008 counter name hits drop"))
+        .unwrap();
+    let dest = SocketAddr::new(net.server_v4, HBONE);
+    let config = LoaderConfig {
+        ports: vec![HBONE],
+        max_in_flight: 2,
+        ..LoaderConfig::default()
+    };
+    let handle = ProbeHandle::load(&config).unwrap();
+
+    // Four connects in SYN_SENT at once; only two start times fit.
+    const N: u64 = 4;
+    let threads: Vec<_> = (0..N)
+        .map(|_| {
+            let ns = net.client.clone();
+            std::thread::spawn(move || connect_n(&ns, dest, 1, None))
+        })
+        .collect();
+    for thread in threads {
+        assert!(thread.join().unwrap()[0].is_err());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (stats, health) = loop {
+        let snapshot = handle.snapshot().unwrap();
+        let stats = stats_for(&handle, dest);
+        if stats.timed_out + snapshot.health.start_missing >= N || Instant::now() > deadline {
+            break (stats, snapshot.health);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(stats.attempts, N);
+    assert!(health.start_missing >= 2, "{health:?}");
+    assert_eq!(
+        stats.timed_out + health.start_missing,
+        N,
+        "{stats:?} {health:?}"
+    );
+    assert_eq!(stats.established + stats.refused + stats.aborted, 0);
+}
+
+#[test]
 fn restart_with_connects_in_flight_leaves_no_programs_and_miscounts_nothing() {
     let _serial = support::serial();
     if support::unavailable_reason().is_some() {
