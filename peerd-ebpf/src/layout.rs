@@ -87,6 +87,7 @@ const _: () = {
     assert!(offset_of!(DestStats, latency_sum_us) == 64);
     assert!(offset_of!(DestStats, latency_hist) == 72);
     assert!(size_of::<ConnectStart>() == CONNECT_START_SIZE);
+    assert!((Counter::StartMissing as u32) < COUNTER_SLOTS);
 };
 
 impl DestKey {
