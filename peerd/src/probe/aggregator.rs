@@ -335,9 +335,19 @@ pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorT
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let snapshot = match handle.lock() {
+            // Thousands of map syscalls: keep them off the async workers.
+            let reader = Arc::clone(&handle);
+            let snapshot = tokio::task::spawn_blocking(move || match reader.lock() {
                 Ok(guard) => guard.snapshot(),
                 Err(poisoned) => poisoned.into_inner().snapshot(),
+            })
+            .await;
+            let snapshot = match snapshot {
+                Ok(result) => result,
+                Err(join_error) => {
+                    tracing::warn!(%join_error, "eBPF map reader task failed");
+                    continue;
+                }
             };
             match snapshot {
                 Ok(snapshot) => {

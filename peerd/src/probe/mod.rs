@@ -12,3 +12,4 @@ pub mod loader;
 pub mod mode;
 pub mod prober;
 pub mod service;
+pub mod status;
