@@ -19,10 +19,18 @@ fn main() -> anyhow::Result<()> {
         prost::Message::encode_to_vec(&fds),
     )
     .context("writing descriptor set")?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    if let Ok(out) = std::process::Command::new(rustc).arg("--version").output() {
+        let v = String::from_utf8_lossy(&out.stdout);
+        let v = v.trim().trim_start_matches("rustc ");
+        println!("cargo:rustc-env=PEERD_RUSTC_VERSION={v}");
+    }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .bytes(".envoy.service.discovery.v3")
+        // Ordered maps: equal content must encode to equal bytes (content versions).
+        .btree_map(".istio")
         .compile_fds(fds)
         .context("generating code")?;
     Ok(())

@@ -3,8 +3,17 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod federation;
+pub mod identity;
+pub mod kube;
 pub mod probe;
 pub mod proto;
+pub mod sim;
 pub mod store;
+pub mod telemetry;
+pub mod version;
 pub mod view;
 pub mod xds;

@@ -26,7 +26,10 @@ pub enum StoreEvent {
         change: Arc<ChangeSet>,
     },
     /// An origin completed its first full response for a type (after a (re)connect).
-    Synced { origin: Arc<str>, kind: ResourceType },
+    Synced {
+        origin: Arc<str>,
+        kind: ResourceType,
+    },
     /// An origin was dropped with all its resources.
     Removed { origin: Arc<str> },
 }
@@ -171,7 +174,14 @@ mod tests {
         assert!(store.origin("c2").is_fully_synced());
         store.mark_unsynced("c2");
         assert!(!store.origin("c2").is_synced(ResourceType::Address));
-        assert_eq!(store.origin("c2").view.snapshot().len(ResourceType::Address), 1);
+        assert_eq!(
+            store
+                .origin("c2")
+                .view
+                .snapshot()
+                .len(ResourceType::Address),
+            1
+        );
         assert!(store.remove("c2"));
         assert!(store.get("c2").is_none());
     }

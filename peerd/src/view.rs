@@ -188,8 +188,7 @@ impl View {
         resources: impl IntoIterator<Item = Arc<Resource>>,
     ) -> Option<Arc<ChangeSet>> {
         let resources: Vec<Arc<Resource>> = resources.into_iter().collect();
-        let keep: std::collections::HashSet<&str> =
-            resources.iter().map(|r| &*r.name).collect();
+        let keep: std::collections::HashSet<&str> = resources.iter().map(|r| &*r.name).collect();
         let snapshot = self.snapshot();
         let removals: Vec<Arc<str>> = snapshot
             .resources(kind)
@@ -234,15 +233,26 @@ mod tests {
         let mut rx = view.subscribe();
         let before = view.snapshot();
         let c = view
-            .apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1"), wl("b", [127, 0, 0, 3], "n1")], [])
+            .apply(
+                ResourceType::Address,
+                [wl("a", [127, 0, 0, 2], "n1"), wl("b", [127, 0, 0, 3], "n1")],
+                [],
+            )
             .unwrap();
         assert_eq!(c.names.len(), 2);
         assert_eq!(rx.recv().await.unwrap().names.len(), 2);
         // Same content again: not a change.
-        assert!(view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1")], []).is_none());
+        assert!(
+            view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1")], [])
+                .is_none()
+        );
         // Update one and remove the other.
         let c = view
-            .apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n2")], [Arc::from("b")])
+            .apply(
+                ResourceType::Address,
+                [wl("a", [127, 0, 0, 2], "n2")],
+                [Arc::from("b")],
+            )
             .unwrap();
         assert_eq!(c.names, vec![Arc::<str>::from("b"), Arc::from("a")]);
         assert!(before.is_empty(), "old snapshot unchanged");
@@ -255,7 +265,14 @@ mod tests {
     fn on_demand_keys_resolve_by_network_ip_and_follow_updates() {
         let view = View::new("test");
         view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 2], "n1")], []);
-        assert_eq!(&*view.snapshot().resolve_address_key("/127.0.0.2").unwrap().name, "a");
+        assert_eq!(
+            &*view
+                .snapshot()
+                .resolve_address_key("/127.0.0.2")
+                .unwrap()
+                .name,
+            "a"
+        );
         view.apply(ResourceType::Address, [wl("a", [127, 0, 0, 9], "n1")], []);
         let s = view.snapshot();
         assert!(s.resolve_address_key("/127.0.0.2").is_none());

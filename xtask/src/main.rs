@@ -1,1 +1,99 @@
-fn main() {}
+//! `cargo xtask`: all project automation (tests, benchmarks, eBPF build, sandbox, lint,
+//! machine setup). No shell scripts: `.ci/run` only calls `cargo xtask test`.
+
+mod bench;
+mod setup;
+mod test;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "peerd project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the tests need (apt/pip) when missing; idempotent.
+    Setup,
+    /// Every check and test CI runs: setup, fmt, clippy, cargo tests, Python tests,
+    /// and `bench all --quick` so benchmarks never rot.
+    Test {
+        /// Do not install missing packages (fail instead).
+        #[arg(long)]
+        no_setup: bool,
+        /// Skip `bench all --quick`.
+        #[arg(long)]
+        no_bench: bool,
+    },
+    /// Formatting and clippy with warnings as errors.
+    Lint,
+    /// Run a benchmark: `xds`, `federation`, `probes`, `kube`, or `all`.
+    Bench(bench::BenchArgs),
+    /// Run `peerd sandbox` (release build), passing the remaining arguments.
+    Sandbox {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { no_setup, no_bench } => test::run(!no_setup, !no_bench),
+        Cmd::Lint => test::lint(),
+        Cmd::Bench(args) => bench::run(&args),
+        Cmd::Sandbox { args } => {
+            let mut all = vec!["run", "--release", "-p", "peerd", "--", "sandbox"];
+            all.extend(args.iter().map(String::as_str));
+            cargo(&all)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (xtask lives one level below it).
+pub fn root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// Runs `cargo ARGS` at the repository root, failing on a non-zero exit.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
+}
+
+/// Runs a command at the repository root, echoing it, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    cmd.current_dir(root());
+    eprintln!("xtask: $ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}

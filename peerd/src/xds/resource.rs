@@ -236,10 +236,16 @@ fn malformed(kind: ResourceType, e: prost::DecodeError) -> ResourceError {
 pub fn ip_from_bytes(field: &'static str, b: &[u8]) -> Result<IpAddr, ResourceError> {
     match b.len() {
         4 => Ok(IpAddr::from(<[u8; 4]>::try_from(b).map_err(|_| {
-            ResourceError::BadAddressLength { field, len: b.len() }
+            ResourceError::BadAddressLength {
+                field,
+                len: b.len(),
+            }
         })?)),
         16 => Ok(IpAddr::from(<[u8; 16]>::try_from(b).map_err(|_| {
-            ResourceError::BadAddressLength { field, len: b.len() }
+            ResourceError::BadAddressLength {
+                field,
+                len: b.len(),
+            }
         })?)),
         len => Err(ResourceError::BadAddressLength { field, len }),
     }
@@ -293,10 +299,12 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
         .iter()
         .map(|a| ip_from_bytes("Workload.addresses", a))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(gw) = &w.network_gateway {
-        if let Some(workload::gateway_address::Destination::Address(a)) = &gw.destination {
-            ip_from_bytes("Workload.network_gateway", &a.address)?;
-        }
+    if let Some(workload::GatewayAddress {
+        destination: Some(workload::gateway_address::Destination::Address(a)),
+        ..
+    }) = &w.network_gateway
+    {
+        ip_from_bytes("Workload.network_gateway", &a.address)?;
     }
     let mut services: Vec<String> = w.services.keys().cloned().collect();
     services.sort();
@@ -324,14 +332,23 @@ fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
     let vips = s
         .addresses
         .iter()
-        .map(|a| Ok((a.network.clone(), ip_from_bytes("Service.addresses", &a.address)?)))
+        .map(|a| {
+            Ok((
+                a.network.clone(),
+                ip_from_bytes("Service.addresses", &a.address)?,
+            ))
+        })
         .collect::<Result<Vec<_>, ResourceError>>()?;
     Ok(Summary::Service(ServiceSummary {
         name: s.name,
         namespace: s.namespace,
         hostname: s.hostname,
         vips,
-        ports: s.ports.iter().map(|p| (p.service_port, p.target_port)).collect(),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| (p.service_port, p.target_port))
+            .collect(),
     }))
 }
 
@@ -399,7 +416,8 @@ mod tests {
     #[test]
     fn service_key_without_slash_is_rejected() {
         let mut w = sample_workload();
-        w.services.insert("noslash".into(), workload::PortList::default());
+        w.services
+            .insert("noslash".into(), workload::PortList::default());
         let err = Resource::workload(&w).unwrap_err();
         assert_eq!(err, ResourceError::BadServiceKey("noslash".into()));
     }

@@ -112,6 +112,12 @@ impl StreamStats {
         });
     }
 
+    /// Records a problem on a stream that is still up (e.g. an upstream that does not
+    /// answer); cleared by the next (re)connect.
+    pub fn set_last_error(&self, error: impl Into<String>) {
+        self.with(|i| i.last_error = error.into());
+    }
+
     pub fn update(&self, t: ResourceType, f: impl FnOnce(&mut TypeStats)) {
         self.with(|i| f(i.types.get_mut(t)));
     }

@@ -40,8 +40,9 @@ impl ResourceType {
             return Some(t);
         }
         match s.to_ascii_lowercase().as_str() {
-            "address" | "addresses" | "workload" | "workloads" | "service" | "services"
-            | "wds" => Some(ResourceType::Address),
+            "address" | "addresses" | "workload" | "workloads" | "service" | "services" | "wds" => {
+                Some(ResourceType::Address)
+            }
             "authorization" | "authorizations" | "authz" | "wads" | "policy" | "policies" => {
                 Some(ResourceType::Authorization)
             }
@@ -97,7 +98,10 @@ mod tests {
             ResourceType::from_type_url("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
             None
         );
-        assert_eq!(ResourceType::parse_loose("authz"), Some(ResourceType::Authorization));
+        assert_eq!(
+            ResourceType::parse_loose("authz"),
+            Some(ResourceType::Authorization)
+        );
         assert_eq!(ResourceType::parse_loose("nope"), None);
     }
 }

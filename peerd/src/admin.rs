@@ -1,0 +1,203 @@
+//! The plain-HTTP admin listeners, as in Istio's components: `/healthz/ready` and
+//! `/healthz/live` (port 15021) and Prometheus `/metrics` (port 15020).
+//!
+//! It owns the readiness gates and the Prometheus recorder handle. It must never block
+//! on the data path: readiness is a set of flags other components flip.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Named readiness gates; ready when every registered gate is open.
+#[derive(Default)]
+pub struct Readiness {
+    gates: Mutex<BTreeMap<&'static str, bool>>,
+}
+
+impl Readiness {
+    pub fn new() -> Arc<Readiness> {
+        Arc::new(Readiness::default())
+    }
+
+    /// Registers a gate, initially closed.
+    pub fn register(&self, gate: &'static str) {
+        self.lock().entry(gate).or_insert(false);
+    }
+
+    pub fn set(&self, gate: &'static str, open: bool) {
+        self.lock().insert(gate, open);
+    }
+
+    /// `Ok` when ready, otherwise the closed gates.
+    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+        let pending: Vec<&'static str> = self
+            .lock()
+            .iter()
+            .filter(|(_, open)| !**open)
+            .map(|(g, _)| *g)
+            .collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending)
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves `/healthz/ready` and `/healthz/live` until cancelled.
+pub async fn serve_health(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route(
+            "/healthz/ready",
+            get(move || {
+                let readiness = Arc::clone(&readiness);
+                async move {
+                    match readiness.check() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(pending) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready, pending: {}\n", pending.join(", ")),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route("/healthz/live", get(|| async { "live\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .context("health server")
+}
+
+/// Installs the process-wide Prometheus recorder (once) with buckets chosen per
+/// quantity: connect latencies from 100 µs to 10 s, propagation from 1 ms to 30 s.
+pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("connect_duration_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .context("connect-duration buckets")?
+        .set_buckets_for_metric(
+            Matcher::Suffix("propagation_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )
+        .context("propagation buckets")?
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Serves `/metrics` in the Prometheus text format until cancelled.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let upkeep = handle.clone();
+    let upkeep_cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_cancel.cancelled() => return,
+                _ = tick.tick() => upkeep.run_upkeep(),
+            }
+        }
+    });
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .context("metrics server")
+}
+
+/// Binds a listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get_status(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn ready_only_when_every_gate_is_open() {
+        let readiness = Readiness::new();
+        readiness.register("local upstream synced");
+        readiness.register("xds listening");
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "health")
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve_health(
+            listener,
+            Arc::clone(&readiness),
+            cancel.clone(),
+        ));
+        let resp = get_status(addr, "/healthz/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(
+            resp.contains("pending: local upstream synced, xds listening"),
+            "{resp}"
+        );
+        readiness.set("local upstream synced", true);
+        readiness.set("xds listening", true);
+        let resp = get_status(addr, "/healthz/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(
+            get_status(addr, "/healthz/live")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

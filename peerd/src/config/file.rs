@@ -1,0 +1,289 @@
+//! The YAML file schema of `peerd run --config FILE`, exactly as written: camelCase keys,
+//! every key optional (defaults are applied when the file is resolved into
+//! [`super::Config`]), unknown keys rejected so a typo is an error, not a silently ignored
+//! setting. Durations and addresses stay strings here so that validation can report every
+//! bad one at once, each with its field path.
+//!
+//! Owns: the file format and its documentation. Never applies defaults or checks values;
+//! that is [`super::validate`]. See `deploy/examples/standalone.yaml` for a full example.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Name of the local cluster (Istio's `CLUSTER_ID`). Required. Workload uids of this
+    /// cluster are `<cluster>//Pod/<ns>/<name>`; exported workloads get `cluster_id` = this.
+    pub cluster: Option<String>,
+    /// Network of the local cluster (Istio's `NETWORK`, `topology.istio.io/network`).
+    /// Empty = the default network.
+    pub network: Option<String>,
+    /// SPIFFE trust domain of the local mesh (Istio's `TRUST_DOMAIN`). Default
+    /// `cluster.local`.
+    pub trust_domain: Option<String>,
+    /// Namespace holding the peer `istio-remote` Gateways and the east-west gateway
+    /// (`PEERING_NAMESPACE`). Default `istio-eastwest`.
+    pub peering_namespace: Option<String>,
+    /// Namespace where generated WorkloadEntries/ServiceEntries and the leader Lease live
+    /// (`PEERING_CONTROL_NAMESPACE`). Default `istio-system`.
+    pub control_namespace: Option<String>,
+    /// Treat a peer on the same network as flat (pod IPs routable, no gateway)
+    /// (`PEERING_ENABLE_FLAT_NETWORKS`). Default false.
+    pub flat_networks: Option<bool>,
+    /// Sandbox/test mode: probes, and peer and gateway addresses, are restricted to
+    /// loopback (127.0.0.0/8, ::1). Default false.
+    pub sandbox_mode: Option<bool>,
+    /// How long a disconnected peer's last state is kept (marked stale) before it is
+    /// withdrawn. `0` = keep forever. Default `5m`.
+    pub disconnect_grace_period: Option<String>,
+    /// Listening addresses.
+    pub listeners: ListenersFile,
+    /// The xDS server (downstream ztunnel + export to peers, one listener).
+    pub xds: XdsServerFile,
+    /// Upstream xDS servers. The entry named like the local cluster (or the only entry) is
+    /// the local istiod. Default: one entry `istiod.<controlNamespace>.svc:15012`.
+    pub upstreams: Vec<UpstreamFile>,
+    /// Peered clusters (standalone mode; in Kubernetes they come from `istio-remote`
+    /// Gateways).
+    pub peers: Vec<PeerFile>,
+    /// What this cluster exports to peers.
+    pub export: ExportFile,
+    /// When peer conditions flip.
+    pub hysteresis: HysteresisFile,
+    /// Data-plane connectivity probes (eBPF and active).
+    pub probe: ProbeFile,
+    /// Logs and traces.
+    pub telemetry: TelemetryFile,
+}
+
+/// `host:port` or `ip:port` strings to listen on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ListenersFile {
+    /// xDS server. Default `0.0.0.0:15012` (standalone/sandbox: e.g. `127.0.k.1:15012`).
+    pub xds: Option<String>,
+    /// Prometheus `/metrics`. Default `0.0.0.0:15020`.
+    pub metrics: Option<String>,
+    /// `/healthz/ready`, `/healthz/live`. Default `0.0.0.0:15021`.
+    pub health: Option<String>,
+    /// gRPC debug API. Default `127.0.0.1:15041` (reach it with `kubectl port-forward`).
+    pub debug: Option<String>,
+}
+
+/// Options of the xDS server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct XdsServerFile {
+    /// Server certificate (TLS 1.3 to ztunnel, mTLS to peers).
+    pub tls: ServerTlsFile,
+    /// How downstream clients (ztunnel) authenticate.
+    pub auth: AuthFile,
+    /// Coalescing window for bursts of changes before a push. Default `5ms`.
+    pub debounce: Option<String>,
+    /// Largest gRPC message sent or accepted, bytes. Default 16 MiB.
+    pub max_message_bytes: Option<u64>,
+    /// Pending pushes buffered per connection before it is resynced from a snapshot.
+    /// Default 64.
+    pub connection_queue: Option<u64>,
+}
+
+/// PEM files of the server certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerTlsFile {
+    /// Certificate chain (leaf first). Set together with `key`.
+    pub cert_chain: Option<PathBuf>,
+    /// Private key of the leaf.
+    pub key: Option<PathBuf>,
+    /// Root(s) that peer client certificates must chain to (export view).
+    pub root: Option<PathBuf>,
+}
+
+/// Downstream (ztunnel) authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuthFile {
+    /// Standalone/sandbox: file holding the bearer token(s) the static verifier accepts,
+    /// one per line. In Kubernetes, tokens are checked with TokenReview instead.
+    pub token_file: Option<PathBuf>,
+}
+
+/// One upstream xDS server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    /// Origin name; the local istiod's is the local cluster name (the default).
+    pub name: Option<String>,
+    /// `host:port` (e.g. `istiod.istio-system.svc:15012`; an `https://` prefix is allowed).
+    /// Overridden for the local istiod by `XDS_ADDRESS`.
+    pub address: Option<String>,
+    /// TLS server name (SNI and the DNS SAN to verify). Default: the host of `address`.
+    pub server_name: Option<String>,
+    /// Root CA file to verify the server.
+    pub root_ca: Option<PathBuf>,
+    /// Client certificate chain (mTLS). Set together with `clientKey`.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key.
+    pub client_key: Option<PathBuf>,
+    /// File with a bearer token sent as `authorization: Bearer …` (re-read on reconnect).
+    pub token_file: Option<PathBuf>,
+    /// Reconnect backoff (jittered exponential).
+    pub backoff: BackoffFile,
+    /// HTTP/2 keepalive.
+    pub keepalive: KeepaliveFile,
+    /// TCP+TLS connect timeout. Default `5s`.
+    pub connect_timeout: Option<String>,
+    /// Largest gRPC message accepted, bytes. Default 16 MiB.
+    pub max_message_bytes: Option<u64>,
+}
+
+/// Reconnect backoff.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BackoffFile {
+    /// First delay. Default `500ms`.
+    pub initial: Option<String>,
+    /// Cap. Default `30s`.
+    pub max: Option<String>,
+}
+
+/// HTTP/2 keepalive pings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KeepaliveFile {
+    /// Ping interval. Default `30s`.
+    pub interval: Option<String>,
+    /// Time to wait for the ping ack before the connection is considered dead. Default
+    /// `10s`.
+    pub timeout: Option<String>,
+}
+
+/// One peered cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PeerFile {
+    /// The peer's cluster name (`topology.istio.io/cluster`). Required; must differ from
+    /// the local cluster and from every other peer.
+    pub cluster: Option<String>,
+    /// The peer's network (`topology.istio.io/network`). Default: the local network.
+    pub network: Option<String>,
+    /// The peer's east-west gateway: an IP or a DNS hostname (`spec.addresses`). Required.
+    pub address: Option<String>,
+    /// xDS port on the gateway. Default 15012.
+    pub port: Option<u16>,
+    /// HBONE port on the gateway. Default 15008.
+    pub hbone_port: Option<u16>,
+    /// The peer's trust domain (`gateway.istio.io/trust-domain`). Default: the local one.
+    pub trust_domain: Option<String>,
+    /// Expected server identity: a SPIFFE ID (`spiffe://td/ns/…/sa/…`) or a DNS SAN.
+    /// Default: any identity in the peer's trust domain.
+    pub server_identity: Option<String>,
+    /// `LoadBalancer` (default) or `NodePort`
+    /// (`peering.solo.io/preferred-data-plane-service-type`).
+    pub preferred_data_plane_service_type: Option<DataPlaneServiceType>,
+    /// Limits on what the peer may send.
+    pub caps: CapsFile,
+}
+
+/// How the peer's data plane is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataPlaneServiceType {
+    #[default]
+    LoadBalancer,
+    NodePort,
+}
+
+/// Per-peer size caps; a peer over a cap is refused new resources and reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CapsFile {
+    /// Most resources (both types together). Default 100000.
+    pub max_resources: Option<u64>,
+    /// Most bytes of resource bodies. Default 256 MiB.
+    pub max_bytes: Option<u64>,
+}
+
+/// What the local cluster exports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExportFile {
+    /// Standalone mode: the global services, each `namespace/name`. (In Kubernetes the
+    /// label `solo.io/service-scope=global` or `istio.io/global=true` decides.)
+    pub global_services: Vec<String>,
+    /// The local east-west gateway, written as `network_gateway` of exported workloads for
+    /// multi-network peers.
+    pub east_west_gateway: EastWestGatewayFile,
+}
+
+/// The local east-west gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EastWestGatewayFile {
+    /// Its IP address. Required when global services are exported to a multi-network peer.
+    pub address: Option<String>,
+    /// Its HBONE port. Default 15008.
+    pub hbone_port: Option<u16>,
+}
+
+/// Condition hysteresis.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HysteresisFile {
+    /// A condition turns False only after failures persist this long. Default `30s`.
+    pub failure_window: Option<String>,
+    /// Consecutive successful probes before a condition turns True again. Default 2.
+    pub success_run: Option<u32>,
+    /// No False condition from probes during this time after start. Default `60s`.
+    pub first_probe_grace: Option<String>,
+}
+
+/// Connectivity probes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProbeFile {
+    /// Probe at all. Default true.
+    pub enabled: Option<bool>,
+    /// `auto` (eBPF when possible, else userspace; default), `ebpf` (fail without it),
+    /// `userspace`.
+    pub mode: Option<ProbeMode>,
+    /// Destination ports watched and actively probed. Default [15008, 15012].
+    pub ports: Option<Vec<u16>>,
+    /// Active probe interval per target. Default `10s`.
+    pub interval: Option<String>,
+    /// Random extra delay added to each interval, at most this. Default `2s`; must not
+    /// exceed `interval`.
+    pub jitter: Option<String>,
+}
+
+/// Which probe implementation runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeMode {
+    #[default]
+    Auto,
+    Ebpf,
+    Userspace,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TelemetryFile {
+    /// `text` (default) or `json` (`LOG_FORMAT`).
+    pub log_format: Option<LogFormat>,
+    /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`). Unset = no traces exported.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}

@@ -1,0 +1,82 @@
+//! Emulator tests over real HTTP on 127.0.0.1: semantics per feature, and the real
+//! kubectl on this machine against the emulator.
+
+mod apply;
+mod client;
+mod crud;
+mod discovery;
+mod faults;
+mod kubectl;
+mod list;
+mod watch;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use self::client::TestClient;
+use super::{Emulator, EmulatorHandle, EmulatorOptions};
+
+pub const WE: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/workloadentries";
+pub const GW: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-system/gateways";
+
+pub async fn start_with(options: EmulatorOptions) -> (EmulatorHandle, TestClient) {
+    let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    let client = TestClient::new(emulator.url());
+    (emulator, client)
+}
+
+pub async fn start() -> (EmulatorHandle, TestClient) {
+    start_with(EmulatorOptions {
+        bookmark_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await
+}
+
+pub fn workload_entry(name: &str, address: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": name, "namespace": "istio-system", "labels": labels},
+        "spec": {"address": address, "network": "net2"},
+    })
+}
+
+pub fn gateway(name: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "istio-system"},
+        "spec": {"gatewayClassName": "istio-remote", "listeners": [{"name": "cross-network", "port": 15008, "protocol": "HBONE"}]},
+    })
+}
+
+pub fn rv(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Manual poking: `PEERD_EMULATOR_HOLD_SECS=120 cargo test -p peerd --lib hold_open -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn hold_open() {
+    let secs: u64 = std::env::var("PEERD_EMULATOR_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let emu = Emulator::start(
+        "127.0.0.1:18080".parse().unwrap(),
+        EmulatorOptions::default(),
+    )
+    .await
+    .unwrap();
+    println!("emulator at {}", emu.url());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    println!("{:?}", emu.counters());
+}

@@ -1,0 +1,703 @@
+//! The delta-ADS client: one instance per upstream (the local istiod or one peer). It
+//! keeps one stream carrying both types, writes every accepted resource to
+//! `Store::apply(origin, …)`, ACKs or NACKs each response exactly like ztunnel (see
+//! reference/xds-wire.md §2), and reconnects with jittered exponential backoff, offering
+//! what it holds in `initial_resource_versions`.
+//!
+//! It must never drop stored resources because of a stream problem (disconnects only
+//! clear the sync flags), never store a resource that failed validation, and never log
+//! the bearer token.
+//!
+//! An upstream that accepts the stream but sends no response for a type within
+//! `response_timeout`: the client logs a warning, sets `last_error`, counts
+//! `peerd_xds_client_errors_total{reason="no_response"}` and KEEPS the stream (HTTP/2
+//! keepalive already detects dead transports; a live but silent server is not fixed by
+//! reconnecting, and a late answer is still applied).
+//!
+//! A name that occurs more than once in one response is rejected in every copy (which
+//! one is right is unknowable) and NACKed once as `"<name>: duplicate name in one
+//! response"`; an already stored version of it stays.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng as _;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{MetadataKey, MetadataValue};
+
+use crate::proto::envoy::config::core::v3::Node;
+use crate::proto::envoy::service::discovery::v3 as discovery;
+use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use crate::proto::google::rpc;
+use crate::store::Store;
+use crate::xds::resource::{Resource, ResourceError};
+use crate::xds::stats::StreamStats;
+use crate::xds::transport::{ConnectError, TlsConnectorService, find_connect_error};
+use crate::xds::types::ResourceType;
+
+/// Where the bearer token comes from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// Re-read on every connect (projected service-account tokens rotate).
+    File(PathBuf),
+    Literal(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::File(p) => f.debug_tuple("File").field(p).finish(),
+            TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
+        }
+    }
+}
+
+/// Extra validation of received resources, beyond what `Resource::from_wire` checks
+/// (cluster claims, per-peer caps). `Err(reason)` rejects the resource: it is NACKed
+/// with that reason and not stored.
+pub trait ResourceFilter: Send + Sync + 'static {
+    fn check(&self, origin: &str, resource: &Resource) -> Result<(), String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Origin (cluster) name the resources are stored under.
+    pub origin: String,
+    /// `host:port` of the upstream.
+    pub endpoint: String,
+    /// Name the server certificate is verified against (DNS name or IP literal).
+    pub server_name: String,
+    /// TLS or mTLS config (ALPN h2 is added if missing).
+    pub tls: Arc<rustls::ClientConfig>,
+    pub token: Option<TokenSource>,
+    /// Extra request headers, e.g. `("clusterid", "cluster-a")`.
+    pub headers: Vec<(String, String)>,
+    pub node: Node,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Largest response accepted.
+    pub max_message_size: usize,
+    /// Time after the initial requests within which each type must get a response.
+    pub response_timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(
+        origin: impl Into<String>,
+        endpoint: impl Into<String>,
+        server_name: impl Into<String>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        ClientOptions {
+            origin: origin.into(),
+            endpoint: endpoint.into(),
+            server_name: server_name.into(),
+            tls,
+            token: None,
+            headers: Vec::new(),
+            node: Node::default(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(15),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_message_size: 200 * 1024 * 1024,
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Class of the last failure, for condition reasons (`PeerConnected`) and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FailureKind {
+    ConnectTimeout,
+    ConnectionRefused,
+    Tls,
+    /// TLS worked but the server's certificate is not for the expected name/identity.
+    IdentityMismatch,
+    Unauthenticated,
+    MessageTooLarge,
+    NoResponse,
+    Stream,
+    Config,
+}
+
+impl FailureKind {
+    /// The `gloo.solo.io/PeerConnected` reason this failure maps to.
+    pub fn condition_reason(self) -> &'static str {
+        match self {
+            FailureKind::ConnectTimeout => "ConnectTimeout",
+            FailureKind::ConnectionRefused => "ConnectionRefused",
+            FailureKind::Tls => "TLSError",
+            FailureKind::IdentityMismatch => "IdentityMismatch",
+            _ => "StreamError",
+        }
+    }
+
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::ConnectTimeout => "connect_timeout",
+            FailureKind::ConnectionRefused => "connection_refused",
+            FailureKind::Tls => "tls",
+            FailureKind::IdentityMismatch => "identity_mismatch",
+            FailureKind::Unauthenticated => "unauthenticated",
+            FailureKind::MessageTooLarge => "message_too_large",
+            FailureKind::NoResponse => "no_response",
+            FailureKind::Stream => "stream",
+            FailureKind::Config => "config",
+        }
+    }
+}
+
+/// A failed session, with a message fit for logs and status.
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The rustls error of a failed handshake, kept for finer classification.
+    pub tls: Option<rustls::Error>,
+}
+
+/// The last failure of a client, as shown in status and conditions.
+pub type Failure = ClientError;
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How a session that did not fail ended.
+enum SessionEnd {
+    Cancelled,
+    ServerClosed,
+}
+
+pub struct AdsClient {
+    opts: Arc<ClientOptions>,
+    store: Arc<Store>,
+    filter: Option<Arc<dyn ResourceFilter>>,
+    stats: Arc<StreamStats>,
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+impl AdsClient {
+    pub fn new(opts: ClientOptions, store: Arc<Store>) -> Self {
+        let stats = Arc::new(StreamStats::new(opts.origin.clone(), opts.endpoint.clone()));
+        AdsClient {
+            opts: Arc::new(opts),
+            store,
+            filter: None,
+            stats,
+            failure: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn with_filter(mut self, filter: Arc<dyn ResourceFilter>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    pub fn stats(&self) -> Arc<StreamStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// A handle to read the last failure (`None` once a session works).
+    pub fn failure_handle(&self) -> Arc<Mutex<Option<Failure>>> {
+        Arc::clone(&self.failure)
+    }
+
+    pub fn last_failure(&self) -> Option<Failure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.run(cancel))
+    }
+
+    fn origin(&self) -> &str {
+        &self.opts.origin
+    }
+
+    fn set_failure(&self, failure: Option<Failure>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
+    }
+
+    /// Runs sessions until `cancel` fires. Stored resources survive every failure.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut attempt: u32 = 0;
+        let peer = self.opts.origin.clone();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let mut got_response = false;
+            let result = self.session(&cancel, &mut got_response).await;
+            self.store.mark_unsynced(self.origin());
+            metrics::gauge!("peerd_xds_client_connected", "peer_cluster" => peer.clone()).set(0.0);
+            if got_response {
+                attempt = 0;
+            }
+            match result {
+                Ok(SessionEnd::Cancelled) => {
+                    self.stats.disconnected("client stopped");
+                    break;
+                }
+                Ok(SessionEnd::ServerClosed) => {
+                    tracing::info!(origin = %peer, endpoint = %self.opts.endpoint, "xds client: stream closed by the server; reconnecting");
+                    self.stats.disconnected("stream closed by the server");
+                }
+                Err(e) => {
+                    metrics::counter!("peerd_xds_client_errors_total", "peer_cluster" => peer.clone(), "reason" => e.kind.as_str())
+                        .increment(1);
+                    tracing::warn!(origin = %peer, endpoint = %self.opts.endpoint, reason = e.kind.as_str(), error = %e, "xds client: upstream session failed; stored resources kept");
+                    self.stats.disconnected(e.message.clone());
+                    self.set_failure(Some(e));
+                }
+            }
+            let delay = backoff_delay(self.opts.backoff_initial, self.opts.backoff_max, attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The `authorization` header value, read now (files rotate).
+    fn bearer_header(&self) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>, ClientError> {
+        let token = match &self.opts.token {
+            None => return Ok(None),
+            Some(TokenSource::Literal(t)) => t.trim().to_string(),
+            Some(TokenSource::File(path)) => std::fs::read_to_string(path)
+                .map_err(|e| ClientError {
+                    kind: FailureKind::Config,
+                    message: format!("cannot read bearer token file {}: {e}", path.display()),
+                    tls: None,
+                })?
+                .trim()
+                .to_string(),
+        };
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .map(Some)
+            .map_err(|_| ClientError {
+                kind: FailureKind::Config,
+                message: "bearer token contains characters not allowed in a header".to_string(),
+                tls: None,
+            })
+    }
+
+    fn initial_request(&self, kind: ResourceType) -> discovery::DeltaDiscoveryRequest {
+        let held = self.store.origin(self.origin()).view.snapshot();
+        let initial_resource_versions: HashMap<String, String> = held
+            .resources(kind)
+            .iter()
+            .map(|(name, r)| (name.to_string(), r.version.to_string()))
+            .collect();
+        discovery::DeltaDiscoveryRequest {
+            node: Some(self.opts.node.clone()),
+            type_url: kind.type_url().to_string(),
+            initial_resource_versions,
+            ..Default::default()
+        }
+    }
+
+    async fn session(
+        &self,
+        cancel: &CancellationToken,
+        got_response: &mut bool,
+    ) -> Result<SessionEnd, ClientError> {
+        let opts = &self.opts;
+        let peer = opts.origin.clone();
+        let bearer = self.bearer_header()?;
+        let connector = TlsConnectorService::new(
+            opts.endpoint.clone(),
+            &opts.server_name,
+            Arc::clone(&opts.tls),
+            opts.connect_timeout,
+        )
+        .map_err(|e| ClientError {
+            kind: FailureKind::Config,
+            message: e.to_string(),
+            tls: None,
+        })?;
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", opts.endpoint))
+                .map_err(|e| ClientError {
+                    kind: FailureKind::Config,
+                    message: format!("invalid upstream endpoint {:?}: {e}", opts.endpoint),
+                    tls: None,
+                })?
+                .http2_keep_alive_interval(opts.keepalive_interval)
+                .keep_alive_timeout(opts.keepalive_timeout)
+                .keep_alive_while_idle(true);
+        let channel = tokio::select! {
+            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+            c = endpoint.connect_with_connector(connector) => c.map_err(|e| classify_transport(&e, &opts.endpoint))?,
+        };
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(opts.max_message_size)
+            .max_encoding_message_size(opts.max_message_size);
+
+        let (tx, rx) = mpsc::channel::<discovery::DeltaDiscoveryRequest>(16);
+        for kind in ResourceType::ALL {
+            let req = self.initial_request(kind);
+            tracing::debug!(origin = %peer, %kind, held = req.initial_resource_versions.len(), "xds client: initial request");
+            // The receiver is alive (held below); capacity 16 > 2.
+            let _ = tx.send(req).await;
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(value) = bearer {
+            request.metadata_mut().insert("authorization", value);
+        }
+        for (name, value) in &opts.headers {
+            let key = MetadataKey::from_bytes(name.as_bytes()).map_err(|_| ClientError {
+                kind: FailureKind::Config,
+                message: format!("invalid header name {name:?}"),
+                tls: None,
+            })?;
+            let value = MetadataValue::try_from(value.as_str()).map_err(|_| ClientError {
+                kind: FailureKind::Config,
+                message: format!("invalid value for header {name:?}"),
+                tls: None,
+            })?;
+            request.metadata_mut().insert(key, value);
+        }
+        let response = tokio::select! {
+            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+            r = client.delta_aggregated_resources(request) => r.map_err(|s| classify_status(&s, &opts.endpoint))?,
+        };
+        let mut inbound = response.into_inner();
+        self.stats.connected();
+        self.set_failure(None);
+        metrics::counter!("peerd_xds_client_connects_total", "peer_cluster" => peer.clone())
+            .increment(1);
+        metrics::gauge!("peerd_xds_client_connected", "peer_cluster" => peer.clone()).set(1.0);
+        tracing::info!(origin = %peer, endpoint = %opts.endpoint, "xds client: stream established");
+
+        let mut synced = [false; 2];
+        let silence = tokio::time::sleep_until(Instant::now() + opts.response_timeout);
+        tokio::pin!(silence);
+        let mut silence_reported = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+                _ = &mut silence, if !silence_reported && !synced.iter().all(|s| *s) => {
+                    silence_reported = true;
+                    let missing: Vec<&str> = ResourceType::ALL
+                        .iter()
+                        .filter(|t| !synced[t.index()])
+                        .map(|t| t.short_name())
+                        .collect();
+                    let message = format!(
+                        "upstream {} sent no response for {} within {:?} of the initial requests",
+                        opts.endpoint,
+                        missing.join(", "),
+                        opts.response_timeout
+                    );
+                    tracing::warn!(origin = %peer, "xds client: {message}; keeping the stream open");
+                    metrics::counter!("peerd_xds_client_errors_total", "peer_cluster" => peer.clone(), "reason" => FailureKind::NoResponse.as_str())
+                        .increment(1);
+                    self.stats.set_last_error(message.clone());
+                    self.set_failure(Some(ClientError {
+                        kind: FailureKind::NoResponse,
+                        message,
+                        tls: None,
+                    }));
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(resp)) => {
+                        *got_response = true;
+                        let reply = self.handle_response(resp, &mut synced);
+                        if synced.iter().all(|s| *s) && silence_reported {
+                            silence_reported = false;
+                            self.stats.set_last_error("");
+                            self.set_failure(None);
+                        }
+                        if tx.send(reply).await.is_err() {
+                            return Err(ClientError {
+                                kind: FailureKind::Stream,
+                                message: format!("request stream to {} closed", opts.endpoint),
+                                tls: None,
+                            });
+                        }
+                    }
+                    Ok(None) => return Ok(SessionEnd::ServerClosed),
+                    Err(status) => return Err(classify_status(&status, &opts.endpoint)),
+                },
+            }
+        }
+    }
+
+    /// Validates and applies one response; returns the ACK or NACK to send.
+    fn handle_response(
+        &self,
+        resp: discovery::DeltaDiscoveryResponse,
+        synced: &mut [bool; 2],
+    ) -> discovery::DeltaDiscoveryRequest {
+        let peer = self.origin();
+        let ack = discovery::DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            ..Default::default()
+        };
+        let Some(kind) = ResourceType::from_type_url(&resp.type_url) else {
+            tracing::error!(origin = %peer, type_url = %resp.type_url, "xds client: response for an unknown type; ACKing and ignoring it");
+            return ack;
+        };
+        metrics::counter!("peerd_xds_client_responses_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
+            .increment(1);
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for r in &resp.resources {
+            *seen.entry(r.name.as_str()).or_default() += 1;
+        }
+        let duplicated: HashSet<String> = seen
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let mut errors: Vec<(String, String)> = Vec::new();
+        for name in {
+            let mut d: Vec<&String> = duplicated.iter().collect();
+            d.sort();
+            d
+        } {
+            errors.push((name.clone(), ResourceError::Duplicate.to_string()));
+        }
+        let mut upserts = Vec::new();
+        for r in resp.resources {
+            if duplicated.contains(&r.name) {
+                continue;
+            }
+            match self.accept(
+                kind,
+                &resp.type_url,
+                r.name.as_str(),
+                &r.version,
+                r.resource,
+            ) {
+                Ok(res) => upserts.push(Arc::new(res)),
+                Err(reason) => errors.push((r.name, reason)),
+            }
+        }
+        let upserted: HashSet<Arc<str>> = upserts.iter().map(|r| Arc::clone(&r.name)).collect();
+        let removals: Vec<Arc<str>> = resp
+            .removed_resources
+            .iter()
+            .map(|n| Arc::<str>::from(n.as_str()))
+            .filter(|n| !upserted.contains(n))
+            .collect();
+        let (n_up, n_rm) = (upserts.len(), removals.len());
+        self.store.apply(peer, kind, upserts, removals);
+        if !synced[kind.index()] {
+            synced[kind.index()] = true;
+            self.store.mark_synced(peer, kind);
+        }
+        let held = self.store.origin(peer).view.snapshot().len(kind) as u64;
+        tracing::debug!(origin = %peer, %kind, nonce = %resp.nonce, upserts = n_up, removals = n_rm, rejected = errors.len(), "xds client: response applied");
+        if errors.is_empty() {
+            self.stats.update(kind, |t| {
+                t.last_nonce_received = resp.nonce.clone();
+                t.last_nonce_acked = resp.nonce.clone();
+                t.acks += 1;
+                t.resources = held;
+                t.synced = true;
+            });
+            return ack;
+        }
+        let message = errors
+            .iter()
+            .map(|(name, reason)| format!("{name}: {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        metrics::counter!("peerd_xds_client_nacks_sent_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
+            .increment(1);
+        metrics::counter!("peerd_xds_client_resources_rejected_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
+            .increment(errors.len() as u64);
+        tracing::warn!(origin = %peer, %kind, nonce = %resp.nonce, rejected = errors.len(), message = %message, "xds client: NACKing rejected resources (the others were applied)");
+        self.stats.update(kind, |t| {
+            t.last_nonce_received = resp.nonce.clone();
+            t.nacks_sent += 1;
+            t.last_nack_message = message.clone();
+            t.resources = held;
+            t.synced = true;
+        });
+        discovery::DeltaDiscoveryRequest {
+            error_detail: Some(rpc::Status {
+                code: 0,
+                message,
+                details: Vec::new(),
+            }),
+            ..ack
+        }
+    }
+
+    /// Validates one received resource. `Err` is the NACK reason.
+    fn accept(
+        &self,
+        kind: ResourceType,
+        type_url: &str,
+        name: &str,
+        version: &str,
+        payload: Option<prost_types::Any>,
+    ) -> Result<Resource, String> {
+        let any = payload.ok_or_else(|| ResourceError::MissingPayload.to_string())?;
+        // ztunnel ignores Any.type_url; an empty one is tolerated, a different one is not.
+        if !any.type_url.is_empty() && any.type_url != type_url {
+            return Err(ResourceError::TypeMismatch {
+                expected: type_url.to_string(),
+                found: any.type_url,
+            }
+            .to_string());
+        }
+        let resource = Resource::from_wire(kind, name, version, Bytes::from(any.value))
+            .map_err(|e| e.to_string())?;
+        if let Some(filter) = &self.filter {
+            filter.check(self.origin(), &resource)?;
+        }
+        Ok(resource)
+    }
+}
+
+/// Jittered exponential backoff: a uniform pick in [d/2, d] with d = initial·2^attempt
+/// capped at `max`.
+pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.min(30));
+    let d = initial.saturating_mul(factor).min(max);
+    let half = d / 2;
+    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+    let extra = if jitter_ms == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
+    };
+    half + extra
+}
+
+fn connect_failure(c: &ConnectError) -> FailureKind {
+    match c {
+        ConnectError::Refused { .. } => FailureKind::ConnectionRefused,
+        ConnectError::Timeout { .. } => FailureKind::ConnectTimeout,
+        ConnectError::Tls { source, .. } if is_name_mismatch(source) => {
+            FailureKind::IdentityMismatch
+        }
+        ConnectError::Tls { .. } | ConnectError::NoH2 { .. } => FailureKind::Tls,
+        ConnectError::Tcp { .. } => FailureKind::Stream,
+        ConnectError::InvalidEndpoint { .. } => FailureKind::Config,
+    }
+}
+
+/// Whether a TLS failure is "certificate not valid for the expected name".
+fn is_name_mismatch(e: &std::io::Error) -> bool {
+    use rustls::CertificateError;
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    )
+}
+
+fn from_connect_error(c: &ConnectError) -> ClientError {
+    ClientError {
+        kind: connect_failure(c),
+        message: c.to_string(),
+        tls: c.tls_error().cloned(),
+    }
+}
+
+fn classify_transport(e: &tonic::transport::Error, endpoint: &str) -> ClientError {
+    match find_connect_error(e) {
+        Some(c) => from_connect_error(c),
+        None => ClientError {
+            kind: FailureKind::Stream,
+            message: format!("connecting to {endpoint} failed: {}", error_chain(e)),
+            tls: None,
+        },
+    }
+}
+
+fn classify_status(s: &tonic::Status, endpoint: &str) -> ClientError {
+    use std::error::Error as _;
+    if let Some(c) = s.source().and_then(|src| find_connect_error(src)) {
+        return from_connect_error(c);
+    }
+    let kind = match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            FailureKind::Unauthenticated
+        }
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            if s.message().contains("too large") =>
+        {
+            FailureKind::MessageTooLarge
+        }
+        _ => FailureKind::Stream,
+    };
+    ClientError {
+        kind,
+        message: format!(
+            "stream from {endpoint} failed: {:?}: {}",
+            s.code(),
+            s.message()
+        ),
+        tls: None,
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for attempt in 0..40 {
+            let d = backoff_delay(initial, max, attempt);
+            let cap = initial
+                .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+                .min(max);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+        }
+        assert!(backoff_delay(initial, max, 30) >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn token_source_debug_never_shows_the_token() {
+        let s = format!("{:?}", TokenSource::Literal("s3cr3t".into()));
+        assert!(!s.contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,740 @@
+//! One downstream delta-ADS stream: subscriptions per type (wildcard, explicit names,
+//! ztunnel's on-demand keys), what the client holds (sent name → version), pushes of view
+//! changes (debounced, coalesced by name, always computed from the latest snapshot),
+//! ACK/NACK bookkeeping.
+//!
+//! It must never make the view writer or another connection wait: it reads the view's
+//! change broadcast (falling back to a full diff when it lags) and only its own bounded
+//! outbound queue can stall it. It must never leave an on-demand name unanswered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::ServerOptions;
+use super::registry::{AckEvent, Subscriber, Subscribers};
+use crate::proto::envoy::service::discovery::v3 as discovery;
+use crate::view::{ChangeSet, View, ViewState};
+use crate::xds::resource::Resource;
+use crate::xds::types::{PerType, ResourceType};
+
+type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
+
+/// Responses kept for ACK matching per type; a client that never ACKs cannot grow it
+/// beyond this (older entries are dropped and their late ACKs ignored).
+const MAX_OUTSTANDING: usize = 256;
+/// Distinct unknown type URLs answered per connection; more are ignored silently.
+const MAX_UNKNOWN_TYPES: usize = 16;
+
+/// Name used in subscriptions for "everything".
+const WILDCARD: &str = "*";
+
+/// A response sent and not yet ACKed/NACKed.
+struct Outstanding {
+    nonce: u64,
+    /// View version the client's state equals once it has processed this response.
+    view_version: u64,
+    /// Names sent (upserted) in it.
+    names: Vec<Arc<str>>,
+}
+
+/// What a flush owes the client: wire name → resource to send, and names to remove.
+type Diff = (BTreeMap<Arc<str>, Arc<Resource>>, BTreeSet<Arc<str>>);
+
+#[derive(Default)]
+struct TypeState {
+    /// The initial request for this type arrived.
+    subscribed: bool,
+    wildcard: bool,
+    /// Explicitly subscribed names or on-demand keys.
+    explicit: HashSet<Arc<str>>,
+    /// Wire name → version the client holds.
+    sent: HashMap<Arc<str>, Arc<str>>,
+    /// Resource names changed since the last flush.
+    dirty: HashSet<Arc<str>>,
+    /// Compare everything at the next flush (initial request, broadcast lag, wildcard on).
+    full_diff: bool,
+    /// The next flush must send a response even if empty (initial request).
+    must_respond: bool,
+    /// Keys that the next response must name, as a resource or as removed.
+    must_answer: BTreeSet<Arc<str>>,
+    outstanding: VecDeque<Outstanding>,
+}
+
+impl TypeState {
+    fn resolve<'a>(
+        kind: ResourceType,
+        snapshot: &'a ViewState,
+        key: &str,
+    ) -> Option<&'a Arc<Resource>> {
+        match kind {
+            ResourceType::Address => snapshot.resolve_address_key(key),
+            ResourceType::Authorization => snapshot.get(kind, key),
+        }
+    }
+
+    /// Whether the client should hold something under `wire_name`.
+    fn desired<'a>(
+        &self,
+        kind: ResourceType,
+        snapshot: &'a ViewState,
+        wire_name: &str,
+    ) -> Option<&'a Arc<Resource>> {
+        if self.wildcard
+            && let Some(r) = snapshot.get(kind, wire_name)
+        {
+            return Some(r);
+        }
+        if self.explicit.contains(wire_name) {
+            return Self::resolve(kind, snapshot, wire_name);
+        }
+        None
+    }
+
+    /// The changes to send, from `snapshot`: (wire name → resource, removed names).
+    fn diff(&mut self, kind: ResourceType, snapshot: &ViewState) -> Diff {
+        let mut upserts = BTreeMap::new();
+        let mut removed = BTreeSet::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        if !self.subscribed {
+            return (upserts, removed);
+        }
+        let changed_version = |sent: &HashMap<Arc<str>, Arc<str>>, name: &str, r: &Resource| {
+            sent.get(name).is_none_or(|v| *v != r.version)
+        };
+        if std::mem::take(&mut self.full_diff) {
+            if self.wildcard {
+                for (name, r) in snapshot.resources(kind).iter() {
+                    if changed_version(&self.sent, name, r) {
+                        upserts.insert(Arc::clone(name), Arc::clone(r));
+                    }
+                }
+            }
+            for name in self.sent.keys() {
+                if self.desired(kind, snapshot, name).is_none() {
+                    removed.insert(Arc::clone(name));
+                }
+            }
+        } else if self.wildcard {
+            for name in dirty {
+                match snapshot.get(kind, &name) {
+                    Some(r) => {
+                        if changed_version(&self.sent, &name, r) {
+                            upserts.insert(name, Arc::clone(r));
+                        }
+                    }
+                    None => {
+                        if self.sent.contains_key(&name)
+                            && self.desired(kind, snapshot, &name).is_none()
+                        {
+                            removed.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        // Explicit keys are few (on-demand lookups); re-resolving them all keeps aliases
+        // (`network/IP` → workload) right without an index of who resolves to what.
+        for key in &self.explicit {
+            match Self::resolve(kind, snapshot, key) {
+                Some(r) => {
+                    if changed_version(&self.sent, key, r) {
+                        upserts.insert(Arc::clone(key), Arc::clone(r));
+                    }
+                }
+                None => {
+                    if self.sent.contains_key(key) && self.desired(kind, snapshot, key).is_none() {
+                        removed.insert(Arc::clone(key));
+                    }
+                }
+            }
+        }
+        for key in std::mem::take(&mut self.must_answer) {
+            match Self::resolve(kind, snapshot, &key) {
+                Some(r) => {
+                    upserts.insert(key, Arc::clone(r));
+                }
+                None => {
+                    removed.insert(key);
+                }
+            }
+        }
+        for name in upserts.keys() {
+            removed.remove(name);
+        }
+        (upserts, removed)
+    }
+}
+
+pub(crate) struct Connection {
+    pub view: Arc<View>,
+    pub options: ServerOptions,
+    pub entry: Arc<Subscriber>,
+    pub registry: Arc<Subscribers>,
+    pub cancel: CancellationToken,
+    types: PerType<TypeState>,
+    /// Unknown type URLs already answered once.
+    unknown_types: HashSet<String>,
+    /// Empty answers to unknown types, sent at the next flush.
+    pending_unknown: Vec<discovery::DeltaDiscoveryResponse>,
+    next_nonce: u64,
+    node_known: bool,
+}
+
+enum Exit {
+    ClientClosed,
+    Error(Status),
+}
+
+impl Connection {
+    pub fn new(
+        view: Arc<View>,
+        options: ServerOptions,
+        entry: Arc<Subscriber>,
+        registry: Arc<Subscribers>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Connection {
+            view,
+            options,
+            entry,
+            registry,
+            cancel,
+            types: PerType::default(),
+            unknown_types: HashSet::new(),
+            pending_unknown: Vec::new(),
+            next_nonce: 0,
+            node_known: false,
+        }
+    }
+
+    fn label(&self) -> String {
+        self.entry.view_label.to_string()
+    }
+
+    pub async fn run(
+        mut self,
+        mut inbound: tonic::Streaming<discovery::DeltaDiscoveryRequest>,
+        tx: Outbound,
+    ) {
+        // Subscribe before reading anything, so no change between the first snapshot and
+        // the subscription is missed.
+        let mut changes = self.view.subscribe();
+        let debounce = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(debounce);
+        let mut armed = false;
+        let exit = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break Exit::Error(Status::unavailable("xds server shutting down")),
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        match self.handle_request(req) {
+                            Ok(flush_now) => {
+                                if flush_now && !self.flush(&tx).await {
+                                    break Exit::ClientClosed;
+                                }
+                            }
+                            Err(status) => break Exit::Error(status),
+                        }
+                    }
+                    Ok(None) => break Exit::ClientClosed,
+                    Err(status) => {
+                        tracing::debug!(node = %self.entry.node(), error = %status, "xds server: inbound stream error");
+                        break Exit::ClientClosed;
+                    }
+                },
+                change = changes.recv() => {
+                    if !self.on_change(change) {
+                        break Exit::Error(Status::unavailable("view closed"));
+                    }
+                    if self.options.debounce.is_zero() {
+                        // Coalesce what is already queued, then push right away.
+                        loop {
+                            match changes.try_recv() {
+                                Ok(c) => { self.on_change(Ok(c)); }
+                                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                    self.on_change(Err(broadcast::error::RecvError::Lagged(n)));
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if !self.flush(&tx).await {
+                            break Exit::ClientClosed;
+                        }
+                    } else if !armed {
+                        // The window starts at the first change and is never extended, so
+                        // a steady stream of changes still gets pushed every window.
+                        debounce.as_mut().reset(Instant::now() + self.options.debounce);
+                        armed = true;
+                    }
+                }
+                _ = &mut debounce, if armed => {
+                    armed = false;
+                    if !self.flush(&tx).await {
+                        break Exit::ClientClosed;
+                    }
+                }
+            }
+        };
+        let reason = match exit {
+            Exit::ClientClosed => "stream closed".to_string(),
+            Exit::Error(status) => {
+                let reason = status.message().to_string();
+                let _ = tx.try_send(Err(status));
+                reason
+            }
+        };
+        tracing::info!(node = %self.entry.node(), view = %self.entry.view_label, remote = %self.entry.remote_addr, reason = %reason, "xds server: downstream disconnected");
+        self.entry.stats.disconnected(reason);
+    }
+
+    /// Marks changed names dirty. Returns false if the view is gone.
+    fn on_change(&mut self, change: Result<Arc<ChangeSet>, broadcast::error::RecvError>) -> bool {
+        match change {
+            Ok(cs) => {
+                let ts = self.types.get_mut(cs.kind);
+                if ts.subscribed {
+                    ts.dirty.extend(cs.names.iter().cloned());
+                }
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                self.entry
+                    .full_diffs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(node = %self.entry.node(), skipped = n, "xds server: change feed lagged; full diff");
+                metrics::counter!("peerd_xds_server_full_resyncs_total", "view" => self.label())
+                    .increment(1);
+                for t in ResourceType::ALL {
+                    let ts = self.types.get_mut(t);
+                    if ts.subscribed {
+                        ts.full_diff = true;
+                    }
+                }
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        }
+    }
+
+    /// Applies one request. Returns whether a flush is due now (initial request,
+    /// on-demand names, wildcard turned on).
+    fn handle_request(&mut self, req: discovery::DeltaDiscoveryRequest) -> Result<bool, Status> {
+        if !self.node_known
+            && let Some(node) = &req.node
+        {
+            self.node_known = true;
+            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
+                Arc::from(node.id.as_str());
+            self.entry.stats.set_name(node.id.clone());
+            tracing::info!(node = %node.id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
+        }
+        let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
+            return Ok(self.unknown_type(&req.type_url));
+        };
+        if !req.response_nonce.is_empty() {
+            self.handle_ack(kind, &req);
+        }
+        let snapshot = self.view.snapshot();
+        let ts = self.types.get_mut(kind);
+        if !ts.subscribed {
+            ts.subscribed = true;
+            let subscribe_all = req.resource_names_subscribe.iter().any(|n| n == WILDCARD);
+            let unsubscribe_all = req.resource_names_unsubscribe.iter().any(|n| n == WILDCARD);
+            let legacy_wildcard = req.resource_names_subscribe.is_empty()
+                && req.resource_names_unsubscribe.is_empty();
+            ts.wildcard = (legacy_wildcard || subscribe_all) && !unsubscribe_all;
+            ts.sent = req
+                .initial_resource_versions
+                .iter()
+                .map(|(n, v)| (Arc::from(n.as_str()), Arc::from(v.as_str())))
+                .collect();
+            if !ts.wildcard {
+                // Without the wildcard, what the client holds is what it is subscribed to.
+                ts.explicit.extend(ts.sent.keys().cloned());
+            }
+            for name in &req.resource_names_subscribe {
+                if name != WILDCARD && !req.resource_names_unsubscribe.contains(name) {
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    ts.explicit.insert(Arc::clone(&name));
+                    ts.must_answer.insert(name);
+                }
+            }
+            ts.full_diff = true;
+            ts.must_respond = true;
+            let mut p = self
+                .entry
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            p.get_mut(kind).subscribed = true;
+            drop(p);
+            self.registry.bump();
+            tracing::debug!(node = %self.entry.node(), %kind, wildcard = ts.wildcard, explicit = ts.explicit.len(), held = ts.sent.len(), "xds server: initial request");
+            return Ok(true);
+        }
+        let mut flush = false;
+        for name in &req.resource_names_unsubscribe {
+            if name == WILDCARD {
+                ts.wildcard = false;
+                let explicit = &ts.explicit;
+                ts.sent.retain(|n, _| explicit.contains(n));
+                continue;
+            }
+            ts.explicit.remove(name.as_str());
+            ts.must_answer.remove(name.as_str());
+            if !(ts.wildcard && snapshot.get(kind, name).is_some()) {
+                ts.sent.remove(name.as_str());
+            }
+        }
+        for name in &req.resource_names_subscribe {
+            if name == WILDCARD {
+                if !ts.wildcard {
+                    ts.wildcard = true;
+                    ts.full_diff = true;
+                    flush = true;
+                }
+                continue;
+            }
+            let name: Arc<str> = Arc::from(name.as_str());
+            ts.explicit.insert(Arc::clone(&name));
+            ts.must_answer.insert(name);
+            flush = true;
+        }
+        Ok(flush)
+    }
+
+    /// A request for a type this server does not serve: answered once with an empty
+    /// response echoing the type URL (so a client waiting for it is not stuck), then
+    /// ignored, including its ACKs. Returns whether a flush is due (only for the first
+    /// request of that type, to send the empty answer).
+    fn unknown_type(&mut self, type_url: &str) -> bool {
+        if self.unknown_types.len() < MAX_UNKNOWN_TYPES
+            && self.unknown_types.insert(type_url.to_string())
+        {
+            metrics::counter!("peerd_xds_server_unknown_type_requests_total", "view" => self.label()).increment(1);
+            tracing::warn!(node = %self.entry.node(), type_url, "xds server: request for an unknown type; answering with an empty response");
+            self.next_nonce += 1;
+            self.pending_unknown
+                .push(discovery::DeltaDiscoveryResponse {
+                    type_url: type_url.to_string(),
+                    nonce: self.next_nonce.to_string(),
+                    system_version_info: self.view.snapshot().version.to_string(),
+                    ..Default::default()
+                });
+            return true;
+        }
+        false
+    }
+
+    fn handle_ack(&mut self, kind: ResourceType, req: &discovery::DeltaDiscoveryRequest) {
+        let nonce_text = req.response_nonce.as_str();
+        let Ok(nonce) = nonce_text.parse::<u64>() else {
+            tracing::debug!(node = %self.entry.node(), %kind, nonce = nonce_text, "xds server: ACK for a nonce this server never sent; ignored");
+            return;
+        };
+        let ts = self.types.get_mut(kind);
+        // Responses are processed in order: everything up to this nonce is done.
+        let mut processed = None;
+        while ts.outstanding.front().is_some_and(|o| o.nonce <= nonce) {
+            processed = ts.outstanding.pop_front();
+        }
+        let Some(done) = processed.filter(|o| o.nonce == nonce) else {
+            tracing::debug!(node = %self.entry.node(), %kind, nonce, "xds server: ACK for an unknown or stale nonce; ignored");
+            return;
+        };
+        let nack = req.error_detail.as_ref().map(|s| s.message.clone());
+        if let Some(message) = &nack {
+            let named = nacked_names(message);
+            let in_response: Vec<&Arc<str>> = done
+                .names
+                .iter()
+                .filter(|n| named.contains(&***n))
+                .collect();
+            // A NACK that names nothing we sent rejects the whole response.
+            let forget: Vec<Arc<str>> = if in_response.is_empty() {
+                done.names.clone()
+            } else {
+                in_response.into_iter().cloned().collect()
+            };
+            for name in &forget {
+                ts.sent.remove(name);
+            }
+            metrics::counter!("peerd_xds_server_nacks_received_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
+            tracing::warn!(node = %self.entry.node(), %kind, nonce, message = %message, "xds server: downstream NACKed a response");
+        }
+        let held = ts.sent.len() as u64;
+        self.entry.stats.update(kind, |t| {
+            t.last_nonce_received = nonce_text.to_string();
+            t.resources = held;
+            match &nack {
+                Some(message) => {
+                    t.nacks_received += 1;
+                    t.last_nack_message = message.clone();
+                }
+                None => {
+                    t.acks += 1;
+                    t.last_nonce_acked = nonce_text.to_string();
+                }
+            }
+            t.synced = true;
+        });
+        {
+            let mut p = self
+                .entry
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let p = p.get_mut(kind);
+            p.acked_view_version = Some(
+                p.acked_view_version
+                    .map_or(done.view_version, |v| v.max(done.view_version)),
+            );
+            p.rejected = nack.is_some();
+        }
+        self.registry.publish(AckEvent {
+            connection: self.entry.id,
+            node: self.entry.node(),
+            view_label: Arc::clone(&self.entry.view_label),
+            kind,
+            view_version: done.view_version,
+            nonce: nonce_text.to_string(),
+            nack,
+            at: SystemTime::now(),
+        });
+        self.registry.bump();
+    }
+
+    /// Computes and sends what each type owes the client from the current snapshot.
+    /// Returns false if the client is gone.
+    async fn flush(&mut self, tx: &Outbound) -> bool {
+        let mut responses = std::mem::take(&mut self.pending_unknown);
+        let snapshot = self.view.snapshot();
+        let mut progressed = false;
+        for kind in ResourceType::ALL {
+            let max_bytes = self.options.max_message_size;
+            let ts = self.types.get_mut(kind);
+            if !ts.subscribed {
+                ts.dirty.clear();
+                continue;
+            }
+            let must_respond = std::mem::take(&mut ts.must_respond);
+            let (upserts, removed) = ts.diff(kind, &snapshot);
+            if upserts.is_empty() && removed.is_empty() && !must_respond {
+                // Nothing changed for this client: once it has processed what is in
+                // flight, it is current as of this snapshot.
+                match ts.outstanding.back_mut() {
+                    Some(last) => last.view_version = snapshot.version,
+                    None => {
+                        let mut p = self
+                            .entry
+                            .progress
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        let p = p.get_mut(kind);
+                        if p.acked_view_version.is_none_or(|v| v < snapshot.version) {
+                            p.acked_view_version = Some(snapshot.version);
+                            progressed = true;
+                        }
+                    }
+                }
+                continue;
+            }
+            for chunk in chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label) {
+                let (resources, removed) = chunk;
+                for (name, r) in &resources {
+                    ts.sent.insert(Arc::clone(name), Arc::clone(&r.version));
+                }
+                for name in &removed {
+                    ts.sent.remove(name);
+                }
+                self.next_nonce += 1;
+                let nonce = self.next_nonce;
+                if ts.outstanding.len() >= MAX_OUTSTANDING {
+                    ts.outstanding.pop_front();
+                }
+                ts.outstanding.push_back(Outstanding {
+                    nonce,
+                    view_version: snapshot.version,
+                    names: resources.iter().map(|(n, _)| Arc::clone(n)).collect(),
+                });
+                metrics::counter!("peerd_xds_server_responses_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
+                metrics::counter!("peerd_xds_server_resources_sent_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(resources.len() as u64);
+                let held = ts.sent.len() as u64;
+                self.entry.stats.update(kind, |t| {
+                    t.last_nonce_sent = nonce.to_string();
+                    t.resources = held;
+                });
+                responses.push(discovery::DeltaDiscoveryResponse {
+                    system_version_info: snapshot.version.to_string(),
+                    resources: resources
+                        .into_iter()
+                        .map(|(name, r)| to_wire(kind, &name, &r))
+                        .collect(),
+                    type_url: kind.type_url().to_string(),
+                    nonce: nonce.to_string(),
+                    removed_resources: removed.into_iter().map(|n| n.to_string()).collect(),
+                });
+            }
+        }
+        if progressed {
+            self.registry.bump();
+        }
+        for response in responses {
+            let sent = tokio::select! {
+                r = tx.send(Ok(response)) => r.is_ok(),
+                _ = self.cancel.cancelled() => false,
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Names a NACK message reports: the text before `": "` of each `"; "`-separated part.
+pub fn nacked_names(message: &str) -> HashSet<&str> {
+    message
+        .split("; ")
+        .filter_map(|part| part.split_once(": ").map(|(name, _)| name.trim()))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Protobuf framing allowance per resource (tags, lengths, the Any's type URL).
+const PER_RESOURCE_OVERHEAD: usize = 32;
+/// Allowance for the response's own fields.
+const RESPONSE_OVERHEAD: usize = 1024;
+
+type Chunk = (Vec<(Arc<str>, Arc<Resource>)>, Vec<Arc<str>>);
+
+/// Splits a response so each part encodes under `max_bytes`; removals go in the last
+/// part. A single resource that can never fit is dropped with an error (it would kill
+/// the stream) and not recorded as sent.
+fn chunk_response(
+    kind: ResourceType,
+    upserts: BTreeMap<Arc<str>, Arc<Resource>>,
+    removed: BTreeSet<Arc<str>>,
+    max_bytes: usize,
+    view_label: &str,
+) -> Vec<Chunk> {
+    let budget = max_bytes.saturating_sub(RESPONSE_OVERHEAD).max(1);
+    let mut chunks: Vec<Chunk> = vec![(Vec::new(), Vec::new())];
+    let mut used = 0usize;
+    for (name, r) in upserts {
+        let size = r.body.len()
+            + name.len()
+            + r.version.len()
+            + kind.type_url().len()
+            + PER_RESOURCE_OVERHEAD;
+        if size > budget {
+            metrics::counter!("peerd_xds_server_oversized_resources_total", "view" => view_label.to_string(), "type" => kind.short_name()).increment(1);
+            tracing::error!(%kind, name = %name, bytes = size, max_bytes, "xds server: resource larger than the max message size; not sent");
+            continue;
+        }
+        if used + size > budget && chunks.last().is_some_and(|c| !c.0.is_empty()) {
+            chunks.push((Vec::new(), Vec::new()));
+            used = 0;
+        }
+        used += size;
+        if let Some(last) = chunks.last_mut() {
+            last.0.push((name, r));
+        }
+    }
+    let mut removed_used = used;
+    for name in removed {
+        let size = name.len() + 4;
+        if removed_used + size > budget
+            && chunks
+                .last()
+                .is_some_and(|c| !c.0.is_empty() || !c.1.is_empty())
+        {
+            chunks.push((Vec::new(), Vec::new()));
+            removed_used = 0;
+        }
+        removed_used += size;
+        if let Some(last) = chunks.last_mut() {
+            last.1.push(name);
+        }
+    }
+    chunks
+}
+
+fn to_wire(kind: ResourceType, wire_name: &str, r: &Resource) -> discovery::Resource {
+    discovery::Resource {
+        version: r.version.to_string(),
+        resource: Some(prost_types::Any {
+            type_url: kind.type_url().to_string(),
+            value: r.body.to_vec(),
+        }),
+        name: wire_name.to_string(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::istio::workload;
+
+    fn wl(uid: &str, pad: usize) -> Arc<Resource> {
+        Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: uid.into(),
+                name: "n".repeat(pad),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn nack_messages_name_resources_before_the_colon() {
+        let names = nacked_names("a/b: bad; Kubernetes//Pod/ns/x: cannot decode: eof; junk");
+        assert_eq!(names, HashSet::from(["a/b", "Kubernetes//Pod/ns/x"]));
+        assert!(nacked_names("whole response rejected").is_empty());
+    }
+
+    #[test]
+    fn chunks_stay_under_the_budget_and_keep_everything() {
+        let upserts: BTreeMap<Arc<str>, Arc<Resource>> = (0..10)
+            .map(|i| {
+                let r = wl(&format!("u{i}"), 1000);
+                (Arc::clone(&r.name), r)
+            })
+            .collect();
+        let huge = wl("huge", 10_000);
+        let mut with_huge = upserts.clone();
+        with_huge.insert(Arc::clone(&huge.name), huge);
+        let removed: BTreeSet<Arc<str>> = [Arc::from("gone")].into();
+        let chunks = chunk_response(ResourceType::Address, with_huge, removed, 4096, "test");
+        assert!(chunks.len() >= 3);
+        let sent: Vec<&str> = chunks
+            .iter()
+            .flat_map(|c| c.0.iter().map(|(n, _)| &**n))
+            .collect();
+        assert_eq!(sent.len(), 10, "the oversized resource is left out");
+        assert!(!sent.contains(&"huge"));
+        assert_eq!(chunks.last().unwrap().1, vec![Arc::<str>::from("gone")]);
+        for (resources, _) in &chunks {
+            let size: usize = resources.iter().map(|(_, r)| r.body.len()).sum();
+            assert!(size < 4096);
+        }
+        // No resources at all still yields one (empty) response.
+        let empty = chunk_response(
+            ResourceType::Address,
+            BTreeMap::new(),
+            BTreeSet::new(),
+            4096,
+            "t",
+        );
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].0.is_empty() && empty[0].1.is_empty());
+    }
+}

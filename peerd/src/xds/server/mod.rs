@@ -1,0 +1,207 @@
+//! The delta-ADS server: what ztunnel (merged view) and peers (export view) connect to.
+//! Each stream is authenticated and assigned a view by a [`ViewSelector`], then driven by
+//! its own task ([`connection`]); live streams are listed in the [`Subscribers`]
+//! registry.
+//!
+//! Only `DeltaAggregatedResources` is served; the state-of-the-world RPC is answered with
+//! `Unimplemented` (tonic's default for a method the service does not define).
+//! It never copies a whole view per change and never lets one connection slow another.
+//!
+//! Unknown type URLs in requests: the first request for such a type gets one empty
+//! response echoing the type URL (a client waiting for an answer is not stuck; ACKing
+//! it is harmless); later requests for it, including ACKs, are ignored. The stream and
+//! the known types are unaffected.
+
+mod connection;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::envoy::service::discovery::v3 as discovery;
+use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use crate::xds::auth::{ConnectionInfo, ViewSelector, parse_bearer};
+use crate::xds::transport::{PeerConnInfo, tls_incoming};
+
+pub use connection::nacked_names;
+pub use registry::{AckEvent, SubscriberInfo, Subscribers, TypeProgress};
+
+/// Tunables of the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// How long a connection gathers view changes before pushing them (0 = push at once).
+    /// The window starts at the first change and is never extended.
+    pub debounce: Duration,
+    /// Responses queued per connection before its task waits for the client.
+    pub outbound_queue: usize,
+    /// Largest request accepted and largest response sent (bigger pushes are split).
+    pub max_message_size: usize,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Duration,
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Option<Duration>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            debounce: Duration::from_millis(5),
+            outbound_queue: 16,
+            // Same as ztunnel's inbound limit.
+            max_message_size: 200 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Some(Duration::from_secs(30)),
+            http2_keepalive_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// The server. Cheap to clone; clones share the registry and the shutdown signal.
+#[derive(Clone)]
+pub struct AdsServer {
+    selector: Arc<dyn ViewSelector>,
+    options: ServerOptions,
+    subscribers: Arc<Subscribers>,
+    /// Ends every connection task (server shutdown).
+    cancel: CancellationToken,
+}
+
+impl AdsServer {
+    pub fn new(selector: Arc<dyn ViewSelector>, options: ServerOptions) -> Self {
+        AdsServer {
+            selector,
+            options,
+            subscribers: Subscribers::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn subscribers(&self) -> Arc<Subscribers> {
+        Arc::clone(&self.subscribers)
+    }
+
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// The gRPC service, to mount on a tonic router of one's own.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.options.max_message_size)
+            .max_encoding_message_size(self.options.max_message_size)
+    }
+
+    /// Serves TLS (ALPN h2 is added to `tls` if missing) on `listener` until `shutdown`
+    /// fires; then ends every stream with `UNAVAILABLE` and returns. Shutdown is final for
+    /// this server and its clones (build a new `AdsServer` to serve again).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let local = listener.local_addr().ok();
+        let incoming = tls_incoming(
+            listener,
+            tls,
+            self.options.handshake_timeout,
+            shutdown.clone(),
+        );
+        tracing::info!(address = ?local, "xds server listening");
+        let cancel = self.cancel.clone();
+        let signal = async move {
+            shutdown.cancelled().await;
+            cancel.cancel();
+        };
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(self.options.http2_keepalive_interval)
+            .http2_keepalive_timeout(self.options.http2_keepalive_timeout)
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(|e| anyhow::anyhow!("xds server on {local:?} failed: {e}"))
+    }
+
+    /// Ends every live stream (`UNAVAILABLE`), as on shutdown.
+    pub fn close_all(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// What the request tells about the connection.
+fn connection_info<T>(req: &Request<T>) -> ConnectionInfo {
+    let transport = req.extensions().get::<PeerConnInfo>();
+    let header = |name: &str| {
+        req.metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    ConnectionInfo {
+        remote_addr: transport
+            .map(|t| t.remote_addr)
+            .or_else(|| req.remote_addr()),
+        bearer_token: header("authorization")
+            .as_deref()
+            .and_then(parse_bearer)
+            .map(str::to_string),
+        cluster_id: header("clusterid"),
+        peer_certificates: transport.and_then(|t| t.peer_certificates.clone()),
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type DeltaAggregatedResourcesStream =
+        ReceiverStream<Result<discovery::DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let info = connection_info(&request);
+        let remote = info
+            .remote_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".to_string());
+        let selected = match self.selector.select(&info).await {
+            Ok(s) => s,
+            Err(status) => {
+                metrics::counter!("peerd_xds_server_rejected_streams_total", "code" => format!("{:?}", status.code()))
+                    .increment(1);
+                tracing::warn!(remote = %remote, cluster_id = ?info.cluster_id, code = ?status.code(), reason = %status.message(), "xds server: stream refused");
+                return Err(status);
+            }
+        };
+        let entry = self
+            .subscribers
+            .register(&selected.label, selected.identity.clone(), remote);
+        let (tx, rx) = mpsc::channel(self.options.outbound_queue.max(1));
+        let conn = connection::Connection::new(
+            selected.view,
+            self.options.clone(),
+            Arc::clone(&entry),
+            Arc::clone(&self.subscribers),
+            self.cancel.child_token(),
+        );
+        let subscribers = Arc::clone(&self.subscribers);
+        let label = selected.label;
+        let inbound = request.into_inner();
+        tokio::spawn(async move {
+            let gauge = metrics::gauge!("peerd_xds_server_connections", "view" => label.clone());
+            gauge.increment(1.0);
+            conn.run(inbound, tx).await;
+            gauge.decrement(1.0);
+            subscribers.unregister(entry.id);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,121 @@
+//! Installs the machine-level prerequisites of the test suite, only when missing:
+//! clang/llvm/libbpf (eBPF programs), nftables + iproute2 (network-namespace tests),
+//! prometheus (real scrape tests), Python grpcio (independent debug API client).
+
+use std::process::Command;
+
+use anyhow::bail;
+
+/// (command that must exist, Debian package providing it)
+const APT: &[(&str, &str)] = &[
+    ("clang", "clang"),
+    ("llvm-strip", "llvm"),
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("kubectl", "kubernetes-client"),
+];
+const APT_FILES: &[(&str, &str)] = &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev")];
+/// (Python module, PyPI package)
+const PIP: &[(&str, &str)] = &[
+    ("grpc", "grpcio"),
+    ("grpc_reflection", "grpcio-reflection"),
+    ("grpc_health", "grpcio-health-checking"),
+    ("pytest", "pytest"),
+];
+
+fn have_command(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn have_python_module(name: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// What is missing: (apt packages, pip packages).
+pub fn missing() -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut apt: Vec<&str> = APT
+        .iter()
+        .filter(|(cmd, _)| !have_command(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    apt.extend(
+        APT_FILES
+            .iter()
+            .filter(|(path, _)| !std::path::Path::new(path).exists())
+            .map(|(_, pkg)| *pkg),
+    );
+    apt.sort_unstable();
+    apt.dedup();
+    let pip = PIP
+        .iter()
+        .filter(|(module, _)| !have_python_module(module))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    (apt, pip)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let (apt, pip) = missing();
+    if !apt.is_empty() {
+        // kubectl is on the machine image; it is not installable from Debian's
+        // archive under that name everywhere, so its absence is reported, not fatal.
+        let installable: Vec<&str> = apt
+            .iter()
+            .copied()
+            .filter(|p| *p != "kubernetes-client")
+            .collect();
+        if apt.contains(&"kubernetes-client") {
+            eprintln!("xtask setup: kubectl not found; the kubectl compatibility tests will fail");
+        }
+        if !installable.is_empty() {
+            if !is_root() {
+                bail!("missing packages {installable:?}; run as root or install them");
+            }
+            crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+            crate::run(
+                Command::new("apt-get")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args(["install", "-y", "-qq", "--no-install-recommends"])
+                    .args(&installable),
+            )?;
+        }
+    }
+    if !pip.is_empty() {
+        crate::run(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(&pip),
+        )?;
+    }
+    let (apt, pip) = missing();
+    let apt: Vec<&str> = apt
+        .into_iter()
+        .filter(|p| *p != "kubernetes-client")
+        .collect();
+    if !apt.is_empty() || !pip.is_empty() {
+        bail!("still missing after setup: apt {apt:?}, pip {pip:?}");
+    }
+    eprintln!("xtask setup: all prerequisites present");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
