@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// (The kernel only grants GPL-only helpers such as bpf_probe_read_kernel to GPL-compatible
+// programs, so the kernel side is dual-licensed; the rest of peerd is Apache-2.0.)
 /* connect.bpf.c: kernel side of peerd's connectivity probes.
  *
  * Owns: counting outbound TCP connects per (destination address, destination port) for
@@ -135,12 +137,13 @@ static __always_inline void on_state_change(const struct sock *sk, int oldstate,
 					    const struct dest_key *key)
 {
 	__u64 sk_id = (__u64)(unsigned long)sk;
-	struct dest_stats *stats = dest_entry(key);
-	if (!stats)
-		return;
+	struct dest_stats *stats;
 
 	if (newstate == TCP_SYN_SENT) {
 		struct connect_start start = { .start_ns = bpf_ktime_get_ns() };
+		stats = dest_entry(key);
+		if (!stats)
+			return;
 		__sync_fetch_and_add(&stats->attempts, 1);
 		if (bpf_map_update_elem(&connect_start, &sk_id, &start, BPF_ANY) != 0)
 			counter_inc(PEERD_COUNTER_START_INSERT_FAILED);
@@ -148,7 +151,8 @@ static __always_inline void on_state_change(const struct sock *sk, int oldstate,
 	}
 
 	/* oldstate == TCP_SYN_SENT: an outcome. Only connects whose start we saw count, so
-	 * attempts >= outcomes always holds (connects in flight at load time are skipped). */
+	 * attempts >= outcomes holds per destination (connects in flight at load time, or
+	 * whose start was evicted, are only counted as START_MISSING). */
 	struct connect_start *start = bpf_map_lookup_elem(&connect_start, &sk_id);
 	if (!start) {
 		counter_inc(PEERD_COUNTER_START_MISSING);
@@ -156,6 +160,9 @@ static __always_inline void on_state_change(const struct sock *sk, int oldstate,
 	}
 	__u64 start_ns = start->start_ns;
 	bpf_map_delete_elem(&connect_start, &sk_id);
+	stats = dest_entry(key);
+	if (!stats)
+		return;
 
 	if (newstate == TCP_ESTABLISHED) {
 		__u64 now = bpf_ktime_get_ns();

@@ -87,6 +87,7 @@ const _: () = {
     assert!(offset_of!(DestStats, latency_sum_us) == 64);
     assert!(offset_of!(DestStats, latency_hist) == 72);
     assert!(size_of::<ConnectStart>() == CONNECT_START_SIZE);
+    assert!((Counter::StartMissing as u32) < COUNTER_SLOTS);
 };
 
 impl DestKey {
@@ -204,28 +205,20 @@ impl DestStats {
 mod tests {
     use super::*;
 
-    /// Parses `_Static_assert(sizeof(struct X) == N` and
-    /// `_Static_assert(__builtin_offsetof(struct X, f) == N` lines from shared.h.
+    /// Parses `_Static_assert(sizeof(struct X) == N, …)` and
+    /// `_Static_assert(__builtin_offsetof(struct X, f) == N, …)` lines of shared.h into
+    /// (type, field, value).
     fn c_assertions() -> Vec<(String, Option<String>, usize)> {
         let header = include_str!("shared.h");
         let mut found = Vec::new();
         for line in header.lines().filter(|l| l.starts_with("_Static_assert(")) {
-            let body = &line["_Static_assert(".len()..];
-            let (expr, _) = body.split_once(',').map_or((body, ""), |(e, r)| {
-                // offsetof has a comma inside; re-split on "==".
-                if e.contains("offsetof") {
-                    (body, r)
-                } else {
-                    (e, r)
-                }
-            });
-            let (lhs, rhs) = expr.split_once("==").unwrap();
-            let value: usize = rhs.split(',').next().unwrap().trim().parse().unwrap();
-            let lhs = lhs.trim();
-            if let Some(inner) = lhs.strip_prefix("sizeof(struct ") {
-                found.push((inner.trim_end_matches(')').to_string(), None, value));
+            let (lhs, rest) = line["_Static_assert(".len()..].split_once("==").unwrap();
+            let value: usize = rest.split(',').next().unwrap().trim().parse().unwrap();
+            let lhs = lhs.trim().trim_end_matches(')');
+            if let Some(ty) = lhs.strip_prefix("sizeof(struct ") {
+                found.push((ty.to_string(), None, value));
             } else if let Some(inner) = lhs.strip_prefix("__builtin_offsetof(struct ") {
-                let (ty, field) = inner.trim_end_matches(')').split_once(',').unwrap();
+                let (ty, field) = inner.split_once(',').unwrap();
                 found.push((ty.trim().to_string(), Some(field.trim().to_string()), value));
             } else {
                 panic!("unrecognised assertion in shared.h: {line}");

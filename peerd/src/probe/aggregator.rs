@@ -1,15 +1,15 @@
 //! Turns raw kernel map snapshots into per-destination cumulative counters, deltas, rates
-//! and latency percentiles, and attributes destinations to peers.
+//! and latency percentiles.
 //!
 //! Owns: the previous snapshot (to compute deltas), counter-reset handling (an LRU
 //! eviction or a reload restarts an entry from zero), percentile estimation from the
 //! log2 histogram, and the periodic reader task. Must never touch the kernel except
-//! through `ProbeHandle::snapshot`, and never attribute a destination that is not in the
-//! caller's peer index. Time comes from `Instant` (monotonic), so wall-clock jumps do not
-//! distort rates; the kernel side uses `bpf_ktime_get_ns` (monotonic) for latency.
+//! through `ProbeHandle::snapshot`; attribution to peers lives in `attribution`. Time
+//! comes from `Instant` (monotonic), so wall-clock jumps do not distort rates; the kernel
+//! side uses `bpf_ktime_get_ns` (monotonic) for latency.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ pub struct ConnectCounts {
 
 impl Default for ConnectCounts {
     fn default() -> Self {
-        ConnectCounts::from(&DestStats::ZERO)
+        ConnectCounts::ZERO
     }
 }
 
@@ -58,6 +58,19 @@ impl From<&DestStats> for ConnectCounts {
 }
 
 impl ConnectCounts {
+    pub const ZERO: ConnectCounts = ConnectCounts {
+        attempts: 0,
+        established: 0,
+        refused: 0,
+        timed_out: 0,
+        unreachable: 0,
+        aborted: 0,
+        other_errors: 0,
+        syn_retransmits: 0,
+        latency_sum_us: 0,
+        latency_hist: [0; LATENCY_BUCKETS],
+    };
+
     /// Connects that ended without being established.
     pub fn failures(&self) -> u64 {
         self.refused + self.timed_out + self.unreachable + self.aborted + self.other_errors
@@ -104,6 +117,14 @@ impl ConnectCounts {
         }
     }
 
+    /// Records one established connect that took `latency`.
+    pub fn record_established(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.established += 1;
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+        self.latency_hist[latency_bucket(us)] += 1;
+    }
+
     /// Adds `other` into `self` (for per-peer sums).
     pub fn add(&mut self, other: &ConnectCounts) {
         self.attempts += other.attempts;
@@ -124,6 +145,15 @@ impl ConnectCounts {
     /// linearly inside the bucket; `None` without established connects.
     pub fn latency_percentile_us(&self, q: f64) -> Option<f64> {
         percentile_us(&self.latency_hist, q)
+    }
+}
+
+/// The log2 bucket of a latency in µs, exactly as the kernel programs compute it.
+pub fn latency_bucket(us: u64) -> usize {
+    if us == 0 {
+        0
+    } else {
+        ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1)
     }
 }
 
@@ -231,36 +261,57 @@ impl Aggregator {
         Self::default()
     }
 
-    /// Folds one snapshot taken at `now` into a report.
+    /// Folds one kernel snapshot taken at `now` into a report.
     pub fn update(&mut self, snapshot: &KernelSnapshot, now: Instant) -> ProbeReport {
+        let entries = snapshot
+            .destinations
+            .iter()
+            .map(|(key, stats)| (*key, ConnectCounts::from(stats)));
+        self.update_from_counts(entries, snapshot.health, now)
+    }
+
+    /// Folds cumulative per-destination counts from any source (the kernel maps, or the
+    /// active prober in userspace mode) into a report of the same shape.
+    pub fn update_from_counts(
+        &mut self,
+        entries: impl IntoIterator<Item = (DestKey, ConnectCounts)>,
+        health: MapHealth,
+        now: Instant,
+    ) -> ProbeReport {
         let interval = self
             .previous_at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         let mut destinations = BTreeMap::new();
-        let mut next = HashMap::with_capacity(snapshot.destinations.len());
-        for (key, stats) in &snapshot.destinations {
-            let total = ConnectCounts::from(stats);
-            let delta = match self.previous.get(key) {
+        let mut next = HashMap::new();
+        for (key, total) in entries {
+            let delta = match self.previous.get(&key) {
                 Some(before) => total.since(before),
                 None => total,
             };
-            let destination = SocketAddr::new(key.addr(), key.dport);
-            destinations.insert(
-                destination,
-                DestinationReport {
+            // An IPv6 socket connecting to `::ffff:a.b.c.d` reaches the IPv4 destination:
+            // report (and attribute) both kinds of key under the IPv4 address.
+            let destination = SocketAddr::new(key.addr().to_canonical(), key.dport);
+            let entry = destinations
+                .entry(destination)
+                .or_insert_with(|| DestinationReport {
                     destination,
-                    total,
-                    delta,
-                    rates: ConnectRates::over(&delta, interval),
-                    p50_us: total.latency_percentile_us(0.50),
-                    p99_us: total.latency_percentile_us(0.99),
-                },
-            );
-            next.insert(*key, total);
+                    total: ConnectCounts::ZERO,
+                    delta: ConnectCounts::ZERO,
+                    rates: ConnectRates::default(),
+                    p50_us: None,
+                    p99_us: None,
+                });
+            entry.total.add(&total);
+            entry.delta.add(&delta);
+            next.insert(key, total);
+        }
+        for report in destinations.values_mut() {
+            report.rates = ConnectRates::over(&report.delta, interval);
+            report.p50_us = report.total.latency_percentile_us(0.50);
+            report.p99_us = report.total.latency_percentile_us(0.99);
         }
         self.previous = next;
         self.previous_at = Some(now);
-        let health = snapshot.health;
         ProbeReport {
             interval,
             destinations,
@@ -271,50 +322,6 @@ impl Aggregator {
             },
         }
     }
-}
-
-/// Per-peer measurements, split by destination port (e.g. 15008 HBONE, 15012 xDS).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PeerProbe {
-    pub by_port: BTreeMap<u16, PortProbe>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PortProbe {
-    pub total: ConnectCounts,
-    pub delta: ConnectCounts,
-    pub p50_us: Option<f64>,
-    pub p99_us: Option<f64>,
-}
-
-/// Sums destinations into peers using `index` (address → peer name: east-west gateway
-/// addresses, or remote pod IPs for flat peers). Destinations not in the index are
-/// ignored: they are not peers, so they are never attributed.
-pub fn attribute(
-    report: &ProbeReport,
-    index: &HashMap<IpAddr, String>,
-) -> BTreeMap<String, PeerProbe> {
-    let mut peers: BTreeMap<String, PeerProbe> = BTreeMap::new();
-    for (destination, dest) in &report.destinations {
-        let Some(peer) = index.get(&destination.ip()) else {
-            continue;
-        };
-        let port = peers
-            .entry(peer.clone())
-            .or_default()
-            .by_port
-            .entry(destination.port())
-            .or_default();
-        port.total.add(&dest.total);
-        port.delta.add(&dest.delta);
-    }
-    for peer in peers.values_mut() {
-        for port in peer.by_port.values_mut() {
-            port.p50_us = port.total.latency_percentile_us(0.50);
-            port.p99_us = port.total.latency_percentile_us(0.99);
-        }
-    }
-    peers
 }
 
 /// Reads the maps every `interval` and publishes reports until the handle is dropped.
@@ -328,9 +335,19 @@ pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorT
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let snapshot = match handle.lock() {
+            // Thousands of map syscalls: keep them off the async workers.
+            let reader = Arc::clone(&handle);
+            let snapshot = tokio::task::spawn_blocking(move || match reader.lock() {
                 Ok(guard) => guard.snapshot(),
                 Err(poisoned) => poisoned.into_inner().snapshot(),
+            })
+            .await;
+            let snapshot = match snapshot {
+                Ok(result) => result,
+                Err(join_error) => {
+                    tracing::warn!(%join_error, "eBPF map reader task failed");
+                    continue;
+                }
             };
             match snapshot {
                 Ok(snapshot) => {
@@ -429,6 +446,63 @@ mod tests {
     }
 
     #[test]
+    fn clock_going_backwards_gives_zero_rates_not_a_panic() {
+        let key = DestKey::new("127.0.0.1".parse().unwrap(), 15008);
+        let dest: SocketAddr = "127.0.0.1:15008".parse().unwrap();
+        let mut agg = Aggregator::new();
+        let later = Instant::now() + Duration::from_secs(10);
+        agg.update(&snapshot(vec![(key, stats(1, 1, &[]))]), later);
+        let report = agg.update(
+            &snapshot(vec![(key, stats(5, 5, &[]))]),
+            later - Duration::from_secs(5),
+        );
+        assert_eq!(report.interval, Duration::ZERO);
+        assert_eq!(report.get(dest).unwrap().delta.attempts, 4);
+        assert_eq!(report.get(dest).unwrap().rates, ConnectRates::default());
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_keys_merge_into_the_ipv4_destination() {
+        let v4 = DestKey::new("127.0.0.1".parse().unwrap(), 15008);
+        let mapped = DestKey::new("::ffff:127.0.0.1".parse().unwrap(), 15008);
+        assert_ne!(v4, mapped, "the kernel keys differ by family");
+        let mut agg = Aggregator::new();
+        let report = agg.update(
+            &snapshot(vec![
+                (v4, stats(5, 5, &[(4, 5)])),
+                (mapped, stats(2, 2, &[(6, 2)])),
+            ]),
+            Instant::now(),
+        );
+        assert_eq!(report.destinations.len(), 1);
+        let merged = report.get("127.0.0.1:15008".parse().unwrap()).unwrap();
+        assert_eq!((merged.total.attempts, merged.total.established), (7, 7));
+        assert_eq!(
+            merged.total.latency_hist[4] + merged.total.latency_hist[6],
+            7
+        );
+        assert!(merged.p99_us.unwrap() >= 32.0);
+    }
+
+    #[test]
+    fn latency_buckets_match_the_kernel_definition() {
+        // bucket 0: < 1 µs; bucket b: [2^(b-1), 2^b) µs; the last bucket is open.
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 1);
+        assert_eq!(latency_bucket(2), 2);
+        assert_eq!(latency_bucket(3), 2);
+        assert_eq!(latency_bucket(4), 3);
+        assert_eq!(latency_bucket(1023), 10);
+        assert_eq!(latency_bucket(1024), 11);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        for b in 1..LATENCY_BUCKETS - 1 {
+            let (lower, upper) = bucket_bounds(b);
+            assert_eq!(latency_bucket(lower as u64), b);
+            assert_eq!(latency_bucket(upper as u64 - 1), b);
+        }
+    }
+
+    #[test]
     fn evicted_destination_disappears_and_eviction_is_counted() {
         let a = DestKey::new("10.0.0.1".parse().unwrap(), 15008);
         let mut agg = Aggregator::new();
@@ -461,35 +535,5 @@ mod tests {
         let mut zero_bucket = [0u64; LATENCY_BUCKETS];
         zero_bucket[0] = 4;
         assert!(percentile_us(&zero_bucket, 0.5).unwrap() <= 1.0);
-    }
-
-    #[test]
-    fn attribution_ignores_destinations_that_are_not_peers() {
-        let gw = DestKey::new("127.0.3.1".parse().unwrap(), 15008);
-        let gw_xds = DestKey::new("127.0.3.1".parse().unwrap(), 15012);
-        let pod = DestKey::new("127.3.1.7".parse().unwrap(), 15008);
-        let stranger = DestKey::new("127.0.9.9".parse().unwrap(), 15008);
-        let mut agg = Aggregator::new();
-        let report = agg.update(
-            &snapshot(vec![
-                (gw, stats(4, 4, &[(3, 4)])),
-                (gw_xds, stats(1, 0, &[])),
-                (pod, stats(2, 1, &[(4, 1)])),
-                (stranger, stats(50, 50, &[])),
-            ]),
-            Instant::now(),
-        );
-        let index: HashMap<IpAddr, String> = [
-            ("127.0.3.1".parse().unwrap(), "cluster-3".to_string()),
-            ("127.3.1.7".parse().unwrap(), "cluster-3".to_string()),
-        ]
-        .into();
-        let peers = attribute(&report, &index);
-        assert_eq!(peers.len(), 1);
-        let c3 = &peers["cluster-3"];
-        assert_eq!(c3.by_port[&15008].total.attempts, 6);
-        assert_eq!(c3.by_port[&15008].total.established, 5);
-        assert_eq!(c3.by_port[&15012].total.attempts, 1);
-        assert!(c3.by_port[&15008].p50_us.is_some());
     }
 }

@@ -94,3 +94,43 @@ pub fn mean_run_time(stats: &ProgramRunStats) -> Option<Duration> {
     let runs = u32::try_from(stats.run_count).ok().filter(|r| *r > 0)?;
     Some(stats.run_time / runs)
 }
+
+/// One round of [`compare`]: the same loop without and with the programs attached.
+#[derive(Clone, Debug)]
+pub struct BenchRound {
+    pub without: ConnectLoopResult,
+    pub with: ConnectLoopResult,
+    /// `with / without` elapsed time (1.0 = no difference).
+    pub ratio: f64,
+    /// Kernel run statistics of the attached programs during the `with` loop.
+    pub programs: Vec<ProgramRunStats>,
+}
+
+/// Runs `rounds` × (`n` loopback connects without the probes, then `n` with the probes
+/// attached and the sink's port filtered in the kernel), with BPF run-time stats enabled.
+/// Needs root; returns an error when the probes cannot be loaded.
+pub fn compare(n: u64, rounds: u32) -> io::Result<Vec<BenchRound>> {
+    let sink = LoopbackSink::start(0)?;
+    let _stats = enable_bpf_stats()?;
+    let config = super::loader::LoaderConfig {
+        ports: vec![sink.addr().port()],
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for _ in 0..rounds {
+        let without = connect_loop(sink.addr(), n)?;
+        let handle = ProbeHandle::load(&config).map_err(|err| io::Error::other(err.to_string()))?;
+        let with = connect_loop(sink.addr(), n)?;
+        let programs = handle.program_stats();
+        drop(handle);
+        let ratio =
+            with.elapsed.as_secs_f64() / without.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+        results.push(BenchRound {
+            without,
+            with,
+            ratio,
+            programs,
+        });
+    }
+    Ok(results)
+}

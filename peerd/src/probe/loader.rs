@@ -15,7 +15,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use peerd_ebpf::layout::{COUNTER_SLOTS, DEST_KEY_SIZE, DEST_STATS_SIZE};
+use peerd_ebpf::layout::{DEST_KEY_SIZE, DEST_STATS_SIZE};
 use peerd_ebpf::{Counter, DestKey, DestStats, maps, programs};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -243,7 +243,6 @@ impl ProbeHandle {
                 .get(&(counter as u32), 0)
                 .map_err(|err| map_error(maps::COUNTERS, &err))
         };
-        debug_assert!(COUNTER_SLOTS > Counter::StartMissing as u32);
         let health = MapHealth {
             dest_inserted: read(Counter::DestInserted)?,
             dest_insert_failed: read(Counter::DestInsertFailed)?,

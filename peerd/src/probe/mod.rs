@@ -6,7 +6,10 @@
 //! never connect anywhere the prober's target guard refuses.
 
 pub mod aggregator;
+pub mod attribution;
 pub mod bench;
 pub mod loader;
 pub mod mode;
 pub mod prober;
+pub mod service;
+pub mod status;

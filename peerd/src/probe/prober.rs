@@ -12,9 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use peerd_ebpf::DestKey;
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use super::aggregator::ConnectCounts;
 
 /// Which destinations the prober may connect to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,29 +116,25 @@ impl ProbeOutcome {
     }
 }
 
-/// Per-target userspace counters.
+/// Per-target userspace counters, in the same shape as the kernel's (no SYN
+/// retransmits: userspace cannot see them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetStats {
-    pub attempts: u64,
-    pub established: u64,
-    pub refused: u64,
-    pub timed_out: u64,
-    pub aborted: u64,
-    pub unreachable: u64,
-    pub other_errors: u64,
+    pub counts: ConnectCounts,
     pub last: Option<ProbeOutcome>,
 }
 
 impl TargetStats {
     fn record(&mut self, outcome: &ProbeOutcome) {
-        self.attempts += 1;
+        let counts = &mut self.counts;
+        counts.attempts += 1;
         match outcome {
-            ProbeOutcome::Established { .. } => self.established += 1,
-            ProbeOutcome::Refused => self.refused += 1,
-            ProbeOutcome::TimedOut => self.timed_out += 1,
-            ProbeOutcome::Aborted => self.aborted += 1,
-            ProbeOutcome::Unreachable => self.unreachable += 1,
-            ProbeOutcome::Other(_) => self.other_errors += 1,
+            ProbeOutcome::Established { latency } => counts.record_established(*latency),
+            ProbeOutcome::Refused => counts.refused += 1,
+            ProbeOutcome::TimedOut => counts.timed_out += 1,
+            ProbeOutcome::Aborted => counts.aborted += 1,
+            ProbeOutcome::Unreachable => counts.unreachable += 1,
+            ProbeOutcome::Other(_) => counts.other_errors += 1,
         }
         self.last = Some(outcome.clone());
     }
@@ -189,6 +188,16 @@ impl Prober {
     /// Userspace outcome counters per target.
     pub fn stats(&self) -> BTreeMap<SocketAddr, TargetStats> {
         lock(&self.stats).clone()
+    }
+
+    /// Cumulative counts per target, keyed like the kernel map, for
+    /// [`Aggregator::update_from_counts`](super::aggregator::Aggregator::update_from_counts)
+    /// (the userspace-mode report).
+    pub fn counts(&self) -> Vec<(DestKey, ConnectCounts)> {
+        lock(&self.stats)
+            .iter()
+            .map(|(target, stats)| (DestKey::new(target.ip(), target.port()), stats.counts))
+            .collect()
     }
 
     /// One connect to every target, concurrently; returns each outcome.
@@ -339,8 +348,16 @@ mod tests {
         );
         assert_eq!(outcomes[&closed], ProbeOutcome::Refused);
         let stats = prober.stats();
-        assert_eq!(stats[&open].established, 1);
-        assert_eq!(stats[&closed].refused, 1);
+        assert_eq!(stats[&open].counts.established, 1);
+        assert_eq!(stats[&open].counts.latency_hist.iter().sum::<u64>(), 1);
+        assert_eq!(stats[&closed].counts.refused, 1);
+        // The same report shape as eBPF mode.
+        let mut aggregator = crate::probe::aggregator::Aggregator::new();
+        let report =
+            aggregator.update_from_counts(prober.counts(), Default::default(), Instant::now());
+        assert_eq!(report.get(open).unwrap().total.established, 1);
+        assert!(report.get(open).unwrap().p50_us.is_some());
+        assert_eq!(report.get(closed).unwrap().total.refused, 1);
         drop(listener);
     }
 
@@ -365,11 +382,16 @@ mod tests {
         prober.set_targets(vec![open]).unwrap();
         let task = prober.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while prober.stats().get(&open).map_or(0, |s| s.established) < 2 {
+        while prober
+            .stats()
+            .get(&open)
+            .map_or(0, |s| s.counts.established)
+            < 2
+        {
             assert!(Instant::now() < deadline, "prober never ran twice");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         task.abort();
-        assert!(prober.stats()[&open].established >= 2);
+        assert!(prober.stats()[&open].counts.established >= 2);
     }
 }

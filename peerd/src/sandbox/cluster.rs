@@ -73,7 +73,8 @@ impl Cluster {
         tokio::spawn(async move {
             match sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) | Err(e) => tracing::error!(cluster = %name, error = format!("{e:#}"), "simulated istiod stopped"),
+                Ok(Err(e)) => tracing::error!(cluster = %name, error = format!("{e:#}"), "simulated istiod stopped"),
+                Err(e) => tracing::error!(cluster = %name, error = %e, "simulated istiod did not start"),
             }
         });
         {
