@@ -16,6 +16,7 @@ const APT: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("kubectl", "kubernetes-client"),
+    ("setpriv", "util-linux"),
 ];
 const APT_FILES: &[(&str, &str)] = &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev")];
 /// (Python module, PyPI package)
