@@ -125,6 +125,24 @@ pub fn hbone_timeout_message(port: u16) -> String {
     format!("connection timed out, maybe a NetworkPolicy is blocking HBONE port {port}")
 }
 
+/// What a condition shows: status, reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionValue {
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+}
+
+impl ConditionValue {
+    pub fn new(status: ConditionStatus, reason: &str, message: impl Into<String>) -> Self {
+        ConditionValue {
+            status,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// One condition, shaped like `metav1.Condition`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -199,12 +217,12 @@ impl Conditions {
         &mut self,
         peer: &str,
         type_: ConditionType,
-        status: ConditionStatus,
-        reason: &str,
-        message: &str,
+        value: &ConditionValue,
         generation: i64,
         now: SystemTime,
     ) -> Option<ConditionEvent> {
+        let (status, reason, message) =
+            (value.status, value.reason.as_str(), value.message.as_str());
         let previous = self.items.get(&type_);
         let (old_status, old_reason, last_transition) = match previous {
             Some(c) if c.status == status => {
@@ -327,9 +345,7 @@ mod tests {
             .set(
                 "c2",
                 t,
-                ConditionStatus::Unknown,
-                reason::PENDING,
-                "waiting",
+                &ConditionValue::new(ConditionStatus::Unknown, reason::PENDING, "waiting"),
                 1,
                 at(10),
             )
@@ -340,9 +356,7 @@ mod tests {
             .set(
                 "c2",
                 t,
-                ConditionStatus::Unknown,
-                reason::STALE,
-                "x",
+                &ConditionValue::new(ConditionStatus::Unknown, reason::STALE, "x"),
                 1,
                 at(20),
             )
@@ -354,9 +368,7 @@ mod tests {
             c.set(
                 "c2",
                 t,
-                ConditionStatus::Unknown,
-                reason::STALE,
-                "y",
+                &ConditionValue::new(ConditionStatus::Unknown, reason::STALE, "y"),
                 2,
                 at(30)
             )
@@ -370,9 +382,7 @@ mod tests {
             .set(
                 "c2",
                 t,
-                ConditionStatus::True,
-                reason::CONNECTED,
-                "up",
+                &ConditionValue::new(ConditionStatus::True, reason::CONNECTED, "up"),
                 2,
                 at(40),
             )
@@ -391,9 +401,7 @@ mod tests {
         c.set(
             "c2",
             ConditionType::Accepted,
-            ConditionStatus::True,
-            reason::ACCEPTED,
-            "ok",
+            &ConditionValue::new(ConditionStatus::True, reason::ACCEPTED, "ok"),
             3,
             at(0),
         );

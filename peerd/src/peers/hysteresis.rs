@@ -74,12 +74,7 @@ impl Observation {
 }
 
 /// What the condition shows after an observation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub status: ConditionStatus,
-    pub reason: String,
-    pub message: String,
-}
+pub use super::conditions::ConditionValue as Verdict;
 
 /// The hysteresis state of one condition of one peer.
 #[derive(Debug, Clone)]

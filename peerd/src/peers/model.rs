@@ -465,7 +465,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut PeerSpec)>, &str, Field)> = vec![
+        type Mutation = Box<dyn Fn(&mut PeerSpec)>;
+        let cases: Vec<(Mutation, &str, Field)> = vec![
             (
                 Box::new(|s| s.cluster = None),
                 "metadata.labels[topology.istio.io/cluster]: missing",

@@ -306,9 +306,7 @@ impl PeerMonitor {
                 tracker.conditions.set(
                     &name,
                     *t,
-                    ConditionStatus::False,
-                    reason::INVALID,
-                    &message,
+                    &Verdict::new(ConditionStatus::False, reason::INVALID, message.clone()),
                     generation,
                     wall,
                 )
@@ -390,11 +388,7 @@ impl PeerMonitor {
             (ConditionType::PeerDataPlaneProgrammed, data_plane),
         ]
         .into_iter()
-        .filter_map(|(t, v)| {
-            tracker
-                .conditions
-                .set(&name, t, v.status, &v.reason, &v.message, generation, wall)
-        })
+        .filter_map(|(t, v)| tracker.conditions.set(&name, t, &v, generation, wall))
         .collect()
     }
 
