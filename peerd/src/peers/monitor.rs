@@ -3,7 +3,8 @@
 //! hysteresis, publishes a snapshot (`ArcSwap<Vec<PeerStatus>>`), broadcasts every
 //! condition change as a [`ConditionEvent`], and exports the metrics
 //! `peerd_peer_connected{peer_cluster}`, `peerd_peer_condition{peer_cluster,type,status}`
-//! and `peerd_peer_condition_transitions_total{peer_cluster,type}`.
+//! and `peerd_peer_condition_transitions_total{peer_cluster,type}`, plus
+//! `peerd_probe_mode{mode}` (1 for the active probe mode, `ebpf` or `userspace`).
 //!
 //! Owns: the per-peer condition state and the messages a person acts on. Must never
 //! write to the sources it reads, never block a tick on the network except to resolve a
@@ -254,6 +255,10 @@ impl PeerMonitor {
     pub async fn tick(&self, now: Instant, wall: SystemTime) -> Vec<ConditionEvent> {
         let targets = self.probe_targets().await;
         self.sources.probe.set_targets(&targets);
+        let mode = self.sources.probe.mode();
+        for m in ["ebpf", "userspace"] {
+            metrics::gauge!("peerd_probe_mode", "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+        }
         let mut events = Vec::new();
         let mut statuses = Vec::new();
         let mut trackers = lock(&self.trackers);
@@ -645,7 +650,11 @@ fn export_metrics(t: &Tracker, events: &[ConditionEvent]) {
             .set(if c.status == s { 1.0 } else { 0.0 });
         }
     }
-    for e in events.iter().filter(|e| e.is_status_change()) {
+    // A condition's first value is an event on the watch stream but not a transition.
+    for e in events
+        .iter()
+        .filter(|e| e.old_status.is_some() && e.is_status_change())
+    {
         metrics::counter!(
             "peerd_peer_condition_transitions_total",
             "peer_cluster" => peer.clone(),

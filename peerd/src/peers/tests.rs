@@ -594,3 +594,78 @@ fn kernel_probe_attributes_counters_and_keeps_the_last_verdict() {
     assert_eq!(obs.hbone.unwrap().reachability, Reachability::TimedOut);
     assert_eq!(obs.stats.attempts, 0);
 }
+
+#[tokio::test]
+async fn xds_probe_classifies_a_connect_still_in_progress() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    // The client has not failed yet (first attempt hanging), but the kernel saw the
+    // connects to 15012 time out.
+    fake.upstream.lock().unwrap().insert(
+        "cluster-2".into(),
+        UpstreamObservation {
+            endpoint: "127.0.2.1:15012".into(),
+            connected: false,
+            failure: None,
+        },
+    );
+    fake.probe.lock().unwrap().insert(
+        "cluster-2".into(),
+        ProbeObservation {
+            xds: Some(PortVerdict {
+                reachability: Reachability::TimedOut,
+                target: "127.0.2.1:15012".parse().unwrap(),
+            }),
+            ..ProbeObservation::default()
+        },
+    );
+    for s in 0..11 {
+        tick(&m, &c, s).await;
+    }
+    let (status, r, msg) = cond(&m.snapshot(), "cluster-2", T::PeerConnected);
+    assert_eq!((status, r.as_str()), (S::False, "ConnectTimeout"));
+    assert!(msg.contains("127.0.2.1:15012 time out"), "{msg}");
+}
+
+#[test]
+fn metrics_report_conditions_transitions_and_probe_mode() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+            fake.healthy("cluster-2");
+            tick(&m, &c, 0).await;
+            tick(&m, &c, 1).await;
+        })
+    });
+    let text = handle.render();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("peerd_peer_connected{peer_cluster=\"cluster-2\"} 1"),
+        "{text}"
+    );
+    assert!(
+        has(
+            "peerd_peer_condition{peer_cluster=\"cluster-2\",type=\"gloo.solo.io/PeerConnected\",status=\"True\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "peerd_peer_condition{peer_cluster=\"cluster-2\",type=\"gloo.solo.io/PeerConnected\",status=\"Unknown\"} 0"
+        ),
+        "{text}"
+    );
+    // Unknown at the first tick (a first value is not a transition), True at the second.
+    assert!(
+        has(
+            "peerd_peer_condition_transitions_total{peer_cluster=\"cluster-2\",type=\"gloo.solo.io/PeerConnected\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(has("peerd_probe_mode{mode=\"userspace\"} 1"), "{text}");
+    assert!(has("peerd_probe_mode{mode=\"ebpf\"} 0"), "{text}");
+}
