@@ -364,3 +364,70 @@ async fn downstream_nack_is_not_acked_with_the_text_and_a_later_ack_recovers() {
         ok.message
     );
 }
+
+/// Knows which merged-view names came from which peer (as federation does).
+struct OwnedByPrefix(Arc<RecordedPeerVersions>);
+
+impl peerd::peers::PeerVersions for OwnedByPrefix {
+    fn latest_version(&self, peer: &str) -> Option<u64> {
+        self.0.latest_version(peer)
+    }
+    fn owns(&self, peer: &str, name: &str) -> Option<bool> {
+        Some(name.starts_with(&format!("{peer}/")))
+    }
+}
+
+#[tokio::test]
+async fn another_peers_nacked_resource_does_not_hold_this_peer_back() {
+    use peerd::peers::{AckObservation, AckSource, PeerVersions as _};
+    let merged = View::new("merged");
+    merged.apply(
+        Address,
+        [
+            wl("cluster-2//Pod/default/a", [10, 2, 0, 1]),
+            wl("cluster-3//Pod/default/b", [10, 3, 0, 1]),
+        ],
+        [],
+    );
+    let local = start_server(open(&merged, "downstream"), ServerOptions::default()).await;
+    let versions = RecordedPeerVersions::new();
+    versions.record("cluster-2", merged.snapshot().version);
+    versions.record("cluster-3", merged.snapshot().version);
+    let acks = DownstreamAcks {
+        subscribers: local.server.subscribers(),
+        view_label: "downstream".into(),
+        versions: Arc::new(OwnedByPrefix(Arc::clone(&versions))),
+    };
+    assert_eq!(
+        versions.latest_version("cluster-2"),
+        Some(merged.snapshot().version)
+    );
+    let mut z = Downstream::connect(local.addr, client_tls(&local.pki, None), None)
+        .await
+        .unwrap();
+    z.initial(Address, &[], &[], &[]).await;
+    let r = z.recv().await;
+    z.nack(&r, "cluster-3//Pod/default/b: bad address").await;
+    eventually("the NACK is recorded", || {
+        local
+            .server
+            .subscribers()
+            .list()
+            .first()
+            .is_some_and(|s| s.address.rejected)
+    })
+    .await;
+    match acks.acks("cluster-3") {
+        AckObservation::Rejected { text, .. } => {
+            assert_eq!(text, "cluster-3//Pod/default/b: bad address")
+        }
+        other => panic!("cluster-3 should be rejected, got {other:?}"),
+    }
+    assert_eq!(
+        acks.acks("cluster-2"),
+        AckObservation::Acked {
+            version: merged.snapshot().version,
+            downstreams: 1
+        }
+    );
+}

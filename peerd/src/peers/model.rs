@@ -155,6 +155,16 @@ impl PeerSpec {
     }
 }
 
+/// The specs of the peers of a config file (standalone mode), in order.
+pub fn specs_from_config(config: &config::Config) -> Vec<PeerSpec> {
+    config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PeerSpec::from_config(i, p))
+        .collect()
+}
+
 /// A spec that cannot be used; `message` names the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

@@ -296,7 +296,20 @@ impl AckSource for DownstreamAcks {
         if downstreams == 0 {
             return AckObservation::NothingToAck { downstreams };
         }
-        let behind = subs.iter().filter(|s| !s.has_acked(version)).count();
+        // A standing NACK not attributed to this peer still counts as processed: another
+        // peer's bad resource must not hold this peer's condition back.
+        let processed = |s: &crate::xds::server::SubscriberInfo| {
+            let subscribed: Vec<_> = ResourceType::ALL
+                .iter()
+                .map(|t| s.progress(*t))
+                .filter(|p| p.subscribed)
+                .collect();
+            !subscribed.is_empty()
+                && subscribed
+                    .iter()
+                    .all(|p| p.acked_view_version.is_some_and(|v| v >= version))
+        };
+        let behind = subs.iter().filter(|s| !processed(s)).count();
         if behind == 0 {
             AckObservation::Acked {
                 version,
