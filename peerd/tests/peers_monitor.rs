@@ -431,3 +431,31 @@ async fn another_peers_nacked_resource_does_not_hold_this_peer_back() {
         }
     );
 }
+
+#[tokio::test]
+async fn userspace_probe_keeps_permitted_targets_when_the_guard_refuses_some() {
+    use peerd::peers::ProbeSource as _;
+    use peerd::peers::observe::{ProbeTargets, Reachability};
+    let (hbone, _accept) = hbone_listener("127.0.6.1").await;
+    let prober = Prober::new(ProberConfig {
+        guard: TargetGuard::loopback_only(),
+        ..ProberConfig::default()
+    })
+    .unwrap();
+    let probe = UserspaceProbe::new(Arc::clone(&prober));
+    let mut targets = std::collections::BTreeMap::new();
+    targets.insert(
+        PEER.to_string(),
+        ProbeTargets {
+            // 10.9.9.9 is refused by the guard: it is never connected to.
+            hbone: vec![hbone, "10.9.9.9:15008".parse().unwrap()],
+            xds: vec![],
+        },
+    );
+    probe.set_targets(&targets);
+    assert_eq!(prober.targets(), vec![hbone]);
+    prober.probe_once().await;
+    let obs = probe.observe(PEER);
+    assert_eq!(obs.hbone.unwrap().reachability, Reachability::Reachable);
+    assert_eq!((obs.stats.attempts, obs.stats.established), (1, 1));
+}

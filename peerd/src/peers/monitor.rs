@@ -32,6 +32,7 @@ use super::observe::{
     ProbeTargets, Reachability, UpstreamSource,
 };
 use crate::config::PeerAddress;
+use crate::probe::prober::TargetGuard;
 
 /// What the monitor reads.
 #[derive(Clone)]
@@ -51,6 +52,9 @@ pub struct MonitorConfig {
     pub flat_probe_targets: usize,
     /// Bound on resolving a hostname peer address.
     pub resolve_timeout: Duration,
+    /// Which addresses may be probed (the sandbox allows only loopback). A flat peer
+    /// whose pod IPs are all refused is probed on its gateway's HBONE port instead.
+    pub probe_guard: TargetGuard,
 }
 
 impl Default for MonitorConfig {
@@ -60,6 +64,7 @@ impl Default for MonitorConfig {
             tick: Duration::from_secs(1),
             flat_probe_targets: 4,
             resolve_timeout: Duration::from_secs(2),
+            probe_guard: TargetGuard::Unrestricted,
         }
     }
 }
@@ -229,21 +234,32 @@ impl PeerMonitor {
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, m.xds_port))
                 .collect();
+            let gateway_hbone = |port: u16| -> Vec<SocketAddr> {
+                gateway_ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect()
+            };
             let hbone = match m.hbone_port {
                 // NodePort data plane: the HBONE listener is unused, nothing to probe.
                 _ if m.node_port => Vec::new(),
                 None => Vec::new(),
-                Some(port) if m.flat => self
-                    .sources
-                    .imports
-                    .workload_ips(&m.cluster, self.config.flat_probe_targets)
-                    .into_iter()
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .collect(),
-                Some(port) => gateway_ips
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, port))
-                    .collect(),
+                Some(port) if m.flat => {
+                    let pods: Vec<SocketAddr> = self
+                        .sources
+                        .imports
+                        .workload_ips(&m.cluster, self.config.flat_probe_targets)
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .filter(|a| self.config.probe_guard.permits(*a))
+                        .collect();
+                    if pods.is_empty() {
+                        gateway_hbone(port)
+                    } else {
+                        pods
+                    }
+                }
+                Some(port) => gateway_hbone(port),
             };
             out.insert(m.cluster.clone(), ProbeTargets { hbone, xds });
         }

@@ -479,8 +479,17 @@ impl ProbeSource for UserspaceProbe {
             .values()
             .flat_map(|t| t.hbone.iter().chain(t.xds.iter()).copied())
             .collect();
-        if let Err(err) = self.prober.set_targets(all) {
-            tracing::warn!(%err, "probe targets not applied");
+        if let Err(err) = self.prober.set_targets(all.clone()) {
+            // Probe what the guard permits rather than nothing.
+            if let crate::probe::prober::ProberError::TargetRefused(refused) = &err {
+                let permitted: Vec<SocketAddr> =
+                    all.into_iter().filter(|a| !refused.contains(a)).collect();
+                if let Err(err) = self.prober.set_targets(permitted) {
+                    tracing::warn!(%err, "probe targets not applied");
+                }
+            } else {
+                tracing::warn!(%err, "probe targets not applied");
+            }
         }
         *lock(&self.targets) = targets.clone();
     }

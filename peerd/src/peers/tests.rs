@@ -516,6 +516,38 @@ async fn invalid_peer_sets_all_conditions_false_invalid_and_spares_others() {
 }
 
 #[tokio::test]
+async fn flat_peer_with_unprobeable_pod_ips_is_probed_on_its_gateway() {
+    let mut sp = spec("cluster-2", "127.0.2.1");
+    sp.network = Some("net-a".into());
+    let fake = Arc::new(Fake::default());
+    let sources = MonitorSources {
+        upstreams: fake.clone(),
+        imports: Arc::new(NonLoopbackPods),
+        acks: fake.clone(),
+        probe: fake.clone(),
+    };
+    let config = MonitorConfig {
+        probe_guard: crate::probe::prober::TargetGuard::loopback_only(),
+        ..MonitorConfig::default()
+    };
+    let m = PeerMonitor::new(local(), vec![sp], config, sources, Instant::now());
+    m.tick(Instant::now(), SystemTime::now()).await;
+    let t = fake.targets.lock().unwrap()["cluster-2"].clone();
+    assert_eq!(t.hbone, vec!["127.0.2.1:15008".parse().unwrap()]);
+}
+
+struct NonLoopbackPods;
+
+impl ImportSource for NonLoopbackPods {
+    fn sync(&self, _peer: &str) -> Option<SyncObservation> {
+        None
+    }
+    fn workload_ips(&self, _peer: &str, _limit: usize) -> Vec<std::net::IpAddr> {
+        vec!["10.2.0.1".parse().unwrap()]
+    }
+}
+
+#[tokio::test]
 async fn flat_peer_is_probed_on_pod_ips() {
     let mut sp = spec("cluster-2", "127.0.2.1");
     sp.network = Some("net-a".into());
