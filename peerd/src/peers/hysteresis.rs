@@ -104,6 +104,20 @@ impl Hysteresis {
         }
     }
 
+    /// Continues from what a condition already shows (the peer's spec changed but the
+    /// peer did not): no new grace, no fall back to `Pending`.
+    pub fn resume(config: HysteresisConfig, now: Instant, shown: Verdict) -> Self {
+        let ever_succeeded = shown.status != ConditionStatus::Unknown;
+        Hysteresis {
+            config,
+            started: now,
+            ever_succeeded,
+            failing_since: None,
+            successes: 0,
+            shown,
+        }
+    }
+
     pub fn verdict(&self) -> &Verdict {
         &self.shown
     }
@@ -286,6 +300,26 @@ mod tests {
             v.status,
             ConditionStatus::False,
             "window passed, no grace after a success"
+        );
+    }
+
+    #[test]
+    fn resume_keeps_the_shown_state_without_grace() {
+        let t0 = Instant::now();
+        let shown = Verdict::new(ConditionStatus::True, "Connected", "up");
+        let mut h = Hysteresis::resume(cfg(2, 1, 300), t0, shown.clone());
+        assert_eq!(h.verdict(), &shown);
+        h.observe(t0, refused());
+        assert_eq!(
+            h.verdict().status,
+            ConditionStatus::True,
+            "within the window"
+        );
+        let v = h.observe(t0 + Duration::from_secs(2), refused());
+        assert_eq!(
+            v.status,
+            ConditionStatus::False,
+            "no start-up grace on resume"
         );
     }
 

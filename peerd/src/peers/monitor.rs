@@ -115,17 +115,32 @@ impl Tracker {
         now: Instant,
         conditions: Conditions,
     ) -> Self {
+        // A spec change of a known peer resumes from what its conditions show (a
+        // generation bump must not flap them back to Pending); an invalid or new peer
+        // starts pending.
+        let start = |t: ConditionType, pending: &str| match conditions.get(t) {
+            Some(c) if c.status != ConditionStatus::Unknown && c.reason != reason::INVALID => {
+                Hysteresis::resume(
+                    cfg,
+                    now,
+                    Verdict::new(c.status, &c.reason, c.message.clone()),
+                )
+            }
+            _ => Hysteresis::new(cfg, now, pending),
+        };
         Tracker {
+            connected: start(ConditionType::PeerConnected, "not connected to peer yet"),
+            succeeded: start(
+                ConditionType::PeeringSucceeded,
+                "waiting for the first full sync from the peer",
+            ),
+            data_plane: start(
+                ConditionType::PeerDataPlaneProgrammed,
+                "waiting for local ztunnel ACKs and an HBONE probe of the peer",
+            ),
             spec,
             model,
             conditions,
-            connected: Hysteresis::new(cfg, now, "not connected to peer yet"),
-            succeeded: Hysteresis::new(cfg, now, "waiting for the first full sync from the peer"),
-            data_plane: Hysteresis::new(
-                cfg,
-                now,
-                "waiting for local ztunnel ACKs and an HBONE probe of the peer",
-            ),
             probe: ProbeStats::default(),
         }
     }

@@ -548,6 +548,28 @@ impl ImportSource for NonLoopbackPods {
 }
 
 #[tokio::test]
+async fn spec_change_of_a_healthy_peer_does_not_flap_its_conditions() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 60);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let mut events = m.subscribe();
+    let mut newer = spec("cluster-2", "127.0.2.1");
+    newer.generation = 3;
+    m.set_peers(vec![newer], c.at(2).0);
+    let st = tick(&m, &c, 2).await;
+    for t in T::ALL {
+        let cond = st[0].condition(t).unwrap();
+        assert_eq!(cond.status, S::True, "{t}");
+        assert_eq!(cond.observed_generation, 3, "{t}");
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "no condition event for a generation bump"
+    );
+}
+
+#[tokio::test]
 async fn flat_peer_is_probed_on_pod_ips() {
     let mut sp = spec("cluster-2", "127.0.2.1");
     sp.network = Some("net-a".into());
