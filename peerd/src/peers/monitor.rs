@@ -331,7 +331,7 @@ impl PeerMonitor {
     ) -> Vec<ConditionEvent> {
         let name = tracker.key();
         let generation = tracker.spec.generation;
-        let message = format!("the peer gateway spec is invalid: {}", invalid.message);
+        let message = format!("invalid peer spec: {}", invalid.message);
         tracker.probe = ProbeStats {
             mode: self.sources.probe.mode().to_string(),
             ..ProbeStats::default()
