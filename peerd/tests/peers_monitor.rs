@@ -459,3 +459,71 @@ async fn userspace_probe_keeps_permitted_targets_when_the_guard_refuses_some() {
     assert_eq!(obs.hbone.unwrap().reachability, Reachability::Reachable);
     assert_eq!((obs.stats.attempts, obs.stats.established), (1, 1));
 }
+
+#[tokio::test]
+async fn spawned_monitor_publishes_snapshots_and_watch_events() {
+    let (hbone, _accept) = hbone_listener("127.0.7.1").await;
+    let prober = Prober::new(ProberConfig {
+        interval: Duration::from_millis(50),
+        jitter: Duration::ZERO,
+        guard: TargetGuard::loopback_only(),
+        ..ProberConfig::default()
+    })
+    .unwrap();
+    let store = Store::new();
+    let sources = MonitorSources {
+        upstreams: AdsClients::new(),
+        imports: store,
+        acks: Arc::new(DownstreamAcks {
+            subscribers: Subscribers::new(),
+            view_label: "downstream".into(),
+            versions: RecordedPeerVersions::new(),
+        }),
+        probe: UserspaceProbe::new(Arc::clone(&prober)),
+    };
+    let config = MonitorConfig {
+        hysteresis: HysteresisConfig {
+            failure_window: WINDOW,
+            success_run: 1,
+            first_probe_grace: Duration::ZERO,
+        },
+        tick: Duration::from_millis(50),
+        ..MonitorConfig::default()
+    };
+    let local = LocalCluster {
+        cluster: "cluster-1".into(),
+        network: "net-a".into(),
+        flat_networks: false,
+    };
+    let monitor = PeerMonitor::new(
+        local,
+        vec![spec("127.0.7.1", 15012, hbone.port())],
+        config,
+        sources,
+        Instant::now(),
+    );
+    let mut events = monitor.subscribe();
+    let cancel = CancellationToken::new();
+    let task = monitor.spawn(cancel.clone());
+    let prober_task = prober.spawn().unwrap();
+    // The watch stream carries the data plane turning True, as JSON-ready events.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let event = loop {
+        let e = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("no PeerDataPlaneProgrammed=True event")
+            .unwrap();
+        if e.type_ == T::PeerDataPlaneProgrammed && e.new_status == S::True {
+            break e;
+        }
+    };
+    assert_eq!(event.peer, PEER);
+    let json = serde_json::to_value(&event).unwrap();
+    assert_eq!(json["type"], "gloo.solo.io/PeerDataPlaneProgrammed");
+    assert_eq!(json["newStatus"], "True");
+    let snap = monitor.snapshot();
+    assert_eq!(snap[0].status(T::PeerDataPlaneProgrammed), Some(S::True));
+    cancel.cancel();
+    task.await.unwrap();
+    prober_task.abort();
+}
