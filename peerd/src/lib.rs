@@ -10,6 +10,7 @@ pub mod config;
 pub mod federation;
 pub mod identity;
 pub mod kube;
+pub mod peers;
 pub mod probe;
 pub mod proto;
 pub mod sandbox;

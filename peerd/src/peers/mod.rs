@@ -1,0 +1,26 @@
+//! Peers: the peer model built from `istio-remote` Gateways or config ([`model`]), the
+//! five Gateway conditions ([`conditions`]), hysteresis ([`hysteresis`]), the observation
+//! inputs and their real sources ([`observe`]), and the [`monitor`] task that computes
+//! conditions every tick and publishes them (snapshot, watch events, metrics).
+//!
+//! Owns: everything between raw observations and the conditions a person reads. Must
+//! never write Kubernetes objects (a later module writes the Gateway status from the
+//! snapshot), never federate resources, and never probe anything itself.
+
+pub mod conditions;
+pub mod hysteresis;
+pub mod model;
+pub mod monitor;
+pub mod observe;
+
+#[cfg(test)]
+mod tests;
+
+pub use conditions::{Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions};
+pub use hysteresis::{Hysteresis, HysteresisConfig, Observation};
+pub use model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec};
+pub use monitor::{MonitorConfig, MonitorSources, PeerMonitor, PeerStatus};
+pub use observe::{
+    AckObservation, AckSource, AdsClients, DownstreamAcks, ImportSource, KernelProbe, PeerVersions,
+    ProbeSource, ProbeStats, ProbeTargets, RecordedPeerVersions, UpstreamSource, UserspaceProbe,
+};

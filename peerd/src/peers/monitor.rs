@@ -1,0 +1,711 @@
+//! [`PeerMonitor`]: every tick, gathers the observations of each peer (xDS client, store
+//! sync flags, downstream ACKs, HBONE probe), turns them into the five conditions through
+//! hysteresis, publishes a snapshot (`ArcSwap<Vec<PeerStatus>>`), broadcasts every
+//! condition change as a [`ConditionEvent`], and exports the metrics
+//! `peerd_peer_connected{peer_cluster}`, `peerd_peer_condition{peer_cluster,type,status}`
+//! and `peerd_peer_condition_transitions_total{peer_cluster,type}`, plus
+//! `peerd_probe_mode{mode}` (1 for the active probe mode, `ebpf` or `userspace`).
+//!
+//! Owns: the per-peer condition state and the messages a person acts on. Must never
+//! write to the sources it reads, never block a tick on the network except to resolve a
+//! hostname peer address (bounded), and never let one bad peer affect another's status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::conditions::{
+    Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, hbone_timeout_message,
+    reason,
+};
+use super::hysteresis::{Hysteresis, HysteresisConfig, Observation, Verdict};
+use super::model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec, build_all};
+use super::observe::{
+    AckObservation, AckSource, ImportSource, ProbeObservation, ProbeSource, ProbeStats,
+    ProbeTargets, Reachability, UpstreamSource,
+};
+use crate::config::PeerAddress;
+use crate::probe::prober::TargetGuard;
+
+/// What the monitor reads.
+#[derive(Clone)]
+pub struct MonitorSources {
+    pub upstreams: Arc<dyn UpstreamSource>,
+    pub imports: Arc<dyn ImportSource>,
+    pub acks: Arc<dyn AckSource>,
+    pub probe: Arc<dyn ProbeSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    pub hysteresis: HysteresisConfig,
+    /// Time between evaluations.
+    pub tick: Duration,
+    /// Pod IPs probed per flat peer (a sample: any reachable pod proves the path).
+    pub flat_probe_targets: usize,
+    /// Bound on resolving a hostname peer address.
+    pub resolve_timeout: Duration,
+    /// Which addresses may be probed (the sandbox allows only loopback). A flat peer
+    /// whose pod IPs are all refused is probed on its gateway's HBONE port instead.
+    pub probe_guard: TargetGuard,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            hysteresis: HysteresisConfig::default(),
+            tick: Duration::from_secs(1),
+            flat_probe_targets: 4,
+            resolve_timeout: Duration::from_secs(2),
+            probe_guard: TargetGuard::Unrestricted,
+        }
+    }
+}
+
+/// One peer's status, as `peerd status`, the debug API and the sandbox JSON show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerStatus {
+    /// The peer's cluster, or where its spec came from when the cluster is unusable.
+    pub name: String,
+    pub cluster: String,
+    pub network: String,
+    pub address: String,
+    pub flat: bool,
+    /// `LoadBalancer` or `NodePort`.
+    pub data_plane: &'static str,
+    pub generation: i64,
+    pub conditions: Conditions,
+    pub probe: ProbeStats,
+}
+
+impl PeerStatus {
+    pub fn condition(&self, t: ConditionType) -> Option<&Condition> {
+        self.conditions.get(t)
+    }
+
+    pub fn status(&self, t: ConditionType) -> Option<ConditionStatus> {
+        self.conditions.status(t)
+    }
+}
+
+const EVENT_RING: usize = 1024;
+
+struct Tracker {
+    spec: PeerSpec,
+    model: Result<PeerModel, InvalidPeer>,
+    conditions: Conditions,
+    connected: Hysteresis,
+    succeeded: Hysteresis,
+    data_plane: Hysteresis,
+    probe: ProbeStats,
+}
+
+impl Tracker {
+    fn new(
+        spec: PeerSpec,
+        model: Result<PeerModel, InvalidPeer>,
+        cfg: HysteresisConfig,
+        now: Instant,
+        conditions: Conditions,
+    ) -> Self {
+        // A spec change of a known peer resumes from what its conditions show (a
+        // generation bump must not flap them back to Pending); an invalid or new peer
+        // starts pending.
+        let start = |t: ConditionType, pending: &str| match conditions.get(t) {
+            Some(c) if c.status != ConditionStatus::Unknown && c.reason != reason::INVALID => {
+                Hysteresis::resume(
+                    cfg,
+                    now,
+                    Verdict::new(c.status, &c.reason, c.message.clone()),
+                )
+            }
+            _ => Hysteresis::new(cfg, now, pending),
+        };
+        Tracker {
+            connected: start(ConditionType::PeerConnected, "not connected to peer yet"),
+            succeeded: start(
+                ConditionType::PeeringSucceeded,
+                "waiting for the first full sync from the peer",
+            ),
+            data_plane: start(
+                ConditionType::PeerDataPlaneProgrammed,
+                "waiting for local ztunnel ACKs and an HBONE probe of the peer",
+            ),
+            spec,
+            model,
+            conditions,
+            probe: ProbeStats::default(),
+        }
+    }
+
+    fn key(&self) -> String {
+        self.spec.display_name()
+    }
+}
+
+pub struct PeerMonitor {
+    local: LocalCluster,
+    config: MonitorConfig,
+    sources: MonitorSources,
+    /// Key: `PeerSpec::display_name()`, in spec order.
+    trackers: Mutex<Vec<Tracker>>,
+    snapshot: ArcSwap<Vec<PeerStatus>>,
+    events: broadcast::Sender<ConditionEvent>,
+    /// When the monitor started: the first-probe grace counts from here.
+    started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PeerMonitor {
+    pub fn new(
+        local: LocalCluster,
+        specs: Vec<PeerSpec>,
+        config: MonitorConfig,
+        sources: MonitorSources,
+        now: Instant,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_RING);
+        let monitor = PeerMonitor {
+            local,
+            config,
+            sources,
+            trackers: Mutex::new(Vec::new()),
+            snapshot: ArcSwap::from_pointee(Vec::new()),
+            events,
+            started: now,
+        };
+        monitor.set_peers(specs, now);
+        Arc::new(monitor)
+    }
+
+    /// Replaces the declared peers (Gateways changed). A peer whose spec is unchanged
+    /// keeps its state; a changed spec restarts its hysteresis (the conditions keep their
+    /// transition times while their status holds); a removed peer is forgotten.
+    pub fn set_peers(&self, specs: Vec<PeerSpec>, now: Instant) {
+        let models = build_all(&specs, &self.local);
+        let mut trackers = lock(&self.trackers);
+        let mut old: HashMap<String, Tracker> = trackers.drain(..).map(|t| (t.key(), t)).collect();
+        for (spec, model) in specs.into_iter().zip(models) {
+            let key = spec.display_name();
+            let tracker = match old.remove(&key) {
+                Some(t) if t.spec == spec => t,
+                Some(t) => Tracker::new(spec, model, self.config.hysteresis, now, t.conditions),
+                None => Tracker::new(spec, model, self.config.hysteresis, now, Conditions::new()),
+            };
+            trackers.push(tracker);
+        }
+        for gone in old.keys() {
+            clear_metrics(gone);
+        }
+    }
+
+    /// The latest statuses, in spec order.
+    pub fn snapshot(&self) -> Arc<Vec<PeerStatus>> {
+        self.snapshot.load_full()
+    }
+
+    /// Condition changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ConditionEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Where each valid peer is probed; hostname addresses are resolved (bounded).
+    async fn probe_targets(&self) -> BTreeMap<String, ProbeTargets> {
+        let models: Vec<PeerModel> = lock(&self.trackers)
+            .iter()
+            .filter_map(|t| t.model.as_ref().ok().cloned())
+            .collect();
+        let mut out = BTreeMap::new();
+        for m in models {
+            let gateway_ips = match &m.address {
+                PeerAddress::Ip(ip) => vec![*ip],
+                PeerAddress::Hostname(host) => {
+                    let lookup = tokio::net::lookup_host((host.as_str(), m.xds_port));
+                    match tokio::time::timeout(self.config.resolve_timeout, lookup).await {
+                        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).take(1).collect(),
+                        Ok(Err(err)) => {
+                            tracing::debug!(peer = %m.cluster, %host, %err, "resolving peer address failed");
+                            Vec::new()
+                        }
+                        Err(_) => Vec::new(),
+                    }
+                }
+            };
+            let xds = gateway_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, m.xds_port))
+                .collect();
+            let gateway_hbone = |port: u16| -> Vec<SocketAddr> {
+                gateway_ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect()
+            };
+            let hbone = match m.hbone_port {
+                // NodePort data plane: the HBONE listener is unused, nothing to probe.
+                _ if m.node_port => Vec::new(),
+                None => Vec::new(),
+                Some(port) if m.flat => {
+                    let pods: Vec<SocketAddr> = self
+                        .sources
+                        .imports
+                        .workload_ips(&m.cluster, self.config.flat_probe_targets)
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .filter(|a| self.config.probe_guard.permits(*a))
+                        .collect();
+                    if pods.is_empty() {
+                        gateway_hbone(port)
+                    } else {
+                        pods
+                    }
+                }
+                Some(port) => gateway_hbone(port),
+            };
+            out.insert(m.cluster.clone(), ProbeTargets { hbone, xds });
+        }
+        out
+    }
+
+    /// One evaluation of every peer at `now` (monotonic, for hysteresis) / `wall` (for
+    /// transition times). Returns the events it broadcast.
+    pub async fn tick(&self, now: Instant, wall: SystemTime) -> Vec<ConditionEvent> {
+        let targets = self.probe_targets().await;
+        self.sources.probe.set_targets(&targets);
+        let mode = self.sources.probe.mode();
+        for m in ["ebpf", "userspace"] {
+            metrics::gauge!("peerd_probe_mode", "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+        }
+        let mut events = Vec::new();
+        let mut statuses = Vec::new();
+        let mut trackers = lock(&self.trackers);
+        for tracker in trackers.iter_mut() {
+            let mut peer_events = match tracker.model.clone() {
+                Err(invalid) => self.evaluate_invalid(tracker, &invalid, wall),
+                Ok(model) => {
+                    let peer_targets = targets.get(&model.cluster).cloned().unwrap_or_default();
+                    self.evaluate(tracker, &model, &peer_targets, now, wall)
+                }
+            };
+            statuses.push(status_of(tracker));
+            export_metrics(tracker, &peer_events);
+            events.append(&mut peer_events);
+        }
+        drop(trackers);
+        self.snapshot.store(Arc::new(statuses));
+        for e in &events {
+            tracing::info!(
+                peer = %e.peer,
+                condition = %e.type_,
+                old = ?e.old_status,
+                new = %e.new_status,
+                reason = %e.reason,
+                message = %e.message,
+                "peer condition changed"
+            );
+            // No subscribers is fine.
+            let _ = self.events.send(e.clone());
+        }
+        events
+    }
+
+    fn evaluate_invalid(
+        &self,
+        tracker: &mut Tracker,
+        invalid: &InvalidPeer,
+        wall: SystemTime,
+    ) -> Vec<ConditionEvent> {
+        let name = tracker.key();
+        let generation = tracker.spec.generation;
+        let message = format!("invalid peer spec: {}", invalid.message);
+        tracker.probe = ProbeStats {
+            mode: self.sources.probe.mode().to_string(),
+            ..ProbeStats::default()
+        };
+        ConditionType::ALL
+            .iter()
+            .filter_map(|t| {
+                tracker.conditions.set(
+                    &name,
+                    *t,
+                    &Verdict::new(ConditionStatus::False, reason::INVALID, message.clone()),
+                    generation,
+                    wall,
+                )
+            })
+            .collect()
+    }
+
+    fn evaluate(
+        &self,
+        tracker: &mut Tracker,
+        model: &PeerModel,
+        targets: &ProbeTargets,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Vec<ConditionEvent> {
+        let peer = model.cluster.as_str();
+        let upstream = self.sources.upstreams.upstream(peer);
+        let probe = self.sources.probe.observe(peer);
+        tracker.probe = probe.stats.clone();
+
+        let accepted = Verdict {
+            status: ConditionStatus::True,
+            reason: reason::ACCEPTED.into(),
+            message: format!(
+                "peer {} on network {} at {} ({})",
+                model.cluster,
+                model.network,
+                model.address,
+                if model.flat {
+                    "flat network: pod IPs, no gateway"
+                } else {
+                    "multi-network: through its east-west gateway"
+                }
+            ),
+        };
+        let programmed = match &upstream {
+            Some(u) => Verdict {
+                status: ConditionStatus::True,
+                reason: reason::PROGRAMMED.into(),
+                message: format!("xDS client configured for {}", u.endpoint),
+            },
+            None => Verdict {
+                status: ConditionStatus::False,
+                reason: reason::PENDING.into(),
+                message: "no xDS client is configured for this peer yet".into(),
+            },
+        };
+        let connected = tracker
+            .connected
+            .observe(now, connection_observation(upstream.as_ref(), &probe))
+            .clone();
+        let succeeded = tracker
+            .succeeded
+            .observe(now, sync_observation(self.sources.imports.as_ref(), peer))
+            .clone();
+        let data_plane = if model.hbone_port.is_none() && !model.node_port {
+            // A spec problem, not a measurement: no hysteresis.
+            Verdict {
+                status: ConditionStatus::False,
+                reason: reason::MISSING_HBONE_LISTENER.into(),
+                message: format!(
+                    "the peer gateway declares no HBONE listener; add listener port {} protocol HBONE, or set {}: NodePort",
+                    super::model::HBONE_PORT,
+                    super::model::DATA_PLANE_ANNOTATION
+                ),
+            }
+        } else {
+            let obs = data_plane_observation(model, targets, &probe, self.sources.acks.acks(peer));
+            tracker.data_plane.observe(now, obs).clone()
+        };
+
+        let generation = model.generation;
+        let name = model.cluster.clone();
+        [
+            (ConditionType::Accepted, accepted),
+            (ConditionType::Programmed, programmed),
+            (ConditionType::PeerConnected, connected),
+            (ConditionType::PeeringSucceeded, succeeded),
+            (ConditionType::PeerDataPlaneProgrammed, data_plane),
+        ]
+        .into_iter()
+        .filter_map(|(t, v)| tracker.conditions.set(&name, t, &v, generation, wall))
+        .collect()
+    }
+
+    /// Ticks every `config.tick` until `cancel` fires.
+    pub fn spawn(self: &Arc<Self>, cancel: CancellationToken) -> JoinHandle<()> {
+        let monitor = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(monitor.config.tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = ticker.tick() => {
+                        monitor.tick(Instant::now(), SystemTime::now()).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Advice appended to a connection failure, by reason.
+fn connection_hint(reason_str: &str, endpoint: &str) -> String {
+    match reason_str {
+        reason::CONNECT_TIMEOUT => format!(
+            "; check that {endpoint} is reachable from this cluster (address, firewall, NetworkPolicy on port 15012)"
+        ),
+        reason::CONNECTION_REFUSED => format!(
+            "; nothing accepts connections on {endpoint}: check the peer's east-west gateway and its xDS listener"
+        ),
+        reason::TLS_ERROR => {
+            "; check that both clusters' certificates chain to the same root (cacerts)".into()
+        }
+        reason::IDENTITY_MISMATCH => {
+            "; check the peer gateway's trust domain annotation and the identity its istiod presents".into()
+        }
+        _ => String::new(),
+    }
+}
+
+fn connection_observation(
+    upstream: Option<&super::observe::UpstreamObservation>,
+    probe: &ProbeObservation,
+) -> Observation {
+    let Some(u) = upstream else {
+        return Observation::NoSignal;
+    };
+    if u.connected {
+        return Observation::healthy(
+            reason::CONNECTED,
+            format!("xDS stream to {} is up", u.endpoint),
+        );
+    }
+    if let Some(f) = &u.failure {
+        let message = format!("{}{}", f.message, connection_hint(f.reason, &u.endpoint));
+        return Observation::failing(f.reason, message);
+    }
+    // The client has no classified failure yet (first attempt in progress): the probe of
+    // the xDS port, if any, already tells a refusal or a timeout.
+    match probe.xds.map(|v| (v.reachability, v.target)) {
+        Some((Reachability::Refused, target)) => Observation::failing(
+            reason::CONNECTION_REFUSED,
+            format!(
+                "probe connects to {target} are refused{}",
+                connection_hint(reason::CONNECTION_REFUSED, &u.endpoint)
+            ),
+        ),
+        Some((Reachability::TimedOut, target)) => Observation::failing(
+            reason::CONNECT_TIMEOUT,
+            format!(
+                "probe connects to {target} time out{}",
+                connection_hint(reason::CONNECT_TIMEOUT, &u.endpoint)
+            ),
+        ),
+        _ => Observation::NoSignal,
+    }
+}
+
+fn sync_observation(imports: &dyn ImportSource, peer: &str) -> Observation {
+    match imports.sync(peer) {
+        None => Observation::failing(
+            reason::PENDING,
+            "nothing received from the peer yet; waiting for its first full xDS response",
+        ),
+        Some(s) if s.fully_synced() => Observation::healthy(
+            reason::SUCCEEDED,
+            format!(
+                "full sync of every type done; {} resources imported",
+                s.held
+            ),
+        ),
+        Some(s) => {
+            let pending: Vec<&str> = s.pending().iter().map(|t| t.short_name()).collect();
+            if s.held > 0 {
+                Observation::failing(
+                    reason::STALE,
+                    format!(
+                        "the peer's stream is not synced ({} pending); serving its last known state ({} resources) until it resyncs or the disconnect grace period ends",
+                        pending.join(", "),
+                        s.held
+                    ),
+                )
+            } else {
+                Observation::failing(
+                    reason::PENDING,
+                    format!(
+                        "waiting for the first full response for: {}",
+                        pending.join(", ")
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn data_plane_observation(
+    model: &PeerModel,
+    targets: &ProbeTargets,
+    probe: &ProbeObservation,
+    acks: AckObservation,
+) -> Observation {
+    if let AckObservation::Rejected { node, text } = &acks {
+        return Observation::failing(
+            reason::NOT_ACKED,
+            format!("local ztunnel {node} rejected the peer's resources: {text}"),
+        );
+    }
+    let port = model.hbone_port.unwrap_or(super::model::HBONE_PORT);
+    match probe.hbone.map(|v| (v.reachability, v.target)) {
+        Some((Reachability::TimedOut, _)) => {
+            return Observation::failing(
+                reason::HBONE_CONNECT_TIMEOUT,
+                hbone_timeout_message(port),
+            );
+        }
+        Some((Reachability::Refused, target)) => {
+            return Observation::failing(
+                reason::HBONE_CONNECTION_REFUSED,
+                format!(
+                    "connection to {target} refused: nothing accepts HBONE on port {port} of the peer's {}",
+                    if model.flat {
+                        "pods"
+                    } else {
+                        "east-west gateway"
+                    }
+                ),
+            );
+        }
+        Some((Reachability::Unreachable, target)) => {
+            return Observation::failing(
+                reason::HBONE_CONNECT_TIMEOUT,
+                format!(
+                    "{target} is unreachable (no route); check routing to the peer's HBONE port {port}"
+                ),
+            );
+        }
+        _ => {}
+    }
+    let acked = match &acks {
+        AckObservation::Waiting {
+            version,
+            behind,
+            downstreams,
+        } => {
+            return Observation::failing(
+                reason::NOT_ACKED,
+                format!(
+                    "{behind} of {downstreams} local ztunnel(s) have not ACKed view version {version}, which carries the peer's latest change"
+                ),
+            );
+        }
+        AckObservation::Acked {
+            version,
+            downstreams,
+        } => format!("view version {version} ACKed by {downstreams} local ztunnel(s)"),
+        AckObservation::NothingToAck { downstreams: 0 } => "no local ztunnel connected".to_string(),
+        AckObservation::NothingToAck { .. } => "nothing of the peer served yet".to_string(),
+        AckObservation::Rejected { .. } => String::new(),
+    };
+    match probe.hbone {
+        Some(v) => Observation::healthy(
+            reason::PROGRAMMED,
+            format!("{acked}; HBONE {} reachable", v.target),
+        ),
+        None if model.node_port => Observation::healthy(
+            reason::PROGRAMMED,
+            format!("{acked}; NodePort data plane (HBONE listener not used, not probed)"),
+        ),
+        None if model.flat && targets.hbone.is_empty() => Observation::healthy(
+            reason::PROGRAMMED,
+            format!("{acked}; no pod of the flat peer is known yet, nothing to reach"),
+        ),
+        None => Observation::NoSignal,
+    }
+}
+
+fn status_of(t: &Tracker) -> PeerStatus {
+    let (cluster, network, address, flat, data_plane, generation) = match &t.model {
+        Ok(m) => (
+            m.cluster.clone(),
+            m.network.clone(),
+            m.address.to_string(),
+            m.flat,
+            if m.node_port {
+                "NodePort"
+            } else {
+                "LoadBalancer"
+            },
+            m.generation,
+        ),
+        Err(_) => (
+            t.spec.cluster.clone().unwrap_or_default(),
+            t.spec.network.clone().unwrap_or_default(),
+            t.spec
+                .addresses
+                .first()
+                .map(|a| a.value.clone())
+                .unwrap_or_default(),
+            false,
+            "LoadBalancer",
+            t.spec.generation,
+        ),
+    };
+    PeerStatus {
+        name: t.key(),
+        cluster,
+        network,
+        address,
+        flat,
+        data_plane,
+        generation,
+        conditions: t.conditions.clone(),
+        probe: t.probe.clone(),
+    }
+}
+
+fn export_metrics(t: &Tracker, events: &[ConditionEvent]) {
+    let peer = t.key();
+    let connected =
+        t.conditions.status(ConditionType::PeerConnected) == Some(ConditionStatus::True);
+    metrics::gauge!("peerd_peer_connected", "peer_cluster" => peer.clone()).set(if connected {
+        1.0
+    } else {
+        0.0
+    });
+    for c in t.conditions.iter() {
+        for s in ConditionStatus::ALL {
+            metrics::gauge!(
+                "peerd_peer_condition",
+                "peer_cluster" => peer.clone(),
+                "type" => c.type_.as_str(),
+                "status" => s.as_str()
+            )
+            .set(if c.status == s { 1.0 } else { 0.0 });
+        }
+    }
+    // A condition's first value is an event on the watch stream but not a transition.
+    for e in events
+        .iter()
+        .filter(|e| e.old_status.is_some() && e.is_status_change())
+    {
+        metrics::counter!(
+            "peerd_peer_condition_transitions_total",
+            "peer_cluster" => peer.clone(),
+            "type" => e.type_.as_str()
+        )
+        .increment(1);
+    }
+}
+
+fn clear_metrics(peer: &str) {
+    metrics::gauge!("peerd_peer_connected", "peer_cluster" => peer.to_string()).set(0.0);
+    for t in ConditionType::ALL {
+        for s in ConditionStatus::ALL {
+            metrics::gauge!(
+                "peerd_peer_condition",
+                "peer_cluster" => peer.to_string(),
+                "type" => t.as_str(),
+                "status" => s.as_str()
+            )
+            .set(0.0);
+        }
+    }
+}

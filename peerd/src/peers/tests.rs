@@ -1,0 +1,725 @@
+//! PeerMonitor with scripted observation sources (no network): clock-injected ticks, so
+//! hysteresis, grace and flapping are checked deterministically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::conditions::{ConditionStatus as S, ConditionType as T, reason};
+use super::hysteresis::HysteresisConfig;
+use super::model::{LocalCluster, PeerSpec, SpecAddress, SpecListener, SpecSource};
+use super::monitor::{MonitorConfig, MonitorSources, PeerMonitor, PeerStatus};
+use super::observe::*;
+use crate::probe::aggregator::{ConnectCounts, DestinationReport, ProbeReport};
+use crate::xds::types::ResourceType;
+
+#[derive(Default)]
+struct Fake {
+    upstream: Mutex<HashMap<String, UpstreamObservation>>,
+    sync: Mutex<HashMap<String, SyncObservation>>,
+    acks: Mutex<HashMap<String, AckObservation>>,
+    probe: Mutex<HashMap<String, ProbeObservation>>,
+    targets: Mutex<BTreeMap<String, ProbeTargets>>,
+}
+
+impl UpstreamSource for Fake {
+    fn upstream(&self, peer: &str) -> Option<UpstreamObservation> {
+        self.upstream.lock().unwrap().get(peer).cloned()
+    }
+}
+
+impl ImportSource for Fake {
+    fn sync(&self, peer: &str) -> Option<SyncObservation> {
+        self.sync.lock().unwrap().get(peer).cloned()
+    }
+    fn workload_ips(&self, _peer: &str, _limit: usize) -> Vec<std::net::IpAddr> {
+        vec!["127.0.9.1".parse().unwrap()]
+    }
+}
+
+impl AckSource for Fake {
+    fn acks(&self, peer: &str) -> AckObservation {
+        self.acks
+            .lock()
+            .unwrap()
+            .get(peer)
+            .cloned()
+            .unwrap_or(AckObservation::NothingToAck { downstreams: 0 })
+    }
+}
+
+impl ProbeSource for Fake {
+    fn mode(&self) -> &'static str {
+        "userspace"
+    }
+    fn set_targets(&self, targets: &BTreeMap<String, ProbeTargets>) {
+        *self.targets.lock().unwrap() = targets.clone();
+    }
+    fn observe(&self, peer: &str) -> ProbeObservation {
+        self.probe
+            .lock()
+            .unwrap()
+            .get(peer)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Fake {
+    fn connected(&self, peer: &str, up: bool) {
+        let failure = (!up).then(|| UpstreamFailure {
+            reason: reason::CONNECTION_REFUSED,
+            message: format!("connection refused by 127.0.2.1:15012 ({peer})"),
+        });
+        self.upstream.lock().unwrap().insert(
+            peer.into(),
+            UpstreamObservation {
+                endpoint: "127.0.2.1:15012".into(),
+                connected: up,
+                failure,
+            },
+        );
+    }
+
+    fn synced(&self, peer: &str, synced: bool, held: usize) {
+        let synced = if synced {
+            ResourceType::ALL.to_vec()
+        } else {
+            Vec::new()
+        };
+        self.sync
+            .lock()
+            .unwrap()
+            .insert(peer.into(), SyncObservation { synced, held });
+    }
+
+    fn hbone(&self, peer: &str, r: Option<Reachability>) {
+        let target: SocketAddr = "127.0.2.1:15008".parse().unwrap();
+        self.probe.lock().unwrap().insert(
+            peer.into(),
+            ProbeObservation {
+                hbone: r.map(|reachability| PortVerdict {
+                    reachability,
+                    target,
+                }),
+                xds: None,
+                stats: ProbeStats {
+                    mode: "userspace".into(),
+                    attempts: 3,
+                    established: 2,
+                    refused: 1,
+                    ..ProbeStats::default()
+                },
+            },
+        );
+    }
+
+    fn healthy(&self, peer: &str) {
+        self.connected(peer, true);
+        self.synced(peer, true, 12);
+        self.hbone(peer, Some(Reachability::Reachable));
+        self.acks.lock().unwrap().insert(
+            peer.into(),
+            AckObservation::Acked {
+                version: 7,
+                downstreams: 1,
+            },
+        );
+    }
+}
+
+fn spec(cluster: &str, ip: &str) -> PeerSpec {
+    PeerSpec {
+        source: SpecSource::Gateway {
+            namespace: "istio-eastwest".into(),
+            name: format!("istio-remote-peer-{cluster}"),
+        },
+        generation: 2,
+        cluster: Some(cluster.into()),
+        network: Some("net-b".into()),
+        addresses: vec![SpecAddress {
+            kind: "IPAddress".into(),
+            value: ip.into(),
+        }],
+        trust_domain: Some("cluster.local".into()),
+        listeners: vec![
+            SpecListener {
+                name: "cross-network".into(),
+                port: 15008,
+                protocol: "HBONE".into(),
+            },
+            SpecListener {
+                name: "xds-tls".into(),
+                port: 15012,
+                protocol: "TLS".into(),
+            },
+        ],
+        data_plane_service_type: None,
+    }
+}
+
+fn local() -> LocalCluster {
+    LocalCluster {
+        cluster: "cluster-1".into(),
+        network: "net-a".into(),
+        flat_networks: true,
+    }
+}
+
+struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    fn at(&self, s: u64) -> (Instant, SystemTime) {
+        (
+            self.base + Duration::from_secs(s),
+            UNIX_EPOCH + Duration::from_secs(1_000_000 + s),
+        )
+    }
+}
+
+fn monitor(specs: Vec<PeerSpec>, grace: u64) -> (Arc<PeerMonitor>, Arc<Fake>, Clock) {
+    let fake = Arc::new(Fake::default());
+    let sources = MonitorSources {
+        upstreams: fake.clone(),
+        imports: fake.clone(),
+        acks: fake.clone(),
+        probe: fake.clone(),
+    };
+    let config = MonitorConfig {
+        hysteresis: HysteresisConfig {
+            failure_window: Duration::from_secs(10),
+            success_run: 2,
+            first_probe_grace: Duration::from_secs(grace),
+        },
+        ..MonitorConfig::default()
+    };
+    let base = Instant::now();
+    let m = PeerMonitor::new(local(), specs, config, sources, base);
+    (m, fake, Clock { base })
+}
+
+async fn tick(m: &PeerMonitor, c: &Clock, s: u64) -> Arc<Vec<PeerStatus>> {
+    let (now, wall) = c.at(s);
+    m.tick(now, wall).await;
+    m.snapshot()
+}
+
+fn cond(statuses: &[PeerStatus], peer: &str, t: T) -> (S, String, String) {
+    let p = statuses.iter().find(|p| p.name == peer).unwrap();
+    let c = p.condition(t).unwrap();
+    (c.status, c.reason.clone(), c.message.clone())
+}
+
+#[tokio::test]
+async fn healthy_peer_turns_every_condition_true_after_the_success_run() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    let s = tick(&m, &c, 0).await;
+    assert_eq!(cond(&s, "cluster-2", T::Accepted).0, S::True);
+    assert_eq!(cond(&s, "cluster-2", T::Programmed).0, S::True);
+    assert_eq!(
+        cond(&s, "cluster-2", T::PeerConnected).0,
+        S::Unknown,
+        "one success is not a run"
+    );
+    let s = tick(&m, &c, 1).await;
+    for t in T::ALL {
+        assert_eq!(cond(&s, "cluster-2", t).0, S::True, "{t}");
+    }
+    let (_, r, msg) = cond(&s, "cluster-2", T::PeerDataPlaneProgrammed);
+    assert_eq!(r, "Programmed");
+    assert!(msg.contains("HBONE 127.0.2.1:15008 reachable"), "{msg}");
+    // The probe targets are the gateway's 15008 and 15012.
+    let targets = fake
+        .targets
+        .lock()
+        .unwrap()
+        .get("cluster-2")
+        .cloned()
+        .unwrap();
+    assert_eq!(targets.hbone, vec!["127.0.2.1:15008".parse().unwrap()]);
+    assert_eq!(targets.xds, vec!["127.0.2.1:15012".parse().unwrap()]);
+    // Status JSON shape.
+    let json = serde_json::to_value(&s[0]).unwrap();
+    assert_eq!(
+        json["conditions"]["gloo.solo.io/PeerConnected"]["status"],
+        "True"
+    );
+    assert_eq!(json["probe"]["mode"], "userspace");
+    assert_eq!(json["probe"]["attempts"], 3);
+    for k in [
+        "established",
+        "refused",
+        "timeouts",
+        "aborted",
+        "syn_retransmits",
+        "p50_us",
+        "p99_us",
+    ] {
+        assert!(json["probe"].get(k).is_some(), "probe.{k} missing");
+    }
+    assert_eq!(json["flat"], false);
+}
+
+#[tokio::test]
+async fn disconnect_turns_false_only_after_the_window_and_emits_events() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let mut events = m.subscribe();
+    fake.connected("cluster-2", false);
+    fake.synced("cluster-2", false, 12);
+    for s in 2..12 {
+        let st = tick(&m, &c, s).await;
+        assert_eq!(
+            cond(&st, "cluster-2", T::PeerConnected).0,
+            S::True,
+            "at {s}s"
+        );
+    }
+    assert!(events.try_recv().is_err(), "no event within the window");
+    let st = tick(&m, &c, 12).await;
+    let (status, r, msg) = cond(&st, "cluster-2", T::PeerConnected);
+    assert_eq!((status, r.as_str()), (S::False, "ConnectionRefused"));
+    assert!(
+        msg.contains("connection refused") && msg.contains("check the peer's east-west gateway"),
+        "{msg}"
+    );
+    let (status, r, msg) = cond(&st, "cluster-2", T::PeeringSucceeded);
+    assert_eq!((status, r.as_str()), (S::False, "Stale"));
+    assert!(
+        msg.contains("serving its last known state (12 resources)"),
+        "{msg}"
+    );
+    let mut got = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        got.push((e.type_, e.old_status, e.new_status, e.reason));
+    }
+    assert!(
+        got.contains(&(
+            T::PeerConnected,
+            Some(S::True),
+            S::False,
+            "ConnectionRefused".into()
+        )),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(T::PeeringSucceeded, Some(S::True), S::False, "Stale".into())),
+        "{got:?}"
+    );
+    // The transition time is the wall time of the tick that turned it.
+    let p = &m.snapshot()[0];
+    assert_eq!(
+        p.condition(T::PeerConnected).unwrap().last_transition,
+        UNIX_EPOCH + Duration::from_secs(1_000_012)
+    );
+}
+
+#[tokio::test]
+async fn peer_flapping_every_second_does_not_flap_conditions() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let mut events = m.subscribe();
+    for s in 2..120 {
+        let up = s % 2 == 1;
+        fake.connected("cluster-2", up);
+        fake.synced("cluster-2", up, 12);
+        fake.hbone(
+            "cluster-2",
+            Some(if up {
+                Reachability::Reachable
+            } else {
+                Reachability::Refused
+            }),
+        );
+        let st = tick(&m, &c, s).await;
+        for t in T::ALL {
+            assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t} flapped at {s}s");
+        }
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "a flapping peer produced condition events"
+    );
+}
+
+#[tokio::test]
+async fn first_probe_grace_keeps_conditions_pending() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 30);
+    fake.connected("cluster-2", false);
+    fake.hbone("cluster-2", Some(Reachability::TimedOut));
+    for s in 0..30 {
+        let st = tick(&m, &c, s).await;
+        for t in [
+            T::PeerConnected,
+            T::PeeringSucceeded,
+            T::PeerDataPlaneProgrammed,
+        ] {
+            let (status, r, _) = cond(&st, "cluster-2", t);
+            assert_eq!((status, r.as_str()), (S::Unknown, "Pending"), "{t} at {s}s");
+        }
+    }
+    let (_, _, msg) = cond(&m.snapshot(), "cluster-2", T::PeerConnected);
+    assert!(
+        msg.contains("ConnectionRefused"),
+        "pending message names the failure: {msg}"
+    );
+    let st = tick(&m, &c, 30).await;
+    assert_eq!(
+        cond(&st, "cluster-2", T::PeerConnected).1,
+        "ConnectionRefused"
+    );
+    assert_eq!(
+        cond(&st, "cluster-2", T::PeeringSucceeded),
+        (
+            S::False,
+            "Pending".into(),
+            "nothing received from the peer yet; waiting for its first full xDS response".into()
+        )
+    );
+    let (status, r, msg) = cond(&st, "cluster-2", T::PeerDataPlaneProgrammed);
+    assert_eq!((status, r.as_str()), (S::False, "HBONEConnectTimeout"));
+    assert_eq!(
+        msg,
+        "connection timed out, maybe a NetworkPolicy is blocking HBONE port 15008"
+    );
+}
+
+#[tokio::test]
+async fn nack_from_local_ztunnel_is_not_acked_with_the_text() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let text = "cluster-2/default/pod-a: unknown network \"net-x\"";
+    fake.acks.lock().unwrap().insert(
+        "cluster-2".into(),
+        AckObservation::Rejected {
+            node: "ztunnel~10.0.0.1".into(),
+            text: text.into(),
+        },
+    );
+    for s in 2..13 {
+        tick(&m, &c, s).await;
+    }
+    let (status, r, msg) = cond(&m.snapshot(), "cluster-2", T::PeerDataPlaneProgrammed);
+    assert_eq!((status, r.as_str()), (S::False, "NotAcked"));
+    assert!(
+        msg.contains(text) && msg.contains("ztunnel~10.0.0.1"),
+        "{msg}"
+    );
+    // A ztunnel that is merely behind is NotAcked too, naming the version.
+    fake.acks.lock().unwrap().insert(
+        "cluster-2".into(),
+        AckObservation::Waiting {
+            version: 9,
+            behind: 1,
+            downstreams: 2,
+        },
+    );
+    let (_, r, msg) = cond(
+        &tick(&m, &c, 13).await,
+        "cluster-2",
+        T::PeerDataPlaneProgrammed,
+    );
+    assert_eq!(r, "NotAcked");
+    assert!(msg.contains("1 of 2") && msg.contains("version 9"), "{msg}");
+}
+
+#[tokio::test]
+async fn hbone_refused_is_reported() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    fake.hbone("cluster-2", Some(Reachability::Refused));
+    for s in 0..11 {
+        tick(&m, &c, s).await;
+    }
+    let (status, r, msg) = cond(&m.snapshot(), "cluster-2", T::PeerDataPlaneProgrammed);
+    assert_eq!((status, r.as_str()), (S::False, "HBONEConnectionRefused"));
+    assert!(msg.contains("127.0.2.1:15008 refused"), "{msg}");
+}
+
+#[tokio::test]
+async fn gateway_without_hbone_listener_is_missing_hbone_listener() {
+    let mut sp = spec("cluster-2", "127.0.2.1");
+    sp.listeners.retain(|l| l.port != 15008);
+    let (m, fake, c) = monitor(vec![sp], 0);
+    fake.healthy("cluster-2");
+    let st = tick(&m, &c, 0).await;
+    let (status, r, msg) = cond(&st, "cluster-2", T::PeerDataPlaneProgrammed);
+    assert_eq!((status, r.as_str()), (S::False, "MissingHBONEListener"));
+    assert!(msg.contains("port 15008 protocol HBONE"), "{msg}");
+    assert_eq!(
+        cond(&st, "cluster-2", T::Accepted).0,
+        S::True,
+        "still accepted"
+    );
+    assert!(
+        fake.targets.lock().unwrap()["cluster-2"].hbone.is_empty(),
+        "nothing to probe"
+    );
+}
+
+#[tokio::test]
+async fn invalid_peer_sets_all_conditions_false_invalid_and_spares_others() {
+    let mut bad = spec("cluster-3", "not-an-ip");
+    bad.addresses[0].kind = "IPAddress".into();
+    let (m, fake, c) = monitor(vec![bad, spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    let st = tick(&m, &c, 1).await;
+    for t in T::ALL {
+        let (status, r, msg) = cond(&st, "cluster-3", t);
+        assert_eq!((status, r.as_str()), (S::False, "Invalid"), "{t}");
+        assert!(
+            msg.contains("spec.addresses[0]: \"not-an-ip\" is not an IP address"),
+            "{msg}"
+        );
+        assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t} of the good peer");
+    }
+    assert!(
+        !fake.targets.lock().unwrap().contains_key("cluster-3"),
+        "invalid peers are not probed"
+    );
+    // Fixing the spec makes it Accepted again.
+    m.set_peers(
+        vec![
+            spec("cluster-3", "127.0.3.1"),
+            spec("cluster-2", "127.0.2.1"),
+        ],
+        c.at(2).0,
+    );
+    let st = tick(&m, &c, 2).await;
+    assert_eq!(cond(&st, "cluster-3", T::Accepted).0, S::True);
+    assert_eq!(
+        cond(&st, "cluster-3", T::Programmed),
+        (
+            S::False,
+            "Pending".into(),
+            "no xDS client is configured for this peer yet".into()
+        )
+    );
+    assert_eq!(
+        cond(&st, "cluster-2", T::PeerConnected).0,
+        S::True,
+        "unchanged peer keeps its state"
+    );
+}
+
+#[tokio::test]
+async fn flat_peer_with_unprobeable_pod_ips_is_probed_on_its_gateway() {
+    let mut sp = spec("cluster-2", "127.0.2.1");
+    sp.network = Some("net-a".into());
+    let fake = Arc::new(Fake::default());
+    let sources = MonitorSources {
+        upstreams: fake.clone(),
+        imports: Arc::new(NonLoopbackPods),
+        acks: fake.clone(),
+        probe: fake.clone(),
+    };
+    let config = MonitorConfig {
+        probe_guard: crate::probe::prober::TargetGuard::loopback_only(),
+        ..MonitorConfig::default()
+    };
+    let m = PeerMonitor::new(local(), vec![sp], config, sources, Instant::now());
+    m.tick(Instant::now(), SystemTime::now()).await;
+    let t = fake.targets.lock().unwrap()["cluster-2"].clone();
+    assert_eq!(t.hbone, vec!["127.0.2.1:15008".parse().unwrap()]);
+}
+
+struct NonLoopbackPods;
+
+impl ImportSource for NonLoopbackPods {
+    fn sync(&self, _peer: &str) -> Option<SyncObservation> {
+        None
+    }
+    fn workload_ips(&self, _peer: &str, _limit: usize) -> Vec<std::net::IpAddr> {
+        vec!["10.2.0.1".parse().unwrap()]
+    }
+}
+
+#[tokio::test]
+async fn spec_change_of_a_healthy_peer_does_not_flap_its_conditions() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 60);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let mut events = m.subscribe();
+    let mut newer = spec("cluster-2", "127.0.2.1");
+    newer.generation = 3;
+    m.set_peers(vec![newer], c.at(2).0);
+    let st = tick(&m, &c, 2).await;
+    for t in T::ALL {
+        let cond = st[0].condition(t).unwrap();
+        assert_eq!(cond.status, S::True, "{t}");
+        assert_eq!(cond.observed_generation, 3, "{t}");
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "no condition event for a generation bump"
+    );
+}
+
+#[tokio::test]
+async fn flat_peer_is_probed_on_pod_ips() {
+    let mut sp = spec("cluster-2", "127.0.2.1");
+    sp.network = Some("net-a".into());
+    let (m, fake, c) = monitor(vec![sp], 0);
+    fake.healthy("cluster-2");
+    let st = tick(&m, &c, 0).await;
+    assert!(st[0].flat);
+    let t = fake.targets.lock().unwrap()["cluster-2"].clone();
+    assert_eq!(t.hbone, vec!["127.0.9.1:15008".parse().unwrap()]);
+    assert_eq!(t.xds, vec!["127.0.2.1:15012".parse().unwrap()]);
+}
+
+fn report(dest: SocketAddr, delta: ConnectCounts, total: ConnectCounts) -> ProbeReport {
+    let mut r = ProbeReport::default();
+    r.destinations.insert(
+        dest,
+        DestinationReport {
+            destination: dest,
+            total,
+            delta,
+            rates: Default::default(),
+            p50_us: None,
+            p99_us: None,
+        },
+    );
+    r
+}
+
+#[test]
+fn kernel_probe_attributes_counters_and_keeps_the_last_verdict() {
+    let gw: SocketAddr = "127.0.3.1:15008".parse().unwrap();
+    let timeouts = ConnectCounts {
+        attempts: 4,
+        timed_out: 4,
+        syn_retransmits: 12,
+        ..ConnectCounts::default()
+    };
+    let (tx, rx) = watch::channel(Arc::new(report(gw, timeouts, timeouts)));
+    let probe = KernelProbe::new(rx);
+    let mut targets = BTreeMap::new();
+    targets.insert(
+        "cluster-3".to_string(),
+        ProbeTargets {
+            hbone: vec![gw],
+            xds: vec!["127.0.3.1:15012".parse().unwrap()],
+        },
+    );
+    probe.set_targets(&targets);
+    let obs = probe.observe("cluster-3");
+    assert_eq!(obs.hbone.unwrap().reachability, Reachability::TimedOut);
+    assert_eq!(obs.xds, None, "no connects to 15012 seen");
+    assert_eq!(
+        (
+            obs.stats.mode.as_str(),
+            obs.stats.timeouts,
+            obs.stats.syn_retransmits
+        ),
+        ("ebpf", 4, 12)
+    );
+    // A later report without new connects keeps the verdict.
+    tx.send(Arc::new(report(gw, ConnectCounts::default(), timeouts)))
+        .unwrap();
+    assert_eq!(
+        probe.observe("cluster-3").hbone.unwrap().reachability,
+        Reachability::TimedOut
+    );
+    // A destination that is not a peer is not attributed to anyone.
+    let stranger: SocketAddr = "127.0.7.7:15008".parse().unwrap();
+    let ok = ConnectCounts {
+        attempts: 1,
+        established: 1,
+        ..ConnectCounts::default()
+    };
+    tx.send(Arc::new(report(stranger, ok, ok))).unwrap();
+    let obs = probe.observe("cluster-3");
+    assert_eq!(obs.hbone.unwrap().reachability, Reachability::TimedOut);
+    assert_eq!(obs.stats.attempts, 0);
+}
+
+#[tokio::test]
+async fn xds_probe_classifies_a_connect_still_in_progress() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    // The client has not failed yet (first attempt hanging), but the kernel saw the
+    // connects to 15012 time out.
+    fake.upstream.lock().unwrap().insert(
+        "cluster-2".into(),
+        UpstreamObservation {
+            endpoint: "127.0.2.1:15012".into(),
+            connected: false,
+            failure: None,
+        },
+    );
+    fake.probe.lock().unwrap().insert(
+        "cluster-2".into(),
+        ProbeObservation {
+            xds: Some(PortVerdict {
+                reachability: Reachability::TimedOut,
+                target: "127.0.2.1:15012".parse().unwrap(),
+            }),
+            ..ProbeObservation::default()
+        },
+    );
+    for s in 0..11 {
+        tick(&m, &c, s).await;
+    }
+    let (status, r, msg) = cond(&m.snapshot(), "cluster-2", T::PeerConnected);
+    assert_eq!((status, r.as_str()), (S::False, "ConnectTimeout"));
+    assert!(msg.contains("127.0.2.1:15012 time out"), "{msg}");
+}
+
+#[test]
+fn metrics_report_conditions_transitions_and_probe_mode() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+            fake.healthy("cluster-2");
+            tick(&m, &c, 0).await;
+            tick(&m, &c, 1).await;
+        })
+    });
+    let text = handle.render();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("peerd_peer_connected{peer_cluster=\"cluster-2\"} 1"),
+        "{text}"
+    );
+    assert!(
+        has(
+            "peerd_peer_condition{peer_cluster=\"cluster-2\",type=\"gloo.solo.io/PeerConnected\",status=\"True\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "peerd_peer_condition{peer_cluster=\"cluster-2\",type=\"gloo.solo.io/PeerConnected\",status=\"Unknown\"} 0"
+        ),
+        "{text}"
+    );
+    // Unknown at the first tick (a first value is not a transition), True at the second.
+    assert!(
+        has(
+            "peerd_peer_condition_transitions_total{peer_cluster=\"cluster-2\",type=\"gloo.solo.io/PeerConnected\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(has("peerd_probe_mode{mode=\"userspace\"} 1"), "{text}");
+    assert!(has("peerd_probe_mode{mode=\"ebpf\"} 0"), "{text}");
+}
