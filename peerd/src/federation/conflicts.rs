@@ -67,7 +67,9 @@ impl Conflicts {
         let old = if now.is_empty() {
             by_name.remove(name).unwrap_or_default()
         } else {
-            by_name.insert(Arc::clone(name), now.clone()).unwrap_or_default()
+            by_name
+                .insert(Arc::clone(name), now.clone())
+                .unwrap_or_default()
         };
         if old == now {
             return;

@@ -107,7 +107,12 @@ impl Exporter {
         let index = self.lock();
         local_keys
             .iter()
-            .filter_map(|k| index.renamed.get(k.as_str()).map(|g| (k.clone(), Arc::clone(g))))
+            .filter_map(|k| {
+                index
+                    .renamed
+                    .get(k.as_str())
+                    .map(|g| (k.clone(), Arc::clone(g)))
+            })
             .collect()
     }
 
@@ -173,7 +178,8 @@ impl Exporter {
                     touched_services.insert(Arc::clone(name));
                 }
                 Some(Summary::Workload(w)) => {
-                    let keys: Vec<Arc<str>> = w.services.iter().map(|k| Arc::from(k.as_str())).collect();
+                    let keys: Vec<Arc<str>> =
+                        w.services.iter().map(|k| Arc::from(k.as_str())).collect();
                     unindex_workload(&mut index, name);
                     for k in &keys {
                         index
@@ -209,7 +215,9 @@ impl Exporter {
                 .filter(|_| index.renamed.contains_key(name))
                 .and_then(|r| self.export_service(r));
             let old = match &exported {
-                Some(r) => index.exported_as.insert(Arc::clone(name), Arc::clone(&r.name)),
+                Some(r) => index
+                    .exported_as
+                    .insert(Arc::clone(name), Arc::clone(&r.name)),
                 None => index.exported_as.remove(name),
             };
             if let Some(old) = old
@@ -253,7 +261,10 @@ impl Exporter {
             e.set_hostname(&hostname);
             Ok(())
         });
-        match edited.map_err(|e| e.to_string()).and_then(|b| r.with_body(b).map_err(|e| e.to_string())) {
+        match edited
+            .map_err(|e| e.to_string())
+            .and_then(|b| r.with_body(b).map_err(|e| e.to_string()))
+        {
             Ok(out) => Some(Arc::new(out)),
             Err(e) => {
                 tracing::warn!(service = %r.name, error = %e, "federation: cannot export service; skipped");
@@ -266,7 +277,11 @@ impl Exporter {
     /// global service.
     fn export_workload(&self, index: &ExportIndex, r: &Resource) -> Option<[Arc<Resource>; 3]> {
         let w = r.as_workload()?;
-        if !w.services.iter().any(|k| index.renamed.contains_key(k.as_str())) {
+        if !w
+            .services
+            .iter()
+            .any(|k| index.renamed.contains_key(k.as_str()))
+        {
             return None;
         }
         let build = |gateway: Option<GatewayTarget>| -> Result<Arc<Resource>, String> {

@@ -112,7 +112,11 @@ impl Commits {
     /// others keep their committed state. Returns every name of either.
     pub fn resync(&mut self, store: &Store) -> [HashSet<Arc<str>>; 2] {
         let mut names: [HashSet<Arc<str>>; 2] = Default::default();
-        let present: HashSet<Arc<str>> = store.origins().iter().map(|o| Arc::clone(&o.name)).collect();
+        let present: HashSet<Arc<str>> = store
+            .origins()
+            .iter()
+            .map(|o| Arc::clone(&o.name))
+            .collect();
         for (name, state) in &self.origins {
             for kind in ResourceType::ALL {
                 if let Some(s) = &state.committed[kind.index()] {

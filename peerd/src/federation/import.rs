@@ -39,18 +39,25 @@ pub enum ImportError {
     NotExportedAuthorization { peer: String },
     #[error("service hostname {hostname:?} is not an exported (*.mesh.internal) name")]
     NotExportedService { hostname: String },
-    #[error("workload backs {key:?}, which is not an exported (ns/<svc>.<ns>.mesh.internal) service")]
+    #[error(
+        "workload backs {key:?}, which is not an exported (ns/<svc>.<ns>.mesh.internal) service"
+    )]
     NotExportedServiceKey { key: String },
     #[error("workload backs no exported service")]
     NoExportedService,
-    #[error("uid {uid:?} claims another cluster than the peer {peer:?} (expected prefix \"{peer}//\")")]
+    #[error(
+        "uid {uid:?} claims another cluster than the peer {peer:?} (expected prefix \"{peer}//\")"
+    )]
     UidClaimsOtherCluster { uid: String, peer: String },
     #[error("cluster_id {found:?} is not the peer's cluster {peer:?}")]
     ClusterIdMismatch { found: String, peer: String },
     #[error("network {found:?} is not the peer's network {expected:?}")]
     NetworkMismatch { found: String, expected: String },
     #[error("{field} holds a forbidden address {address}")]
-    BadAddress { field: &'static str, address: IpAddr },
+    BadAddress {
+        field: &'static str,
+        address: IpAddr,
+    },
     #[error("workload of multi-network peer {peer} has no network_gateway")]
     MissingGateway { peer: String },
     #[error("peer cap exceeded: {what} (limit {limit})")]
@@ -131,7 +138,9 @@ impl ImportFilter {
     pub fn check_content(&self, resource: &Resource) -> Result<(), ImportError> {
         let peer = &self.policy.cluster;
         match &resource.summary {
-            Summary::Authorization(_) => Err(ImportError::NotExportedAuthorization { peer: peer.clone() }),
+            Summary::Authorization(_) => {
+                Err(ImportError::NotExportedAuthorization { peer: peer.clone() })
+            }
             Summary::Service(s) => {
                 if !is_global_hostname(&s.hostname) || !is_global_key(&resource.name) {
                     return Err(ImportError::NotExportedService {
@@ -144,7 +153,11 @@ impl ImportFilter {
                 Ok(())
             }
             Summary::Workload(w) => {
-                if !w.uid.strip_prefix(peer.as_str()).is_some_and(|r| r.starts_with("//")) {
+                if !w
+                    .uid
+                    .strip_prefix(peer.as_str())
+                    .is_some_and(|r| r.starts_with("//"))
+                {
                     return Err(ImportError::UidClaimsOtherCluster {
                         uid: w.uid.clone(),
                         peer: peer.clone(),

@@ -93,7 +93,9 @@ impl Merger {
     ) {
         let origins = commits.ordered();
         let export = exporter.view(ExportFlavor::Flat).snapshot();
-        let local_state = commits.committed(&self.local, ResourceType::Address).cloned();
+        let local_state = commits
+            .committed(&self.local, ResourceType::Address)
+            .cloned();
         let mut queue: VecDeque<Arc<str>> = VecDeque::new();
         let mut queued: HashSet<Arc<str>> = HashSet::new();
         for n in names {
@@ -112,6 +114,7 @@ impl Merger {
                 }
             }
             if kind == ResourceType::Address
+                && is_global_key(&name)
                 && let Some(r) = export.get(kind, &name)
             {
                 let at = usize::from(candidates.first().is_some_and(|(o, _)| *o == self.local));
@@ -211,7 +214,10 @@ impl Merger {
                     name: name.to_string(),
                     loser: origin.to_string(),
                     winner: winner.1.to_string(),
-                    detail: format!("address {key} is also claimed by {} of {}; withheld", winner.2, winner.1),
+                    detail: format!(
+                        "address {key} is also claimed by {} of {}; withheld",
+                        winner.2, winner.1
+                    ),
                 });
             }
         }
@@ -355,7 +361,10 @@ fn merge_service(
                     name: name.to_string(),
                     loser: origin.to_string(),
                     winner: format!("{holder} (local)"),
-                    detail: format!("VIP {}/{:?} already serves {holder}; dropped", a.network, a.address),
+                    detail: format!(
+                        "VIP {}/{:?} already serves {holder}; dropped",
+                        a.network, a.address
+                    ),
                 });
                 continue;
             }

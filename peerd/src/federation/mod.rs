@@ -92,7 +92,12 @@ impl Federation {
         let imports = config
             .peers
             .iter()
-            .map(|p| (p.cluster.clone(), ImportFilter::new(p.clone(), Arc::clone(&store))))
+            .map(|p| {
+                (
+                    p.cluster.clone(),
+                    ImportFilter::new(p.clone(), Arc::clone(&store)),
+                )
+            })
             .collect();
         Arc::new(Federation {
             exporter: Arc::new(Exporter::new(&config)),
@@ -166,15 +171,26 @@ impl Federation {
             .map(|p| {
                 let count = |kind| commits.committed(&p.cluster, kind).cloned();
                 let address = count(ResourceType::Address);
-                let (w, s, _) = address.as_deref().map(ViewState::counts).unwrap_or_default();
-                let a = count(ResourceType::Authorization).map_or(0, |v| v.len(ResourceType::Authorization));
+                let (w, s, _) = address
+                    .as_deref()
+                    .map(ViewState::counts)
+                    .unwrap_or_default();
+                let a = count(ResourceType::Authorization)
+                    .map_or(0, |v| v.len(ResourceType::Authorization));
                 PeerFederationStatus {
                     cluster: p.cluster.clone(),
                     flat: p.flat,
-                    synced: self.store.get(&p.cluster).is_some_and(|o| o.is_fully_synced()),
+                    synced: self
+                        .store
+                        .get(&p.cluster)
+                        .is_some_and(|o| o.is_fully_synced()),
                     stale_seconds: commits.stale_for(&p.cluster, now).map(|d| d.as_secs()),
                     imported: (w, s, a),
-                    import: self.imports.get(&p.cluster).map(|f| f.status()).unwrap_or_default(),
+                    import: self
+                        .imports
+                        .get(&p.cluster)
+                        .map(|f| f.status())
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -188,13 +204,23 @@ impl Federation {
             .cloned()
             .unwrap_or_default();
         let change = self.exporter.set_global_services(global, &local);
-        let names: Vec<Arc<str>> = change.workloads.into_iter().chain(change.services).collect();
+        let names: Vec<Arc<str>> = change
+            .workloads
+            .into_iter()
+            .chain(change.services)
+            .collect();
         self.merger
             .recompute(&commits, &self.exporter, ResourceType::Address, names);
     }
 
     /// Recomputes `names` of `kind` of `origin` (already committed) everywhere they matter.
-    fn propagate(&self, commits: &grace::Commits, origin: &str, kind: ResourceType, names: Vec<Arc<str>>) {
+    fn propagate(
+        &self,
+        commits: &grace::Commits,
+        origin: &str,
+        kind: ResourceType,
+        names: Vec<Arc<str>>,
+    ) {
         if names.is_empty() {
             return;
         }
@@ -243,7 +269,9 @@ impl Federation {
                 for kind in ResourceType::ALL {
                     let n = names[kind.index()].clone();
                     if origin.as_ref() == self.config.cluster {
-                        let change = self.exporter.on_local_change(&ViewState::default(), kind, &n);
+                        let change = self
+                            .exporter
+                            .on_local_change(&ViewState::default(), kind, &n);
                         let mut all: BTreeSet<Arc<str>> = n.into_iter().collect();
                         all.extend(change.workloads);
                         all.extend(change.services);

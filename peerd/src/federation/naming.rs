@@ -46,7 +46,10 @@ mod tests {
 
     #[test]
     fn global_names_follow_the_mesh_internal_rule() {
-        assert_eq!(global_hostname("bookinfo", "reviews"), "reviews.bookinfo.mesh.internal");
+        assert_eq!(
+            global_hostname("bookinfo", "reviews"),
+            "reviews.bookinfo.mesh.internal"
+        );
         assert_eq!(
             global_key("bookinfo", "reviews"),
             "bookinfo/reviews.bookinfo.mesh.internal"
@@ -57,7 +60,9 @@ mod tests {
 
     #[test]
     fn non_global_or_inconsistent_keys_are_refused() {
-        assert!(!is_global_key("bookinfo/reviews.bookinfo.svc.cluster.local"));
+        assert!(!is_global_key(
+            "bookinfo/reviews.bookinfo.svc.cluster.local"
+        ));
         assert!(!is_global_key("other/reviews.bookinfo.mesh.internal"));
         assert!(!is_global_key("bookinfo/.bookinfo.mesh.internal"));
         assert!(!is_global_key("noslash"));

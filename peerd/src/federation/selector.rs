@@ -43,7 +43,11 @@ impl FederationSelector {
         }
     }
 
-    fn peer_for(&self, trust_domain: &str, cluster_id: Option<&str>) -> Result<&PeerPolicy, tonic::Status> {
+    fn peer_for(
+        &self,
+        trust_domain: &str,
+        cluster_id: Option<&str>,
+    ) -> Result<&PeerPolicy, tonic::Status> {
         let candidates: Vec<&PeerPolicy> = self
             .peers
             .iter()

@@ -121,13 +121,10 @@ impl FederationConfig {
     /// From the validated daemon configuration. The east-west gateway's NodePort target is
     /// not configurable yet, so NodePort peers get the LoadBalancer target.
     pub fn from_config(config: &Config) -> FederationConfig {
-        let gateway = config
-            .export
-            .east_west_gateway
-            .map(|g| GatewayTarget {
-                address: g.address,
-                hbone_port: g.hbone_port,
-            });
+        let gateway = config.export.east_west_gateway.map(|g| GatewayTarget {
+            address: g.address,
+            hbone_port: g.hbone_port,
+        });
         FederationConfig {
             cluster: config.cluster.clone(),
             network: config.network.clone(),
