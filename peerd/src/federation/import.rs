@@ -98,9 +98,10 @@ pub struct ImportStatus {
 
 #[derive(Default)]
 struct Tally {
-    /// Name → body bytes of what this filter accepted (may include names since removed;
-    /// corrected from the store before a cap is enforced).
-    held: HashMap<(ResourceType, Arc<str>), usize>,
+    /// Name → (body bytes, version of the peer's store view when accepted) of what this
+    /// filter accepted. It may still list names the peer removed since; before a cap is
+    /// enforced it is corrected from the store (see [`ImportFilter::recount`]).
+    held: HashMap<(ResourceType, Arc<str>), (usize, u64)>,
     bytes: usize,
 }
 
@@ -197,8 +198,9 @@ impl ImportFilter {
         let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         let key = (resource.kind, Arc::clone(&resource.name));
         let size = resource.body.len();
+        let version = self.store_version();
         let fits = |t: &Tally| {
-            let old = t.held.get(&key).copied();
+            let old = t.held.get(&key).map(|(bytes, _)| *bytes);
             let count = t.held.len() + usize::from(old.is_none());
             let bytes = t.bytes - old.unwrap_or(0) + size;
             if count > self.policy.max_resources {
@@ -217,25 +219,49 @@ impl ImportFilter {
         };
         if fits(&tally).is_err() {
             // The tally never sees removals; recount from what the store holds.
-            *tally = self.recount();
+            let recounted = self.recount(&tally);
+            *tally = recounted;
         }
         fits(&tally)?;
-        if let Some(old) = tally.held.insert(key, size) {
+        if let Some((old, _)) = tally.held.insert(key, (size, version)) {
             tally.bytes -= old;
         }
         tally.bytes += size;
         Ok(())
     }
 
-    fn recount(&self) -> Tally {
+    /// Version of the peer's store view (bumped by every applied response).
+    fn store_version(&self) -> u64 {
+        self.store
+            .get(&self.policy.cluster)
+            .map_or(0, |o| o.view.snapshot().version)
+    }
+
+    /// What the store holds for the peer, plus what was accepted from the response being
+    /// checked right now (accepted at the current store version, so not applied yet).
+    fn recount(&self, previous: &Tally) -> Tally {
         let mut tally = Tally::default();
+        let mut version = 0;
         if let Some(origin) = self.store.get(&self.policy.cluster) {
             let snapshot = origin.view.snapshot();
+            version = snapshot.version;
             for kind in ResourceType::ALL {
                 for (name, r) in snapshot.resources(kind).iter() {
-                    tally.held.insert((kind, Arc::clone(name)), r.body.len());
+                    tally
+                        .held
+                        .insert((kind, Arc::clone(name)), (r.body.len(), version));
                     tally.bytes += r.body.len();
                 }
+            }
+        }
+        for (key, (size, accepted_at)) in &previous.held {
+            if *accepted_at == version
+                && let Some((old, _)) = tally.held.insert(key.clone(), (*size, version))
+            {
+                tally.bytes -= old;
+                tally.bytes += size;
+            } else if *accepted_at == version {
+                tally.bytes += size;
             }
         }
         tally

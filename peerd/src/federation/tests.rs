@@ -559,6 +559,22 @@ fn import_caps_count_and_bytes_and_recounts_after_removals() {
         filter.check("c2", r).unwrap();
         store.apply("c2", ResourceType::Address, vec![Arc::clone(r)], vec![]);
     }
+    // Resources accepted from the response being checked count before they are stored.
+    let (d, e) = (
+        peer_pod("c2", "net1", "d", "127.2.1.4", false),
+        peer_pod("c2", "net1", "e", "127.2.1.5", false),
+    );
+    let fresh = Federation::new(
+        {
+            let mut c = config();
+            c.peers[0].max_resources = 1;
+            c
+        },
+        Store::new(),
+    );
+    let f2 = fresh.import_filter("c2").unwrap();
+    f2.check("c2", &d).unwrap();
+    assert!(f2.check("c2", &e).unwrap_err().contains("resource count"));
     // Re-sending a held name is not a new resource.
     assert_eq!(filter.check("c2", &a), Ok(()));
     let err = filter.check("c2", &c).unwrap_err();
