@@ -159,7 +159,7 @@ async fn three_clusters_federate_with_export_rules_and_asymmetric_links() {
         .resources(ResourceType::Address)
         .values()
         .filter_map(|r| r.as_workload())
-        .filter(|w| w.services.iter().any(|k| *k == key))
+        .filter(|w| w.services.contains(&key))
         .map(|w| w.cluster_id.clone())
         .collect();
     clusters.dedup();

@@ -386,7 +386,7 @@ fn merge_service(
                 None => {
                     ports.insert(p.service_port, (p.target_port, Arc::clone(origin)));
                     if i > 0 {
-                        extra_ports.push(p.clone());
+                        extra_ports.push(*p);
                     }
                 }
             }

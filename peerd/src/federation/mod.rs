@@ -88,6 +88,11 @@ impl Federation {
     /// A federation for `config` over `store`. Nothing happens until [`Federation::run`]
     /// (or [`Federation::handle`]) processes store events.
     pub fn new(config: FederationConfig, store: Arc<Store>) -> Arc<Federation> {
+        for p in config.peers.iter().filter(|p| !p.flat) {
+            if config.gateway_for(p.flavor()).is_none() {
+                tracing::warn!(peer = %p.cluster, "federation: multi-network peer but no east-west gateway configured; its export has no network_gateway and the peer will reject the workloads");
+            }
+        }
         let conflicts = Conflicts::new();
         let imports = config
             .peers

@@ -4,7 +4,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::*;
@@ -308,8 +307,7 @@ fn export_keeps_unknown_fields() {
     let mut body = base.body.to_vec();
     body.extend(len_field(1, &len_field(999, b"from-the-future")));
     let body = crate::xds::wire::edit_workload(&body, |_| Ok(())).unwrap();
-    let with_unknown =
-        Arc::new(Resource::from_body(ResourceType::Address, Bytes::from(body)).unwrap());
+    let with_unknown = Arc::new(Resource::from_body(ResourceType::Address, body).unwrap());
     feed(
         &store,
         LOCAL,
