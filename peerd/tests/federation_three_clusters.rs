@@ -279,3 +279,96 @@ async fn restarted_peer_does_not_replace_state_before_its_local_sync() {
     assert_eq!(c1.held("c2", ResourceType::Address).len(), before);
     assert_eq!(c1.merged_workloads_from("c2"), merged_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_changes_propagate_incrementally_to_importing_peers() {
+    let mut topo = Topology::new(specs()).await;
+    let c1 = topo.start("c1", true).await;
+    let c2 = topo.start("c2", true).await;
+    let _c3 = topo.start("c3", true).await;
+    eventually("c1 synced with c2", || {
+        synced(&c1, "c2") && c1.merged_workloads_from("c2") > 0
+    })
+    .await;
+    let globals = global_services(&population("c2", 2, "flat"));
+    let g = globals.iter().next().unwrap().clone();
+    let key = global_key(&g.namespace, &g.name);
+    let local_key = format!(
+        "{}/{}.{}.svc.cluster.local",
+        g.namespace, g.name, g.namespace
+    );
+    // A pod of c2 backing a global service moves to a new IP: c1 sees the new IP.
+    let local = c2.store.get("c2").unwrap().view.snapshot();
+    let pod = local
+        .resources(ResourceType::Address)
+        .values()
+        .find(|r| {
+            r.as_workload()
+                .is_some_and(|w| w.services.contains(&local_key))
+        })
+        .cloned()
+        .expect("a pod backs the global service");
+    let mut w = decode_workload(&pod);
+    w.addresses = vec![vec![127, 0, 240, 9]];
+    c2.store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![Arc::new(Resource::workload(&w).unwrap())],
+        vec![],
+    );
+    eventually("c1 sees the moved pod", || {
+        c1.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, &pod.name)
+            .is_some_and(|r| {
+                r.as_workload().unwrap().addresses
+                    == vec!["127.0.240.9".parse::<std::net::IpAddr>().unwrap()]
+            })
+    })
+    .await;
+    // The pod is deleted: c1 withdraws it.
+    c2.store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::clone(&pod.name)],
+    );
+    eventually("c1 withdraws the deleted pod", || {
+        c1.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, &pod.name)
+            .is_none()
+    })
+    .await;
+    // c2 stops exporting the service: c1 loses c2's contribution (c1's own stays).
+    let rest: Vec<_> = globals.iter().filter(|s| **s != g).cloned().collect();
+    c2.fed.set_global_services(rest);
+    eventually(
+        "c1 drops c2's workloads of the no-longer-global service",
+        || {
+            !c1.fed
+                .merged()
+                .snapshot()
+                .resources(ResourceType::Address)
+                .values()
+                .filter_map(|r| r.as_workload())
+                .any(|w| w.cluster_id == "c2" && w.services.contains(&key))
+        },
+    )
+    .await;
+    assert!(
+        c1.held("c2", ResourceType::Address)
+            .iter()
+            .all(|r| &*r.name != key)
+    );
+    assert!(
+        c1.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, &key)
+            .is_some(),
+        "c1 still exports it itself"
+    );
+}
