@@ -361,7 +361,7 @@ async fn local_changes_propagate_incrementally_to_importing_peers() {
     assert!(
         c1.held("c2", ResourceType::Address)
             .iter()
-            .all(|r| &*r.name != key)
+            .all(|r| *r.name != *key)
     );
     assert!(
         c1.fed
