@@ -362,8 +362,10 @@ fn merge_service(
                     loser: origin.to_string(),
                     winner: format!("{holder} (local)"),
                     detail: format!(
-                        "VIP {}/{:?} already serves {holder}; dropped",
-                        a.network, a.address
+                        "VIP {}/{} already serves {holder}; dropped",
+                        a.network,
+                        crate::xds::resource::ip_from_bytes("Service.addresses", &a.address)
+                            .map_or_else(|_| "?".to_string(), |ip| ip.to_string())
                     ),
                 });
                 continue;

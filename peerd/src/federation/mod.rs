@@ -68,9 +68,17 @@ pub struct PeerFederationStatus {
     pub synced: bool,
     /// Seconds the peer has been stale (disconnected or resyncing), if it is.
     pub stale_seconds: Option<u64>,
-    /// Committed (workloads, services, authorizations) from this peer.
-    pub imported: (usize, usize, usize),
+    /// What is committed from this peer.
+    pub imported: ImportedCounts,
     pub import: ImportStatus,
+}
+
+/// Resource counts committed from one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ImportedCounts {
+    pub workloads: usize,
+    pub services: usize,
+    pub authorizations: usize,
 }
 
 /// The merged view, the export views, and the rules between them.
@@ -190,7 +198,11 @@ impl Federation {
                         .get(&p.cluster)
                         .is_some_and(|o| o.is_fully_synced()),
                     stale_seconds: commits.stale_for(&p.cluster, now).map(|d| d.as_secs()),
-                    imported: (w, s, a),
+                    imported: ImportedCounts {
+                        workloads: w,
+                        services: s,
+                        authorizations: a,
+                    },
                     import: self
                         .imports
                         .get(&p.cluster)

@@ -734,22 +734,26 @@ fn global_service_merges_workloads_ports_and_vips_from_all_clusters() {
 
 #[test]
 fn same_pod_ip_from_two_flat_peers_serves_the_first_by_precedence() {
+    // The outcome does not depend on which peer arrives first.
+    for c2_first in [false, true] {
+        same_pod_ip_case(c2_first);
+    }
+}
+
+fn same_pod_ip_case(c2_first: bool) {
     let (store, fed, mut rx) = setup();
     feed(&store, LOCAL, vec![], vec![]);
-    feed(
-        &store,
-        "c4",
-        vec![peer_pod("c4", "net1", "x", "127.9.9.9", false)],
-        vec![],
-    );
-    drain(&fed, &mut rx);
-    feed(
-        &store,
-        "c2",
-        vec![peer_pod("c2", "net1", "y", "127.9.9.9", false)],
-        vec![],
-    );
-    drain(&fed, &mut rx);
+    let order = if c2_first { ["c2", "c4"] } else { ["c4", "c2"] };
+    for peer in order {
+        let pod = if peer == "c2" { "y" } else { "x" };
+        feed(
+            &store,
+            peer,
+            vec![peer_pod(peer, "net1", pod, "127.9.9.9", false)],
+            vec![],
+        );
+        drain(&fed, &mut rx);
+    }
     let merged = fed.merged().snapshot();
     assert!(
         merged
