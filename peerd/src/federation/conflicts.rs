@@ -116,3 +116,47 @@ fn publish(cluster: &str, kind: ConflictKind, n: u64) {
     metrics::gauge!("peerd_federation_conflicts", "peer_cluster" => cluster.to_string(), "kind" => kind.as_str())
         .set(n as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(loser: &str, kind: ConflictKind) -> Conflict {
+        Conflict {
+            kind,
+            name: "x".into(),
+            loser: loser.into(),
+            winner: "c1".into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn gauge_counts_current_conflicts_per_losing_cluster_and_kind() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let conflicts = Conflicts::new();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        metrics::with_local_recorder(&recorder, || {
+            conflicts.set(&a, vec![conflict("c2", ConflictKind::PodIp)]);
+            conflicts.set(&b, vec![conflict("c2", ConflictKind::PodIp)]);
+        });
+        let text = handle.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("peerd_federation_conflicts{") && l.contains("kind=\"pod_ip\""))
+            .unwrap_or_else(|| panic!("no gauge in:\n{text}"));
+        assert!(line.contains("peer_cluster=\"c2\""), "{line}");
+        assert!(line.ends_with(" 2"), "{line}");
+        assert_eq!(conflicts.list().len(), 2);
+        metrics::with_local_recorder(&recorder, || conflicts.set(&a, Vec::new()));
+        assert_eq!(conflicts.count("c2", ConflictKind::PodIp), 1);
+        let text = handle.render();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("peerd_federation_conflicts{") && l.ends_with(" 1")),
+            "{text}"
+        );
+    }
+}
