@@ -12,6 +12,9 @@
 //! it (found through a `service key → workloads` index). All edits go through
 //! [`crate::xds::wire`] so fields unknown to our schema survive.
 //!
+//! Only the local cluster's own resources are exported, never what was imported from
+//! peers (peering is not transitive).
+//!
 //! It must never export anything before the local upstream has synced (the [`Exporter::is_ready`]
 //! gate: a restarted peerd would otherwise tell its peers to remove everything), never
 //! export a non-global service or a workload backing none, and never change resource

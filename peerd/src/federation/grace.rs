@@ -169,7 +169,10 @@ impl Commits {
                 tracing::warn!(peer = %origin.name, grace = ?grace, "federation: peer not synced; keeping its last state, marked stale");
                 now
             });
+            // A reconnecting client recreates an empty origin; nothing to withdraw there.
+            let holds_state = !origin.view.snapshot().is_empty();
             if let Some(g) = grace
+                && holds_state
                 && now.saturating_duration_since(since) >= g
             {
                 tracing::warn!(peer = %origin.name, grace = ?g, "federation: peer stale past its grace period; withdrawing its state");
