@@ -16,10 +16,13 @@
 //! Wiring for `peerd run` (the lead's):
 //! ```ignore
 //! let fed = Federation::new(FederationConfig::from_config(&config), store.clone());
-//! for peer in &config.peers {   // one AdsClient per peer, with its import filter
+//! for peer in &config.peers {   // one AdsClient per imported peer, with its import filter
 //!     let filter = fed.import_filter(&peer.cluster).unwrap();
+//!     // mTLS with our SPIFFE cert; ServerIdentity::TrustDomain(peer.trust_domain);
+//!     // header ("clusterid", local cluster) so a peer can tell clusters sharing a trust domain apart.
 //!     AdsClient::new(opts, store.clone()).with_filter(filter).spawn(cancel.clone());
 //! }
+//! // Server TLS: ClientAuth::Optional(peering roots), so peers present certs and ztunnel does not.
 //! let server = AdsServer::new(fed.selector(Some(token_verifier)), server_options);
 //! tokio::spawn(fed.clone().run(cancel.clone()));
 //! ```
