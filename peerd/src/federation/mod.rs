@@ -1,205 +1,348 @@
 //! Federation turns what the upstreams sent (the [`Store`], one view per origin) into the
-//! merged view served to ztunnel.
+//! views peerd serves: the merged view for ztunnel ([`Federation::merged`]) and the export
+//! views for peers ([`Federation::export_view`]).
 //!
-//! It owns the merged [`View`] and the record of which origin each served resource came
-//! from ("origin tagging"). It must never write to the store, and never copy the whole
-//! state for one change: each store event recomputes only the names it carries.
+//! Pieces, one idea per file: [`settings`] (what it is configured with), [`naming`]
+//! (`*.mesh.internal`), [`export`] (what peers may read), [`import`] (the per-peer
+//! [`crate::xds::ResourceFilter`]), [`grace`] (committed state per origin, stale peers,
+//! withdrawal), [`merge`] (the merged view and its conflict rules), [`conflicts`]
+//! (reporting), [`selector`] (who gets which view on the shared listener).
 //!
-//! Today the merge is a pass-through with a fixed precedence (the local cluster first,
-//! then peers by cluster name); the import rules of DESIGN §5 plug in here.
+//! Data flow: store event → [`grace::Commits`] decides whether the change is committed
+//! (parked while the origin resyncs) → for the local cluster, [`export::Exporter`] updates
+//! the export views and says which merged names that touches → [`merge::Merger`]
+//! recomputes only those names. One task ([`Federation::run`]) drives it.
+//!
+//! Wiring for `peerd run` (the lead's):
+//! ```ignore
+//! let fed = Federation::new(FederationConfig::from_config(&config), store.clone());
+//! for peer in &config.peers {   // one AdsClient per imported peer, with its import filter
+//!     let filter = fed.import_filter(&peer.cluster).unwrap();
+//!     // mTLS with our SPIFFE cert; ServerIdentity::TrustDomain(peer.trust_domain);
+//!     // header ("clusterid", local cluster) so a peer can tell clusters sharing a trust domain apart.
+//!     AdsClient::new(opts, store.clone()).with_filter(filter).spawn(cancel.clone());
+//! }
+//! // Server TLS: ClientAuth::Optional(peering roots), so peers present certs and ztunnel does not.
+//! let server = AdsServer::new(fed.selector(Some(token_verifier)), server_options);
+//! tokio::spawn(fed.clone().run(cancel.clone()));
+//! ```
+//!
+//! It must never write resources to the store (it only withdraws a whole origin after its
+//! grace period), and never copy the whole state for one change.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+pub mod conflicts;
+pub mod export;
+pub mod grace;
+pub mod import;
+pub mod merge;
+pub mod naming;
+pub mod selector;
+pub mod settings;
 
-use dashmap::DashMap;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServiceRef;
 use crate::store::{Store, StoreEvent};
-use crate::view::View;
-use crate::xds::resource::Resource;
+use crate::view::{View, ViewState};
+use crate::xds::auth::TokenVerifier;
 use crate::xds::types::ResourceType;
 
-/// The merged view and where each of its resources came from.
+pub use conflicts::{Conflict, ConflictKind, Conflicts};
+pub use export::Exporter;
+pub use import::{ImportError, ImportFilter, ImportStatus};
+pub use selector::FederationSelector;
+pub use settings::{ExportFlavor, FederationConfig, GatewayTarget, PeerPolicy};
+
+/// What status shows about one peer's contribution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerFederationStatus {
+    pub cluster: String,
+    pub flat: bool,
+    /// Every type has completed its first response since the stream (re)connected.
+    pub synced: bool,
+    /// Seconds the peer has been stale (disconnected or resyncing), if it is.
+    pub stale_seconds: Option<u64>,
+    /// What is committed from this peer.
+    pub imported: ImportedCounts,
+    pub import: ImportStatus,
+}
+
+/// Resource counts committed from one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ImportedCounts {
+    pub workloads: usize,
+    pub services: usize,
+    pub authorizations: usize,
+}
+
+/// The merged view, the export views, and the rules between them.
 pub struct Federation {
-    local_cluster: Arc<str>,
+    config: FederationConfig,
     store: Arc<Store>,
-    merged: Arc<View>,
-    origin_of: DashMap<(ResourceType, Arc<str>), Arc<str>>,
+    exporter: Arc<Exporter>,
+    merger: merge::Merger,
+    conflicts: Arc<Conflicts>,
+    commits: Mutex<grace::Commits>,
+    imports: BTreeMap<String, Arc<ImportFilter>>,
 }
 
 impl Federation {
-    pub fn new(local_cluster: &str, store: Arc<Store>) -> Arc<Federation> {
+    /// A federation for `config` over `store`. Nothing happens until [`Federation::run`]
+    /// (or [`Federation::handle`]) processes store events.
+    pub fn new(config: FederationConfig, store: Arc<Store>) -> Arc<Federation> {
+        for p in config.peers.iter().filter(|p| !p.flat) {
+            if config.gateway_for(p.flavor()).is_none() {
+                tracing::warn!(peer = %p.cluster, "federation: multi-network peer but no east-west gateway configured; its export has no network_gateway and the peer will reject the workloads");
+            }
+        }
+        let conflicts = Conflicts::new();
+        let imports = config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.cluster.clone(),
+                    ImportFilter::new(p.clone(), Arc::clone(&store)),
+                )
+            })
+            .collect();
         Arc::new(Federation {
-            local_cluster: Arc::from(local_cluster),
+            exporter: Arc::new(Exporter::new(&config)),
+            merger: merge::Merger::new(&config.cluster, Arc::clone(&conflicts)),
+            commits: Mutex::new(grace::Commits::new(&config.cluster)),
+            conflicts,
+            imports,
             store,
-            merged: View::new("merged"),
-            origin_of: DashMap::new(),
+            config,
         })
+    }
+
+    pub fn config(&self) -> &FederationConfig {
+        &self.config
     }
 
     /// What ztunnel is served.
     pub fn merged(&self) -> &Arc<View> {
-        &self.merged
+        self.merger.view()
+    }
+
+    /// What peers of `flavor` are served.
+    pub fn export_view(&self, flavor: ExportFlavor) -> &Arc<View> {
+        self.exporter.view(flavor)
+    }
+
+    pub fn exporter(&self) -> &Arc<Exporter> {
+        &self.exporter
+    }
+
+    /// The import filter of a configured peer, for its `AdsClient::with_filter`.
+    pub fn import_filter(&self, peer: &str) -> Option<Arc<ImportFilter>> {
+        self.imports.get(peer).cloned()
+    }
+
+    /// The selector of the shared xDS listener (peers → export, token → merged).
+    pub fn selector(&self, tokens: Option<Arc<dyn TokenVerifier>>) -> Arc<FederationSelector> {
+        Arc::new(FederationSelector::new(
+            self.config.peers.clone(),
+            Arc::clone(&self.exporter),
+            Arc::clone(self.merged()),
+            tokens,
+        ))
+    }
+
+    /// Current merge conflicts.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.conflicts.list()
+    }
+
+    pub fn conflict_count(&self, cluster: &str, kind: ConflictKind) -> u64 {
+        self.conflicts.count(cluster, kind)
     }
 
     /// The origin cluster of a served resource.
     pub fn origin_of(&self, kind: ResourceType, name: &str) -> Option<Arc<str>> {
-        self.origin_of
-            .get(&(kind, Arc::from(name)))
-            .map(|o| Arc::clone(&o))
+        self.merger.origin_of(kind, name)
     }
 
-    /// Origins in precedence order: the local cluster, then the others by name.
-    fn ordered_origins(&self) -> Vec<Arc<crate::store::Origin>> {
-        let mut origins = self.store.origins();
-        origins.sort_by_key(|o| (o.name != self.local_cluster, Arc::clone(&o.name)));
-        origins
+    fn commits(&self) -> MutexGuard<'_, grace::Commits> {
+        self.commits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Recomputes the served form of `names` of one type and publishes the difference.
-    pub fn recompute(&self, kind: ResourceType, names: impl IntoIterator<Item = Arc<str>>) {
-        let origins = self.ordered_origins();
-        let snapshots: Vec<_> = origins.iter().map(|o| (o, o.view.snapshot())).collect();
-        let mut upserts = Vec::new();
-        let mut removals = Vec::new();
-        for name in names {
-            let winner = snapshots
-                .iter()
-                .find_map(|(o, s)| s.get(kind, &name).map(|r| (o, r)));
-            match winner {
-                Some((origin, r)) => {
-                    upserts.push(Arc::new(served_form(r)));
-                    self.origin_of
-                        .insert((kind, Arc::clone(&name)), Arc::clone(&origin.name));
+    /// Per configured peer: sync, staleness, committed counts, import rejections.
+    pub fn peer_status(&self) -> Vec<PeerFederationStatus> {
+        let commits = self.commits();
+        let now = Instant::now();
+        self.config
+            .peers
+            .iter()
+            .map(|p| {
+                let count = |kind| commits.committed(&p.cluster, kind).cloned();
+                let address = count(ResourceType::Address);
+                let (w, s, _) = address
+                    .as_deref()
+                    .map(ViewState::counts)
+                    .unwrap_or_default();
+                let a = count(ResourceType::Authorization)
+                    .map_or(0, |v| v.len(ResourceType::Authorization));
+                PeerFederationStatus {
+                    cluster: p.cluster.clone(),
+                    flat: p.flat,
+                    synced: self
+                        .store
+                        .get(&p.cluster)
+                        .is_some_and(|o| o.is_fully_synced()),
+                    stale_seconds: commits.stale_for(&p.cluster, now).map(|d| d.as_secs()),
+                    imported: ImportedCounts {
+                        workloads: w,
+                        services: s,
+                        authorizations: a,
+                    },
+                    import: self
+                        .imports
+                        .get(&p.cluster)
+                        .map(|f| f.status())
+                        .unwrap_or_default(),
                 }
-                None => {
-                    self.origin_of.remove(&(kind, Arc::clone(&name)));
-                    removals.push(name);
+            })
+            .collect()
+    }
+
+    /// Replaces the global service set (Kubernetes mode: from Service labels).
+    pub fn set_global_services(&self, global: impl IntoIterator<Item = ServiceRef>) {
+        let commits = self.commits();
+        let local = commits
+            .committed(&self.config.cluster, ResourceType::Address)
+            .cloned()
+            .unwrap_or_default();
+        let change = self.exporter.set_global_services(global, &local);
+        let names: Vec<Arc<str>> = change
+            .workloads
+            .into_iter()
+            .chain(change.services)
+            .collect();
+        self.merger
+            .recompute(&commits, &self.exporter, ResourceType::Address, names);
+    }
+
+    /// Recomputes `names` of `kind` of `origin` (already committed) everywhere they matter.
+    fn propagate(
+        &self,
+        commits: &grace::Commits,
+        origin: &str,
+        kind: ResourceType,
+        names: Vec<Arc<str>>,
+    ) {
+        if names.is_empty() {
+            return;
+        }
+        let mut all: BTreeSet<Arc<str>> = names.iter().cloned().collect();
+        if origin == self.config.cluster {
+            let local = commits.committed(origin, kind).cloned().unwrap_or_default();
+            let change = self.exporter.on_local_change(&local, kind, &names);
+            all.extend(change.workloads);
+            all.extend(change.services);
+            self.update_ready(commits);
+        }
+        self.merger.recompute(commits, &self.exporter, kind, all);
+    }
+
+    /// Opens the export gate once the local cluster has committed state of every type.
+    fn update_ready(&self, commits: &grace::Commits) {
+        if ResourceType::ALL
+            .iter()
+            .all(|t| commits.committed(&self.config.cluster, *t).is_some())
+        {
+            self.exporter.set_ready();
+        }
+    }
+
+    /// Processes one store event.
+    pub fn handle(&self, event: StoreEvent) {
+        let mut commits = self.commits();
+        match event {
+            StoreEvent::Changed { origin, change } => {
+                let Some(o) = self.store.get(&origin) else {
+                    return;
+                };
+                let names = commits.on_changed(&o, change.kind, &change.names);
+                self.propagate(&commits, &origin, change.kind, names);
+            }
+            StoreEvent::Synced { origin, kind } => {
+                let Some(o) = self.store.get(&origin) else {
+                    return;
+                };
+                let names = commits.on_synced(&o, kind);
+                self.propagate(&commits, &origin, kind, names);
+                self.update_ready(&commits);
+            }
+            StoreEvent::Removed { origin } => {
+                let names = commits.on_removed(&origin);
+                for kind in ResourceType::ALL {
+                    let n = names[kind.index()].clone();
+                    if origin.as_ref() == self.config.cluster {
+                        let change = self
+                            .exporter
+                            .on_local_change(&ViewState::default(), kind, &n);
+                        let mut all: BTreeSet<Arc<str>> = n.into_iter().collect();
+                        all.extend(change.workloads);
+                        all.extend(change.services);
+                        self.merger.recompute(&commits, &self.exporter, kind, all);
+                    } else {
+                        self.merger.recompute(&commits, &self.exporter, kind, n);
+                    }
                 }
             }
         }
-        self.merged.apply(kind, upserts, removals);
     }
 
-    /// Recomputes every name any origin or the merged view holds.
+    /// Re-reads every origin and recomputes everything (start, missed events).
     pub fn recompute_all(&self) {
+        let mut commits = self.commits();
+        let names = commits.resync(&self.store);
         for kind in ResourceType::ALL {
-            let mut names: BTreeSet<Arc<str>> = self
-                .merged
-                .snapshot()
-                .resources(kind)
-                .keys()
-                .cloned()
-                .collect();
-            for o in self.store.origins() {
-                names.extend(o.view.snapshot().resources(kind).keys().cloned());
-            }
-            self.recompute(kind, names);
+            let mut all: HashSet<Arc<str>> = names[kind.index()].clone();
+            all.extend(self.merged().snapshot().resources(kind).keys().cloned());
+            let local: Vec<Arc<str>> = all.iter().cloned().collect();
+            self.propagate(&commits, &self.config.cluster.clone(), kind, local);
         }
     }
 
-    /// Follows store events until cancelled.
+    /// Withdraws peers stale past the grace period; returns them.
+    pub fn sweep(&self) -> Vec<Arc<str>> {
+        self.commits()
+            .sweep(&self.store, Instant::now(), self.config.grace_period)
+    }
+
+    /// Follows store events and the grace timer until cancelled.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut events = self.store.subscribe();
         self.recompute_all();
+        let mut tick = tokio::time::interval(self.config.grace_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = tokio::select! {
+            tokio::select! {
                 _ = cancel.cancelled() => return,
-                e = events.recv() => e,
-            };
-            match event {
-                Ok(StoreEvent::Changed { change, .. }) => {
-                    self.recompute(change.kind, change.names.iter().cloned());
+                _ = tick.tick() => {
+                    self.sweep();
                 }
-                Ok(StoreEvent::Synced { .. }) => {}
-                Ok(StoreEvent::Removed { .. }) => self.recompute_all(),
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "federation fell behind the store; full recompute"
-                    );
-                    self.recompute_all();
-                }
-                Err(RecvError::Closed) => return,
+                e = events.recv() => match e {
+                    Ok(event) => self.handle(event),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "federation fell behind the store; full recompute");
+                        self.recompute_all();
+                    }
+                    Err(RecvError::Closed) => return,
+                },
             }
         }
-    }
-}
-
-/// The form served downstream: same bytes, announced under a content version so equal
-/// bytes from any origin or after a restart compare equal.
-fn served_form(r: &Resource) -> Resource {
-    r.with_content_version()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::istio::workload;
-
-    fn wl(uid: &str, node: &str) -> Arc<Resource> {
-        Arc::new(
-            Resource::workload(&workload::Workload {
-                uid: uid.into(),
-                node: node.into(),
-                ..Default::default()
-            })
-            .unwrap(),
-        )
-    }
-
-    #[tokio::test]
-    async fn local_origin_wins_and_removal_falls_back_to_next_origin() {
-        let store = Store::new();
-        let fed = Federation::new("c1", Arc::clone(&store));
-        store.apply(
-            "c2",
-            ResourceType::Address,
-            vec![wl("x", "from-c2")],
-            vec![],
-        );
-        store.apply(
-            "c1",
-            ResourceType::Address,
-            vec![wl("x", "from-c1")],
-            vec![],
-        );
-        fed.recompute_all();
-        assert_eq!(
-            fed.origin_of(ResourceType::Address, "x").as_deref(),
-            Some("c1")
-        );
-        store.apply("c1", ResourceType::Address, vec![], vec![Arc::from("x")]);
-        fed.recompute(ResourceType::Address, [Arc::from("x")]);
-        assert_eq!(
-            fed.origin_of(ResourceType::Address, "x").as_deref(),
-            Some("c2")
-        );
-        store.remove("c2");
-        fed.recompute_all();
-        assert!(fed.merged().snapshot().is_empty());
-        assert!(fed.origin_of(ResourceType::Address, "x").is_none());
-    }
-
-    #[tokio::test]
-    async fn run_follows_store_events() {
-        let store = Store::new();
-        let fed = Federation::new("c1", Arc::clone(&store));
-        let cancel = CancellationToken::new();
-        let mut changes = fed.merged().subscribe();
-        let task = tokio::spawn(Arc::clone(&fed).run(cancel.clone()));
-        tokio::task::yield_now().await;
-        store.apply("c1", ResourceType::Address, vec![wl("a", "n")], vec![]);
-        let change = tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&*change.names[0], "a");
-        let served = fed.merged().snapshot();
-        let r = served.get(ResourceType::Address, "a").unwrap();
-        assert_eq!(r.version, crate::xds::resource::content_version(&r.body));
-        cancel.cancel();
-        task.await.unwrap();
     }
 }

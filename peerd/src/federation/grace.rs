@@ -1,0 +1,195 @@
+//! What federation believes about each origin: the *committed* state per origin and type,
+//! and the disconnect grace period.
+//!
+//! Commit rule (DESIGN §5 "Never withdraw on a partial resync"): the store holds what an
+//! upstream sent, as it arrives. While an origin's type is synced (its first complete
+//! response since the stream (re)connected has been handled), every change is committed at
+//! once. While it is not (the stream dropped, or a reconnect has not completed its first
+//! response), changes are *not* committed: their names are parked, the merge keeps
+//! reading the last committed snapshot, and only the `Synced` event commits the new state
+//! and recomputes the parked names. So a peer that disconnects in the middle of a resync
+//! cannot replace its previous state with a partial one. The client marks a type synced
+//! after the first response it handles; a first response split in chunks (only above
+//! `max_message_size`) is therefore committed per chunk.
+//!
+//! Grace: an origin other than the local cluster that is not fully synced is *stale* from
+//! the moment that is first seen; after `grace_period` (None = never) it is withdrawn with
+//! [`Store::remove`], and the merge drops everything it contributed.
+//!
+//! Owns: committed snapshots (O(1) `ViewState` clones), parked names, stale timers. Never
+//! writes resources; only removes a whole origin after its grace period.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::{Origin, Store};
+use crate::view::ViewState;
+use crate::xds::types::ResourceType;
+
+#[derive(Default)]
+struct OriginState {
+    committed: [Option<Arc<ViewState>>; 2],
+    parked: [HashSet<Arc<str>>; 2],
+}
+
+/// Committed state of every origin plus stale timers.
+pub struct Commits {
+    local: Arc<str>,
+    origins: HashMap<Arc<str>, OriginState>,
+    stale_since: HashMap<Arc<str>, Instant>,
+}
+
+impl Commits {
+    pub fn new(local: &str) -> Commits {
+        Commits {
+            local: Arc::from(local),
+            origins: HashMap::new(),
+            stale_since: HashMap::new(),
+        }
+    }
+
+    /// The committed state of an origin's type.
+    pub fn committed(&self, origin: &str, kind: ResourceType) -> Option<&Arc<ViewState>> {
+        self.origins.get(origin)?.committed[kind.index()].as_ref()
+    }
+
+    /// Origins with committed state in precedence order: the local cluster first, then
+    /// the others by cluster name.
+    pub fn ordered(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self.origins.keys().cloned().collect();
+        v.sort_by(|a, b| (*a != self.local, a).cmp(&(*b != self.local, b)));
+        v
+    }
+
+    /// Handles a change of `names`; returns the names to recompute now (empty when the
+    /// change is parked until the origin's next sync).
+    pub fn on_changed(
+        &mut self,
+        origin: &Origin,
+        kind: ResourceType,
+        names: &[Arc<str>],
+    ) -> Vec<Arc<str>> {
+        let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
+        if !origin.is_synced(kind) {
+            state.parked[kind.index()].extend(names.iter().cloned());
+            return Vec::new();
+        }
+        state.committed[kind.index()] = Some(origin.view.snapshot());
+        let mut out: Vec<Arc<str>> = state.parked[kind.index()].drain().collect();
+        out.extend(names.iter().cloned());
+        out
+    }
+
+    /// Handles the first complete response of a type: commits and returns the parked names.
+    pub fn on_synced(&mut self, origin: &Origin, kind: ResourceType) -> Vec<Arc<str>> {
+        let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
+        state.committed[kind.index()] = Some(origin.view.snapshot());
+        state.parked[kind.index()].drain().collect()
+    }
+
+    /// Forgets a withdrawn origin; returns, per type, every name it had contributed.
+    pub fn on_removed(&mut self, origin: &str) -> [Vec<Arc<str>>; 2] {
+        self.stale_since.remove(origin);
+        let Some(state) = self.origins.remove(origin) else {
+            return Default::default();
+        };
+        let mut out: [Vec<Arc<str>>; 2] = Default::default();
+        for kind in ResourceType::ALL {
+            let i = kind.index();
+            let mut names: HashSet<Arc<str>> = state.parked[i].iter().cloned().collect();
+            if let Some(s) = &state.committed[i] {
+                names.extend(s.resources(kind).keys().cloned());
+            }
+            out[i] = names.into_iter().collect();
+        }
+        out
+    }
+
+    /// Re-reads every origin after missed events: synced types are committed anew, the
+    /// others keep their committed state. Returns every name of either.
+    pub fn resync(&mut self, store: &Store) -> [HashSet<Arc<str>>; 2] {
+        let mut names: [HashSet<Arc<str>>; 2] = Default::default();
+        let present: HashSet<Arc<str>> = store
+            .origins()
+            .iter()
+            .map(|o| Arc::clone(&o.name))
+            .collect();
+        for (name, state) in &self.origins {
+            for kind in ResourceType::ALL {
+                if let Some(s) = &state.committed[kind.index()] {
+                    names[kind.index()].extend(s.resources(kind).keys().cloned());
+                }
+            }
+            if !present.contains(name) {
+                for kind in ResourceType::ALL {
+                    names[kind.index()].extend(state.parked[kind.index()].iter().cloned());
+                }
+            }
+        }
+        self.origins.retain(|n, _| present.contains(n));
+        for origin in store.origins() {
+            let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
+            for kind in ResourceType::ALL {
+                let i = kind.index();
+                let live = origin.view.snapshot();
+                names[i].extend(live.resources(kind).keys().cloned());
+                if origin.is_synced(kind) {
+                    state.committed[i] = Some(live);
+                    state.parked[i].clear();
+                } else {
+                    state.parked[i].extend(live.resources(kind).keys().cloned());
+                }
+            }
+        }
+        names
+    }
+
+    /// Updates stale timers and withdraws (via [`Store::remove`]) every non-local origin
+    /// stale for at least `grace` (never when `grace` is `None`). Returns the withdrawn
+    /// origins; the store's `Removed` events then drive the merge.
+    pub fn sweep(&mut self, store: &Store, now: Instant, grace: Option<Duration>) -> Vec<Arc<str>> {
+        let mut withdrawn = Vec::new();
+        let origins = store.origins();
+        self.stale_since
+            .retain(|name, _| origins.iter().any(|o| o.name == *name));
+        for origin in origins {
+            if origin.name == self.local {
+                continue;
+            }
+            if origin.is_fully_synced() {
+                if self.stale_since.remove(&origin.name).is_some() {
+                    tracing::info!(peer = %origin.name, "federation: peer synced again; no longer stale");
+                }
+                continue;
+            }
+            let since = *self.stale_since.entry(Arc::clone(&origin.name)).or_insert_with(|| {
+                tracing::warn!(peer = %origin.name, grace = ?grace, "federation: peer not synced; keeping its last state, marked stale");
+                now
+            });
+            // A reconnecting client recreates an empty origin; nothing to withdraw there.
+            let holds_state = !origin.view.snapshot().is_empty();
+            if let Some(g) = grace
+                && holds_state
+                && now.saturating_duration_since(since) >= g
+            {
+                tracing::warn!(peer = %origin.name, grace = ?g, "federation: peer stale past its grace period; withdrawing its state");
+                metrics::counter!("peerd_federation_withdrawals_total", "peer_cluster" => origin.name.to_string())
+                    .increment(1);
+                store.remove(&origin.name);
+                self.stale_since.remove(&origin.name);
+                withdrawn.push(Arc::clone(&origin.name));
+            }
+        }
+        withdrawn
+    }
+
+    /// How long an origin has been stale (`None` = not stale).
+    pub fn stale_for(&self, origin: &str, now: Instant) -> Option<Duration> {
+        self.stale_since
+            .get(origin)
+            .map(|since| now.saturating_duration_since(*since))
+    }
+}

@@ -1,0 +1,437 @@
+//! The merged view served to ztunnel: the local cluster's full view plus every peer's
+//! committed import, recomputed per changed name.
+//!
+//! Merge rules (deterministic; *precedence* = the local cluster first, then peers by
+//! cluster name):
+//! - **Names.** A name held by several clusters is served from the one with the highest
+//!   precedence; each other holder is a `duplicate_name` conflict (e.g. a duplicate uid).
+//! - **Global services** (`ns/<svc>.<ns>.mesh.internal`): one Service from all
+//!   contributors (the local cluster's own export first). The highest-precedence
+//!   contributor's bytes are the base; ports are the union by `service_port` — the same
+//!   service port with a different `target_port` keeps the higher-precedence mapping and
+//!   is a `port` conflict; VIPs are the union by (network, address), except a VIP the local
+//!   cluster already uses for another service, which is dropped as a `vip` conflict.
+//! - **Local workloads** backing global services also list the exported keys
+//!   (`ns/<svc>.<ns>.mesh.internal`), so the global service's workloads come from every
+//!   cluster.
+//! - **Pod IPs.** Two clusters' workloads claiming the same `network/IP` (flat peers):
+//!   the higher-precedence claimant (then the smaller uid) is served, the other is withheld
+//!   and reported as a `pod_ip` conflict; when the winner goes, the other is served again.
+//!
+//! Never copies the whole state for one change; never edits bodies except via
+//! [`crate::xds::wire`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use prost::Message;
+
+use super::conflicts::{Conflict, ConflictKind, Conflicts};
+use super::export::Exporter;
+use super::grace::Commits;
+use super::naming::is_global_key;
+use super::settings::ExportFlavor;
+use crate::proto::istio::workload;
+use crate::view::{View, ViewState, address_keys};
+use crate::xds::resource::{Resource, Summary};
+use crate::xds::types::ResourceType;
+use crate::xds::wire::{self, MessageEditor, WireError, codec::len_field};
+
+/// Who claims a `network/IP`: ordered so the first is the winner.
+type Claimant = (bool, Arc<str>, Arc<str>);
+
+#[derive(Default)]
+struct Claims {
+    by_key: HashMap<Arc<str>, BTreeSet<Claimant>>,
+    of_uid: HashMap<Arc<str>, (Claimant, Vec<Arc<str>>)>,
+}
+
+/// Computes the merged view.
+pub struct Merger {
+    local: Arc<str>,
+    merged: Arc<View>,
+    conflicts: Arc<Conflicts>,
+    origin_of: DashMap<(ResourceType, Arc<str>), Arc<str>>,
+    claims: Mutex<Claims>,
+}
+
+const ADDRESS_SERVICE: u32 = 2;
+const ADDRESS_WORKLOAD: u32 = 1;
+const SERVICE_ADDRESSES: u32 = 4;
+const SERVICE_PORTS: u32 = 5;
+const WORKLOAD_SERVICES: u32 = 22;
+
+impl Merger {
+    pub fn new(local: &str, conflicts: Arc<Conflicts>) -> Merger {
+        Merger {
+            local: Arc::from(local),
+            merged: View::new("merged"),
+            conflicts,
+            origin_of: DashMap::new(),
+            claims: Mutex::new(Claims::default()),
+        }
+    }
+
+    pub fn view(&self) -> &Arc<View> {
+        &self.merged
+    }
+
+    pub fn origin_of(&self, kind: ResourceType, name: &str) -> Option<Arc<str>> {
+        self.origin_of
+            .get(&(kind, Arc::from(name)))
+            .map(|o| Arc::clone(&o))
+    }
+
+    /// Recomputes the served form of `names` of `kind` and publishes the difference.
+    pub fn recompute(
+        &self,
+        commits: &Commits,
+        exporter: &Exporter,
+        kind: ResourceType,
+        names: impl IntoIterator<Item = Arc<str>>,
+    ) {
+        let origins = commits.ordered();
+        let export = exporter.view(ExportFlavor::Flat).snapshot();
+        let local_state = commits
+            .committed(&self.local, ResourceType::Address)
+            .cloned();
+        let mut queue: VecDeque<Arc<str>> = VecDeque::new();
+        let mut queued: HashSet<Arc<str>> = HashSet::new();
+        for n in names {
+            if queued.insert(Arc::clone(&n)) {
+                queue.push_back(n);
+            }
+        }
+        let mut results: BTreeMap<Arc<str>, Option<Arc<Resource>>> = BTreeMap::new();
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(name) = queue.pop_front() {
+            queued.remove(&name);
+            let mut candidates: Vec<(Arc<str>, Arc<Resource>)> = Vec::new();
+            for o in &origins {
+                if let Some(r) = commits.committed(o, kind).and_then(|s| s.get(kind, &name)) {
+                    candidates.push((Arc::clone(o), Arc::clone(r)));
+                }
+            }
+            if kind == ResourceType::Address
+                && is_global_key(&name)
+                && let Some(r) = export.get(kind, &name)
+            {
+                let at = usize::from(candidates.first().is_some_and(|(o, _)| *o == self.local));
+                candidates.insert(at, (Arc::clone(&self.local), Arc::clone(r)));
+            }
+            let mut conflicts = Vec::new();
+            let result = self.resolve(
+                &name,
+                &candidates,
+                exporter,
+                local_state.as_deref(),
+                &mut claims,
+                &mut conflicts,
+                &mut |other| {
+                    if queued.insert(Arc::clone(&other)) {
+                        queue.push_back(other);
+                    }
+                },
+            );
+            self.conflicts.set(&name, conflicts);
+            match &result {
+                Some((origin, _)) => {
+                    self.origin_of
+                        .insert((kind, Arc::clone(&name)), Arc::clone(origin));
+                }
+                None => {
+                    self.origin_of.remove(&(kind, Arc::clone(&name)));
+                }
+            }
+            results.insert(name, result.map(|(_, r)| r));
+        }
+        drop(claims);
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        for (name, r) in results {
+            match r {
+                Some(r) => upserts.push(r),
+                None => removals.push(name),
+            }
+        }
+        self.merged.apply(kind, upserts, removals);
+    }
+
+    /// The served resource for one name and its origin, or `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve(
+        &self,
+        name: &Arc<str>,
+        candidates: &[(Arc<str>, Arc<Resource>)],
+        exporter: &Exporter,
+        local_state: Option<&ViewState>,
+        claims: &mut Claims,
+        conflicts: &mut Vec<Conflict>,
+        requeue: &mut dyn FnMut(Arc<str>),
+    ) -> Option<(Arc<str>, Arc<Resource>)> {
+        let Some((origin, first)) = candidates.first() else {
+            self.update_claims(claims, name, None, requeue);
+            return None;
+        };
+        if matches!(first.summary, Summary::Service(_)) && is_global_key(name) {
+            let merged = merge_service(name, candidates, local_state, conflicts);
+            return merged.map(|r| (Arc::clone(origin), Arc::new(r)));
+        }
+        for (other, _) in &candidates[1..] {
+            conflicts.push(Conflict {
+                kind: ConflictKind::DuplicateName,
+                name: name.to_string(),
+                loser: other.to_string(),
+                winner: origin.to_string(),
+                detail: format!("{other} sent {name} too; {origin} has precedence"),
+            });
+        }
+        let Summary::Workload(w) = &first.summary else {
+            return Some((Arc::clone(origin), served(first)));
+        };
+        let form = if *origin == self.local {
+            let extra = exporter.exported_keys(&w.services);
+            match add_service_keys(first, &extra) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    tracing::warn!(workload = %name, error = %e, "federation: cannot add exported service keys; serving the workload unchanged");
+                    served(first)
+                }
+            }
+        } else {
+            served(first)
+        };
+        let me: Claimant = (*origin != self.local, Arc::clone(origin), Arc::clone(name));
+        let keys = address_keys(&form);
+        self.update_claims(claims, name, Some((me.clone(), keys.clone())), requeue);
+        for key in &keys {
+            if let Some(winner) = claims.by_key.get(key).and_then(|set| set.first())
+                && *winner != me
+            {
+                conflicts.push(Conflict {
+                    kind: ConflictKind::PodIp,
+                    name: name.to_string(),
+                    loser: origin.to_string(),
+                    winner: winner.1.to_string(),
+                    detail: format!(
+                        "address {key} is also claimed by {} of {}; withheld",
+                        winner.2, winner.1
+                    ),
+                });
+            }
+        }
+        if conflicts.iter().any(|c| c.kind == ConflictKind::PodIp) {
+            return None;
+        }
+        Some((Arc::clone(origin), form))
+    }
+
+    /// Records `uid`'s address claims; when they changed, the other claimants of the old
+    /// and new addresses are recomputed (their winner may have changed).
+    fn update_claims(
+        &self,
+        claims: &mut Claims,
+        uid: &Arc<str>,
+        now: Option<(Claimant, Vec<Arc<str>>)>,
+        requeue: &mut dyn FnMut(Arc<str>),
+    ) {
+        let old = claims.of_uid.get(uid).cloned();
+        if old == now {
+            return;
+        }
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
+        if let Some((who, keys)) = &old {
+            for k in keys {
+                if let Some(set) = claims.by_key.get_mut(k) {
+                    set.remove(who);
+                    touched.extend(set.iter().map(|c| Arc::clone(&c.2)));
+                    if set.is_empty() {
+                        claims.by_key.remove(k);
+                    }
+                }
+            }
+        }
+        match now {
+            Some((who, keys)) => {
+                for k in &keys {
+                    let set = claims.by_key.entry(Arc::clone(k)).or_default();
+                    touched.extend(set.iter().map(|c| Arc::clone(&c.2)));
+                    set.insert(who.clone());
+                }
+                claims.of_uid.insert(Arc::clone(uid), (who, keys));
+            }
+            None => {
+                claims.of_uid.remove(uid);
+            }
+        }
+        touched.remove(uid);
+        for other in touched {
+            requeue(other);
+        }
+    }
+}
+
+/// The served form: same bytes under a content version.
+fn served(r: &Arc<Resource>) -> Arc<Resource> {
+    if r.version == crate::xds::resource::content_version(&r.body) {
+        Arc::clone(r)
+    } else {
+        Arc::new(r.with_content_version())
+    }
+}
+
+/// Adds a `services` entry under each exported key, copying the port list of the local
+/// key it comes from. Keys already present are left alone.
+pub fn add_service_keys(r: &Resource, extra: &[(String, Arc<str>)]) -> Result<Resource, String> {
+    let Some(w) = r.as_workload() else {
+        return Ok(r.with_content_version());
+    };
+    let wanted: Vec<&(String, Arc<str>)> = extra
+        .iter()
+        .filter(|(_, g)| !w.services.iter().any(|k| k == &**g))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(r.with_content_version());
+    }
+    let mut entries: Vec<u8> = Vec::new();
+    wire::edit_workload(&r.body, |e| {
+        for entry in e.fields().len_payloads(WORKLOAD_SERVICES)? {
+            let fields = MessageEditor::parse(entry)?;
+            let key = fields.last_string(1)?;
+            if let Some((_, global)) = wanted.iter().find(|(k, _)| *k == key) {
+                let mut out = len_field(1, global.as_bytes());
+                if let Some(value) = fields.len_payloads(2)?.last() {
+                    out.extend(len_field(2, value));
+                }
+                entries.extend(len_field(WORKLOAD_SERVICES, &out));
+            }
+        }
+        Ok::<(), WireError>(())
+    })
+    .map_err(|e| e.to_string())?;
+    // A repeated occurrence of `Address.workload` merges into the first: appending one
+    // that holds only the new map entries adds them; the no-op edit writes it back as one.
+    let mut body = r.body.to_vec();
+    body.extend(len_field(ADDRESS_WORKLOAD, &entries));
+    let body = wire::edit_workload(&body, |_| Ok(())).map_err(|e| e.to_string())?;
+    r.with_body(body).map_err(|e| e.to_string())
+}
+
+/// Merges the contributions to one global service (see the module rules).
+fn merge_service(
+    name: &Arc<str>,
+    candidates: &[(Arc<str>, Arc<Resource>)],
+    local_state: Option<&ViewState>,
+    conflicts: &mut Vec<Conflict>,
+) -> Option<Resource> {
+    let (base_origin, base) = candidates.first()?;
+    let decoded: Vec<(&Arc<str>, workload::Service)> = candidates
+        .iter()
+        .filter_map(|(o, r)| match r.decode_address()?.r#type? {
+            workload::address::Type::Service(s) => Some((o, s)),
+            workload::address::Type::Workload(_) => None,
+        })
+        .collect();
+    let (_, base_svc) = decoded.first()?;
+    let own = (base_svc.namespace.clone(), base_svc.name.clone());
+    // A VIP the local cluster uses for another service (not the one this was exported from).
+    let taken = |a: &workload::NetworkAddress| -> Option<String> {
+        let ip = crate::xds::resource::ip_from_bytes("Service.addresses", &a.address).ok()?;
+        let holder = local_state?.resolve_address_key(&format!("{}/{}", a.network, ip))?;
+        let same_service = holder
+            .as_service()
+            .is_some_and(|s| (s.namespace.clone(), s.name.clone()) == own);
+        (holder.name != *name && !same_service).then(|| holder.name.to_string())
+    };
+    let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
+    let mut vips: Vec<workload::NetworkAddress> = Vec::new();
+    let mut base_dropped = false;
+    let mut ports: BTreeMap<u32, (u32, Arc<str>)> = BTreeMap::new();
+    let mut extra_ports: Vec<workload::Port> = Vec::new();
+    for (i, (origin, svc)) in decoded.iter().enumerate() {
+        for a in &svc.addresses {
+            if !seen.insert((a.network.clone(), a.address.clone())) {
+                continue;
+            }
+            if let Some(holder) = taken(a) {
+                base_dropped |= i == 0;
+                conflicts.push(Conflict {
+                    kind: ConflictKind::Vip,
+                    name: name.to_string(),
+                    loser: origin.to_string(),
+                    winner: format!("{holder} (local)"),
+                    detail: format!(
+                        "VIP {}/{} already serves {holder}; dropped",
+                        a.network,
+                        crate::xds::resource::ip_from_bytes("Service.addresses", &a.address)
+                            .map_or_else(|_| "?".to_string(), |ip| ip.to_string())
+                    ),
+                });
+                continue;
+            }
+            vips.push(a.clone());
+        }
+        for p in &svc.ports {
+            match ports.get(&p.service_port) {
+                Some((target, winner)) if *target != p.target_port => conflicts.push(Conflict {
+                    kind: ConflictKind::Port,
+                    name: name.to_string(),
+                    loser: origin.to_string(),
+                    winner: winner.to_string(),
+                    detail: format!(
+                        "service port {} targets {} in {origin} but {target} in {winner}; kept {target}",
+                        p.service_port, p.target_port
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    ports.insert(p.service_port, (p.target_port, Arc::clone(origin)));
+                    if i > 0 {
+                        extra_ports.push(*p);
+                    }
+                }
+            }
+        }
+    }
+    let mut body = if base_dropped {
+        wire::edit_service(&base.body, |s| {
+            s.remove_addresses();
+            Ok(())
+        })
+        .ok()?
+        .to_vec()
+    } else {
+        base.body.to_vec()
+    };
+    // Base VIPs are already in the body unless they were all removed above.
+    let append_vips: Vec<&workload::NetworkAddress> = if base_dropped {
+        vips.iter().collect()
+    } else {
+        vips.iter()
+            .filter(|a| !base_svc.addresses.contains(a))
+            .collect()
+    };
+    let mut extra: Vec<u8> = Vec::new();
+    for a in append_vips {
+        extra.extend(len_field(SERVICE_ADDRESSES, &a.encode_to_vec()));
+    }
+    for p in &extra_ports {
+        extra.extend(len_field(SERVICE_PORTS, &p.encode_to_vec()));
+    }
+    if !extra.is_empty() {
+        body.extend(len_field(ADDRESS_SERVICE, &extra));
+        body = wire::edit_service(&body, |_| Ok(())).ok()?.to_vec();
+    }
+    match Resource::from_body(ResourceType::Address, body.into()) {
+        Ok(r) if r.name == *name => Some(r),
+        Ok(r) => {
+            tracing::warn!(service = %name, got = %r.name, base = %base_origin, "federation: merged service changed its name; skipped");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(service = %name, error = %e, "federation: merged service invalid; skipped");
+            None
+        }
+    }
+}

@@ -1,0 +1,1019 @@
+//! Unit tests of the federation rules, one per rule, on in-memory stores.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::proto::istio::{security, workload};
+use crate::xds::client::ResourceFilter;
+use crate::xds::resource::Resource;
+use crate::xds::wire::codec::len_field;
+
+const LOCAL: &str = "c1";
+
+fn ip(s: &str) -> Vec<u8> {
+    match s.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+fn ports(list: &[(u32, u32)]) -> Vec<workload::Port> {
+    list.iter()
+        .map(|(s, t)| workload::Port {
+            service_port: *s,
+            target_port: *t,
+            app_protocol: 0,
+        })
+        .collect()
+}
+
+fn service(ns: &str, name: &str, hostname: &str, vip: &str, p: &[(u32, u32)]) -> Arc<Resource> {
+    Arc::new(
+        Resource::service(&workload::Service {
+            name: name.into(),
+            namespace: ns.into(),
+            hostname: hostname.into(),
+            addresses: vec![workload::NetworkAddress {
+                network: String::new(),
+                address: ip(vip),
+                length: None,
+            }],
+            ports: ports(p),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+fn local_service(ns: &str, name: &str, vip: &str) -> Arc<Resource> {
+    service(
+        ns,
+        name,
+        &format!("{name}.{ns}.svc.cluster.local"),
+        vip,
+        &[(80, 8080)],
+    )
+}
+
+fn workload_res(w: workload::Workload) -> Arc<Resource> {
+    Arc::new(Resource::workload(&w).unwrap())
+}
+
+fn local_pod(name: &str, addr: &str, services: &[&str]) -> Arc<Resource> {
+    workload_res(workload::Workload {
+        uid: format!("{LOCAL}//Pod/default/{name}"),
+        name: name.into(),
+        namespace: "default".into(),
+        addresses: vec![ip(addr)],
+        cluster_id: LOCAL.into(),
+        services: services
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    workload::PortList {
+                        ports: ports(&[(80, 8080)]),
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// A workload as peer `cluster` exports it.
+fn peer_pod(cluster: &str, network: &str, name: &str, addr: &str, gateway: bool) -> Arc<Resource> {
+    workload_res(workload::Workload {
+        uid: format!("{cluster}//Pod/default/{name}"),
+        name: name.into(),
+        namespace: "default".into(),
+        addresses: vec![ip(addr)],
+        cluster_id: cluster.into(),
+        network: network.into(),
+        network_gateway: gateway.then(|| {
+            crate::xds::wire::gateway_address(network, "127.0.9.1".parse().unwrap(), 15008)
+        }),
+        services: [(
+            "default/echo.default.mesh.internal".to_string(),
+            workload::PortList {
+                ports: ports(&[(80, 8080)]),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    })
+}
+
+fn peer(cluster: &str, network: &str, flat: bool) -> PeerPolicy {
+    PeerPolicy {
+        cluster: cluster.into(),
+        network: network.into(),
+        trust_domain: format!("{cluster}.local"),
+        flat,
+        prefers_node_port: false,
+        max_resources: 100,
+        max_bytes: 1 << 20,
+    }
+}
+
+fn config() -> FederationConfig {
+    let mut c = FederationConfig::new(LOCAL, "net1");
+    c.global_services.insert(ServiceRef {
+        namespace: "default".into(),
+        name: "echo".into(),
+    });
+    c.gateway = Some(GatewayTarget {
+        address: "127.0.1.1".parse().unwrap(),
+        hbone_port: 15008,
+    });
+    c.node_port_gateway = Some(GatewayTarget {
+        address: "127.0.1.2".parse().unwrap(),
+        hbone_port: 31008,
+    });
+    c.peers = vec![
+        peer("c2", "net1", true),
+        peer("c3", "net3", false),
+        peer("c4", "net1", true),
+    ];
+    c
+}
+
+/// Writes resources as `origin`'s upstream would and marks both types synced.
+fn feed(store: &Store, origin: &str, address: Vec<Arc<Resource>>, authz: Vec<Arc<Resource>>) {
+    store.apply(origin, ResourceType::Address, address, vec![]);
+    store.apply(origin, ResourceType::Authorization, authz, vec![]);
+    store.mark_synced(origin, ResourceType::Address);
+    store.mark_synced(origin, ResourceType::Authorization);
+}
+
+/// Processes every pending store event.
+fn drain(fed: &Federation, rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>) {
+    while let Ok(e) = rx.try_recv() {
+        fed.handle(e);
+    }
+}
+
+fn setup() -> (
+    Arc<Store>,
+    Arc<Federation>,
+    tokio::sync::broadcast::Receiver<StoreEvent>,
+) {
+    let store = Store::new();
+    let rx = store.subscribe();
+    let fed = Federation::new(config(), Arc::clone(&store));
+    (store, fed, rx)
+}
+
+fn local_population(store: &Store) {
+    feed(
+        store,
+        LOCAL,
+        vec![
+            local_service("default", "echo", "127.10.0.1"),
+            local_service("default", "private", "127.10.0.2"),
+            local_pod(
+                "echo-1",
+                "127.1.1.1",
+                &["default/echo.default.svc.cluster.local"],
+            ),
+            local_pod(
+                "both-1",
+                "127.1.1.2",
+                &[
+                    "default/echo.default.svc.cluster.local",
+                    "default/private.default.svc.cluster.local",
+                ],
+            ),
+            local_pod(
+                "private-1",
+                "127.1.1.3",
+                &["default/private.default.svc.cluster.local"],
+            ),
+        ],
+        vec![Arc::new(
+            Resource::authorization(&security::Authorization {
+                name: "allow".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        )],
+    );
+}
+
+fn decoded_workload(r: &Resource) -> workload::Workload {
+    match r.decode_address().unwrap().r#type.unwrap() {
+        workload::address::Type::Workload(w) => w,
+        _ => panic!("not a workload"),
+    }
+}
+
+fn decoded_service(r: &Resource) -> workload::Service {
+    match r.decode_address().unwrap().r#type.unwrap() {
+        workload::address::Type::Service(s) => s,
+        _ => panic!("not a service"),
+    }
+}
+
+// ---------------------------------------------------------------------------- export
+
+#[test]
+fn export_has_only_global_services_renamed_and_their_workloads() {
+    let (store, fed, mut rx) = setup();
+    local_population(&store);
+    drain(&fed, &mut rx);
+    let flat = fed.export_view(ExportFlavor::Flat).snapshot();
+    let names: Vec<String> = flat
+        .resources(ResourceType::Address)
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "c1//Pod/default/both-1",
+            "c1//Pod/default/echo-1",
+            "default/echo.default.mesh.internal"
+        ]
+    );
+    assert_eq!(
+        flat.len(ResourceType::Authorization),
+        0,
+        "no authorizations exported"
+    );
+    let svc = decoded_service(
+        flat.get(ResourceType::Address, "default/echo.default.mesh.internal")
+            .unwrap(),
+    );
+    assert_eq!(svc.hostname, "echo.default.mesh.internal");
+    let both = decoded_workload(
+        flat.get(ResourceType::Address, "c1//Pod/default/both-1")
+            .unwrap(),
+    );
+    assert_eq!(
+        both.services.keys().cloned().collect::<Vec<_>>(),
+        vec!["default/echo.default.mesh.internal".to_string()],
+        "keys renamed, non-global key dropped"
+    );
+    assert_eq!(both.cluster_id, LOCAL);
+    assert_eq!(both.network, "net1");
+    assert!(
+        both.network_gateway.is_none(),
+        "flat variant has no gateway"
+    );
+}
+
+#[test]
+fn gateway_and_node_port_variants_carry_the_east_west_gateway() {
+    let (store, fed, mut rx) = setup();
+    local_population(&store);
+    drain(&fed, &mut rx);
+    for (flavor, addr, port) in [
+        (ExportFlavor::Gateway, "127.0.1.1", 15008),
+        (ExportFlavor::NodePort, "127.0.1.2", 31008),
+    ] {
+        let view = fed.export_view(flavor).snapshot();
+        let w = decoded_workload(
+            view.get(ResourceType::Address, "c1//Pod/default/echo-1")
+                .unwrap(),
+        );
+        let gw = w.network_gateway.expect("gateway set");
+        assert_eq!(gw.hbone_mtls_port, port);
+        match gw.destination.unwrap() {
+            workload::gateway_address::Destination::Address(a) => {
+                assert_eq!(a.address, ip(addr));
+                assert_eq!(a.network, "net1");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(w.addresses, vec![ip("127.1.1.1")], "pod IP kept");
+    }
+}
+
+#[test]
+fn export_keeps_unknown_fields() {
+    let (store, fed, mut rx) = setup();
+    let base = local_pod(
+        "echo-1",
+        "127.1.1.1",
+        &["default/echo.default.svc.cluster.local"],
+    );
+    // Append an unknown field (number 999, string) inside Address.workload.
+    let mut body = base.body.to_vec();
+    body.extend(len_field(1, &len_field(999, b"from-the-future")));
+    let body = crate::xds::wire::edit_workload(&body, |_| Ok(())).unwrap();
+    let with_unknown = Arc::new(Resource::from_body(ResourceType::Address, body).unwrap());
+    feed(
+        &store,
+        LOCAL,
+        vec![local_service("default", "echo", "127.10.0.1"), with_unknown],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    for flavor in ExportFlavor::ALL {
+        let r = Arc::clone(
+            fed.export_view(flavor)
+                .snapshot()
+                .get(ResourceType::Address, "c1//Pod/default/echo-1")
+                .unwrap(),
+        );
+        let needle = len_field(999, b"from-the-future");
+        assert!(
+            r.body.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "{flavor:?} export lost the unknown field"
+        );
+    }
+    let merged = fed.merged().snapshot();
+    let r = merged
+        .get(ResourceType::Address, "c1//Pod/default/echo-1")
+        .unwrap();
+    let needle = len_field(999, b"from-the-future");
+    assert!(
+        r.body.windows(needle.len()).any(|w| w == needle.as_slice()),
+        "merged lost the unknown field"
+    );
+}
+
+#[test]
+fn export_recomputes_only_touched_names_and_follows_global_changes() {
+    let (store, fed, mut rx) = setup();
+    local_population(&store);
+    drain(&fed, &mut rx);
+    let view = fed.export_view(ExportFlavor::Flat);
+    let mut changes = view.subscribe();
+    // A workload change touches only that workload.
+    store.apply(
+        LOCAL,
+        ResourceType::Address,
+        vec![local_pod(
+            "echo-1",
+            "127.1.1.9",
+            &["default/echo.default.svc.cluster.local"],
+        )],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    let c = changes.try_recv().unwrap();
+    assert_eq!(c.names, vec![Arc::<str>::from("c1//Pod/default/echo-1")]);
+    // Making "private" global exports it and re-exports its workloads (and only those).
+    fed.set_global_services([
+        ServiceRef {
+            namespace: "default".into(),
+            name: "echo".into(),
+        },
+        ServiceRef {
+            namespace: "default".into(),
+            name: "private".into(),
+        },
+    ]);
+    let snap = view.snapshot();
+    assert!(
+        snap.get(
+            ResourceType::Address,
+            "default/private.default.mesh.internal"
+        )
+        .is_some()
+    );
+    assert!(
+        snap.get(ResourceType::Address, "c1//Pod/default/private-1")
+            .is_some()
+    );
+    let both = decoded_workload(
+        snap.get(ResourceType::Address, "c1//Pod/default/both-1")
+            .unwrap(),
+    );
+    assert_eq!(both.services.len(), 2);
+    // Removing "echo" from the global set withdraws it; echo-1 backs nothing global any more.
+    fed.set_global_services([ServiceRef {
+        namespace: "default".into(),
+        name: "private".into(),
+    }]);
+    let snap = view.snapshot();
+    assert!(
+        snap.get(ResourceType::Address, "default/echo.default.mesh.internal")
+            .is_none()
+    );
+    assert!(
+        snap.get(ResourceType::Address, "c1//Pod/default/echo-1")
+            .is_none()
+    );
+    assert!(
+        snap.get(ResourceType::Address, "c1//Pod/default/both-1")
+            .is_some()
+    );
+    // Deleting the service withdraws it and its workload.
+    store.apply(
+        LOCAL,
+        ResourceType::Address,
+        vec![],
+        vec![Arc::from("default/private.default.svc.cluster.local")],
+    );
+    drain(&fed, &mut rx);
+    let snap = view.snapshot();
+    assert_eq!(snap.len(ResourceType::Address), 0, "nothing global left");
+}
+
+#[test]
+fn export_is_not_ready_before_the_local_upstream_synced() {
+    let (store, fed, mut rx) = setup();
+    store.apply(
+        LOCAL,
+        ResourceType::Address,
+        vec![local_service("default", "echo", "127.10.0.1")],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert!(!fed.exporter().is_ready());
+    store.mark_synced(LOCAL, ResourceType::Address);
+    drain(&fed, &mut rx);
+    assert!(!fed.exporter().is_ready(), "authorizations not synced yet");
+    store.mark_synced(LOCAL, ResourceType::Authorization);
+    drain(&fed, &mut rx);
+    assert!(fed.exporter().is_ready());
+    assert!(
+        fed.export_view(ExportFlavor::Flat)
+            .snapshot()
+            .get(ResourceType::Address, "default/echo.default.mesh.internal")
+            .is_some()
+    );
+}
+
+// ---------------------------------------------------------------------------- import
+
+fn check(fed: &Federation, peer: &str, r: &Resource) -> Result<(), String> {
+    fed.import_filter(peer).unwrap().check(peer, r)
+}
+
+#[test]
+fn import_accepts_a_proper_export() {
+    let (_, fed, _) = setup();
+    assert_eq!(
+        check(&fed, "c2", &peer_pod("c2", "net1", "a", "127.2.1.1", false)),
+        Ok(())
+    );
+    assert_eq!(
+        check(&fed, "c3", &peer_pod("c3", "net3", "a", "127.3.1.1", true)),
+        Ok(())
+    );
+    let svc = service(
+        "default",
+        "echo",
+        "echo.default.mesh.internal",
+        "127.20.0.1",
+        &[(80, 8080)],
+    );
+    assert_eq!(check(&fed, "c2", &svc), Ok(()));
+}
+
+#[test]
+fn import_rejects_cluster_claims_of_another_cluster() {
+    let (_, fed, _) = setup();
+    let err = check(&fed, "c2", &peer_pod("c3", "net1", "a", "127.2.1.1", false)).unwrap_err();
+    assert!(err.contains("claims another cluster"), "{err}");
+    let mut w = decoded_workload(&peer_pod("c2", "net1", "a", "127.2.1.1", false));
+    w.cluster_id = "c3".into();
+    let err = check(&fed, "c2", &workload_res(w.clone())).unwrap_err();
+    assert!(err.contains("cluster_id \"c3\""), "{err}");
+    w.cluster_id = "c2".into();
+    w.network = "net9".into();
+    let err = check(&fed, "c2", &workload_res(w)).unwrap_err();
+    assert!(err.contains("network \"net9\""), "{err}");
+    let status = fed.import_filter("c2").unwrap().status();
+    assert_eq!(status.rejected_total, 3);
+    assert!(status.recent.iter().all(|r| r.rule == "cluster_claim"));
+}
+
+#[test]
+fn import_rejects_what_a_peer_may_not_export() {
+    let (_, fed, _) = setup();
+    let local_name = service(
+        "default",
+        "echo",
+        "echo.default.svc.cluster.local",
+        "127.20.0.1",
+        &[(80, 8080)],
+    );
+    assert!(
+        check(&fed, "c2", &local_name)
+            .unwrap_err()
+            .contains("not an exported")
+    );
+    let authz = Resource::authorization(&security::Authorization {
+        name: "x".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        check(&fed, "c2", &authz)
+            .unwrap_err()
+            .contains("exports no authorizations")
+    );
+    let mut w = decoded_workload(&peer_pod("c2", "net1", "a", "127.2.1.1", false));
+    w.services.insert(
+        "default/secret.default.svc.cluster.local".into(),
+        Default::default(),
+    );
+    assert!(
+        check(&fed, "c2", &workload_res(w.clone()))
+            .unwrap_err()
+            .contains("secret.default.svc.cluster.local")
+    );
+    w.services.clear();
+    assert!(
+        check(&fed, "c2", &workload_res(w))
+            .unwrap_err()
+            .contains("backs no exported service")
+    );
+}
+
+#[test]
+fn import_rejects_insane_addresses_and_gatewayless_multi_network_workloads() {
+    let (_, fed, _) = setup();
+    for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255"] {
+        let err = check(&fed, "c2", &peer_pod("c2", "net1", "a", bad, false)).unwrap_err();
+        assert!(err.contains("forbidden address"), "{bad}: {err}");
+    }
+    let err = check(&fed, "c3", &peer_pod("c3", "net3", "a", "127.3.1.1", false)).unwrap_err();
+    assert!(err.contains("no network_gateway"), "{err}");
+}
+
+#[test]
+fn import_caps_count_and_bytes_and_recounts_after_removals() {
+    let store = Store::new();
+    let mut cfg = config();
+    cfg.peers[0].max_resources = 2;
+    let fed = Federation::new(cfg, Arc::clone(&store));
+    let filter = fed.import_filter("c2").unwrap();
+    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
+    let b = peer_pod("c2", "net1", "b", "127.2.1.2", false);
+    let c = peer_pod("c2", "net1", "c", "127.2.1.3", false);
+    for r in [&a, &b] {
+        filter.check("c2", r).unwrap();
+        store.apply("c2", ResourceType::Address, vec![Arc::clone(r)], vec![]);
+    }
+    // Resources accepted from the response being checked count before they are stored.
+    let (d, e) = (
+        peer_pod("c2", "net1", "d", "127.2.1.4", false),
+        peer_pod("c2", "net1", "e", "127.2.1.5", false),
+    );
+    let fresh = Federation::new(
+        {
+            let mut c = config();
+            c.peers[0].max_resources = 1;
+            c
+        },
+        Store::new(),
+    );
+    let f2 = fresh.import_filter("c2").unwrap();
+    f2.check("c2", &d).unwrap();
+    assert!(f2.check("c2", &e).unwrap_err().contains("resource count"));
+    // Re-sending a held name is not a new resource.
+    assert_eq!(filter.check("c2", &a), Ok(()));
+    let err = filter.check("c2", &c).unwrap_err();
+    assert!(err.contains("resource count"), "{err}");
+    assert_eq!(filter.status().recent.last().unwrap().rule, "cap");
+    // After the peer removed one, there is room again.
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::clone(&a.name)],
+    );
+    assert_eq!(filter.check("c2", &c), Ok(()));
+    // Bytes.
+    let mut cfg = config();
+    cfg.peers[0].max_bytes = a.body.len() + 1;
+    let store = Store::new();
+    let fed = Federation::new(cfg, Arc::clone(&store));
+    let filter = fed.import_filter("c2").unwrap();
+    filter.check("c2", &a).unwrap();
+    store.apply("c2", ResourceType::Address, vec![Arc::clone(&a)], vec![]);
+    assert!(filter.check("c2", &b).unwrap_err().contains("bytes"));
+    // Another peer is unaffected by c2's cap.
+    assert_eq!(
+        fed.import_filter("c4")
+            .unwrap()
+            .check("c4", &peer_pod("c4", "net1", "x", "127.4.1.1", false)),
+        Ok(())
+    );
+}
+
+// ---------------------------------------------------------------------------- merge
+
+#[test]
+fn global_service_merges_workloads_ports_and_vips_from_all_clusters() {
+    let (store, fed, mut rx) = setup();
+    local_population(&store);
+    let name = "default/echo.default.mesh.internal";
+    feed(
+        &store,
+        "c2",
+        vec![
+            service(
+                "default",
+                "echo",
+                "echo.default.mesh.internal",
+                "127.20.0.1",
+                &[(80, 8080), (9090, 9090)],
+            ),
+            peer_pod("c2", "net1", "echo-a", "127.2.1.1", false),
+        ],
+        vec![],
+    );
+    feed(
+        &store,
+        "c3",
+        vec![
+            // Port 80 maps elsewhere (conflict); its VIP is the local "private" VIP (conflict).
+            service(
+                "default",
+                "echo",
+                "echo.default.mesh.internal",
+                "127.10.0.2",
+                &[(80, 8081)],
+            ),
+            peer_pod("c3", "net3", "echo-b", "127.3.1.1", true),
+        ],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    let merged = fed.merged().snapshot();
+    let svc = decoded_service(merged.get(ResourceType::Address, name).unwrap());
+    let ports: Vec<(u32, u32)> = svc
+        .ports
+        .iter()
+        .map(|p| (p.service_port, p.target_port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![(80, 8080), (9090, 9090)],
+        "local mapping wins; new ports added"
+    );
+    let vips: Vec<Vec<u8>> = svc.addresses.iter().map(|a| a.address.clone()).collect();
+    assert_eq!(vips, vec![ip("127.10.0.1"), ip("127.20.0.1")]);
+    assert_eq!(
+        fed.origin_of(ResourceType::Address, name).as_deref(),
+        Some(LOCAL)
+    );
+    // Workloads of the global service come from every cluster.
+    let backing: Vec<String> = merged
+        .resources(ResourceType::Address)
+        .values()
+        .filter_map(|r| r.as_workload())
+        .filter(|w| w.services.iter().any(|k| k == name))
+        .map(|w| w.uid.clone())
+        .collect();
+    assert_eq!(
+        backing,
+        vec![
+            "c1//Pod/default/both-1",
+            "c1//Pod/default/echo-1",
+            "c2//Pod/default/echo-a",
+            "c3//Pod/default/echo-b"
+        ]
+    );
+    // Local workloads keep their own key too.
+    let echo1 = decoded_workload(
+        merged
+            .get(ResourceType::Address, "c1//Pod/default/echo-1")
+            .unwrap(),
+    );
+    assert!(
+        echo1
+            .services
+            .contains_key("default/echo.default.svc.cluster.local")
+    );
+    // Conflicts are reported, with the losing cluster.
+    let conflicts = fed.conflicts();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c.kind == ConflictKind::Port && c.loser == "c3"),
+        "{conflicts:?}"
+    );
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c.kind == ConflictKind::Vip && c.loser == "c3"),
+        "{conflicts:?}"
+    );
+    assert_eq!(fed.conflict_count("c3", ConflictKind::Port), 1);
+    // The local raw view passes through.
+    assert!(
+        merged
+            .get(
+                ResourceType::Address,
+                "default/private.default.svc.cluster.local"
+            )
+            .is_some()
+    );
+    assert_eq!(merged.len(ResourceType::Authorization), 1);
+    // c3 fixes its port: the conflict goes.
+    store.apply(
+        "c3",
+        ResourceType::Address,
+        vec![service(
+            "default",
+            "echo",
+            "echo.default.mesh.internal",
+            "127.30.0.1",
+            &[(80, 8080)],
+        )],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert!(fed.conflicts().is_empty(), "{:?}", fed.conflicts());
+    assert_eq!(fed.conflict_count("c3", ConflictKind::Port), 0);
+}
+
+#[test]
+fn same_pod_ip_from_two_flat_peers_serves_the_first_by_precedence() {
+    // The outcome does not depend on which peer arrives first.
+    for c2_first in [false, true] {
+        same_pod_ip_case(c2_first);
+    }
+}
+
+fn same_pod_ip_case(c2_first: bool) {
+    let (store, fed, mut rx) = setup();
+    feed(&store, LOCAL, vec![], vec![]);
+    let order = if c2_first { ["c2", "c4"] } else { ["c4", "c2"] };
+    for peer in order {
+        let pod = if peer == "c2" { "y" } else { "x" };
+        feed(
+            &store,
+            peer,
+            vec![peer_pod(peer, "net1", pod, "127.9.9.9", false)],
+            vec![],
+        );
+        drain(&fed, &mut rx);
+    }
+    let merged = fed.merged().snapshot();
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/y")
+            .is_some(),
+        "c2 precedes c4"
+    );
+    assert!(
+        merged
+            .get(ResourceType::Address, "c4//Pod/default/x")
+            .is_none(),
+        "c4 withheld"
+    );
+    assert_eq!(
+        &*merged.resolve_address_key("net1/127.9.9.9").unwrap().name,
+        "c2//Pod/default/y"
+    );
+    let c = fed.conflicts();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].kind, c[0].loser.as_str(), c[0].winner.as_str()),
+        (ConflictKind::PodIp, "c4", "c2")
+    );
+    // The winner goes: the other is served again and the conflict clears.
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::from("c2//Pod/default/y")],
+    );
+    drain(&fed, &mut rx);
+    let merged = fed.merged().snapshot();
+    assert!(
+        merged
+            .get(ResourceType::Address, "c4//Pod/default/x")
+            .is_some()
+    );
+    assert!(fed.conflicts().is_empty());
+}
+
+#[test]
+fn duplicate_name_keeps_the_local_cluster() {
+    let (store, fed, mut rx) = setup();
+    let a = local_pod("dup", "127.1.1.1", &[]);
+    feed(&store, LOCAL, vec![Arc::clone(&a)], vec![]);
+    feed(
+        &store,
+        "c2",
+        vec![local_pod("dup", "127.1.1.7", &[])],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert_eq!(
+        fed.origin_of(ResourceType::Address, &a.name).as_deref(),
+        Some(LOCAL)
+    );
+    let c = fed.conflicts();
+    assert_eq!(
+        (c[0].kind, c[0].loser.as_str()),
+        (ConflictKind::DuplicateName, "c2")
+    );
+}
+
+// ---------------------------------------------------------------------------- grace
+
+#[test]
+fn changes_while_resyncing_are_parked_until_the_sync_completes() {
+    let (store, fed, mut rx) = setup();
+    feed(&store, LOCAL, vec![], vec![]);
+    feed(
+        &store,
+        "c2",
+        vec![peer_pod("c2", "net1", "old", "127.2.1.1", false)],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    // The stream drops; a reconnect writes part of a new state (as a chunked first
+    // response would) and then drops again before completing.
+    store.mark_unsynced("c2");
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![peer_pod("c2", "net1", "new", "127.2.1.2", false)],
+        vec![Arc::from("c2//Pod/default/old")],
+    );
+    drain(&fed, &mut rx);
+    let merged = fed.merged().snapshot();
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/old")
+            .is_some(),
+        "old state kept"
+    );
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/new")
+            .is_none(),
+        "partial state not served"
+    );
+    // The sync completes: the new state replaces the old one.
+    store.mark_synced("c2", ResourceType::Address);
+    drain(&fed, &mut rx);
+    let merged = fed.merged().snapshot();
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/old")
+            .is_none()
+    );
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/new")
+            .is_some()
+    );
+}
+
+#[test]
+fn stale_peer_is_withdrawn_only_after_the_grace_period() {
+    let store = Store::new();
+    let mut rx = store.subscribe();
+    let fed = Federation::new(config(), Arc::clone(&store));
+    feed(&store, LOCAL, vec![], vec![]);
+    feed(
+        &store,
+        "c2",
+        vec![peer_pod("c2", "net1", "a", "127.2.1.1", false)],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    let mut commits = grace::Commits::new(LOCAL);
+    let t0 = Instant::now();
+    assert!(
+        commits
+            .sweep(&store, t0, Some(Duration::from_secs(10)))
+            .is_empty()
+    );
+    store.mark_unsynced("c2");
+    assert!(
+        commits
+            .sweep(&store, t0, Some(Duration::from_secs(10)))
+            .is_empty()
+    );
+    assert_eq!(
+        commits.stale_for("c2", t0 + Duration::from_secs(3)),
+        Some(Duration::from_secs(3))
+    );
+    assert!(
+        commits
+            .sweep(
+                &store,
+                t0 + Duration::from_secs(9),
+                Some(Duration::from_secs(10))
+            )
+            .is_empty()
+    );
+    // grace None = forever.
+    assert!(
+        commits
+            .sweep(&store, t0 + Duration::from_secs(3600), None)
+            .is_empty()
+    );
+    assert!(store.get("c2").is_some());
+    let gone = commits.sweep(
+        &store,
+        t0 + Duration::from_secs(10),
+        Some(Duration::from_secs(10)),
+    );
+    assert_eq!(gone, vec![Arc::<str>::from("c2")]);
+    drain(&fed, &mut rx);
+    assert!(
+        fed.merged()
+            .snapshot()
+            .get(ResourceType::Address, "c2//Pod/default/a")
+            .is_none()
+    );
+    // The local cluster is never withdrawn.
+    store.mark_unsynced(LOCAL);
+    assert!(
+        commits
+            .sweep(
+                &store,
+                t0 + Duration::from_secs(99_999),
+                Some(Duration::ZERO)
+            )
+            .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------------------- selector
+
+mod selection {
+    use super::*;
+    use crate::identity::pki::{CertificateAuthority, LeafSpec};
+    use crate::identity::spiffe::SpiffeId;
+    use crate::xds::auth::{ConnectionInfo, StaticTokenVerifier, ViewSelector};
+
+    fn conn(td: Option<&str>, token: Option<&str>) -> ConnectionInfo {
+        let certs = td.map(|td| {
+            let ca = CertificateAuthority::new_root("test").unwrap();
+            let leaf = ca
+                .issue(&LeafSpec::workload(
+                    SpiffeId::new(td, "istio-system", "peerd").unwrap(),
+                ))
+                .unwrap();
+            Arc::new(vec![leaf.cert_der])
+        });
+        ConnectionInfo {
+            remote_addr: None,
+            bearer_token: token.map(str::to_string),
+            cluster_id: None,
+            peer_certificates: certs,
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_get_their_export_variant_tokens_get_the_merged_view() {
+        let (store, fed, mut rx) = setup();
+        let selector = fed.selector(Some(Arc::new(StaticTokenVerifier::from_literal(
+            "t0k", "ztunnel",
+        ))));
+        let err = selector
+            .select(&conn(Some("c2.local"), None))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unavailable,
+            "export gated until local sync"
+        );
+        local_population(&store);
+        drain(&fed, &mut rx);
+        let flat = selector
+            .select(&conn(Some("c2.local"), None))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&flat.view, fed.export_view(ExportFlavor::Flat)));
+        let gw = selector
+            .select(&conn(Some("c3.local"), None))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &gw.view,
+            fed.export_view(ExportFlavor::Gateway)
+        ));
+        let err = selector
+            .select(&conn(Some("stranger.local"), None))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("stranger.local"));
+        let merged = selector.select(&conn(None, Some("t0k"))).await.unwrap();
+        assert!(Arc::ptr_eq(&merged.view, fed.merged()));
+        let err = selector
+            .select(&conn(None, Some("wrong")))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = selector.select(&conn(None, None)).await.err().unwrap();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+}

@@ -1,0 +1,520 @@
+//! Bad peers, each against real clusters over mTLS on loopback (or a scripted upstream
+//! standing in for a misbehaving peer): a certificate from another root, a trust domain
+//! that does not match, workloads claiming another cluster, two flat peers claiming the
+//! same pod IP, a peer over its caps, a peer that disconnects mid-sync. Each test checks
+//! the clear error and that nothing already stored (nor any other peer's state) is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod federation_support;
+mod xds_support;
+
+use std::sync::Arc;
+
+use federation_support::{
+    Cluster, Spec, Topology, WAIT, client_options, eventually, identity, start_client, trust_domain,
+};
+use peerd::federation::ConflictKind;
+use peerd::identity::classify::{FailureReason, classify_tls};
+use peerd::identity::pki::Pki;
+use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
+use peerd::proto::istio::workload;
+use peerd::store::Store;
+use peerd::xds::client::{AdsClient, FailureKind};
+use peerd::xds::{Resource, ResourceType};
+use tokio_util::sync::CancellationToken;
+
+fn synced(c: &Cluster, peer: &str) -> bool {
+    c.store.get(peer).is_some_and(|o| o.is_fully_synced())
+}
+
+/// A workload as peer `cluster` would export it (flat form).
+fn exported_pod(uid: &str, cluster: &str, network: &str, ip: [u8; 4]) -> Arc<Resource> {
+    Arc::new(
+        Resource::workload(&workload::Workload {
+            uid: uid.into(),
+            name: uid.rsplit('/').next().unwrap().into(),
+            namespace: "default".into(),
+            addresses: vec![ip.to_vec()],
+            cluster_id: cluster.into(),
+            network: network.into(),
+            services: [(
+                "default/echo.default.mesh.internal".to_string(),
+                workload::PortList::default(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_certificate_from_another_root_is_refused() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    // A rogue "c2" whose certificate (right trust domain) chains to a different root.
+    let other = Pki::load_or_create(&topo.dir.path().join("rogue-pki"), "rogue root").unwrap();
+    let rogue = identity(
+        other.dir(),
+        &other.cluster_ca("c2").unwrap(),
+        "c2",
+        &trust_domain("c2"),
+        2,
+    );
+    let tls = client_config(
+        &ClientTlsOptions::new(
+            Arc::clone(&c1.identity.roots),
+            ServerIdentity::TrustDomain(trust_domain("c1")),
+        )
+        .with_client_cert(rogue.cert.clone()),
+    )
+    .unwrap();
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
+    let failure = client.failure_handle();
+    let cancel = CancellationToken::new();
+    client.spawn(cancel.clone());
+    eventually("the rogue client fails", || {
+        failure.lock().unwrap().is_some()
+    })
+    .await;
+    let f = failure.lock().unwrap().clone().unwrap();
+    assert!(
+        matches!(f.kind, FailureKind::Tls | FailureKind::Stream),
+        "unexpected failure {:?}: {}",
+        f.kind,
+        f.message
+    );
+    assert!(
+        store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()),
+        "nothing exported to the rogue"
+    );
+    // And a peer serving a certificate of another root is refused by our client.
+    let mut topo2 = Topology::new(vec![
+        Spec::new("c3", 3, "flat", &[]),
+        Spec::new("c4", 4, "flat", &["c3"]),
+    ])
+    .await;
+    let _c3 = topo2.start("c3", true).await;
+    let c4_with_wrong_trust = {
+        let tls = client_config(
+            &ClientTlsOptions::new(
+                Arc::clone(&rogue.roots),
+                ServerIdentity::TrustDomain(trust_domain("c3")),
+            )
+            .with_client_cert(rogue.cert.clone()),
+        )
+        .unwrap();
+        let store = Store::new();
+        let fed =
+            peerd::federation::Federation::new(topo2.federation_config(1), Arc::clone(&store));
+        let c = start_client(&store, &fed, "c3", topo2.addrs[0], tls, &cancel);
+        (store, c)
+    };
+    eventually("our client refuses the unknown authority", || {
+        c4_with_wrong_trust.1.failure.lock().unwrap().is_some()
+    })
+    .await;
+    let f = c4_with_wrong_trust
+        .1
+        .failure
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(f.kind, FailureKind::Tls, "{}", f.message);
+    assert!(c4_with_wrong_trust.0.get("c3").is_none());
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_domain_mismatch_is_refused_in_both_directions() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    let cancel = CancellationToken::new();
+    let ca = topo.pki.cluster_ca("c2").unwrap();
+    // Our side expects c1 in another trust domain: IdentityMismatch.
+    let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
+    let tls = client_config(
+        &ClientTlsOptions::new(
+            Arc::clone(&me.roots),
+            ServerIdentity::TrustDomain("elsewhere.local".into()),
+        )
+        .with_client_cert(me.cert.clone()),
+    )
+    .unwrap();
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
+    let failure = client.failure_handle();
+    client.spawn(cancel.clone());
+    eventually("identity mismatch reported", || {
+        failure.lock().unwrap().is_some()
+    })
+    .await;
+    let f = failure.lock().unwrap().clone().unwrap();
+    // The condition reason comes from the kept rustls error.
+    let reason = classify_tls(f.tls.as_ref().expect("rustls error kept")).reason;
+    assert_eq!(reason, FailureReason::IdentityMismatch, "{}", f.message);
+    assert!(f.message.contains("elsewhere.local"), "{}", f.message);
+    // A client with a valid chain but a SPIFFE ID in no peer's trust domain: c1 refuses.
+    let stranger = identity(topo.pki.dir(), &ca, "stranger", "stranger.local", 2);
+    let tls = client_config(
+        &ClientTlsOptions::new(
+            Arc::clone(&stranger.roots),
+            ServerIdentity::TrustDomain(trust_domain("c1")),
+        )
+        .with_client_cert(stranger.cert.clone()),
+    )
+    .unwrap();
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
+    let failure = client.failure_handle();
+    client.spawn(cancel.clone());
+    eventually("stranger refused", || failure.lock().unwrap().is_some()).await;
+    let f = failure.lock().unwrap().clone().unwrap();
+    assert_eq!(f.kind, FailureKind::Unauthenticated, "{}", f.message);
+    assert!(f.message.contains("stranger.local"), "{}", f.message);
+    assert!(store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()));
+    cancel.cancel();
+}
+
+/// c1 imports the real c3 and a scripted "c2" that misbehaves. Returns (c1, c3, upstream,
+/// the scripted stream).
+async fn with_scripted_peer(
+    c1_spec: Spec,
+) -> (Topology, Cluster, Cluster, xds_support::ScriptedUpstream) {
+    let mut topo = Topology::new(vec![
+        c1_spec,
+        Spec::new("c2", 2, "flat", &[]),
+        Spec::new("c3", 3, "net3", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    let c3 = topo.start("c3", true).await;
+    eventually("c1 synced with c3", || synced(&c1, "c3")).await;
+    let upstream = xds_support::ScriptedUpstream::start().await;
+    let tls = xds_support::client_tls(&upstream.pki, None);
+    let mut opts = client_options("c2", upstream.addr, tls);
+    opts.server_name = "127.0.0.1".into();
+    let client = AdsClient::new(opts, Arc::clone(&c1.store))
+        .with_filter(c1.fed.import_filter("c2").unwrap());
+    client.spawn(c1.cancel.child_token());
+    (topo, c1, c3, upstream)
+}
+
+async fn initial_requests(
+    s: &mut xds_support::UpstreamStream,
+) -> Vec<peerd::proto::envoy::service::discovery::v3::DeltaDiscoveryRequest> {
+    vec![s.recv().await, s.recv().await]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_claiming_another_cluster_are_nacked_by_name_and_poison_nothing() {
+    let (_topo, c1, c3, mut upstream) =
+        with_scripted_peer(Spec::new("c1", 1, "flat", &["c3"])).await;
+    let c3_before = c1.merged_workloads_from("c3");
+    let mut s = upstream.next_stream().await;
+    initial_requests(&mut s).await;
+    let good = exported_pod("c2//Pod/default/good", "c2", "flat", [127, 0, 200, 1]);
+    let other_uid = exported_pod("c9//Pod/default/liar", "c2", "flat", [127, 0, 200, 2]);
+    let other_cluster_id = exported_pod("c2//Pod/default/liar2", "c9", "flat", [127, 0, 200, 3]);
+    s.send(xds_support::response(
+        ResourceType::Address,
+        "1",
+        vec![
+            xds_support::wire(&good),
+            xds_support::wire(&other_uid),
+            xds_support::wire(&other_cluster_id),
+        ],
+        &[],
+    ))
+    .await;
+    let nack = s.recv().await;
+    let message = nack.error_detail.expect("NACK").message;
+    assert!(message.contains("c9//Pod/default/liar: uid"), "{message}");
+    assert!(
+        message.contains("c2//Pod/default/liar2: cluster_id \"c9\""),
+        "{message}"
+    );
+    assert!(!message.contains("good"), "{message}");
+    s.send(xds_support::response(
+        ResourceType::Authorization,
+        "2",
+        vec![],
+        &[],
+    ))
+    .await;
+    eventually("good workload merged", || {
+        c1.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, "c2//Pod/default/good")
+            .is_some()
+    })
+    .await;
+    let merged = c1.fed.merged().snapshot();
+    assert!(
+        merged
+            .get(ResourceType::Address, "c9//Pod/default/liar")
+            .is_none()
+    );
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/liar2")
+            .is_none()
+    );
+    let status = c1
+        .fed
+        .peer_status()
+        .into_iter()
+        .find(|p| p.cluster == "c2")
+        .unwrap();
+    assert_eq!(status.import.rejected_total, 2);
+    assert!(
+        status
+            .import
+            .recent
+            .iter()
+            .all(|r| r.rule == "cluster_claim")
+    );
+    // The other peer's state is intact.
+    assert_eq!(c1.merged_workloads_from("c3"), c3_before);
+    assert!(
+        c3.fed
+            .peer_status()
+            .iter()
+            .all(|p| p.import.rejected_total == 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_over_its_cap_is_nacked_for_the_excess_only() {
+    let mut spec = Spec::new("c1", 1, "flat", &["c3"]);
+    spec.peer_caps = vec![("c2".into(), 3)];
+    let (_topo, c1, _c3, mut upstream) = with_scripted_peer(spec).await;
+    let c3_before = c1.merged_workloads_from("c3");
+    let mut s = upstream.next_stream().await;
+    initial_requests(&mut s).await;
+    let pods: Vec<_> = (1..=5u8)
+        .map(|i| {
+            exported_pod(
+                &format!("c2//Pod/default/p{i}"),
+                "c2",
+                "flat",
+                [127, 0, 201, i],
+            )
+        })
+        .collect();
+    s.send(xds_support::response(
+        ResourceType::Address,
+        "1",
+        pods.iter().map(|r| xds_support::wire(r)).collect(),
+        &[],
+    ))
+    .await;
+    let message = s.recv().await.error_detail.expect("NACK").message;
+    assert_eq!(
+        message
+            .matches("peer cap exceeded: resource count (limit 3)")
+            .count(),
+        2,
+        "{message}"
+    );
+    s.send(xds_support::response(
+        ResourceType::Authorization,
+        "2",
+        vec![],
+        &[],
+    ))
+    .await;
+    eventually("c2 synced", || synced(&c1, "c2")).await;
+    assert_eq!(c1.held("c2", ResourceType::Address).len(), 3);
+    assert_eq!(c1.merged_workloads_from("c2"), 3);
+    let status = c1
+        .fed
+        .peer_status()
+        .into_iter()
+        .find(|p| p.cluster == "c2")
+        .unwrap();
+    assert_eq!(status.import.rejected_total, 2);
+    assert!(status.import.recent.iter().all(|r| r.rule == "cap"));
+    // c3 is not capped by c2's limit.
+    assert_eq!(c1.merged_workloads_from("c3"), c3_before);
+    assert!(c3_before > 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_disconnecting_mid_sync_does_not_replace_its_state() {
+    let (_topo, c1, _c3, mut upstream) =
+        with_scripted_peer(Spec::new("c1", 1, "flat", &["c3"])).await;
+    let w1 = exported_pod("c2//Pod/default/w1", "c2", "flat", [127, 0, 202, 1]);
+    let w2 = exported_pod("c2//Pod/default/w2", "c2", "flat", [127, 0, 202, 2]);
+    let mut s = upstream.next_stream().await;
+    initial_requests(&mut s).await;
+    s.send(xds_support::response(
+        ResourceType::Address,
+        "1",
+        vec![xds_support::wire(&w1), xds_support::wire(&w2)],
+        &[],
+    ))
+    .await;
+    s.send(xds_support::response(
+        ResourceType::Authorization,
+        "2",
+        vec![],
+        &[],
+    ))
+    .await;
+    eventually("c2 synced", || {
+        synced(&c1, "c2") && c1.merged_workloads_from("c2") == 2
+    })
+    .await;
+    drop(s);
+    // Reconnect: the client offers what it holds; the peer drops before answering.
+    let mut s = upstream.next_stream().await;
+    let reqs = initial_requests(&mut s).await;
+    let address = reqs
+        .iter()
+        .find(|r| r.type_url == ResourceType::Address.type_url())
+        .unwrap();
+    assert_eq!(address.initial_resource_versions.len(), 2);
+    drop(s);
+    // And again, this time answering Address (a new state) but dropping before
+    // Authorization: only the completed type is replaced.
+    let mut s = upstream.next_stream().await;
+    initial_requests(&mut s).await;
+    eventually("c2 marked stale while resyncing", || {
+        c1.fed
+            .peer_status()
+            .iter()
+            .any(|p| p.cluster == "c2" && p.stale_seconds.is_some())
+    })
+    .await;
+    assert_eq!(
+        c1.merged_workloads_from("c2"),
+        2,
+        "old state kept while resyncing"
+    );
+    let w3 = exported_pod("c2//Pod/default/w3", "c2", "flat", [127, 0, 202, 3]);
+    s.send(xds_support::response(
+        ResourceType::Address,
+        "1",
+        vec![xds_support::wire(&w3)],
+        &["c2//Pod/default/w1"],
+    ))
+    .await;
+    let _ack = s.recv().await;
+    drop(s);
+    eventually("Address replaced by its complete response", || {
+        let m = c1.fed.merged().snapshot();
+        m.get(ResourceType::Address, "c2//Pod/default/w3").is_some()
+            && m.get(ResourceType::Address, "c2//Pod/default/w1").is_none()
+    })
+    .await;
+    assert!(
+        c1.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, "c2//Pod/default/w2")
+            .is_some()
+    );
+    let _ = WAIT;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_flat_peers_claiming_the_same_pod_ip_are_resolved_by_precedence() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+        Spec::new("c3", 3, "flat", &["c1", "c2"]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    let c2 = topo.start("c2", true).await;
+    let c3 = topo.start("c3", true).await;
+    eventually("c3 synced with c1 and c2", || {
+        synced(&c3, "c1") && synced(&c3, "c2")
+    })
+    .await;
+    // Both peers get a pod with the same IP backing a global service.
+    let g = federation_support::global_services(&federation_support::population("c1", 1, "flat"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let local_key = format!(
+        "{}/{}.{}.svc.cluster.local",
+        g.namespace, g.name, g.namespace
+    );
+    for c in [&c1, &c2] {
+        let name = &c.spec.name;
+        let w = Resource::workload(&workload::Workload {
+            uid: format!("{name}//Pod/{}/twin", g.namespace),
+            name: "twin".into(),
+            namespace: g.namespace.clone(),
+            addresses: vec![vec![127, 0, 250, 5]],
+            cluster_id: name.clone(),
+            network: "flat".into(),
+            services: [(local_key.clone(), workload::PortList::default())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        c.store
+            .apply(name, ResourceType::Address, vec![Arc::new(w)], vec![]);
+    }
+    let twin1 = format!("c1//Pod/{}/twin", g.namespace);
+    let twin2 = format!("c2//Pod/{}/twin", g.namespace);
+    eventually("c3 reports the pod IP conflict", || {
+        c3.fed.conflict_count("c2", ConflictKind::PodIp) == 1
+    })
+    .await;
+    let merged = c3.fed.merged().snapshot();
+    assert!(
+        merged.get(ResourceType::Address, &twin1).is_some(),
+        "c1 precedes c2"
+    );
+    assert!(
+        merged.get(ResourceType::Address, &twin2).is_none(),
+        "c2's twin withheld"
+    );
+    assert_eq!(
+        &*merged.resolve_address_key("flat/127.0.250.5").unwrap().name,
+        twin1
+    );
+    let conflict = c3
+        .fed
+        .conflicts()
+        .into_iter()
+        .find(|c| c.kind == ConflictKind::PodIp)
+        .unwrap();
+    assert_eq!(
+        (conflict.loser.as_str(), conflict.winner.as_str()),
+        ("c2", "c1")
+    );
+    // c1's twin goes away: c2's is served and the conflict clears.
+    c1.store.apply(
+        "c1",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::from(twin1.as_str())],
+    );
+    eventually("c2's twin served after c1's left", || {
+        c3.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, &twin2)
+            .is_some()
+            && c3.fed.conflict_count("c2", ConflictKind::PodIp) == 0
+    })
+    .await;
+}
