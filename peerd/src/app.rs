@@ -13,13 +13,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
-use crate::config::{Config, Upstream};
-use crate::federation::Federation;
+use crate::config::{Config, Peer, Upstream};
+use crate::federation::{Federation, FederationConfig};
+use crate::peers::{
+    AdsClients, DownstreamAcks, LocalCluster, MonitorConfig, MonitorSources, PeerMonitor,
+    RecordedPeerVersions, UserspaceProbe,
+};
+use crate::probe::prober::{Prober, ProberConfig, TargetGuard};
 use crate::identity::reload::{CertSource, RootsSource};
 use crate::identity::tls::{ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions};
 use crate::proto::envoy::config::core::v3::Node;
 use crate::store::{Store, StoreEvent};
-use crate::xds::auth::{BearerTokenSelector, StaticTokenVerifier};
+use crate::xds::auth::StaticTokenVerifier;
 use crate::xds::client::{AdsClient, ClientOptions, TokenSource};
 use crate::xds::server::{AdsServer, ServerOptions};
 use crate::xds::stats::StreamStats;
@@ -37,6 +42,7 @@ pub struct Peerd {
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub federation: Arc<Federation>,
+    pub peers: Arc<PeerMonitor>,
     pub server: AdsServer,
     pub readiness: Arc<Readiness>,
     /// Stats of each upstream stream, by origin name.
@@ -63,7 +69,7 @@ impl Peerd {
         readiness.register(GATE_XDS_LISTENING);
 
         let store = Store::new();
-        let federation = Federation::new(&config.cluster, Arc::clone(&store));
+        let federation = Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
 
         // Downstream server: ztunnel with a bearer token gets the merged view.
         let tls = config
@@ -74,16 +80,20 @@ impl Peerd {
         let cert = CertSource::from_files(&tls.cert_chain, &tls.key)
             .context("xds.tls: loading the server certificate")?;
         watches.push(cert.watch(CERT_RELOAD_INTERVAL));
-        let client_auth = match &tls.client_roots {
+        let peering_roots = match &tls.client_roots {
             Some(path) => {
                 let roots = RootsSource::from_file(path).context("xds.tls.root")?;
                 watches.push(roots.watch(CERT_RELOAD_INTERVAL));
-                ClientAuth::Optional(roots.into())
+                Some(roots)
             }
+            None => None,
+        };
+        let client_auth = match &peering_roots {
+            Some(roots) => ClientAuth::Optional(Arc::clone(roots).into()),
             None => ClientAuth::None,
         };
         let server_tls = crate::identity::tls::server_config(
-            cert,
+            Arc::clone(&cert) as _,
             &ServerTlsOptions {
                 client_auth,
                 allow_tls12: false,
@@ -95,11 +105,9 @@ impl Peerd {
         )?;
         let verifier = StaticTokenVerifier::from_file(token_file, "ztunnel")
             .with_context(|| format!("xds.auth.tokenFile: reading {}", token_file.display()))?;
-        let selector = Arc::new(BearerTokenSelector {
-            verifier: Arc::new(verifier),
-            view: Arc::clone(federation.merged()),
-            label: "merged".into(),
-        });
+        // Peers presenting a certificate get their export view; ztunnel with a valid
+        // bearer token gets the merged view.
+        let selector = federation.selector(Some(Arc::new(verifier)));
         let server = AdsServer::new(
             selector,
             ServerOptions {
@@ -154,7 +162,27 @@ impl Peerd {
             Arc::clone(&readiness),
             cancel.clone(),
         ));
+        let clients = AdsClients::new();
         let mut upstreams = Vec::new();
+        for (i, peer) in config.peers.iter().enumerate() {
+            let Some(roots) = &peering_roots else {
+                bail!("xds.tls.root: peering needs the roots that peer certificates chain to");
+            };
+            let options = peer_client_options(&config, peer, Arc::clone(roots), Arc::clone(&cert))
+                .with_context(|| format!("peers[{i}] ({})", peer.cluster))?;
+            let endpoint = options.endpoint.clone();
+            let mut client = AdsClient::new(options, Arc::clone(&store));
+            if let Some(filter) = federation.import_filter(&peer.cluster) {
+                client = client.with_filter(filter);
+            }
+            clients.register(&peer.cluster, &endpoint, &client);
+            upstreams.push((peer.cluster.clone(), client.stats()));
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                client.run(cancel).await;
+                Ok(())
+            });
+        }
         for (i, upstream) in config.upstreams.iter().enumerate() {
             let options = client_options(&config, upstream)
                 .with_context(|| format!("upstreams[{i}] ({})", upstream.name))?;
@@ -166,6 +194,15 @@ impl Peerd {
                 Ok(())
             });
         }
+        let peers = start_peer_monitor(
+            &config,
+            &store,
+            &federation,
+            &server,
+            clients,
+            &cancel,
+            &mut tasks,
+        )?;
         if !config.upstreams.iter().any(|u| u.name == config.cluster) {
             // Nothing will ever sync the local cluster: say so instead of never being ready.
             tracing::warn!(cluster = %config.cluster, "no upstream is named like the local cluster; readiness waits for it");
@@ -176,6 +213,7 @@ impl Peerd {
             config,
             store,
             federation,
+            peers,
             server,
             readiness,
             upstreams,
@@ -253,6 +291,136 @@ fn node(config: &Config) -> Node {
         id: format!("peerd~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"),
         ..Node::default()
     }
+}
+
+/// Starts the active prober and the peer monitor that turns stream state, sync, downstream
+/// ACKs and probe results into the peer conditions.
+fn start_peer_monitor(
+    config: &Config,
+    store: &Arc<Store>,
+    federation: &Arc<Federation>,
+    server: &AdsServer,
+    clients: Arc<AdsClients>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Arc<PeerMonitor>> {
+    let guard = if config.sandbox_mode {
+        TargetGuard::loopback_only()
+    } else {
+        TargetGuard::Unrestricted
+    };
+    let prober = Prober::new(ProberConfig {
+        enabled: config.probe.enabled,
+        interval: config.probe.interval,
+        jitter: config.probe.jitter,
+        guard: guard.clone(),
+        ..ProberConfig::default()
+    })
+    .context("probe")?;
+    if let Some(handle) = prober.spawn() {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            cancel.cancelled().await;
+            handle.abort();
+            Ok(())
+        });
+    }
+    let versions = RecordedPeerVersions::new();
+    tasks.spawn(record_peer_versions(
+        Arc::clone(federation),
+        Arc::clone(&versions),
+        cancel.clone(),
+    ));
+    let monitor = PeerMonitor::new(
+        LocalCluster::from(config),
+        crate::peers::model::specs_from_config(config),
+        MonitorConfig {
+            hysteresis: (&config.hysteresis).into(),
+            probe_guard: guard,
+            ..MonitorConfig::default()
+        },
+        MonitorSources {
+            upstreams: clients,
+            imports: Arc::clone(store) as _,
+            acks: Arc::new(DownstreamAcks {
+                subscribers: server.subscribers(),
+                view_label: "merged".into(),
+                versions,
+            }),
+            probe: UserspaceProbe::new(prober),
+        },
+        std::time::Instant::now(),
+    );
+    let handle = monitor.spawn(cancel.clone());
+    tasks.spawn(async move {
+        handle
+            .await
+            .map_err(|e| anyhow::anyhow!("peer monitor stopped: {e}"))
+    });
+    Ok(monitor)
+}
+
+/// Tells the peer monitor which merged-view version carries each peer's latest change,
+/// so `PeerDataPlaneProgrammed` can wait for ztunnel's ACK of exactly that version.
+async fn record_peer_versions(
+    federation: Arc<Federation>,
+    versions: Arc<RecordedPeerVersions>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut changes = federation.merged().subscribe();
+    loop {
+        let change = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(change) => {
+                for name in &change.names {
+                    if let Some(origin) = federation.origin_of(change.kind, name) {
+                        versions.record(&origin, change.version);
+                    }
+                }
+            }
+            // Lagging only delays the record to the next change; the version only grows.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// mTLS to a peer: our certificate as the client identity, the peer's certificate must
+/// chain to the peering roots and prove the expected SPIFFE ID or trust domain.
+fn peer_client_options(
+    config: &Config,
+    peer: &Peer,
+    roots: Arc<RootsSource>,
+    identity: Arc<CertSource>,
+) -> anyhow::Result<ClientOptions> {
+    let expected = match &peer.server_identity {
+        Some(crate::config::ServerIdentity::Spiffe(id)) => {
+            ServerIdentity::Spiffe(id.parse().map_err(|e| anyhow::anyhow!("serverIdentity: {e}"))?)
+        }
+        Some(crate::config::ServerIdentity::Dns(_)) => ServerIdentity::Name,
+        None => ServerIdentity::TrustDomain(peer.trust_domain.clone()),
+    };
+    let tls = crate::identity::tls::client_config(
+        &ClientTlsOptions::new(roots, expected).with_client_cert(identity),
+    )
+    .context("building the peer TLS configuration")?;
+    let host = peer.address.to_string();
+    let endpoint = match peer.address {
+        crate::config::PeerAddress::Ip(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", peer.port),
+        _ => format!("{host}:{}", peer.port),
+    };
+    let server_name = match &peer.server_identity {
+        Some(crate::config::ServerIdentity::Dns(name)) => name.clone(),
+        _ => host,
+    };
+    let mut options = ClientOptions::new(peer.cluster.clone(), endpoint, server_name, tls);
+    options.headers = vec![("clusterid".into(), config.cluster.clone())];
+    options.node = node(config);
+    options.max_message_size = config.xds.max_message_bytes;
+    Ok(options)
 }
 
 fn client_options(config: &Config, upstream: &Upstream) -> anyhow::Result<ClientOptions> {

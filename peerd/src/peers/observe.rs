@@ -509,15 +509,15 @@ impl ProbeSource for UserspaceProbe {
         let mut hist = [0u64; peerd_ebpf::LATENCY_BUCKETS];
         for t in &targets.hbone {
             let Some(s) = stats.get(t) else { continue };
-            out.stats.attempts += s.attempts;
-            out.stats.established += s.established;
-            out.stats.refused += s.refused;
-            out.stats.timeouts += s.timed_out;
-            out.stats.aborted += s.aborted;
+            out.stats.attempts += s.counts.attempts;
+            out.stats.established += s.counts.established;
+            out.stats.refused += s.counts.refused;
+            out.stats.timeouts += s.counts.timed_out;
+            out.stats.aborted += s.counts.aborted;
             let entry = latencies.entry(*t).or_default();
             // The prober keeps only the last latency: record it once per new attempt.
-            if s.attempts > entry.seen_attempts {
-                entry.seen_attempts = s.attempts;
+            if s.counts.attempts > entry.seen_attempts {
+                entry.seen_attempts = s.counts.attempts;
                 if let Some(ProbeOutcome::Established { latency }) = &s.last {
                     let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                     entry.hist[latency_bucket(us)] += 1;
@@ -582,7 +582,7 @@ impl ProbeSource for KernelProbe {
         let report = Arc::clone(&self.reports.borrow());
         let mut state = lock(&self.state);
         let targets = state.targets.get(peer).cloned().unwrap_or_default();
-        let per_peer = aggregator::attribute(&report, &state.index);
+        let per_peer = crate::probe::attribution::attribute(&report, &state.index);
         let probe = per_peer.get(peer).cloned().unwrap_or_default();
         let mut verdict_for = |list: &[SocketAddr]| -> Option<PortVerdict> {
             let first = *list.first()?;
