@@ -78,7 +78,7 @@ async fn rig(workloads: usize, services: usize) -> Rig {
 cluster: cluster-1
 network: net1
 sandboxMode: true
-listeners: {{ xds: "127.0.0.1:0", metrics: "127.0.0.1:0", health: "127.0.0.1:0" }}
+listeners: {{ xds: "127.0.0.1:0", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug: "127.0.0.1:0" }}
 xds:
   tls: {{ certChain: peerd/cert-chain.pem, key: peerd/key.pem }}
   auth: {{ tokenFile: ztunnel-token }}
