@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Overrides `listeners.health`.
     #[arg(long)]
     pub health_listen: Option<String>,
+    /// Overrides `listeners.debug`.
+    #[arg(long)]
+    pub debug_listen: Option<String>,
     /// Overrides the local istiod upstream address / XDS_ADDRESS.
     #[arg(long)]
     pub xds_address: Option<String>,
@@ -107,6 +110,7 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         xds_listen: args.xds_listen,
         metrics_listen: args.metrics_listen,
         health_listen: args.health_listen,
+        debug_listen: args.debug_listen,
         xds_address: args.xds_address,
         ..Overrides::default()
     };
