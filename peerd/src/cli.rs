@@ -27,6 +27,10 @@ pub enum Command {
     /// Simulators of what cannot run here (istiod).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Peers, upstreams and downstream subscribers of a running peerd (debug API).
+    Status(crate::debug::status::StatusArgs),
+    /// Check that peering works, each check with a reason; fails if any check fails.
+    Check(crate::debug::check::CheckArgs),
     /// Print the version and build information.
     Version,
 }
@@ -100,6 +104,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_daemon(args).await,
         Command::Sim(SimCommand::Istiod(args)) => run_sim_istiod(args).await,
+        Command::Status(args) => crate::debug::status::run(args).await,
+        Command::Check(args) => crate::debug::check::run(args).await,
     }
 }
 

@@ -168,7 +168,8 @@ upstreams:{upstream_yaml("cluster-3", f"{ip1}:{xds1}", ds_tls)}
         channel = grpc.insecure_channel(f"{ip1}:{debug1}")
         client = DynamicClient(channel)
         wait_for("peerd1 debug API", lambda: (procs.check_alive(), client.call("GetServerInfo"))[1])
-        yield dict(client=client, channel=channel, procs=procs, tmp=tmp)
+        yield dict(client=client, channel=channel, procs=procs, tmp=tmp, addr=f"{ip1}:{debug1}",
+                   tls=dict(c1=tls1, c2=tls2))
         channel.close()
     finally:
         procs.stop()
@@ -373,3 +374,59 @@ def test_dump_is_one_json_document(rig):
     assert {u["name"] for u in doc["upstreams"]} == {"cluster-1", "cluster-2"}
     assert len(doc["views"]["merged"]) == len(client.call("ListResources").resources)
     assert {"merged", "cluster-1", "cluster-2"} <= set(doc["views"])
+
+
+def run_cli(*args):
+    return subprocess.run([peerd_bin(), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_status_cli_shows_the_same_state(rig):
+    client = rig["client"]
+    wait_synced(client)
+    out = run_cli("status", "--addr", rig["addr"], "-o", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["serverInfo"]["cluster"] == "cluster-1"
+    assert {u["name"] for u in doc["upstreams"]} == {"cluster-1", "cluster-2"}
+    assert [p["cluster"] for p in doc["peers"]] == ["cluster-2"]
+    table = run_cli("status", "--addr", rig["addr"])
+    assert table.returncode == 0, table.stderr
+    assert "PEER" in table.stdout and "SUBSCRIBER" in table.stdout
+    assert any(line.startswith("cluster-2 ") for line in table.stdout.splitlines())
+    yaml_out = run_cli("status", "--addr", rig["addr"], "-o", "yaml")
+    assert yaml_out.returncode == 0 and "serverInfo:" in yaml_out.stdout
+
+
+def test_check_cli_passes_and_reports_mismatched_roots(rig):
+    client = rig["client"]
+    wait_synced(client)
+
+    def checked():
+        out = run_cli("check", "--addr", rig["addr"], "-o", "json")
+        return out if out.returncode == 0 else None
+
+    out = wait_for("peerd check to pass", checked)
+    results = {r["name"]: r for r in json.loads(out.stdout)}
+    assert results["local istiod"]["outcome"] == "pass"
+    assert results["peer cluster-2"]["outcome"] == "pass"
+    assert results["network configuration"]["outcome"] == "pass"
+
+    text = run_cli("check", "--addr", rig["addr"], "--verbose")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "✅ peer cluster-2: PeerConnected and PeeringSucceeded are True" in text.stdout
+    assert "gloo.solo.io/PeerConnected=True" in text.stdout  # verbose detail
+
+    # Each simulator has its own root: the chains do not cross-verify.
+    c1, c2 = rig["tls"]["c1"], rig["tls"]["c2"]
+    bad = run_cli("check", "--addr", rig["addr"], "--precheck",
+                  "--root-cert", f"cluster-1={c1 / 'root-cert.pem'}",
+                  "--root-cert", f"cluster-2={c2 / 'root-cert.pem'}",
+                  "--ca-cert", f"cluster-1={c1 / 'cert-chain.pem'}",
+                  "--ca-cert", f"cluster-2={c2 / 'cert-chain.pem'}")
+    assert bad.returncode != 0
+    line = next(l for l in bad.stdout.splitlines() if "intermediate certificates" in l)
+    assert line.startswith("❌") and "does not verify against" in line, line
+
+    down = run_cli("check", "--addr", "127.0.0.1:1")
+    assert down.returncode != 0
+    assert "❌ debug API" in down.stdout

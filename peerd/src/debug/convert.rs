@@ -49,6 +49,15 @@ pub fn message_to_json<M: prost::Message>(
     bytes_to_json(full_name, &message.encode_to_vec())
 }
 
+/// A repeated field of a JSON-rendered list response, `[]` when empty (the JSON mapping
+/// omits empty fields).
+pub fn list_field(mut value: serde_json::Value, key: &str) -> serde_json::Value {
+    value
+        .get_mut(key)
+        .map(serde_json::Value::take)
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()))
+}
+
 /// The protobuf message carried by resources of `kind`.
 pub fn message_name(kind: ResourceType) -> &'static str {
     match kind {
@@ -329,7 +338,10 @@ mod tests {
         assert_eq!(progress_status(&p(true, None, false), Some(3)), "STALE");
         assert_eq!(progress_status(&p(true, Some(3), true), Some(3)), "NACKED");
         assert_eq!(progress_status(&p(true, Some(3), false), None), "ACKED");
-        assert_eq!(subscriber_kind("ztunnel~10.0.0.1~a.ns~ns.svc", "merged"), "ztunnel");
+        assert_eq!(
+            subscriber_kind("ztunnel~10.0.0.1~a.ns~ns.svc", "merged"),
+            "ztunnel"
+        );
         assert_eq!(subscriber_kind("x", "export"), "peer");
     }
 

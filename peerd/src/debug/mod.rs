@@ -4,9 +4,12 @@
 //!
 //! Peers plug in through [`source::PeerSource`]. Nothing here changes daemon state.
 
+pub mod check;
+pub mod client;
 pub mod convert;
 pub mod server;
 pub mod source;
+pub mod status;
 
 pub use server::{DebugService, DebugState, serve};
 pub use source::{PeerEvent, PeerInfo, PeerSource, UpstreamPeerSource};

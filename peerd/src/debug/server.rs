@@ -240,15 +240,21 @@ impl DebugService {
     pub fn dump(&self, include_resources: bool) -> Result<serde_json::Value, String> {
         let mut doc = serde_json::json!({
             "serverInfo": convert::message_to_json(&self.server_info(), "peerd.debug.v1.ServerInfo")?,
-            "peers": convert::message_to_json(&self.peers(), "peerd.debug.v1.ListPeersResponse")?["peers"],
-            "upstreams": convert::message_to_json(&self.upstreams(), "peerd.debug.v1.ListUpstreamsResponse")?["upstreams"],
-            "subscribers": convert::message_to_json(&self.subscribers(), "peerd.debug.v1.ListSubscribersResponse")?["subscribers"],
+            "peers": convert::list_field(convert::message_to_json(&self.peers(), "peerd.debug.v1.ListPeersResponse")?, "peers"),
+            "upstreams": convert::list_field(convert::message_to_json(&self.upstreams(), "peerd.debug.v1.ListUpstreamsResponse")?, "upstreams"),
+            "subscribers": convert::list_field(convert::message_to_json(&self.subscribers(), "peerd.debug.v1.ListSubscribersResponse")?, "subscribers"),
         });
         let mut views = vec!["merged".to_string()];
         if self.state.export.is_some() {
             views.push("export".into());
         }
-        views.extend(self.state.store.origins().iter().map(|o| o.name.to_string()));
+        views.extend(
+            self.state
+                .store
+                .origins()
+                .iter()
+                .map(|o| o.name.to_string()),
+        );
         let mut rendered = serde_json::Map::new();
         for view in views {
             let list = self
@@ -366,11 +372,13 @@ fn parse_kinds(kind: &str) -> Result<Vec<ResourceType>, Status> {
     if kind.is_empty() {
         return Ok(ResourceType::ALL.to_vec());
     }
-    ResourceType::parse_loose(kind).map(|t| vec![t]).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "type: unknown {kind:?} (use a type URL, \"address\" or \"authorization\")"
-        ))
-    })
+    ResourceType::parse_loose(kind)
+        .map(|t| vec![t])
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "type: unknown {kind:?} (use a type URL, \"address\" or \"authorization\")"
+            ))
+        })
 }
 
 #[tonic::async_trait]
@@ -523,10 +531,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            cancel.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
         .await
         .map_err(|e| anyhow::anyhow!("debug API on {local:?} failed: {e}"))
 }

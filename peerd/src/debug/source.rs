@@ -170,7 +170,12 @@ pub fn stream_conditions(stream: Option<&StreamSnapshot>) -> Vec<PeerCondition> 
     };
     vec![
         if s.connected {
-            condition(PEER_CONNECTED, true, "Connected", "connected to peer".into())
+            condition(
+                PEER_CONNECTED,
+                true,
+                "Connected",
+                "connected to peer".into(),
+            )
         } else {
             condition(PEER_CONNECTED, false, "Pending", not_connected.clone())
         },

@@ -58,6 +58,7 @@ impl Federation {
     }
 
     /// Recomputes the served form of `names` of one type and publishes the difference.
+    #[tracing::instrument(name = "federation.recompute", skip_all, fields(%kind))]
     pub fn recompute(&self, kind: ResourceType, names: impl IntoIterator<Item = Arc<str>>) {
         let origins = self.ordered_origins();
         let snapshots: Vec<_> = origins.iter().map(|o| (o, o.view.snapshot())).collect();
