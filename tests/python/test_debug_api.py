@@ -66,9 +66,13 @@ class Processes:
         self.tmp = tmp
         self.procs = []
 
-    def start(self, name, args):
+    def start(self, name, args, env=None):
         log = open(self.tmp / f"{name}.log", "wb")
+        extra = env or {}
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        # Only a process given an endpoint exports traces.
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.update(extra)
         p = subprocess.Popen([peerd_bin(), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append((name, p, log))
         return p
