@@ -3,6 +3,8 @@
 //! TLS on loopback. Covers initial sync, churn, removal, NACK + recovery, reconnect diff,
 //! on-demand lookups, and that a bad token is refused without disturbing others.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod xds_support;
 
 use std::net::{IpAddr, SocketAddr};

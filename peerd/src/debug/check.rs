@@ -280,7 +280,7 @@ pub fn check_local_upstream(report: &Report) -> CheckResult {
         )
         .with_details(details);
     }
-    let c = u.counts.clone().unwrap_or_default();
+    let c = u.counts.unwrap_or_default();
     CheckResult::new(
         NAME,
         Outcome::Pass,

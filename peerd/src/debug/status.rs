@@ -97,7 +97,7 @@ fn counts(c: Option<&api::ResourceCounts>) -> (String, String, String) {
 pub fn render_table(r: &Report) -> String {
     let info = &r.info;
     let mut out = String::new();
-    let merged = info.merged.clone().unwrap_or_default();
+    let merged = info.merged.unwrap_or_default();
     let _ = writeln!(
         out,
         "peerd {} (network {:?}{}) {} · version {} · merged view v{}: {} workloads, {} services, {} authorizations",
