@@ -535,3 +535,6 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("debug API on {local:?} failed: {e}"))
 }
+
+#[cfg(test)]
+mod tests;
