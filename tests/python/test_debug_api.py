@@ -35,7 +35,7 @@ SIM2 = dict(cluster="cluster-2", ip="127.0.22.1", workloads=10, services=2)
 def peerd_bin() -> str:
     path = os.environ.get("PEERD_BIN") or str(REPO / "target" / "debug" / "peerd")
     if not os.access(path, os.X_OK):
-        pytest.skip(f"no peerd binary at {path} (cargo build -p peerd, or set PEERD_BIN)")
+        pytest.fail(f"no peerd binary at {path} (cargo build -p peerd, or set PEERD_BIN)")
     return path
 
 
