@@ -51,6 +51,7 @@ pub struct Peerd {
     pub xds_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub health_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
     _watches: Vec<crate::identity::reload::WatchHandle>,
@@ -203,11 +204,24 @@ impl Peerd {
             &cancel,
             &mut tasks,
         )?;
+        let debug_addr = start_debug_api(
+            &config,
+            &store,
+            &federation,
+            &server,
+            &readiness,
+            &upstreams,
+            &peers,
+            xds_addr,
+            &cancel,
+            &mut tasks,
+        )
+        .await?;
         if !config.upstreams.iter().any(|u| u.name == config.cluster) {
             // Nothing will ever sync the local cluster: say so instead of never being ready.
             tracing::warn!(cluster = %config.cluster, "no upstream is named like the local cluster; readiness waits for it");
         }
-        tracing::info!(cluster = %config.cluster, xds = %xds_addr, metrics = %metrics_addr, health = %health_addr, "peerd started");
+        tracing::info!(cluster = %config.cluster, xds = %xds_addr, metrics = %metrics_addr, health = %health_addr, debug = %debug_addr, "peerd started");
 
         Ok(Peerd {
             config,
@@ -220,6 +234,7 @@ impl Peerd {
             xds_addr,
             metrics_addr,
             health_addr,
+            debug_addr,
             cancel,
             tasks,
             _watches: watches,
@@ -254,6 +269,48 @@ impl Peerd {
         tracing::info!("peerd stopped");
         result
     }
+}
+
+/// Binds `listeners.debug` and serves the debug API (peers from the upstream streams
+/// until the peer manager provides a [`crate::debug::PeerSource`]).
+#[allow(clippy::too_many_arguments)]
+async fn start_debug_api(
+    config: &Arc<Config>,
+    store: &Arc<Store>,
+    federation: &Arc<Federation>,
+    server: &AdsServer,
+    readiness: &Arc<Readiness>,
+    upstreams: &[(String, Arc<StreamStats>)],
+    monitor: &Arc<PeerMonitor>,
+    xds_addr: SocketAddr,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = admin::bind(config.listeners.debug, "debug").await?;
+    let debug_addr = listener.local_addr().context("debug listener address")?;
+    let peers = crate::debug::peers::MonitorPeerSource::start(
+        Arc::clone(monitor),
+        Arc::clone(federation),
+        upstreams.to_vec(),
+        cancel.clone(),
+    );
+    let service = crate::debug::DebugService::new(crate::debug::DebugState {
+        config: Arc::clone(config),
+        store: Arc::clone(store),
+        federation: Arc::clone(federation),
+        subscribers: server.subscribers(),
+        readiness: Arc::clone(readiness),
+        upstreams: upstreams.to_vec(),
+        peers,
+        export: Some(Arc::clone(
+            federation.export_view(crate::federation::ExportFlavor::Flat),
+        )),
+        started: std::time::SystemTime::now(),
+        xds_address: xds_addr.to_string(),
+        debug_address: debug_addr.to_string(),
+    });
+    tasks.spawn(crate::debug::serve(listener, service, cancel.clone()));
+    Ok(debug_addr)
 }
 
 /// Opens the readiness gate once the local origin has synced both types, and keeps it

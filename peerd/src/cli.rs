@@ -29,6 +29,10 @@ pub enum Command {
     /// Simulators of what cannot run here (istiod).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Peers, upstreams and downstream subscribers of a running peerd (debug API).
+    Status(crate::debug::status::StatusArgs),
+    /// Check that peering works, each check with a reason; fails if any check fails.
+    Check(crate::debug::check::CheckArgs),
     /// Print the version and build information.
     Version,
 }
@@ -53,6 +57,9 @@ pub struct RunArgs {
     /// Overrides `listeners.health`.
     #[arg(long)]
     pub health_listen: Option<String>,
+    /// Overrides `listeners.debug`.
+    #[arg(long)]
+    pub debug_listen: Option<String>,
     /// Overrides the local istiod upstream address / XDS_ADDRESS.
     #[arg(long)]
     pub xds_address: Option<String>,
@@ -150,6 +157,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Sim(SimCommand::Istiod(args)) => run_sim_istiod(args).await,
+        Command::Status(args) => crate::debug::status::run(args).await,
+        Command::Check(args) => crate::debug::check::run(args).await,
     }
 }
 
@@ -160,6 +169,7 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         xds_listen: args.xds_listen,
         metrics_listen: args.metrics_listen,
         health_listen: args.health_listen,
+        debug_listen: args.debug_listen,
         xds_address: args.xds_address,
         ..Overrides::default()
     };

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod debug;
 pub mod federation;
 pub mod identity;
 pub mod kube;

@@ -4,13 +4,15 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    peerd::telemetry::init_logging();
+    let telemetry = peerd::telemetry::init();
     let cli = peerd::cli::Cli::parse();
-    match peerd::cli::run(cli).await {
+    let code = match peerd::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peerd: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -98,6 +98,7 @@ impl Store {
     }
 
     /// Applies one accepted response of an upstream.
+    #[tracing::instrument(name = "store.apply", skip_all, fields(origin, %kind, upserts = upserts.len(), removals = removals.len()))]
     pub fn apply(
         &self,
         origin: &str,

@@ -3,7 +3,7 @@
 //! TLS on loopback. Covers initial sync, churn, removal, NACK + recovery, reconnect diff,
 //! on-demand lookups, and that a bad token is refused without disturbing others.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod xds_support;
 
@@ -80,7 +80,7 @@ async fn rig(workloads: usize, services: usize) -> Rig {
 cluster: cluster-1
 network: net1
 sandboxMode: true
-listeners: {{ xds: "127.0.0.1:0", metrics: "127.0.0.1:0", health: "127.0.0.1:0" }}
+listeners: {{ xds: "127.0.0.1:0", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug: "127.0.0.1:0" }}
 xds:
   tls: {{ certChain: peerd/cert-chain.pem, key: peerd/key.pem }}
   auth: {{ tokenFile: ztunnel-token }}

@@ -445,6 +445,7 @@ impl AdsClient {
     }
 
     /// Validates and applies one response; returns the ACK or NACK to send.
+    #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
     fn handle_response(
         &self,
         resp: discovery::DeltaDiscoveryResponse,

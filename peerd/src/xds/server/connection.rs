@@ -432,6 +432,7 @@ impl Connection {
         false
     }
 
+    #[tracing::instrument(name = "xds.server.ack", skip_all, fields(node = %self.entry.node(), %kind, nonce = %req.response_nonce, nack = req.error_detail.is_some()))]
     fn handle_ack(&mut self, kind: ResourceType, req: &discovery::DeltaDiscoveryRequest) {
         let nonce_text = req.response_nonce.as_str();
         let Ok(nonce) = nonce_text.parse::<u64>() else {
@@ -512,6 +513,7 @@ impl Connection {
 
     /// Computes and sends what each type owes the client from the current snapshot.
     /// Returns false if the client is gone.
+    #[tracing::instrument(name = "xds.server.push", skip_all, fields(node = %self.entry.node()))]
     async fn flush(&mut self, tx: &Outbound) -> bool {
         let mut responses = std::mem::take(&mut self.pending_unknown);
         let snapshot = self.view.snapshot();

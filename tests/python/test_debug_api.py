@@ -1,0 +1,436 @@
+"""The debug API through an independent client (grpcio, reflection, health checking).
+
+Starts real processes on loopback: two simulated istiods, `peerd run` (cluster-1, with
+cluster-2 as a peer) and a second `peerd run` (cluster-3) that subscribes to the first
+one's merged view as a downstream. Every call is made with descriptors obtained through
+server reflection; nothing is generated from peerd's .proto files.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = "peerd.debug.v1.Debug"
+WAIT = 120  # seconds: generous, the machine may be loaded
+
+SIM1 = dict(cluster="cluster-1", ip="127.0.21.1", workloads=20, services=4)
+SIM2 = dict(cluster="cluster-2", ip="127.0.22.1", workloads=10, services=2)
+
+
+def peerd_bin() -> str:
+    path = os.environ.get("PEERD_BIN") or str(REPO / "target" / "debug" / "peerd")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no peerd binary at {path} (cargo build -p peerd, or set PEERD_BIN)")
+    return path
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, predicate, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except grpc.RpcError as e:  # not up yet
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+class Processes:
+    """Started processes, stopped (SIGTERM, then SIGKILL) at the end."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs = []
+
+    def start(self, name, args, env=None):
+        log = open(self.tmp / f"{name}.log", "wb")
+        extra = env or {}
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        # Only a process given an endpoint exports traces.
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.update(extra)
+        p = subprocess.Popen([peerd_bin(), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs.append((name, p, log))
+        return p
+
+    def check_alive(self):
+        for name, p, _ in self.procs:
+            if p.poll() is not None:
+                raise AssertionError(
+                    f"{name} exited with {p.returncode}:\n" + (self.tmp / f"{name}.log").read_text()
+                )
+
+    def stop(self):
+        for _, p, _ in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _, p, log in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            log.close()
+
+
+def start_sim(procs, sim, tmp):
+    port = free_port(sim["ip"])
+    tls = tmp / f"sim-{sim['cluster']}"
+    procs.start(
+        f"sim-{sim['cluster']}",
+        ["sim", "istiod", "--listen", f"{sim['ip']}:{port}", "--cluster", sim["cluster"],
+         "--network", f"net-{sim['cluster']}", "--workloads", str(sim["workloads"]),
+         "--services", str(sim["services"]), "--tls-dir", str(tls)],
+    )
+    wait_for(f"{sim['cluster']} TLS files", lambda: (procs.check_alive(), (tls / "token").exists())[1])
+    return f"{sim['ip']}:{port}", tls
+
+
+def upstream_yaml(name, address, tls: Path) -> str:
+    return f"""
+  - name: {name}
+    address: "{address}"
+    serverName: istiod.istio-system.svc
+    rootCa: "{tls / 'root-cert.pem'}"
+    tokenFile: "{tls / 'token'}"
+    backoff: {{ initial: 50ms, max: 1s }}"""
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("debugapi")
+    procs = Processes(tmp)
+    try:
+        sim1, tls1 = start_sim(procs, SIM1, tmp)
+        sim2, tls2 = start_sim(procs, SIM2, tmp)
+
+        ip1 = "127.0.73.1"
+        xds1, debug1 = free_port(ip1), free_port(ip1)
+        (tmp / "ztunnel-token").write_text("debug-api-test-token\n")
+        config1 = tmp / "peerd1.yaml"
+        config1.write_text(f"""
+cluster: cluster-1
+network: net-cluster-1
+sandboxMode: true
+listeners: {{ xds: "{ip1}:{xds1}", metrics: "{ip1}:0", health: "{ip1}:0", debug: "{ip1}:{debug1}" }}
+xds:
+  tls: {{ certChain: "{tls1 / 'cert-chain.pem'}", key: "{tls1 / 'key.pem'}" }}
+  auth: {{ tokenFile: "{tmp / 'ztunnel-token'}" }}
+upstreams:{upstream_yaml("cluster-1", sim1, tls1)}{upstream_yaml("cluster-2", sim2, tls2)}
+peers:
+  - cluster: cluster-2
+    network: net-cluster-2
+    address: {SIM2["ip"]}
+    port: {sim2.rsplit(":", 1)[1]}
+""")
+        procs.start("peerd1", ["run", "--config", str(config1)])
+
+        # A downstream: another peerd whose local upstream is peerd1's merged view.
+        ip3 = "127.0.74.1"
+        debug3 = free_port(ip3)
+        ds_tls = tmp / "ds-tls"
+        ds_tls.mkdir()
+        (ds_tls / "token").write_text("debug-api-test-token\n")
+        (ds_tls / "root-cert.pem").write_bytes((tls1 / "root-cert.pem").read_bytes())
+        config3 = tmp / "peerd3.yaml"
+        config3.write_text(f"""
+cluster: cluster-3
+network: net-cluster-3
+sandboxMode: true
+listeners: {{ xds: "{ip3}:0", metrics: "{ip3}:0", health: "{ip3}:0", debug: "{ip3}:{debug3}" }}
+xds:
+  tls: {{ certChain: "{tls1 / 'cert-chain.pem'}", key: "{tls1 / 'key.pem'}" }}
+  auth: {{ tokenFile: "{tmp / 'ztunnel-token'}" }}
+upstreams:{upstream_yaml("cluster-3", f"{ip1}:{xds1}", ds_tls)}
+""")
+        procs.start("peerd3", ["run", "--config", str(config3)])
+
+        channel = grpc.insecure_channel(f"{ip1}:{debug1}")
+        client = DynamicClient(channel)
+        wait_for("peerd1 debug API", lambda: (procs.check_alive(), client.call("GetServerInfo"))[1])
+        yield dict(client=client, channel=channel, procs=procs, tmp=tmp, addr=f"{ip1}:{debug1}",
+                   tls=dict(c1=tls1, c2=tls2))
+        channel.close()
+    finally:
+        procs.stop()
+
+
+class DynamicClient:
+    """Calls peerd.debug.v1.Debug with message classes built from reflection."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        self._service = None
+
+    @property
+    def service(self):
+        if self._service is None:
+            self._service = self.pool.FindServiceByName(SERVICE)
+        return self._service
+
+    def method(self, name):
+        m = self.service.methods_by_name[name]
+        req = message_factory.GetMessageClass(m.input_type)
+        resp = message_factory.GetMessageClass(m.output_type)
+        return m, req, resp
+
+    def call(self, name, /, **fields):
+        m, req, resp = self.method(name)
+        rpc = self.channel.unary_unary(
+            f"/{SERVICE}/{name}",
+            request_serializer=req.SerializeToString,
+            response_deserializer=resp.FromString,
+        )
+        return rpc(req(**fields), timeout=30)
+
+    def stream(self, name, /, **fields):
+        m, req, resp = self.method(name)
+        rpc = self.channel.unary_stream(
+            f"/{SERVICE}/{name}",
+            request_serializer=req.SerializeToString,
+            response_deserializer=resp.FromString,
+        )
+        return rpc(req(**fields))
+
+
+def health_status(channel, service=""):
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def wait_synced(client):
+    def synced():
+        info = client.call("GetServerInfo")
+        return info if info.ready else None
+
+    return wait_for("peerd1 ready", synced)
+
+
+def test_reflection_lists_the_debug_service(rig):
+    stub = reflection_pb2_grpc.ServerReflectionStub(rig["channel"])
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30
+    )
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert SERVICE in names
+    assert "grpc.health.v1.Health" in names
+    # The ADS service lives in the same descriptor set but is not served here.
+    assert "envoy.service.discovery.v3.AggregatedDiscoveryService" not in names
+    methods = set(rig["client"].service.methods_by_name)
+    assert {"ListPeers", "ListSubscribers", "Watch", "Dump"} <= methods
+
+
+def test_health_is_serving_after_sync(rig):
+    info = wait_synced(rig["client"])
+    assert list(info.pending_gates) == []
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert wait_for("health SERVING", lambda: health_status(rig["channel"]) == serving)
+    assert health_status(rig["channel"], SERVICE) == serving
+
+
+def test_upstreams_and_resources_match_what_the_simulators_serve(rig):
+    client = rig["client"]
+    wait_synced(client)
+
+    def all_synced():
+        ups = client.call("ListUpstreams").upstreams
+        return ups if len(ups) == 2 and all(len(u.synced_types) == 2 for u in ups) else None
+
+    ups = {u.name: u for u in wait_for("both upstreams synced", all_synced)}
+    for sim in (SIM1, SIM2):
+        u = ups[sim["cluster"]]
+        assert u.connected
+        assert u.counts.workloads == sim["workloads"], u
+        assert u.counts.services == sim["services"], u
+        assert {t.status for t in u.types} == {"SYNCED"}
+        listed = client.call("ListResources", view=sim["cluster"], type="address").resources
+        assert len(listed) == sim["workloads"] + sim["services"]
+        assert all(r.origin == sim["cluster"] for r in listed)
+
+    info = client.call("GetServerInfo")
+    want_workloads = SIM1["workloads"] + SIM2["workloads"]
+    assert info.merged.workloads == want_workloads
+
+    merged = client.call("ListResources", view="merged", type="address", include_json=True).resources
+    assert len(merged) == want_workloads + info.merged.services
+    assert {r.origin for r in merged} == {"cluster-1", "cluster-2"}
+    decoded = [json.loads(r.json) for r in merged]
+    workloads = [d["workload"] for d in decoded if "workload" in d]
+    assert len(workloads) == want_workloads
+    assert all(w["uid"] for w in workloads)
+
+    one = client.call("GetResource", view="merged", type="address", name=merged[0].name)
+    assert one.name == merged[0].name and json.loads(one.json)
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.call("ListResources", view="no-such-origin")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        client.call("ListResources", view="merged", type="cluster")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_peers_report_stream_conditions(rig):
+    client = rig["client"]
+    wait_synced(client)
+
+    def peer_synced():
+        peers = client.call("ListPeers").peers
+        conds = {c.type: c.status for p in peers for c in p.conditions}
+        return peers if conds.get("gloo.solo.io/PeeringSucceeded") == "True" else None
+
+    peers = wait_for("peer cluster-2 synced", peer_synced)
+    assert [p.cluster for p in peers] == ["cluster-2"]
+    p = peers[0]
+    assert p.network == "net-cluster-2"
+    assert {c.type: c.status for c in p.conditions}["gloo.solo.io/PeerConnected"] == "True"
+    assert p.imported.workloads == SIM2["workloads"]
+    assert p.stream.connected
+
+
+def test_subscribers_show_the_downstream_like_proxy_status(rig):
+    client = rig["client"]
+    wait_synced(client)
+
+    def downstream_synced():
+        subs = client.call("ListSubscribers").subscribers
+        ok = [s for s in subs if {t.status for t in s.stream.types} == {"SYNCED"}]
+        return ok or None
+
+    subs = wait_for("downstream peerd SYNCED", downstream_synced)
+    s = subs[0]
+    assert s.node_id.startswith("peerd~")
+    assert s.kind == "peer"
+    assert s.view == "merged"
+    assert sorted(s.types) == ["address", "authorization"]
+    info = client.call("GetServerInfo")
+    for t in s.stream.types:
+        assert t.acked_view_version == s.view_version
+        assert t.acks >= 1
+    address = next(t for t in s.stream.types if t.type == "address")
+    assert address.resources == info.merged.workloads + info.merged.services
+
+
+def test_watch_yields_events(rig):
+    client = rig["client"]
+    wait_synced(client)
+    events = client.stream("Watch", include_acks=True)
+    received = []
+
+    def read():
+        try:
+            for e in events:
+                received.append(e)
+        except grpc.RpcError as e:  # cancelled at the end of the test
+            assert e.code() == grpc.StatusCode.CANCELLED, e
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_for("the watching event", lambda: received)
+    assert received[0].kind == "watching"
+    # A new downstream connects and ACKs its initial sync, which the watch reports.
+    tmp = rig["tmp"]
+    procs = rig["procs"]
+    procs.start("peerd3-again", ["run", "--config", str(tmp / "peerd3.yaml"),
+                                 "--debug-listen", "127.0.75.1:0",
+                                 "--xds-listen", "127.0.75.1:0",
+                                 "--metrics-listen", "127.0.75.1:0",
+                                 "--health-listen", "127.0.75.1:0"])
+    wait_for("an ACK event from the new downstream",
+             lambda: any(e.kind == "ack" and e.node_id.startswith("peerd~") for e in received))
+    ack = next(e for e in received if e.kind == "ack")
+    assert ack.type in ("address", "authorization")
+    assert ack.unix_ms > 0
+    events.cancel()
+    reader.join(timeout=30)
+
+
+def test_dump_is_one_json_document(rig):
+    client = rig["client"]
+    wait_synced(client)
+    doc = json.loads(client.call("Dump").json)
+    assert doc["serverInfo"]["cluster"] == "cluster-1"
+    assert {u["name"] for u in doc["upstreams"]} == {"cluster-1", "cluster-2"}
+    assert len(doc["views"]["merged"]) == len(client.call("ListResources").resources)
+    assert {"merged", "cluster-1", "cluster-2"} <= set(doc["views"])
+
+
+def run_cli(*args):
+    return subprocess.run([peerd_bin(), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_status_cli_shows_the_same_state(rig):
+    client = rig["client"]
+    wait_synced(client)
+    out = run_cli("status", "--addr", rig["addr"], "-o", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["serverInfo"]["cluster"] == "cluster-1"
+    assert {u["name"] for u in doc["upstreams"]} == {"cluster-1", "cluster-2"}
+    assert [p["cluster"] for p in doc["peers"]] == ["cluster-2"]
+    table = run_cli("status", "--addr", rig["addr"])
+    assert table.returncode == 0, table.stderr
+    assert "PEER" in table.stdout and "SUBSCRIBER" in table.stdout
+    assert any(line.startswith("cluster-2 ") for line in table.stdout.splitlines())
+    yaml_out = run_cli("status", "--addr", rig["addr"], "-o", "yaml")
+    assert yaml_out.returncode == 0 and "serverInfo:" in yaml_out.stdout
+
+
+def test_check_cli_passes_and_reports_mismatched_roots(rig):
+    client = rig["client"]
+    wait_synced(client)
+
+    def checked():
+        out = run_cli("check", "--addr", rig["addr"], "-o", "json")
+        return out if out.returncode == 0 else None
+
+    out = wait_for("peerd check to pass", checked)
+    results = {r["name"]: r for r in json.loads(out.stdout)}
+    assert results["local istiod"]["outcome"] == "pass"
+    assert results["peer cluster-2"]["outcome"] == "pass"
+    assert results["network configuration"]["outcome"] == "pass"
+
+    text = run_cli("check", "--addr", rig["addr"], "--verbose")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "✅ peer cluster-2: PeerConnected and PeeringSucceeded are True" in text.stdout
+    assert "gloo.solo.io/PeerConnected=True" in text.stdout  # verbose detail
+
+    # Each simulator has its own root: the chains do not cross-verify.
+    c1, c2 = rig["tls"]["c1"], rig["tls"]["c2"]
+    bad = run_cli("check", "--addr", rig["addr"], "--precheck",
+                  "--root-cert", f"cluster-1={c1 / 'root-cert.pem'}",
+                  "--root-cert", f"cluster-2={c2 / 'root-cert.pem'}",
+                  "--ca-cert", f"cluster-1={c1 / 'cert-chain.pem'}",
+                  "--ca-cert", f"cluster-2={c2 / 'cert-chain.pem'}")
+    assert bad.returncode != 0
+    line = next(l for l in bad.stdout.splitlines() if "intermediate certificates" in l)
+    assert line.startswith("❌") and "does not verify against" in line, line
+
+    down = run_cli("check", "--addr", "127.0.0.1:1")
+    assert down.returncode != 0
+    assert "❌ debug API" in down.stdout
