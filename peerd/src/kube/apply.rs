@@ -2,8 +2,10 @@
 //! namespace to the [`DesiredObjects`] computed by `flatsync.rs`.
 //!
 //! It owns the writes and the garbage collection rules (DESIGN §7):
-//! - server-side apply with field manager `peerd` (forced: a hand edit of a field peerd
-//!   sets is reconciled back), and **no request at all** for an object whose observed
+//! - create (field manager `peerd`) for a name not seen yet, so a foreign object that
+//!   appeared meanwhile makes it fail (409) rather than be merged into; then server-side
+//!   apply with field manager `peerd` (forced: a hand edit of a field peerd sets is
+//!   reconciled back); and **no request at all** for an object whose observed
 //!   labels, annotations and spec already contain what peerd wants;
 //! - observed state comes from reflectors over the whole control namespace (so a foreign
 //!   object with a colliding name is seen), patched with the objects peerd's own writes
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -382,8 +384,14 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let create_params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
     for (name, want) in desired {
-        if let Some(have) = observed.current(name, settle) {
+        let have = observed.current(name, settle);
+        let exists = have.is_some();
+        if let Some(have) = have {
             if !is_managed(have.meta()) {
                 report.foreign.push(ForeignObject {
                     kind,
@@ -413,11 +421,25 @@ where
             meta.remove("resourceVersion");
             meta.remove("managedFields");
         }
-        match observed.api.patch(name, &params, &Patch::Apply(&body)).await {
+        // A name not seen yet is created, not applied: if a foreign object took it
+        // meanwhile (the watch lags), creation fails with 409 instead of merging into it.
+        let result = if exists {
+            observed.api.patch(name, &params, &Patch::Apply(&body)).await
+        } else {
+            observed.api.create(&create_params, want).await
+        };
+        match result {
             Ok(obj) => {
                 observed.written.insert(name.clone(), (obj, Instant::now()));
                 observed.deleted.remove(name);
                 report.applied.push(format!("{kind}/{name}"));
+            }
+            Err(kube::Error::Api(status)) if !exists && status.code == 409 => {
+                report.foreign.push(ForeignObject {
+                    kind,
+                    name: name.clone(),
+                    managed_by: None,
+                });
             }
             Err(err) => report.errors.push((format!("{kind}/{name}"), err.to_string())),
         }

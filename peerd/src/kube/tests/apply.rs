@@ -295,7 +295,7 @@ async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
     let pod_refs: Vec<(&str, &str)> = pods.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let input = input(&[flat("c2", &pod_refs)], &[("c2", true)]);
 
-    emu.faults().fail_only(&[Verb::Apply]);
+    emu.faults().fail_only(&[Verb::Create]);
     // 500: kube-rs itself retries 503 and 504.
     emu.faults().fail_next(4, 500);
     let first = exec.sync(&input).await;
@@ -303,7 +303,7 @@ async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
     emu.faults().clear();
     converge(&mut exec, &input).await;
     // Every object written successfully exactly once.
-    assert_eq!(emu.counters().outcome(Verb::Apply, 200) + emu.counters().outcome(Verb::Apply, 201), 11);
+    assert_eq!(emu.counters().successful_writes(), 11, "{:?}", emu.counters());
     assert_eq!(list_names(&emu, "workloadentries").await.len(), 10);
 
     // Watch expiry: history compacted and watches dropped; the reflector relists.
@@ -315,7 +315,7 @@ async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
     let input2 = super::apply::input(&[flat("c2", &more)], &[("c2", true)]);
     emu.reset_counters();
     converge(&mut exec, &input2).await;
-    assert_eq!(emu.counters().verb(Verb::Apply), 1, "{:?}", emu.counters());
+    assert_eq!(emu.counters().writes(), 1, "{:?}", emu.counters());
     assert!(emu.resource_version() > rv_before);
     // After the relist, a hand edit is still seen and reconciled (the watch is live again).
     let name = "autogenflat.c2.default.pod-new.f2396f15c5c2";
@@ -349,7 +349,7 @@ async fn losing_the_lease_mid_sync_stops_writing_at_once() {
 
     emu.faults().set_delay(Duration::from_millis(10));
     let sync = tokio::spawn(async move { (exec.sync(&input).await, exec) });
-    eventually("some writes", || async { emu.counters().verb(Verb::Apply) >= 5 }).await;
+    eventually("some writes", || async { emu.counters().writes() >= 5 }).await;
     // Another replica takes the Lease (as if ours had expired).
     let path = "/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/peerd-leader";
     let (_, mut lease) = emu.request(http::Method::GET, path, "", "").await.unwrap();
@@ -358,12 +358,12 @@ async fn losing_the_lease_mid_sync_stops_writing_at_once() {
     let (code, body) = emu.request(http::Method::PUT, path, "application/json", lease.to_string()).await.unwrap();
     assert_eq!(code, 200, "{body}");
     eventually("leadership lost", || async { !leadership.is_leader() }).await;
-    let at_loss = emu.counters().verb(Verb::Apply);
+    let at_loss = emu.counters().writes();
     let (report, _exec) = sync.await.unwrap();
     emu.faults().clear();
     assert!(report.not_leader, "{report:?}");
     // At most the one request already in flight when leadership was lost.
-    assert!(emu.counters().verb(Verb::Apply) <= at_loss + 1);
+    assert!(emu.counters().writes() <= at_loss + 1);
     assert!(report.applied.len() < 201, "{}", report.applied.len());
     drop(elector);
 }
