@@ -88,32 +88,86 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let client = connect(&ClientSource::Url(emulator.url().to_string()), "istio-system").await?;
-    let mut exec = FlatSyncExecutor::start(client, ExecutorConfig::new("istio-system"), Leadership::always());
+    let client = connect(
+        &ClientSource::Url(emulator.url().to_string()),
+        "istio-system",
+    )
+    .await?;
+    let mut exec = FlatSyncExecutor::start(
+        client,
+        ExecutorConfig::new("istio-system"),
+        Leadership::always(),
+    );
     exec.ready().await?;
 
-    let mut report = Report::new("kube", format!("{pods} flat WorkloadEntries, {churned} churned"));
+    let mut report = Report::new(
+        "kube",
+        format!("{pods} flat WorkloadEntries, {churned} churned"),
+    );
     let initial = input(pods, 0, 0);
-    let objects = (initial.desired.workload_entries.len() + initial.desired.service_entries.len()) as f64;
+    let objects =
+        (initial.desired.workload_entries.len() + initial.desired.service_entries.len()) as f64;
     emulator.reset_counters();
     let took = converge(&mut exec, &initial).await?;
     let counts = emulator.counters();
-    report.row("from scratch: time to converge", took.as_secs_f64(), "s", Goal::None, None);
-    report.row("from scratch: writes", counts.writes() as f64, "requests", Goal::Below(objects + 1.0), Some(objects));
-    report.row("from scratch: all requests", (counts.by_verb.values().sum::<u64>()) as f64, "requests", Goal::None, Some(objects));
+    report.row(
+        "from scratch: time to converge",
+        took.as_secs_f64(),
+        "s",
+        Goal::None,
+        None,
+    );
+    report.row(
+        "from scratch: writes",
+        counts.writes() as f64,
+        "requests",
+        Goal::Below(objects + 1.0),
+        Some(objects),
+    );
+    report.row(
+        "from scratch: all requests",
+        (counts.by_verb.values().sum::<u64>()) as f64,
+        "requests",
+        Goal::None,
+        Some(objects),
+    );
 
     emulator.reset_counters();
     let steady = converge(&mut exec, &initial).await?;
-    report.row("steady state: writes", emulator.counters().writes() as f64, "requests", Goal::Below(1.0), Some(0.0));
-    report.row("steady state: pass time", steady.as_secs_f64() * 1000.0, "ms", Goal::None, None);
+    report.row(
+        "steady state: writes",
+        emulator.counters().writes() as f64,
+        "requests",
+        Goal::Below(1.0),
+        Some(0.0),
+    );
+    report.row(
+        "steady state: pass time",
+        steady.as_secs_f64() * 1000.0,
+        "ms",
+        Goal::None,
+        None,
+    );
 
     let churn = input(pods, 1, churned);
     emulator.reset_counters();
     let took = converge(&mut exec, &churn).await?;
     let counts = emulator.counters();
     // Changed addresses keep their names (same services, same hash): one apply each.
-    report.row("1% churn: time to converge", took.as_secs_f64() * 1000.0, "ms", Goal::None, None);
-    report.row("1% churn: writes", counts.writes() as f64, "requests", Goal::Below(churned as f64 + 1.0), Some(churned as f64));
+    report.row(
+        "1% churn: time to converge",
+        took.as_secs_f64() * 1000.0,
+        "ms",
+        Goal::None,
+        None,
+    );
+    report.row(
+        "1% churn: writes",
+        counts.writes() as f64,
+        "requests",
+        Goal::Below(churned as f64 + 1.0),
+        Some(churned as f64),
+    );
     report.emit(&args)?;
     emulator.shutdown().await;
     Ok(())

@@ -138,7 +138,14 @@ fn rv_of<K: Resource>(obj: &K) -> u64 {
 
 impl<K> Observed<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     /// The freshest known state of `name` (None: absent).
     fn current(&mut self, name: &str, settle: Duration) -> Option<K> {
@@ -207,8 +214,10 @@ pub fn contains(have: &Value, want: &Value) -> bool {
 
 /// True when `observed` already carries `desired`'s labels, annotations and spec.
 fn up_to_date<K: Resource + Serialize>(observed: &K, desired: &K) -> bool {
-    let (Ok(have), Ok(want)) = (serde_json::to_value(observed), serde_json::to_value(desired))
-    else {
+    let (Ok(have), Ok(want)) = (
+        serde_json::to_value(observed),
+        serde_json::to_value(desired),
+    ) else {
         return false;
     };
     ["labels", "annotations"].iter().all(|field| {
@@ -292,7 +301,9 @@ impl FlatSyncExecutor {
     pub async fn sync(&mut self, input: &SyncInput) -> SyncReport {
         let mut report = SyncReport::default();
         if self.ready().await.is_err() {
-            report.errors.push(("watch".to_string(), "watch stores not ready".to_string()));
+            report
+                .errors
+                .push(("watch".to_string(), "watch stores not ready".to_string()));
             return report;
         }
         let settle = self.config.settle;
@@ -302,11 +313,28 @@ impl FlatSyncExecutor {
             .iter()
             .map(|p| (p.cluster.as_str(), p.fully_synced))
             .collect();
-        self.removed_since.retain(|cluster, _| !present.contains_key(cluster.as_str()));
+        self.removed_since
+            .retain(|cluster, _| !present.contains_key(cluster.as_str()));
 
         // Applies first, so a renamed object (new hash) exists before its old name goes.
-        if !apply_all(&mut self.workload_entries, "WorkloadEntry", &input.desired.workload_entries, settle, &self.leadership, &mut report).await
-            || !apply_all(&mut self.service_entries, "ServiceEntry", &input.desired.service_entries, settle, &self.leadership, &mut report).await
+        if !apply_all(
+            &mut self.workload_entries,
+            "WorkloadEntry",
+            &input.desired.workload_entries,
+            settle,
+            &self.leadership,
+            &mut report,
+        )
+        .await
+            || !apply_all(
+                &mut self.service_entries,
+                "ServiceEntry",
+                &input.desired.service_entries,
+                settle,
+                &self.leadership,
+                &mut report,
+            )
+            .await
         {
             return report;
         }
@@ -329,7 +357,9 @@ impl FlatSyncExecutor {
                 None => {
                     let since = *self.removed_since.entry(owner.clone()).or_insert(now);
                     if grace.is_zero() {
-                        Err(format!("peer {owner} removed; removal grace is 0 (keep forever)"))
+                        Err(format!(
+                            "peer {owner} removed; removal grace is 0 (keep forever)"
+                        ))
                     } else if since.elapsed() >= grace {
                         Ok(())
                     } else {
@@ -342,7 +372,16 @@ impl FlatSyncExecutor {
                 Err(why) => report.kept.push((format!("WorkloadEntry/{name}"), why)),
             }
         }
-        if !delete_all(&mut self.workload_entries, "WorkloadEntry", candidates, settle, &self.leadership, &mut report).await {
+        if !delete_all(
+            &mut self.workload_entries,
+            "WorkloadEntry",
+            candidates,
+            settle,
+            &self.leadership,
+            &mut report,
+        )
+        .await
+        {
             return report;
         }
 
@@ -366,7 +405,15 @@ impl FlatSyncExecutor {
                 ));
             }
         }
-        delete_all(&mut self.service_entries, "ServiceEntry", candidates, settle, &self.leadership, &mut report).await;
+        delete_all(
+            &mut self.service_entries,
+            "ServiceEntry",
+            candidates,
+            settle,
+            &self.leadership,
+            &mut report,
+        )
+        .await;
         report
     }
 }
@@ -381,7 +428,14 @@ async fn apply_all<K>(
     report: &mut SyncReport,
 ) -> bool
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let create_params = PostParams {
@@ -412,7 +466,9 @@ where
         let mut body = match serde_json::to_value(want) {
             Ok(v) => v,
             Err(err) => {
-                report.errors.push((format!("{kind}/{name}"), err.to_string()));
+                report
+                    .errors
+                    .push((format!("{kind}/{name}"), err.to_string()));
                 continue;
             }
         };
@@ -424,7 +480,10 @@ where
         // A name not seen yet is created, not applied: if a foreign object took it
         // meanwhile (the watch lags), creation fails with 409 instead of merging into it.
         let result = if exists {
-            observed.api.patch(name, &params, &Patch::Apply(&body)).await
+            observed
+                .api
+                .patch(name, &params, &Patch::Apply(&body))
+                .await
         } else {
             observed.api.create(&create_params, want).await
         };
@@ -441,7 +500,9 @@ where
                     managed_by: None,
                 });
             }
-            Err(err) => report.errors.push((format!("{kind}/{name}"), err.to_string())),
+            Err(err) => report
+                .errors
+                .push((format!("{kind}/{name}"), err.to_string())),
         }
     }
     true
@@ -458,7 +519,14 @@ async fn delete_all<K>(
     report: &mut SyncReport,
 ) -> bool
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     for name in names {
         let Some(have) = observed.current(&name, settle) else {
@@ -481,14 +549,20 @@ where
         match observed.api.delete(&name, &params).await {
             Ok(_) => {
                 observed.written.remove(&name);
-                observed.deleted.insert(name.clone(), (rv_of(&have), Instant::now()));
+                observed
+                    .deleted
+                    .insert(name.clone(), (rv_of(&have), Instant::now()));
                 report.deleted.push(format!("{kind}/{name}"));
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 observed.written.remove(&name);
-                observed.deleted.insert(name.clone(), (rv_of(&have), Instant::now()));
+                observed
+                    .deleted
+                    .insert(name.clone(), (rv_of(&have), Instant::now()));
             }
-            Err(err) => report.errors.push((format!("{kind}/{name}"), err.to_string())),
+            Err(err) => report
+                .errors
+                .push((format!("{kind}/{name}"), err.to_string())),
         }
     }
     true

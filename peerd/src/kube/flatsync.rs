@@ -14,9 +14,9 @@ use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use super::types::{
-    ANNOTATION_PEERED_WORKLOAD_UID, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER,
-    LABEL_SOURCE_WORKLOAD, MANAGED_BY_PEERD, ServiceEntry, ServiceEntryPort, ServiceEntrySpec,
-    WorkloadEntry, WorkloadEntrySpec, WorkloadSelector,
+    ANNOTATION_PEERED_WORKLOAD_UID, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER, LABEL_SOURCE_WORKLOAD,
+    MANAGED_BY_PEERD, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntry,
+    WorkloadEntrySpec, WorkloadSelector,
 };
 use crate::xds::resource::WorkloadSummary;
 

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -38,7 +38,10 @@ pub const XDS_TLS_PORT: u16 = 15012;
 pub enum PeerAddress {
     Ip(IpAddr),
     /// A hostname, with the addresses it resolved to.
-    Hostname { name: String, resolved: Vec<IpAddr> },
+    Hostname {
+        name: String,
+        resolved: Vec<IpAddr>,
+    },
 }
 
 /// A usable peer, from a valid `istio-remote` Gateway.
@@ -221,7 +224,9 @@ pub fn parse_peer_gateway(gateway: &Gateway, local_cluster: &str) -> Result<Peer
     if gateway.spec.listeners.is_empty() {
         return Err(SpecError::new(
             "spec.listeners",
-            format!("empty: a peer needs listeners on {HBONE_PORT} (HBONE) and {XDS_TLS_PORT} (xDS TLS)"),
+            format!(
+                "empty: a peer needs listeners on {HBONE_PORT} (HBONE) and {XDS_TLS_PORT} (xDS TLS)"
+            ),
         ));
     }
     if !has_port(XDS_TLS_PORT) {
@@ -271,7 +276,9 @@ pub async fn resolve_peer(
 /// True for the labels that make a Service global.
 pub fn is_global_service(service: &Service) -> bool {
     let labels = service.labels();
-    labels.get(LABEL_SERVICE_SCOPE).is_some_and(|v| v == "global")
+    labels
+        .get(LABEL_SERVICE_SCOPE)
+        .is_some_and(|v| v == "global")
         || labels.get(LABEL_ISTIO_GLOBAL).is_some_and(|v| v == "true")
 }
 

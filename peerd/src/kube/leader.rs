@@ -194,7 +194,8 @@ impl LeaseCampaign {
         let name = &self.config.lease_name;
         let started = Instant::now();
         let now = MicroTime(Timestamp::now());
-        let duration_secs = i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let duration_secs =
+            i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let current = self
             .api
             .get_opt(name)
@@ -236,7 +237,8 @@ impl LeaseCampaign {
         if !ours {
             new_spec.holder_identity = Some(self.config.identity.clone());
             new_spec.acquire_time = Some(now);
-            new_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+            new_spec.lease_transitions =
+                Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
         lease.spec = Some(new_spec);
         // `replace` sends our resourceVersion: a concurrent writer makes this a 409.

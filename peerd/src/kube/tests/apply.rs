@@ -19,7 +19,11 @@ const WE_PATH: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/work
 const REF_NAME: &str = "autogenflat.c2.default.pod1.f2396f15c5c2";
 
 fn svc(ns: &str, name: &str) -> GlobalService {
-    GlobalService { namespace: ns.into(), name: name.into(), ports: vec![] }
+    GlobalService {
+        namespace: ns.into(),
+        name: name.into(),
+        ports: vec![],
+    }
 }
 
 fn pod(cluster: &str, name: &str, ip: &str) -> ImportedWorkload {
@@ -31,7 +35,9 @@ fn pod(cluster: &str, name: &str, ip: &str) -> ImportedWorkload {
         network: "shared".into(),
         service_account: "default".into(),
         locality: String::new(),
-        services: [("default".to_string(), "svc1".to_string())].into_iter().collect(),
+        services: [("default".to_string(), "svc1".to_string())]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -50,13 +56,19 @@ fn input(peers: &[PeerExports], synced: &[(&str, bool)]) -> SyncInput {
         desired: desired_objects(CONTROL_NS, peers),
         peers: synced
             .iter()
-            .map(|(c, s)| PeerSyncState { cluster: c.to_string(), fully_synced: *s })
+            .map(|(c, s)| PeerSyncState {
+                cluster: c.to_string(),
+                fully_synced: *s,
+            })
             .collect(),
     }
 }
 
 fn config() -> ExecutorConfig {
-    ExecutorConfig { removal_grace: Duration::from_secs(2), ..ExecutorConfig::new(CONTROL_NS) }
+    ExecutorConfig {
+        removal_grace: Duration::from_secs(2),
+        ..ExecutorConfig::new(CONTROL_NS)
+    }
 }
 
 async fn executor(emu: &EmulatorHandle, leadership: Leadership) -> FlatSyncExecutor {
@@ -71,7 +83,12 @@ fn we(emu: &EmulatorHandle, name: &str) -> Option<Value> {
 
 async fn list_names(emu: &EmulatorHandle, plural: &str) -> Vec<String> {
     let (code, list) = emu
-        .request(http::Method::GET, &format!("/apis/networking.istio.io/v1/namespaces/istio-system/{plural}"), "", "")
+        .request(
+            http::Method::GET,
+            &format!("/apis/networking.istio.io/v1/namespaces/istio-system/{plural}"),
+            "",
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(code, 200);
@@ -86,14 +103,22 @@ async fn list_names(emu: &EmulatorHandle, plural: &str) -> Vec<String> {
 }
 
 /// Runs passes until `check` holds (bounded by a generous minute, not a speed assertion).
-async fn sync_until(exec: &mut FlatSyncExecutor, input: &SyncInput, what: &str, check: impl Fn() -> bool) {
+async fn sync_until(
+    exec: &mut FlatSyncExecutor,
+    input: &SyncInput,
+    what: &str,
+    check: impl Fn() -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         exec.sync(input).await;
         if check() {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -125,7 +150,10 @@ async fn generated_objects_have_exact_names_labels_and_steady_state_makes_no_wri
         services: vec![svc("default", "svc1"), svc("shop", "cart")],
     };
     let input = input(
-        &[flat("c2", &[("pod1", "10.1.0.5"), ("pod2", "10.1.0.6")]), multi],
+        &[
+            flat("c2", &[("pod1", "10.1.0.5"), ("pod2", "10.1.0.6")]),
+            multi,
+        ],
         &[("c2", true), ("c3", true)],
     );
     let first = exec.sync(&input).await;
@@ -140,19 +168,38 @@ async fn generated_objects_have_exact_names_labels_and_steady_state_makes_no_wri
             "autogenflat.c2.default.pod2.f2396f15c5c2",
         ]
     );
-    assert_eq!(list_names(&emu, "serviceentries").await, vec!["autogen.default.svc1", "autogen.shop.cart"]);
+    assert_eq!(
+        list_names(&emu, "serviceentries").await,
+        vec!["autogen.default.svc1", "autogen.shop.cart"]
+    );
     let stored = we(&emu, REF_NAME).unwrap();
     assert_eq!(stored["spec"]["address"], "10.1.0.5");
     assert_eq!(stored["spec"]["network"], "shared");
     assert_eq!(stored["metadata"]["labels"]["solo.io/source-cluster"], "c2");
-    assert_eq!(stored["metadata"]["labels"]["solo.io/source-workload"], "autogenflat.c2.default.pod1");
-    assert_eq!(stored["metadata"]["labels"]["app.kubernetes.io/managed-by"], "peerd");
-    assert_eq!(stored["metadata"]["annotations"]["solo.io/peered-workload-uid"], "c2//Pod/default/pod1");
+    assert_eq!(
+        stored["metadata"]["labels"]["solo.io/source-workload"],
+        "autogenflat.c2.default.pod1"
+    );
+    assert_eq!(
+        stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "peerd"
+    );
+    assert_eq!(
+        stored["metadata"]["annotations"]["solo.io/peered-workload-uid"],
+        "c2//Pod/default/pod1"
+    );
     assert_eq!(stored["metadata"]["managedFields"][0]["manager"], "peerd");
     let gateway_we = we(&emu, "autogen.c3.default.svc1").unwrap();
     assert!(gateway_we["spec"].get("address").is_none());
     assert_eq!(gateway_we["spec"]["network"], "net3");
-    let se = emu.object("networking.istio.io", "serviceentries", CONTROL_NS, "autogen.default.svc1").unwrap();
+    let se = emu
+        .object(
+            "networking.istio.io",
+            "serviceentries",
+            CONTROL_NS,
+            "autogen.default.svc1",
+        )
+        .unwrap();
     assert_eq!(se["spec"]["hosts"], json!(["svc1.default.mesh.internal"]));
     assert_eq!(se["spec"]["resolution"], "STATIC");
     assert!(se["spec"].get("addresses").is_none());
@@ -160,7 +207,10 @@ async fn generated_objects_have_exact_names_labels_and_steady_state_makes_no_wri
     // Immediately again (the watch may not have caught up), then after it has: no writes.
     emu.reset_counters();
     let again = exec.sync(&input).await;
-    assert!(again.applied.is_empty() && again.deleted.is_empty(), "{again:?}");
+    assert!(
+        again.applied.is_empty() && again.deleted.is_empty(),
+        "{again:?}"
+    );
     // Later passes (the watch has delivered our writes meanwhile): still none.
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -195,11 +245,19 @@ async fn hand_edits_and_deletes_are_reconciled_back() {
 
     // Deleted by hand: recreated.
     let (code, _) = emu
-        .request(http::Method::DELETE, &format!("{WE_PATH}/{REF_NAME}"), "", "")
+        .request(
+            http::Method::DELETE,
+            &format!("{WE_PATH}/{REF_NAME}"),
+            "",
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(code, 200);
-    sync_until(&mut exec, &input, "delete reconciled", || we(&emu, REF_NAME).is_some()).await;
+    sync_until(&mut exec, &input, "delete reconciled", || {
+        we(&emu, REF_NAME).is_some()
+    })
+    .await;
     assert_eq!(we(&emu, REF_NAME).unwrap()["spec"]["address"], "10.1.0.5");
 }
 
@@ -217,15 +275,24 @@ async fn foreign_object_with_colliding_name_is_reported_not_overwritten() {
     let report = exec.sync(&input).await;
     assert_eq!(report.foreign.len(), 1, "{report:?}");
     assert_eq!(report.foreign[0].name, REF_NAME);
-    assert_eq!(report.foreign[0].managed_by.as_deref(), Some("someone-else"));
+    assert_eq!(
+        report.foreign[0].managed_by.as_deref(),
+        Some("someone-else")
+    );
     assert!(!report.applied.iter().any(|a| a.ends_with(REF_NAME)));
     let stored = we(&emu, REF_NAME).unwrap();
     assert_eq!(stored["spec"]["address"], "10.7.7.7");
-    assert_eq!(stored["metadata"]["labels"]["app.kubernetes.io/managed-by"], "someone-else");
+    assert_eq!(
+        stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "someone-else"
+    );
     // And GC never deletes it either, even though it is not desired any more.
     let empty = super::apply::input(&[], &[("c2", true)]);
     let report = exec.sync(&empty).await;
-    assert!(report.deleted.iter().all(|d| !d.ends_with(REF_NAME)), "{report:?}");
+    assert!(
+        report.deleted.iter().all(|d| !d.ends_with(REF_NAME)),
+        "{report:?}"
+    );
     assert!(we(&emu, REF_NAME).is_some());
 }
 
@@ -233,7 +300,10 @@ async fn foreign_object_with_colliding_name_is_reported_not_overwritten() {
 async fn gc_is_safe_across_disconnect_reconnect_and_restart() {
     let emu = emulator().await;
     let mut exec = executor(&emu, Leadership::always()).await;
-    let both = input(&[flat("c2", &[("pod1", "10.1.0.5"), ("pod2", "10.1.0.6")])], &[("c2", true)]);
+    let both = input(
+        &[flat("c2", &[("pod1", "10.1.0.5"), ("pod2", "10.1.0.6")])],
+        &[("c2", true)],
+    );
     converge(&mut exec, &both).await;
     let pod2 = "autogenflat.c2.default.pod2.f2396f15c5c2";
     assert!(we(&emu, pod2).is_some());
@@ -252,7 +322,10 @@ async fn gc_is_safe_across_disconnect_reconnect_and_restart() {
     drop(exec);
     let mut restarted = executor(&emu, Leadership::always()).await;
     let report = restarted.sync(&nothing).await;
-    assert!(report.deleted.is_empty() && report.applied.is_empty(), "{report:?}");
+    assert!(
+        report.deleted.is_empty() && report.applied.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(list_names(&emu, "workloadentries").await.len(), 2);
 
     // Full sync without pod2: now it goes, exactly once.
@@ -275,12 +348,23 @@ async fn removed_peer_is_collected_only_after_the_grace_period() {
     let removed = input(&[], &[]);
     let report = exec.sync(&removed).await;
     assert!(report.deleted.is_empty(), "{report:?}");
-    assert!(report.kept.iter().any(|(n, why)| n.ends_with(REF_NAME) && why.contains("grace")), "{report:?}");
+    assert!(
+        report
+            .kept
+            .iter()
+            .any(|(n, why)| n.ends_with(REF_NAME) && why.contains("grace")),
+        "{report:?}"
+    );
     // After the grace period, the WorkloadEntry and then the ServiceEntry go.
     sync_until(&mut exec, &removed, "removed peer collected", || {
         we(&emu, REF_NAME).is_none()
             && emu
-                .object("networking.istio.io", "serviceentries", CONTROL_NS, "autogen.default.svc1")
+                .object(
+                    "networking.istio.io",
+                    "serviceentries",
+                    CONTROL_NS,
+                    "autogen.default.svc1",
+                )
                 .is_none()
     })
     .await;
@@ -291,7 +375,9 @@ async fn removed_peer_is_collected_only_after_the_grace_period() {
 async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
     let emu = emulator().await;
     let mut exec = executor(&emu, Leadership::always()).await;
-    let pods: Vec<(String, String)> = (0..10).map(|i| (format!("pod{i}"), format!("10.1.0.{}", i + 10))).collect();
+    let pods: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("pod{i}"), format!("10.1.0.{}", i + 10)))
+        .collect();
     let pod_refs: Vec<(&str, &str)> = pods.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let input = input(&[flat("c2", &pod_refs)], &[("c2", true)]);
 
@@ -303,7 +389,12 @@ async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
     emu.faults().clear();
     converge(&mut exec, &input).await;
     // Every object written successfully exactly once.
-    assert_eq!(emu.counters().successful_writes(), 11, "{:?}", emu.counters());
+    assert_eq!(
+        emu.counters().successful_writes(),
+        11,
+        "{:?}",
+        emu.counters()
+    );
     assert_eq!(list_names(&emu, "workloadentries").await.len(), 10);
 
     // Watch expiry: history compacted and watches dropped; the reflector relists.
@@ -324,7 +415,10 @@ async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
         .await
         .unwrap();
     assert_eq!(code, 200);
-    sync_until(&mut exec, &input2, "recreated after relist", || we(&emu, name).is_some()).await;
+    sync_until(&mut exec, &input2, "recreated after relist", || {
+        we(&emu, name).is_some()
+    })
+    .await;
     assert_eq!(list_names(&emu, "workloadentries").await.len(), 11);
 }
 
@@ -343,7 +437,14 @@ async fn losing_the_lease_mid_sync_stops_writing_at_once() {
     let leadership = elector.leadership();
     eventually("leader", || async { leadership.is_leader() }).await;
     let mut exec = executor(&emu, leadership.clone()).await;
-    let pods: Vec<(String, String)> = (0..200).map(|i| (format!("pod{i}"), format!("10.2.{}.{}", i / 200, i % 200 + 1))).collect();
+    let pods: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                format!("pod{i}"),
+                format!("10.2.{}.{}", i / 200, i % 200 + 1),
+            )
+        })
+        .collect();
     let pod_refs: Vec<(&str, &str)> = pods.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let input = input(&[flat("c2", &pod_refs)], &[("c2", true)]);
 
@@ -352,11 +453,28 @@ async fn losing_the_lease_mid_sync_stops_writing_at_once() {
     eventually("some writes", || async { emu.counters().writes() >= 5 }).await;
     // Another replica takes the Lease (as if ours had expired).
     let path = "/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/peerd-leader";
-    let (_, mut lease) = emu.request(http::Method::GET, path, "", "").await.unwrap();
-    lease["spec"]["holderIdentity"] = json!("replica-b");
-    lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
-    let (code, body) = emu.request(http::Method::PUT, path, "application/json", lease.to_string()).await.unwrap();
-    assert_eq!(code, 200, "{body}");
+    // Read-modify-write; a 409 means our elector renewed in between: read again.
+    let mut taken = false;
+    for _ in 0..100 {
+        let (_, mut lease) = emu.request(http::Method::GET, path, "", "").await.unwrap();
+        lease["spec"]["holderIdentity"] = json!("replica-b");
+        lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+        let (code, body) = emu
+            .request(
+                http::Method::PUT,
+                path,
+                "application/json",
+                lease.to_string(),
+            )
+            .await
+            .unwrap();
+        if code == 200 {
+            taken = true;
+            break;
+        }
+        assert_eq!(code, 409, "{body}");
+    }
+    assert!(taken, "could not take the Lease");
     eventually("leadership lost", || async { !leadership.is_leader() }).await;
     let at_loss = emu.counters().writes();
     let (report, _exec) = sync.await.unwrap();

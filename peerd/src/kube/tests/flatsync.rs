@@ -33,7 +33,11 @@ fn pod(name: &str, ns: &str, ip: &str, services: &[(&str, &str)]) -> ImportedWor
     }
 }
 
-fn flat_peer(cluster: &str, workloads: Vec<ImportedWorkload>, services: Vec<GlobalService>) -> PeerExports {
+fn flat_peer(
+    cluster: &str,
+    workloads: Vec<ImportedWorkload>,
+    services: Vec<GlobalService>,
+) -> PeerExports {
     PeerExports {
         cluster: cluster.into(),
         network: "shared".into(),
@@ -56,7 +60,10 @@ fn reference_vector_name_labels_and_annotation() {
     let we = &out.workload_entries["autogenflat.c2.default.pod1.f2396f15c5c2"];
     let labels = we.metadata.labels.clone().unwrap();
     assert_eq!(labels["solo.io/source-cluster"], "c2");
-    assert_eq!(labels["solo.io/source-workload"], "autogenflat.c2.default.pod1");
+    assert_eq!(
+        labels["solo.io/source-workload"],
+        "autogenflat.c2.default.pod1"
+    );
     assert_eq!(labels["app.kubernetes.io/managed-by"], "peerd");
     assert_eq!(
         we.metadata.annotations.clone().unwrap()["solo.io/peered-workload-uid"],
@@ -72,8 +79,14 @@ fn reference_vector_name_labels_and_annotation() {
     assert_eq!(se.spec.hosts, vec!["svc1.default.mesh.internal"]);
     assert_eq!(se.spec.resolution, "STATIC");
     let json = serde_json::to_value(se).unwrap();
-    assert!(json["spec"].get("addresses").is_none(), "no addresses: {json}");
-    assert_eq!(se.metadata.labels.clone().unwrap()["app.kubernetes.io/managed-by"], "peerd");
+    assert!(
+        json["spec"].get("addresses").is_none(),
+        "no addresses: {json}"
+    );
+    assert_eq!(
+        se.metadata.labels.clone().unwrap()["app.kubernetes.io/managed-by"],
+        "peerd"
+    );
     // The ServiceEntry selects the WorkloadEntry.
     let selector = se.spec.workload_selector.clone().unwrap().labels;
     for (k, v) in &selector {
@@ -84,17 +97,28 @@ fn reference_vector_name_labels_and_annotation() {
 #[test]
 fn hash12_sorts_and_joins_services() {
     // sha256("default/svc1,shop/cart") = d0338e4d7a9e… (computed independently).
-    let unsorted: BTreeSet<_> = [("shop".to_string(), "cart".to_string()), ("default".to_string(), "svc1".to_string())]
-        .into_iter()
-        .collect();
+    let unsorted: BTreeSet<_> = [
+        ("shop".to_string(), "cart".to_string()),
+        ("default".to_string(), "svc1".to_string()),
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(services_hash12(&unsorted), "d0338e4d7a9e");
     let peer = flat_peer(
         "c2",
-        vec![pod("p", "default", "10.1.0.6", &[("shop", "cart"), ("default", "svc1")])],
+        vec![pod(
+            "p",
+            "default",
+            "10.1.0.6",
+            &[("shop", "cart"), ("default", "svc1")],
+        )],
         vec![svc("shop", "cart"), svc("default", "svc1")],
     );
     let out = desired_objects("istio-system", &[peer]);
-    assert!(out.workload_entries.contains_key("autogenflat.c2.default.p.d0338e4d7a9e"));
+    assert!(
+        out.workload_entries
+            .contains_key("autogenflat.c2.default.p.d0338e4d7a9e")
+    );
     assert_eq!(out.service_entries.len(), 2);
 }
 
@@ -118,7 +142,12 @@ fn names_are_capped_at_253() {
     let long_pod = "p".repeat(250);
     let peer = flat_peer(
         "c2",
-        vec![pod(&long_pod, "default", "10.1.0.7", &[("default", "svc1")])],
+        vec![pod(
+            &long_pod,
+            "default",
+            "10.1.0.7",
+            &[("default", "svc1")],
+        )],
         vec![svc("default", "svc1")],
     );
     let out = desired_objects("istio-system", &[peer]);
@@ -134,7 +163,12 @@ fn only_pods_backing_exported_services_with_an_ip() {
     let peer = flat_peer(
         "c2",
         vec![
-            pod("backs", "default", "10.1.0.9", &[("default", "svc1"), ("default", "private")]),
+            pod(
+                "backs",
+                "default",
+                "10.1.0.9",
+                &[("default", "svc1"), ("default", "private")],
+            ),
             pod("other", "default", "10.1.0.10", &[("default", "private")]),
             no_ip,
         ],
@@ -154,26 +188,45 @@ fn multi_network_peer_gets_one_addressless_entry_per_service() {
         cluster: "c3".into(),
         network: "net3".into(),
         mode: PeerNetworkMode::MultiNetwork,
-        workloads: vec![pod("ignored", "default", "10.3.0.1", &[("default", "svc1")])],
+        workloads: vec![pod(
+            "ignored",
+            "default",
+            "10.3.0.1",
+            &[("default", "svc1")],
+        )],
         services: vec![svc("default", "svc1"), svc("shop", "cart")],
     };
     let out = desired_objects("istio-system", &[peer]);
     let names: Vec<_> = out.workload_entries.keys().cloned().collect();
-    assert_eq!(names, vec!["autogen.c3.default.svc1", "autogen.c3.shop.cart"]);
+    assert_eq!(
+        names,
+        vec!["autogen.c3.default.svc1", "autogen.c3.shop.cart"]
+    );
     let we = &out.workload_entries["autogen.c3.default.svc1"];
     assert_eq!(we.spec.address, "");
     assert_eq!(we.spec.network, "net3");
     let json = serde_json::to_value(we).unwrap();
     assert!(json["spec"].get("address").is_none());
-    assert_eq!(we.metadata.labels.clone().unwrap()["solo.io/source-cluster"], "c3");
+    assert_eq!(
+        we.metadata.labels.clone().unwrap()["solo.io/source-cluster"],
+        "c3"
+    );
     assert!(out.service_entries.contains_key("autogen.shop.cart"));
     assert!(!names.iter().any(|n| n.starts_with("autogenflat.")));
 }
 
 #[test]
 fn same_service_from_two_peers_is_one_service_entry_regardless_of_order() {
-    let a = flat_peer("c2", vec![pod("a", "default", "10.1.0.1", &[("default", "svc1")])], vec![svc("default", "svc1")]);
-    let b = flat_peer("c4", vec![pod("b", "default", "10.4.0.1", &[("default", "svc1")])], vec![svc("default", "svc1")]);
+    let a = flat_peer(
+        "c2",
+        vec![pod("a", "default", "10.1.0.1", &[("default", "svc1")])],
+        vec![svc("default", "svc1")],
+    );
+    let b = flat_peer(
+        "c4",
+        vec![pod("b", "default", "10.4.0.1", &[("default", "svc1")])],
+        vec![svc("default", "svc1")],
+    );
     let ab = desired_objects("istio-system", &[a.clone(), b.clone()]);
     let ba = desired_objects("istio-system", &[b, a]);
     assert_eq!(format!("{ab:?}"), format!("{ba:?}"));
@@ -187,8 +240,14 @@ fn imported_summary_keys_map_to_services() {
         global_service_of_key("default/svc1.default.mesh.internal"),
         Some(("default".to_string(), "svc1".to_string()))
     );
-    assert_eq!(global_service_of_key("default/svc1.default.svc.cluster.local"), None);
-    assert_eq!(global_service_of_key("other/svc1.default.mesh.internal"), None);
+    assert_eq!(
+        global_service_of_key("default/svc1.default.svc.cluster.local"),
+        None
+    );
+    assert_eq!(
+        global_service_of_key("other/svc1.default.mesh.internal"),
+        None
+    );
     let summary = WorkloadSummary {
         uid: "c2/core/Pod/default/pod1".into(),
         name: "pod1".into(),
@@ -203,5 +262,8 @@ fn imported_summary_keys_map_to_services() {
     let w = ImportedWorkload::from_summary(&summary, "");
     let peer = flat_peer("c2", vec![w], vec![svc("default", "svc1")]);
     let out = desired_objects("istio-system", &[peer]);
-    assert!(out.workload_entries.contains_key("autogenflat.c2.default.pod1.f2396f15c5c2"));
+    assert!(
+        out.workload_entries
+            .contains_key("autogenflat.c2.default.pod1.f2396f15c5c2")
+    );
 }

@@ -65,7 +65,12 @@ where
 /// POSTs `body` (JSON) to `path` in-process; asserts a 2xx.
 pub async fn create(emulator: &EmulatorHandle, path: &str, body: &Value) -> Value {
     let (code, reply) = emulator
-        .request(http::Method::POST, path, "application/json", body.to_string())
+        .request(
+            http::Method::POST,
+            path,
+            "application/json",
+            body.to_string(),
+        )
         .await
         .unwrap();
     assert!((200..300).contains(&code), "POST {path}: {code} {reply}");

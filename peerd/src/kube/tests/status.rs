@@ -29,7 +29,10 @@ fn transition_time_moves_only_when_status_changes() {
     let first = merge_conditions(&[], &all(ConditionStatus::False, "Pending"), 1, t0).unwrap();
     assert!(first.iter().all(|c| c.last_transition_time == Time(t0)));
     // Same desired state: nothing to write.
-    assert_eq!(merge_conditions(&first, &all(ConditionStatus::False, "Pending"), 1, t1), None);
+    assert_eq!(
+        merge_conditions(&first, &all(ConditionStatus::False, "Pending"), 1, t1),
+        None
+    );
     // Reason changes but status does not: write, keep the transition time.
     let mut desired = all(ConditionStatus::False, "Pending");
     desired[2].reason = "ConnectTimeout".into();
@@ -44,7 +47,12 @@ fn transition_time_moves_only_when_status_changes() {
     let fourth = merge_conditions(&third, &desired, 2, t1).unwrap();
     assert!(fourth.iter().all(|c| c.observed_generation == Some(2)));
     // Foreign types are never produced.
-    let foreign = vec![DesiredCondition::new("ResolvedRefs", ConditionStatus::True, "Ok", "")];
+    let foreign = vec![DesiredCondition::new(
+        "ResolvedRefs",
+        ConditionStatus::True,
+        "Ok",
+        "",
+    )];
     assert_eq!(merge_conditions(&[], &foreign, 1, t0), None);
 }
 
@@ -53,7 +61,11 @@ async fn read(api: &Api<Gateway>, name: &str) -> Gateway {
 }
 
 fn find<'a>(gw: &'a Gateway, type_: &str) -> Option<&'a Condition> {
-    gw.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+    gw.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 #[tokio::test]
@@ -90,7 +102,10 @@ async fn conditions_lifecycle_merges_with_another_manager_and_skips_no_op_writes
     let writer = ConditionsWriter::new(client.clone(), PEERING_NS, Leadership::always());
     let gw = read(&api, "istio-remote-peer-c2").await;
     let pending = all(ConditionStatus::False, "Pending");
-    assert_eq!(writer.write(&gw, &pending).await.unwrap(), WriteOutcome::Written);
+    assert_eq!(
+        writer.write(&gw, &pending).await.unwrap(),
+        WriteOutcome::Written
+    );
     let gw = read(&api, "istio-remote-peer-c2").await;
     let conditions = &gw.status.as_ref().unwrap().conditions;
     assert_eq!(conditions.len(), 6, "{conditions:?}");
@@ -103,25 +118,54 @@ async fn conditions_lifecycle_merges_with_another_manager_and_skips_no_op_writes
 
     // Nothing changed: no request.
     emu.reset_counters();
-    assert_eq!(writer.write(&gw, &pending).await.unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        writer.write(&gw, &pending).await.unwrap(),
+        WriteOutcome::Unchanged
+    );
     assert_eq!(emu.counters().writes(), 0);
 
     // Connected: only our types change; the auditor's condition stays.
     let mut connected = pending.clone();
-    connected[2] = DesiredCondition::new("gloo.solo.io/PeerConnected", ConditionStatus::True, "Connected", "xDS stream up");
-    assert_eq!(writer.write(&gw, &connected).await.unwrap(), WriteOutcome::Written);
+    connected[2] = DesiredCondition::new(
+        "gloo.solo.io/PeerConnected",
+        ConditionStatus::True,
+        "Connected",
+        "xDS stream up",
+    );
+    assert_eq!(
+        writer.write(&gw, &connected).await.unwrap(),
+        WriteOutcome::Written
+    );
     assert_eq!(emu.counters().verb(Verb::Apply), 1);
     let after = read(&api, "istio-remote-peer-c2").await;
-    assert_eq!(find(&after, "gloo.solo.io/PeerConnected").unwrap().status, "True");
+    assert_eq!(
+        find(&after, "gloo.solo.io/PeerConnected").unwrap().status,
+        "True"
+    );
     assert_eq!(find(&after, "example.com/Audited").unwrap().reason, "Done");
     assert_eq!(
         find(&after, "Accepted").unwrap().last_transition_time,
         find(&gw, "Accepted").unwrap().last_transition_time
     );
     // The auditor still owns its condition (server-side apply ownership).
-    let stored = emu.object("gateway.networking.k8s.io", "gateways", PEERING_NS, "istio-remote-peer-c2").unwrap();
-    let managers: Vec<_> = stored["metadata"]["managedFields"].as_array().unwrap().iter().map(|m| m["manager"].as_str().unwrap().to_string()).collect();
-    assert!(managers.contains(&"auditor".to_string()) && managers.contains(&"peerd".to_string()), "{managers:?}");
+    let stored = emu
+        .object(
+            "gateway.networking.k8s.io",
+            "gateways",
+            PEERING_NS,
+            "istio-remote-peer-c2",
+        )
+        .unwrap();
+    let managers: Vec<_> = stored["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        managers.contains(&"auditor".to_string()) && managers.contains(&"peerd".to_string()),
+        "{managers:?}"
+    );
 
     // A spec change bumps the generation: the conditions follow it.
     let (code, _) = emu
@@ -136,14 +180,24 @@ async fn conditions_lifecycle_merges_with_another_manager_and_skips_no_op_writes
     assert_eq!(code, 200);
     let bumped = read(&api, "istio-remote-peer-c2").await;
     assert_eq!(bumped.metadata.generation, Some(2));
-    assert_eq!(writer.write(&bumped, &connected).await.unwrap(), WriteOutcome::Written);
+    assert_eq!(
+        writer.write(&bumped, &connected).await.unwrap(),
+        WriteOutcome::Written
+    );
     let after = read(&api, "istio-remote-peer-c2").await;
-    assert!(PEER_CONDITION_TYPES.iter().all(|t| find(&after, t).unwrap().observed_generation == Some(2)));
+    assert!(
+        PEER_CONDITION_TYPES
+            .iter()
+            .all(|t| find(&after, t).unwrap().observed_generation == Some(2))
+    );
 
     // A follower never writes.
     let follower = ConditionsWriter::new(client, PEERING_NS, Leadership::never());
     emu.reset_counters();
-    assert_eq!(follower.write(&after, &pending).await.unwrap(), WriteOutcome::NotLeader);
+    assert_eq!(
+        follower.write(&after, &pending).await.unwrap(),
+        WriteOutcome::NotLeader
+    );
     assert_eq!(emu.counters().writes(), 0);
 }
 
@@ -162,10 +216,24 @@ async fn invalid_gateway_gets_accepted_false_naming_the_field() {
     let gw = read(&api, "istio-remote-peer-c9").await;
     let err = parse_peer_gateway(&gw, "c1").unwrap_err();
     let writer = ConditionsWriter::new(client, PEERING_NS, Leadership::always());
-    writer.write(&gw, &invalid_spec_conditions(&err)).await.unwrap();
+    writer
+        .write(&gw, &invalid_spec_conditions(&err))
+        .await
+        .unwrap();
     let gw = read(&api, "istio-remote-peer-c9").await;
     let accepted = find(&gw, "Accepted").unwrap();
-    assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "Invalid"));
-    assert!(accepted.message.contains("spec.addresses"), "{}", accepted.message);
-    assert!(PEER_CONDITION_TYPES.iter().all(|t| find(&gw, t).unwrap().status == "False"));
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "Invalid")
+    );
+    assert!(
+        accepted.message.contains("spec.addresses"),
+        "{}",
+        accepted.message
+    );
+    assert!(
+        PEER_CONDITION_TYPES
+            .iter()
+            .all(|t| find(&gw, t).unwrap().status == "False")
+    );
 }

@@ -21,8 +21,14 @@ fn identity(username: &str, audiences: &[&str]) -> TokenIdentity {
 #[tokio::test]
 async fn verifies_with_audience_and_caches_verdicts() {
     let emu = emulator().await;
-    emu.add_token("good-token", identity("system:serviceaccount:istio-system:ztunnel", &["istio-ca"]));
-    emu.add_token("other-audience", identity("system:serviceaccount:x:y", &["vault"]));
+    emu.add_token(
+        "good-token",
+        identity("system:serviceaccount:istio-system:ztunnel", &["istio-ca"]),
+    );
+    emu.add_token(
+        "other-audience",
+        identity("system:serviceaccount:x:y", &["vault"]),
+    );
     let verifier = TokenReviewVerifier::new(
         client(&emu).await,
         TokenReviewConfig {
@@ -36,7 +42,10 @@ async fn verifies_with_audience_and_caches_verdicts() {
         "system:serviceaccount:istio-system:ztunnel"
     );
     assert_eq!(verifier.verify("bad-token").await, Err(AuthError::Invalid));
-    assert_eq!(verifier.verify("other-audience").await, Err(AuthError::Invalid));
+    assert_eq!(
+        verifier.verify("other-audience").await,
+        Err(AuthError::Invalid)
+    );
     assert_eq!(verifier.verify("").await, Err(AuthError::Missing));
     let reviews = emu.counters().on(Verb::Create, REVIEWS);
     assert_eq!(reviews, 3);
@@ -59,6 +68,9 @@ async fn api_server_failure_is_unavailable_and_not_cached() {
     let verifier = TokenReviewVerifier::new(client(&emu).await, TokenReviewConfig::default());
     // 500: kube-rs itself retries 503 and 504.
     emu.faults().fail_next(1, 500);
-    assert!(matches!(verifier.verify("good-token").await, Err(AuthError::Unavailable(_))));
+    assert!(matches!(
+        verifier.verify("good-token").await,
+        Err(AuthError::Unavailable(_))
+    ));
     assert_eq!(verifier.verify("good-token").await.unwrap(), "ztunnel");
 }
