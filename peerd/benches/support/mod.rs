@@ -66,14 +66,7 @@ impl Report {
         }
     }
 
-    pub fn row(
-        &mut self,
-        figure: impl Into<String>,
-        value: f64,
-        unit: &'static str,
-        goal: Goal,
-        floor: Option<f64>,
-    ) {
+    pub fn row(&mut self, figure: impl Into<String>, value: f64, unit: &'static str, goal: Goal, floor: Option<f64>) {
         self.rows.push(Row {
             figure: figure.into(),
             value,
