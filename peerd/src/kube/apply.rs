@@ -418,6 +418,49 @@ impl FlatSyncExecutor {
     }
 }
 
+impl FlatSyncExecutor {
+    /// The sync loop: a pass whenever the input changes, a watched object changes (a hand
+    /// edit or delete), or `resync` passes; while not leader it only waits for
+    /// leadership; failed passes are retried with a capped exponential backoff. Each
+    /// report is sent to `reports` when given. Ends when the input sender is dropped.
+    pub async fn run(
+        mut self,
+        mut inputs: tokio::sync::watch::Receiver<Arc<SyncInput>>,
+        resync: Duration,
+        reports: Option<tokio::sync::mpsc::UnboundedSender<SyncReport>>,
+    ) {
+        let mut leadership = self.leadership.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            leadership.acquired().await;
+            let input = inputs.borrow_and_update().clone();
+            let report = self.sync(&input).await;
+            let failed = !report.converged();
+            if !report.foreign.is_empty() {
+                tracing::warn!(objects = ?report.foreign, "generated names taken by objects peerd does not manage; left alone");
+            }
+            if !report.errors.is_empty() {
+                tracing::warn!(errors = ?report.errors, "flat sync writes failed; retrying");
+            }
+            if let Some(tx) = &reports {
+                let _ = tx.send(report);
+            }
+            let changed = self.changed.clone();
+            let wait = if failed { backoff } else { resync };
+            tokio::select! {
+                result = inputs.changed() => if result.is_err() { return },
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = if failed {
+                (backoff * 2).min(Duration::from_secs(30))
+            } else {
+                Duration::from_millis(100)
+            };
+        }
+    }
+}
+
 /// Applies every desired object that is not up to date. False when leadership was lost.
 async fn apply_all<K>(
     observed: &mut Observed<K>,

@@ -485,3 +485,33 @@ async fn losing_the_lease_mid_sync_stops_writing_at_once() {
     assert!(report.applied.len() < 201, "{}", report.applied.len());
     drop(elector);
 }
+
+#[tokio::test]
+async fn run_loop_follows_input_and_repairs_hand_deletes_without_being_asked() {
+    let emu = emulator().await;
+    let exec = executor(&emu, Leadership::always()).await;
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(input(&[], &[])));
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(exec.run(rx, Duration::from_secs(3600), Some(reports_tx)));
+    tx.send(std::sync::Arc::new(input(
+        &[flat("c2", &[("pod1", "10.1.0.5")])],
+        &[("c2", true)],
+    )))
+    .unwrap();
+    eventually("created", || async { we(&emu, REF_NAME).is_some() }).await;
+    let (code, _) = emu
+        .request(
+            http::Method::DELETE,
+            &format!("{WE_PATH}/{REF_NAME}"),
+            "",
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    // Only the watch event can wake the loop (resync is an hour away).
+    eventually("recreated", || async { we(&emu, REF_NAME).is_some() }).await;
+    assert!(reports.try_recv().is_ok());
+    drop(tx);
+    task.await.unwrap();
+}
