@@ -41,6 +41,18 @@ pub enum PeerNetworkMode {
     MultiNetwork,
 }
 
+impl PeerNetworkMode {
+    /// DESIGN §5: flat when the peer's network equals the local network and flat networks
+    /// are enabled (`PEERING_ENABLE_FLAT_NETWORKS=true`); multi-network otherwise.
+    pub fn decide(peer_network: &str, local_network: &str, flat_enabled: bool) -> Self {
+        if flat_enabled && !peer_network.is_empty() && peer_network == local_network {
+            PeerNetworkMode::Flat
+        } else {
+            PeerNetworkMode::MultiNetwork
+        }
+    }
+}
+
 /// A global service a peer exports (`<name>.<namespace>.mesh.internal`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GlobalService {

@@ -6,6 +6,16 @@
 //! and its executor ([`apply`]), leader election ([`leader`]), TokenReview
 //! ([`tokenreview`]), and the emulated API server used by tests and the sandbox
 //! ([`emulator`], which must never be linked into a code path that serves a real cluster).
+//!
+//! Wiring (for the daemon): `client::connect` → `gateways::start_watches` (peer Gateways,
+//! global Services, local network) → for each peer Gateway `gateways::resolve_peer` (an
+//! error → `status::invalid_spec_conditions`) → `leader::LeaderElector::start` → one
+//! `status::ConditionsWriter` fed from the peer model's conditions, and one
+//! `apply::FlatSyncExecutor::run` fed a `watch` of `apply::SyncInput` built with
+//! `flatsync::desired_objects` from each peer's imported workloads
+//! (`flatsync::ImportedWorkload::from_summary`) and exported global services, with
+//! `PeerSyncState::fully_synced` from `Origin::is_fully_synced`. Downstream ztunnel
+//! tokens: `tokenreview::TokenReviewVerifier` as the xDS server's `TokenVerifier`.
 
 pub mod apply;
 pub mod client;

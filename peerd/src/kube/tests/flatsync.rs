@@ -267,3 +267,23 @@ fn imported_summary_keys_map_to_services() {
             .contains_key("autogenflat.c2.default.pod1.f2396f15c5c2")
     );
 }
+
+#[test]
+fn flat_only_with_the_same_network_and_flat_networks_enabled() {
+    assert_eq!(
+        PeerNetworkMode::decide("shared", "shared", true),
+        PeerNetworkMode::Flat
+    );
+    assert_eq!(
+        PeerNetworkMode::decide("shared", "shared", false),
+        PeerNetworkMode::MultiNetwork
+    );
+    assert_eq!(
+        PeerNetworkMode::decide("net2", "net1", true),
+        PeerNetworkMode::MultiNetwork
+    );
+    assert_eq!(
+        PeerNetworkMode::decide("", "", true),
+        PeerNetworkMode::MultiNetwork
+    );
+}
