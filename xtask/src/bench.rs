@@ -6,7 +6,7 @@
 use anyhow::bail;
 
 /// Benchmarks that exist, in the order `all` runs them.
-pub const BENCHES: &[&str] = &["xds", "probes"];
+pub const BENCHES: &[&str] = &["xds", "probes", "kube"];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {

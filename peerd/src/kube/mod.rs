@@ -1,7 +1,31 @@
 //! Kubernetes side of peerd.
 //!
-//! Owns everything that talks the Kubernetes API. For now this is only the emulated API
-//! server used by tests and the sandbox; it must never be linked into a code path that
-//! serves a real cluster.
+//! Owns everything that talks the Kubernetes API: the client ([`client`]), the typed
+//! fields peerd uses ([`types`]), the watches and peer-Gateway translation ([`gateways`]),
+//! the Gateway conditions writer ([`status`]), the flat-network reconciler ([`flatsync`])
+//! and its executor ([`apply`]), leader election ([`leader`]), TokenReview
+//! ([`tokenreview`]), and the emulated API server used by tests and the sandbox
+//! ([`emulator`], which must never be linked into a code path that serves a real cluster).
+//!
+//! Wiring (for the daemon): `client::connect` → `gateways::start_watches` (peer Gateways,
+//! global Services, local network) → for each peer Gateway `gateways::resolve_peer` (an
+//! error → `status::invalid_spec_conditions`) → `leader::LeaderElector::start` → one
+//! `status::ConditionsWriter` fed from the peer model's conditions, and one
+//! `apply::FlatSyncExecutor::run` fed a `watch` of `apply::SyncInput` built with
+//! `flatsync::desired_objects` from each peer's imported workloads
+//! (`flatsync::ImportedWorkload::from_summary`) and exported global services, with
+//! `PeerSyncState::fully_synced` from `Origin::is_fully_synced`. Downstream ztunnel
+//! tokens: `tokenreview::TokenReviewVerifier` as the xDS server's `TokenVerifier`.
 
+pub mod apply;
+pub mod client;
 pub mod emulator;
+pub mod flatsync;
+pub mod gateways;
+pub mod leader;
+pub mod status;
+pub mod tokenreview;
+pub mod types;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,612 @@
+//! The flat-sync **executor**: brings the WorkloadEntries and ServiceEntries of the control
+//! namespace to the [`DesiredObjects`] computed by `flatsync.rs`.
+//!
+//! It owns the writes and the garbage collection rules (DESIGN §7):
+//! - create (field manager `peerd`) for a name not seen yet, so a foreign object that
+//!   appeared meanwhile makes it fail (409) rather than be merged into; then server-side
+//!   apply with field manager `peerd` (forced: a hand edit of a field peerd sets is
+//!   reconciled back); and **no request at all** for an object whose observed
+//!   labels, annotations and spec already contain what peerd wants;
+//! - observed state comes from reflectors over the whole control namespace (so a foreign
+//!   object with a colliding name is seen), patched with the objects peerd's own writes
+//!   returned until the watch catches up, so a lagging watch never causes a second write;
+//! - GC deletes only objects labelled `app.kubernetes.io/managed-by=peerd` that are not
+//!   desired **and** whose source peer has completed a full sync, or whose peer has been
+//!   absent from the input for the removal grace period (counted from when this process
+//!   first saw it absent, so a restart never shortens it). ServiceEntries (shared by
+//!   peers) are collected only when every peer is synced and no removed peer is in grace;
+//! - a foreign object (without peerd's label) with a colliding name is never written: it is
+//!   reported;
+//! - every write first checks [`Leadership`]: a replica that lost the lease stops at once.
+//!
+//! It must never delete or modify an object without peerd's label.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::flatsync::DesiredObjects;
+use super::gateways::spawn_tracked_reflector;
+use super::leader::Leadership;
+use super::types::{
+    FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER, MANAGED_BY_PEERD, ServiceEntry,
+    WorkloadEntry,
+};
+
+/// Sync state of one configured peer (every peer with a Gateway, connected or not, whose
+/// last state is still kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSyncState {
+    pub cluster: String,
+    /// The peer's current stream has delivered a complete response for every type
+    /// (`Origin::is_fully_synced`). False while connecting, reconnecting or disconnected.
+    pub fully_synced: bool,
+}
+
+/// One pass's input: the desired objects and the state of every configured peer.
+#[derive(Debug, Clone, Default)]
+pub struct SyncInput {
+    pub desired: DesiredObjects,
+    pub peers: Vec<PeerSyncState>,
+}
+
+/// A peerd-generated name already taken by an object peerd does not manage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignObject {
+    pub kind: &'static str,
+    pub name: String,
+    /// Its `app.kubernetes.io/managed-by` label, if any.
+    pub managed_by: Option<String>,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// `Kind/name` of each object applied.
+    pub applied: Vec<String>,
+    pub deleted: Vec<String>,
+    pub unchanged: usize,
+    /// Not desired but kept: `(Kind/name, why)` (peer not fully synced, in grace period).
+    pub kept: Vec<(String, String)>,
+    pub foreign: Vec<ForeignObject>,
+    /// `(Kind/name, error)` of failed writes; retried on the next pass.
+    pub errors: Vec<(String, String)>,
+    /// The pass stopped because this replica is not (or no longer) the leader.
+    pub not_leader: bool,
+}
+
+impl SyncReport {
+    /// Nothing left to do: no error, no lost leadership.
+    pub fn converged(&self) -> bool {
+        self.errors.is_empty() && !self.not_leader
+    }
+}
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub control_namespace: String,
+    /// How long objects of a peer that disappeared from the input are kept. Zero keeps
+    /// them forever (like the disconnect grace period of DESIGN §5).
+    pub removal_grace: Duration,
+    /// How long an own write's result stands in for a watch that has not delivered it yet.
+    pub settle: Duration,
+}
+
+impl ExecutorConfig {
+    pub fn new(control_namespace: &str) -> ExecutorConfig {
+        ExecutorConfig {
+            control_namespace: control_namespace.to_string(),
+            removal_grace: Duration::from_secs(300),
+            settle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Observed objects of one kind: the reflector plus what own writes returned.
+struct Observed<K: Resource<DynamicType = ()> + Clone + 'static> {
+    api: Api<K>,
+    namespace: String,
+    /// Highest resourceVersion the watch has delivered.
+    progress: Arc<AtomicU64>,
+    store: Store<K>,
+    /// Objects returned by own applies, until the watch shows that version or newer.
+    written: HashMap<String, (K, Instant)>,
+    /// Own deletes: resourceVersion deleted, until the watch drops the object.
+    deleted: HashMap<String, (u64, Instant)>,
+}
+
+fn rv_of<K: Resource>(obj: &K) -> u64 {
+    obj.meta()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+impl<K> Observed<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    /// The freshest known state of `name` (None: absent).
+    fn current(&mut self, name: &str, settle: Duration) -> Option<K> {
+        let namespace = self.namespace.clone();
+        let from_watch = self
+            .store
+            .get(&ObjectRef::new(name).within(&namespace))
+            .map(|o| (*o).clone());
+        if let Some((own, at)) = self.written.get(name) {
+            let watch_caught_up = self.progress.load(Ordering::SeqCst) >= rv_of(own);
+            if watch_caught_up || at.elapsed() > settle {
+                self.written.remove(name);
+            } else {
+                return Some(own.clone());
+            }
+        }
+        if let Some((rv, at)) = self.deleted.get(name).copied() {
+            match &from_watch {
+                Some(w) if rv_of(w) <= rv && at.elapsed() <= settle => return None,
+                Some(_) => {
+                    self.deleted.remove(name);
+                }
+                None => {
+                    self.deleted.remove(name);
+                }
+            }
+        }
+        from_watch
+    }
+
+    /// Names of every object with peerd's managed-by label, watch and own writes merged.
+    fn managed_names(&mut self, settle: Duration) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .store
+            .state()
+            .iter()
+            .map(|o| o.name_any())
+            .chain(self.written.keys().cloned())
+            .collect();
+        names.retain(|name| {
+            self.current(name, settle)
+                .is_some_and(|o| is_managed(o.meta()))
+        });
+        names
+    }
+}
+
+fn is_managed(meta: &kube::api::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_MANAGED_BY))
+        .is_some_and(|v| v == MANAGED_BY_PEERD)
+}
+
+/// True when every field of `want` is present with the same value in `have` (objects are
+/// compared key by key, everything else exactly). Extra fields in `have` (other owners',
+/// server defaults) do not count as a difference.
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
+        _ => have == want,
+    }
+}
+
+/// True when `observed` already carries `desired`'s labels, annotations and spec.
+fn up_to_date<K: Resource + Serialize>(observed: &K, desired: &K) -> bool {
+    let (Ok(have), Ok(want)) = (
+        serde_json::to_value(observed),
+        serde_json::to_value(desired),
+    ) else {
+        return false;
+    };
+    ["labels", "annotations"].iter().all(|field| {
+        contains(
+            &have["metadata"][field],
+            want["metadata"].get(*field).unwrap_or(&Value::Null),
+        ) || want["metadata"].get(*field).is_none()
+    }) && contains(&have["spec"], &want["spec"])
+}
+
+/// The executor. One per cluster; only the leader's passes write.
+pub struct FlatSyncExecutor {
+    config: ExecutorConfig,
+    leadership: Leadership,
+    workload_entries: Observed<WorkloadEntry>,
+    service_entries: Observed<ServiceEntry>,
+    /// Peers (clusters) seen absent from the input, and since when.
+    removed_since: BTreeMap<String, Instant>,
+    /// Notified on every watch event of either kind (a hand edit wakes the loop).
+    pub changed: Arc<Notify>,
+    _tasks: JoinSet<()>,
+}
+
+impl FlatSyncExecutor {
+    /// Starts the watches over the control namespace.
+    pub fn start(client: Client, config: ExecutorConfig, leadership: Leadership) -> Self {
+        let mut tasks = JoinSet::new();
+        let changed = Arc::new(Notify::new());
+        let ns = config.control_namespace.clone();
+        let we_api: Api<WorkloadEntry> = Api::namespaced(client.clone(), &ns);
+        let se_api: Api<ServiceEntry> = Api::namespaced(client, &ns);
+        let (we_progress, se_progress) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let we_store = spawn_tracked_reflector(
+            we_api.clone(),
+            watcher::Config::default(),
+            changed.clone(),
+            we_progress.clone(),
+            &mut tasks,
+        );
+        let se_store = spawn_tracked_reflector(
+            se_api.clone(),
+            watcher::Config::default(),
+            changed.clone(),
+            se_progress.clone(),
+            &mut tasks,
+        );
+        FlatSyncExecutor {
+            config,
+            leadership,
+            workload_entries: Observed {
+                api: we_api,
+                namespace: ns.clone(),
+                progress: we_progress,
+                store: we_store,
+                written: HashMap::new(),
+                deleted: HashMap::new(),
+            },
+            service_entries: Observed {
+                api: se_api,
+                namespace: ns,
+                progress: se_progress,
+                store: se_store,
+                written: HashMap::new(),
+                deleted: HashMap::new(),
+            },
+            removed_since: BTreeMap::new(),
+            changed,
+            _tasks: tasks,
+        }
+    }
+
+    /// Waits until both watches have listed once (a pass before that would see nothing).
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        self.workload_entries.store.wait_until_ready().await?;
+        self.service_entries.store.wait_until_ready().await?;
+        Ok(())
+    }
+
+    /// One reconcile pass. Call it whenever the input or [`Self::changed`] fires; it does
+    /// nothing (no request) when everything is up to date.
+    pub async fn sync(&mut self, input: &SyncInput) -> SyncReport {
+        let mut report = SyncReport::default();
+        if self.ready().await.is_err() {
+            report
+                .errors
+                .push(("watch".to_string(), "watch stores not ready".to_string()));
+            return report;
+        }
+        let settle = self.config.settle;
+        let now = Instant::now();
+        let present: BTreeMap<&str, bool> = input
+            .peers
+            .iter()
+            .map(|p| (p.cluster.as_str(), p.fully_synced))
+            .collect();
+        self.removed_since
+            .retain(|cluster, _| !present.contains_key(cluster.as_str()));
+
+        // Applies first, so a renamed object (new hash) exists before its old name goes.
+        if !apply_all(
+            &mut self.workload_entries,
+            "WorkloadEntry",
+            &input.desired.workload_entries,
+            settle,
+            &self.leadership,
+            &mut report,
+        )
+        .await
+            || !apply_all(
+                &mut self.service_entries,
+                "ServiceEntry",
+                &input.desired.service_entries,
+                settle,
+                &self.leadership,
+                &mut report,
+            )
+            .await
+        {
+            return report;
+        }
+
+        // GC of WorkloadEntries: per source peer.
+        let grace = self.config.removal_grace;
+        let mut candidates = Vec::new();
+        for name in self.workload_entries.managed_names(settle) {
+            if input.desired.workload_entries.contains_key(&name) {
+                continue;
+            }
+            let owner = self
+                .workload_entries
+                .current(&name, settle)
+                .and_then(|o| o.labels().get(LABEL_SOURCE_CLUSTER).cloned())
+                .unwrap_or_default();
+            let verdict = match present.get(owner.as_str()) {
+                Some(true) => Ok(()),
+                Some(false) => Err(format!("peer {owner} has not completed a full sync")),
+                None => {
+                    let since = *self.removed_since.entry(owner.clone()).or_insert(now);
+                    if grace.is_zero() {
+                        Err(format!(
+                            "peer {owner} removed; removal grace is 0 (keep forever)"
+                        ))
+                    } else if since.elapsed() >= grace {
+                        Ok(())
+                    } else {
+                        Err(format!("peer {owner} removed; in grace period"))
+                    }
+                }
+            };
+            match verdict {
+                Ok(()) => candidates.push(name),
+                Err(why) => report.kept.push((format!("WorkloadEntry/{name}"), why)),
+            }
+        }
+        if !delete_all(
+            &mut self.workload_entries,
+            "WorkloadEntry",
+            candidates,
+            settle,
+            &self.leadership,
+            &mut report,
+        )
+        .await
+        {
+            return report;
+        }
+
+        // GC of ServiceEntries: shared, so only when every peer's state is settled.
+        let settled = input.peers.iter().all(|p| p.fully_synced)
+            && self
+                .removed_since
+                .values()
+                .all(|since| !grace.is_zero() && since.elapsed() >= grace);
+        let mut candidates = Vec::new();
+        for name in self.service_entries.managed_names(settle) {
+            if input.desired.service_entries.contains_key(&name) {
+                continue;
+            }
+            if settled {
+                candidates.push(name);
+            } else {
+                report.kept.push((
+                    format!("ServiceEntry/{name}"),
+                    "not every peer has completed a full sync".to_string(),
+                ));
+            }
+        }
+        delete_all(
+            &mut self.service_entries,
+            "ServiceEntry",
+            candidates,
+            settle,
+            &self.leadership,
+            &mut report,
+        )
+        .await;
+        report
+    }
+}
+
+impl FlatSyncExecutor {
+    /// The sync loop: a pass whenever the input changes, a watched object changes (a hand
+    /// edit or delete), or `resync` passes; while not leader it only waits for
+    /// leadership; failed passes are retried with a capped exponential backoff. Each
+    /// report is sent to `reports` when given. Ends when the input sender is dropped.
+    pub async fn run(
+        mut self,
+        mut inputs: tokio::sync::watch::Receiver<Arc<SyncInput>>,
+        resync: Duration,
+        reports: Option<tokio::sync::mpsc::UnboundedSender<SyncReport>>,
+    ) {
+        let mut leadership = self.leadership.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            leadership.acquired().await;
+            let input = inputs.borrow_and_update().clone();
+            let report = self.sync(&input).await;
+            let failed = !report.converged();
+            if !report.foreign.is_empty() {
+                tracing::warn!(objects = ?report.foreign, "generated names taken by objects peerd does not manage; left alone");
+            }
+            if !report.errors.is_empty() {
+                tracing::warn!(errors = ?report.errors, "flat sync writes failed; retrying");
+            }
+            if let Some(tx) = &reports {
+                let _ = tx.send(report);
+            }
+            let changed = self.changed.clone();
+            let wait = if failed { backoff } else { resync };
+            tokio::select! {
+                result = inputs.changed() => if result.is_err() { return },
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = if failed {
+                (backoff * 2).min(Duration::from_secs(30))
+            } else {
+                Duration::from_millis(100)
+            };
+        }
+    }
+}
+
+/// Applies every desired object that is not up to date. False when leadership was lost.
+async fn apply_all<K>(
+    observed: &mut Observed<K>,
+    kind: &'static str,
+    desired: &BTreeMap<String, K>,
+    settle: Duration,
+    leadership: &Leadership,
+    report: &mut SyncReport,
+) -> bool
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let create_params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    for (name, want) in desired {
+        let have = observed.current(name, settle);
+        let exists = have.is_some();
+        if let Some(have) = have {
+            if !is_managed(have.meta()) {
+                report.foreign.push(ForeignObject {
+                    kind,
+                    name: name.clone(),
+                    managed_by: have.labels().get(LABEL_MANAGED_BY).cloned(),
+                });
+                continue;
+            }
+            if up_to_date(&have, want) {
+                report.unchanged += 1;
+                continue;
+            }
+        }
+        if !leadership.is_leader() {
+            report.not_leader = true;
+            return false;
+        }
+        let mut body = match serde_json::to_value(want) {
+            Ok(v) => v,
+            Err(err) => {
+                report
+                    .errors
+                    .push((format!("{kind}/{name}"), err.to_string()));
+                continue;
+            }
+        };
+        // Apply bodies carry no server-owned metadata.
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+        }
+        // A name not seen yet is created, not applied: if a foreign object took it
+        // meanwhile (the watch lags), creation fails with 409 instead of merging into it.
+        let result = if exists {
+            observed
+                .api
+                .patch(name, &params, &Patch::Apply(&body))
+                .await
+        } else {
+            observed.api.create(&create_params, want).await
+        };
+        match result {
+            Ok(obj) => {
+                observed.written.insert(name.clone(), (obj, Instant::now()));
+                observed.deleted.remove(name);
+                report.applied.push(format!("{kind}/{name}"));
+            }
+            Err(kube::Error::Api(status)) if !exists && status.code == 409 => {
+                report.foreign.push(ForeignObject {
+                    kind,
+                    name: name.clone(),
+                    managed_by: None,
+                });
+            }
+            Err(err) => report
+                .errors
+                .push((format!("{kind}/{name}"), err.to_string())),
+        }
+    }
+    true
+}
+
+/// Deletes `names` (all peerd-managed), each with a precondition on the observed
+/// resourceVersion so an object changed meanwhile is left for the next pass.
+async fn delete_all<K>(
+    observed: &mut Observed<K>,
+    kind: &'static str,
+    names: Vec<String>,
+    settle: Duration,
+    leadership: &Leadership,
+    report: &mut SyncReport,
+) -> bool
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    for name in names {
+        let Some(have) = observed.current(&name, settle) else {
+            continue;
+        };
+        if !is_managed(have.meta()) {
+            continue;
+        }
+        if !leadership.is_leader() {
+            report.not_leader = true;
+            return false;
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: have.meta().resource_version.clone(),
+                uid: have.meta().uid.clone(),
+            }),
+            ..Default::default()
+        };
+        match observed.api.delete(&name, &params).await {
+            Ok(_) => {
+                observed.written.remove(&name);
+                observed
+                    .deleted
+                    .insert(name.clone(), (rv_of(&have), Instant::now()));
+                report.deleted.push(format!("{kind}/{name}"));
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                observed.written.remove(&name);
+                observed
+                    .deleted
+                    .insert(name.clone(), (rv_of(&have), Instant::now()));
+            }
+            Err(err) => report
+                .errors
+                .push((format!("{kind}/{name}"), err.to_string())),
+        }
+    }
+    true
+}

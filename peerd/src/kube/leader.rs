@@ -1,0 +1,284 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease: one writer per cluster.
+//!
+//! It owns the Lease: acquire (create, or take over once the holder's renewTime +
+//! leaseDuration has passed), renew every `renew_period`, release on shutdown (so a
+//! successor takes over at once). Every Lease write carries the resourceVersion it read,
+//! so two replicas can never both win. [`Leadership`] answers "may I write now?" from a
+//! local deadline (last successful renewal + lease duration − a safety margin), so a
+//! leader that cannot renew stops writing *before* anyone else may take over, and one
+//! that sees another holder stops at once. It must never write anything but its Lease.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Lease timing and names.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub namespace: String,
+    pub lease_name: String,
+    /// This replica's identity (pod name), written as `holderIdentity`.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_period: Duration,
+}
+
+impl LeaderConfig {
+    pub fn new(namespace: &str, identity: &str) -> LeaderConfig {
+        LeaderConfig {
+            namespace: namespace.to_string(),
+            lease_name: "peerd-leader".to_string(),
+            identity: identity.to_string(),
+            lease_duration: Duration::from_secs(15),
+            renew_period: Duration::from_secs(5),
+        }
+    }
+
+    /// How long before the lease would expire this replica stops writing: a fifth of the
+    /// lease duration, so clock skew and in-flight requests stay inside the lease.
+    fn margin(&self) -> Duration {
+        self.lease_duration / 5
+    }
+}
+
+/// Whether this replica may write, shared with every writer. Cheap to clone and check.
+#[derive(Clone)]
+pub struct Leadership {
+    deadline: watch::Receiver<Option<Instant>>,
+}
+
+impl Leadership {
+    /// True while this replica holds the lease and its last renewal is recent enough.
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.deadline.borrow(), Some(until) if Instant::now() < until)
+    }
+
+    /// A leadership that is always held: standalone mode, or tests of the writers alone.
+    pub fn always() -> Leadership {
+        // A dropped sender leaves the last value readable: the deadline never changes.
+        let (_tx, rx) = watch::channel(Some(
+            Instant::now() + Duration::from_secs(100 * 365 * 86400),
+        ));
+        Leadership { deadline: rx }
+    }
+
+    /// A leadership that is never held (a follower; tests).
+    pub fn never() -> Leadership {
+        let (_tx, rx) = watch::channel(None);
+        Leadership { deadline: rx }
+    }
+
+    /// Waits until leadership is (again) held.
+    pub async fn acquired(&mut self) {
+        loop {
+            if self.is_leader() {
+                return;
+            }
+            let deadline_known = self.deadline.borrow().is_some();
+            if deadline_known {
+                // Held but expired locally: the elector will update it or drop it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } else if self.deadline.changed().await.is_err() {
+                // Elector gone: never leader again.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// A running elector. Dropping it stops renewing without releasing (like a crash).
+pub struct LeaderElector {
+    leadership: Leadership,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl LeaderElector {
+    /// Starts campaigning for the lease in the background.
+    pub fn start(client: Client, config: LeaderConfig) -> LeaderElector {
+        let (deadline_tx, deadline_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let lease = LeaseCampaign {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+        };
+        let task = tokio::spawn(lease.run(deadline_tx, stop_rx));
+        LeaderElector {
+            leadership: Leadership {
+                deadline: deadline_rx,
+            },
+            stop: stop_tx,
+            task: Some(task),
+        }
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    /// Stops writing at once, then releases the lease (if held) so a successor needs not
+    /// wait for it to expire.
+    pub async fn release(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LeaderElector {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+struct LeaseCampaign {
+    api: Api<Lease>,
+    config: LeaderConfig,
+}
+
+enum Attempt {
+    /// We hold the lease (renewed at the given local instant).
+    Held(Instant),
+    /// Someone else holds a live lease.
+    Other(String),
+}
+
+impl LeaseCampaign {
+    async fn run(self, deadline: watch::Sender<Option<Instant>>, mut stop: watch::Receiver<bool>) {
+        let mut held = false;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(Attempt::Held(at)) => {
+                    if !held {
+                        tracing::info!(identity = %self.config.identity, lease = %self.config.lease_name, "acquired the leader lease");
+                    }
+                    held = true;
+                    let until = at + self.config.lease_duration - self.config.margin();
+                    let _ = deadline.send(Some(until));
+                }
+                Ok(Attempt::Other(holder)) => {
+                    if held {
+                        tracing::warn!(%holder, "lost the leader lease");
+                    }
+                    held = false;
+                    let _ = deadline.send(None);
+                }
+                Err(err) => {
+                    // Keep the current deadline: it expires on its own if renewals keep
+                    // failing, which stops writes before the lease can pass to another.
+                    tracing::warn!(error = %format!("{err:#}"), "leader lease renewal failed");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.renew_period) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        let _ = deadline.send(None);
+        if held && let Err(err) = self.release().await {
+            tracing::warn!(error = %format!("{err:#}"), "releasing the leader lease failed");
+        }
+    }
+
+    async fn try_acquire_or_renew(&self) -> anyhow::Result<Attempt> {
+        let name = &self.config.lease_name;
+        let started = Instant::now();
+        let now = MicroTime(Timestamp::now());
+        let duration_secs =
+            i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let current = self
+            .api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading Lease {name}"))?;
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.config.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Held(started)),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    Ok(Attempt::Other("(raced on create)".to_string()))
+                }
+                Err(err) => Err(err).with_context(|| format!("creating Lease {name}")),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.config.identity;
+        if !ours && !holder.is_empty() && !lease_expired(&spec) {
+            return Ok(Attempt::Other(holder));
+        }
+        let mut new_spec = spec.clone();
+        new_spec.renew_time = Some(now.clone());
+        new_spec.lease_duration_seconds = Some(duration_secs);
+        if !ours {
+            new_spec.holder_identity = Some(self.config.identity.clone());
+            new_spec.acquire_time = Some(now);
+            new_spec.lease_transitions =
+                Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+        }
+        lease.spec = Some(new_spec);
+        // `replace` sends our resourceVersion: a concurrent writer makes this a 409.
+        match self.api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(Attempt::Held(started)),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                Ok(Attempt::Other("(concurrent update)".to_string()))
+            }
+            Err(err) => Err(err).with_context(|| format!("updating Lease {name}")),
+        }
+    }
+
+    async fn release(&self) -> anyhow::Result<()> {
+        let name = &self.config.lease_name;
+        let Some(mut lease) = self.api.get_opt(name).await.context("reading Lease")? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        self.api
+            .replace(name, &PostParams::default(), &lease)
+            .await
+            .context("releasing Lease")?;
+        tracing::info!(identity = %self.config.identity, "released the leader lease");
+        Ok(())
+    }
+}
+
+/// A lease with no renewTime, or whose renewTime + leaseDuration is past, is free.
+fn lease_expired(spec: &LeaseSpec) -> bool {
+    let Some(renew) = &spec.renew_time else {
+        return true;
+    };
+    let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1000;
+    let expires_ms = renew.0.as_millisecond().saturating_add(duration_ms);
+    Timestamp::now().as_millisecond() >= expires_ms
+}
