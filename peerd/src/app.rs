@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Readiness};
 use crate::config::{Config, Peer, Upstream};
 use crate::federation::{Federation, FederationConfig};
+use crate::identity::reload::{CertSource, RootsSource};
+use crate::identity::tls::{ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions};
 use crate::peers::{
     AdsClients, DownstreamAcks, LocalCluster, MonitorConfig, MonitorSources, PeerMonitor,
     RecordedPeerVersions, UserspaceProbe,
 };
 use crate::probe::prober::{Prober, ProberConfig, TargetGuard};
-use crate::identity::reload::{CertSource, RootsSource};
-use crate::identity::tls::{ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions};
 use crate::proto::envoy::config::core::v3::Node;
 use crate::store::{Store, StoreEvent};
 use crate::xds::auth::StaticTokenVerifier;
@@ -70,7 +70,8 @@ impl Peerd {
         readiness.register(GATE_XDS_LISTENING);
 
         let store = Store::new();
-        let federation = Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
+        let federation =
+            Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
 
         // Downstream server: ztunnel with a bearer token gets the merged view.
         let tls = config
@@ -454,9 +455,10 @@ fn peer_client_options(
     identity: Arc<CertSource>,
 ) -> anyhow::Result<ClientOptions> {
     let expected = match &peer.server_identity {
-        Some(crate::config::ServerIdentity::Spiffe(id)) => {
-            ServerIdentity::Spiffe(id.parse().map_err(|e| anyhow::anyhow!("serverIdentity: {e}"))?)
-        }
+        Some(crate::config::ServerIdentity::Spiffe(id)) => ServerIdentity::Spiffe(
+            id.parse()
+                .map_err(|e| anyhow::anyhow!("serverIdentity: {e}"))?,
+        ),
         Some(crate::config::ServerIdentity::Dns(_)) => ServerIdentity::Name,
         None => ServerIdentity::TrustDomain(peer.trust_domain.clone()),
     };

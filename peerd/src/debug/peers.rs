@@ -135,7 +135,15 @@ impl PeerSource for MonitorPeerSource {
                     conflicts: conflicts
                         .iter()
                         .filter(|c| c.loser == p.cluster)
-                        .map(|c| format!("{} {}: {} (kept {})", c.kind.as_str(), c.name, c.detail, c.winner))
+                        .map(|c| {
+                            format!(
+                                "{} {}: {} (kept {})",
+                                c.kind.as_str(),
+                                c.name,
+                                c.detail,
+                                c.winner
+                            )
+                        })
                         .collect(),
                 }
             })

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::file::{
     AuthFile, BackoffFile, EastWestGatewayFile, ExportFile, FileConfig, HysteresisFile,
-    ListenersFile, PeerFile, ServerTlsFile, UpstreamFile, XdsServerFile,
+    ListenersFile, PeerFile, ProbeFile, ServerTlsFile, UpstreamFile, XdsServerFile,
 };
 use crate::identity::pki::{CertificateAuthority, LeafSpec};
 use crate::identity::spiffe::SpiffeId;
@@ -58,7 +58,8 @@ impl Cluster {
         std::fs::create_dir_all(&layout.dir)
             .with_context(|| format!("creating {}", layout.dir.display()))?;
 
-        let mut sim_options = SimIstiodOptions::new(&layout.name, layout.istiod(), &layout.dir.join("istiod"));
+        let mut sim_options =
+            SimIstiodOptions::new(&layout.name, layout.istiod(), &layout.dir.join("istiod"));
         sim_options.cluster_index = Some(layout.index);
         sim_options.network = layout.network.clone();
         sim_options.workloads = opts.workloads;
@@ -71,10 +72,17 @@ impl Cluster {
         let istiod_token = sim.tls.token_path.clone();
         let name = layout.name.clone();
         tokio::spawn(async move {
-            match sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())).await {
+            match sim
+                .serve(shutdown, |ctx| serve_xds(ctx, Default::default()))
+                .await
+            {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(cluster = %name, error = format!("{e:#}"), "simulated istiod stopped"),
-                Err(e) => tracing::error!(cluster = %name, error = %e, "simulated istiod did not start"),
+                Ok(Err(e)) => {
+                    tracing::error!(cluster = %name, error = format!("{e:#}"), "simulated istiod stopped")
+                }
+                Err(e) => {
+                    tracing::error!(cluster = %name, error = %e, "simulated istiod did not start")
+                }
             }
         });
         {
@@ -102,7 +110,14 @@ impl Cluster {
         .and_then(|leaf| leaf.write_to(&peerd_dir))
         .with_context(|| format!("{}: issuing peerd's certificate", layout.name))?;
 
-        let config = config_for(&layout, all, &global_services, &peerd_dir, &istiod_token, opts);
+        let config = config_for(
+            &layout,
+            all,
+            &global_services,
+            &peerd_dir,
+            &istiod_token,
+            opts,
+        );
         let config_path = layout.dir.join("peerd.yaml");
         let yaml = serde_yaml::to_string(&config).context("rendering peerd config")?;
         std::fs::write(&config_path, yaml)
@@ -196,7 +211,8 @@ fn config_for(
         trust_domain: some(TRUST_DOMAIN),
         flat_networks: Some(true),
         sandbox_mode: Some(true),
-        disconnect_grace_period: some("60s"),
+        // Short enough that `--fault stop-peer` shows the withdrawal within a minute.
+        disconnect_grace_period: some("30s"),
         listeners: ListenersFile {
             xds: some(me.xds().to_string()),
             metrics: some(me.metrics().to_string()),
@@ -238,6 +254,11 @@ fn config_for(
             failure_window: some("10s"),
             success_run: Some(2),
             first_probe_grace: some("15s"),
+        },
+        probe: ProbeFile {
+            interval: some("2s"),
+            jitter: some("500ms"),
+            ..ProbeFile::default()
         },
         ..FileConfig::default()
     }

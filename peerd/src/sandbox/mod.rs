@@ -36,9 +36,9 @@ pub enum Fault {
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
-        let (kind, cluster) = s
-            .split_once('=')
-            .ok_or_else(|| format!("fault {s:?}: expected KIND=CLUSTER, e.g. stop-peer=cluster-3"))?;
+        let (kind, cluster) = s.split_once('=').ok_or_else(|| {
+            format!("fault {s:?}: expected KIND=CLUSTER, e.g. stop-peer=cluster-3")
+        })?;
         match kind {
             "stop-peer" => Ok(Fault::StopPeer(cluster.to_string())),
             other => Err(format!("unknown fault kind {other:?} (known: stop-peer)")),
@@ -106,6 +106,19 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             &cancel,
         )?);
     }
+    // Every simulated pod's node answers HBONE on 15008 (flat peers probe pod IPs).
+    {
+        let cancel = cancel.clone();
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], layout::HBONE_PORT));
+        tokio::spawn(async move {
+            if let Err(e) = gateway::serve_hbone(addr, cancel).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "simulated pod HBONE listener stopped"
+                );
+            }
+        });
+    }
     for c in &mut clusters {
         c.start_peerd()?;
         println!(
@@ -140,7 +153,9 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         };
         for c in &mut clusters {
             let running = c.peerd_running();
-            snapshot.clusters.push(status::read_cluster(&c.layout, running).await);
+            snapshot
+                .clusters
+                .push(status::read_cluster(&c.layout, running).await);
         }
         if let Some(path) = &options.status_json {
             write_atomically(path, &serde_json::to_vec_pretty(&snapshot)?)?;
@@ -157,13 +172,15 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             faults_done = true;
             for fault in &options.faults {
                 match fault {
-                    Fault::StopPeer(name) => match clusters.iter_mut().find(|c| &c.layout.name == name) {
-                        Some(c) => {
-                            println!("fault: stopping {name}'s peerd");
-                            c.stop_peerd();
+                    Fault::StopPeer(name) => {
+                        match clusters.iter_mut().find(|c| &c.layout.name == name) {
+                            Some(c) => {
+                                println!("fault: stopping {name}'s peerd");
+                                c.stop_peerd();
+                            }
+                            None => break_with_unknown(name)?,
                         }
-                        None => break_with_unknown(name)?,
-                    },
+                    }
                 }
             }
         }
@@ -176,7 +193,10 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     for c in &mut clusters {
         c.stop_peerd();
     }
-    println!("peerd sandbox stopped; state kept in {}", state_dir.display());
+    println!(
+        "peerd sandbox stopped; state kept in {}",
+        state_dir.display()
+    );
     result
 }
 

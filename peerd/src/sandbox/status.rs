@@ -173,7 +173,16 @@ pub fn table(status: &SandboxStatus) -> String {
     let _ = writeln!(
         s,
         "{:<11} {:<10} {:<6} {:<11} {:<5} {:<22} {:<22} {:<26} {:>8} {:>9}",
-        "CLUSTER", "PEER", "FLAT", "NETWORK", "READY", "CONNECTED", "SYNCED", "DATAPLANE", "IMPORTED", "SERVED"
+        "CLUSTER",
+        "PEER",
+        "FLAT",
+        "NETWORK",
+        "READY",
+        "CONNECTED",
+        "SYNCED",
+        "DATAPLANE",
+        "IMPORTED",
+        "SERVED"
     );
     for c in &status.clusters {
         if c.peers.is_empty() {
@@ -185,7 +194,11 @@ pub fn table(status: &SandboxStatus) -> String {
                 "-",
                 c.network,
                 yes_no(c.ready),
-                if c.error.is_empty() { "(no peers reported)" } else { &c.error }
+                if c.error.is_empty() {
+                    "(no peers reported)"
+                } else {
+                    &c.error
+                }
             );
             continue;
         }
