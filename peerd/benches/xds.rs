@@ -312,19 +312,19 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     let settle = Instant::now() + Duration::from_secs(10);
     let mut latencies;
     loop {
-        let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        latencies = sent
-            .iter()
-            .filter_map(|(key, at)| {
-                seen.arrivals
-                    .get(key)
-                    .map(|got| support::ms(got.saturating_duration_since(*at)))
-            })
-            .collect::<Vec<f64>>();
+        latencies = {
+            let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            sent.iter()
+                .filter_map(|(key, at)| {
+                    seen.arrivals
+                        .get(key)
+                        .map(|got| support::ms(got.saturating_duration_since(*at)))
+                })
+                .collect::<Vec<f64>>()
+        };
         if latencies.len() == sent.len() || Instant::now() > settle {
             break;
         }
-        drop(seen);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered = latencies.len();

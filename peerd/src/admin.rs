@@ -88,8 +88,11 @@ pub async fn serve_health(
 /// Installs the process-wide Prometheus recorder (once) with buckets chosen per
 /// quantity: connect latencies from 100 µs to 10 s, propagation from 1 ms to 30 s.
 pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
+    // A mutex, not a check-then-set: two daemons starting at once (tests) must not both
+    // try to install the process-wide recorder.
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = slot.as_ref() {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -110,7 +113,8 @@ pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
         .context("propagation buckets")?
         .install_recorder()
         .context("installing the Prometheus recorder")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 /// Serves `/metrics` in the Prometheus text format until cancelled.

@@ -1,8 +1,8 @@
 """The debug API through an independent client (grpcio, reflection, health checking).
 
-Starts real processes on loopback: two simulated istiods, `peerd run` (cluster-1, with
-cluster-2 as a peer) and a second `peerd run` (cluster-3) that subscribes to the first
-one's merged view as a downstream. Every call is made with descriptors obtained through
+Starts real processes on loopback: `peerd sandbox --clusters 2` (cluster-1 and cluster-2,
+each a simulated istiod + its own `peerd run`, peered over mTLS) and a third `peerd run`
+(cluster-3) that subscribes to cluster-1's merged view as a downstream, like ztunnel. Every call is made with descriptors obtained through
 server reflection; nothing is generated from peerd's .proto files.
 """
 
@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICE = "peerd.debug.v1.Debug"
 WAIT = 120  # seconds: generous, the machine may be loaded
 
-SIM1 = dict(cluster="cluster-1", ip="127.0.21.1", workloads=20, services=4)
-SIM2 = dict(cluster="cluster-2", ip="127.0.22.1", workloads=10, services=2)
+WORKLOADS, SERVICES = 20, 10  # per sandbox cluster
+# A simulated istiod outside the sandbox: its own root, for the mismatched-roots check.
+FOREIGN = dict(cluster="cluster-9", ip="127.0.22.1", workloads=10, services=2)
 
 
 def peerd_bin() -> str:
@@ -110,11 +111,11 @@ def start_sim(procs, sim, tmp):
     return f"{sim['ip']}:{port}", tls
 
 
-def upstream_yaml(name, address, tls: Path) -> str:
+def upstream_yaml(name, address, tls: Path, server_name="istiod.istio-system.svc") -> str:
     return f"""
   - name: {name}
     address: "{address}"
-    serverName: istiod.istio-system.svc
+    serverName: {server_name}
     rootCa: "{tls / 'root-cert.pem'}"
     tokenFile: "{tls / 'token'}"
     backoff: {{ initial: 50ms, max: 1s }}"""
@@ -125,37 +126,24 @@ def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("debugapi")
     procs = Processes(tmp)
     try:
-        sim1, tls1 = start_sim(procs, SIM1, tmp)
-        sim2, tls2 = start_sim(procs, SIM2, tmp)
+        _, foreign_tls = start_sim(procs, FOREIGN, tmp)
+        state = tmp / "sandbox"
+        procs.start("sandbox", ["sandbox", "--clusters", "2",
+                                "--workloads-per-cluster", str(WORKLOADS),
+                                "--services-per-cluster", str(SERVICES),
+                                "--churn-per-sec", "0", "--state-dir", str(state)])
+        wait_for("sandbox token", lambda: (procs.check_alive(), (state / "token").exists())[1])
+        tls1 = state / "cluster-1" / "istiod"
+        ip1, xds1, debug1 = "127.0.1.1", 15012, 15041
 
-        ip1 = "127.0.73.1"
-        xds1, debug1 = free_port(ip1), free_port(ip1)
-        (tmp / "ztunnel-token").write_text("debug-api-test-token\n")
-        config1 = tmp / "peerd1.yaml"
-        config1.write_text(f"""
-cluster: cluster-1
-network: net-cluster-1
-sandboxMode: true
-listeners: {{ xds: "{ip1}:{xds1}", metrics: "{ip1}:0", health: "{ip1}:0", debug: "{ip1}:{debug1}" }}
-xds:
-  tls: {{ certChain: "{tls1 / 'cert-chain.pem'}", key: "{tls1 / 'key.pem'}" }}
-  auth: {{ tokenFile: "{tmp / 'ztunnel-token'}" }}
-upstreams:{upstream_yaml("cluster-1", sim1, tls1)}{upstream_yaml("cluster-2", sim2, tls2)}
-peers:
-  - cluster: cluster-2
-    network: net-cluster-2
-    address: {SIM2["ip"]}
-    port: {sim2.rsplit(":", 1)[1]}
-""")
-        procs.start("peerd1", ["run", "--config", str(config1)])
-
-        # A downstream: another peerd whose local upstream is peerd1's merged view.
+        # A downstream: another peerd whose local upstream is cluster-1's merged view.
         ip3 = "127.0.74.1"
         debug3 = free_port(ip3)
         ds_tls = tmp / "ds-tls"
         ds_tls.mkdir()
-        (ds_tls / "token").write_text("debug-api-test-token\n")
-        (ds_tls / "root-cert.pem").write_bytes((tls1 / "root-cert.pem").read_bytes())
+        (ds_tls / "token").write_bytes((state / "token").read_bytes())
+        (ds_tls / "root-cert.pem").write_bytes((state / "pki" / "root-cert.pem").read_bytes())
+        (tmp / "ztunnel-token").write_text("debug-api-test-token\n")
         config3 = tmp / "peerd3.yaml"
         config3.write_text(f"""
 cluster: cluster-3
@@ -165,7 +153,7 @@ listeners: {{ xds: "{ip3}:0", metrics: "{ip3}:0", health: "{ip3}:0", debug: "{ip
 xds:
   tls: {{ certChain: "{tls1 / 'cert-chain.pem'}", key: "{tls1 / 'key.pem'}" }}
   auth: {{ tokenFile: "{tmp / 'ztunnel-token'}" }}
-upstreams:{upstream_yaml("cluster-3", f"{ip1}:{xds1}", ds_tls)}
+upstreams:{upstream_yaml("cluster-3", f"{ip1}:{xds1}", ds_tls, server_name=ip1)}
 """)
         procs.start("peerd3", ["run", "--config", str(config3)])
 
@@ -173,7 +161,7 @@ upstreams:{upstream_yaml("cluster-3", f"{ip1}:{xds1}", ds_tls)}
         client = DynamicClient(channel)
         wait_for("peerd1 debug API", lambda: (procs.check_alive(), client.call("GetServerInfo"))[1])
         yield dict(client=client, channel=channel, procs=procs, tmp=tmp, addr=f"{ip1}:{debug1}",
-                   tls=dict(c1=tls1, c2=tls2))
+                   tls=dict(c1=tls1, c2=foreign_tls))
         channel.close()
     finally:
         procs.stop()
@@ -259,21 +247,26 @@ def test_upstreams_and_resources_match_what_the_simulators_serve(rig):
 
     def all_synced():
         ups = client.call("ListUpstreams").upstreams
-        return ups if len(ups) == 2 and all(len(u.synced_types) == 2 for u in ups) else None
+        done = len(ups) == 2 and all(len(u.synced_types) == 2 for u in ups)
+        # The peer's export arrives once its own istiod has synced.
+        return ups if done and all(u.counts.services > 0 for u in ups) else None
 
     ups = {u.name: u for u in wait_for("both upstreams synced", all_synced)}
-    for sim in (SIM1, SIM2):
-        u = ups[sim["cluster"]]
-        assert u.connected
-        assert u.counts.workloads == sim["workloads"], u
-        assert u.counts.services == sim["services"], u
+    local, peer = ups["cluster-1"], ups["cluster-2"]
+    assert local.connected and peer.connected
+    # The local istiod serves everything; the peer only what it exports (global services
+    # and the workloads behind them).
+    assert local.counts.workloads == WORKLOADS, local
+    assert local.counts.services == SERVICES, local
+    assert 0 < peer.counts.services <= SERVICES, peer
+    for u in (local, peer):
         assert {t.status for t in u.types} == {"SYNCED"}
-        listed = client.call("ListResources", view=sim["cluster"], type="address").resources
-        assert len(listed) == sim["workloads"] + sim["services"]
-        assert all(r.origin == sim["cluster"] for r in listed)
+        listed = client.call("ListResources", view=u.name, type="address").resources
+        assert len(listed) == u.counts.workloads + u.counts.services
+        assert all(r.origin == u.name for r in listed)
 
     info = client.call("GetServerInfo")
-    want_workloads = SIM1["workloads"] + SIM2["workloads"]
+    want_workloads = local.counts.workloads + peer.counts.workloads
     assert info.merged.workloads == want_workloads
 
     merged = client.call("ListResources", view="merged", type="address", include_json=True).resources
@@ -307,9 +300,11 @@ def test_peers_report_stream_conditions(rig):
     peers = wait_for("peer cluster-2 synced", peer_synced)
     assert [p.cluster for p in peers] == ["cluster-2"]
     p = peers[0]
-    assert p.network == "net-cluster-2"
+    assert p.network == "flat-net" and p.flat  # the sandbox's clusters 1 and 2 share a network
     assert {c.type: c.status for c in p.conditions}["gloo.solo.io/PeerConnected"] == "True"
-    assert p.imported.workloads == SIM2["workloads"]
+    upstream = next(u for u in client.call("ListUpstreams").upstreams if u.name == "cluster-2")
+    assert p.imported.workloads == upstream.counts.workloads
+    assert p.imported.services > 0
     assert p.stream.connected
 
 
@@ -319,11 +314,14 @@ def test_subscribers_show_the_downstream_like_proxy_status(rig):
 
     def downstream_synced():
         subs = client.call("ListSubscribers").subscribers
-        ok = [s for s in subs if {t.status for t in s.stream.types} == {"SYNCED"}]
+        ok = [s for s in subs
+              if s.view == "merged" and {t.status for t in s.stream.types} == {"SYNCED"}]
         return ok or None
 
     subs = wait_for("downstream peerd SYNCED", downstream_synced)
-    s = subs[0]
+    # cluster-2's peerd is also a subscriber (of the export view); the downstream is
+    # the one on the merged view.
+    s = next(s for s in subs if s.view == "merged")
     assert s.node_id.startswith("peerd~")
     assert s.kind == "peer"
     assert s.view == "merged"
@@ -420,7 +418,7 @@ def test_check_cli_passes_and_reports_mismatched_roots(rig):
     assert "✅ peer cluster-2: PeerConnected and PeeringSucceeded are True" in text.stdout
     assert "gloo.solo.io/PeerConnected=True" in text.stdout  # verbose detail
 
-    # Each simulator has its own root: the chains do not cross-verify.
+    # A simulator outside the sandbox has its own root: the chains do not cross-verify.
     c1, c2 = rig["tls"]["c1"], rig["tls"]["c2"]
     bad = run_cli("check", "--addr", rig["addr"], "--precheck",
                   "--root-cert", f"cluster-1={c1 / 'root-cert.pem'}",

@@ -265,7 +265,8 @@ impl Federation {
         }
     }
 
-    /// Processes one store event.
+    /// Processes one store event (the `federation.recompute` span of the sync path).
+    #[tracing::instrument(name = "federation.recompute", skip_all)]
     pub fn handle(&self, event: StoreEvent) {
         let mut commits = self.commits();
         match event {

@@ -112,7 +112,7 @@ impl ViewSelector for FederationSelector {
         let identity = verifier.verify(token).await?;
         Ok(Selected {
             view: Arc::clone(&self.merged),
-            label: "downstream".to_string(),
+            label: "merged".to_string(),
             identity,
         })
     }

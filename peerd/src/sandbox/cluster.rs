@@ -68,7 +68,19 @@ impl Cluster {
         sim_options.seed = opts.seed.wrapping_add(u64::from(layout.index));
         let sim = SimIstiod::new_with_ca(sim_options, ca)
             .with_context(|| format!("{}: simulated istiod", layout.name))?;
-        let global_services: Vec<String> = sim.global_services.iter().cloned().collect();
+        let mut global_services: Vec<String> = sim.global_services.iter().cloned().collect();
+        if global_services.is_empty() {
+            // A small population can draw no global service; export one so that every
+            // cluster has something to federate.
+            let snapshot = sim.view.snapshot();
+            global_services.extend(
+                snapshot
+                    .resources(crate::xds::types::ResourceType::Address)
+                    .values()
+                    .find_map(|r| r.as_service())
+                    .map(|s| format!("{}/{}", s.namespace, s.name)),
+            );
+        }
         let istiod_token = sim.tls.token_path.clone();
         let name = layout.name.clone();
         tokio::spawn(async move {
