@@ -30,7 +30,11 @@ const PODS_PER_BLOCK: u32 = 255 * 254;
 /// VIPs per block: y in 2..=254.
 const VIPS_PER_BLOCK: u32 = 253;
 pub const MAX_WORKLOADS: usize = (PODS_PER_BLOCK * BLOCKS) as usize - FREE_RESERVE;
-pub const MAX_SERVICES: usize = (VIPS_PER_BLOCK * BLOCKS) as usize;
+/// Services that get a VIP; further services are headless (no VIP), as Kubernetes
+/// allows, so large benchmark populations fit in a cluster's loopback blocks.
+pub const VIP_SERVICES: usize = (VIPS_PER_BLOCK * BLOCKS) as usize;
+/// Most services of one cluster.
+pub const MAX_SERVICES: usize = 100_000;
 /// Freed pod IPs wait in a queue this long before reuse (a restarted pod gets a fresh IP,
 /// as in Kubernetes); the same amount of the IP space is kept for that churn.
 const FREE_RESERVE: usize = 1024;
@@ -93,7 +97,7 @@ pub enum PopulationError {
     BadClusterIndex(u8),
     #[error("workloads: {0} exceeds the loopback address space of one cluster ({MAX_WORKLOADS})")]
     TooManyWorkloads(usize),
-    #[error("services: {0} exceeds the VIP space of one cluster ({MAX_SERVICES})")]
+    #[error("services: {0} exceeds the most services of one cluster ({MAX_SERVICES})")]
     TooManyServices(usize),
     #[error("services: at least one service is needed to place {0} workloads")]
     NoServices(usize),
@@ -244,7 +248,8 @@ struct ServiceModel {
     name: String,
     namespace: String,
     hostname: String,
-    vip: Ipv4Addr,
+    /// `None`: headless (past the VIP space).
+    vip: Option<Ipv4Addr>,
     ports: Vec<workload::Port>,
 }
 
@@ -614,11 +619,15 @@ impl Population {
             name: svc.name.clone(),
             namespace: svc.namespace.clone(),
             hostname: svc.hostname.clone(),
-            addresses: vec![workload::NetworkAddress {
-                network: self.options.network.clone(),
-                address: svc.vip.octets().to_vec(),
-                length: None,
-            }],
+            addresses: svc
+                .vip
+                .map(|vip| workload::NetworkAddress {
+                    network: self.options.network.clone(),
+                    address: vip.octets().to_vec(),
+                    length: None,
+                })
+                .into_iter()
+                .collect(),
             ports: svc.ports.clone(),
             ..Default::default()
         };
@@ -703,7 +712,7 @@ fn service_model(
         name: name.to_string(),
         namespace: namespace.to_string(),
         hostname: format!("{name}.{namespace}.svc.cluster.local"),
-        vip: vip_address(cluster_index, slot),
+        vip: ((slot as usize) < VIP_SERVICES).then(|| vip_address(cluster_index, slot)),
         ports,
     }
 }
