@@ -12,20 +12,19 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod debug_api;
+mod monitor;
+mod upstreams;
+
 use crate::admin::{self, Readiness};
-use crate::config::{Config, Peer, Upstream};
+use crate::config::Config;
 use crate::federation::{Federation, FederationConfig};
 use crate::identity::reload::{CertSource, RootsSource};
-use crate::identity::tls::{ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions};
-use crate::peers::{
-    AdsClients, DownstreamAcks, LocalCluster, MonitorConfig, MonitorSources, PeerMonitor,
-    RecordedPeerVersions, UserspaceProbe,
-};
-use crate::probe::prober::{Prober, ProberConfig, TargetGuard};
-use crate::proto::envoy::config::core::v3::Node;
+use crate::identity::tls::{ClientAuth, ServerTlsOptions};
+use crate::peers::{AdsClients, PeerMonitor};
 use crate::store::{Store, StoreEvent};
 use crate::xds::auth::StaticTokenVerifier;
-use crate::xds::client::{AdsClient, ClientOptions, TokenSource};
+use crate::xds::client::AdsClient;
 use crate::xds::server::{AdsServer, ServerOptions};
 use crate::xds::stats::StreamStats;
 
@@ -170,8 +169,9 @@ impl Peerd {
             let Some(roots) = &peering_roots else {
                 bail!("xds.tls.root: peering needs the roots that peer certificates chain to");
             };
-            let options = peer_client_options(&config, peer, Arc::clone(roots), Arc::clone(&cert))
-                .with_context(|| format!("peers[{i}] ({})", peer.cluster))?;
+            let options =
+                upstreams::peer_client_options(&config, peer, Arc::clone(roots), Arc::clone(&cert))
+                    .with_context(|| format!("peers[{i}] ({})", peer.cluster))?;
             let endpoint = options.endpoint.clone();
             let mut client = AdsClient::new(options, Arc::clone(&store));
             if let Some(filter) = federation.import_filter(&peer.cluster) {
@@ -186,7 +186,7 @@ impl Peerd {
             });
         }
         for (i, upstream) in config.upstreams.iter().enumerate() {
-            let options = client_options(&config, upstream)
+            let options = upstreams::client_options(&config, upstream)
                 .with_context(|| format!("upstreams[{i}] ({})", upstream.name))?;
             let client = AdsClient::new(options, Arc::clone(&store));
             upstreams.push((upstream.name.clone(), client.stats()));
@@ -196,7 +196,7 @@ impl Peerd {
                 Ok(())
             });
         }
-        let peers = start_peer_monitor(
+        let peers = monitor::start_peer_monitor(
             &config,
             &store,
             &federation,
@@ -205,7 +205,7 @@ impl Peerd {
             &cancel,
             &mut tasks,
         )?;
-        let debug_addr = start_debug_api(
+        let debug_addr = debug_api::start_debug_api(
             &config,
             &store,
             &federation,
@@ -272,48 +272,6 @@ impl Peerd {
     }
 }
 
-/// Binds `listeners.debug` and serves the debug API (peers from the upstream streams
-/// until the peer manager provides a [`crate::debug::PeerSource`]).
-#[allow(clippy::too_many_arguments)]
-async fn start_debug_api(
-    config: &Arc<Config>,
-    store: &Arc<Store>,
-    federation: &Arc<Federation>,
-    server: &AdsServer,
-    readiness: &Arc<Readiness>,
-    upstreams: &[(String, Arc<StreamStats>)],
-    monitor: &Arc<PeerMonitor>,
-    xds_addr: SocketAddr,
-    cancel: &CancellationToken,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<SocketAddr> {
-    let listener = admin::bind(config.listeners.debug, "debug").await?;
-    let debug_addr = listener.local_addr().context("debug listener address")?;
-    let peers = crate::debug::peers::MonitorPeerSource::start(
-        Arc::clone(monitor),
-        Arc::clone(federation),
-        upstreams.to_vec(),
-        cancel.clone(),
-    );
-    let service = crate::debug::DebugService::new(crate::debug::DebugState {
-        config: Arc::clone(config),
-        store: Arc::clone(store),
-        federation: Arc::clone(federation),
-        subscribers: server.subscribers(),
-        readiness: Arc::clone(readiness),
-        upstreams: upstreams.to_vec(),
-        peers,
-        export: Some(Arc::clone(
-            federation.export_view(crate::federation::ExportFlavor::Flat),
-        )),
-        started: std::time::SystemTime::now(),
-        xds_address: xds_addr.to_string(),
-        debug_address: debug_addr.to_string(),
-    });
-    tasks.spawn(crate::debug::serve(listener, service, cancel.clone()));
-    Ok(debug_addr)
-}
-
 /// Opens the readiness gate once the local origin has synced both types, and keeps it
 /// open afterwards (a later disconnect keeps serving the last state: ztunnel must not
 /// lose its configuration because istiod restarted).
@@ -337,180 +295,4 @@ async fn track_local_sync(
             },
         }
     }
-}
-
-/// The node identity peerd presents upstream, in ztunnel's style.
-fn node(config: &Config) -> Node {
-    let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "peerd".into());
-    let namespace =
-        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| config.control_namespace.clone());
-    let ip = std::env::var("INSTANCE_IP").unwrap_or_else(|_| "127.0.0.1".into());
-    Node {
-        id: format!("peerd~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"),
-        ..Node::default()
-    }
-}
-
-/// Starts the active prober and the peer monitor that turns stream state, sync, downstream
-/// ACKs and probe results into the peer conditions.
-fn start_peer_monitor(
-    config: &Config,
-    store: &Arc<Store>,
-    federation: &Arc<Federation>,
-    server: &AdsServer,
-    clients: Arc<AdsClients>,
-    cancel: &CancellationToken,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<Arc<PeerMonitor>> {
-    let guard = if config.sandbox_mode {
-        TargetGuard::loopback_only()
-    } else {
-        TargetGuard::Unrestricted
-    };
-    let prober = Prober::new(ProberConfig {
-        enabled: config.probe.enabled,
-        interval: config.probe.interval,
-        jitter: config.probe.jitter,
-        guard: guard.clone(),
-        ..ProberConfig::default()
-    })
-    .context("probe")?;
-    if let Some(handle) = prober.spawn() {
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            cancel.cancelled().await;
-            handle.abort();
-            Ok(())
-        });
-    }
-    let versions = RecordedPeerVersions::new();
-    tasks.spawn(record_peer_versions(
-        Arc::clone(federation),
-        Arc::clone(&versions),
-        cancel.clone(),
-    ));
-    let monitor = PeerMonitor::new(
-        LocalCluster::from(config),
-        crate::peers::model::specs_from_config(config),
-        MonitorConfig {
-            hysteresis: (&config.hysteresis).into(),
-            probe_guard: guard,
-            ..MonitorConfig::default()
-        },
-        MonitorSources {
-            upstreams: clients,
-            imports: Arc::clone(store) as _,
-            acks: Arc::new(DownstreamAcks {
-                subscribers: server.subscribers(),
-                view_label: "merged".into(),
-                versions,
-            }),
-            probe: UserspaceProbe::new(prober),
-        },
-        std::time::Instant::now(),
-    );
-    let handle = monitor.spawn(cancel.clone());
-    tasks.spawn(async move {
-        handle
-            .await
-            .map_err(|e| anyhow::anyhow!("peer monitor stopped: {e}"))
-    });
-    Ok(monitor)
-}
-
-/// Tells the peer monitor which merged-view version carries each peer's latest change,
-/// so `PeerDataPlaneProgrammed` can wait for ztunnel's ACK of exactly that version.
-async fn record_peer_versions(
-    federation: Arc<Federation>,
-    versions: Arc<RecordedPeerVersions>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut changes = federation.merged().subscribe();
-    loop {
-        let change = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            c = changes.recv() => c,
-        };
-        match change {
-            Ok(change) => {
-                for name in &change.names {
-                    if let Some(origin) = federation.origin_of(change.kind, name) {
-                        versions.record(&origin, change.version);
-                    }
-                }
-            }
-            // Lagging only delays the record to the next change; the version only grows.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-        }
-    }
-}
-
-/// mTLS to a peer: our certificate as the client identity, the peer's certificate must
-/// chain to the peering roots and prove the expected SPIFFE ID or trust domain.
-fn peer_client_options(
-    config: &Config,
-    peer: &Peer,
-    roots: Arc<RootsSource>,
-    identity: Arc<CertSource>,
-) -> anyhow::Result<ClientOptions> {
-    let expected = match &peer.server_identity {
-        Some(crate::config::ServerIdentity::Spiffe(id)) => ServerIdentity::Spiffe(
-            id.parse()
-                .map_err(|e| anyhow::anyhow!("serverIdentity: {e}"))?,
-        ),
-        Some(crate::config::ServerIdentity::Dns(_)) => ServerIdentity::Name,
-        None => ServerIdentity::TrustDomain(peer.trust_domain.clone()),
-    };
-    let tls = crate::identity::tls::client_config(
-        &ClientTlsOptions::new(roots, expected).with_client_cert(identity),
-    )
-    .context("building the peer TLS configuration")?;
-    let host = peer.address.to_string();
-    let endpoint = match peer.address {
-        crate::config::PeerAddress::Ip(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", peer.port),
-        _ => format!("{host}:{}", peer.port),
-    };
-    let server_name = match &peer.server_identity {
-        Some(crate::config::ServerIdentity::Dns(name)) => name.clone(),
-        _ => host,
-    };
-    let mut options = ClientOptions::new(peer.cluster.clone(), endpoint, server_name, tls);
-    options.headers = vec![("clusterid".into(), config.cluster.clone())];
-    options.node = node(config);
-    options.max_message_size = config.xds.max_message_bytes;
-    Ok(options)
-}
-
-fn client_options(config: &Config, upstream: &Upstream) -> anyhow::Result<ClientOptions> {
-    let Some(root_ca) = &upstream.root_ca else {
-        bail!(
-            "rootCa: a root certificate is required to verify {}",
-            upstream.server_name
-        );
-    };
-    let roots = RootsSource::from_file(root_ca).context("rootCa")?;
-    let mut tls = ClientTlsOptions::new(roots, ServerIdentity::Name);
-    if let Some(cert) = &upstream.client_cert {
-        let source = CertSource::from_files(&cert.cert_chain, &cert.key).context("clientCert")?;
-        tls = tls.with_client_cert(source);
-    }
-    let tls =
-        crate::identity::tls::client_config(&tls).context("building the TLS configuration")?;
-    let mut options = ClientOptions::new(
-        upstream.name.clone(),
-        upstream.authority(),
-        upstream.server_name.clone(),
-        tls,
-    );
-    options.token = upstream.token_file.clone().map(TokenSource::File);
-    options.headers = vec![("clusterid".into(), config.cluster.clone())];
-    options.node = node(config);
-    options.backoff_initial = upstream.backoff_initial;
-    options.backoff_max = upstream.backoff_max;
-    options.keepalive_interval = upstream.keepalive_interval;
-    options.keepalive_timeout = upstream.keepalive_timeout;
-    options.connect_timeout = upstream.connect_timeout;
-    options.max_message_size = upstream.max_message_bytes;
-    Ok(options)
 }

@@ -1,0 +1,116 @@
+//! Starts the active prober and the peer monitor, and feeds the monitor the merged-view
+//! versions that carry each peer's changes.
+//!
+//! It owns wiring only; conditions are computed in [`crate::peers`], probing in
+//! [`crate::probe`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::federation::Federation;
+use crate::peers::{
+    AdsClients, DownstreamAcks, LocalCluster, MonitorConfig, MonitorSources, PeerMonitor,
+    RecordedPeerVersions, UserspaceProbe,
+};
+use crate::probe::prober::{Prober, ProberConfig, TargetGuard};
+use crate::store::Store;
+use crate::xds::server::AdsServer;
+
+/// Starts the active prober and the peer monitor that turns stream state, sync, downstream
+/// ACKs and probe results into the peer conditions.
+pub(super) fn start_peer_monitor(
+    config: &Config,
+    store: &Arc<Store>,
+    federation: &Arc<Federation>,
+    server: &AdsServer,
+    clients: Arc<AdsClients>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Arc<PeerMonitor>> {
+    let guard = if config.sandbox_mode {
+        TargetGuard::loopback_only()
+    } else {
+        TargetGuard::Unrestricted
+    };
+    let prober = Prober::new(ProberConfig {
+        enabled: config.probe.enabled,
+        interval: config.probe.interval,
+        jitter: config.probe.jitter,
+        guard: guard.clone(),
+        ..ProberConfig::default()
+    })
+    .context("probe")?;
+    if let Some(handle) = prober.spawn() {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            cancel.cancelled().await;
+            handle.abort();
+            Ok(())
+        });
+    }
+    let versions = RecordedPeerVersions::new();
+    tasks.spawn(record_peer_versions(
+        Arc::clone(federation),
+        Arc::clone(&versions),
+        cancel.clone(),
+    ));
+    let monitor = PeerMonitor::new(
+        LocalCluster::from(config),
+        crate::peers::model::specs_from_config(config),
+        MonitorConfig {
+            hysteresis: (&config.hysteresis).into(),
+            probe_guard: guard,
+            ..MonitorConfig::default()
+        },
+        MonitorSources {
+            upstreams: clients,
+            imports: Arc::clone(store) as _,
+            acks: Arc::new(DownstreamAcks {
+                subscribers: server.subscribers(),
+                view_label: "merged".into(),
+                versions,
+            }),
+            probe: UserspaceProbe::new(prober),
+        },
+        std::time::Instant::now(),
+    );
+    let handle = monitor.spawn(cancel.clone());
+    tasks.spawn(async move {
+        handle
+            .await
+            .map_err(|e| anyhow::anyhow!("peer monitor stopped: {e}"))
+    });
+    Ok(monitor)
+}
+
+/// Tells the peer monitor which merged-view version carries each peer's latest change,
+/// so `PeerDataPlaneProgrammed` can wait for ztunnel's ACK of exactly that version.
+async fn record_peer_versions(
+    federation: Arc<Federation>,
+    versions: Arc<RecordedPeerVersions>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut changes = federation.merged().subscribe();
+    loop {
+        let change = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(change) => {
+                for name in &change.names {
+                    if let Some(origin) = federation.origin_of(change.kind, name) {
+                        versions.record(&origin, change.version);
+                    }
+                }
+            }
+            // Lagging only delays the record to the next change; the version only grows.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
