@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use tokio::sync::broadcast;
@@ -24,6 +25,8 @@ pub enum StoreEvent {
     Changed {
         origin: Arc<str>,
         change: Arc<ChangeSet>,
+        /// When the store applied it (the start of the propagation measurement).
+        at: Instant,
     },
     /// An origin completed its first full response for a type (after a (re)connect).
     Synced {
@@ -111,6 +114,7 @@ impl Store {
         let _ = self.events.send(StoreEvent::Changed {
             origin: Arc::clone(&o.name),
             change: Arc::clone(&change),
+            at: Instant::now(),
         });
         Some(change)
     }
@@ -163,7 +167,7 @@ mod tests {
         );
         store.apply("c2", ResourceType::Address, vec![r], vec![]);
         match rx.recv().await.unwrap() {
-            StoreEvent::Changed { origin, change } => {
+            StoreEvent::Changed { origin, change, .. } => {
                 assert_eq!(&*origin, "c2");
                 assert_eq!(&*change.names[0], "c2//Pod/default/a");
             }

@@ -10,7 +10,7 @@ from concurrent import futures
 
 import grpc
 
-from test_debug_api import (
+from rig import (
     Processes,
     free_port,
     peerd_bin,

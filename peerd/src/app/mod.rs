@@ -157,6 +157,17 @@ impl Peerd {
                 Ok(())
             });
         }
+        // Side measurements: resources per origin, propagation to ztunnel's ACK.
+        tasks.spawn(measured(crate::measure::run_resource_gauges(
+            Arc::clone(&store),
+            cancel.clone(),
+        )));
+        tasks.spawn(measured(crate::measure::run_propagation(
+            Arc::clone(&store),
+            Arc::clone(&federation),
+            server.subscribers(),
+            cancel.clone(),
+        )));
         tasks.spawn(track_local_sync(
             Arc::clone(&store),
             config.cluster.clone(),
@@ -270,6 +281,12 @@ impl Peerd {
         tracing::info!("peerd stopped");
         result
     }
+}
+
+/// A side task that ends only with cancellation: never an error of the daemon.
+async fn measured(task: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    task.await;
+    Ok(())
 }
 
 /// Opens the readiness gate once the local origin has synced both types, and keeps it

@@ -270,7 +270,7 @@ impl Federation {
     pub fn handle(&self, event: StoreEvent) {
         let mut commits = self.commits();
         match event {
-            StoreEvent::Changed { origin, change } => {
+            StoreEvent::Changed { origin, change, .. } => {
                 let Some(o) = self.store.get(&origin) else {
                     return;
                 };

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod layout;
 pub mod status;
+pub mod ztunnel;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -121,6 +122,8 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     }
     for c in &mut clusters {
         c.start_peerd()?;
+        // Each node's ztunnel: its ACKs make PeerDataPlaneProgrammed real.
+        ztunnel::spawn(&c.layout, &token_file, &root_cert, cancel.clone())?;
         println!(
             "  {:<10} network {:<9} xds {}  debug {}  log {}",
             c.layout.name,

@@ -1,8 +1,11 @@
 //! The plain-HTTP admin listeners, as in Istio's components: `/healthz/ready` and
 //! `/healthz/live` (port 15021) and Prometheus `/metrics` (port 15020).
 //!
-//! It owns the readiness gates and the Prometheus recorder handle. It must never block
+//! It owns the readiness gates and the Prometheus recorder handle (metric descriptions
+//! come from [`catalog`]). It must never block
 //! on the data path: readiness is a set of flags other components flip.
+
+pub mod catalog;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -113,6 +116,7 @@ pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
         .context("propagation buckets")?
         .install_recorder()
         .context("installing the Prometheus recorder")?;
+    catalog::describe_all();
     *slot = Some(handle.clone());
     Ok(handle)
 }
