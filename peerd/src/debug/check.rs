@@ -1,9 +1,10 @@
-//! `peerd check`: the checks of the reference list that apply without Kubernetes, each a
+//! `peerd check`: the checks of the reference list, each a
 //! line with ✅ / ⚠ / ❌ and a one-line reason: configuration and readiness, the local
 //! upstream's sync, every peer's `PeerConnected` and `PeeringSucceeded`, its
 //! `PeerDataPlaneProgrammed`, intermediate-certificate compatibility (from certificate
 //! files given per cluster), and network configuration. `--precheck` runs only what makes
-//! sense before linking. Any ❌ makes the command fail.
+//! sense before linking. Any ❌ makes the command fail. With `--kubeconfig`/`--context`,
+//! the checks that need the Kubernetes API are added (see [`crate::debug::check_kube`]).
 //!
 //! Checks are pure functions of a fetched [`Report`] and files; it must never change the
 //! daemon's state.
@@ -16,6 +17,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::debug::check_kube::{ContextArg, gather, kube_checks};
 use crate::debug::client::{self, DEFAULT_ADDR, Report};
 use crate::debug::source::{PEER_CONNECTED, PEER_DATA_PLANE_PROGRAMMED, PEERING_SUCCEEDED};
 use crate::proto::debug::v1 as api;
@@ -42,6 +44,15 @@ pub struct CheckArgs {
     /// as CLUSTER=PATH; repeat per cluster.
     #[arg(long = "ca-cert", value_name = "CLUSTER=PATH")]
     pub ca_certs: Vec<String>,
+    /// A kubeconfig: adds the checks that read the Kubernetes API (east-west and peer
+    /// Gateways, the root ConfigMap, network labels). Default: $KUBECONFIG when
+    /// `--context` is given.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A kubeconfig context to check, as NAME or NAME=CLUSTER (the Istio cluster name,
+    /// default NAME); repeat for the cross-cluster checks.
+    #[arg(long = "context", value_name = "NAME[=CLUSTER]")]
+    pub contexts: Vec<ContextArg>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,7 +90,7 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    fn new(name: &str, outcome: Outcome, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(name: &str, outcome: Outcome, reason: impl Into<String>) -> Self {
         CheckResult {
             name: name.into(),
             outcome,
@@ -88,7 +99,7 @@ impl CheckResult {
         }
     }
 
-    fn with_details(mut self, details: Vec<String>) -> Self {
+    pub(crate) fn with_details(mut self, details: Vec<String>) -> Self {
         self.details = details;
         self
     }
@@ -103,7 +114,7 @@ pub struct ClusterCerts {
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let certs = cert_args(&args.root_certs, &args.ca_certs)?;
-    let results = match client::fetch(&args.addr).await {
+    let mut results = match client::fetch(&args.addr).await {
         Ok(report) => run_checks(&report, &certs, args.precheck),
         Err(e) => vec![CheckResult::new(
             "debug API",
@@ -111,6 +122,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             format!("{e:#}"),
         )],
     };
+    if args.kubeconfig.is_some() || !args.contexts.is_empty() {
+        match gather(args.kubeconfig.as_ref(), &args.contexts).await {
+            Ok(facts) => results.extend(kube_checks(&facts, args.precheck)),
+            Err(e) => results.push(CheckResult::new(
+                "kubernetes",
+                Outcome::Fail,
+                format!("{e:#}"),
+            )),
+        }
+    }
     match args.output {
         CheckOutput::Text => print!("{}", render(&results, args.verbose)),
         CheckOutput::Json => println!("{}", serde_json::to_string_pretty(&results)?),
@@ -449,7 +470,7 @@ fn read_pem_certs(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(certs)
 }
 
-fn sha256_hex(der: &[u8]) -> String {
+pub(crate) fn sha256_hex(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     digest
         .as_ref()

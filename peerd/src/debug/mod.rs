@@ -5,6 +5,7 @@
 //! Peers plug in through [`source::PeerSource`]. Nothing here changes daemon state.
 
 pub mod check;
+pub mod check_kube;
 pub mod client;
 pub mod convert;
 pub mod peers;

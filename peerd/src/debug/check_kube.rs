@@ -1,0 +1,404 @@
+//! `peerd check --kubeconfig FILE [--context NAME[=CLUSTER] ...]`: the checks of the
+//! reference list that need the Kubernetes API, per context and across contexts: the
+//! east-west Gateway is `Programmed` with an address; every `istio-remote` Gateway has
+//! `PeerConnected`, `PeeringSucceeded` and `PeerDataPlaneProgrammed` True (as written by
+//! the leader peerd of that cluster); every cluster's root certificate
+//! (`istio-system/istio-ca-root-cert`) is the same; and the network configuration agrees:
+//! each cluster's `istio-system` network label is set, and each peer Gateway's network
+//! label equals the network of the cluster it points at (when that cluster is one of the
+//! contexts).
+//!
+//! [`gather`] reads; the checks are pure functions of the gathered [`ClusterFacts`]. It must
+//! never write to a cluster, and never print credentials from the kubeconfig.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::debug::check::{CheckResult, Outcome, sha256_hex};
+use crate::kube::types::{
+    CONDITION_ACCEPTED, CONDITION_DATA_PLANE_PROGRAMMED, CONDITION_PEER_CONNECTED,
+    CONDITION_PEERING_SUCCEEDED, CONDITION_PROGRAMMED, GATEWAY_CLASS_EASTWEST,
+    GATEWAY_CLASS_REMOTE, Gateway, LABEL_CLUSTER, LABEL_NETWORK,
+};
+
+/// Where Istio keeps its root certificate and network label.
+pub const ISTIO_SYSTEM: &str = "istio-system";
+/// The ConfigMap istiod publishes the mesh root in, and its key.
+pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub const ROOT_KEY: &str = "root-cert.pem";
+
+/// One `--context NAME[=CLUSTER]`: the kubeconfig context and the Istio cluster name it
+/// holds (default: the context name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextArg {
+    pub context: String,
+    pub cluster: String,
+}
+
+impl std::str::FromStr for ContextArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ContextArg, String> {
+        let (context, cluster) = s.split_once('=').unwrap_or((s, s));
+        if context.is_empty() || cluster.is_empty() {
+            return Err(format!("--context {s:?}: expected NAME or NAME=CLUSTER"));
+        }
+        Ok(ContextArg {
+            context: context.to_string(),
+            cluster: cluster.to_string(),
+        })
+    }
+}
+
+/// One Gateway as the checks see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayFacts {
+    /// `namespace/name`.
+    pub name: String,
+    pub class: String,
+    pub labels: BTreeMap<String, String>,
+    pub addresses: Vec<String>,
+    /// Condition type → (status, reason, message).
+    pub conditions: BTreeMap<String, (String, String, String)>,
+}
+
+/// What one cluster's API server says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterFacts {
+    pub cluster: String,
+    /// The `topology.istio.io/network` label of `istio-system`.
+    pub network: Option<String>,
+    /// The root certificate PEM from `istio-system/istio-ca-root-cert`.
+    pub root_pem: Option<String>,
+    pub gateways: Vec<GatewayFacts>,
+}
+
+/// Reads the facts of every context (the current one when none is given).
+pub async fn gather(
+    kubeconfig: Option<&PathBuf>,
+    contexts: &[ContextArg],
+) -> anyhow::Result<Vec<ClusterFacts>> {
+    let file = match kubeconfig {
+        Some(path) => Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?,
+        None => {
+            Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")?
+        }
+    };
+    let targets: Vec<ContextArg> = if contexts.is_empty() {
+        let current = file
+            .current_context
+            .clone()
+            .context("the kubeconfig has no current-context; pass --context")?;
+        vec![ContextArg {
+            context: current.clone(),
+            cluster: current,
+        }]
+    } else {
+        contexts.to_vec()
+    };
+    let mut facts = Vec::new();
+    for target in &targets {
+        let options = KubeConfigOptions {
+            context: Some(target.context.clone()),
+            ..KubeConfigOptions::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(file.clone(), &options)
+            .await
+            .with_context(|| format!("context {}: loading", target.context))?;
+        let client = kube::Client::try_from(config)
+            .with_context(|| format!("context {}: building the client", target.context))?;
+        facts.push(
+            gather_one(client, &target.cluster)
+                .await
+                .with_context(|| format!("context {}", target.context))?,
+        );
+    }
+    Ok(facts)
+}
+
+async fn gather_one(client: kube::Client, cluster: &str) -> anyhow::Result<ClusterFacts> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let network = namespaces
+        .get_opt(ISTIO_SYSTEM)
+        .await
+        .context("reading namespace istio-system")?
+        .and_then(|ns| ns.metadata.labels.unwrap_or_default().remove(LABEL_NETWORK));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ISTIO_SYSTEM);
+    let root_pem = configmaps
+        .get_opt(ROOT_CONFIGMAP)
+        .await
+        .with_context(|| format!("reading configmap {ISTIO_SYSTEM}/{ROOT_CONFIGMAP}"))?
+        .and_then(|cm| cm.data.unwrap_or_default().remove(ROOT_KEY));
+    let gateways: Api<Gateway> = Api::all(client);
+    let gateways = gateways
+        .list(&ListParams::default())
+        .await
+        .context("listing gateways.gateway.networking.k8s.io")?
+        .items
+        .into_iter()
+        .filter(|g| {
+            [GATEWAY_CLASS_REMOTE, GATEWAY_CLASS_EASTWEST]
+                .contains(&g.spec.gateway_class_name.as_str())
+        })
+        .map(|g| GatewayFacts {
+            name: format!(
+                "{}/{}",
+                g.metadata.namespace.clone().unwrap_or_default(),
+                g.metadata.name.clone().unwrap_or_default()
+            ),
+            class: g.spec.gateway_class_name.clone(),
+            labels: g.metadata.labels.clone().unwrap_or_default(),
+            addresses: g.spec.addresses.iter().map(|a| a.value.clone()).collect(),
+            conditions: g
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .map(|c| {
+                    (
+                        c.type_.clone(),
+                        (c.status.clone(), c.reason.clone(), c.message.clone()),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(ClusterFacts {
+        cluster: cluster.to_string(),
+        network,
+        root_pem,
+        gateways,
+    })
+}
+
+/// Every Kubernetes check, per cluster then across clusters.
+pub fn kube_checks(facts: &[ClusterFacts], precheck: bool) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    for f in facts {
+        results.push(check_eastwest(f));
+        if !precheck {
+            results.extend(check_peer_gateways(f));
+        }
+    }
+    results.push(check_roots(facts));
+    results.push(check_kube_networks(facts));
+    results
+}
+
+fn condition_lines(g: &GatewayFacts) -> Vec<String> {
+    g.conditions
+        .iter()
+        .map(|(t, (status, reason, message))| format!("{t}={status} {reason}: {message}"))
+        .collect()
+}
+
+/// The east-west Gateway exists, is `Programmed` and has an address.
+pub fn check_eastwest(f: &ClusterFacts) -> CheckResult {
+    let name = format!("east-west gateway ({})", f.cluster);
+    let eastwest: Vec<&GatewayFacts> = f
+        .gateways
+        .iter()
+        .filter(|g| g.class == GATEWAY_CLASS_EASTWEST)
+        .collect();
+    let Some(g) = eastwest.first() else {
+        return CheckResult::new(
+            &name,
+            Outcome::Warn,
+            format!(
+                "no {GATEWAY_CLASS_EASTWEST} Gateway: peers on other networks cannot reach this cluster"
+            ),
+        );
+    };
+    let result = match g.conditions.get(CONDITION_PROGRAMMED) {
+        Some((status, _, _)) if status == "True" && !g.addresses.is_empty() => CheckResult::new(
+            &name,
+            Outcome::Pass,
+            format!("{} is Programmed at {}", g.name, g.addresses.join(", ")),
+        ),
+        Some((status, _, _)) if status == "True" => CheckResult::new(
+            &name,
+            Outcome::Fail,
+            format!("{} is Programmed but has no address", g.name),
+        ),
+        Some((status, reason, message)) => CheckResult::new(
+            &name,
+            Outcome::Fail,
+            format!("{} Programmed is {status} ({reason}: {message})", g.name),
+        ),
+        None => CheckResult::new(
+            &name,
+            Outcome::Fail,
+            format!("{} has no Programmed condition", g.name),
+        ),
+    };
+    result.with_details(condition_lines(g))
+}
+
+/// Each peer Gateway: accepted, connected, synced and with a measured data plane.
+pub fn check_peer_gateways(f: &ClusterFacts) -> Vec<CheckResult> {
+    let peers: Vec<&GatewayFacts> = f
+        .gateways
+        .iter()
+        .filter(|g| g.class == GATEWAY_CLASS_REMOTE)
+        .collect();
+    if peers.is_empty() {
+        return vec![CheckResult::new(
+            &format!("peer gateways ({})", f.cluster),
+            Outcome::Warn,
+            format!("no {GATEWAY_CLASS_REMOTE} Gateway: this cluster peers with nobody"),
+        )];
+    }
+    peers
+        .into_iter()
+        .map(|g| {
+            let name = format!("peer gateway {} ({})", g.name, f.cluster);
+            let failing = [
+                CONDITION_ACCEPTED,
+                CONDITION_PEER_CONNECTED,
+                CONDITION_PEERING_SUCCEEDED,
+                CONDITION_DATA_PLANE_PROGRAMMED,
+            ]
+            .into_iter()
+            .find_map(|t| match g.conditions.get(t) {
+                Some((status, _, _)) if status == "True" => None,
+                Some((status, reason, message)) => {
+                    Some(format!("{t} is {status} ({reason}: {message})"))
+                }
+                None => Some(format!("{t} is not set (is peerd running and leading?)")),
+            });
+            match failing {
+                None => CheckResult::new(
+                    &name,
+                    Outcome::Pass,
+                    "Accepted, PeerConnected, PeeringSucceeded and PeerDataPlaneProgrammed are True",
+                ),
+                Some(reason) => CheckResult::new(&name, Outcome::Fail, reason),
+            }
+            .with_details(condition_lines(g))
+        })
+        .collect()
+}
+
+/// Every cluster publishes the same root: otherwise peers fail TLS with an unknown
+/// authority.
+pub fn check_roots(facts: &[ClusterFacts]) -> CheckResult {
+    const NAME: &str = "root certificates (kubernetes)";
+    let mut by_digest: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for f in facts {
+        match f.root_pem.as_deref().map(root_digest) {
+            Some(Ok(digest)) => by_digest.entry(digest).or_default().push(&f.cluster),
+            Some(Err(e)) => {
+                return CheckResult::new(
+                    NAME,
+                    Outcome::Fail,
+                    format!(
+                        "{}: {ISTIO_SYSTEM}/{ROOT_CONFIGMAP} {ROOT_KEY}: {e:#}",
+                        f.cluster
+                    ),
+                );
+            }
+            None => missing.push(f.cluster.as_str()),
+        }
+    }
+    let details: Vec<String> = by_digest
+        .iter()
+        .map(|(d, clusters)| format!("{} root SHA256 {d}", clusters.join(", ")))
+        .collect();
+    if !missing.is_empty() {
+        return CheckResult::new(
+            NAME,
+            Outcome::Warn,
+            format!(
+                "no {ISTIO_SYSTEM}/{ROOT_CONFIGMAP} in {} (istiod not installed yet?)",
+                missing.join(", ")
+            ),
+        )
+        .with_details(details);
+    }
+    match by_digest.len() {
+        0 => CheckResult::new(NAME, Outcome::Warn, "no cluster to compare"),
+        1 => CheckResult::new(
+            NAME,
+            Outcome::Pass,
+            format!("{} cluster(s) share one root", facts.len()),
+        ),
+        _ => CheckResult::new(
+            NAME,
+            Outcome::Fail,
+            "clusters publish different roots: peers will fail TLS with an unknown certificate authority (plug in intermediates from one shared root)",
+        ),
+    }
+    .with_details(details)
+}
+
+fn root_digest(pem: &str) -> anyhow::Result<String> {
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .context("no certificate")?
+        .context("not PEM")?;
+    Ok(sha256_hex(&der))
+}
+
+/// Networks are labelled, and each peer Gateway names the network its cluster is on.
+pub fn check_kube_networks(facts: &[ClusterFacts]) -> CheckResult {
+    const NAME: &str = "network configuration (kubernetes)";
+    let networks: BTreeMap<&str, Option<&str>> = facts
+        .iter()
+        .map(|f| (f.cluster.as_str(), f.network.as_deref()))
+        .collect();
+    let mut problems = Vec::new();
+    let mut unlabelled = Vec::new();
+    let mut details = Vec::new();
+    for f in facts {
+        match &f.network {
+            Some(n) => details.push(format!("{}: istio-system network {n:?}", f.cluster)),
+            None => unlabelled.push(f.cluster.as_str()),
+        }
+        for g in f
+            .gateways
+            .iter()
+            .filter(|g| g.class == GATEWAY_CLASS_REMOTE)
+        {
+            let target = g.labels.get(LABEL_CLUSTER).map(String::as_str);
+            let claimed = g.labels.get(LABEL_NETWORK).map(String::as_str);
+            details.push(format!(
+                "{}: peer gateway {} → cluster {:?} network {:?}",
+                f.cluster, g.name, target, claimed
+            ));
+            if let (Some(target), Some(Some(actual))) =
+                (target, target.and_then(|t| networks.get(t)))
+                && claimed != Some(*actual)
+            {
+                problems.push(format!(
+                    "{}: peer gateway {} says cluster {target} is on network {:?}, but {target} labels its istio-system {actual:?} (traffic would go to 240.x.x.x addresses and time out)",
+                    f.cluster, g.name, claimed.unwrap_or("")
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        CheckResult::new(NAME, Outcome::Fail, problems.join("; "))
+    } else if !unlabelled.is_empty() {
+        CheckResult::new(
+            NAME,
+            Outcome::Warn,
+            format!(
+                "namespace {ISTIO_SYSTEM} has no {LABEL_NETWORK} label in {} (Istio then assumes the default network)",
+                unlabelled.join(", ")
+            ),
+        )
+    } else {
+        CheckResult::new(
+            NAME,
+            Outcome::Pass,
+            format!("{} cluster(s): network labels agree", facts.len()),
+        )
+    }
+    .with_details(details)
+}
