@@ -211,7 +211,7 @@ pub(super) fn start(
     let identity = settings
         .identity
         .clone()
-        .unwrap_or_else(|| format!("peerd-{}", std::process::id()));
+        .unwrap_or_else(default_identity);
     let elector = LeaderElector::start(
         kube.client.clone(),
         LeaderConfig {
@@ -282,6 +282,18 @@ pub(super) fn start(
         ));
     }
     Ok(())
+}
+
+/// `<hostname>_<random>` (the pod name in Kubernetes), like client-go's leader election:
+/// unique even when every replica runs as pid 1 in its own pod.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "peerd".to_string());
+    let suffix: u32 = rand::random();
+    format!("{host}_{suffix:08x}")
 }
 
 /// A Gateway as the peer model sees it (the monitor validates it the same way as a file

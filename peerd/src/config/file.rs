@@ -99,7 +99,7 @@ pub struct KubernetesFile {
 pub struct LeaderElectionFile {
     /// Lease name. Default `peerd-leader`.
     pub lease_name: Option<String>,
-    /// This replica's holder identity (`POD_NAME`). Default `peerd-<pid>`.
+    /// This replica's holder identity (`POD_NAME`). Default `<hostname>_<random>`.
     pub identity: Option<String>,
     /// Lease duration. Default `15s`.
     pub lease_duration: Option<String>,

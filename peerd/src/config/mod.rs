@@ -108,7 +108,7 @@ pub struct Kubernetes {
     pub api: KubeApi,
     pub startup_timeout: Duration,
     pub lease_name: String,
-    /// `None`: `peerd-<pid>` at start.
+    /// `None`: `<hostname>_<random>` at start.
     pub identity: Option<String>,
     pub lease_duration: Duration,
     pub renew_period: Duration,
