@@ -48,7 +48,10 @@ fn sandbox_writes_workload_entries_service_entries_and_gateway_conditions() {
     let ns = format!("peerd-sbkube-{}", std::process::id());
     let _cleanup = NetnsGuard(ns.clone());
     run_ok("ip", &["netns", "add", &ns]);
-    run_ok("ip", &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+    run_ok(
+        "ip",
+        &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"],
+    );
     let exe = std::env::current_exe().unwrap();
     let status = Command::new("ip")
         .args(["netns", "exec", &ns])
@@ -131,7 +134,12 @@ fn scenario() {
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_peerd"))
         .args(["sandbox", "--for", "15m", "--churn-per-sec", "0"])
-        .args(["--workloads-per-cluster", "60", "--services-per-cluster", "10"])
+        .args([
+            "--workloads-per-cluster",
+            "60",
+            "--services-per-cluster",
+            "10",
+        ])
         .arg("--status-json")
         .arg(&status_json)
         .arg("--state-dir")
@@ -256,7 +264,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
     let mut count = 0;
     let mut out = Vec::new();
     for c in text.bytes().filter(|c| *c != b'=') {
-        let value = ALPHABET.iter().position(|a| *a == c).expect("base64 character") as u32;
+        let value = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .expect("base64 character") as u32;
         bits = (bits << 6) | value;
         count += 6;
         if count >= 8 {
@@ -369,7 +380,12 @@ async fn check(sandbox: &Sandbox, status_json: &Path) {
         let have_se: BTreeSet<String> = service_entries
             .list(&ListParams::default())
             .await
-            .map(|l| l.items.into_iter().filter_map(|s| s.metadata.name).collect())
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter_map(|s| s.metadata.name)
+                    .collect()
+            })
             .unwrap_or_default();
         let gateways_ok = peer_gws.len() == 2 && peer_gws.iter().all(all_true);
         if gateways_ok
@@ -426,23 +442,47 @@ async fn check(sandbox: &Sandbox, status_json: &Path) {
         .unwrap()
         .items
         .len();
-    assert_eq!(per_service.len(), seeded, "one autogen.cluster-3.* per global service of cluster-3");
+    assert_eq!(
+        per_service.len(),
+        seeded,
+        "one autogen.cluster-3.* per global service of cluster-3"
+    );
 
     // Labels, annotation and network of the generated objects.
     for we in entries.list(&ListParams::default()).await.unwrap().items {
         let name = we.metadata.name.clone().unwrap();
         let labels = we.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("peerd"), "{name}");
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("peerd"),
+            "{name}"
+        );
         if name.starts_with("autogenflat.cluster-2.") {
-            assert_eq!(labels.get("solo.io/source-cluster").map(String::as_str), Some("cluster-2"));
-            assert!(labels.get("solo.io/source-workload").is_some_and(|v| v.starts_with("autogenflat.cluster-2.")));
+            assert_eq!(
+                labels.get("solo.io/source-cluster").map(String::as_str),
+                Some("cluster-2")
+            );
+            assert!(
+                labels
+                    .get("solo.io/source-workload")
+                    .is_some_and(|v| v.starts_with("autogenflat.cluster-2."))
+            );
             let uid = we.metadata.annotations.clone().unwrap_or_default();
-            assert!(uid.get("solo.io/peered-workload-uid").is_some_and(|u| u.starts_with("cluster-2/")), "{name}: {uid:?}");
+            assert!(
+                uid.get("solo.io/peered-workload-uid")
+                    .is_some_and(|u| u.starts_with("cluster-2/")),
+                "{name}: {uid:?}"
+            );
             assert_eq!(we.spec.network, "flat-net");
         } else {
             assert!(we.spec.address.is_empty(), "{name} has no address");
             assert_eq!(we.spec.network, "net-3", "{name}");
-            assert_eq!(labels.get("solo.io/source-cluster").map(String::as_str), Some("cluster-3"));
+            assert_eq!(
+                labels.get("solo.io/source-cluster").map(String::as_str),
+                Some("cluster-3")
+            );
         }
     }
 
@@ -450,9 +490,12 @@ async fn check(sandbox: &Sandbox, status_json: &Path) {
     let http = reqwest_like_get(&apis["cluster-1"], "/__emulator/counters/reset", true).await;
     assert!(http.is_some(), "resetting the emulator's counters");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let counts: RequestCounts =
-        serde_json::from_value(reqwest_like_get(&apis["cluster-1"], "/__emulator/counters", false).await.unwrap())
-            .unwrap();
+    let counts: RequestCounts = serde_json::from_value(
+        reqwest_like_get(&apis["cluster-1"], "/__emulator/counters", false)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     // Lease renewals are the only writes expected: none on the objects peerd manages.
     let object_writes: u64 = counts
         .by_resource
@@ -469,7 +512,10 @@ async fn check(sandbox: &Sandbox, status_json: &Path) {
         "the leader kept renewing its Lease: {counts:?}"
     );
 
-    if let Some(output) = kubectl(&apis["cluster-1"], &["get", "workloadentries", "-n", CONTROL_NS, "-o", "name"]) {
+    if let Some(output) = kubectl(
+        &apis["cluster-1"],
+        &["get", "workloadentries", "-n", CONTROL_NS, "-o", "name"],
+    ) {
         let listed: BTreeSet<String> = output
             .lines()
             .filter_map(|l| l.rsplit('/').next().map(str::to_string))
@@ -497,10 +543,34 @@ async fn bad_gateways_are_refused_naming_the_field(gateways: &Api<Gateway>) {
         {"name": "xds-tls", "port": 15012, "protocol": "TLS"},
     ]);
     let cases = [
-        ("istio-remote-peer-noaddr", "c-noaddr", serde_json::json!([]), listeners.clone(), "spec.addresses"),
-        ("istio-remote-peer-nolisteners", "c-nolisteners", serde_json::json!([{"type": "IPAddress", "value": "127.0.9.1"}]), serde_json::json!([]), "spec.listeners"),
-        ("istio-remote-peer-unresolvable", "c-unresolvable", serde_json::json!([{"type": "Hostname", "value": "peer.example.invalid"}]), listeners.clone(), "spec.addresses[0]"),
-        ("istio-remote-peer-self", "cluster-1", serde_json::json!([{"type": "IPAddress", "value": "127.0.9.1"}]), listeners.clone(), "metadata.labels[topology.istio.io/cluster]"),
+        (
+            "istio-remote-peer-noaddr",
+            "c-noaddr",
+            serde_json::json!([]),
+            listeners.clone(),
+            "spec.addresses",
+        ),
+        (
+            "istio-remote-peer-nolisteners",
+            "c-nolisteners",
+            serde_json::json!([{"type": "IPAddress", "value": "127.0.9.1"}]),
+            serde_json::json!([]),
+            "spec.listeners",
+        ),
+        (
+            "istio-remote-peer-unresolvable",
+            "c-unresolvable",
+            serde_json::json!([{"type": "Hostname", "value": "peer.example.invalid"}]),
+            listeners.clone(),
+            "spec.addresses[0]",
+        ),
+        (
+            "istio-remote-peer-self",
+            "cluster-1",
+            serde_json::json!([{"type": "IPAddress", "value": "127.0.9.1"}]),
+            listeners.clone(),
+            "metadata.labels[topology.istio.io/cluster]",
+        ),
     ];
     for (name, cluster, addresses, listeners, _) in &cases {
         let body = serde_json::json!({
@@ -525,7 +595,10 @@ async fn bad_gateways_are_refused_naming_the_field(gateways: &Api<Gateway>) {
             let conditions = gw.status.map(|s| s.conditions).unwrap_or_default();
             let refused = PEER_CONDITION_TYPES.iter().all(|t| {
                 conditions.iter().any(|c| {
-                    c.type_ == *t && c.status == "False" && c.reason == "Invalid" && c.message.contains(field)
+                    c.type_ == *t
+                        && c.status == "False"
+                        && c.reason == "Invalid"
+                        && c.message.contains(field)
                 })
             });
             if refused {
@@ -539,7 +612,10 @@ async fn bad_gateways_are_refused_naming_the_field(gateways: &Api<Gateway>) {
         }
     }
     for good in ["istio-remote-peer-cluster-2", "istio-remote-peer-cluster-3"] {
-        assert!(all_true(&gateways.get(good).await.unwrap()), "{good} still all True");
+        assert!(
+            all_true(&gateways.get(good).await.unwrap()),
+            "{good} still all True"
+        );
     }
 }
 
@@ -548,7 +624,11 @@ async fn reqwest_like_get(base: &str, path: &str, post: bool) -> Option<Value> {
     let client = connect(&ClientSource::Url(base.to_string()), CONTROL_NS)
         .await
         .ok()?;
-    let method = if post { http::Method::POST } else { http::Method::GET };
+    let method = if post {
+        http::Method::POST
+    } else {
+        http::Method::GET
+    };
     let request = http::Request::builder()
         .method(method)
         .uri(path)

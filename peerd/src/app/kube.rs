@@ -98,7 +98,8 @@ pub(super) async fn prepare(config: &mut Config) -> anyhow::Result<Option<KubeSt
         .await
         .context("kubernetes: connecting to the API server")?;
     let mut watch_tasks = JoinSet::new();
-    let watches = gateways::start_watches(client.clone(), &config.peering_namespace, &mut watch_tasks);
+    let watches =
+        gateways::start_watches(client.clone(), &config.peering_namespace, &mut watch_tasks);
     match tokio::time::timeout(settings.startup_timeout, watches.ready()).await {
         Err(_) => anyhow::bail!(
             "kubernetes: no first list of Gateways and Services within {:?} (kubernetes.startupTimeout); is the API server reachable, are the Gateway API CRDs installed, may peerd list gateways in {} and services?",
@@ -110,11 +111,8 @@ pub(super) async fn prepare(config: &mut Config) -> anyhow::Result<Option<KubeSt
 
     if config.network.is_empty() {
         let mut network = watches.local_network.clone();
-        let labelled = tokio::time::timeout(
-            Duration::from_secs(2),
-            network.wait_for(Option::is_some),
-        )
-        .await;
+        let labelled =
+            tokio::time::timeout(Duration::from_secs(2), network.wait_for(Option::is_some)).await;
         if let Ok(Ok(value)) = labelled {
             config.network = value.clone().unwrap_or_default();
             tracing::info!(network = %config.network, "local network from the istio-system namespace label");
@@ -208,10 +206,7 @@ pub(super) fn start(
         .kubernetes
         .clone()
         .context("kubernetes settings vanished")?;
-    let identity = settings
-        .identity
-        .clone()
-        .unwrap_or_else(default_identity);
+    let identity = settings.identity.clone().unwrap_or_else(default_identity);
     let elector = LeaderElector::start(
         kube.client.clone(),
         LeaderConfig {
@@ -247,7 +242,11 @@ pub(super) fn start(
         cancel.clone(),
     ));
     tasks.spawn(write_conditions(
-        ConditionsWriter::new(kube.client.clone(), &config.peering_namespace, leadership.clone()),
+        ConditionsWriter::new(
+            kube.client.clone(),
+            &config.peering_namespace,
+            leadership.clone(),
+        ),
         kube.watches.clone(),
         Arc::clone(monitor),
         leadership.clone(),
@@ -476,7 +475,9 @@ async fn follow_gateways(
             for (cluster, peer) in &now_usable {
                 match started.get(cluster) {
                     None => differences.insert(format!("{cluster} added")),
-                    Some(running) if running != peer => differences.insert(format!("{cluster} changed")),
+                    Some(running) if running != peer => {
+                        differences.insert(format!("{cluster} changed"))
+                    }
                     Some(_) => false,
                 };
             }
@@ -578,7 +579,13 @@ async fn write_conditions(
             };
             let signature: Vec<(String, String, String)> = desired
                 .iter()
-                .map(|d| (d.type_.clone(), d.status.as_str().to_string(), d.reason.clone()))
+                .map(|d| {
+                    (
+                        d.type_.clone(),
+                        d.status.as_str().to_string(),
+                        d.reason.clone(),
+                    )
+                })
                 .collect();
             if written
                 .get(&name)

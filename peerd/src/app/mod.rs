@@ -204,7 +204,15 @@ impl Peerd {
             &mut tasks,
         )?;
         if let Some(kube) = kube {
-            kube::start(kube, &config, &store, &federation, &peers, &cancel, &mut tasks)?;
+            kube::start(
+                kube,
+                &config,
+                &store,
+                &federation,
+                &peers,
+                &cancel,
+                &mut tasks,
+            )?;
         }
         let debug_addr = debug_api::start_debug_api(
             &config,

@@ -793,7 +793,10 @@ fn kubernetes_is_off_by_default_and_kubeconfig_in_the_shell_does_not_enable_it()
     assert_eq!(c.kubernetes, None);
     let env = Env::from_pairs([("KUBECONFIG", "/nonexistent/kubeconfig")]);
     let c = resolve_yaml("cluster: c1\n", &env, &Overrides::default()).unwrap();
-    assert_eq!(c.kubernetes, None, "KUBECONFIG alone must not enable Kubernetes");
+    assert_eq!(
+        c.kubernetes, None,
+        "KUBECONFIG alone must not enable Kubernetes"
+    );
 }
 
 #[test]
@@ -808,7 +811,9 @@ fn kubernetes_in_a_pod_uses_the_service_account_and_token_review() {
     assert_eq!(k.identity.as_deref(), Some("peerd-abc12"));
     assert_eq!(k.lease_name, "peerd-leader");
     assert!(k.flat_sync);
-    let review = k.token_review.expect("no tokenFile: TokenReview checks ztunnel tokens");
+    let review = k
+        .token_review
+        .expect("no tokenFile: TokenReview checks ztunnel tokens");
     assert_eq!(review.audiences, vec!["istio-ca".to_string()]);
     assert_eq!(review.cache_ttl, Duration::from_secs(30));
 }
@@ -845,9 +850,21 @@ fn bad_kubernetes_settings_name_their_field() {
     );
     assert_error(&errors, "kubernetes.server", "not an http");
     assert_error(&errors, "kubernetes.startupTimeout", "greater than 0");
-    assert_error(&errors, "kubernetes.leaderElection.leaseName", "not a valid object name");
-    assert_error(&errors, "kubernetes.leaderElection.renewPeriod", "shorter than leaseDuration");
-    assert_error(&errors, "kubernetes.tokenReview.audiences[0]", "must not be empty");
+    assert_error(
+        &errors,
+        "kubernetes.leaderElection.leaseName",
+        "not a valid object name",
+    );
+    assert_error(
+        &errors,
+        "kubernetes.leaderElection.renewPeriod",
+        "shorter than leaseDuration",
+    );
+    assert_error(
+        &errors,
+        "kubernetes.tokenReview.audiences[0]",
+        "must not be empty",
+    );
     assert_error(&errors, "kubernetes.tokenReview.cacheTtl", "");
     let errors = errors_of("cluster: c1\nkubernetes: { kubeconfig: /nonexistent/kc }\n");
     assert_error(&errors, "kubernetes.kubeconfig", "does not exist");

@@ -15,9 +15,8 @@ use super::env::{Env, Overrides, Sources, apply_env, apply_overrides};
 use super::file::{FileConfig, UpstreamFile};
 use super::{
     ClientCert, Config, EastWestGateway, Export, Hysteresis, KubeApi, Kubernetes, Listeners, Peer,
-    PeerAddress, Probe, TokenReview,
-    ServerIdentity, ServerTls, ServiceRef, Telemetry, Upstream, XdsServer, defaults,
-    parse_duration,
+    PeerAddress, Probe, ServerIdentity, ServerTls, ServiceRef, Telemetry, TokenReview, Upstream,
+    XdsServer, defaults, parse_duration,
 };
 
 /// Largest gRPC message size accepted in the config (the gRPC length prefix is 32 bits).
@@ -238,7 +237,8 @@ impl Checker<'_> {
 
     fn kubernetes(&mut self, file: &FileConfig, xds: &XdsServer) -> Option<Kubernetes> {
         let k = &file.kubernetes;
-        let explicit = k.server.is_some() || (k.kubeconfig.is_some() && !self.kube_auto.kubeconfig_from_env);
+        let explicit =
+            k.server.is_some() || (k.kubeconfig.is_some() && !self.kube_auto.kubeconfig_from_env);
         if !k.enabled.unwrap_or(explicit || self.kube_auto.in_cluster) {
             return None;
         }
@@ -279,7 +279,10 @@ impl Checker<'_> {
             );
         }
         let identity = le.identity.clone();
-        if identity.as_deref().is_some_and(|i| i.trim().is_empty() || i.len() > 253) {
+        if identity
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty() || i.len() > 253)
+        {
             self.err(
                 "kubernetes.leaderElection.identity",
                 "must be 1 to 253 characters",

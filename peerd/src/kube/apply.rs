@@ -450,7 +450,8 @@ impl FlatSyncExecutor {
     fn export_gauges(&mut self, desired: &DesiredObjects) {
         let counts = self.workload_entry_counts(desired);
         for gone in self.gauged.iter().filter(|c| !counts.contains_key(*c)) {
-            metrics::gauge!("peerd_workloadentries_managed", "peer_cluster" => gone.clone()).set(0.0);
+            metrics::gauge!("peerd_workloadentries_managed", "peer_cluster" => gone.clone())
+                .set(0.0);
             metrics::gauge!("peerd_workloadentries_stale", "peer_cluster" => gone.clone()).set(0.0);
         }
         for (cluster, (managed, stale)) in &counts {

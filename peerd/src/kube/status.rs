@@ -133,11 +133,14 @@ pub fn differs_beyond_messages(
         .iter()
         .filter(|want| PEER_CONDITION_TYPES.contains(&want.type_.as_str()))
         .any(|want| {
-            current.iter().find(|c| c.type_ == want.type_).is_none_or(|c| {
-                c.status != want.status.as_str()
-                    || c.reason != want.reason
-                    || c.observed_generation != Some(generation)
-            })
+            current
+                .iter()
+                .find(|c| c.type_ == want.type_)
+                .is_none_or(|c| {
+                    c.status != want.status.as_str()
+                        || c.reason != want.reason
+                        || c.observed_generation != Some(generation)
+                })
         })
 }
 

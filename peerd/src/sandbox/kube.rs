@@ -35,12 +35,16 @@ pub async fn start(
     global_services: &[String],
 ) -> anyhow::Result<EmulatorHandle> {
     if !me.host.is_loopback() {
-        bail!("{}: the emulated API server must listen on loopback", me.name);
+        bail!(
+            "{}: the emulated API server must listen on loopback",
+            me.name
+        );
     }
-    let mut namespaces: BTreeSet<String> = ["default", "kube-system", "istio-system", PEERING_NAMESPACE]
-        .map(String::from)
-        .into_iter()
-        .collect();
+    let mut namespaces: BTreeSet<String> =
+        ["default", "kube-system", "istio-system", PEERING_NAMESPACE]
+            .map(String::from)
+            .into_iter()
+            .collect();
     let services: Vec<(&str, &str)> = global_services
         .iter()
         .filter_map(|s| s.split_once('/'))
