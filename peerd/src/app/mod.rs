@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod debug_api;
+mod kube;
 mod monitor;
 mod upstreams;
 
@@ -23,7 +24,6 @@ use crate::identity::reload::{CertSource, RootsSource};
 use crate::identity::tls::{ClientAuth, ServerTlsOptions};
 use crate::peers::{AdsClients, PeerMonitor};
 use crate::store::{Store, StoreEvent};
-use crate::xds::auth::StaticTokenVerifier;
 use crate::xds::client::AdsClient;
 use crate::xds::server::{AdsServer, ServerOptions};
 use crate::xds::stats::StreamStats;
@@ -58,7 +58,9 @@ pub struct Peerd {
 
 impl Peerd {
     /// Binds every listener and starts every task. Errors name what failed.
-    pub async fn start(config: Config) -> anyhow::Result<Peerd> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Peerd> {
+        // Kubernetes (when configured) supplies peers, global services and more.
+        let kube = kube::prepare(&mut config).await?;
         let config = Arc::new(config);
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -101,14 +103,10 @@ impl Peerd {
             },
         )
         .context("xds.tls: building the server TLS configuration")?;
-        let token_file = config.xds.token_file.as_ref().context(
-            "xds.auth.tokenFile: a bearer-token file is required to authenticate ztunnel",
-        )?;
-        let verifier = StaticTokenVerifier::from_file(token_file, "ztunnel")
-            .with_context(|| format!("xds.auth.tokenFile: reading {}", token_file.display()))?;
+        let verifier = kube::token_verifier(&config, kube.as_ref())?;
         // Peers presenting a certificate get their export view; ztunnel with a valid
         // bearer token gets the merged view.
-        let selector = federation.selector(Some(Arc::new(verifier)));
+        let selector = federation.selector(Some(verifier));
         let server = AdsServer::new(
             selector,
             ServerOptions {
@@ -216,6 +214,17 @@ impl Peerd {
             &cancel,
             &mut tasks,
         )?;
+        if let Some(kube) = kube {
+            kube::start(
+                kube,
+                &config,
+                &store,
+                &federation,
+                &peers,
+                &cancel,
+                &mut tasks,
+            )?;
+        }
         let debug_addr = debug_api::start_debug_api(
             &config,
             &store,

@@ -22,6 +22,9 @@ pub const ENV_VARS: &[&str] = &[
     "XDS_ADDRESS",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "LOG_FORMAT",
+    "KUBECONFIG",
+    "POD_NAME",
+    "KUBERNETES_SERVICE_HOST",
 ];
 
 /// A snapshot of the recognised environment variables. Tests build one from pairs instead
@@ -54,7 +57,7 @@ impl Env {
         Env { vars }
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(|v| v.trim())
     }
 }
@@ -122,6 +125,15 @@ pub fn apply_env(
         &mut file.telemetry.otlp_endpoint,
     );
 
+    set(
+        "kubernetes.leaderElection.identity",
+        "POD_NAME",
+        &mut file.kubernetes.leader_election.identity,
+    );
+    if let Some(v) = env.get("KUBECONFIG") {
+        file.kubernetes.kubeconfig = Some(v.into());
+        sources.insert("kubernetes.kubeconfig".into(), "env KUBECONFIG".into());
+    }
     if let Some(v) = env.get("PEERING_ENABLE_FLAT_NETWORKS") {
         match parse_bool(v) {
             Some(b) => {

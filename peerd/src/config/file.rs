@@ -57,6 +57,66 @@ pub struct FileConfig {
     pub probe: ProbeFile,
     /// Logs and traces.
     pub telemetry: TelemetryFile,
+    /// The Kubernetes side: peers from `istio-remote` Gateways, Gateway conditions,
+    /// flat-network WorkloadEntries, leader Lease, TokenReview.
+    pub kubernetes: KubernetesFile,
+}
+
+/// Where the Kubernetes API is and what peerd does with it.
+///
+/// Enabled when `enabled: true`, or (when `enabled` is unset) when `server` or
+/// `kubeconfig` is set or peerd runs in a pod (`KUBERNETES_SERVICE_HOST` set). The API
+/// server is, in order: `server` (a bare URL, no credentials: the sandbox's emulated API
+/// server), `kubeconfig` (or `KUBECONFIG`), else the pod's service account. With
+/// Kubernetes enabled, peers come from the Gateways of class `istio-remote` in
+/// `peeringNamespace` and `peers` must be empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesFile {
+    /// Use the Kubernetes API at all. Default: auto (see above).
+    pub enabled: Option<bool>,
+    /// A bare API server URL (`http://127.0.0.1:6443`), used without credentials. Wins over
+    /// `kubeconfig`.
+    pub server: Option<String>,
+    /// A kubeconfig file (its current context) (`KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// How long to wait at start for the first list of Gateways and Services. Default `30s`.
+    pub startup_timeout: Option<String>,
+    /// Leader election (one writer of conditions and WorkloadEntries per cluster).
+    pub leader_election: LeaderElectionFile,
+    /// Keep `autogenflat.*` / `autogen.*` WorkloadEntries and ServiceEntries in
+    /// `controlNamespace`. Default true.
+    pub flat_sync: Option<bool>,
+    /// Full reconcile pass even without a change. Default `5m`.
+    pub resync_interval: Option<String>,
+    /// Downstream (ztunnel) bearer tokens checked by TokenReview.
+    pub token_review: TokenReviewFile,
+}
+
+/// The `coordination.k8s.io/v1` Lease in `controlNamespace`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaderElectionFile {
+    /// Lease name. Default `peerd-leader`.
+    pub lease_name: Option<String>,
+    /// This replica's holder identity (`POD_NAME`). Default `<hostname>_<random>`.
+    pub identity: Option<String>,
+    /// Lease duration. Default `15s`.
+    pub lease_duration: Option<String>,
+    /// Renewal period; must be shorter than the lease duration. Default `5s`.
+    pub renew_period: Option<String>,
+}
+
+/// TokenReview verification of downstream bearer tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TokenReviewFile {
+    /// Default: true when `xds.auth.tokenFile` is unset.
+    pub enabled: Option<bool>,
+    /// Audiences asked for (the token must carry one). Default `[istio-ca]`.
+    pub audiences: Option<Vec<String>>,
+    /// How long a verdict is reused. Default `30s`.
+    pub cache_ttl: Option<String>,
 }
 
 /// `host:port` or `ip:port` strings to listen on.

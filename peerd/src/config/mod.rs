@@ -6,7 +6,9 @@
 //! 3. environment variables with Istio's names ([`env::ENV_VARS`]): `CLUSTER_ID`,
 //!    `NETWORK`, `TRUST_DOMAIN`, `PEERING_ENABLE_FLAT_NETWORKS`, `PEERING_NAMESPACE`,
 //!    `PEERING_CONTROL_NAMESPACE`, `XDS_ADDRESS` (the local istiod),
-//!    `OTEL_EXPORTER_OTLP_ENDPOINT`, `LOG_FORMAT`; an empty variable counts as unset;
+//!    `OTEL_EXPORTER_OTLP_ENDPOINT`, `LOG_FORMAT`, `KUBECONFIG`, `POD_NAME` (lease holder
+//!    identity), and `KUBERNETES_SERVICE_HOST` (only to detect running in a pod); an
+//!    empty variable counts as unset;
 //! 4. command-line flags ([`env::Overrides`], filled by the CLI).
 //!
 //! The merged result is validated once at start ([`validate`]): every problem is
@@ -32,7 +34,7 @@ use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
 pub use env::{ENV_VARS, Env, Overrides};
-pub use file::{DataPlaneServiceType, FileConfig, LogFormat, ProbeMode};
+pub use file::{DataPlaneServiceType, FileConfig, KubernetesFile, LogFormat, ProbeMode};
 pub use validate::{ConfigError, FieldError, resolve};
 
 /// Default values, in one place.
@@ -66,6 +68,13 @@ pub mod defaults {
     pub const PROBE_PORTS: [u16; 2] = [15008, 15012];
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
     pub const PROBE_JITTER: Duration = Duration::from_secs(2);
+    pub const KUBE_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const LEASE_NAME: &str = "peerd-leader";
+    pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+    pub const LEASE_RENEW_PERIOD: Duration = Duration::from_secs(5);
+    pub const KUBE_RESYNC: Duration = Duration::from_secs(300);
+    pub const TOKEN_REVIEW_AUDIENCE: &str = "istio-ca";
+    pub const TOKEN_REVIEW_CACHE_TTL: Duration = Duration::from_secs(30);
 }
 
 /// The validated configuration. Field meanings are documented on [`file::FileConfig`].
@@ -89,6 +98,39 @@ pub struct Config {
     pub hysteresis: Hysteresis,
     pub probe: Probe,
     pub telemetry: Telemetry,
+    /// `None`: Kubernetes disabled (standalone).
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// The Kubernetes side (see [`file::KubernetesFile`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubernetes {
+    pub api: KubeApi,
+    pub startup_timeout: Duration,
+    pub lease_name: String,
+    /// `None`: `<hostname>_<random>` at start.
+    pub identity: Option<String>,
+    pub lease_duration: Duration,
+    pub renew_period: Duration,
+    pub flat_sync: bool,
+    pub resync_interval: Duration,
+    /// `None`: downstream tokens are checked against `xds.auth.tokenFile`.
+    pub token_review: Option<TokenReview>,
+}
+
+/// Which API server, with which credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeApi {
+    InCluster,
+    Kubeconfig(PathBuf),
+    /// A bare URL, no credentials.
+    Server(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenReview {
+    pub audiences: Vec<String>,
+    pub cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -786,3 +786,86 @@ fn shipped_example_is_valid_except_for_its_files() {
     assert_eq!(c.peers.len(), 2);
     assert!(c.peer_is_flat(&c.peers[0]) && !c.peer_is_flat(&c.peers[1]));
 }
+
+#[test]
+fn kubernetes_is_off_by_default_and_kubeconfig_in_the_shell_does_not_enable_it() {
+    let c = resolve_yaml("cluster: c1\n", &no_env(), &Overrides::default()).unwrap();
+    assert_eq!(c.kubernetes, None);
+    let env = Env::from_pairs([("KUBECONFIG", "/nonexistent/kubeconfig")]);
+    let c = resolve_yaml("cluster: c1\n", &env, &Overrides::default()).unwrap();
+    assert_eq!(
+        c.kubernetes, None,
+        "KUBECONFIG alone must not enable Kubernetes"
+    );
+}
+
+#[test]
+fn kubernetes_in_a_pod_uses_the_service_account_and_token_review() {
+    let env = Env::from_pairs([
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("POD_NAME", "peerd-abc12"),
+    ]);
+    let c = resolve_yaml("cluster: c1\n", &env, &Overrides::default()).unwrap();
+    let k = c.kubernetes.unwrap();
+    assert_eq!(k.api, crate::config::KubeApi::InCluster);
+    assert_eq!(k.identity.as_deref(), Some("peerd-abc12"));
+    assert_eq!(k.lease_name, "peerd-leader");
+    assert!(k.flat_sync);
+    let review = k
+        .token_review
+        .expect("no tokenFile: TokenReview checks ztunnel tokens");
+    assert_eq!(review.audiences, vec!["istio-ca".to_string()]);
+    assert_eq!(review.cache_ttl, Duration::from_secs(30));
+}
+
+#[test]
+fn kubernetes_server_wins_and_peers_come_only_from_gateways() {
+    let env = Env::from_pairs([("KUBECONFIG", "/nonexistent/kubeconfig")]);
+    let c = resolve_yaml(
+        "cluster: c1\nkubernetes:\n  server: http://127.0.1.1:6443\n  tokenReview: { enabled: false }\n",
+        &env,
+        &Overrides::default(),
+    )
+    .unwrap();
+    let k = c.kubernetes.unwrap();
+    assert_eq!(
+        k.api,
+        crate::config::KubeApi::Server("http://127.0.1.1:6443".into())
+    );
+    assert_eq!(k.token_review, None);
+
+    let errors = errors_of(
+        "cluster: c1\nkubernetes: { server: 'http://127.0.0.1:6443' }\n\
+         peers: [{ cluster: c2, address: 127.0.2.1 }]\n",
+    );
+    assert_error(&errors, "peers", "istio-remote Gateways");
+}
+
+#[test]
+fn bad_kubernetes_settings_name_their_field() {
+    let errors = errors_of(
+        "cluster: c1\nkubernetes:\n  server: 'ftp://x'\n  startupTimeout: 0s\n\
+         \x20 leaderElection: { leaseName: 'Bad_Name', leaseDuration: 5s, renewPeriod: 5s }\n\
+         \x20 tokenReview: { enabled: true, audiences: [''], cacheTtl: soon }\n",
+    );
+    assert_error(&errors, "kubernetes.server", "not an http");
+    assert_error(&errors, "kubernetes.startupTimeout", "greater than 0");
+    assert_error(
+        &errors,
+        "kubernetes.leaderElection.leaseName",
+        "not a valid object name",
+    );
+    assert_error(
+        &errors,
+        "kubernetes.leaderElection.renewPeriod",
+        "shorter than leaseDuration",
+    );
+    assert_error(
+        &errors,
+        "kubernetes.tokenReview.audiences[0]",
+        "must not be empty",
+    );
+    assert_error(&errors, "kubernetes.tokenReview.cacheTtl", "");
+    let errors = errors_of("cluster: c1\nkubernetes: { kubeconfig: /nonexistent/kc }\n");
+    assert_error(&errors, "kubernetes.kubeconfig", "does not exist");
+}

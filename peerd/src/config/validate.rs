@@ -14,9 +14,9 @@ use std::time::Duration;
 use super::env::{Env, Overrides, Sources, apply_env, apply_overrides};
 use super::file::{FileConfig, UpstreamFile};
 use super::{
-    ClientCert, Config, EastWestGateway, Export, Hysteresis, Listeners, Peer, PeerAddress, Probe,
-    ServerIdentity, ServerTls, ServiceRef, Telemetry, Upstream, XdsServer, defaults,
-    parse_duration,
+    ClientCert, Config, EastWestGateway, Export, Hysteresis, KubeApi, Kubernetes, Listeners, Peer,
+    PeerAddress, Probe, ServerIdentity, ServerTls, ServiceRef, Telemetry, TokenReview, Upstream,
+    XdsServer, defaults, parse_duration,
 };
 
 /// Largest gRPC message size accepted in the config (the gRPC length prefix is 32 bits).
@@ -89,7 +89,15 @@ pub fn resolve(
     apply_env(&mut file, env, &mut sources, &mut errors);
     apply_overrides(&mut file, overrides, &mut sources);
 
-    let mut check = Checker { errors, base_dir };
+    let kube_auto = KubeAuto {
+        in_cluster: env.get("KUBERNETES_SERVICE_HOST").is_some(),
+        kubeconfig_from_env: sources.contains_key("kubernetes.kubeconfig"),
+    };
+    let mut check = Checker {
+        errors,
+        base_dir,
+        kube_auto,
+    };
     let config = check.config(&file);
     let mut errors = check.errors;
     if errors.is_empty() {
@@ -108,6 +116,16 @@ pub fn resolve(
 struct Checker<'a> {
     errors: Vec<FieldError>,
     base_dir: Option<&'a Path>,
+    kube_auto: KubeAuto,
+}
+
+/// What decides whether Kubernetes is enabled when `kubernetes.enabled` is unset.
+struct KubeAuto {
+    /// `KUBERNETES_SERVICE_HOST` is set: peerd runs in a pod.
+    in_cluster: bool,
+    /// `kubernetes.kubeconfig` came from `KUBECONFIG`, which alone does not enable
+    /// Kubernetes (a developer's shell usually has it).
+    kubeconfig_from_env: bool,
 }
 
 impl Checker<'_> {
@@ -171,6 +189,13 @@ impl Checker<'_> {
             self.err("hysteresis.successRun", "must be at least 1");
         }
         let probe = self.probe(file);
+        let kubernetes = self.kubernetes(file, &xds);
+        if kubernetes.is_some() && !file.peers.is_empty() {
+            self.err(
+                "peers",
+                format!("must be empty when Kubernetes is enabled: peers come from the istio-remote Gateways in {peering_namespace}"),
+            );
+        }
 
         let otlp_endpoint = file.telemetry.otlp_endpoint.clone();
         if let Some(endpoint) = &otlp_endpoint {
@@ -206,7 +231,123 @@ impl Checker<'_> {
             hysteresis,
             probe,
             telemetry,
+            kubernetes,
         }
+    }
+
+    fn kubernetes(&mut self, file: &FileConfig, xds: &XdsServer) -> Option<Kubernetes> {
+        let k = &file.kubernetes;
+        let explicit =
+            k.server.is_some() || (k.kubeconfig.is_some() && !self.kube_auto.kubeconfig_from_env);
+        if !k.enabled.unwrap_or(explicit || self.kube_auto.in_cluster) {
+            return None;
+        }
+        let api = if let Some(server) = &k.server {
+            let rest = server
+                .strip_prefix("http://")
+                .or_else(|| server.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.trim_end_matches('/').is_empty()) {
+                self.err(
+                    "kubernetes.server",
+                    format!("{server:?} is not an http:// or https:// URL"),
+                );
+            }
+            KubeApi::Server(server.clone())
+        } else if let Some(path) = &k.kubeconfig {
+            // KUBECONFIG may list several files; the first one is used.
+            let first = path
+                .to_str()
+                .and_then(|p| p.split(':').next())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| path.clone());
+            match self.file("kubernetes.kubeconfig", &Some(first)) {
+                Some(p) => KubeApi::Kubeconfig(p),
+                None => KubeApi::InCluster,
+            }
+        } else {
+            KubeApi::InCluster
+        };
+        let le = &k.leader_election;
+        let lease_name = le
+            .lease_name
+            .clone()
+            .unwrap_or_else(|| defaults::LEASE_NAME.into());
+        if !is_dns_name(&lease_name) {
+            self.err(
+                "kubernetes.leaderElection.leaseName",
+                format!("{lease_name:?} is not a valid object name"),
+            );
+        }
+        let identity = le.identity.clone();
+        if identity
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty() || i.len() > 253)
+        {
+            self.err(
+                "kubernetes.leaderElection.identity",
+                "must be 1 to 253 characters",
+            );
+        }
+        let lease_duration = self.nonzero_duration(
+            "kubernetes.leaderElection.leaseDuration",
+            &le.lease_duration,
+            defaults::LEASE_DURATION,
+        );
+        let renew_period = self.nonzero_duration(
+            "kubernetes.leaderElection.renewPeriod",
+            &le.renew_period,
+            defaults::LEASE_RENEW_PERIOD,
+        );
+        if renew_period >= lease_duration {
+            self.err(
+                "kubernetes.leaderElection.renewPeriod",
+                "must be shorter than leaseDuration",
+            );
+        }
+        let tr = &k.token_review;
+        let token_review = if tr.enabled.unwrap_or(xds.token_file.is_none()) {
+            let audiences = tr
+                .audiences
+                .clone()
+                .unwrap_or_else(|| vec![defaults::TOKEN_REVIEW_AUDIENCE.to_string()]);
+            for (i, a) in audiences.iter().enumerate() {
+                if a.trim().is_empty() {
+                    self.err(
+                        format!("kubernetes.tokenReview.audiences[{i}]"),
+                        "must not be empty",
+                    );
+                }
+            }
+            Some(TokenReview {
+                audiences,
+                cache_ttl: self.duration(
+                    "kubernetes.tokenReview.cacheTtl",
+                    &tr.cache_ttl,
+                    defaults::TOKEN_REVIEW_CACHE_TTL,
+                ),
+            })
+        } else {
+            None
+        };
+        Some(Kubernetes {
+            api,
+            startup_timeout: self.nonzero_duration(
+                "kubernetes.startupTimeout",
+                &k.startup_timeout,
+                defaults::KUBE_STARTUP_TIMEOUT,
+            ),
+            lease_name,
+            identity,
+            lease_duration,
+            renew_period,
+            flat_sync: k.flat_sync.unwrap_or(true),
+            resync_interval: self.nonzero_duration(
+                "kubernetes.resyncInterval",
+                &k.resync_interval,
+                defaults::KUBE_RESYNC,
+            ),
+            token_review,
+        })
     }
 
     fn listeners(&mut self, file: &FileConfig) -> Listeners {

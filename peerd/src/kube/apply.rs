@@ -238,6 +238,8 @@ pub struct FlatSyncExecutor {
     removed_since: BTreeMap<String, Instant>,
     /// Notified on every watch event of either kind (a hand edit wakes the loop).
     pub changed: Arc<Notify>,
+    /// Source clusters the WorkloadEntry gauges were last set for.
+    gauged: BTreeSet<String>,
     _tasks: JoinSet<()>,
 }
 
@@ -285,6 +287,7 @@ impl FlatSyncExecutor {
             },
             removed_since: BTreeMap::new(),
             changed,
+            gauged: BTreeSet::new(),
             _tasks: tasks,
         }
     }
@@ -416,6 +419,49 @@ impl FlatSyncExecutor {
         .await;
         report
     }
+
+    /// Per source cluster: (peerd-managed WorkloadEntries, of those not desired any more,
+    /// i.e. awaiting GC), from the observed state.
+    pub fn workload_entry_counts(
+        &mut self,
+        desired: &DesiredObjects,
+    ) -> BTreeMap<String, (usize, usize)> {
+        let settle = self.config.settle;
+        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for name in self.workload_entries.managed_names(settle) {
+            let Some(cluster) = self
+                .workload_entries
+                .current(&name, settle)
+                .and_then(|o| o.labels().get(LABEL_SOURCE_CLUSTER).cloned())
+            else {
+                continue;
+            };
+            let entry = counts.entry(cluster).or_default();
+            entry.0 += 1;
+            if !desired.workload_entries.contains_key(&name) {
+                entry.1 += 1;
+            }
+        }
+        counts
+    }
+
+    /// Sets `peerd_workloadentries_managed` / `_stale` per source cluster (0 for a
+    /// cluster that has none left).
+    fn export_gauges(&mut self, desired: &DesiredObjects) {
+        let counts = self.workload_entry_counts(desired);
+        for gone in self.gauged.iter().filter(|c| !counts.contains_key(*c)) {
+            metrics::gauge!("peerd_workloadentries_managed", "peer_cluster" => gone.clone())
+                .set(0.0);
+            metrics::gauge!("peerd_workloadentries_stale", "peer_cluster" => gone.clone()).set(0.0);
+        }
+        for (cluster, (managed, stale)) in &counts {
+            metrics::gauge!("peerd_workloadentries_managed", "peer_cluster" => cluster.clone())
+                .set(*managed as f64);
+            metrics::gauge!("peerd_workloadentries_stale", "peer_cluster" => cluster.clone())
+                .set(*stale as f64);
+        }
+        self.gauged = counts.into_keys().collect();
+    }
 }
 
 impl FlatSyncExecutor {
@@ -435,6 +481,9 @@ impl FlatSyncExecutor {
             leadership.acquired().await;
             let input = inputs.borrow_and_update().clone();
             let report = self.sync(&input).await;
+            if !report.not_leader {
+                self.export_gauges(&input.desired);
+            }
             let failed = !report.converged();
             if !report.foreign.is_empty() {
                 tracing::warn!(objects = ?report.foreign, "generated names taken by objects peerd does not manage; left alone");
@@ -532,6 +581,8 @@ where
         };
         match result {
             Ok(obj) => {
+                metrics::counter!("peerd_workloadentries_writes_total", "op" => "apply")
+                    .increment(1);
                 observed.written.insert(name.clone(), (obj, Instant::now()));
                 observed.deleted.remove(name);
                 report.applied.push(format!("{kind}/{name}"));
@@ -591,6 +642,8 @@ where
         };
         match observed.api.delete(&name, &params).await {
             Ok(_) => {
+                metrics::counter!("peerd_workloadentries_writes_total", "op" => "delete")
+                    .increment(1);
                 observed.written.remove(&name);
                 observed
                     .deleted

@@ -119,6 +119,31 @@ pub fn merge_conditions(
     changed.then_some(out)
 }
 
+/// Whether `desired` differs from `current` in status, reason or observedGeneration of any
+/// condition (a missing condition differs). Messages are ignored: they carry live counts
+/// (resources imported, view versions) that change with every churn, and rewriting a
+/// Gateway's status for them would put the API server on the data path. A message is
+/// refreshed whenever its condition's status or reason changes.
+pub fn differs_beyond_messages(
+    current: &[Condition],
+    desired: &[DesiredCondition],
+    generation: i64,
+) -> bool {
+    desired
+        .iter()
+        .filter(|want| PEER_CONDITION_TYPES.contains(&want.type_.as_str()))
+        .any(|want| {
+            current
+                .iter()
+                .find(|c| c.type_ == want.type_)
+                .is_none_or(|c| {
+                    c.status != want.status.as_str()
+                        || c.reason != want.reason
+                        || c.observed_generation != Some(generation)
+                })
+        })
+}
+
 /// What [`ConditionsWriter::write`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {

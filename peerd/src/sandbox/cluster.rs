@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::file::{
     AuthFile, BackoffFile, EastWestGatewayFile, ExportFile, FileConfig, HysteresisFile,
-    ListenersFile, PeerFile, ProbeFile, ServerTlsFile, UpstreamFile, XdsServerFile,
+    KubernetesFile, LeaderElectionFile, ListenersFile, ProbeFile, ServerTlsFile, UpstreamFile,
+    XdsServerFile,
 };
 use crate::identity::pki::{CertificateAuthority, LeafSpec};
 use crate::identity::spiffe::SpiffeId;
@@ -203,20 +204,9 @@ fn config_for(
     istiod_token: &Path,
     opts: &SandboxOptionsForCluster<'_>,
 ) -> FileConfig {
-    let peers = all
-        .iter()
-        .filter(|c| c.name != me.name)
-        .map(|c| PeerFile {
-            cluster: some(&c.name),
-            network: some(&c.network),
-            address: some(c.host.to_string()),
-            port: Some(layout::XDS_PORT),
-            hbone_port: Some(layout::HBONE_PORT),
-            trust_domain: some(TRUST_DOMAIN),
-            server_identity: some(peerd_identity()),
-            ..PeerFile::default()
-        })
-        .collect();
+    // Peers come from the istio-remote Gateways in this cluster's emulated API server
+    // (sandbox::kube creates one per other cluster).
+    let _ = all;
     FileConfig {
         cluster: some(&me.name),
         network: some(&me.network),
@@ -254,7 +244,16 @@ fn config_for(
             },
             ..UpstreamFile::default()
         }],
-        peers,
+        kubernetes: KubernetesFile {
+            server: some(me.kube_api_url()),
+            // A short lease: a restarted sandbox peerd takes over quickly.
+            leader_election: LeaderElectionFile {
+                lease_duration: some("10s"),
+                renew_period: some("2s"),
+                ..LeaderElectionFile::default()
+            },
+            ..KubernetesFile::default()
+        },
         export: ExportFile {
             global_services: global_services.to_vec(),
             east_west_gateway: EastWestGatewayFile {

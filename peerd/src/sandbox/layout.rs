@@ -15,6 +15,8 @@ pub const METRICS_PORT: u16 = 15020;
 pub const HEALTH_PORT: u16 = 15021;
 pub const DEBUG_PORT: u16 = 15041;
 pub const HBONE_PORT: u16 = 15008;
+/// The cluster's emulated Kubernetes API server (plain HTTP, the kube-apiserver port).
+pub const KUBE_API_PORT: u16 = 6443;
 /// The network clusters 1 and 2 share (flat: pod IPs routable between them).
 pub const FLAT_NETWORK: &str = "flat-net";
 
@@ -72,6 +74,15 @@ impl ClusterLayout {
 
     pub fn metrics(&self) -> SocketAddr {
         self.addr(METRICS_PORT)
+    }
+
+    pub fn kube_api(&self) -> SocketAddr {
+        self.addr(KUBE_API_PORT)
+    }
+
+    /// `http://127.0.k.1:6443`, for `kubectl --server` and peerd's `kubernetes.server`.
+    pub fn kube_api_url(&self) -> String {
+        format!("http://{}", self.kube_api())
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod gateway;
+pub mod kube;
 pub mod layout;
 pub mod status;
 pub mod ztunnel;
@@ -120,16 +121,22 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             }
         });
     }
+    // Each cluster's emulated API server, seeded before its peerd starts.
+    let mut kube_apis = Vec::new();
+    for c in &clusters {
+        kube_apis.push(kube::start(&c.layout, &layouts, &c.global_services).await?);
+    }
     for c in &mut clusters {
         c.start_peerd()?;
         // Each node's ztunnel: its ACKs make PeerDataPlaneProgrammed real.
         ztunnel::spawn(&c.layout, &token_file, &root_cert, cancel.clone())?;
         println!(
-            "  {:<10} network {:<9} xds {}  debug {}  log {}",
+            "  {:<10} network {:<9} xds {}  debug {}  kube-api {}  log {}",
             c.layout.name,
             c.layout.network,
             c.layout.xds(),
             c.layout.debug(),
+            c.layout.kube_api_url(),
             c.log_path().display()
         );
     }
@@ -195,6 +202,9 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     let _ = stop_sims.send(true);
     for c in &mut clusters {
         c.stop_peerd();
+    }
+    for api in kube_apis {
+        api.shutdown().await;
     }
     println!(
         "peerd sandbox stopped; state kept in {}",

@@ -82,6 +82,8 @@ pub struct ClusterStatus {
     pub name: String,
     pub network: String,
     pub xds_address: String,
+    /// The cluster's emulated Kubernetes API server (`kubectl --server <kube_api>`).
+    pub kube_api: String,
     pub peerd_running: bool,
     pub ready: bool,
     /// Why the status could not be read (peerd down or starting).
@@ -104,6 +106,7 @@ pub async fn read_cluster(layout: &ClusterLayout, running: bool) -> ClusterStatu
         name: layout.name.clone(),
         network: layout.network.clone(),
         xds_address: layout.xds().to_string(),
+        kube_api: layout.kube_api_url(),
         peerd_running: running,
         ..ClusterStatus::default()
     };

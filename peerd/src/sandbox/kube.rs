@@ -1,0 +1,189 @@
+//! Each simulated cluster's Kubernetes API: an emulated API server on 127.0.k.1:6443
+//! (no real kube-apiserver can run here), seeded like a peered cluster (DESIGN §6,
+//! reference/peering.md): the network label on `istio-system`, the local east-west
+//! Gateway `istio-eastwest`, one `istio-remote-peer-<cluster>` Gateway per other cluster,
+//! and a Service labelled `solo.io/service-scope=global` per global service of the
+//! simulated istiod. That cluster's peerd reads peers and global services from it and
+//! writes Gateway conditions, WorkloadEntries and ServiceEntries to it; `kubectl --server
+//! http://127.0.k.1:6443` shows them.
+//!
+//! It owns seeding only; it never writes after start (that is peerd's job) and never
+//! listens outside 127.0.0.0/8.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::kube::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
+use crate::kube::types::{
+    ANNOTATION_TRUST_DOMAIN, GATEWAY_CLASS_EASTWEST, GATEWAY_CLASS_REMOTE, LABEL_CLUSTER,
+    LABEL_NETWORK, LABEL_SERVICE_SCOPE,
+};
+use crate::sandbox::cluster::TRUST_DOMAIN;
+use crate::sandbox::layout::{ClusterLayout, HBONE_PORT, XDS_PORT};
+
+/// Namespace of the east-west and peer Gateways.
+pub const PEERING_NAMESPACE: &str = "istio-eastwest";
+const GATEWAYS_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways";
+
+/// Starts `me`'s emulated API server and seeds it. `global_services` are `ns/name`.
+pub async fn start(
+    me: &ClusterLayout,
+    all: &[ClusterLayout],
+    global_services: &[String],
+) -> anyhow::Result<EmulatorHandle> {
+    if !me.host.is_loopback() {
+        bail!(
+            "{}: the emulated API server must listen on loopback",
+            me.name
+        );
+    }
+    let mut namespaces: BTreeSet<String> =
+        ["default", "kube-system", "istio-system", PEERING_NAMESPACE]
+            .map(String::from)
+            .into_iter()
+            .collect();
+    let services: Vec<(&str, &str)> = global_services
+        .iter()
+        .filter_map(|s| s.split_once('/'))
+        .collect();
+    namespaces.extend(services.iter().map(|(ns, _)| ns.to_string()));
+    let emulator = Emulator::start(
+        me.kube_api(),
+        EmulatorOptions {
+            namespaces: namespaces.into_iter().collect(),
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("{}: emulated Kubernetes API server", me.name))?;
+
+    send(
+        &emulator,
+        Method::PATCH,
+        "/api/v1/namespaces/istio-system",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {LABEL_NETWORK: me.network}}}),
+    )
+    .await?;
+    send(
+        &emulator,
+        Method::POST,
+        GATEWAYS_PATH,
+        "application/json",
+        &eastwest_gateway(me),
+    )
+    .await?;
+    for peer in all.iter().filter(|c| c.name != me.name) {
+        send(
+            &emulator,
+            Method::POST,
+            GATEWAYS_PATH,
+            "application/json",
+            &peer_gateway(peer),
+        )
+        .await?;
+    }
+    for (namespace, name) in services {
+        send(
+            &emulator,
+            Method::POST,
+            &format!("/api/v1/namespaces/{namespace}/services"),
+            "application/json",
+            &global_service(namespace, name),
+        )
+        .await?;
+    }
+    Ok(emulator)
+}
+
+async fn send(
+    emulator: &EmulatorHandle,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+) -> anyhow::Result<()> {
+    let (code, reply) = emulator
+        .request(method.clone(), path, content_type, body.to_string())
+        .await?;
+    if !(200..300).contains(&code) {
+        bail!("seeding the emulated API server: {method} {path}: {code} {reply}");
+    }
+    Ok(())
+}
+
+fn listeners() -> Value {
+    json!([
+        {"name": "cross-network", "port": HBONE_PORT, "protocol": "HBONE",
+         "tls": {"mode": "Passthrough"}},
+        {"name": "xds-tls", "port": XDS_PORT, "protocol": "TLS",
+         "tls": {"mode": "Passthrough"}},
+    ])
+}
+
+/// The cluster's own east-west gateway (class `istio-eastwest`).
+pub fn eastwest_gateway(me: &ClusterLayout) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": "istio-eastwest",
+            "namespace": PEERING_NAMESPACE,
+            "labels": {
+                LABEL_NETWORK: me.network,
+                "istio.io/expose-istiod": XDS_PORT.to_string(),
+            },
+        },
+        "spec": {
+            "gatewayClassName": GATEWAY_CLASS_EASTWEST,
+            "addresses": [{"type": "IPAddress", "value": me.host.to_string()}],
+            "listeners": listeners(),
+        },
+    })
+}
+
+/// The Gateway by which a cluster peers with `peer` (class `istio-remote`).
+pub fn peer_gateway(peer: &ClusterLayout) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": format!("istio-remote-peer-{}", peer.name),
+            "namespace": PEERING_NAMESPACE,
+            "labels": {
+                LABEL_CLUSTER: peer.name,
+                LABEL_NETWORK: peer.network,
+            },
+            "annotations": {
+                "gateway.istio.io/service-account": "istio-eastwest",
+                ANNOTATION_TRUST_DOMAIN: TRUST_DOMAIN,
+            },
+        },
+        "spec": {
+            "gatewayClassName": GATEWAY_CLASS_REMOTE,
+            "addresses": [{"type": "IPAddress", "value": peer.host.to_string()}],
+            "listeners": listeners(),
+        },
+    })
+}
+
+/// A Service marked global. Its spec only needs to exist: the simulated istiod serves the
+/// workloads, the label makes peerd export it.
+fn global_service(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_SERVICE_SCOPE: "global", "app": name},
+        },
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        },
+    })
+}
