@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from rig import Processes, free_port, peerd_bin, start_sandbox, wait_for
+from rig import Processes, free_port, peerd_bin, run_cli, start_sandbox, wait_for
 
 CLUSTERS = ["cluster-1", "cluster-2", "cluster-3"]
 METRICS = {c: f"127.0.{i}.1:15020" for i, c in enumerate(CLUSTERS, start=1)}
@@ -172,3 +172,26 @@ def test_promtool_accepts_every_metrics_page(rig):
         out = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True,
                              timeout=60)
         assert out.returncode == 0, (cluster, out.stdout.decode() + out.stderr.decode())
+
+
+def test_check_passes_over_the_debug_api_and_every_cluster_kubernetes_api(rig):
+    """The same steady state, seen by `peerd check` through the sandbox's kubeconfig (one
+    context per cluster, each an emulated API server the cluster's peerd writes to)."""
+    kubeconfig = rig["state"] / "kubeconfig"
+    args = ["check", "--addr", "127.0.1.1:15041", "--kubeconfig", str(kubeconfig), "-o", "json"]
+    for c in CLUSTERS:
+        args += ["--context", c]
+
+    def passing():
+        rig["procs"].check_alive()
+        out = run_cli(*args)
+        return out.returncode == 0 and {r["name"]: r for r in json.loads(out.stdout)}
+
+    results = wait_for("peerd check with Kubernetes to pass", passing)
+    for c in CLUSTERS:
+        assert results[f"east-west gateway ({c})"]["outcome"] == "pass"
+        peers = [n for n in results if n.startswith("peer gateway ") and n.endswith(f"({c})")]
+        assert len(peers) == len(CLUSTERS) - 1, peers
+        assert all(results[n]["outcome"] == "pass" for n in peers)
+    assert results["root certificates (kubernetes)"]["outcome"] == "pass"
+    assert results["network configuration (kubernetes)"]["outcome"] == "pass"

@@ -33,6 +33,7 @@ pub async fn start(
     me: &ClusterLayout,
     all: &[ClusterLayout],
     global_services: &[String],
+    root_pem: &str,
 ) -> anyhow::Result<EmulatorHandle> {
     if !me.host.is_loopback() {
         bail!(
@@ -74,6 +75,26 @@ pub async fn start(
         GATEWAYS_PATH,
         "application/json",
         &eastwest_gateway(me),
+    )
+    .await?;
+    // What istiod would publish: the east-west Gateway programmed at its address, and the
+    // mesh root in istio-system/istio-ca-root-cert (`peerd check --kubeconfig` reads both).
+    send(
+        &emulator,
+        Method::PATCH,
+        &format!("{GATEWAYS_PATH}/istio-eastwest/status?fieldManager=istiod&force=true"),
+        "application/apply-patch+yaml",
+        &eastwest_programmed(me),
+    )
+    .await?;
+    send(
+        &emulator,
+        Method::POST,
+        "/api/v1/namespaces/istio-system/configmaps",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "istio-ca-root-cert", "namespace": "istio-system"},
+                "data": {"root-cert.pem": root_pem}}),
     )
     .await?;
     for peer in all.iter().filter(|c| c.name != me.name) {
@@ -143,6 +164,46 @@ pub fn eastwest_gateway(me: &ClusterLayout) -> Value {
             "listeners": listeners(),
         },
     })
+}
+
+/// The east-west Gateway's status as istiod writes it once the gateway is deployed.
+fn eastwest_programmed(me: &ClusterLayout) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "istio-eastwest", "namespace": PEERING_NAMESPACE},
+        "status": {
+            "addresses": [{"type": "IPAddress", "value": me.host.to_string()}],
+            "conditions": [{
+                "type": "Programmed", "status": "True", "reason": "Programmed",
+                "message": "simulated: the east-west gateway is deployed",
+                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1,
+            }],
+        },
+    })
+}
+
+/// A kubeconfig with one context per cluster, named like the cluster, for `kubectl
+/// --context` and `peerd check --kubeconfig … --context …`.
+pub fn kubeconfig(all: &[ClusterLayout]) -> String {
+    let mut text = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+    for c in all {
+        text += &format!(
+            "- name: {}\n  cluster:\n    server: {}\n",
+            c.name,
+            c.kube_api_url()
+        );
+    }
+    text += "contexts:\n";
+    for c in all {
+        text += &format!(
+            "- name: {0}\n  context:\n    cluster: {0}\n    user: sandbox\n    namespace: istio-system\n",
+            c.name
+        );
+    }
+    let current = all.first().map(|c| c.name.as_str()).unwrap_or_default();
+    text += &format!("current-context: {current}\nusers:\n- name: sandbox\n  user: {{}}\n");
+    text
 }
 
 /// The Gateway by which a cluster peers with `peer` (class `istio-remote`).

@@ -123,9 +123,13 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     }
     // Each cluster's emulated API server, seeded before its peerd starts.
     let mut kube_apis = Vec::new();
+    let root_pem = pki.root().root_pem().to_string();
     for c in &clusters {
-        kube_apis.push(kube::start(&c.layout, &layouts, &c.global_services).await?);
+        kube_apis.push(kube::start(&c.layout, &layouts, &c.global_services, &root_pem).await?);
     }
+    let kubeconfig_path = state_dir.join("kubeconfig");
+    std::fs::write(&kubeconfig_path, kube::kubeconfig(&layouts))
+        .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
     for c in &mut clusters {
         c.start_peerd()?;
         // Each node's ztunnel: its ACKs make PeerDataPlaneProgrammed real.
