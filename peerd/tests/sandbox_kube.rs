@@ -189,11 +189,14 @@ async fn kube_apis(sandbox: &Sandbox, status_json: &Path) -> BTreeMap<String, St
     }
 }
 
+/// (namespace, pod, IP, federated services as (namespace, service)).
+type ImportedPod = (String, String, IpAddr, BTreeSet<(String, String)>);
+
 /// What cluster-1's peerd imported from one peer: workloads as (namespace, name, IP,
 /// federated services), and global services as (namespace, name).
 #[derive(Debug, Default)]
 struct Imported {
-    workloads: Vec<(String, String, IpAddr, BTreeSet<(String, String)>)>,
+    workloads: Vec<ImportedPod>,
     services: BTreeSet<(String, String)>,
 }
 

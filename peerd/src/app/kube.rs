@@ -154,6 +154,11 @@ pub(super) async fn prepare(config: &mut Config) -> anyhow::Result<Option<KubeSt
         tracing::warn!(namespace = %config.peering_namespace, "no usable istio-remote Gateway: no peers");
     }
     config.peers = started_peers.values().cloned().collect();
+    if config.export.east_west_gateway.is_none()
+        && let Some(peer) = config.peers.iter().find(|p| !config.peer_is_flat(p))
+    {
+        tracing::warn!(peer = %peer.cluster, "a multi-network peer, but no east-west gateway address (export.eastWestGateway, or an istio-eastwest Gateway with an IP address): the peer cannot reach this cluster's workloads");
+    }
     Ok(Some(KubeStart {
         client,
         watches,
@@ -527,6 +532,9 @@ fn desired_for(
     (!conditions.is_empty()).then_some(conditions)
 }
 
+/// (type, status, reason) of each condition written.
+type Signature = Vec<(String, String, String)>;
+
 /// The leader's conditions writer: every second and on Gateway changes, brings each peer
 /// Gateway's five conditions to what peerd knows. No request when nothing but a message
 /// changed, or when the last write is not yet visible in the watch.
@@ -547,7 +555,7 @@ async fn write_conditions(
     // Per Gateway: the resourceVersion its check was made for, and the result.
     let mut checks: BTreeMap<String, (String, Result<(), SpecError>)> = BTreeMap::new();
     // Per Gateway: the resourceVersion a write was based on, and what was written.
-    let mut written: BTreeMap<String, (String, Vec<(String, String, String)>)> = BTreeMap::new();
+    let mut written: BTreeMap<String, (String, Signature)> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -577,7 +585,7 @@ async fn write_conditions(
             let Some(desired) = desired_for(&gateway, checked, &monitor, &trust_domain) else {
                 continue;
             };
-            let signature: Vec<(String, String, String)> = desired
+            let signature: Signature = desired
                 .iter()
                 .map(|d| {
                     (

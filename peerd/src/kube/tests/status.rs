@@ -10,8 +10,8 @@ use crate::kube::emulator::Verb;
 use crate::kube::gateways::parse_peer_gateway;
 use crate::kube::leader::Leadership;
 use crate::kube::status::{
-    ConditionStatus, ConditionsWriter, DesiredCondition, WriteOutcome, invalid_spec_conditions,
-    merge_conditions,
+    ConditionStatus, ConditionsWriter, DesiredCondition, WriteOutcome, differs_beyond_messages,
+    invalid_spec_conditions, merge_conditions,
 };
 use crate::kube::types::{Gateway, PEER_CONDITION_TYPES};
 
@@ -54,6 +54,33 @@ fn transition_time_moves_only_when_status_changes() {
         "",
     )];
     assert_eq!(merge_conditions(&[], &foreign, 1, t0), None);
+}
+
+#[test]
+fn message_only_changes_are_not_worth_a_write() {
+    let t0 = Timestamp::from_second(1_000).unwrap();
+    let written = merge_conditions(&[], &all(ConditionStatus::True, "Ok"), 3, t0).unwrap();
+    // Live counts in messages change all the time: no write for them.
+    let mut desired = all(ConditionStatus::True, "Ok");
+    desired[3].message = "full sync of every type done; 4242 resources imported".into();
+    assert!(!differs_beyond_messages(&written, &desired, 3));
+    // Status, reason, generation or a missing condition: write.
+    let mut flipped = desired.clone();
+    flipped[2].status = ConditionStatus::False;
+    assert!(differs_beyond_messages(&written, &flipped, 3));
+    let mut reason = desired.clone();
+    reason[4].reason = "NotAcked".into();
+    assert!(differs_beyond_messages(&written, &reason, 3));
+    assert!(differs_beyond_messages(&written, &desired, 4));
+    assert!(differs_beyond_messages(&written[..4], &desired, 3));
+    // Types peerd does not own never make a difference.
+    let foreign = vec![DesiredCondition::new(
+        "ResolvedRefs",
+        ConditionStatus::True,
+        "Ok",
+        "",
+    )];
+    assert!(!differs_beyond_messages(&written, &foreign, 3));
 }
 
 async fn read(api: &Api<Gateway>, name: &str) -> Gateway {
