@@ -131,6 +131,29 @@ fn a_report_the_tick_did_not_see_is_not_lost() {
     );
 }
 
+#[test]
+fn refusals_between_timeouts_do_not_flip_the_verdict_until_a_success() {
+    let gw: SocketAddr = "127.0.3.1:15008".parse().unwrap();
+    let (tx, rx) = watch::channel(report(&[(gw, counts(3, 0, 0))]));
+    let probe = KernelProbe::new(rx);
+    probe.set_targets(&gateway_targets("cluster-3", gw));
+    let verdict = || probe.observe("cluster-3").hbone.unwrap().reachability;
+    assert_eq!(verdict(), Reachability::Reachable);
+    // Refused first (another process connecting), then our connects time out, then
+    // more refusals: the peer is timing out.
+    tx.send(report(&[(gw, counts(3, 1, 0))])).unwrap();
+    assert_eq!(verdict(), Reachability::Refused);
+    tx.send(report(&[(gw, counts(3, 1, 1))])).unwrap();
+    assert_eq!(verdict(), Reachability::TimedOut);
+    tx.send(report(&[(gw, counts(3, 4, 1))])).unwrap();
+    assert_eq!(verdict(), Reachability::TimedOut);
+    // A success resets it; refusals alone then say refused.
+    tx.send(report(&[(gw, counts(4, 4, 1))])).unwrap();
+    assert_eq!(verdict(), Reachability::Reachable);
+    tx.send(report(&[(gw, counts(4, 6, 1))])).unwrap();
+    assert_eq!(verdict(), Reachability::Refused);
+}
+
 fn pod(uid: &str, ip: [u8; 4]) -> Arc<Resource> {
     Arc::new(
         Resource::workload(&workload::Workload {

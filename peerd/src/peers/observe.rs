@@ -610,6 +610,19 @@ struct KernelState {
     seen: HashMap<(String, u16), ConnectCounts>,
     /// Last verdict per (peer, port), kept while no new connects are seen.
     last: HashMap<(String, u16), PortVerdict>,
+    /// The most telling failure per (peer, port) since its last established connect.
+    worst_since_success: HashMap<(String, u16), Reachability>,
+}
+
+/// Which failure names a peer's problem best when connects fail in different ways:
+/// timeouts (something filters SYNs) over unreachability over refusals (no listener).
+fn failure_rank(r: Reachability) -> u8 {
+    match r {
+        Reachability::Reachable => 0,
+        Reachability::Refused => 1,
+        Reachability::Unreachable => 2,
+        Reachability::TimedOut => 3,
+    }
 }
 
 impl KernelProbe {
@@ -702,7 +715,23 @@ impl KernelProbe {
                     Some(before) => p.total.since(before),
                     None => p.total,
                 };
-                if let Some(reachability) = Reachability::from_counts(&changed) {
+                if let Some(latest) = Reachability::from_counts(&changed) {
+                    // The kernel counts every connect to the address (other processes,
+                    // other namespaces): once connects time out, a refusal in between
+                    // does not hide that until a connect succeeds again.
+                    let reachability = if latest == Reachability::Reachable {
+                        state.worst_since_success.remove(&key);
+                        latest
+                    } else {
+                        let worst = state
+                            .worst_since_success
+                            .entry(key.clone())
+                            .or_insert(latest);
+                        if failure_rank(latest) > failure_rank(*worst) {
+                            *worst = latest;
+                        }
+                        *worst
+                    };
                     let target = state
                         .targets
                         .get(peer)
@@ -754,6 +783,9 @@ impl ProbeSource for KernelProbe {
         state.targets = targets.clone();
         let live: HashSet<&String> = targets.keys().collect();
         state.last.retain(|(peer, _), _| live.contains(peer));
+        state
+            .worst_since_success
+            .retain(|(peer, _), _| live.contains(peer));
         self.fold(&mut state);
     }
 
