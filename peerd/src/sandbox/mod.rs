@@ -140,10 +140,14 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut faults_done = options.faults.is_empty();
     let mut last_plain = Instant::now() - Duration::from_secs(60);
+    // One signal listener for the whole run: a SIGTERM arriving while a status read is in
+    // progress must not be lost (a listener created later would not see it).
+    let shutdown = crate::cli::shutdown_signal();
+    tokio::pin!(shutdown);
     let result: anyhow::Result<()> = loop {
         let mut lines = Vec::new();
         tokio::select! {
-            _ = crate::cli::shutdown_signal() => break Ok(()),
+            _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {}
             Some(line) = commands.recv() => lines.push(line),
         }
