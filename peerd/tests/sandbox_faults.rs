@@ -135,7 +135,10 @@ impl Sandbox {
         let mut last = Value::Null;
         loop {
             if let Ok(Some(code)) = self.child.try_wait() {
-                panic!("sandbox exited ({code}) while waiting for {what}:\n{}", self.output());
+                panic!(
+                    "sandbox exited ({code}) while waiting for {what}:\n{}",
+                    self.output()
+                );
             }
             if let Ok(text) = std::fs::read_to_string(self.status_path())
                 && let Ok(status) = serde_json::from_str::<Value>(&text)
@@ -191,13 +194,15 @@ fn peer<'a>(status: &'a Value, cluster: &str, peer: &str) -> Option<&'a Value> {
 
 fn condition(status: &Value, cluster: &str, of: &str, kind: &str) -> Option<(String, String)> {
     let c = &peer(status, cluster, of)?["conditions"][kind];
-    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
 }
 
 fn is(status: &Value, kind: &str, want: &str, reason: Option<&str>) -> bool {
-    condition(status, "cluster-1", "cluster-3", kind).is_some_and(|(s, r)| {
-        s == want && reason.is_none_or(|want_reason| r == want_reason)
-    })
+    condition(status, "cluster-1", "cluster-3", kind)
+        .is_some_and(|(s, r)| s == want && reason.is_none_or(|want_reason| r == want_reason))
 }
 
 fn fault<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
@@ -225,7 +230,12 @@ fn hbone_faults_turn_data_plane_programmed_false_with_the_reason_and_lifting_res
     let dir = scratch("sandbox-faults");
     let mut command = ns.command(&[BIN, "sandbox"]);
     command
-        .args(["--workloads-per-cluster", "30", "--services-per-cluster", "5"])
+        .args([
+            "--workloads-per-cluster",
+            "30",
+            "--services-per-cluster",
+            "5",
+        ])
         .args(["--for", "900s", "--fault", "drop-hbone=cluster-3"])
         .args(["--fault-after", "40s"])
         .arg("--state-dir")
@@ -242,7 +252,11 @@ fn hbone_faults_turn_data_plane_programmed_false_with_the_reason_and_lifting_res
         fault(&injected, "drop-hbone=cluster-3").unwrap()["method"],
         "nftables"
     );
-    assert!(ns.nft_tables().contains("peerd_sandbox_"), "{}", ns.nft_tables());
+    assert!(
+        ns.nft_tables().contains("peerd_sandbox_"),
+        "{}",
+        ns.nft_tables()
+    );
     let down = sandbox.wait_for("HBONEConnectTimeout", CONDITION_WAIT, |s| {
         is(s, DATA_PLANE, "False", Some("HBONEConnectTimeout"))
     });
@@ -274,7 +288,10 @@ fn hbone_faults_turn_data_plane_programmed_false_with_the_reason_and_lifting_res
     let lifted = fault(&up, "drop-hbone=cluster-3").unwrap();
     assert_eq!(lifted["active"], false);
     assert!(lifted["lifted_at_seconds"].as_u64().is_some(), "{lifted}");
-    assert!(!ns.nft_tables().contains("peerd_sandbox_"), "table deleted on lift");
+    assert!(
+        !ns.nft_tables().contains("peerd_sandbox_"),
+        "table deleted on lift"
+    );
 
     // reject-hbone, injected by command: connects are refused.
     sandbox.control("fault reject-hbone=cluster-3");
@@ -347,7 +364,13 @@ fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() 
     let dir = scratch("unprivileged-fault");
     let ns = Netns::new("unpriv-fault");
     let mut args: Vec<&str> = drop_caps.to_vec();
-    args.extend([BIN, "sandbox", "--fault", "reject-hbone=cluster-2", "--state-dir"]);
+    args.extend([
+        BIN,
+        "sandbox",
+        "--fault",
+        "reject-hbone=cluster-2",
+        "--state-dir",
+    ]);
     let state = dir.join("state");
     args.push(state.to_str().unwrap());
     let out = ns.run(&args);
@@ -365,7 +388,14 @@ fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() 
     let dir = scratch("unprivileged-run");
     let mut command = ns.command(&drop_caps);
     command
-        .args([BIN, "sandbox", "--clusters", "2", "--workloads-per-cluster", "10"])
+        .args([
+            BIN,
+            "sandbox",
+            "--clusters",
+            "2",
+            "--workloads-per-cluster",
+            "10",
+        ])
         .args(["--services-per-cluster", "3", "--for", "600s"])
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -384,7 +414,11 @@ fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() 
     );
     let out = ns.run(&[BIN, "status", "--addr", "127.0.1.1:15041"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with("probes: "))

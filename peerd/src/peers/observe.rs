@@ -597,12 +597,16 @@ pub struct KernelProbe {
     store: Option<Arc<Store>>,
 }
 
+/// What a destination index was built from: the targets and each flat origin's view
+/// version.
+type IndexSource = (BTreeMap<String, ProbeTargets>, Vec<(String, u64)>);
+
 #[derive(Default)]
 struct KernelState {
     targets: BTreeMap<String, ProbeTargets>,
     index: HashMap<IpAddr, String>,
     /// What the index was built from: the targets and each flat origin's view version.
-    index_built_from: Option<(BTreeMap<String, ProbeTargets>, Vec<(String, u64)>)>,
+    index_built_from: Option<IndexSource>,
     /// The report last folded in, and the per-peer sums it gave.
     folded: Option<Arc<ProbeReport>>,
     per_peer: BTreeMap<String, crate::probe::attribution::PeerProbe>,
@@ -735,7 +739,12 @@ impl KernelProbe {
                     let target = state
                         .targets
                         .get(peer)
-                        .and_then(|t| t.hbone.iter().chain(t.xds.iter()).find(|a| a.port() == *port))
+                        .and_then(|t| {
+                            t.hbone
+                                .iter()
+                                .chain(t.xds.iter())
+                                .find(|a| a.port() == *port)
+                        })
                         .copied();
                     if let Some(target) = target {
                         state.last.insert(

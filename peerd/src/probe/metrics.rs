@@ -107,6 +107,9 @@ mod tests {
         let total: u64 = results(&delta).iter().map(|(_, n)| n).sum();
         assert_eq!(total, 15);
         let labels: Vec<&str> = results(&delta).iter().map(|(l, _)| *l).collect();
-        assert_eq!(labels, ["ok", "refused", "timeout", "unreachable", "aborted"]);
+        assert_eq!(
+            labels,
+            ["ok", "refused", "timeout", "unreachable", "aborted"]
+        );
     }
 }

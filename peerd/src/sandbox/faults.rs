@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
 use std::process::{Command as Process, Stdio};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -228,7 +228,10 @@ impl Nftables {
 impl Drop for Nftables {
     fn drop(&mut self) {
         if let Err(e) = self.remove() {
-            eprintln!("peerd sandbox: could not delete nft table inet {}: {e:#}", self.table);
+            eprintln!(
+                "peerd sandbox: could not delete nft table inet {}: {e:#}",
+                self.table
+            );
         }
     }
 }
@@ -520,9 +523,14 @@ mod tests {
         let err = "drop-hbone=".parse::<Fault>().unwrap_err();
         assert!(err.contains("no cluster"), "{err}");
         let err = "flood=cluster-1".parse::<Fault>().unwrap_err();
-        assert!(err.contains("unknown fault kind") && err.contains("reject-hbone"), "{err}");
+        assert!(
+            err.contains("unknown fault kind") && err.contains("reject-hbone"),
+            "{err}"
+        );
         // Nothing that could smuggle text into the nft script.
-        let err = "drop-hbone=c\" }; flush ruleset".parse::<Fault>().unwrap_err();
+        let err = "drop-hbone=c\" }; flush ruleset"
+            .parse::<Fault>()
+            .unwrap_err();
         assert!(err.contains("may only hold"), "{err}");
     }
 
@@ -533,7 +541,9 @@ mod tests {
             Command::Lift(Fault::DropHbone("cluster-3".into()))
         );
         assert_eq!(
-            "  fault reject-hbone=cluster-2 \n".parse::<Command>().unwrap(),
+            "  fault reject-hbone=cluster-2 \n"
+                .parse::<Command>()
+                .unwrap(),
             Command::Inject(Fault::RejectHbone("cluster-2".into()))
         );
         assert_eq!(
@@ -563,7 +573,10 @@ mod tests {
             for p in (0..MAX_WORKLOADS as u32).step_by(997) {
                 let ip = pod_address(k, p);
                 let block = format!("127.{}.0.0/16", ip.octets()[1]);
-                assert!(blocks.contains(&block), "{ip} of cluster {k} not in {blocks:?}");
+                assert!(
+                    blocks.contains(&block),
+                    "{ip} of cluster {k} not in {blocks:?}"
+                );
             }
         }
     }
@@ -574,7 +587,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("control");
         assert!(take_control_lines(&path).is_empty(), "no file, no lines");
-        std::fs::write(&path, "# comment\nlift drop-hbone=cluster-3\n\n  fault stop-peer=cluster-1 \n").unwrap();
+        std::fs::write(
+            &path,
+            "# comment\nlift drop-hbone=cluster-3\n\n  fault stop-peer=cluster-1 \n",
+        )
+        .unwrap();
         assert_eq!(
             take_control_lines(&path),
             vec!["lift drop-hbone=cluster-3", "fault stop-peer=cluster-1"]

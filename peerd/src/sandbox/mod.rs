@@ -58,7 +58,10 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     println!("peerd sandbox: state in {}", state_dir.display());
     for fault in &options.faults {
         if !(1..=options.clusters).any(|k| fault.cluster() == format!("cluster-{k}")) {
-            bail!("--fault {fault}: no such cluster (cluster-1 … cluster-{})", options.clusters);
+            bail!(
+                "--fault {fault}: no such cluster (cluster-1 … cluster-{})",
+                options.clusters
+            );
         }
     }
     let started = Instant::now();
