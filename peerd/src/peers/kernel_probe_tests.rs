@@ -241,9 +241,19 @@ fn probe_metrics_count_each_connect_once() {
         let mut later = c;
         later.attempts += 1;
         later.timed_out += 1;
-        tx.send(report(&[(gw, later)])).unwrap();
+        // The LRU evicted 4 destinations (a full map): counted, nothing fails.
+        let mut evicting = (*report(&[(gw, later)])).clone();
+        evicting.health.evicted_total = 4;
+        tx.send(Arc::new(evicting.clone())).unwrap();
         probe.set_targets(&targets);
         probe.observe("cluster-3");
+        evicting.health.evicted_total = 6;
+        tx.send(Arc::new(evicting)).unwrap();
+        assert_eq!(
+            probe.observe("cluster-3").stats.attempts,
+            later.attempts,
+            "survivors still count"
+        );
     });
     let text = handle.render();
     let has = |line: &str| text.lines().any(|l| l == line);
@@ -254,6 +264,7 @@ fn probe_metrics_count_each_connect_once() {
         "peerd_probe_connects_total{peer_cluster=\"cluster-3\",port=\"15008\",result=\"timeout\"} 1",
         "peerd_probe_syn_retransmits_total{peer_cluster=\"cluster-3\",port=\"15008\"} 3",
         "peerd_probe_connect_duration_seconds_count{peer_cluster=\"cluster-3\",port=\"15008\"} 2",
+        "peerd_probe_map_evictions_total 6",
     ] {
         assert!(has(line), "missing {line}\n{text}");
     }

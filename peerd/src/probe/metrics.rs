@@ -1,7 +1,9 @@
 //! The probe metrics (docs/metrics.md, "Data-plane probes"):
 //! `peerd_probe_connects_total{peer_cluster,port,result}`,
 //! `peerd_probe_connect_duration_seconds{peer_cluster,port}`,
-//! `peerd_probe_syn_retransmits_total{peer_cluster,port}` and `peerd_probe_ebpf_active`.
+//! `peerd_probe_syn_retransmits_total{peer_cluster,port}`, `peerd_probe_ebpf_active`, and
+//! the kernel map health `peerd_probe_map_evictions_total` /
+//! `peerd_probe_map_insert_failures_total`.
 //!
 //! Owns: turning per-peer, per-port count *deltas* into those series. Must never be fed
 //! the same delta twice (the caller emits once per new report), never label by address
@@ -70,6 +72,17 @@ pub fn record_deltas(per_peer: &BTreeMap<String, PeerProbe>) {
                 }
             }
         }
+    }
+}
+
+/// Kernel map health since the previous call: destinations the LRU evicted (their
+/// counts restart from zero if seen again) and entries the kernel could not insert.
+pub fn record_map_health(evicted: u64, insert_failures: u64) {
+    if evicted > 0 {
+        metrics::counter!("peerd_probe_map_evictions_total").increment(evicted);
+    }
+    if insert_failures > 0 {
+        metrics::counter!("peerd_probe_map_insert_failures_total").increment(insert_failures);
     }
 }
 
