@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn ruleset_renders_one_rule_per_network_fault_in_our_table_only() {
         let script = render_ruleset(
-            "peerd_sandbox_42",
+            "sandbox_test_42",
             &[
                 (Fault::DropHbone("cluster-3".into()), 3),
                 (Fault::StopPeer("cluster-2".into()), 2),
@@ -612,9 +612,9 @@ mod tests {
             ],
         );
         let expected = [
-            "table inet peerd_sandbox_42 {}",
-            "delete table inet peerd_sandbox_42",
-            "table inet peerd_sandbox_42 {",
+            "table inet sandbox_test_42 {}",
+            "delete table inet sandbox_test_42",
+            "table inet sandbox_test_42 {",
             "  chain input {",
             "    type filter hook input priority -10; policy accept;",
             "    ip daddr { 127.0.3.1, 127.3.0.0/16, 127.35.0.0/16, 127.67.0.0/16, 127.99.0.0/16, 127.131.0.0/16, 127.163.0.0/16, 127.195.0.0/16, 127.227.0.0/16 } tcp dport 15008 tcp flags & (syn | ack) == syn counter drop comment \"drop-hbone=cluster-3\"",
@@ -627,11 +627,11 @@ mod tests {
         assert_eq!(script, expected);
         // No network fault: the table is only removed.
         assert_eq!(
-            render_ruleset("peerd_sandbox_42", &[(Fault::StopPeer("c".into()), 2)]),
-            "table inet peerd_sandbox_42 {}\ndelete table inet peerd_sandbox_42\n"
+            render_ruleset("sandbox_test_42", &[(Fault::StopPeer("c".into()), 2)]),
+            "table inet sandbox_test_42 {}\ndelete table inet sandbox_test_42\n"
         );
         for line in script.lines().filter(|l| l.contains("table")) {
-            assert!(line.contains("inet peerd_sandbox_42"), "{line}");
+            assert!(line.contains("inet sandbox_test_42"), "{line}");
         }
     }
 }
