@@ -87,12 +87,21 @@ pub struct SandboxArgs {
     /// Rewrite this file with the status as JSON every second.
     #[arg(long)]
     pub status_json: Option<PathBuf>,
-    /// Inject a fault once every peer is connected: `stop-peer=<cluster>`.
-    #[arg(long = "fault")]
+    /// Inject a fault once every peer is connected (repeatable): `stop-peer=<cluster>`
+    /// (stop its peerd), `drop-hbone=<cluster>` (SYNs to its HBONE 15008, gateway and
+    /// pods, are dropped: connects time out), `reject-hbone=<cluster>` (answered with a
+    /// TCP reset: refused). drop/reject are nftables rules in the table
+    /// `inet peerd_sandbox_<pid>` (root needed), deleted on lift and on exit. While the
+    /// sandbox runs, `fault KIND=CLUSTER` / `lift KIND=CLUSTER` typed on stdin or
+    /// appended to STATE_DIR/control (polled every second) inject or lift a fault.
+    #[arg(long = "fault", verbatim_doc_comment)]
     pub faults: Vec<crate::sandbox::Fault>,
     /// Inject faults at the latest this long after start.
     #[arg(long, default_value = "45s", value_parser = parse_duration_arg)]
     pub fault_after: std::time::Duration,
+    /// Lift each fault automatically this long after it was injected (e.g. 50s).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub fault_for: Option<std::time::Duration>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -152,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 status_json: args.status_json,
                 faults: args.faults,
                 fault_after: args.fault_after,
+                fault_for: args.fault_for,
                 seed: args.seed,
             })
             .await

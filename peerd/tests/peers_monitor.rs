@@ -450,6 +450,7 @@ async fn userspace_probe_keeps_permitted_targets_when_the_guard_refuses_some() {
             // 10.9.9.9 is refused by the guard: it is never connected to.
             hbone: vec![hbone, "10.9.9.9:15008".parse().unwrap()],
             xds: vec![],
+            flat: false,
         },
     );
     probe.set_targets(&targets);

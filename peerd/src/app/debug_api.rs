@@ -29,6 +29,7 @@ pub(super) async fn start_debug_api(
     readiness: &Arc<Readiness>,
     upstreams: &[(String, Arc<StreamStats>)],
     monitor: &Arc<PeerMonitor>,
+    probe_mode: &crate::probe::mode::ProbeMode,
     xds_addr: SocketAddr,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
@@ -53,6 +54,7 @@ pub(super) async fn start_debug_api(
             federation.export_view(crate::federation::ExportFlavor::Flat),
         )),
         started: std::time::SystemTime::now(),
+        probe_mode: Some(probe_mode.clone()),
         xds_address: xds_addr.to_string(),
         debug_address: debug_addr.to_string(),
     });

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 mod debug_api;
 mod kube;
 mod monitor;
+mod probes;
 mod upstreams;
 
 use crate::admin::{self, Readiness};
@@ -44,6 +45,8 @@ pub struct Peerd {
     pub peers: Arc<PeerMonitor>,
     pub server: AdsServer,
     pub readiness: Arc<Readiness>,
+    /// The probe mode in effect (`ebpf`, or `userspace` with the reason).
+    pub probe_mode: crate::probe::mode::ProbeMode,
     /// Stats of each upstream stream, by origin name.
     pub upstreams: Vec<(String, Arc<StreamStats>)>,
     /// Bound addresses (port 0 in the config resolves here).
@@ -205,12 +208,14 @@ impl Peerd {
                 Ok(())
             });
         }
+        let probes = probes::start_probes(&config, &store, &cancel, &mut tasks)?;
         let peers = monitor::start_peer_monitor(
             &config,
             &store,
             &federation,
             &server,
             clients,
+            Arc::clone(&probes.source),
             &cancel,
             &mut tasks,
         )?;
@@ -233,6 +238,7 @@ impl Peerd {
             &readiness,
             &upstreams,
             &peers,
+            &probes.mode,
             xds_addr,
             &cancel,
             &mut tasks,
@@ -251,6 +257,7 @@ impl Peerd {
             peers,
             server,
             readiness,
+            probe_mode: probes.mode,
             upstreams,
             xds_addr,
             metrics_addr,

@@ -1,12 +1,11 @@
-//! Starts the active prober and the peer monitor, and feeds the monitor the merged-view
-//! versions that carry each peer's changes.
+//! Starts the peer monitor over the probe source (see `probes`), and feeds the monitor
+//! the merged-view versions that carry each peer's changes.
 //!
 //! It owns wiring only; conditions are computed in [`crate::peers`], probing in
 //! [`crate::probe`].
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -14,44 +13,25 @@ use crate::config::Config;
 use crate::federation::Federation;
 use crate::peers::{
     AdsClients, DownstreamAcks, LocalCluster, MonitorConfig, MonitorSources, PeerMonitor,
-    RecordedPeerVersions, UserspaceProbe,
+    ProbeSource, RecordedPeerVersions,
 };
-use crate::probe::prober::{Prober, ProberConfig, TargetGuard};
 use crate::store::Store;
 use crate::xds::server::AdsServer;
 
-/// Starts the active prober and the peer monitor that turns stream state, sync, downstream
-/// ACKs and probe results into the peer conditions.
+/// Starts the peer monitor that turns stream state, sync, downstream ACKs and probe
+/// results into the peer conditions.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start_peer_monitor(
     config: &Config,
     store: &Arc<Store>,
     federation: &Arc<Federation>,
     server: &AdsServer,
     clients: Arc<AdsClients>,
+    probe: Arc<dyn ProbeSource>,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Arc<PeerMonitor>> {
-    let guard = if config.sandbox_mode {
-        TargetGuard::loopback_only()
-    } else {
-        TargetGuard::Unrestricted
-    };
-    let prober = Prober::new(ProberConfig {
-        enabled: config.probe.enabled,
-        interval: config.probe.interval,
-        jitter: config.probe.jitter,
-        guard: guard.clone(),
-        ..ProberConfig::default()
-    })
-    .context("probe")?;
-    if let Some(handle) = prober.spawn() {
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            cancel.cancelled().await;
-            handle.abort();
-            Ok(())
-        });
-    }
+    let guard = super::probes::target_guard(config);
     let versions = RecordedPeerVersions::new();
     tasks.spawn(record_peer_versions(
         Arc::clone(federation),
@@ -74,7 +54,7 @@ pub(super) fn start_peer_monitor(
                 view_label: "merged".into(),
                 versions,
             }),
-            probe: UserspaceProbe::new(prober),
+            probe,
         },
         std::time::Instant::now(),
     );

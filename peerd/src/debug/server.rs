@@ -54,6 +54,9 @@ pub struct DebugState {
     /// The view peers are served, when this peerd exports one.
     pub export: Option<Arc<View>>,
     pub started: SystemTime,
+    /// The probe mode in effect; `None` where no probes run (then the configured mode is
+    /// shown).
+    pub probe_mode: Option<crate::probe::mode::ProbeMode>,
     pub xds_address: String,
     pub debug_address: String,
 }
@@ -124,11 +127,17 @@ impl DebugService {
             network: s.config.network.clone(),
             version: crate::version::VERSION.to_string(),
             ready: pending.is_empty(),
-            probe_mode: format!("{:?}", s.config.probe.mode).to_ascii_lowercase(),
-            probe_mode_reason: if s.config.probe.enabled {
-                "configured".into()
-            } else {
-                "probing disabled".into()
+            probe_mode: match &s.probe_mode {
+                Some(mode) => mode.name().to_string(),
+                None => format!("{:?}", s.config.probe.mode).to_ascii_lowercase(),
+            },
+            probe_mode_reason: match &s.probe_mode {
+                Some(crate::probe::mode::ProbeMode::Ebpf { attach }) => {
+                    format!("eBPF connect probes attached ({attach})")
+                }
+                Some(crate::probe::mode::ProbeMode::Userspace { reason }) => reason.clone(),
+                None if s.config.probe.enabled => "configured".into(),
+                None => "probing disabled".into(),
             },
             started_unix_ms: unix_ms(s.started),
             flat_networks: s.config.flat_networks,

@@ -115,6 +115,13 @@ pub fn render_table(r: &Report) -> String {
         merged.services,
         merged.authorizations,
     );
+    if !info.probe_mode.is_empty() {
+        let _ = writeln!(
+            out,
+            "probes: {} ({})",
+            info.probe_mode, info.probe_mode_reason
+        );
+    }
     out.push('\n');
     let peers: Vec<Vec<String>> = r
         .peers
@@ -241,6 +248,8 @@ mod tests {
                 network: "net1".into(),
                 ready: false,
                 pending_gates: vec!["local upstream synced".into()],
+                probe_mode: "userspace".into(),
+                probe_mode_reason: "kernel has no BTF".into(),
                 ..Default::default()
             },
             peers: vec![api::Peer {
@@ -273,6 +282,10 @@ mod tests {
         };
         let text = render_table(&report);
         assert!(text.contains("NOT READY (local upstream synced)"), "{text}");
+        assert!(
+            text.contains("probes: userspace (kernel has no BTF)"),
+            "{text}"
+        );
         let peer_line = text.lines().find(|l| l.starts_with("cluster-2")).unwrap();
         assert!(peer_line.contains("True"), "{peer_line}");
         assert!(text.contains("connection refused"));

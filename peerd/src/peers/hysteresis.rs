@@ -213,6 +213,20 @@ mod tests {
     }
 
     #[test]
+    fn an_instant_earlier_than_the_last_one_neither_panics_nor_shortens_the_window() {
+        // Callers pass monotonic instants; if one ever comes out of order (a clock jump
+        // seen through a test clock), the failure window measures zero, never negative.
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let mut h = Hysteresis::new(cfg(10, 1, 0), t0, "p");
+        h.observe(t0, ok());
+        h.observe(t0 + Duration::from_secs(5), refused());
+        let v = h.observe(t0 - Duration::from_secs(50), refused()).clone();
+        assert_eq!(v.status, ConditionStatus::True, "no jump to False");
+        let v = h.observe(t0 + Duration::from_secs(16), refused()).clone();
+        assert_eq!(v.status, ConditionStatus::False, "the window still counts");
+    }
+
+    #[test]
     fn turns_false_only_after_the_failure_window() {
         let t0 = Instant::now();
         let mut h = Hysteresis::new(cfg(10, 1, 0), t0, "p");

@@ -14,6 +14,8 @@ pub mod monitor;
 pub mod observe;
 
 #[cfg(test)]
+mod kernel_probe_tests;
+#[cfg(test)]
 mod tests;
 
 pub use conditions::{Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions};

@@ -276,7 +276,14 @@ impl PeerMonitor {
                 }
                 Some(port) => gateway_hbone(port),
             };
-            out.insert(m.cluster.clone(), ProbeTargets { hbone, xds });
+            out.insert(
+                m.cluster.clone(),
+                ProbeTargets {
+                    hbone,
+                    xds,
+                    flat: m.flat,
+                },
+            );
         }
         out
     }

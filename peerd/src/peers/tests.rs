@@ -615,6 +615,7 @@ fn kernel_probe_attributes_counters_and_keeps_the_last_verdict() {
         ProbeTargets {
             hbone: vec![gw],
             xds: vec!["127.0.3.1:15012".parse().unwrap()],
+            flat: false,
         },
     );
     probe.set_targets(&targets);

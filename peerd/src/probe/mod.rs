@@ -9,6 +9,7 @@ pub mod aggregator;
 pub mod attribution;
 pub mod bench;
 pub mod loader;
+pub mod metrics;
 pub mod mode;
 pub mod prober;
 pub mod service;

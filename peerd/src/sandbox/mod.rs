@@ -9,6 +9,7 @@
 //! connects outside 127.0.0.0/8.
 
 pub mod cluster;
+pub mod faults;
 pub mod gateway;
 pub mod kube;
 pub mod layout;
@@ -24,29 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::pki::Pki;
 use cluster::{Cluster, SandboxOptionsForCluster};
+pub use faults::Fault;
+use faults::FaultController;
 use layout::ClusterLayout;
 use status::SandboxStatus;
-
-/// A fault the sandbox injects once every peer of every cluster is connected (or after
-/// `--fault-after`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// Stop that cluster's peerd.
-    StopPeer(String),
-}
-
-impl std::str::FromStr for Fault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Fault, String> {
-        let (kind, cluster) = s.split_once('=').ok_or_else(|| {
-            format!("fault {s:?}: expected KIND=CLUSTER, e.g. stop-peer=cluster-3")
-        })?;
-        match kind {
-            "stop-peer" => Ok(Fault::StopPeer(cluster.to_string())),
-            other => Err(format!("unknown fault kind {other:?} (known: stop-peer)")),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -60,6 +42,8 @@ pub struct SandboxOptions {
     pub faults: Vec<Fault>,
     /// Inject faults this long after start even if not every peer is connected yet.
     pub fault_after: Duration,
+    /// Lift each fault this long after it was injected (`--fault-for`).
+    pub fault_for: Option<Duration>,
     pub seed: u64,
 }
 
@@ -74,6 +58,21 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state dir {}", state_dir.display()))?;
     println!("peerd sandbox: state in {}", state_dir.display());
+    for fault in &options.faults {
+        if !(1..=options.clusters).any(|k| fault.cluster() == format!("cluster-{k}")) {
+            bail!(
+                "--fault {fault}: no such cluster (cluster-1 … cluster-{})",
+                options.clusters
+            );
+        }
+    }
+    let started = Instant::now();
+    let mut fault_ctl = FaultController::new(options.fault_for, started);
+    fault_ctl
+        .preflight(&options.faults)
+        .context("--fault: drop-hbone and reject-hbone are nftables rules")?;
+    let control_file = state_dir.join("control");
+    let mut commands = faults::stdin_commands();
 
     let pki = Pki::load_or_create(&state_dir.join("pki"), "peerd sandbox root CA")
         .context("sandbox PKI")?;
@@ -149,21 +148,38 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         root_cert.display(),
         token_file.display()
     );
+    println!(
+        "  faults: type `fault KIND=CLUSTER` or `lift KIND=CLUSTER` here, or append the line to {}",
+        control_file.display()
+    );
 
-    let started = Instant::now();
     let interactive = std::io::stdout().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut faults_done = options.faults.is_empty();
     let mut last_plain = Instant::now() - Duration::from_secs(60);
+    // One signal listener for the whole run: a SIGTERM arriving while a status read is in
+    // progress must not be lost (a listener created later would not see it).
+    let shutdown = crate::cli::shutdown_signal();
+    tokio::pin!(shutdown);
     let result: anyhow::Result<()> = loop {
+        let mut lines = Vec::new();
         tokio::select! {
-            _ = crate::cli::shutdown_signal() => break Ok(()),
+            _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {}
+            Some(line) = commands.recv() => lines.push(line),
         }
+        lines.extend(faults::take_control_lines(&control_file));
+        for line in lines {
+            if let Err(e) = fault_ctl.execute(&line, &mut clusters) {
+                println!("command {line:?} failed: {e:#}");
+            }
+        }
+        fault_ctl.lift_expired(&mut clusters);
         let mut snapshot = SandboxStatus {
             state_dir: state_dir.display().to_string(),
             elapsed_seconds: started.elapsed().as_secs(),
             clusters: Vec::new(),
+            faults: fault_ctl.statuses(),
         };
         for c in &mut clusters {
             let running = c.peerd_running();
@@ -184,24 +200,19 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         }
         if !faults_done && (all_connected(&snapshot) || started.elapsed() >= options.fault_after) {
             faults_done = true;
-            for fault in &options.faults {
-                match fault {
-                    Fault::StopPeer(name) => {
-                        match clusters.iter_mut().find(|c| &c.layout.name == name) {
-                            Some(c) => {
-                                println!("fault: stopping {name}'s peerd");
-                                c.stop_peerd();
-                            }
-                            None => break_with_unknown(name)?,
-                        }
-                    }
-                }
+            let failed = options
+                .faults
+                .iter()
+                .find_map(|fault| fault_ctl.inject(fault, &mut clusters).err());
+            if let Some(e) = failed {
+                break Err(e.context("injecting a --fault"));
             }
         }
         if options.run_for.is_some_and(|d| started.elapsed() >= d) {
             break Ok(());
         }
     };
+    fault_ctl.shutdown();
     cancel.cancel();
     let _ = stop_sims.send(true);
     for c in &mut clusters {
@@ -215,10 +226,6 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         state_dir.display()
     );
     result
-}
-
-fn break_with_unknown(name: &str) -> anyhow::Result<()> {
-    bail!("fault names unknown cluster {name:?}")
 }
 
 fn all_connected(status: &SandboxStatus) -> bool {

@@ -98,6 +98,9 @@ pub struct SandboxStatus {
     pub state_dir: String,
     pub elapsed_seconds: u64,
     pub clusters: Vec<ClusterStatus>,
+    /// Faults injected so far (`--fault`, or commands), active or lifted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<crate::sandbox::faults::FaultStatus>,
 }
 
 /// Reads one cluster's status from its debug API.

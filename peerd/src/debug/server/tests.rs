@@ -63,6 +63,9 @@ fn service() -> (DebugService, Arc<Store>, broadcast::Sender<PeerEvent>) {
         }),
         export: None,
         started: SystemTime::now(),
+        probe_mode: Some(crate::probe::mode::ProbeMode::Userspace {
+            reason: "kernel has no BTF (test)".into(),
+        }),
         xds_address: "127.0.0.1:15012".into(),
         debug_address: "127.0.0.1:15041".into(),
     };
@@ -180,6 +183,9 @@ async fn views_resolve_by_name_and_bad_requests_are_refused() {
         vec!["local upstream synced".to_string()]
     );
     assert_eq!(info.merged.unwrap().workloads, 1);
+    // The probe mode in effect, not the configured one, with its reason.
+    assert_eq!(info.probe_mode, "userspace");
+    assert_eq!(info.probe_mode_reason, "kernel has no BTF (test)");
     assert_eq!(svc.peers().peers[0].conditions[0].status, "True");
 
     let dump = svc.dump(true).unwrap();
