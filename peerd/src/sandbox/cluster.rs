@@ -152,14 +152,17 @@ impl Cluster {
         let exe = std::env::current_exe().context("locating the peerd binary")?;
         let log = std::fs::File::create(&self.log_path)
             .with_context(|| format!("creating {}", self.log_path.display()))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("run")
             .arg("--config")
             .arg(&self.config_path)
             .env("LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log file handle")?)
-            .stderr(log)
+            .stderr(log);
+        terminate_with_parent(&mut command);
+        let child = command
             .spawn()
             .with_context(|| format!("{}: starting peerd", self.layout.name))?;
         self.peerd = Some(child);
@@ -183,6 +186,22 @@ impl Cluster {
 
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+}
+
+/// The child gets SIGTERM when the sandbox dies, even by SIGKILL: a sandbox killed by a
+/// test harness must not leave peerd processes holding 127.0.k.1's ports.
+fn terminate_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    #[allow(unsafe_code)] // pre_exec runs in the forked child; prctl(2) is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
