@@ -582,14 +582,14 @@ fn describe_difference(seen: &[Arc<Mutex<Seen>>], want: &[[HashSet<String>; 2]])
     let mut out = String::new();
     for (k, (s, w)) in seen.iter().zip(want).enumerate() {
         let s = lock(s);
-        for i in 0..2 {
-            let missing: Vec<&String> = w[i].iter().filter(|n| !s.names[i].contains(*n)).collect();
-            let extra: Vec<&String> = s.names[i].iter().filter(|n| !w[i].contains(*n)).collect();
+        for (i, (held, wanted)) in s.names.iter().zip(w).enumerate() {
+            let missing: Vec<&String> = wanted.iter().filter(|n| !held.contains(*n)).collect();
+            let extra: Vec<&String> = held.iter().filter(|n| !wanted.contains(*n)).collect();
             out.push_str(&format!(
                 "\n  cluster-{} type {i}: held {}, want {}, missing {} (e.g. {:?}), extra {} (e.g. {:?})",
                 k + 1,
-                s.names[i].len(),
-                w[i].len(),
+                held.len(),
+                wanted.len(),
                 missing.len(),
                 missing.iter().take(3).collect::<Vec<_>>(),
                 extra.len(),
