@@ -8,7 +8,9 @@
 mod federation_support;
 mod xds_support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use federation_support::{
     Cluster, Spec, Topology, WAIT, client_options, eventually, identity, start_client, trust_domain,
@@ -16,10 +18,19 @@ use federation_support::{
 use peerd::federation::ConflictKind;
 use peerd::identity::classify::{FailureReason, classify_tls};
 use peerd::identity::pki::Pki;
+use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
+use peerd::peers::model::{SpecAddress, SpecListener, SpecSource};
+use peerd::peers::{
+    AdsClients, ConditionStatus, ConditionType, DownstreamAcks, HysteresisConfig, LocalCluster,
+    MonitorConfig, MonitorSources, PeerMonitor, PeerSpec, PeerStatus, RecordedPeerVersions,
+    UserspaceProbe,
+};
+use peerd::probe::prober::{Prober, ProberConfig, TargetGuard};
 use peerd::proto::istio::workload;
 use peerd::store::Store;
 use peerd::xds::client::{AdsClient, FailureKind};
+use peerd::xds::server::Subscribers;
 use peerd::xds::{Resource, ResourceType};
 use tokio_util::sync::CancellationToken;
 
@@ -161,7 +172,9 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     })
     .await;
     let f = failure.lock().unwrap().clone().unwrap();
-    // The condition reason comes from the kept rustls error.
+    assert_eq!(f.kind, FailureKind::IdentityMismatch, "{}", f.message);
+    assert_eq!(f.kind.condition_reason(), "IdentityMismatch");
+    // The kept rustls error classifies the same way.
     let reason = classify_tls(f.tls.as_ref().expect("rustls error kept")).reason;
     assert_eq!(reason, FailureReason::IdentityMismatch, "{}", f.message);
     assert!(f.message.contains("elsewhere.local"), "{}", f.message);
@@ -184,6 +197,236 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     assert_eq!(f.kind, FailureKind::Unauthenticated, "{}", f.message);
     assert!(f.message.contains("stranger.local"), "{}", f.message);
     assert!(store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()));
+    cancel.cancel();
+}
+
+/// Runs `client` as the only xDS client of `peer` (at `addr`) under a real
+/// [`PeerMonitor`] of cluster `local`, and ticks it until `PeerConnected` is False with a
+/// failure reason; returns the peer's status as `peerd status` and the Gateway show it.
+async fn peer_status_while_failing(
+    local: &str,
+    peer: &str,
+    addr: SocketAddr,
+    client: AdsClient,
+    store: Arc<Store>,
+    cancel: &CancellationToken,
+) -> PeerStatus {
+    let clients = AdsClients::new();
+    clients.register(peer, &addr.to_string(), &client);
+    client.spawn(cancel.clone());
+    let prober = Prober::new(ProberConfig {
+        enabled: false,
+        interval: Duration::from_secs(1),
+        jitter: Duration::ZERO,
+        timeout: Duration::from_secs(5),
+        guard: TargetGuard::loopback_only(),
+    })
+    .unwrap();
+    let sources = MonitorSources {
+        upstreams: clients,
+        imports: store,
+        acks: Arc::new(DownstreamAcks {
+            subscribers: Subscribers::new(),
+            view_label: "merged".into(),
+            versions: RecordedPeerVersions::new(),
+        }),
+        probe: UserspaceProbe::new(prober),
+    };
+    let config = MonitorConfig {
+        hysteresis: HysteresisConfig {
+            failure_window: Duration::ZERO,
+            success_run: 1,
+            first_probe_grace: Duration::ZERO,
+        },
+        ..MonitorConfig::default()
+    };
+    let spec = PeerSpec {
+        source: SpecSource::Config { index: 0 },
+        generation: 1,
+        cluster: Some(peer.into()),
+        network: Some("flat".into()),
+        addresses: vec![SpecAddress {
+            kind: "IPAddress".into(),
+            value: addr.ip().to_string(),
+        }],
+        trust_domain: Some(trust_domain(peer)),
+        listeners: vec![
+            SpecListener {
+                name: "cross-network".into(),
+                port: 15008,
+                protocol: "HBONE".into(),
+            },
+            SpecListener {
+                name: "xds-tls".into(),
+                port: addr.port(),
+                protocol: "TLS".into(),
+            },
+        ],
+        data_plane_service_type: None,
+    };
+    let local = LocalCluster {
+        cluster: local.into(),
+        network: "flat".into(),
+        flat_networks: true,
+    };
+    let monitor = PeerMonitor::new(local, vec![spec], config, sources, Instant::now());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        monitor.tick(Instant::now(), SystemTime::now()).await;
+        let status = monitor.snapshot()[0].clone();
+        let connected = status.condition(ConditionType::PeerConnected).unwrap();
+        if connected.status == ConditionStatus::False && connected.reason != "Pending" {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PeerConnected never failed; last: {connected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `PeerConnected` is False with `reason`, and `PeeringSucceeded` stays Pending naming the
+/// same cause. Returns the `PeerConnected` message.
+fn assert_not_connected(status: &PeerStatus, reason: &str) -> String {
+    let connected = status.condition(ConditionType::PeerConnected).unwrap();
+    assert_eq!(connected.status, ConditionStatus::False, "{connected:?}");
+    assert_eq!(connected.reason, reason, "{}", connected.message);
+    let succeeded = status.condition(ConditionType::PeeringSucceeded).unwrap();
+    assert_eq!(succeeded.status, ConditionStatus::False, "{succeeded:?}");
+    assert_eq!(succeeded.reason, "Pending", "{}", succeeded.message);
+    assert!(
+        succeeded
+            .message
+            .contains(&format!("not connected to peer ({reason}: ")),
+        "{}",
+        succeeded.message
+    );
+    connected.message.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_presenting_a_certificate_from_another_root_shows_tls_error_in_peer_status() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    // We (c2) trust only another root: the real c1's certificate is from an authority we
+    // do not know.
+    let other = Pki::load_or_create(&topo.dir.path().join("other-pki"), "other root").unwrap();
+    let me = identity(
+        other.dir(),
+        &other.cluster_ca("c2").unwrap(),
+        "c2",
+        &trust_domain("c2"),
+        2,
+    );
+    let tls = client_config(
+        &ClientTlsOptions::new(
+            Arc::clone(&me.roots),
+            ServerIdentity::TrustDomain(trust_domain("c1")),
+        )
+        .with_client_cert(me.cert.clone()),
+    )
+    .unwrap();
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
+    let failure = client.failure_handle();
+    let cancel = CancellationToken::new();
+    let status =
+        peer_status_while_failing("c2", "c1", c1.addr, client, Arc::clone(&store), &cancel).await;
+    let message = assert_not_connected(&status, "TLSError");
+    assert!(
+        message.contains("certificate signed by unknown authority"),
+        "{message}"
+    );
+    assert!(message.contains(&c1.addr.to_string()), "{message}");
+    assert!(message.contains("same root"), "the hint: {message}");
+    assert_eq!(
+        failure.lock().unwrap().as_ref().unwrap().kind,
+        FailureKind::Tls
+    );
+    assert!(store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()));
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_status() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    let ca = topo.pki.cluster_ca("c2").unwrap();
+    let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
+    // Right root, but we expect c1 in a trust domain it is not in.
+    let tls = client_config(
+        &ClientTlsOptions::new(
+            Arc::clone(&me.roots),
+            ServerIdentity::TrustDomain("elsewhere.local".into()),
+        )
+        .with_client_cert(me.cert.clone()),
+    )
+    .unwrap();
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
+    let cancel = CancellationToken::new();
+    let status =
+        peer_status_while_failing("c2", "c1", c1.addr, client, Arc::clone(&store), &cancel).await;
+    let message = assert_not_connected(&status, "IdentityMismatch");
+    // Names the expected and the presented identity.
+    assert!(
+        message.contains("expected trust domain elsewhere.local"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spiffe://c1.local/ns/istio-system/sa/peerd"),
+        "{message}"
+    );
+    assert!(
+        message.contains("trust domain annotation"),
+        "the hint: {message}"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_whose_san_does_not_match_shows_identity_mismatch_in_peer_status() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    let ca = topo.pki.cluster_ca("c2").unwrap();
+    let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
+    // Right root and trust domain, but another service account than the one c1 presents.
+    let expected = SpiffeId::new(&trust_domain("c1"), "istio-system", "istiod").unwrap();
+    let tls = client_config(
+        &ClientTlsOptions::new(
+            Arc::clone(&me.roots),
+            ServerIdentity::Spiffe(expected.clone()),
+        )
+        .with_client_cert(me.cert.clone()),
+    )
+    .unwrap();
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
+    let cancel = CancellationToken::new();
+    let status =
+        peer_status_while_failing("c2", "c1", c1.addr, client, Arc::clone(&store), &cancel).await;
+    let message = assert_not_connected(&status, "IdentityMismatch");
+    assert!(
+        message.contains(&format!("expected {expected}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("spiffe://c1.local/ns/istio-system/sa/peerd"),
+        "{message}"
+    );
     cancel.cancel();
 }
 

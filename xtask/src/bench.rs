@@ -2,11 +2,18 @@
 //! `harness = false` bench target of the peerd crate, built with the bench (release)
 //! profile; it prints a table comparing against its targets and a floor measured in the
 //! same run. No benchmark asserts timing.
+//!
+//! - `xds`: one cluster's data path (istiod → peerd → ztunnel) at 100k workloads;
+//! - `probes`: the eBPF/userspace connect probes;
+//! - `kube`: the Kubernetes side against the emulated API server;
+//! - `federation`: three peered clusters (two flat, one multi-network), each a
+//!   simulated istiod + a real peerd process + a ztunnel-like client: first full
+//!   federated view, cross-cluster propagation under churn, per-peerd CPU and RSS.
 
 use anyhow::bail;
 
 /// Benchmarks that exist, in the order `all` runs them.
-pub const BENCHES: &[&str] = &["xds", "probes", "kube"];
+pub const BENCHES: &[&str] = &["xds", "probes", "kube", "federation"];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {

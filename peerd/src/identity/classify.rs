@@ -129,7 +129,7 @@ pub fn classify_tls(err: &rustls::Error) -> ConnectFailure {
         rustls::Error::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer => ConnectFailure::new(
                 TlsError,
-                "tls: unknown certificate authority (the peer's certificate does not chain to our trusted root; do the clusters share a root CA?)",
+                "tls: unknown certificate authority (certificate signed by unknown authority: the peer's certificate does not chain to our trusted root; do the clusters share a root CA?)",
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 ConnectFailure::new(TlsError, format!("tls: certificate has expired ({err})"))

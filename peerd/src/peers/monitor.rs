@@ -403,7 +403,10 @@ impl PeerMonitor {
             .clone();
         let succeeded = tracker
             .succeeded
-            .observe(now, sync_observation(self.sources.imports.as_ref(), peer))
+            .observe(
+                now,
+                sync_observation(self.sources.imports.as_ref(), peer, upstream.as_ref()),
+            )
             .clone();
         let data_plane = if model.hbone_port.is_none() && !model.node_port {
             // A spec problem, not a measurement: no hysteresis.
@@ -510,11 +513,36 @@ fn connection_observation(
     }
 }
 
-fn sync_observation(imports: &dyn ImportSource, peer: &str) -> Observation {
+/// Why nothing is synced yet, when the xDS client knows: `PeeringSucceeded` stays
+/// `Pending`, and its message names the connection failure (e.g. `TLSError: ...`) so both
+/// conditions point at the same cause.
+fn not_connected(upstream: Option<&super::observe::UpstreamObservation>) -> Option<String> {
+    let u = upstream?;
+    if u.connected {
+        return None;
+    }
+    let f = u.failure.as_ref()?;
+    Some(format!(
+        "not connected to peer ({}: {})",
+        f.reason, f.message
+    ))
+}
+
+fn sync_observation(
+    imports: &dyn ImportSource,
+    peer: &str,
+    upstream: Option<&super::observe::UpstreamObservation>,
+) -> Observation {
     match imports.sync(peer) {
         None => Observation::failing(
             reason::PENDING,
-            "nothing received from the peer yet; waiting for its first full xDS response",
+            match not_connected(upstream) {
+                Some(why) => format!("{why}; waiting for its first full xDS response"),
+                None => {
+                    "nothing received from the peer yet; waiting for its first full xDS response"
+                        .to_string()
+                }
+            },
         ),
         Some(s) if s.fully_synced() => Observation::healthy(
             reason::SUCCEEDED,
@@ -535,12 +563,16 @@ fn sync_observation(imports: &dyn ImportSource, peer: &str) -> Observation {
                     ),
                 )
             } else {
+                let waiting = format!(
+                    "waiting for the first full response for: {}",
+                    pending.join(", ")
+                );
                 Observation::failing(
                     reason::PENDING,
-                    format!(
-                        "waiting for the first full response for: {}",
-                        pending.join(", ")
-                    ),
+                    match not_connected(upstream) {
+                        Some(why) => format!("{why}; {waiting}"),
+                        None => waiting,
+                    },
                 )
             }
         }

@@ -378,13 +378,13 @@ async fn first_probe_grace_keeps_conditions_pending() {
         cond(&st, "cluster-2", T::PeerConnected).1,
         "ConnectionRefused"
     );
-    assert_eq!(
-        cond(&st, "cluster-2", T::PeeringSucceeded),
-        (
-            S::False,
-            "Pending".into(),
-            "nothing received from the peer yet; waiting for its first full xDS response".into()
-        )
+    // PeeringSucceeded stays Pending and names the connection failure behind it.
+    let (status, r, msg) = cond(&st, "cluster-2", T::PeeringSucceeded);
+    assert_eq!((status, r.as_str()), (S::False, "Pending"));
+    assert!(
+        msg.starts_with("not connected to peer (ConnectionRefused: ")
+            && msg.ends_with("; waiting for its first full xDS response"),
+        "{msg}"
     );
     let (status, r, msg) = cond(&st, "cluster-2", T::PeerDataPlaneProgrammed);
     assert_eq!((status, r.as_str()), (S::False, "HBONEConnectTimeout"));

@@ -33,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataKey, MetadataValue};
 
+use crate::identity::classify::{FailureReason, classify_tls};
 use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -594,43 +595,83 @@ fn connect_failure(c: &ConnectError) -> FailureKind {
     match c {
         ConnectError::Refused { .. } => FailureKind::ConnectionRefused,
         ConnectError::Timeout { .. } => FailureKind::ConnectTimeout,
-        ConnectError::Tls { source, .. } if is_name_mismatch(source) => {
-            FailureKind::IdentityMismatch
-        }
-        ConnectError::Tls { .. } | ConnectError::NoH2 { .. } => FailureKind::Tls,
+        ConnectError::Tls { .. } => match c.tls_error() {
+            Some(tls) => tls_failure_kind(classify_tls(tls).reason),
+            None => FailureKind::Tls,
+        },
+        ConnectError::NoH2 { .. } => FailureKind::Tls,
         ConnectError::Tcp { .. } => FailureKind::Stream,
         ConnectError::InvalidEndpoint { .. } => FailureKind::Config,
     }
 }
 
-/// Whether a TLS failure is "certificate not valid for the expected name".
-fn is_name_mismatch(e: &std::io::Error) -> bool {
-    use rustls::CertificateError;
-    matches!(
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-        ))
-    )
-}
-
-fn from_connect_error(c: &ConnectError) -> ClientError {
-    ClientError {
-        kind: connect_failure(c),
-        message: c.to_string(),
-        tls: c.tls_error().cloned(),
+/// The failure class of a classified TLS failure: a certificate that chains to our root
+/// but names another identity (SAN, SPIFFE ID, trust domain) is `IdentityMismatch`;
+/// everything else (unknown authority, expiry, rejected client certificate) is `Tls`.
+fn tls_failure_kind(reason: FailureReason) -> FailureKind {
+    match reason {
+        FailureReason::IdentityMismatch => FailureKind::IdentityMismatch,
+        _ => FailureKind::Tls,
     }
 }
 
+fn from_connect_error(c: &ConnectError) -> ClientError {
+    let tls = c.tls_error().cloned();
+    let message = match (c, &tls) {
+        // The classified text names the cause a person acts on (unknown authority, or
+        // the expected and the presented identity) instead of rustls' enum names.
+        (ConnectError::Tls { endpoint, .. }, Some(e)) => {
+            format!(
+                "TLS handshake with {endpoint} failed: {}",
+                classify_tls(e).message
+            )
+        }
+        _ => c.to_string(),
+    };
+    ClientError {
+        kind: connect_failure(c),
+        message,
+        tls,
+    }
+}
+
+/// A rustls error anywhere in `err`'s source chain (e.g. the peer rejecting our
+/// certificate with an alert after the TLS 1.3 handshake), classified.
+fn tls_failure_in_chain(err: &(dyn std::error::Error + 'static)) -> Option<ClientError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            let classified = classify_tls(tls);
+            return Some(ClientError {
+                kind: tls_failure_kind(classified.reason),
+                message: classified.message,
+                tls: Some(tls.clone()),
+            });
+        }
+        // `io::Error::source` skips the wrapped error itself, so descend explicitly.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 fn classify_transport(e: &tonic::transport::Error, endpoint: &str) -> ClientError {
-    match find_connect_error(e) {
-        Some(c) => from_connect_error(c),
-        None => ClientError {
-            kind: FailureKind::Stream,
-            message: format!("connecting to {endpoint} failed: {}", error_chain(e)),
-            tls: None,
-        },
+    if let Some(c) = find_connect_error(e) {
+        return from_connect_error(c);
+    }
+    if let Some(mut tls) = tls_failure_in_chain(e) {
+        tls.message = format!("connecting to {endpoint} failed: {}", tls.message);
+        return tls;
+    }
+    ClientError {
+        kind: FailureKind::Stream,
+        message: format!("connecting to {endpoint} failed: {}", error_chain(e)),
+        tls: None,
     }
 }
 
@@ -638,6 +679,10 @@ fn classify_status(s: &tonic::Status, endpoint: &str) -> ClientError {
     use std::error::Error as _;
     if let Some(c) = s.source().and_then(|src| find_connect_error(src)) {
         return from_connect_error(c);
+    }
+    if let Some(mut tls) = s.source().and_then(tls_failure_in_chain) {
+        tls.message = format!("stream from {endpoint} failed: {}", tls.message);
+        return tls;
     }
     let kind = match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
@@ -694,6 +739,77 @@ mod tests {
             );
         }
         assert!(backoff_delay(initial, max, 30) >= Duration::from_secs(1));
+    }
+
+    fn tls_connect_error(e: rustls::Error) -> ConnectError {
+        ConnectError::Tls {
+            endpoint: "127.0.0.2:15012".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }
+    }
+
+    #[test]
+    fn tls_failures_are_split_into_tls_error_and_identity_mismatch() {
+        use rustls::CertificateError;
+        let unknown = from_connect_error(&tls_connect_error(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert_eq!(unknown.kind, FailureKind::Tls);
+        assert_eq!(unknown.kind.condition_reason(), "TLSError");
+        assert!(
+            unknown
+                .message
+                .contains("certificate signed by unknown authority"),
+            "{}",
+            unknown.message
+        );
+        assert!(
+            unknown.message.contains("127.0.0.2:15012"),
+            "{}",
+            unknown.message
+        );
+
+        let mismatch = crate::identity::tls::IdentityMismatch {
+            expected: "trust domain cluster-2.local".into(),
+            presented: vec!["spiffe://elsewhere.local/ns/istio-system/sa/peerd".into()],
+        };
+        let wrong_td = from_connect_error(&tls_connect_error(rustls::Error::InvalidCertificate(
+            CertificateError::Other(rustls::OtherError(Arc::new(mismatch))),
+        )));
+        assert_eq!(wrong_td.kind, FailureKind::IdentityMismatch);
+        assert_eq!(wrong_td.kind.condition_reason(), "IdentityMismatch");
+        for part in [
+            "expected trust domain cluster-2.local",
+            "spiffe://elsewhere.local/ns/istio-system/sa/peerd",
+        ] {
+            assert!(wrong_td.message.contains(part), "{}", wrong_td.message);
+        }
+
+        let wrong_san = from_connect_error(&tls_connect_error(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        )));
+        assert_eq!(wrong_san.kind, FailureKind::IdentityMismatch);
+        assert!(wrong_san.tls.is_some(), "the rustls error is kept");
+    }
+
+    #[test]
+    fn a_tls_alert_after_the_handshake_is_a_tls_error() {
+        // The peer rejects our client certificate: in TLS 1.3 the alert arrives on the
+        // stream, wrapped in I/O errors.
+        let io = std::io::Error::other(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        let status = tonic::Status::from_error(Box::new(io));
+        let f = classify_status(&status, "127.0.0.2:15012");
+        assert_eq!(f.kind, FailureKind::Tls, "{}", f.message);
+        assert!(
+            f.message.contains("unknown certificate authority"),
+            "{}",
+            f.message
+        );
+        // A plain stream failure stays a stream failure.
+        let plain = classify_status(&tonic::Status::unavailable("reset"), "127.0.0.2:15012");
+        assert_eq!(plain.kind, FailureKind::Stream);
     }
 
     #[test]
