@@ -133,7 +133,7 @@ impl DebugService {
             },
             probe_mode_reason: match &s.probe_mode {
                 Some(crate::probe::mode::ProbeMode::Ebpf { attach }) => {
-                    format!("eBPF connect probes attached ({attach})")
+                    format!("eBPF connect probes attached via {attach}")
                 }
                 Some(crate::probe::mode::ProbeMode::Userspace { reason }) => reason.clone(),
                 None if s.config.probe.enabled => "configured".into(),
