@@ -525,13 +525,26 @@ async fn check(sandbox: &Sandbox, status_json: &Path) {
             .collect();
         let want: BTreeSet<String> = expected.workload_entries.keys().cloned().collect();
         assert_eq!(listed, want, "kubectl get workloadentries");
-        let yaml = kubectl(&apis["cluster-1"], &["get", "gateways", "-A", "-o", "yaml"]).unwrap();
+        // Only the peer Gateways: the east-west one carries istiod's `Programmed` too.
+        let json = kubectl(&apis["cluster-1"], &["get", "gateways", "-A", "-o", "json"]).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let peers: Vec<&serde_json::Value> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["spec"]["gatewayClassName"] == "istio-remote")
+            .collect();
+        assert_eq!(peers.len(), 2, "kubectl lists both peer Gateways");
         for t in PEER_CONDITION_TYPES {
-            assert_eq!(
-                yaml.matches(&format!("type: {t}\n")).count(),
-                2,
-                "kubectl shows {t} on both peer Gateways"
-            );
+            let shown = peers
+                .iter()
+                .filter(|g| {
+                    g["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter().any(|c| c["type"] == t && c["status"] == "True")
+                    })
+                })
+                .count();
+            assert_eq!(shown, 2, "kubectl shows {t}=True on both peer Gateways");
         }
     }
 
