@@ -530,9 +530,9 @@ impl Connection {
     /// The first response of a type on a stream is one message (split only above
     /// `max_message_size`): ztunnel turns ready once it has ACKed one response per type,
     /// so that response must hold the complete state. Later pushes are split into parts
-    /// of about `push_chunk_bytes`, each built and queued only when the previous one is
-    /// queued: the client decodes one part while the next is encoded, and a 100k-resource
-    /// push never exists as one giant message in memory.
+    /// of about `push_chunk_bytes`, each built only when the outbound queue has drained
+    /// to one response: the client decodes one part while the next is encoded, and a
+    /// 100k-resource push never exists as one giant message (or a queue of them) in memory.
     #[tracing::instrument(name = "xds.server.push", skip_all, fields(node = %self.entry.node()))]
     async fn flush(&mut self, tx: &Outbound) -> bool {
         for response in std::mem::take(&mut self.pending_unknown) {
@@ -590,6 +590,18 @@ impl Connection {
             let parts = chunks.len();
             for (i, (resources, removed)) in chunks.into_iter().enumerate() {
                 let last = i + 1 == parts;
+                // Build a later part only once the queue has drained to one response:
+                // a burst then holds a few parts in memory, not the queue's worth.
+                let room = tx.max_capacity().saturating_sub(1);
+                if i > 0 && room > 0 {
+                    let drained = tokio::select! {
+                        permits = tx.reserve_many(room) => permits.is_ok(),
+                        _ = self.cancel.cancelled() => false,
+                    };
+                    if !drained {
+                        return false;
+                    }
+                }
                 for (name, r) in &resources {
                     ts.sent.insert(Arc::clone(name), Arc::clone(&r.version));
                 }

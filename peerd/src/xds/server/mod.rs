@@ -60,7 +60,7 @@ impl Default for ServerOptions {
             outbound_queue: 16,
             // Same as ztunnel's inbound limit.
             max_message_size: 200 * 1024 * 1024,
-            push_chunk_bytes: 1024 * 1024,
+            push_chunk_bytes: 256 * 1024,
             handshake_timeout: Duration::from_secs(10),
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Some(Duration::from_secs(10)),
