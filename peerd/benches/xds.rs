@@ -135,7 +135,19 @@ upstreams:
         istiod_token.display()
     );
     std::fs::write(dir.join("peerd.yaml"), config)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_peerd"))
+    // `PEERD_BENCH_WRAPPER="heaptrack -o /tmp/peerd"` (or any command prefix) runs peerd
+    // under a profiler; the RSS and CPU rows then measure the wrapper, not peerd.
+    let wrapper = std::env::var("PEERD_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_peerd"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_peerd")),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(dir.join("peerd.yaml"))
         .env("RUST_LOG", "warn")

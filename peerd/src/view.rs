@@ -30,13 +30,17 @@ pub struct ChangeSet {
 
 pub type ResourceMap = imbl::OrdMap<Arc<str>, Arc<Resource>>;
 
+/// `network/IP` → owner name. A B-tree rather than imbl's HAMT: at one entry per
+/// workload the HAMT's sparse 32-slot nodes cost about three times the memory.
+type AddressIndex = imbl::OrdMap<Arc<str>, Arc<str>>;
+
 /// An immutable snapshot of a view.
 #[derive(Clone, Default)]
 pub struct ViewState {
     pub version: u64,
     resources: PerType<ResourceMap>,
     /// `network/IP` (ztunnel's on-demand key) → name of the workload or service owning it.
-    by_address: imbl::HashMap<Arc<str>, Arc<str>>,
+    by_address: AddressIndex,
 }
 
 impl ViewState {
@@ -200,7 +204,7 @@ impl View {
     }
 }
 
-fn unindex(index: &mut imbl::HashMap<Arc<str>, Arc<str>>, old: &Resource) {
+fn unindex(index: &mut AddressIndex, old: &Resource) {
     for key in address_keys(old) {
         if index.get(&key).is_some_and(|n| *n == old.name) {
             index.remove(&key);

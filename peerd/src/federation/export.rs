@@ -181,8 +181,17 @@ impl Exporter {
                     touched_services.insert(Arc::clone(name));
                 }
                 Some(Summary::Workload(w)) => {
-                    let keys: Vec<Arc<str>> =
-                        w.services.iter().map(|k| Arc::from(k.as_str())).collect();
+                    // Service keys are shared by many workloads: reuse the index's Arc.
+                    let keys: Vec<Arc<str>> = w
+                        .services
+                        .iter()
+                        .map(|k| {
+                            index
+                                .backing
+                                .get_key_value(k.as_str())
+                                .map_or_else(|| Arc::from(k.as_str()), |(key, _)| Arc::clone(key))
+                        })
+                        .collect();
                     unindex_workload(&mut index, name);
                     for k in &keys {
                         index

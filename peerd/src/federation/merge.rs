@@ -21,7 +21,7 @@
 //! Never copies the whole state for one change; never edits bodies except via
 //! [`crate::xds::wire`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -41,10 +41,47 @@ use crate::xds::wire::{self, MessageEditor, WireError, codec::len_field};
 /// Who claims a `network/IP`: ordered so the first is the winner.
 type Claimant = (bool, Arc<str>, Arc<str>);
 
+/// The claimants of one `network/IP`, sorted, winner first. Almost always exactly one,
+/// so a sorted `Vec` (one small allocation) instead of a `BTreeSet` (a node of eleven
+/// slots per address: hundreds of bytes times 100k workloads).
+#[derive(Default)]
+struct ClaimSet(Vec<Claimant>);
+
+impl ClaimSet {
+    fn first(&self) -> Option<&Claimant> {
+        self.0.first()
+    }
+
+    fn insert(&mut self, who: Claimant) {
+        if let Err(at) = self.0.binary_search(&who) {
+            // Room for exactly the usual single claimant (a plain push reserves four).
+            self.0.reserve_exact(1);
+            self.0.insert(at, who);
+        }
+    }
+
+    fn remove(&mut self, who: &Claimant) {
+        if let Ok(at) = self.0.binary_search(who) {
+            self.0.remove(at);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Claimant> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One entry per served workload: foldhash rather than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Claims {
-    by_key: HashMap<Arc<str>, BTreeSet<Claimant>>,
-    of_uid: HashMap<Arc<str>, (Claimant, Vec<Arc<str>>)>,
+    by_key: FastMap<Arc<str>, ClaimSet>,
+    of_uid: FastMap<Arc<str>, (Claimant, Vec<Arc<str>>)>,
 }
 
 /// Computes the merged view.
@@ -193,7 +230,7 @@ impl Merger {
         let form = if *origin == self.local {
             let extra = exporter.exported_keys(&w.services);
             match add_service_keys(first, &extra) {
-                Ok(r) => Arc::new(r),
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(workload = %name, error = %e, "federation: cannot add exported service keys; serving the workload unchanged");
                     served(first)
@@ -272,9 +309,11 @@ impl Merger {
     }
 }
 
-/// The served form: same bytes under a content version.
+/// The served form: same bytes under a content version. A resource already announced
+/// under its content version is shared with the origin's view, not copied (at 100k
+/// workloads a copy per resource is tens of MB).
 fn served(r: &Arc<Resource>) -> Arc<Resource> {
-    if r.version == crate::xds::resource::content_version(&r.body) {
+    if crate::xds::resource::is_content_version(&r.version, &r.body) {
         Arc::clone(r)
     } else {
         Arc::new(r.with_content_version())
@@ -282,17 +321,21 @@ fn served(r: &Arc<Resource>) -> Arc<Resource> {
 }
 
 /// Adds a `services` entry under each exported key, copying the port list of the local
-/// key it comes from. Keys already present are left alone.
-pub fn add_service_keys(r: &Resource, extra: &[(String, Arc<str>)]) -> Result<Resource, String> {
+/// key it comes from. Keys already present are left alone; with nothing to add the
+/// result is [`served`] (shared with the origin when possible).
+pub fn add_service_keys(
+    r: &Arc<Resource>,
+    extra: &[(String, Arc<str>)],
+) -> Result<Arc<Resource>, String> {
     let Some(w) = r.as_workload() else {
-        return Ok(r.with_content_version());
+        return Ok(served(r));
     };
     let wanted: Vec<&(String, Arc<str>)> = extra
         .iter()
         .filter(|(_, g)| !w.services.iter().any(|k| k == &**g))
         .collect();
     if wanted.is_empty() {
-        return Ok(r.with_content_version());
+        return Ok(served(r));
     }
     let mut entries: Vec<u8> = Vec::new();
     wire::edit_workload(&r.body, |e| {
@@ -315,7 +358,7 @@ pub fn add_service_keys(r: &Resource, extra: &[(String, Arc<str>)]) -> Result<Re
     let mut body = r.body.to_vec();
     body.extend(len_field(ADDRESS_WORKLOAD, &entries));
     let body = wire::edit_workload(&body, |_| Ok(())).map_err(|e| e.to_string())?;
-    r.with_body(body).map_err(|e| e.to_string())
+    r.with_body(body).map(Arc::new).map_err(|e| e.to_string())
 }
 
 /// Merges the contributions to one global service (see the module rules).

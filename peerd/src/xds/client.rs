@@ -464,7 +464,8 @@ impl AdsClient {
         };
         metrics::counter!("peerd_xds_client_responses_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
             .increment(1);
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(resp.resources.len(), Default::default());
         for r in &resp.resources {
             *seen.entry(r.name.as_str()).or_default() += 1;
         }
@@ -497,13 +498,16 @@ impl AdsClient {
                 Err(reason) => errors.push((r.name, reason)),
             }
         }
-        let upserted: HashSet<Arc<str>> = upserts.iter().map(|r| Arc::clone(&r.name)).collect();
-        let removals: Vec<Arc<str>> = resp
-            .removed_resources
-            .iter()
-            .map(|n| Arc::<str>::from(n.as_str()))
-            .filter(|n| !upserted.contains(n))
-            .collect();
+        let removals: Vec<Arc<str>> = if resp.removed_resources.is_empty() {
+            Vec::new()
+        } else {
+            let upserted: HashSet<&str> = upserts.iter().map(|r| &*r.name).collect();
+            resp.removed_resources
+                .iter()
+                .filter(|n| !upserted.contains(n.as_str()))
+                .map(|n| Arc::<str>::from(n.as_str()))
+                .collect()
+        };
         let (n_up, n_rm) = (upserts.len(), removals.len());
         self.store.apply(peer, kind, upserts, removals);
         if !synced[kind.index()] {

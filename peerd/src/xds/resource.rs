@@ -218,12 +218,25 @@ impl Summary {
 /// A version string derived from the bytes: equal bytes ⇔ equal version (64-bit FNV-1a),
 /// stable across restarts so a reconnecting client's `initial_resource_versions` match.
 pub fn content_version(body: &[u8]) -> Arc<str> {
+    Arc::from(format!("{:016x}", content_hash(body)))
+}
+
+/// Whether `version` is [`content_version`] of `body`, without allocating.
+pub fn is_content_version(version: &str, body: &[u8]) -> bool {
+    version.len() == 16
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && u64::from_str_radix(version, 16).is_ok_and(|v| v == content_hash(body))
+}
+
+fn content_hash(body: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in body {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    Arc::from(format!("{hash:016x}"))
+    hash
 }
 
 fn malformed(kind: ResourceType, e: prost::DecodeError) -> ResourceError {
@@ -372,6 +385,12 @@ mod tests {
         let r = Resource::workload(&sample_workload()).unwrap();
         assert_eq!(&*r.name, "c1//Pod/default/echo-0");
         assert_eq!(r.version, content_version(&r.body));
+        assert!(is_content_version(&r.version, &r.body));
+        assert!(!is_content_version(
+            &format!("+{}", &r.version[1..]),
+            &r.body
+        ));
+        assert!(!is_content_version("v1", &r.body));
         let w = r.as_workload().unwrap();
         assert_eq!(w.addresses, vec!["127.1.1.1".parse::<IpAddr>().unwrap()]);
     }

@@ -7,7 +7,7 @@
 //! change broadcast (falling back to a full diff when it lags) and only its own bounded
 //! outbound queue can stall it. It must never leave an on-demand name unanswered.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +34,11 @@ const MAX_UNKNOWN_TYPES: usize = 16;
 /// Name used in subscriptions for "everything".
 const WILDCARD: &str = "*";
 
+/// Per-connection maps keyed by resource names (100k+ entries on a large mesh): a fast
+/// seeded hash instead of SipHash; the keys come from authenticated clients and views.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// A response sent and not yet ACKed/NACKed.
 struct Outstanding {
     nonce: u64,
@@ -43,8 +48,9 @@ struct Outstanding {
     names: Vec<Arc<str>>,
 }
 
-/// What a flush owes the client: wire name → resource to send, and names to remove.
-type Diff = (BTreeMap<Arc<str>, Arc<Resource>>, BTreeSet<Arc<str>>);
+/// What a flush owes the client: (wire name, resource) to send, sorted by name and
+/// unique, and names to remove.
+type Diff = (Vec<(Arc<str>, Arc<Resource>)>, BTreeSet<Arc<str>>);
 
 #[derive(Default)]
 struct TypeState {
@@ -52,11 +58,11 @@ struct TypeState {
     subscribed: bool,
     wildcard: bool,
     /// Explicitly subscribed names or on-demand keys.
-    explicit: HashSet<Arc<str>>,
+    explicit: FastSet<Arc<str>>,
     /// Wire name → version the client holds.
-    sent: HashMap<Arc<str>, Arc<str>>,
+    sent: FastMap<Arc<str>, Arc<str>>,
     /// Resource names changed since the last flush.
-    dirty: HashSet<Arc<str>>,
+    dirty: FastSet<Arc<str>>,
     /// Compare everything at the next flush (initial request, broadcast lag, wildcard on).
     full_diff: bool,
     /// The next flush must send a response even if empty (initial request).
@@ -98,20 +104,22 @@ impl TypeState {
 
     /// The changes to send, from `snapshot`: (wire name → resource, removed names).
     fn diff(&mut self, kind: ResourceType, snapshot: &ViewState) -> Diff {
-        let mut upserts = BTreeMap::new();
+        // A Vec sorted once at the end: a full diff of 100k names arrives already in
+        // order, and a B-tree insert per name (long, shared-prefix keys) costs more.
+        let mut upserts: Vec<(Arc<str>, Arc<Resource>)> = Vec::new();
         let mut removed = BTreeSet::new();
         let dirty = std::mem::take(&mut self.dirty);
         if !self.subscribed {
             return (upserts, removed);
         }
-        let changed_version = |sent: &HashMap<Arc<str>, Arc<str>>, name: &str, r: &Resource| {
+        let changed_version = |sent: &FastMap<Arc<str>, Arc<str>>, name: &str, r: &Resource| {
             sent.get(name).is_none_or(|v| *v != r.version)
         };
         if std::mem::take(&mut self.full_diff) {
             if self.wildcard {
                 for (name, r) in snapshot.resources(kind).iter() {
                     if changed_version(&self.sent, name, r) {
-                        upserts.insert(Arc::clone(name), Arc::clone(r));
+                        upserts.push((Arc::clone(name), Arc::clone(r)));
                     }
                 }
             }
@@ -125,7 +133,7 @@ impl TypeState {
                 match snapshot.get(kind, &name) {
                     Some(r) => {
                         if changed_version(&self.sent, &name, r) {
-                            upserts.insert(name, Arc::clone(r));
+                            upserts.push((name, Arc::clone(r)));
                         }
                     }
                     None => {
@@ -144,7 +152,7 @@ impl TypeState {
             match Self::resolve(kind, snapshot, key) {
                 Some(r) => {
                     if changed_version(&self.sent, key, r) {
-                        upserts.insert(Arc::clone(key), Arc::clone(r));
+                        upserts.push((Arc::clone(key), Arc::clone(r)));
                     }
                 }
                 None => {
@@ -157,15 +165,20 @@ impl TypeState {
         for key in std::mem::take(&mut self.must_answer) {
             match Self::resolve(kind, snapshot, &key) {
                 Some(r) => {
-                    upserts.insert(key, Arc::clone(r));
+                    upserts.push((key, Arc::clone(r)));
                 }
                 None => {
                     removed.insert(key);
                 }
             }
         }
-        for name in upserts.keys() {
-            removed.remove(name);
+        // One name resolves to one resource in one snapshot: duplicates are equal.
+        upserts.sort_by(|a, b| a.0.cmp(&b.0));
+        upserts.dedup_by(|a, b| a.0 == b.0);
+        if !removed.is_empty() {
+            for (name, _) in &upserts {
+                removed.remove(name);
+            }
         }
         (upserts, removed)
     }
@@ -513,13 +526,23 @@ impl Connection {
 
     /// Computes and sends what each type owes the client from the current snapshot.
     /// Returns false if the client is gone.
+    ///
+    /// The first response of a type on a stream is one message (split only above
+    /// `max_message_size`): ztunnel turns ready once it has ACKed one response per type,
+    /// so that response must hold the complete state. Later pushes are split into parts
+    /// of about `push_chunk_bytes`, each built only when the outbound queue has drained
+    /// to one response: the client decodes one part while the next is encoded, and a
+    /// 100k-resource push never exists as one giant message (or a queue of them) in memory.
     #[tracing::instrument(name = "xds.server.push", skip_all, fields(node = %self.entry.node()))]
     async fn flush(&mut self, tx: &Outbound) -> bool {
-        let mut responses = std::mem::take(&mut self.pending_unknown);
+        for response in std::mem::take(&mut self.pending_unknown) {
+            if !send(tx, &self.cancel, response).await {
+                return false;
+            }
+        }
         let snapshot = self.view.snapshot();
         let mut progressed = false;
         for kind in ResourceType::ALL {
-            let max_bytes = self.options.max_message_size;
             let ts = self.types.get_mut(kind);
             if !ts.subscribed {
                 ts.dirty.clear();
@@ -547,8 +570,38 @@ impl Connection {
                 }
                 continue;
             }
-            for chunk in chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label) {
-                let (resources, removed) = chunk;
+            let max_bytes = if must_respond {
+                self.options.max_message_size
+            } else {
+                self.options
+                    .push_chunk_bytes
+                    .clamp(1, self.options.max_message_size.max(1))
+            };
+            // Until the last part is processed the client is only as current as before.
+            let prior = ts.outstanding.back().map(|o| o.view_version).or_else(|| {
+                self.entry
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(kind)
+                    .acked_view_version
+            });
+            let chunks = chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label);
+            let parts = chunks.len();
+            for (i, (resources, removed)) in chunks.into_iter().enumerate() {
+                let last = i + 1 == parts;
+                // Build a later part only once the queue has drained to one response:
+                // a burst then holds a few parts in memory, not the queue's worth.
+                let room = tx.max_capacity().saturating_sub(1);
+                if i > 0 && room > 0 {
+                    let drained = tokio::select! {
+                        permits = tx.reserve_many(room) => permits.is_ok(),
+                        _ = self.cancel.cancelled() => false,
+                    };
+                    if !drained {
+                        return false;
+                    }
+                }
                 for (name, r) in &resources {
                     ts.sent.insert(Arc::clone(name), Arc::clone(&r.version));
                 }
@@ -562,7 +615,11 @@ impl Connection {
                 }
                 ts.outstanding.push_back(Outstanding {
                     nonce,
-                    view_version: snapshot.version,
+                    view_version: if last {
+                        snapshot.version
+                    } else {
+                        prior.unwrap_or(0)
+                    },
                     names: resources.iter().map(|(n, _)| Arc::clone(n)).collect(),
                 });
                 metrics::counter!("peerd_xds_server_responses_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
@@ -572,7 +629,7 @@ impl Connection {
                     t.last_nonce_sent = nonce.to_string();
                     t.resources = held;
                 });
-                responses.push(discovery::DeltaDiscoveryResponse {
+                let response = discovery::DeltaDiscoveryResponse {
                     system_version_info: snapshot.version.to_string(),
                     resources: resources
                         .into_iter()
@@ -581,22 +638,28 @@ impl Connection {
                     type_url: kind.type_url().to_string(),
                     nonce: nonce.to_string(),
                     removed_resources: removed.into_iter().map(|n| n.to_string()).collect(),
-                });
+                };
+                if !send(tx, &self.cancel, response).await {
+                    return false;
+                }
             }
         }
         if progressed {
             self.registry.bump();
         }
-        for response in responses {
-            let sent = tokio::select! {
-                r = tx.send(Ok(response)) => r.is_ok(),
-                _ = self.cancel.cancelled() => false,
-            };
-            if !sent {
-                return false;
-            }
-        }
         true
+    }
+}
+
+/// Queues one response; false if the client is gone or the server shuts down.
+async fn send(
+    tx: &Outbound,
+    cancel: &CancellationToken,
+    response: discovery::DeltaDiscoveryResponse,
+) -> bool {
+    tokio::select! {
+        r = tx.send(Ok(response)) => r.is_ok(),
+        _ = cancel.cancelled() => false,
     }
 }
 
@@ -621,7 +684,7 @@ type Chunk = (Vec<(Arc<str>, Arc<Resource>)>, Vec<Arc<str>>);
 /// the stream) and not recorded as sent.
 fn chunk_response(
     kind: ResourceType,
-    upserts: BTreeMap<Arc<str>, Arc<Resource>>,
+    upserts: impl IntoIterator<Item = (Arc<str>, Arc<Resource>)>,
     removed: BTreeSet<Arc<str>>,
     max_bytes: usize,
     view_label: &str,
@@ -684,6 +747,7 @@ fn to_wire(kind: ResourceType, wire_name: &str, r: &Resource) -> discovery::Reso
 mod tests {
     use super::*;
     use crate::proto::istio::workload;
+    use std::collections::BTreeMap;
 
     fn wl(uid: &str, pad: usize) -> Arc<Resource> {
         Arc::new(

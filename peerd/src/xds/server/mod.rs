@@ -44,6 +44,9 @@ pub struct ServerOptions {
     pub outbound_queue: usize,
     /// Largest request accepted and largest response sent (bigger pushes are split).
     pub max_message_size: usize,
+    /// Pushes after the first response of a type are split into parts of about this many
+    /// bytes (the first response stays whole: ztunnel's readiness needs the full state).
+    pub push_chunk_bytes: usize,
     /// Time allowed for a TLS handshake.
     pub handshake_timeout: Duration,
     pub http2_keepalive_interval: Option<Duration>,
@@ -57,6 +60,7 @@ impl Default for ServerOptions {
             outbound_queue: 16,
             // Same as ztunnel's inbound limit.
             max_message_size: 200 * 1024 * 1024,
+            push_chunk_bytes: 256 * 1024,
             handshake_timeout: Duration::from_secs(10),
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Some(Duration::from_secs(10)),
