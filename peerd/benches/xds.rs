@@ -121,7 +121,7 @@ fn start_peerd(
 cluster: cluster-1
 network: net1
 sandboxMode: true
-listeners: {{ xds: "{xds}", metrics: "127.0.0.1:0", health: "127.0.0.1:0" }}
+listeners: {{ xds: "{xds}", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug: "127.0.0.1:0" }}
 xds:
   tls: {{ certChain: peerd/cert-chain.pem, key: peerd/key.pem }}
   auth: {{ tokenFile: ztunnel-token }}
