@@ -313,3 +313,50 @@ async fn a_cluster_without_istio_warns_instead_of_passing() {
         );
     }
 }
+
+#[test]
+fn flat_entries_whose_pod_the_source_no_longer_sends_are_stale() {
+    use peerd::debug::check_kube::{ClusterFacts, FlatEntry, check_stale_workloads};
+    use std::collections::{BTreeMap, BTreeSet};
+    let entry = |pod: &str| FlatEntry {
+        name: format!("autogenflat.c2.default.{pod}.0123456789ab"),
+        source_cluster: "c2".into(),
+        workload_uid: format!("c2//Pod/default/{pod}"),
+    };
+    let facts = ClusterFacts {
+        cluster: "c1".into(),
+        flat_entries: vec![entry("pod1"), entry("pod2")],
+        ..ClusterFacts::default()
+    };
+    let mut exported = BTreeMap::from([(
+        "c2".to_string(),
+        BTreeSet::from([
+            "c2//Pod/default/pod1".to_string(),
+            "c2//Pod/default/pod2".to_string(),
+        ]),
+    )]);
+    let fresh = check_stale_workloads(&facts, &exported);
+    assert_eq!(fresh.outcome, Outcome::Pass, "{fresh:?}");
+
+    exported
+        .get_mut("c2")
+        .unwrap()
+        .remove("c2//Pod/default/pod2");
+    let stale = check_stale_workloads(&facts, &exported);
+    assert_eq!(stale.outcome, Outcome::Warn);
+    assert!(
+        stale
+            .reason
+            .starts_with("1 of 2 autogenflat WorkloadEntries"),
+        "{}",
+        stale.reason
+    );
+    assert_eq!(
+        stale.details,
+        ["autogenflat.c2.default.pod2.0123456789ab (from c2: c2//Pod/default/pod2 is gone)"]
+    );
+
+    // A source cluster peerd has nothing from: all of its entries are stale.
+    let none = check_stale_workloads(&facts, &BTreeMap::new());
+    assert!(none.reason.starts_with("2 of 2"), "{}", none.reason);
+}

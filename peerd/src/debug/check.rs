@@ -17,7 +17,9 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::debug::check_kube::{ContextArg, gather, kube_checks};
+use crate::debug::check_kube::{
+    ContextArg, check_stale_workloads, exported_workloads, gather, kube_checks,
+};
 use crate::debug::client::{self, DEFAULT_ADDR, Report};
 use crate::debug::source::{PEER_CONNECTED, PEER_DATA_PLANE_PROGRAMMED, PEERING_SUCCEEDED};
 use crate::proto::debug::v1 as api;
@@ -114,8 +116,9 @@ pub struct ClusterCerts {
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let certs = cert_args(&args.root_certs, &args.ca_certs)?;
-    let mut results = match client::fetch(&args.addr).await {
-        Ok(report) => run_checks(&report, &certs, args.precheck),
+    let report = client::fetch(&args.addr).await;
+    let mut results = match &report {
+        Ok(report) => run_checks(report, &certs, args.precheck),
         Err(e) => vec![CheckResult::new(
             "debug API",
             Outcome::Fail,
@@ -124,7 +127,30 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     };
     if args.kubeconfig.is_some() || !args.contexts.is_empty() {
         match gather(args.kubeconfig.as_ref(), &args.contexts).await {
-            Ok(facts) => results.extend(kube_checks(&facts, args.precheck)),
+            Ok(facts) => {
+                results.extend(kube_checks(&facts, args.precheck));
+                // Stale entries of the checked peerd's own cluster, against what its
+                // peers send it now.
+                let own = report
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| facts.iter().find(|f| f.cluster == r.info.cluster));
+                if let (Some(own), false) = (own, args.precheck) {
+                    let sources: std::collections::BTreeSet<String> = own
+                        .flat_entries
+                        .iter()
+                        .map(|e| e.source_cluster.clone())
+                        .collect();
+                    results.push(match exported_workloads(&args.addr, sources).await {
+                        Ok(exported) => check_stale_workloads(own, &exported),
+                        Err(e) => CheckResult::new(
+                            &format!("stale workloads ({})", own.cluster),
+                            Outcome::Fail,
+                            format!("{e:#}"),
+                        ),
+                    });
+                }
+            }
             Err(e) => results.push(CheckResult::new(
                 "kubernetes",
                 Outcome::Fail,

@@ -6,7 +6,8 @@
 //! (`istio-system/istio-ca-root-cert`) is the same; and the network configuration agrees:
 //! each cluster's `istio-system` network label is set, and each peer Gateway's network
 //! label equals the network of the cluster it points at (when that cluster is one of the
-//! contexts).
+//! contexts); and, for the checked peerd's own cluster, `autogenflat.*` WorkloadEntries whose
+//! pod the source cluster no longer sends (stale workloads).
 //!
 //! [`gather`] reads; the checks are pure functions of the gathered [`ClusterFacts`]. It must
 //! never write to a cluster, and never print credentials from the kubeconfig.
@@ -21,9 +22,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::debug::check::{CheckResult, Outcome, sha256_hex};
 use crate::kube::types::{
-    CONDITION_ACCEPTED, CONDITION_DATA_PLANE_PROGRAMMED, CONDITION_PEER_CONNECTED,
-    CONDITION_PEERING_SUCCEEDED, CONDITION_PROGRAMMED, GATEWAY_CLASS_EASTWEST,
-    GATEWAY_CLASS_REMOTE, Gateway, LABEL_CLUSTER, LABEL_NETWORK,
+    ANNOTATION_PEERED_WORKLOAD_UID, CONDITION_ACCEPTED, CONDITION_DATA_PLANE_PROGRAMMED,
+    CONDITION_PEER_CONNECTED, CONDITION_PEERING_SUCCEEDED, CONDITION_PROGRAMMED,
+    GATEWAY_CLASS_EASTWEST, GATEWAY_CLASS_REMOTE, Gateway, LABEL_CLUSTER, LABEL_MANAGED_BY,
+    LABEL_NETWORK, LABEL_SOURCE_CLUSTER, MANAGED_BY_PEERD, WorkloadEntry,
 };
 
 /// Where Istio keeps its root certificate and network label.
@@ -76,6 +78,16 @@ pub struct ClusterFacts {
     /// The root certificate PEM from `istio-system/istio-ca-root-cert`.
     pub root_pem: Option<String>,
     pub gateways: Vec<GatewayFacts>,
+    /// peerd's `autogenflat.*` WorkloadEntries: (name, source cluster, peered workload uid).
+    pub flat_entries: Vec<FlatEntry>,
+}
+
+/// One `autogenflat.*` WorkloadEntry peerd manages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlatEntry {
+    pub name: String,
+    pub source_cluster: String,
+    pub workload_uid: String,
 }
 
 /// Reads the facts of every context (the current one when none is given).
@@ -135,7 +147,7 @@ async fn gather_one(client: kube::Client, cluster: &str) -> anyhow::Result<Clust
         .await
         .with_context(|| format!("reading configmap {ISTIO_SYSTEM}/{ROOT_CONFIGMAP}"))?
         .and_then(|cm| cm.data.unwrap_or_default().remove(ROOT_KEY));
-    let gateways: Api<Gateway> = Api::all(client);
+    let gateways: Api<Gateway> = Api::all(client.clone());
     let gateways = gateways
         .list(&ListParams::default())
         .await
@@ -168,11 +180,47 @@ async fn gather_one(client: kube::Client, cluster: &str) -> anyhow::Result<Clust
                 .collect(),
         })
         .collect();
+    let entries: Api<WorkloadEntry> = Api::all(client);
+    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY_PEERD}");
+    let flat_entries = entries
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("listing workloadentries.networking.istio.io")?
+        .items
+        .into_iter()
+        .filter_map(|we| {
+            let name = we.metadata.name.clone().unwrap_or_default();
+            if !name.starts_with("autogenflat.") {
+                return None;
+            }
+            let label = |key: &str| {
+                we.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(key))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let uid = we
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_PEERED_WORKLOAD_UID))
+                .cloned()
+                .unwrap_or_default();
+            Some(FlatEntry {
+                source_cluster: label(LABEL_SOURCE_CLUSTER),
+                workload_uid: uid,
+                name,
+            })
+        })
+        .collect();
     Ok(ClusterFacts {
         cluster: cluster.to_string(),
         network,
         root_pem,
         gateways,
+        flat_entries,
     })
 }
 
@@ -401,4 +449,81 @@ pub fn check_kube_networks(facts: &[ClusterFacts]) -> CheckResult {
         )
     }
     .with_details(details)
+}
+
+/// Workload uids each source cluster currently sends the checked peerd (its debug API's
+/// per-origin views), for the stale-workloads check.
+pub async fn exported_workloads(
+    addr: &str,
+    clusters: impl IntoIterator<Item = String>,
+) -> anyhow::Result<BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let mut client = crate::debug::client::connect(addr).await?;
+    let mut known = BTreeMap::new();
+    for cluster in clusters {
+        let names = client
+            .list_resources(crate::proto::debug::v1::ListResourcesRequest {
+                view: cluster.clone(),
+                r#type: "workload".into(),
+                include_json: false,
+            })
+            .await
+            .with_context(|| format!("ListResources of {cluster}"))?
+            .into_inner()
+            .resources
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        known.insert(cluster, names);
+    }
+    Ok(known)
+}
+
+/// Reference check 8 (flat networks): `autogenflat.*` WorkloadEntries whose pod the
+/// source cluster no longer sends. peerd deletes them after the peer's next complete
+/// sync, so a few are normal under churn: a warning, with the names in the details; the
+/// `PeerdStaleWorkloadEntries` alert fires when they persist.
+pub fn check_stale_workloads(
+    facts: &ClusterFacts,
+    exported: &BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> CheckResult {
+    let name = format!("stale workloads ({})", facts.cluster);
+    let stale: Vec<&FlatEntry> = facts
+        .flat_entries
+        .iter()
+        .filter(|e| {
+            exported
+                .get(&e.source_cluster)
+                .is_none_or(|uids| !uids.contains(&e.workload_uid))
+        })
+        .collect();
+    let details: Vec<String> = stale
+        .iter()
+        .map(|e| {
+            format!(
+                "{} (from {}: {} is gone)",
+                e.name, e.source_cluster, e.workload_uid
+            )
+        })
+        .collect();
+    if stale.is_empty() {
+        CheckResult::new(
+            &name,
+            Outcome::Pass,
+            format!(
+                "{} autogenflat WorkloadEntries, each backed by a pod its cluster still sends",
+                facts.flat_entries.len()
+            ),
+        )
+    } else {
+        CheckResult::new(
+            &name,
+            Outcome::Warn,
+            format!(
+                "{} of {} autogenflat WorkloadEntries name pods their cluster no longer sends (deleted after that peer's next complete sync)",
+                stale.len(),
+                facts.flat_entries.len()
+            ),
+        )
+        .with_details(details)
+    }
 }
