@@ -5,9 +5,12 @@
 //!
 //! Each sandbox runs inside a network namespace this test creates (its own loopback, so
 //! the fixed 127.0.k.1 ports never collide with another sandbox, and its own nftables).
-//! Root-only parts skip with a printed reason when not root or without `ip`/`nft`.
+//! Root-only parts skip with a printed reason when not root or without `ip`/`nft`, and
+//! fail instead under `PEERD_REQUIRE_EBPF=1` (CI), like the other kernel tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,33 +21,6 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_peerd");
 const DATA_PLANE: &str = "gloo.solo.io/PeerDataPlaneProgrammed";
 const CONNECTED: &str = "gloo.solo.io/PeerConnected";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    })
-}
-
-fn tool_works(tool: &str, args: &[&str]) -> bool {
-    Command::new(tool)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn skip_reason() -> Option<&'static str> {
-    if !is_root() {
-        Some("not root (network namespaces and nftables need it)")
-    } else if !tool_works("ip", &["-V"]) || !tool_works("nft", &["--version"]) {
-        Some("iproute2 or nftables missing")
-    } else {
-        None
-    }
-}
 
 /// A network namespace with loopback up, deleted on drop.
 struct Netns(String);
@@ -222,8 +198,7 @@ const CONDITION_WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn hbone_faults_turn_data_plane_programmed_false_with_the_reason_and_lifting_restores_it() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED: {reason}");
+    if support::unavailable_reason().is_some() {
         return;
     }
     let ns = Netns::new("sbx");
@@ -350,11 +325,10 @@ fn bad_faults_are_refused_before_anything_starts() {
 
 #[test]
 fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED: {reason}");
+    if support::unavailable_reason().is_some() {
         return;
     }
-    if !tool_works("setpriv", &["--version"]) {
+    if !support::tool_works("setpriv", &["--version"]) {
         eprintln!("SKIPPED: setpriv missing");
         return;
     }

@@ -2,6 +2,9 @@
 //! "eBPF required?" policy. Owns set-up and guaranteed teardown (Drop) of everything a
 //! test creates. Must never add an address or route outside the test's own namespaces.
 
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
 pub mod netns;
 
 use std::sync::{Mutex, MutexGuard};
@@ -52,7 +55,7 @@ fn is_root() -> bool {
     })
 }
 
-fn tool_works(tool: &str, args: &[&str]) -> bool {
+pub fn tool_works(tool: &str, args: &[&str]) -> bool {
     std::process::Command::new(tool)
         .args(args)
         .output()
