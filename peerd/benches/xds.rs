@@ -17,17 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 
 use peerd::identity::pki::{LeafSpec, Pki};
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
 use peerd::proto::envoy::service::discovery::v3 as discovery;
-use peerd::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use peerd::proto::istio::workload;
 use peerd::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::view::View;
 use peerd::xds::resource::{Resource, Summary};
-use peerd::xds::transport::TlsConnectorService;
 use peerd::xds::types::ResourceType;
 use support::{Args, Goal, Report, percentile};
 
@@ -172,36 +169,8 @@ async fn downstream(
     token: String,
     seen: Arc<Mutex<Seen>>,
 ) -> anyhow::Result<()> {
-    let connector =
-        TlsConnectorService::new(addr.to_string(), "127.0.0.1", tls, Duration::from_secs(10))?;
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-            .connect_with_connector(connector.clone())
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    for kind in ResourceType::ALL {
-        tx.send(discovery::DeltaDiscoveryRequest {
-            type_url: kind.type_url().into(),
-            node: Some(Default::default()),
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut responses = client
-        .delta_aggregated_resources(request)
-        .await?
-        .into_inner();
+    let (tx, mut responses) =
+        support::downstream::subscribe(addr, "127.0.0.1", tls, &token).await?;
     while let Some(r) = responses.message().await? {
         let now = Instant::now();
         let Some(kind) = ResourceType::from_type_url(&r.type_url) else {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod downstream;
+
 use std::fmt::Write as _;
 use std::time::Duration;
 

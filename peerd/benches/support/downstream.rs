@@ -1,0 +1,55 @@
+//! A ztunnel-like downstream for the benchmarks: connects (retrying until the server
+//! listens) with a bearer token and subscribes to both types on one delta stream. The
+//! caller reads the responses and sends the ACKs on the returned sender.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerd::proto::envoy::service::discovery::v3 as discovery;
+use peerd::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use peerd::xds::transport::TlsConnectorService;
+use peerd::xds::types::ResourceType;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub type Responses = tonic::Streaming<discovery::DeltaDiscoveryResponse>;
+
+pub async fn subscribe(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    token: &str,
+) -> anyhow::Result<(mpsc::Sender<discovery::DeltaDiscoveryRequest>, Responses)> {
+    let connector =
+        TlsConnectorService::new(addr.to_string(), server_name, tls, Duration::from_secs(10))?;
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+            .connect_with_connector(connector.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(16);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    for kind in ResourceType::ALL {
+        tx.send(discovery::DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            node: Some(Default::default()),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let responses = client
+        .delta_aggregated_resources(request)
+        .await?
+        .into_inner();
+    Ok((tx, responses))
+}
