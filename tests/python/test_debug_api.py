@@ -224,18 +224,22 @@ def test_subscribers_show_the_downstream_like_proxy_status(rig):
     client = rig["client"]
     wait_synced(client)
 
-    def downstream_synced():
+    def synced_on_merged(kind):
         subs = client.call("ListSubscribers").subscribers
-        ok = [s for s in subs
-              if s.view == "merged" and {t.status for t in s.stream.types} == {"SYNCED"}]
+        ok = [s for s in subs if s.view == "merged" and s.kind == kind
+              and {t.status for t in s.stream.types} == {"SYNCED"}]
         return ok or None
 
-    subs = wait_for("downstream peerd SYNCED", downstream_synced)
-    # cluster-2's peerd is also a subscriber (of the export view); the downstream is
-    # the one on the merged view.
-    s = next(s for s in subs if s.view == "merged")
+    # The merged view has two subscribers: the sandbox's simulated ztunnel for node
+    # 127.0.1.1, and the test's downstream peerd (cluster-3). cluster-2's peerd
+    # subscribes to the export view instead.
+    ztunnels = wait_for("simulated ztunnel SYNCED", lambda: synced_on_merged("ztunnel"))
+    assert [z.node_id.split("~")[:2] for z in ztunnels] == [["ztunnel", "127.0.1.1"]]
+    assert ztunnels[0].identity == "ztunnel"
+    subs = wait_for("downstream peerd SYNCED", lambda: synced_on_merged("peer"))
+    assert len(subs) == 1
+    s = subs[0]
     assert s.node_id.startswith("peerd~")
-    assert s.kind == "peer"
     assert s.view == "merged"
     assert sorted(s.types) == ["address", "authorization"]
     info = client.call("GetServerInfo")
