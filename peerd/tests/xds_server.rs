@@ -695,37 +695,43 @@ async fn a_client_that_fell_behind_the_change_feed_gets_a_full_diff() {
     );
 }
 
-#[tokio::test]
+/// Shutdown races the accept loop's end against tonic's shutdown signal (each saw it
+/// first in some runs); streams must end either way, so this runs several rounds on a
+/// multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_and_serve_returns() {
-    let view = View::new("merged");
     let pki = Pki::new("server");
     let config = server_tls(&pki, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = peerd::xds::server::AdsServer::new(open(&view), ServerOptions::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let s = server.clone();
-    let sd = shutdown.clone();
-    let serving = tokio::spawn(async move { s.serve(listener, config, sd).await });
-    let mut z = Downstream::connect(addr, client_tls(&pki, None), None)
-        .await
-        .unwrap();
-    z.initial(Address, &[], &[], &[]).await;
-    z.recv_ack().await;
-    shutdown.cancel();
-    let end = tokio::time::timeout(WAIT, z.rx.message())
-        .await
-        .expect("stream not ended");
-    match end {
-        Ok(None) => {}
-        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
-        Ok(Some(r)) => panic!("unexpected response {r:?}"),
+    for round in 0..24 {
+        let view = View::new("merged");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = peerd::xds::server::AdsServer::new(open(&view), ServerOptions::default());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let s = server.clone();
+        let sd = shutdown.clone();
+        let tls = Arc::clone(&config);
+        let serving = tokio::spawn(async move { s.serve(listener, tls, sd).await });
+        let mut z = Downstream::connect(addr, client_tls(&pki, None), None)
+            .await
+            .unwrap();
+        z.initial(Address, &[], &[], &[]).await;
+        z.recv_ack().await;
+        shutdown.cancel();
+        let end = tokio::time::timeout(WAIT, z.rx.message())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: stream not ended by shutdown"));
+        match end {
+            Ok(None) => {}
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+            Ok(Some(r)) => panic!("unexpected response {r:?}"),
+        }
+        drop(z);
+        let result = tokio::time::timeout(WAIT, serving)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: serve did not return"));
+        assert!(result.unwrap().is_ok());
     }
-    drop(z);
-    let result = tokio::time::timeout(WAIT, serving)
-        .await
-        .expect("serve did not return");
-    assert!(result.unwrap().is_ok());
 }
 
 #[tokio::test]

@@ -194,6 +194,7 @@ pub struct Topology {
 
 impl Topology {
     pub async fn new(specs: Vec<Spec>) -> Topology {
+        init_test_logs();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(&dir.path().join("pki"), "federation test root").unwrap();
         let mut listeners = Vec::new();
@@ -377,6 +378,14 @@ pub fn start_client(
         failure,
         cancel,
     }
+}
+
+/// Logs to the test's captured output, filtered by `RUST_LOG` (shown when a test fails).
+pub fn init_test_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// Polls `check` until it holds or [`WAIT`] passes.

@@ -120,18 +120,23 @@ impl AdsServer {
             shutdown.clone(),
         );
         tracing::info!(address = ?local, "xds server listening");
-        let cancel = self.cancel.clone();
-        let signal = async move {
-            shutdown.cancelled().await;
-            cancel.cancel();
-        };
-        tonic::transport::Server::builder()
+        // Streams are ended by their own task, not from tonic's shutdown signal: the
+        // accept loop also stops on `shutdown`, and when tonic sees `incoming` end first
+        // it never polls the signal again, then waits forever for the streams to close.
+        let streams = self.cancel.clone();
+        let watch = shutdown.clone();
+        let end_streams = tokio::spawn(async move {
+            watch.cancelled().await;
+            streams.cancel();
+        });
+        let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(self.options.http2_keepalive_interval)
             .http2_keepalive_timeout(self.options.http2_keepalive_timeout)
             .add_service(self.service())
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(|e| anyhow::anyhow!("xds server on {local:?} failed: {e}"))
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await;
+        end_streams.abort();
+        served.map_err(|e| anyhow::anyhow!("xds server on {local:?} failed: {e}"))
     }
 
     /// Ends every live stream (`UNAVAILABLE`), as on shutdown.
