@@ -29,6 +29,8 @@ fn main() -> anyhow::Result<()> {
         .build_client(true)
         .build_server(true)
         .bytes(".envoy.service.discovery.v3")
+        // Resource bodies stay `Bytes` end to end (see `xds::any`).
+        .extern_path(".google.protobuf.Any", "crate::xds::any::Any")
         // Ordered maps: equal content must encode to equal bytes (content versions).
         .btree_map(".istio")
         .compile_fds(fds)

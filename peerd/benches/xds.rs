@@ -264,7 +264,7 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     let workloads: Vec<Arc<Resource>> = snapshot
         .resources(ResourceType::Address)
         .values()
-        .filter(|r| matches!(r.summary, Summary::Workload(_)))
+        .filter(|r| matches!(*r.summary, Summary::Workload(_)))
         .cloned()
         .collect();
     let changes = (size.change_rate * size.change_seconds) as usize;

@@ -76,7 +76,7 @@ impl ViewState {
         let workloads = self
             .resources(ResourceType::Address)
             .values()
-            .filter(|r| matches!(r.summary, Summary::Workload(_)))
+            .filter(|r| matches!(*r.summary, Summary::Workload(_)))
             .count();
         let addresses = self.len(ResourceType::Address);
         (
@@ -92,7 +92,7 @@ pub fn address_keys(r: &Resource) -> Vec<Arc<str>> {
     fn key(network: &str, ip: &IpAddr) -> Arc<str> {
         Arc::from(format!("{network}/{ip}"))
     }
-    match &r.summary {
+    match &*r.summary {
         Summary::Workload(w) => w.addresses.iter().map(|ip| key(&w.network, ip)).collect(),
         Summary::Service(s) => s.vips.iter().map(|(n, ip)| key(n, ip)).collect(),
         Summary::Authorization(_) => Vec::new(),

@@ -194,7 +194,7 @@ async fn ztunnel_gets_initial_sync_churn_removals_and_nack_recovery() {
     let mut names = snapshot
         .resources(ResourceType::Address)
         .values()
-        .filter(|r| matches!(r.summary, Summary::Workload(_)))
+        .filter(|r| matches!(*r.summary, Summary::Workload(_)))
         .map(|r| Arc::clone(&r.name));
     let gone = names.next().unwrap();
     let changed = snapshot
@@ -260,7 +260,7 @@ async fn reconnect_gets_only_the_difference_and_on_demand_is_answered() {
     let gone = snapshot
         .resources(ResourceType::Address)
         .values()
-        .find(|r| matches!(r.summary, Summary::Workload(_)))
+        .find(|r| matches!(*r.summary, Summary::Workload(_)))
         .map(|r| Arc::clone(&r.name))
         .unwrap();
     rig.sim_view
@@ -309,7 +309,7 @@ async fn reconnect_gets_only_the_difference_and_on_demand_is_answered() {
         .snapshot()
         .resources(ResourceType::Address)
         .values()
-        .find_map(|r| match &r.summary {
+        .find_map(|r| match &*r.summary {
             Summary::Workload(w) => Some((w.network.clone(), w.addresses[0], r.name.clone())),
             _ => None,
         })

@@ -193,7 +193,7 @@ async fn wire_exchange_matches_ztunnel_and_reconnect_offers_held_versions() {
     assert_eq!(b.type_url, Authorization.type_url());
     let good = wl("c2//Pod/default/a", [10, 0, 0, 1]);
     let mut bad = wire(&wl("c2//Pod/default/bad", [10, 0, 0, 2]));
-    bad.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+    bad.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff].into();
     up.send(response(Address, "n1", vec![wire(&good), bad], &[]))
         .await;
     let nack = up.recv().await;
@@ -264,7 +264,7 @@ async fn bad_resources_are_nacked_by_name_and_the_good_ones_applied() {
     // An update of a stored resource that is malformed: the old version must stay.
     let mut a_broken = wire(&a_v1);
     a_broken.version = "v2".into();
-    a_broken.resource.as_mut().unwrap().value = vec![0x0a, 0x05, 0x01];
+    a_broken.resource.as_mut().unwrap().value = vec![0x0a, 0x05, 0x01].into();
     let mut wrong_type = wire(&wl("c2//Pod/default/wrong-type", [10, 0, 0, 4]));
     wrong_type.resource.as_mut().unwrap().type_url = Authorization.type_url().into();
     let mut no_payload = wire(&wl("c2//Pod/default/no-payload", [10, 0, 0, 5]));
@@ -280,9 +280,9 @@ async fn bad_resources_are_nacked_by_name_and_the_good_ones_applied() {
     let bad_ip = discovery::Resource {
         name: "c2//Pod/default/bad-ip".into(),
         version: "v1".into(),
-        resource: Some(prost_types::Any {
+        resource: Some(peerd::xds::any::Any {
             type_url: Address.type_url().into(),
-            value: bad_ip_body,
+            value: bad_ip_body.into(),
         }),
         ..Default::default()
     };

@@ -157,7 +157,7 @@ impl Exporter {
         let mut touched_services: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut index = self.lock();
         for name in names {
-            match local.get(kind, name).map(|r| &r.summary) {
+            match local.get(kind, name).map(|r| &*r.summary) {
                 Some(Summary::Service(s)) => {
                     let service = ServiceRef {
                         namespace: s.namespace.clone(),

@@ -138,7 +138,7 @@ impl ImportFilter {
     /// Checks the content rules (everything but caps).
     pub fn check_content(&self, resource: &Resource) -> Result<(), ImportError> {
         let peer = &self.policy.cluster;
-        match &resource.summary {
+        match &*resource.summary {
             Summary::Authorization(_) => {
                 Err(ImportError::NotExportedAuthorization { peer: peer.clone() })
             }

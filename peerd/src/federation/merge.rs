@@ -211,7 +211,7 @@ impl Merger {
             self.update_claims(claims, name, None, requeue);
             return None;
         };
-        if matches!(first.summary, Summary::Service(_)) && is_global_key(name) {
+        if matches!(*first.summary, Summary::Service(_)) && is_global_key(name) {
             let merged = merge_service(name, candidates, local_state, conflicts);
             return merged.map(|r| (Arc::clone(origin), Arc::new(r)));
         }
@@ -224,7 +224,7 @@ impl Merger {
                 detail: format!("{other} sent {name} too; {origin} has precedence"),
             });
         }
-        let Summary::Workload(w) = &first.summary else {
+        let Summary::Workload(w) = &*first.summary else {
             return Some((Arc::clone(origin), served(first)));
         };
         let form = if *origin == self.local {

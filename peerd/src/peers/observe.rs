@@ -173,7 +173,7 @@ impl ImportSource for Store {
         let state = origin.view.snapshot();
         let mut ips = Vec::new();
         for r in state.resources(ResourceType::Address).values() {
-            if let Summary::Workload(w) = &r.summary {
+            if let Summary::Workload(w) = &*r.summary {
                 for ip in &w.addresses {
                     if ips.len() >= limit {
                         return ips;

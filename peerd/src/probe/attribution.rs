@@ -54,7 +54,7 @@ pub fn build_index(peers: &[PeerTargets], store: &Store) -> DestinationIndex {
         };
         let state = origin.view.snapshot();
         for resource in state.resources(ResourceType::Address).values() {
-            if let Summary::Workload(workload) = &resource.summary {
+            if let Summary::Workload(workload) = &*resource.summary {
                 for ip in &workload.addresses {
                     claim(*ip, &peer.peer);
                 }

@@ -920,7 +920,7 @@ mod tests {
         for r in addrs.iter().chain(&authz) {
             let again = Resource::from_wire(r.kind, &r.name, &r.version, r.body.clone()).unwrap();
             assert_eq!(again.summary, r.summary);
-            match &r.summary {
+            match &*r.summary {
                 Summary::Workload(w) => {
                     workloads += 1;
                     assert!(w.uid.starts_with("cluster-2//Pod/"), "{}", w.uid);
@@ -978,7 +978,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         let mut blocks = BTreeSet::new();
         for r in p.address_resources().unwrap() {
-            let ips: Vec<IpAddr> = match &r.summary {
+            let ips: Vec<IpAddr> = match &*r.summary {
                 Summary::Workload(w) => w.addresses.clone(),
                 Summary::Service(s) => s.vips.iter().map(|(_, ip)| *ip).collect(),
                 Summary::Authorization(_) => Vec::new(),

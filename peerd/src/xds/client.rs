@@ -482,6 +482,12 @@ impl AdsClient {
         } {
             errors.push((name.clone(), ResourceError::Duplicate.to_string()));
         }
+        let body_bytes: usize = resp
+            .resources
+            .iter()
+            .map(|r| r.resource.as_ref().map_or(0, |a| a.value.len()))
+            .sum();
+        let share_buffer = body_bytes >= SHARE_RECEIVE_BUFFER_BYTES;
         let mut upserts = Vec::new();
         for r in resp.resources {
             if duplicated.contains(&r.name) {
@@ -493,6 +499,7 @@ impl AdsClient {
                 r.name.as_str(),
                 &r.version,
                 r.resource,
+                share_buffer,
             ) {
                 Ok(res) => upserts.push(Arc::new(res)),
                 Err(reason) => errors.push((r.name, reason)),
@@ -560,7 +567,8 @@ impl AdsClient {
         type_url: &str,
         name: &str,
         version: &str,
-        payload: Option<prost_types::Any>,
+        payload: Option<crate::xds::any::Any>,
+        share_buffer: bool,
     ) -> Result<Resource, String> {
         let any = payload.ok_or_else(|| ResourceError::MissingPayload.to_string())?;
         // ztunnel ignores Any.type_url; an empty one is tolerated, a different one is not.
@@ -571,14 +579,23 @@ impl AdsClient {
             }
             .to_string());
         }
-        let resource = Resource::from_wire(kind, name, version, Bytes::from(any.value))
-            .map_err(|e| e.to_string())?;
+        let body = if share_buffer {
+            any.value
+        } else {
+            Bytes::copy_from_slice(&any.value)
+        };
+        let resource = Resource::from_wire(kind, name, version, body).map_err(|e| e.to_string())?;
         if let Some(filter) = &self.filter {
             filter.check(self.origin(), &resource)?;
         }
         Ok(resource)
     }
 }
+
+/// Bodies of a response at least this large stay slices of tonic's receive buffer (no
+/// copy: the buffer is then mostly those bodies). Smaller responses are copied out, so a
+/// resource that lives for days never pins a receive buffer holding mostly other data.
+const SHARE_RECEIVE_BUFFER_BYTES: usize = 1 << 20;
 
 /// Jittered exponential backoff: a uniform pick in [d/2, d] with d = initial·2^attempt
 /// capped at `max`.

@@ -1,6 +1,7 @@
 //! xDS: the wire types, resource validation, wire-level editing, the delta ADS client
 //! (to istiod and peers) and the delta ADS server (to ztunnel and peers).
 
+pub mod any;
 pub mod auth;
 pub mod client;
 pub mod resource;

@@ -28,7 +28,9 @@ pub struct Resource {
     pub version: Arc<str>,
     /// The `Any.value` bytes exactly as received (or as edited at the wire level).
     pub body: Bytes,
-    pub summary: Summary,
+    /// Shared by every view serving this content (the merged view re-versions a
+    /// resource without copying what was decoded from it).
+    pub summary: Arc<Summary>,
 }
 
 impl fmt::Debug for Resource {
@@ -122,16 +124,17 @@ impl Resource {
         body: Bytes,
     ) -> Result<Resource, ResourceError> {
         let summary = summarize(kind, &body)?;
-        let expected = summary.semantic_name();
-        if expected != name {
-            return Err(ResourceError::NameMismatch { expected });
+        if !summary.has_semantic_name(name) {
+            return Err(ResourceError::NameMismatch {
+                expected: summary.semantic_name(),
+            });
         }
         Ok(Resource {
             kind,
             name: Arc::from(name),
             version: Arc::from(version),
             body,
-            summary,
+            summary: Arc::new(summary),
         })
     }
 
@@ -146,7 +149,7 @@ impl Resource {
             name,
             version,
             body,
-            summary,
+            summary: Arc::new(summary),
         })
     }
 
@@ -182,14 +185,14 @@ impl Resource {
     }
 
     pub fn as_workload(&self) -> Option<&WorkloadSummary> {
-        match &self.summary {
+        match &*self.summary {
             Summary::Workload(w) => Some(w),
             _ => None,
         }
     }
 
     pub fn as_service(&self) -> Option<&ServiceSummary> {
-        match &self.summary {
+        match &*self.summary {
             Summary::Service(s) => Some(s),
             _ => None,
         }
@@ -212,6 +215,19 @@ impl Summary {
             Summary::Service(s) => format!("{}/{}", s.namespace, s.hostname),
             Summary::Authorization(a) => format!("{}/{}", a.namespace, a.name),
         }
+    }
+
+    /// Whether `name` is [`Summary::semantic_name`], without allocating.
+    pub fn has_semantic_name(&self, name: &str) -> bool {
+        let (namespace, rest) = match self {
+            Summary::Workload(w) => return w.uid == name,
+            Summary::Service(s) => (&s.namespace, &s.hostname),
+            Summary::Authorization(a) => (&a.namespace, &a.name),
+        };
+        name.len() == namespace.len() + 1 + rest.len()
+            && name.starts_with(namespace.as_str())
+            && name[namespace.len()..].starts_with('/')
+            && name.ends_with(rest.as_str())
     }
 }
 
@@ -368,6 +384,55 @@ fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn semantic_name_check_matches_the_formatted_name() {
+        let svc = |namespace: &str, hostname: &str| {
+            Summary::Service(ServiceSummary {
+                namespace: namespace.into(),
+                hostname: hostname.into(),
+                ..Default::default()
+            })
+        };
+        let cases = [
+            (
+                svc("default", "echo.default.svc"),
+                "default/echo.default.svc",
+            ),
+            (
+                svc("default", "echo.default.svc"),
+                "default/echo.default.svcx",
+            ),
+            (
+                svc("default", "echo.default.svc"),
+                "defaul/techo.default.svc",
+            ),
+            (svc("a/b", "c"), "a/b/c"),
+            (svc("a", "b/c"), "a/b/c"),
+            (svc("ns", "h"), "ns-h"),
+            (
+                Summary::Authorization(AuthorizationSummary {
+                    namespace: "ns".into(),
+                    name: "allow".into(),
+                }),
+                "ns/allow",
+            ),
+            (
+                Summary::Workload(WorkloadSummary {
+                    uid: "c1//Pod/ns/a".into(),
+                    ..Default::default()
+                }),
+                "c1//Pod/ns/a",
+            ),
+        ];
+        for (summary, name) in cases {
+            assert_eq!(
+                summary.has_semantic_name(name),
+                summary.semantic_name() == name,
+                "{summary:?} vs {name}"
+            );
+        }
+    }
 
     fn sample_workload() -> workload::Workload {
         workload::Workload {

@@ -293,7 +293,8 @@ impl Held {
                 .as_ref()
                 .map(|a| a.value.clone())
                 .unwrap_or_default();
-            self.0.insert(res.name.clone(), (res.version.clone(), body));
+            self.0
+                .insert(res.name.clone(), (res.version.clone(), body.to_vec()));
         }
     }
 
@@ -475,9 +476,9 @@ pub fn wire(r: &Resource) -> discovery::Resource {
     discovery::Resource {
         name: r.name.to_string(),
         version: r.version.to_string(),
-        resource: Some(prost_types::Any {
+        resource: Some(peerd::xds::any::Any {
             type_url: r.kind.type_url().into(),
-            value: r.body.to_vec(),
+            value: r.body.clone(),
         }),
         ..Default::default()
     }

@@ -734,9 +734,9 @@ fn chunk_response(
 fn to_wire(kind: ResourceType, wire_name: &str, r: &Resource) -> discovery::Resource {
     discovery::Resource {
         version: r.version.to_string(),
-        resource: Some(prost_types::Any {
+        resource: Some(crate::xds::any::Any {
             type_url: kind.type_url().to_string(),
-            value: r.body.to_vec(),
+            value: r.body.clone(),
         }),
         name: wire_name.to_string(),
         ..Default::default()
