@@ -41,19 +41,26 @@ pub struct ExportChange {
     pub services: BTreeSet<Arc<str>>,
 }
 
+/// Maps with an entry per local workload: foldhash rather than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct ExportIndex {
     global: HashSet<ServiceRef>,
     /// Local service name (`ns/hostname`, also its `services` key) → the Service it is.
-    services: HashMap<Arc<str>, ServiceRef>,
+    services: FastMap<Arc<str>, ServiceRef>,
     /// Local service key → exported key, for global services present locally.
-    renamed: HashMap<Arc<str>, Arc<str>>,
+    renamed: FastMap<Arc<str>, Arc<str>>,
     /// Local service name → the exported name it currently produces.
-    exported_as: HashMap<Arc<str>, Arc<str>>,
+    exported_as: FastMap<Arc<str>, Arc<str>>,
     /// Local service key → workloads listing it.
-    backing: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    backing: FastMap<Arc<str>, FastSet<Arc<str>>>,
     /// Workload uid → its service keys.
-    services_of: HashMap<Arc<str>, Vec<Arc<str>>>,
+    services_of: FastMap<Arc<str>, Vec<Arc<str>>>,
+    /// Workloads the export views hold (they back a global service). A workload that
+    /// neither is nor becomes exported costs no export work and no view write.
+    exported_workloads: FastSet<Arc<str>>,
 }
 
 /// Builds and holds the export views.
@@ -193,6 +200,7 @@ impl Exporter {
                         })
                         .collect();
                     unindex_workload(&mut index, name);
+                    let exportable = keys.iter().any(|k| index.renamed.contains_key(k));
                     for k in &keys {
                         index
                             .backing
@@ -201,7 +209,9 @@ impl Exporter {
                             .insert(Arc::clone(name));
                     }
                     index.services_of.insert(Arc::clone(name), keys);
-                    change.workloads.insert(Arc::clone(name));
+                    if exportable || index.exported_workloads.contains(name) {
+                        change.workloads.insert(Arc::clone(name));
+                    }
                 }
                 Some(Summary::Authorization(_)) => {}
                 None => {
@@ -214,7 +224,9 @@ impl Exporter {
                         touched_services.insert(Arc::clone(name));
                     } else if index.services_of.contains_key(name) {
                         unindex_workload(&mut index, name);
-                        change.workloads.insert(Arc::clone(name));
+                        if index.exported_workloads.contains(name) {
+                            change.workloads.insert(Arc::clone(name));
+                        }
                     }
                 }
             }
@@ -251,11 +263,16 @@ impl Exporter {
                 .and_then(|r| self.export_workload(&index, r));
             match exported {
                 Some(forms) => {
+                    index.exported_workloads.insert(Arc::clone(uid));
                     for (u, r) in upserts.iter_mut().zip(forms) {
                         u.push(r);
                     }
                 }
-                None => removals.push(Arc::clone(uid)),
+                None => {
+                    if index.exported_workloads.remove(uid) {
+                        removals.push(Arc::clone(uid));
+                    }
+                }
             }
         }
         drop(index);

@@ -22,6 +22,7 @@
 //! [`crate::xds::wire`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -77,6 +78,11 @@ impl ClaimSet {
 
 /// One entry per served workload: foldhash rather than SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+fn fast_set<K: Eq + Hash>() -> FastSet<K> {
+    FastSet::default()
+}
 
 #[derive(Default)]
 struct Claims {
@@ -89,7 +95,7 @@ pub struct Merger {
     local: Arc<str>,
     merged: Arc<View>,
     conflicts: Arc<Conflicts>,
-    origin_of: DashMap<(ResourceType, Arc<str>), Arc<str>>,
+    origin_of: DashMap<(ResourceType, Arc<str>), Arc<str>, foldhash::fast::RandomState>,
     claims: Mutex<Claims>,
 }
 
@@ -105,7 +111,7 @@ impl Merger {
             local: Arc::from(local),
             merged: View::new("merged"),
             conflicts,
-            origin_of: DashMap::new(),
+            origin_of: DashMap::default(),
             claims: Mutex::new(Claims::default()),
         }
     }
@@ -134,13 +140,15 @@ impl Merger {
             .committed(&self.local, ResourceType::Address)
             .cloned();
         let mut queue: VecDeque<Arc<str>> = VecDeque::new();
-        let mut queued: HashSet<Arc<str>> = HashSet::new();
+        let mut queued: FastSet<Arc<str>> = fast_set();
         for n in names {
             if queued.insert(Arc::clone(&n)) {
                 queue.push_back(n);
             }
         }
-        let mut results: BTreeMap<Arc<str>, Option<Arc<Resource>>> = BTreeMap::new();
+        // A name requeued after it was computed is computed again: the last result wins.
+        let mut results: FastMap<Arc<str>, Option<Arc<Resource>>> =
+            FastMap::with_capacity_and_hasher(queue.len(), Default::default());
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(name) = queue.pop_front() {
             queued.remove(&name);
@@ -273,11 +281,11 @@ impl Merger {
         now: Option<(Claimant, Vec<Arc<str>>)>,
         requeue: &mut dyn FnMut(Arc<str>),
     ) {
-        let old = claims.of_uid.get(uid).cloned();
-        if old == now {
+        if claims.of_uid.get(uid) == now.as_ref() {
             return;
         }
-        let mut touched: HashSet<Arc<str>> = HashSet::new();
+        let old = claims.of_uid.remove(uid);
+        let mut touched: FastSet<Arc<str>> = fast_set();
         if let Some((who, keys)) = &old {
             for k in keys {
                 if let Some(set) = claims.by_key.get_mut(k) {
@@ -298,9 +306,7 @@ impl Merger {
                 }
                 claims.of_uid.insert(Arc::clone(uid), (who, keys));
             }
-            None => {
-                claims.of_uid.remove(uid);
-            }
+            None => {}
         }
         touched.remove(uid);
         for other in touched {
@@ -313,11 +319,7 @@ impl Merger {
 /// under its content version is shared with the origin's view, not copied (at 100k
 /// workloads a copy per resource is tens of MB).
 fn served(r: &Arc<Resource>) -> Arc<Resource> {
-    if crate::xds::resource::is_content_version(&r.version, &r.body) {
-        Arc::clone(r)
-    } else {
-        Arc::new(r.with_content_version())
-    }
+    Resource::content_versioned(r)
 }
 
 /// Adds a `services` entry under each exported key, copying the port list of the local

@@ -244,10 +244,11 @@ impl Federation {
         if names.is_empty() {
             return;
         }
-        let mut all: BTreeSet<Arc<str>> = names.iter().cloned().collect();
+        // Duplicates are fine: the merger computes each name once.
+        let mut all = names;
         if origin == self.config.cluster {
             let local = commits.committed(origin, kind).cloned().unwrap_or_default();
-            let change = self.exporter.on_local_change(&local, kind, &names);
+            let change = self.exporter.on_local_change(&local, kind, &all);
             all.extend(change.workloads);
             all.extend(change.services);
             self.update_ready(commits);

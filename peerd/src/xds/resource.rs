@@ -171,11 +171,17 @@ impl Resource {
         Resource::from_body(ResourceType::Authorization, Bytes::from(a.encode_to_vec()))
     }
 
-    /// The same resource announced under a content-derived version (what peerd serves).
-    pub fn with_content_version(&self) -> Resource {
-        Resource {
-            version: content_version(&self.body),
-            ..self.clone()
+    /// `r` announced under its content-derived version (what peerd serves): `r` itself
+    /// when it already is, else a copy sharing its body and summary. Hashes the body once.
+    pub fn content_versioned(r: &Arc<Resource>) -> Arc<Resource> {
+        let hash = content_hash(&r.body);
+        if version_is_hash(&r.version, hash) {
+            Arc::clone(r)
+        } else {
+            Arc::new(Resource {
+                version: format_version(hash),
+                ..Resource::clone(r)
+            })
         }
     }
 
@@ -234,16 +240,24 @@ impl Summary {
 /// A version string derived from the bytes: equal bytes ⇔ equal version (64-bit FNV-1a),
 /// stable across restarts so a reconnecting client's `initial_resource_versions` match.
 pub fn content_version(body: &[u8]) -> Arc<str> {
-    Arc::from(format!("{:016x}", content_hash(body)))
+    format_version(content_hash(body))
 }
 
 /// Whether `version` is [`content_version`] of `body`, without allocating.
 pub fn is_content_version(version: &str, body: &[u8]) -> bool {
+    version_is_hash(version, content_hash(body))
+}
+
+fn format_version(hash: u64) -> Arc<str> {
+    Arc::from(format!("{hash:016x}"))
+}
+
+fn version_is_hash(version: &str, hash: u64) -> bool {
     version.len() == 16
         && version
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && u64::from_str_radix(version, 16).is_ok_and(|v| v == content_hash(body))
+        && u64::from_str_radix(version, 16).is_ok_and(|v| v == hash)
 }
 
 fn content_hash(body: &[u8]) -> u64 {
