@@ -11,7 +11,6 @@
 //! change always sees that change (or a later one). A subscriber that lags (the
 //! broadcast ring overflowed) must fall back to a full comparison against a snapshot.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -88,14 +87,11 @@ impl ViewState {
 }
 
 /// `network/IP` keys of a resource, in ztunnel's on-demand format.
-pub fn address_keys(r: &Resource) -> Vec<Arc<str>> {
-    fn key(network: &str, ip: &IpAddr) -> Arc<str> {
-        Arc::from(format!("{network}/{ip}"))
-    }
+pub fn address_keys(r: &Resource) -> &[Arc<str>] {
     match &*r.summary {
-        Summary::Workload(w) => w.addresses.iter().map(|ip| key(&w.network, ip)).collect(),
-        Summary::Service(s) => s.vips.iter().map(|(n, ip)| key(n, ip)).collect(),
-        Summary::Authorization(_) => Vec::new(),
+        Summary::Workload(w) => &w.address_keys,
+        Summary::Service(s) => &s.address_keys,
+        Summary::Authorization(_) => &[],
     }
 }
 
@@ -165,7 +161,7 @@ impl View {
                 unindex(&mut next.by_address, &old);
             }
             for key in address_keys(&r) {
-                next.by_address.insert(key, Arc::clone(&r.name));
+                next.by_address.insert(Arc::clone(key), Arc::clone(&r.name));
             }
             names.push(Arc::clone(&r.name));
             next.resources.get_mut(kind).insert(Arc::clone(&r.name), r);
@@ -206,8 +202,8 @@ impl View {
 
 fn unindex(index: &mut AddressIndex, old: &Resource) {
     for key in address_keys(old) {
-        if index.get(&key).is_some_and(|n| *n == old.name) {
-            index.remove(&key);
+        if index.get(key).is_some_and(|n| *n == old.name) {
+            index.remove(key);
         }
     }
 }

@@ -248,7 +248,7 @@ impl Merger {
             served(first)
         };
         let me: Claimant = (*origin != self.local, Arc::clone(origin), Arc::clone(name));
-        let keys = address_keys(&form);
+        let keys = address_keys(&form).to_vec();
         self.update_claims(claims, name, Some((me.clone(), keys.clone())), requeue);
         for key in &keys {
             if let Some(winner) = claims.by_key.get(key).and_then(|set| set.first())
@@ -297,16 +297,13 @@ impl Merger {
                 }
             }
         }
-        match now {
-            Some((who, keys)) => {
-                for k in &keys {
-                    let set = claims.by_key.entry(Arc::clone(k)).or_default();
-                    touched.extend(set.iter().map(|c| Arc::clone(&c.2)));
-                    set.insert(who.clone());
-                }
-                claims.of_uid.insert(Arc::clone(uid), (who, keys));
+        if let Some((who, keys)) = now {
+            for k in &keys {
+                let set = claims.by_key.entry(Arc::clone(k)).or_default();
+                touched.extend(set.iter().map(|c| Arc::clone(&c.2)));
+                set.insert(who.clone());
             }
-            None => {}
+            claims.of_uid.insert(Arc::clone(uid), (who, keys));
         }
         touched.remove(uid);
         for other in touched {

@@ -65,6 +65,9 @@ pub struct WorkloadSummary {
     /// Keys (`namespace/hostname`) of the services this workload backs.
     pub services: Vec<String>,
     pub has_network_gateway: bool,
+    /// `network/IP` of each address: ztunnel's on-demand key, built once here and shared
+    /// by every view's address index.
+    pub address_keys: Vec<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -76,6 +79,8 @@ pub struct ServiceSummary {
     pub vips: Vec<(String, IpAddr)>,
     /// (service_port, target_port) pairs.
     pub ports: Vec<(u32, u32)>,
+    /// `network/IP` of each VIP (see [`WorkloadSummary::address_keys`]).
+    pub address_keys: Vec<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -294,6 +299,11 @@ pub fn ip_from_bytes(field: &'static str, b: &[u8]) -> Result<IpAddr, ResourceEr
     }
 }
 
+/// ztunnel's on-demand key for an address: `network/IP`.
+pub fn address_key(network: &str, ip: &IpAddr) -> Arc<str> {
+    Arc::from(format!("{network}/{ip}"))
+}
+
 /// Decodes and validates the payload the way ztunnel would, returning the summary.
 pub fn summarize(kind: ResourceType, body: &[u8]) -> Result<Summary, ResourceError> {
     match kind {
@@ -349,6 +359,10 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
     {
         ip_from_bytes("Workload.network_gateway", &a.address)?;
     }
+    let address_keys = addresses
+        .iter()
+        .map(|ip| address_key(&w.network, ip))
+        .collect();
     let mut services: Vec<String> = w.services.keys().cloned().collect();
     services.sort();
     if let Some(bad) = services.iter().find(|k| !k.contains('/')) {
@@ -365,6 +379,7 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
         service_account: w.service_account,
         services,
         has_network_gateway: w.network_gateway.is_some(),
+        address_keys,
     }))
 }
 
@@ -382,11 +397,13 @@ fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
             ))
         })
         .collect::<Result<Vec<_>, ResourceError>>()?;
+    let address_keys = vips.iter().map(|(n, ip)| address_key(n, ip)).collect();
     Ok(Summary::Service(ServiceSummary {
         name: s.name,
         namespace: s.namespace,
         hostname: s.hostname,
         vips,
+        address_keys,
         ports: s
             .ports
             .iter()

@@ -115,7 +115,10 @@ impl TypeState {
         let changed_version = |sent: &FastMap<Arc<str>, Arc<str>>, name: &str, r: &Resource| {
             sent.get(name).is_none_or(|v| *v != r.version)
         };
-        if std::mem::take(&mut self.full_diff) {
+        // When a large share of the view changed (a bulk load), walking the snapshot in
+        // order is cheaper than a lookup per changed name plus a sort of the result.
+        let bulk = self.wildcard && dirty.len() >= snapshot.len(kind) / 4 + 1024;
+        if std::mem::take(&mut self.full_diff) || bulk {
             if self.wildcard {
                 for (name, r) in snapshot.resources(kind).iter() {
                     if changed_version(&self.sent, name, r) {
