@@ -122,6 +122,9 @@ listeners: {{ xds: "{xds}", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug
 xds:
   tls: {{ certChain: peerd/cert-chain.pem, key: peerd/key.pem }}
   auth: {{ tokenFile: ztunnel-token }}
+# The xDS path only: kernel probe loading (BPF verification, at start) is measured
+# by `cargo xtask bench probes`, and with no peers there is nothing to probe.
+probe: {{ enabled: false }}
 upstreams:
   - name: cluster-1
     address: "{sim}"
