@@ -22,7 +22,6 @@
 //! [`crate::xds::wire`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -80,10 +79,6 @@ impl ClaimSet {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
-fn fast_set<K: Eq + Hash>() -> FastSet<K> {
-    FastSet::default()
-}
-
 #[derive(Default)]
 struct Claims {
     by_key: FastMap<Arc<str>, ClaimSet>,
@@ -95,7 +90,9 @@ pub struct Merger {
     local: Arc<str>,
     merged: Arc<View>,
     conflicts: Arc<Conflicts>,
-    origin_of: DashMap<(ResourceType, Arc<str>), Arc<str>, foldhash::fast::RandomState>,
+    /// Origin of each served name that a peer won. A served name without an entry is
+    /// the local cluster's (most names: this saves an entry per local resource).
+    peer_origin_of: DashMap<(ResourceType, Arc<str>), Arc<str>, foldhash::fast::RandomState>,
     claims: Mutex<Claims>,
 }
 
@@ -111,7 +108,7 @@ impl Merger {
             local: Arc::from(local),
             merged: View::new("merged"),
             conflicts,
-            origin_of: DashMap::default(),
+            peer_origin_of: DashMap::default(),
             claims: Mutex::new(Claims::default()),
         }
     }
@@ -121,9 +118,11 @@ impl Merger {
     }
 
     pub fn origin_of(&self, kind: ResourceType, name: &str) -> Option<Arc<str>> {
-        self.origin_of
-            .get(&(kind, Arc::from(name)))
-            .map(|o| Arc::clone(&o))
+        if let Some(peer) = self.peer_origin_of.get(&(kind, Arc::from(name))) {
+            return Some(Arc::clone(&peer));
+        }
+        let served = self.merged.snapshot().get(kind, name).is_some();
+        served.then(|| Arc::clone(&self.local))
     }
 
     /// Recomputes the served form of `names` of `kind` and publishes the difference.
@@ -140,7 +139,7 @@ impl Merger {
             .committed(&self.local, ResourceType::Address)
             .cloned();
         let mut queue: VecDeque<Arc<str>> = VecDeque::new();
-        let mut queued: FastSet<Arc<str>> = fast_set();
+        let mut queued: FastSet<Arc<str>> = FastSet::default();
         for n in names {
             if queued.insert(Arc::clone(&n)) {
                 queue.push_back(n);
@@ -181,12 +180,14 @@ impl Merger {
             );
             self.conflicts.set(&name, conflicts);
             match &result {
-                Some((origin, _)) => {
-                    self.origin_of
+                Some((origin, _)) if *origin != self.local => {
+                    self.peer_origin_of
                         .insert((kind, Arc::clone(&name)), Arc::clone(origin));
                 }
-                None => {
-                    self.origin_of.remove(&(kind, Arc::clone(&name)));
+                _ => {
+                    if !self.peer_origin_of.is_empty() {
+                        self.peer_origin_of.remove(&(kind, Arc::clone(&name)));
+                    }
                 }
             }
             results.insert(name, result.map(|(_, r)| r));
@@ -285,7 +286,9 @@ impl Merger {
             return;
         }
         let old = claims.of_uid.remove(uid);
-        let mut touched: FastSet<Arc<str>> = fast_set();
+        // Usually empty (one claimant per address): a Vec allocates only when used, and
+        // the caller's queue drops duplicates.
+        let mut touched: Vec<Arc<str>> = Vec::new();
         if let Some((who, keys)) = &old {
             for k in keys {
                 if let Some(set) = claims.by_key.get_mut(k) {
@@ -305,9 +308,10 @@ impl Merger {
             }
             claims.of_uid.insert(Arc::clone(uid), (who, keys));
         }
-        touched.remove(uid);
         for other in touched {
-            requeue(other);
+            if other != *uid {
+                requeue(other);
+            }
         }
     }
 }

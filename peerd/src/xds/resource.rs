@@ -242,7 +242,7 @@ impl Summary {
     }
 }
 
-/// A version string derived from the bytes: equal bytes ⇔ equal version (64-bit FNV-1a),
+/// A version string derived from the bytes: equal bytes ⇔ equal version (64-bit XXH3),
 /// stable across restarts so a reconnecting client's `initial_resource_versions` match.
 pub fn content_version(body: &[u8]) -> Arc<str> {
     format_version(content_hash(body))
@@ -265,13 +265,10 @@ fn version_is_hash(version: &str, hash: u64) -> bool {
         && u64::from_str_radix(version, 16).is_ok_and(|v| v == hash)
 }
 
+/// XXH3-64: a published, stable algorithm (versions must survive restarts and upgrades
+/// to match what clients hold) that hashes at memory speed.
 fn content_hash(body: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in body {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+    xxhash_rust::xxh3::xxh3_64(body)
 }
 
 fn malformed(kind: ResourceType, e: prost::DecodeError) -> ResourceError {
