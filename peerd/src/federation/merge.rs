@@ -75,6 +75,12 @@ impl ClaimSet {
     }
 }
 
+/// Computed served forms by name (`None`: not served).
+type Results = FastMap<Arc<str>, Option<Arc<Resource>>>;
+
+/// Names per published part of a large recompute (see [`Merger::recompute`]).
+const PIPELINE_PART: usize = 8192;
+
 /// One entry per served workload: foldhash rather than SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -126,6 +132,11 @@ impl Merger {
     }
 
     /// Recomputes the served form of `names` of `kind` and publishes the difference.
+    ///
+    /// A large batch (a bulk load) is published in parts by a second thread while the
+    /// next part is computed: the merged view's B-tree inserts are about half the work,
+    /// and this way they use the other core. Readers may see the earlier parts first,
+    /// as with any delta; a name recomputed later in the batch is published again.
     pub fn recompute(
         &self,
         commits: &Commits,
@@ -133,11 +144,6 @@ impl Merger {
         kind: ResourceType,
         names: impl IntoIterator<Item = Arc<str>>,
     ) {
-        let origins = commits.ordered();
-        let export = exporter.view(ExportFlavor::Flat).snapshot();
-        let local_state = commits
-            .committed(&self.local, ResourceType::Address)
-            .cloned();
         let mut queue: VecDeque<Arc<str>> = VecDeque::new();
         let mut queued: FastSet<Arc<str>> = FastSet::default();
         for n in names {
@@ -145,9 +151,83 @@ impl Merger {
                 queue.push_back(n);
             }
         }
+        if queue.len() < 2 * PIPELINE_PART {
+            self.compute(
+                commits,
+                exporter,
+                kind,
+                queue,
+                queued,
+                usize::MAX,
+                &mut |results| {
+                    self.publish(kind, results);
+                },
+            );
+            return;
+        }
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Results>(2);
+            let publisher = std::thread::Builder::new()
+                .name("merge-publish".into())
+                .spawn_scoped(scope, move || {
+                    for results in rx {
+                        self.publish(kind, results);
+                    }
+                });
+            match publisher {
+                Ok(_) => {
+                    self.compute(
+                        commits,
+                        exporter,
+                        kind,
+                        queue,
+                        queued,
+                        PIPELINE_PART,
+                        &mut |results| {
+                            // The publisher only stops when `tx` is dropped.
+                            let _ = tx.send(results);
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "federation: cannot start the publish thread; publishing inline");
+                    self.compute(
+                        commits,
+                        exporter,
+                        kind,
+                        queue,
+                        queued,
+                        usize::MAX,
+                        &mut |results| {
+                            self.publish(kind, results);
+                        },
+                    );
+                }
+            }
+        });
+    }
+
+    /// Computes every queued name (and those requeued by address claims), handing the
+    /// results to `publish` each time `chunk` of them are ready, and at the end.
+    #[allow(clippy::too_many_arguments)]
+    fn compute(
+        &self,
+        commits: &Commits,
+        exporter: &Exporter,
+        kind: ResourceType,
+        mut queue: VecDeque<Arc<str>>,
+        mut queued: FastSet<Arc<str>>,
+        chunk: usize,
+        publish: &mut dyn FnMut(Results),
+    ) {
+        let origins = commits.ordered();
+        let export = exporter.view(ExportFlavor::Flat).snapshot();
+        let local_state = commits
+            .committed(&self.local, ResourceType::Address)
+            .cloned();
         // A name requeued after it was computed is computed again: the last result wins.
-        let mut results: FastMap<Arc<str>, Option<Arc<Resource>>> =
-            FastMap::with_capacity_and_hasher(queue.len(), Default::default());
+        let mut results: Results =
+            FastMap::with_capacity_and_hasher(queue.len().min(chunk), Default::default());
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(name) = queue.pop_front() {
             queued.remove(&name);
@@ -191,8 +271,18 @@ impl Merger {
                 }
             }
             results.insert(name, result.map(|(_, r)| r));
+            if results.len() >= chunk {
+                publish(std::mem::take(&mut results));
+            }
         }
         drop(claims);
+        if !results.is_empty() {
+            publish(results);
+        }
+    }
+
+    /// Applies computed results to the merged view.
+    fn publish(&self, kind: ResourceType, results: Results) {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for (name, r) in results {

@@ -1017,3 +1017,84 @@ mod selection {
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 }
+
+/// A bulk load large enough to be published in parts by the merge's second thread ends
+/// in the same merged view as a small one, including a pod-IP conflict resolved late in
+/// the batch (the peer's pod was served before the local cluster synced).
+#[test]
+fn bulk_load_published_in_parts_matches_the_rules() {
+    const PODS: usize = 20_000;
+    let addr = |i: usize| format!("127.10.{}.{}", i / 250, i % 250 + 1);
+    let (store, fed, mut rx) = setup();
+    feed(
+        &store,
+        "c2",
+        vec![
+            peer_pod("c2", "net1", "clash", &addr(17_000), false),
+            peer_pod("c2", "net1", "alone", "127.99.0.1", false),
+        ],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert!(
+        fed.merged()
+            .snapshot()
+            .get(ResourceType::Address, "c2//Pod/default/clash")
+            .is_some()
+    );
+    let pods: Vec<Arc<Resource>> = (0..PODS)
+        .map(|i| {
+            workload_res(workload::Workload {
+                uid: format!("{LOCAL}//Pod/default/p{i}"),
+                name: format!("p{i}"),
+                namespace: "default".into(),
+                addresses: vec![ip(&addr(i))],
+                cluster_id: LOCAL.into(),
+                network: "net1".into(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    feed(&store, LOCAL, pods, vec![]);
+    drain(&fed, &mut rx);
+    let merged = fed.merged().snapshot();
+    assert_eq!(merged.len(ResourceType::Address), PODS + 1);
+    for i in (0..PODS).step_by(997) {
+        let uid = format!("{LOCAL}//Pod/default/p{i}");
+        assert!(merged.get(ResourceType::Address, &uid).is_some(), "{uid}");
+    }
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/clash")
+            .is_none(),
+        "the local pod wins the address"
+    );
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/alone")
+            .is_some()
+    );
+    assert_eq!(
+        &*merged
+            .resolve_address_key(&format!("net1/{}", addr(17_000)))
+            .unwrap()
+            .name,
+        format!("{LOCAL}//Pod/default/p17000")
+    );
+    assert_eq!(
+        fed.origin_of(ResourceType::Address, "c2//Pod/default/alone")
+            .as_deref(),
+        Some("c2")
+    );
+    assert_eq!(
+        fed.origin_of(ResourceType::Address, &format!("{LOCAL}//Pod/default/p5"))
+            .as_deref(),
+        Some(LOCAL)
+    );
+    let c = fed.conflicts();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].kind, c[0].loser.as_str()),
+        (ConflictKind::PodIp, "c2")
+    );
+}
