@@ -151,7 +151,7 @@ impl Merger {
                 queue.push_back(n);
             }
         }
-        if queue.len() < 2 * PIPELINE_PART {
+        let inline = |queue, queued| {
             self.compute(
                 commits,
                 exporter,
@@ -163,6 +163,9 @@ impl Merger {
                     self.publish(kind, results);
                 },
             );
+        };
+        if queue.len() < 2 * PIPELINE_PART {
+            inline(queue, queued);
             return;
         }
         std::thread::scope(|scope| {
@@ -174,36 +177,22 @@ impl Merger {
                         self.publish(kind, results);
                     }
                 });
-            match publisher {
-                Ok(_) => {
-                    self.compute(
-                        commits,
-                        exporter,
-                        kind,
-                        queue,
-                        queued,
-                        PIPELINE_PART,
-                        &mut |results| {
-                            // The publisher only stops when `tx` is dropped.
-                            let _ = tx.send(results);
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "federation: cannot start the publish thread; publishing inline");
-                    self.compute(
-                        commits,
-                        exporter,
-                        kind,
-                        queue,
-                        queued,
-                        usize::MAX,
-                        &mut |results| {
-                            self.publish(kind, results);
-                        },
-                    );
-                }
+            if let Err(e) = publisher {
+                tracing::warn!(error = %e, "federation: cannot start the publish thread; publishing inline");
+                return inline(queue, queued);
             }
+            self.compute(
+                commits,
+                exporter,
+                kind,
+                queue,
+                queued,
+                PIPELINE_PART,
+                &mut |results| {
+                    // The publisher stops once `tx` is dropped, at the end of this scope.
+                    let _ = tx.send(results);
+                },
+            );
         });
     }
 
