@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use federation_support::{
-    Cluster, Spec, Topology, WAIT, client_options, eventually, identity, start_client, trust_domain,
+    Cluster, Identity, Spec, Topology, WAIT, client_options, eventually, identity, start_client,
+    trust_domain,
 };
 use peerd::federation::ConflictKind;
 use peerd::identity::classify::{FailureReason, classify_tls};
@@ -60,23 +61,33 @@ fn exported_pod(uid: &str, cluster: &str, network: &str, ip: [u8; 4]) -> Arc<Res
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_certificate_from_another_root_is_refused() {
-    let mut topo = Topology::new(vec![
+/// c1 and c2 on one flat network, neither importing the other yet.
+async fn two_flat_clusters() -> Topology {
+    Topology::new(vec![
         Spec::new("c1", 1, "flat", &[]),
         Spec::new("c2", 2, "flat", &[]),
     ])
-    .await;
-    let c1 = topo.start("c1", true).await;
-    // A rogue "c2" whose certificate (right trust domain) chains to a different root.
-    let other = Pki::load_or_create(&topo.dir.path().join("rogue-pki"), "rogue root").unwrap();
-    let rogue = identity(
+    .await
+}
+
+/// An identity for "c2" (right trust domain) issued under a root c1 does not trust.
+fn c2_from_another_root(topo: &Topology, pki_dir: &str) -> Identity {
+    let other = Pki::load_or_create(&topo.dir.path().join(pki_dir), "another root").unwrap();
+    identity(
         other.dir(),
         &other.cluster_ca("c2").unwrap(),
         "c2",
         &trust_domain("c2"),
         2,
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_certificate_from_another_root_is_refused() {
+    let mut topo = two_flat_clusters().await;
+    let c1 = topo.start("c1", true).await;
+    // A rogue "c2" whose certificate (right trust domain) chains to a different root.
+    let rogue = c2_from_another_root(&topo, "rogue-pki");
     let tls = client_config(
         &ClientTlsOptions::new(
             Arc::clone(&c1.identity.roots),
@@ -145,11 +156,7 @@ async fn peer_certificate_from_another_root_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_domain_mismatch_is_refused_in_both_directions() {
-    let mut topo = Topology::new(vec![
-        Spec::new("c1", 1, "flat", &[]),
-        Spec::new("c2", 2, "flat", &[]),
-    ])
-    .await;
+    let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
     let cancel = CancellationToken::new();
     let ca = topo.pki.cluster_ca("c2").unwrap();
@@ -307,22 +314,11 @@ fn assert_not_connected(status: &PeerStatus, reason: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_presenting_a_certificate_from_another_root_shows_tls_error_in_peer_status() {
-    let mut topo = Topology::new(vec![
-        Spec::new("c1", 1, "flat", &[]),
-        Spec::new("c2", 2, "flat", &[]),
-    ])
-    .await;
+    let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
     // We (c2) trust only another root: the real c1's certificate is from an authority we
     // do not know.
-    let other = Pki::load_or_create(&topo.dir.path().join("other-pki"), "other root").unwrap();
-    let me = identity(
-        other.dir(),
-        &other.cluster_ca("c2").unwrap(),
-        "c2",
-        &trust_domain("c2"),
-        2,
-    );
+    let me = c2_from_another_root(&topo, "other-pki");
     let tls = client_config(
         &ClientTlsOptions::new(
             Arc::clone(&me.roots),
@@ -354,11 +350,7 @@ async fn peer_presenting_a_certificate_from_another_root_shows_tls_error_in_peer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_status() {
-    let mut topo = Topology::new(vec![
-        Spec::new("c1", 1, "flat", &[]),
-        Spec::new("c2", 2, "flat", &[]),
-    ])
-    .await;
+    let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
     let ca = topo.pki.cluster_ca("c2").unwrap();
     let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
@@ -395,11 +387,7 @@ async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_whose_san_does_not_match_shows_identity_mismatch_in_peer_status() {
-    let mut topo = Topology::new(vec![
-        Spec::new("c1", 1, "flat", &[]),
-        Spec::new("c2", 2, "flat", &[]),
-    ])
-    .await;
+    let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
     let ca = topo.pki.cluster_ca("c2").unwrap();
     let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
