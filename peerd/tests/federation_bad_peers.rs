@@ -70,6 +70,23 @@ async fn two_flat_clusters() -> Topology {
     .await
 }
 
+/// A client config presenting `me` and expecting `server`.
+fn client_tls(me: &Identity, server: ServerIdentity) -> Arc<rustls::ClientConfig> {
+    client_config(
+        &ClientTlsOptions::new(Arc::clone(&me.roots), server).with_client_cert(me.cert.clone()),
+    )
+    .unwrap()
+}
+
+/// A client config for "c2", certified under the test root, expecting `server`.
+fn c2_client_tls(topo: &Topology, server: ServerIdentity) -> Arc<rustls::ClientConfig> {
+    let ca = topo.pki.cluster_ca("c2").unwrap();
+    client_tls(
+        &identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2),
+        server,
+    )
+}
+
 /// An identity for "c2" (right trust domain) issued under a root c1 does not trust.
 fn c2_from_another_root(topo: &Topology, pki_dir: &str) -> Identity {
     let other = Pki::load_or_create(&topo.dir.path().join(pki_dir), "another root").unwrap();
@@ -159,17 +176,8 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
     let cancel = CancellationToken::new();
-    let ca = topo.pki.cluster_ca("c2").unwrap();
     // Our side expects c1 in another trust domain: IdentityMismatch.
-    let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
-    let tls = client_config(
-        &ClientTlsOptions::new(
-            Arc::clone(&me.roots),
-            ServerIdentity::TrustDomain("elsewhere.local".into()),
-        )
-        .with_client_cert(me.cert.clone()),
-    )
-    .unwrap();
+    let tls = c2_client_tls(&topo, ServerIdentity::TrustDomain("elsewhere.local".into()));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let failure = client.failure_handle();
@@ -186,15 +194,9 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     assert_eq!(reason, FailureReason::IdentityMismatch, "{}", f.message);
     assert!(f.message.contains("elsewhere.local"), "{}", f.message);
     // A client with a valid chain but a SPIFFE ID in no peer's trust domain: c1 refuses.
+    let ca = topo.pki.cluster_ca("c2").unwrap();
     let stranger = identity(topo.pki.dir(), &ca, "stranger", "stranger.local", 2);
-    let tls = client_config(
-        &ClientTlsOptions::new(
-            Arc::clone(&stranger.roots),
-            ServerIdentity::TrustDomain(trust_domain("c1")),
-        )
-        .with_client_cert(stranger.cert.clone()),
-    )
-    .unwrap();
+    let tls = client_tls(&stranger, ServerIdentity::TrustDomain(trust_domain("c1")));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let failure = client.failure_handle();
@@ -319,14 +321,7 @@ async fn peer_presenting_a_certificate_from_another_root_shows_tls_error_in_peer
     // We (c2) trust only another root: the real c1's certificate is from an authority we
     // do not know.
     let me = c2_from_another_root(&topo, "other-pki");
-    let tls = client_config(
-        &ClientTlsOptions::new(
-            Arc::clone(&me.roots),
-            ServerIdentity::TrustDomain(trust_domain("c1")),
-        )
-        .with_client_cert(me.cert.clone()),
-    )
-    .unwrap();
+    let tls = client_tls(&me, ServerIdentity::TrustDomain(trust_domain("c1")));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let failure = client.failure_handle();
@@ -352,17 +347,8 @@ async fn peer_presenting_a_certificate_from_another_root_shows_tls_error_in_peer
 async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_status() {
     let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
-    let ca = topo.pki.cluster_ca("c2").unwrap();
-    let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
     // Right root, but we expect c1 in a trust domain it is not in.
-    let tls = client_config(
-        &ClientTlsOptions::new(
-            Arc::clone(&me.roots),
-            ServerIdentity::TrustDomain("elsewhere.local".into()),
-        )
-        .with_client_cert(me.cert.clone()),
-    )
-    .unwrap();
+    let tls = c2_client_tls(&topo, ServerIdentity::TrustDomain("elsewhere.local".into()));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let cancel = CancellationToken::new();
@@ -389,18 +375,9 @@ async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_
 async fn peer_whose_san_does_not_match_shows_identity_mismatch_in_peer_status() {
     let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
-    let ca = topo.pki.cluster_ca("c2").unwrap();
-    let me = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
     // Right root and trust domain, but another service account than the one c1 presents.
     let expected = SpiffeId::new(&trust_domain("c1"), "istio-system", "istiod").unwrap();
-    let tls = client_config(
-        &ClientTlsOptions::new(
-            Arc::clone(&me.roots),
-            ServerIdentity::Spiffe(expected.clone()),
-        )
-        .with_client_cert(me.cert.clone()),
-    )
-    .unwrap();
+    let tls = c2_client_tls(&topo, ServerIdentity::Spiffe(expected.clone()));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let cancel = CancellationToken::new();
