@@ -46,8 +46,8 @@ use crate::kube::gateways::{
 };
 use crate::kube::leader::{LeaderConfig, LeaderElector, Leadership};
 use crate::kube::status::{
-    ConditionStatus, ConditionsWriter, DesiredCondition, differs_beyond_messages,
-    invalid_spec_conditions,
+    ConditionStatus, ConditionsWriter, DesiredCondition, current_conditions,
+    differs_beyond_messages, invalid_spec_conditions,
 };
 use crate::kube::tokenreview::{TokenReviewConfig, TokenReviewVerifier};
 use crate::kube::types::{
@@ -602,11 +602,7 @@ async fn write_conditions(
                 // Our write is not in the watch yet.
                 continue;
             }
-            let current = gateway
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
+            let current = current_conditions(&gateway);
             let generation = gateway.metadata.generation.unwrap_or(0);
             if !differs_beyond_messages(current, &desired, generation) {
                 continue;

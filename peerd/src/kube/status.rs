@@ -77,6 +77,15 @@ pub fn invalid_spec_conditions(error: &SpecError) -> Vec<DesiredCondition> {
         .collect()
 }
 
+/// The conditions a Gateway's status holds now (none without a status).
+pub fn current_conditions(gateway: &Gateway) -> &[Condition] {
+    gateway
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default()
+}
+
 /// The conditions to apply for one Gateway, or `None` when what the Gateway already has
 /// matches `desired` (status, reason, message, observedGeneration). Pure: `now` is the
 /// transition time for conditions whose status changes.
@@ -175,11 +184,7 @@ impl ConditionsWriter {
         desired: &[DesiredCondition],
     ) -> anyhow::Result<WriteOutcome> {
         let name = gateway.name_any();
-        let current = gateway
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let current = current_conditions(gateway);
         let generation = gateway.metadata.generation.unwrap_or(0);
         let Some(conditions) = merge_conditions(current, desired, generation, Timestamp::now())
         else {
