@@ -25,6 +25,10 @@ pub struct ChangeSet {
     pub version: u64,
     pub kind: ResourceType,
     pub names: Vec<Arc<str>>,
+    /// Origin clusters of the resources this write upserted, sorted, when the writer
+    /// serves several origins (the merged view); empty otherwise. Spares subscribers a
+    /// lookup per name.
+    pub origins: Vec<Arc<str>>,
 }
 
 pub type ResourceMap = imbl::OrdMap<Arc<str>, Arc<Resource>>;
@@ -138,6 +142,18 @@ impl View {
         upserts: impl IntoIterator<Item = Arc<Resource>>,
         removals: impl IntoIterator<Item = Arc<str>>,
     ) -> Option<Arc<ChangeSet>> {
+        self.apply_from(kind, upserts, removals, Vec::new())
+    }
+
+    /// [`View::apply`] for a writer that serves several origins: the change set also
+    /// names the (sorted) `origins` of the upserts.
+    pub fn apply_from(
+        &self,
+        kind: ResourceType,
+        upserts: impl IntoIterator<Item = Arc<Resource>>,
+        removals: impl IntoIterator<Item = Arc<str>>,
+        origins: Vec<Arc<str>>,
+    ) -> Option<Arc<ChangeSet>> {
         // A poisoned lock only means another writer panicked; the state behind the
         // ArcSwap is still a consistent snapshot.
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,6 +198,7 @@ impl View {
             version: next.version,
             kind,
             names,
+            origins,
         });
         self.state.store(Arc::new(next));
         // No subscribers is fine: nobody is listening yet.

@@ -248,6 +248,62 @@ async fn wire_exchange_matches_ztunnel_and_reconnect_offers_held_versions() {
 }
 
 #[tokio::test]
+async fn a_large_response_is_stored_in_parts_then_marked_synced() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let store = Store::new();
+    let before = seed(&store);
+    let mut events = store.subscribe();
+    let _client = run(AdsClient::new(
+        options(upstream.addr, &upstream.pki),
+        Arc::clone(&store),
+    ));
+    let mut up = upstream.next_stream().await;
+    let _ = up.recv().await;
+    let _ = up.recv().await;
+    let pods: Vec<Arc<Resource>> = (0..20_000u32)
+        .map(|i| {
+            let [_, _, hi, lo] = i.to_be_bytes();
+            wl(&format!("c2//Pod/default/p{i}"), [10, 9, hi, lo])
+        })
+        .collect();
+    // One removal of a held name, one of a name the response also sends (kept).
+    up.send(response(
+        Address,
+        "big",
+        pods.iter().map(|r| wire(r)).collect(),
+        &["c2//Pod/default/old", "c2//Pod/default/p7"],
+    ))
+    .await;
+    assert!(up.recv().await.error_detail.is_none(), "ACKed");
+    let mut parts = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            peerd::store::StoreEvent::Changed { change, .. } => parts.push(change.names.len()),
+            peerd::store::StoreEvent::Synced { kind, .. } => {
+                assert_eq!(kind, Address);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // 20,000 upserts in parts of 8192, the removal with the last part; all of it before
+    // the type is marked synced.
+    assert_eq!(parts, vec![8192, 8192, 20_000 - 2 * 8192 + 1]);
+    let held = stored(&store, Address);
+    assert_eq!(held.0.len(), 20_000);
+    assert!(held.0.contains_key("c2//Pod/default/p7"));
+    assert!(!held.0.contains_key("c2//Pod/default/old"));
+    assert!(
+        before.0.contains_key("c2//Pod/default/old"),
+        "the removal had something to remove"
+    );
+}
+
+#[tokio::test]
 async fn bad_resources_are_nacked_by_name_and_the_good_ones_applied() {
     let mut upstream = ScriptedUpstream::start().await;
     let store = Store::new();

@@ -82,10 +82,8 @@ async fn record_peer_versions(
         };
         match change {
             Ok(change) => {
-                for name in &change.names {
-                    if let Some(origin) = federation.origin_of(change.kind, name) {
-                        versions.record(&origin, change.version);
-                    }
+                for origin in &change.origins {
+                    versions.record(origin, change.version);
                 }
             }
             // Lagging only delays the record to the next change; the version only grows.

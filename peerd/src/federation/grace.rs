@@ -5,12 +5,14 @@
 //! upstream sent, as it arrives. While an origin's type is synced (its first complete
 //! response since the stream (re)connected has been handled), every change is committed at
 //! once. While it is not (the stream dropped, or a reconnect has not completed its first
-//! response), changes are *not* committed: their names are parked, the merge keeps
-//! reading the last committed snapshot, and only the `Synced` event commits the new state
-//! and recomputes the parked names. So a peer that disconnects in the middle of a resync
-//! cannot replace its previous state with a partial one. The client marks a type synced
-//! after the first response it handles; a first response split in chunks (only above
-//! `max_message_size`) is therefore committed per chunk.
+//! response), changes to a type that has completed a sync before are *not* committed:
+//! their names are parked, the merge keeps reading the last complete snapshot, and only
+//! the `Synced` event commits the new state and recomputes the parked names. So a peer that
+//! disconnects in the middle of a resync cannot replace its previous state with a partial
+//! one. A type that has never completed a sync has no state to protect: its changes commit
+//! as they arrive (the client applies a large first response in parts, so the merge of the
+//! first part overlaps the validation of the next), and the state counts as *complete* only
+//! from its `Synced` event on (the export gate waits for that).
 //!
 //! Grace: an origin other than the local cluster that is not fully synced is *stale* from
 //! the moment that is first seen; after `grace_period` (None = never) it is withdrawn with
@@ -32,6 +34,9 @@ use crate::xds::types::ResourceType;
 #[derive(Default)]
 struct OriginState {
     committed: [Option<Arc<ViewState>>; 2],
+    /// A sync of the type has completed since this origin appeared: from then on a
+    /// resync is parked until it completes.
+    completed: [bool; 2],
     parked: [HashSet<Arc<str>>; 2],
 }
 
@@ -56,6 +61,13 @@ impl Commits {
         self.origins.get(origin)?.committed[kind.index()].as_ref()
     }
 
+    /// Whether the committed state of an origin's type comes from a completed sync.
+    pub fn is_complete(&self, origin: &str, kind: ResourceType) -> bool {
+        self.origins
+            .get(origin)
+            .is_some_and(|s| s.completed[kind.index()])
+    }
+
     /// Origins with committed state in precedence order: the local cluster first, then
     /// the others by cluster name.
     pub fn ordered(&self) -> Vec<Arc<str>> {
@@ -73,7 +85,7 @@ impl Commits {
         names: &[Arc<str>],
     ) -> Vec<Arc<str>> {
         let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
-        if !origin.is_synced(kind) {
+        if !origin.is_synced(kind) && state.completed[kind.index()] {
             state.parked[kind.index()].extend(names.iter().cloned());
             return Vec::new();
         }
@@ -87,6 +99,7 @@ impl Commits {
     pub fn on_synced(&mut self, origin: &Origin, kind: ResourceType) -> Vec<Arc<str>> {
         let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
         state.committed[kind.index()] = Some(origin.view.snapshot());
+        state.completed[kind.index()] = true;
         state.parked[kind.index()].drain().collect()
     }
 
@@ -108,8 +121,8 @@ impl Commits {
         out
     }
 
-    /// Re-reads every origin after missed events: synced types are committed anew, the
-    /// others keep their committed state. Returns every name of either.
+    /// Re-reads every origin after missed events: synced types (and types that never
+    /// completed a sync) are committed anew, the others keep their committed state. Returns every name of either.
     pub fn resync(&mut self, store: &Store) -> [HashSet<Arc<str>>; 2] {
         let mut names: [HashSet<Arc<str>>; 2] = Default::default();
         let present: HashSet<Arc<str>> = store
@@ -136,8 +149,9 @@ impl Commits {
                 let i = kind.index();
                 let live = origin.view.snapshot();
                 names[i].extend(live.resources(kind).keys().cloned());
-                if origin.is_synced(kind) {
+                if origin.is_synced(kind) || !state.completed[i] {
                     state.committed[i] = Some(live);
+                    state.completed[i] |= origin.is_synced(kind);
                     state.parked[i].clear();
                 } else {
                     state.parked[i].extend(live.resources(kind).keys().cloned());

@@ -75,8 +75,8 @@ impl ClaimSet {
     }
 }
 
-/// Computed served forms by name (`None`: not served).
-type Results = FastMap<Arc<str>, Option<Arc<Resource>>>;
+/// Computed served forms by name, with their origin (`None`: not served).
+type Results = FastMap<Arc<str>, Option<(Arc<str>, Arc<Resource>)>>;
 
 /// Names per published part of a large recompute (see [`Merger::recompute`]).
 const PIPELINE_PART: usize = 8192;
@@ -259,7 +259,7 @@ impl Merger {
                     }
                 }
             }
-            results.insert(name, result.map(|(_, r)| r));
+            results.insert(name, result);
             if results.len() >= chunk {
                 publish(std::mem::take(&mut results));
             }
@@ -274,13 +274,24 @@ impl Merger {
     fn publish(&self, kind: ResourceType, results: Results) {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
+        // A handful of origins at most, shared `Arc`s: a linear scan.
+        let mut origins: Vec<Arc<str>> = Vec::new();
         for (name, r) in results {
             match r {
-                Some(r) => upserts.push(r),
+                Some((origin, r)) => {
+                    if !origins
+                        .iter()
+                        .any(|o| Arc::ptr_eq(o, &origin) || *o == origin)
+                    {
+                        origins.push(origin);
+                    }
+                    upserts.push(r);
+                }
                 None => removals.push(name),
             }
         }
-        self.merged.apply(kind, upserts, removals);
+        origins.sort();
+        self.merged.apply_from(kind, upserts, removals, origins);
     }
 
     /// The served resource for one name and its origin, or `None`.

@@ -256,11 +256,11 @@ impl Federation {
         self.merger.recompute(commits, &self.exporter, kind, all);
     }
 
-    /// Opens the export gate once the local cluster has committed state of every type.
+    /// Opens the export gate once the local cluster has completed a sync of every type.
     fn update_ready(&self, commits: &grace::Commits) {
         if ResourceType::ALL
             .iter()
-            .all(|t| commits.committed(&self.config.cluster, *t).is_some())
+            .all(|t| commits.is_complete(&self.config.cluster, *t))
         {
             self.exporter.set_ready();
         }

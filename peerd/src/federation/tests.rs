@@ -870,6 +870,69 @@ fn changes_while_resyncing_are_parked_until_the_sync_completes() {
 }
 
 #[test]
+fn a_first_sync_is_merged_part_by_part_and_parked_only_once_complete() {
+    let (store, fed, mut rx) = setup();
+    let served = |name: &str| {
+        fed.merged()
+            .snapshot()
+            .get(ResourceType::Address, name)
+            .is_some()
+    };
+    // The local cluster's first response arrives in parts: each part is served at once,
+    // but the export gate waits for the completed sync.
+    store.apply(
+        LOCAL,
+        ResourceType::Address,
+        vec![local_pod("a", "127.1.0.1", &[])],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert!(
+        served(&format!("{LOCAL}//Pod/default/a")),
+        "first part served"
+    );
+    assert!(!fed.exporter().is_ready(), "not complete yet");
+    store.apply(
+        LOCAL,
+        ResourceType::Address,
+        vec![local_pod("b", "127.1.0.2", &[])],
+        vec![],
+    );
+    store.mark_synced(LOCAL, ResourceType::Address);
+    store.mark_synced(LOCAL, ResourceType::Authorization);
+    drain(&fed, &mut rx);
+    assert!(served(&format!("{LOCAL}//Pod/default/b")));
+    assert!(fed.exporter().is_ready());
+    // Same for a peer; once its sync has completed, a resync is parked again.
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![peer_pod("c2", "net1", "x", "127.2.1.1", false)],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert!(served("c2//Pod/default/x"), "a peer's first part served");
+    store.mark_synced("c2", ResourceType::Address);
+    store.mark_synced("c2", ResourceType::Authorization);
+    drain(&fed, &mut rx);
+    store.mark_unsynced("c2");
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::from("c2//Pod/default/x")],
+    );
+    drain(&fed, &mut rx);
+    assert!(served("c2//Pod/default/x"), "a partial resync is parked");
+    store.mark_synced("c2", ResourceType::Address);
+    drain(&fed, &mut rx);
+    assert!(
+        !served("c2//Pod/default/x"),
+        "applied once the resync completed"
+    );
+}
+
+#[test]
 fn stale_peer_is_withdrawn_only_after_the_grace_period() {
     let store = Store::new();
     let mut rx = store.subscribe();

@@ -158,14 +158,7 @@ pub async fn run_propagation(
             },
             change = published.recv() => match change {
                 Ok(change) => {
-                    let mut origins: Vec<Arc<str>> = change
-                        .names
-                        .iter()
-                        .filter_map(|name| federation.origin_of(change.kind, name))
-                        .collect();
-                    origins.sort();
-                    origins.dedup();
-                    tracker.on_published(change.kind, change.version, &origins);
+                    tracker.on_published(change.kind, change.version, &change.origins);
                 }
                 Err(RecvError::Lagged(n)) => tracing::debug!(missed = n, "propagation: merged changes lagged"),
                 Err(RecvError::Closed) => return,

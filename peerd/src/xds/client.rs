@@ -488,7 +488,10 @@ impl AdsClient {
             .map(|r| r.resource.as_ref().map_or(0, |a| a.value.len()))
             .sum();
         let share_buffer = body_bytes >= SHARE_RECEIVE_BUFFER_BYTES;
-        let mut upserts = Vec::new();
+        // Accepted names matter only to drop removals of names this response also sends.
+        let mut upserted: HashSet<Arc<str>> = HashSet::new();
+        let mut upserts = Vec::with_capacity(resp.resources.len().min(APPLY_PART));
+        let mut n_up = 0;
         for r in resp.resources {
             if duplicated.contains(&r.name) {
                 continue;
@@ -504,18 +507,27 @@ impl AdsClient {
                 Ok(res) => upserts.push(Arc::new(res)),
                 Err(reason) => errors.push((r.name, reason)),
             }
+            if upserts.len() == APPLY_PART {
+                n_up += upserts.len();
+                if !resp.removed_resources.is_empty() {
+                    upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
+                }
+                self.store
+                    .apply(peer, kind, std::mem::take(&mut upserts), Vec::new());
+            }
         }
+        n_up += upserts.len();
         let removals: Vec<Arc<str>> = if resp.removed_resources.is_empty() {
             Vec::new()
         } else {
-            let upserted: HashSet<&str> = upserts.iter().map(|r| &*r.name).collect();
+            upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
             resp.removed_resources
                 .iter()
                 .filter(|n| !upserted.contains(n.as_str()))
                 .map(|n| Arc::<str>::from(n.as_str()))
                 .collect()
         };
-        let (n_up, n_rm) = (upserts.len(), removals.len());
+        let n_rm = removals.len();
         self.store.apply(peer, kind, upserts, removals);
         if !synced[kind.index()] {
             synced[kind.index()] = true;
@@ -596,6 +608,11 @@ impl AdsClient {
 /// copy: the buffer is then mostly those bodies). Smaller responses are copied out, so a
 /// resource that lives for days never pins a receive buffer holding mostly other data.
 const SHARE_RECEIVE_BUFFER_BYTES: usize = 1 << 20;
+
+/// A large response is applied to the store in parts of this many resources, so the
+/// federation can merge the first part while later ones are still being validated (on
+/// another core). Removals go with the last part.
+const APPLY_PART: usize = 8192;
 
 /// Jittered exponential backoff: a uniform pick in [d/2, d] with d = initial·2^attempt
 /// capped at `max`.
