@@ -46,7 +46,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +62,9 @@ pub use export::Exporter;
 pub use import::{ImportError, ImportFilter, ImportStatus};
 pub use selector::FederationSelector;
 pub use settings::{ExportFlavor, FederationConfig, GatewayTarget, PeerPolicy};
+
+/// Most names one coalesced recompute takes (bounds how long other events wait).
+const MAX_BATCH: usize = 65_536;
 
 /// What status shows about one peer's contribution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -272,11 +276,7 @@ impl Federation {
         let mut commits = self.commits();
         match event {
             StoreEvent::Changed { origin, change, .. } => {
-                let Some(o) = self.store.get(&origin) else {
-                    return;
-                };
-                let names = commits.on_changed(&o, change.kind, &change.names);
-                self.propagate(&commits, &origin, change.kind, names);
+                self.changed(&mut commits, &origin, change.kind, &change.names);
             }
             StoreEvent::Synced { origin, kind } => {
                 let Some(o) = self.store.get(&origin) else {
@@ -303,6 +303,67 @@ impl Federation {
                     }
                 }
             }
+        }
+    }
+
+    fn changed(
+        &self,
+        commits: &mut grace::Commits,
+        origin: &Arc<str>,
+        kind: ResourceType,
+        names: &[Arc<str>],
+    ) {
+        let Some(o) = self.store.get(origin) else {
+            return;
+        };
+        let names = commits.on_changed(&o, kind, names);
+        self.propagate(commits, origin, kind, names);
+    }
+
+    /// Handles `first` and the events already queued behind it, merging consecutive
+    /// changes of one origin and type into one recompute. When federation falls behind
+    /// (a bulk load arriving in parts), its batches grow, and a large batch is merged
+    /// on two threads (see [`merge::Merger::recompute`]). Events keep their order.
+    fn handle_queued(&self, first: StoreEvent, events: &mut broadcast::Receiver<StoreEvent>) {
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            let StoreEvent::Changed { origin, change, .. } = event else {
+                self.handle(event);
+                next = self.try_next(events);
+                continue;
+            };
+            let kind = change.kind;
+            let mut names = change.names.clone();
+            loop {
+                next = self.try_next(events);
+                match &next {
+                    Some(StoreEvent::Changed {
+                        origin: o, change, ..
+                    }) if *o == origin && change.kind == kind && names.len() < MAX_BATCH => {
+                        names.extend(change.names.iter().cloned());
+                    }
+                    _ => break,
+                }
+            }
+            let _span = tracing::info_span!("federation.recompute").entered();
+            let mut commits = self.commits();
+            self.changed(&mut commits, &origin, kind, &names);
+        }
+    }
+
+    /// The next queued event, if any; after missed events, a full recompute.
+    fn try_next(&self, events: &mut broadcast::Receiver<StoreEvent>) -> Option<StoreEvent> {
+        match events.try_recv() {
+            Ok(event) => Some(event),
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "federation fell behind the store; full recompute"
+                );
+                self.recompute_all();
+                None
+            }
+            Err(TryRecvError::Empty | TryRecvError::Closed) => None,
         }
     }
 
@@ -337,7 +398,7 @@ impl Federation {
                     self.sweep();
                 }
                 e = events.recv() => match e {
-                    Ok(event) => self.handle(event),
+                    Ok(event) => self.handle_queued(event, &mut events),
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "federation fell behind the store; full recompute");
                         self.recompute_all();

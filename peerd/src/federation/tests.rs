@@ -933,6 +933,51 @@ fn a_first_sync_is_merged_part_by_part_and_parked_only_once_complete() {
 }
 
 #[test]
+fn queued_changes_of_one_origin_are_merged_in_one_recompute_in_order() {
+    let (store, fed, mut rx) = setup();
+    feed(&store, LOCAL, vec![], vec![]);
+    drain(&fed, &mut rx);
+    let before = fed.merged().snapshot().version;
+    // c2's first response in three parts, its sync, then a removal: all queued before
+    // federation looks.
+    for i in 1..=3 {
+        let pod = peer_pod(
+            "c2",
+            "net1",
+            &format!("p{i}"),
+            &format!("127.2.1.{i}"),
+            false,
+        );
+        store.apply("c2", ResourceType::Address, vec![pod], vec![]);
+    }
+    store.mark_synced("c2", ResourceType::Address);
+    store.mark_synced("c2", ResourceType::Authorization);
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::from("c2//Pod/default/p1")],
+    );
+    let first = rx.try_recv().unwrap();
+    fed.handle_queued(first, &mut rx);
+    assert!(rx.try_recv().is_err(), "every queued event handled");
+    let merged = fed.merged().snapshot();
+    assert!(
+        merged
+            .get(ResourceType::Address, "c2//Pod/default/p1")
+            .is_none(),
+        "removal applied last"
+    );
+    for name in ["c2//Pod/default/p2", "c2//Pod/default/p3"] {
+        assert!(merged.get(ResourceType::Address, name).is_some(), "{name}");
+    }
+    // Each recompute reads the store's live state (the removal included): the three
+    // parts are one publish, and the removal then changes nothing. Handled one by one,
+    // p2 and p3 would be two publishes.
+    assert_eq!(merged.version, before + 1);
+}
+
+#[test]
 fn stale_peer_is_withdrawn_only_after_the_grace_period() {
     let store = Store::new();
     let mut rx = store.subscribe();
