@@ -14,7 +14,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use crate::view::{ChangeSet, View};
+use crate::view::{AddressIndexing, ChangeSet, View};
 use crate::xds::resource::Resource;
 use crate::xds::types::ResourceType;
 
@@ -82,7 +82,7 @@ impl Store {
         let entry = self.origins.entry(Arc::from(name)).or_insert_with(|| {
             Arc::new(Origin {
                 name: Arc::from(name),
-                view: View::new(format!("origin/{name}")),
+                view: View::with_indexing(format!("origin/{name}"), AddressIndexing::ServicesOnly),
                 synced: [AtomicBool::new(false), AtomicBool::new(false)],
             })
         });

@@ -37,6 +37,19 @@ pub type ResourceMap = imbl::OrdMap<Arc<str>, Arc<Resource>>;
 /// workload the HAMT's sparse 32-slot nodes cost about three times the memory.
 type AddressIndex = imbl::OrdMap<Arc<str>, Arc<str>>;
 
+/// Which addresses a view indexes by `network/IP`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AddressIndexing {
+    /// Workloads and services: a view clients are served from (ztunnel looks workloads
+    /// up by IP on demand).
+    #[default]
+    All,
+    /// Service VIPs only: a view nobody is served from (an origin in the store). The
+    /// merge's VIP checks read it; one index entry per pod would be pure cost on the
+    /// sync path. A workload IP lookup (debug only) scans instead.
+    ServicesOnly,
+}
+
 /// An immutable snapshot of a view.
 #[derive(Clone, Default)]
 pub struct ViewState {
@@ -44,6 +57,7 @@ pub struct ViewState {
     resources: PerType<ResourceMap>,
     /// `network/IP` (ztunnel's on-demand key) → name of the workload or service owning it.
     by_address: AddressIndex,
+    indexing: AddressIndexing,
 }
 
 impl ViewState {
@@ -67,11 +81,22 @@ impl ViewState {
     /// `namespace/hostname`, or `network/IP`.
     pub fn resolve_address_key(&self, key: &str) -> Option<&Arc<Resource>> {
         let by_name = self.get(ResourceType::Address, key);
-        by_name.or_else(|| {
-            self.by_address
-                .get(key)
-                .and_then(|name| self.get(ResourceType::Address, name))
-        })
+        by_name
+            .or_else(|| self.indexed_address_owner(key))
+            .or_else(|| match self.indexing {
+                AddressIndexing::All => None,
+                AddressIndexing::ServicesOnly => self
+                    .resources(ResourceType::Address)
+                    .values()
+                    .find(|r| address_keys(r).iter().any(|k| **k == *key)),
+            })
+    }
+
+    /// The owner of a `network/IP` in the index (see [`AddressIndexing`]); never scans.
+    pub fn indexed_address_owner(&self, key: &str) -> Option<&Arc<Resource>> {
+        self.by_address
+            .get(key)
+            .and_then(|name| self.get(ResourceType::Address, name))
     }
 
     /// Counts (workloads, services) of the Address type, and authorizations.
@@ -112,10 +137,17 @@ const CHANGE_RING: usize = 4096;
 
 impl View {
     pub fn new(label: impl Into<Arc<str>>) -> Arc<View> {
+        View::with_indexing(label, AddressIndexing::All)
+    }
+
+    pub fn with_indexing(label: impl Into<Arc<str>>, indexing: AddressIndexing) -> Arc<View> {
         let (changes, _) = broadcast::channel(CHANGE_RING);
         Arc::new(View {
             label: label.into(),
-            state: ArcSwap::from_pointee(ViewState::default()),
+            state: ArcSwap::from_pointee(ViewState {
+                indexing,
+                ..ViewState::default()
+            }),
             writer: Mutex::new(()),
             changes,
         })
@@ -185,7 +217,11 @@ impl View {
                 }
                 unindex(&mut next.by_address, &old);
             }
-            for key in address_keys(&r) {
+            let indexed = match next.indexing {
+                AddressIndexing::All => true,
+                AddressIndexing::ServicesOnly => matches!(*r.summary, Summary::Service(_)),
+            };
+            for key in address_keys(&r).iter().filter(|_| indexed) {
                 next.by_address.insert(Arc::clone(key), Arc::clone(&r.name));
             }
             names.push(Arc::clone(&r.name));
@@ -305,5 +341,38 @@ mod tests {
         assert_eq!(&*s.resolve_address_key("a").unwrap().name, "a");
         view.replace_all(ResourceType::Address, []);
         assert!(view.snapshot().resolve_address_key("/127.0.0.9").is_none());
+    }
+
+    #[test]
+    fn a_services_only_view_indexes_vips_and_still_resolves_workload_ips() {
+        let view = View::with_indexing("origin/c1", AddressIndexing::ServicesOnly);
+        let svc = Arc::new(
+            Resource::service(&workload::Service {
+                name: "echo".into(),
+                namespace: "default".into(),
+                hostname: "echo.default.svc.cluster.local".into(),
+                addresses: vec![workload::NetworkAddress {
+                    network: String::new(),
+                    address: vec![127, 96, 0, 1],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        view.apply(
+            ResourceType::Address,
+            [wl("a", [127, 0, 0, 2], "n1"), svc],
+            [],
+        );
+        let s = view.snapshot();
+        let vip_owner = s.indexed_address_owner("/127.96.0.1").unwrap();
+        assert_eq!(&*vip_owner.name, "default/echo.default.svc.cluster.local");
+        assert!(
+            s.indexed_address_owner("/127.0.0.2").is_none(),
+            "no entry per pod"
+        );
+        assert_eq!(&*s.resolve_address_key("/127.0.0.2").unwrap().name, "a");
+        assert!(s.resolve_address_key("/127.0.0.3").is_none());
     }
 }

@@ -474,7 +474,8 @@ fn merge_service(
     // A VIP the local cluster uses for another service (not the one this was exported from).
     let taken = |a: &workload::NetworkAddress| -> Option<String> {
         let ip = crate::xds::resource::ip_from_bytes("Service.addresses", &a.address).ok()?;
-        let holder = local_state?.resolve_address_key(&format!("{}/{}", a.network, ip))?;
+        // Services only: a store view indexes service VIPs (see `AddressIndexing`).
+        let holder = local_state?.indexed_address_owner(&format!("{}/{}", a.network, ip))?;
         let same_service = holder
             .as_service()
             .is_some_and(|s| (s.namespace.clone(), s.name.clone()) == own);

@@ -248,8 +248,14 @@ impl Federation {
         if names.is_empty() {
             return;
         }
-        // Duplicates are fine: the merger computes each name once.
+        // Duplicates are fine: the merger computes each name once. In name order, the
+        // lookups and inserts of a large batch walk the B-trees' nodes in order, and each
+        // part the merger publishes fills one range of the merged view instead of copying
+        // nodes all over it that the previous part's snapshot still shares.
         let mut all = names;
+        if all.len() > 1 {
+            all.sort_unstable();
+        }
         if origin == self.config.cluster {
             let local = commits.committed(origin, kind).cloned().unwrap_or_default();
             let change = self.exporter.on_local_change(&local, kind, &all);
