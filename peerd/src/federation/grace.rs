@@ -122,7 +122,8 @@ impl Commits {
     }
 
     /// Re-reads every origin after missed events: synced types (and types that never
-    /// completed a sync) are committed anew, the others keep their committed state. Returns every name of either.
+    /// completed a sync) are committed anew, the others keep their committed state.
+    /// Returns every name of either.
     pub fn resync(&mut self, store: &Store) -> [HashSet<Arc<str>>; 2] {
         let mut names: [HashSet<Arc<str>>; 2] = Default::default();
         let present: HashSet<Arc<str>> = store

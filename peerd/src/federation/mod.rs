@@ -312,6 +312,8 @@ impl Federation {
         }
     }
 
+    /// Commits (or, during a resync, parks) a change of `names` and recomputes what it
+    /// touches.
     fn changed(
         &self,
         commits: &mut grace::Commits,
