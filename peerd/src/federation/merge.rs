@@ -151,18 +151,13 @@ impl Merger {
                 queue.push_back(n);
             }
         }
+        let run = |queue, queued, chunk, sink: &mut dyn FnMut(Results)| {
+            self.compute(commits, exporter, kind, queue, queued, chunk, sink);
+        };
         let inline = |queue, queued| {
-            self.compute(
-                commits,
-                exporter,
-                kind,
-                queue,
-                queued,
-                usize::MAX,
-                &mut |results| {
-                    self.publish(kind, results);
-                },
-            );
+            run(queue, queued, usize::MAX, &mut |results| {
+                self.publish(kind, results)
+            });
         };
         if queue.len() < 2 * PIPELINE_PART {
             inline(queue, queued);
@@ -181,18 +176,10 @@ impl Merger {
                 tracing::warn!(error = %e, "federation: cannot start the publish thread; publishing inline");
                 return inline(queue, queued);
             }
-            self.compute(
-                commits,
-                exporter,
-                kind,
-                queue,
-                queued,
-                PIPELINE_PART,
-                &mut |results| {
-                    // The publisher stops once `tx` is dropped, at the end of this scope.
-                    let _ = tx.send(results);
-                },
-            );
+            run(queue, queued, PIPELINE_PART, &mut |results| {
+                // The publisher stops once `tx` is dropped, at the end of this scope.
+                let _ = tx.send(results);
+            });
         });
     }
 
