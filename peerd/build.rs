@@ -28,9 +28,17 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, sizing large messages' buffers exactly (see `xds::codec`).
+        .codec_path("crate::xds::codec::PeerdCodec")
         .bytes(".envoy.service.discovery.v3")
         // Resource bodies stay `Bytes` end to end (see `xds::any`).
         .extern_path(".google.protobuf.Any", "crate::xds::any::Any")
+        // Written by hand so a server encodes held resources without copying them (see
+        // `xds::response`); re-exported under its generated path by `proto.rs`.
+        .extern_path(
+            ".envoy.service.discovery.v3.DeltaDiscoveryResponse",
+            "crate::xds::response::DeltaDiscoveryResponse",
+        )
         // Ordered maps: equal content must encode to equal bytes (content versions).
         .btree_map(".istio")
         .compile_fds(fds)

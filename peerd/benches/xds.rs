@@ -256,6 +256,7 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     let mut syncs = Vec::with_capacity(size.sync_trials);
     let mut sync_cpu = Vec::with_capacity(size.sync_trials);
     let mut rss_synced = 0f64;
+    let mut peak_synced = 0f64;
     type Running = (
         Peerd,
         tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -294,6 +295,7 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         sync_cpu.push(support::cpu_seconds(peerd.child.id()).unwrap_or(f64::NAN));
         // The largest of the trials: memory must fit every time.
         rss_synced = rss_synced.max(support::rss_mb(peerd.child.id()).unwrap_or(f64::NAN));
+        peak_synced = peak_synced.max(support::peak_rss_mb(peerd.child.id()).unwrap_or(f64::NAN));
         running = Some((peerd, client, seen));
     }
     let Some((peerd, client, seen)) = running else {
@@ -416,6 +418,13 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         rss_synced,
         "MB",
         if full { Goal::Below(300.0) } else { Goal::None },
+        None,
+    );
+    report.row(
+        "peerd peak RSS up to initial sync (largest trial)",
+        peak_synced,
+        "MB",
+        Goal::None,
         None,
     );
     report.row(

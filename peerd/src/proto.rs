@@ -1,4 +1,5 @@
-//! Generated protobuf and gRPC code for `proto/`. Nothing but `include!`s lives here.
+//! Generated protobuf and gRPC code for `proto/`. Nothing but `include!`s (and the
+//! re-export of the one hand-written message) lives here.
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
 pub mod google {
@@ -19,6 +20,8 @@ pub mod envoy {
         pub mod discovery {
             pub mod v3 {
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+                /// Hand-written (see `build.rs`), at its generated path.
+                pub use crate::xds::response::DeltaDiscoveryResponse;
             }
         }
     }

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::xds::resource::{Resource, Summary};
 use crate::xds::types::{PerType, ResourceType};
@@ -130,6 +130,9 @@ pub struct View {
     /// Serializes writers; readers never take it.
     writer: Mutex<()>,
     changes: broadcast::Sender<Arc<ChangeSet>>,
+    /// Whether the view holds a complete state that clients may be answered from (see
+    /// [`View::pending`]).
+    ready: watch::Sender<bool>,
 }
 
 /// How many change sets a subscriber may fall behind before it must resync fully.
@@ -141,16 +144,43 @@ impl View {
     }
 
     pub fn with_indexing(label: impl Into<Arc<str>>, indexing: AddressIndexing) -> Arc<View> {
+        View::build(label.into(), indexing, true)
+    }
+
+    /// A view that is not ready until [`View::set_ready`]: it fills up first (a restarted
+    /// peerd re-syncing its upstream), and servers hold every stream's first response
+    /// until then. Answering early would hand a fresh client a partial state as if it
+    /// were complete, and tell a reconnecting one to remove what it holds.
+    pub fn pending(label: impl Into<Arc<str>>) -> Arc<View> {
+        View::build(label.into(), AddressIndexing::All, false)
+    }
+
+    fn build(label: Arc<str>, indexing: AddressIndexing, ready: bool) -> Arc<View> {
         let (changes, _) = broadcast::channel(CHANGE_RING);
         Arc::new(View {
-            label: label.into(),
+            label,
             state: ArcSwap::from_pointee(ViewState {
                 indexing,
                 ..ViewState::default()
             }),
             writer: Mutex::new(()),
             changes,
+            ready: watch::Sender::new(ready),
         })
+    }
+
+    /// Marks the view complete: held streams are answered now. Final.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Watches [`View::is_ready`].
+    pub fn ready_signal(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     pub fn label(&self) -> &str {

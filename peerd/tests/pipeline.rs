@@ -31,6 +31,16 @@ struct Rig {
     token: String,
     client_tls: Arc<rustls::ClientConfig>,
     stop_sim: tokio::sync::watch::Sender<bool>,
+    /// The simulator, until it serves (see [`Sim::Later`]).
+    idle_sim: Option<(SimIstiod, tokio::sync::watch::Receiver<bool>)>,
+}
+
+/// Whether the simulated istiod serves from the start, or only once the test says so
+/// (peerd starts with its upstream unreachable).
+#[derive(PartialEq)]
+enum Sim {
+    Now,
+    Later,
 }
 
 fn free_port() -> u16 {
@@ -46,6 +56,10 @@ fn write(path: &Path, text: &str) {
 }
 
 async fn rig(workloads: usize, services: usize) -> Rig {
+    rig_with(workloads, services, Sim::Now).await
+}
+
+async fn rig_with(workloads: usize, services: usize, start: Sim) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::load_or_create(&dir.path().join("pki"), "test root").unwrap();
     let ca = pki.cluster_ca("cluster-1").unwrap();
@@ -62,7 +76,12 @@ async fn rig(workloads: usize, services: usize) -> Rig {
     let sim_view = Arc::clone(&sim.view);
     let istiod_token = sim.tls.token_path.clone();
     let (stop_sim, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())));
+    let idle_sim = if start == Sim::Now {
+        tokio::spawn(sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())));
+        None
+    } else {
+        Some((sim, shutdown))
+    };
 
     // peerd's serving certificate and the ztunnel token.
     let peerd_dir = dir.path().join("peerd");
@@ -113,6 +132,7 @@ upstreams:
         token,
         client_tls,
         stop_sim,
+        idle_sim,
     }
 }
 
@@ -125,6 +145,12 @@ impl Rig {
         Downstream::connect(self.xds, Arc::clone(&self.client_tls), Some(&self.token))
             .await
             .unwrap()
+    }
+
+    /// Starts a simulator created with [`Sim::Later`].
+    fn start_sim(&mut self) {
+        let (sim, shutdown) = self.idle_sim.take().unwrap();
+        tokio::spawn(sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())));
     }
 
     /// Waits until peerd's merged view equals the simulator's view.
@@ -326,6 +352,77 @@ async fn reconnect_gets_only_the_difference_and_on_demand_is_answered() {
         r.removed_resources,
         vec!["net1/127.250.250.250".to_string()]
     );
+    let _ = rig.stop_sim.send(true);
+}
+
+/// A restarted peerd whose istiod is not reachable yet must not answer a reconnecting
+/// ztunnel: an answer from its empty view would tell ztunnel to remove everything it
+/// holds. It answers once the local upstream has synced, with only what differs.
+#[tokio::test]
+async fn a_reconnecting_ztunnel_is_held_until_the_local_upstream_has_synced() {
+    let mut rig = rig_with(100, 10, Sim::Later).await;
+    // What a ztunnel synced by the previous peerd holds: the simulator's state.
+    let held = want(&rig.sim_view);
+    let versions = |h: &Held| -> Vec<(String, String)> {
+        h.0.iter()
+            .map(|(n, (v, _))| (n.clone(), v.clone()))
+            .collect()
+    };
+    let (addr_versions, authz_versions) = (versions(&held[0]), versions(&held[1]));
+    assert!(!addr_versions.is_empty() && !authz_versions.is_empty());
+    let mut z = rig.ztunnel().await;
+    z.initial(ResourceType::Address, &[], &[], &as_refs(&addr_versions))
+        .await;
+    z.initial(
+        ResourceType::Authorization,
+        &[],
+        &[],
+        &as_refs(&authz_versions),
+    )
+    .await;
+    let early = tokio::time::timeout(std::time::Duration::from_millis(700), z.rx.message()).await;
+    assert!(
+        early.is_err(),
+        "answered before the local upstream synced: {early:?}"
+    );
+    assert!(!rig.peerd().federation.merged().is_ready());
+
+    rig.start_sim();
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let r = z.recv_ack().await;
+        assert!(
+            r.resources.is_empty() && r.removed_resources.is_empty(),
+            "{}: {} resent, {} removed",
+            r.type_url,
+            r.resources.len(),
+            r.removed_resources.len()
+        );
+        answered.push(r.type_url);
+    }
+    answered.sort();
+    assert_eq!(
+        answered,
+        [
+            ResourceType::Authorization.type_url(),
+            ResourceType::Address.type_url()
+        ]
+    );
+    assert!(rig.peerd().federation.merged().is_ready());
+
+    // A ztunnel that holds nothing gets everything in its first response of each type.
+    let mut fresh = rig.ztunnel().await;
+    fresh.initial(ResourceType::Address, &[], &[], &[]).await;
+    fresh
+        .initial(ResourceType::Authorization, &[], &[], &[])
+        .await;
+    let mut got = [Held::default(), Held::default()];
+    for _ in 0..2 {
+        let r = fresh.recv_ack().await;
+        let kind = ResourceType::from_type_url(&r.type_url).unwrap();
+        got[kind.index()].apply(&r);
+    }
+    assert_eq!(got, held, "complete in the first responses");
     let _ = rig.stop_sim.send(true);
 }
 

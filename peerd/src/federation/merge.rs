@@ -112,7 +112,7 @@ impl Merger {
     pub fn new(local: &str, conflicts: Arc<Conflicts>) -> Merger {
         Merger {
             local: Arc::from(local),
-            merged: View::new("merged"),
+            merged: View::pending("merged"),
             conflicts,
             peer_origin_of: DashMap::default(),
             claims: Mutex::new(Claims::default()),

@@ -264,15 +264,31 @@ impl Federation {
             self.update_ready(commits);
         }
         self.merger.recompute(commits, &self.exporter, kind, all);
+        self.update_merged_ready(commits);
     }
 
-    /// Opens the export gate once the local cluster has completed a sync of every type.
-    fn update_ready(&self, commits: &grace::Commits) {
-        if ResourceType::ALL
+    /// Whether the local cluster has completed a sync of every type.
+    fn local_complete(&self, commits: &grace::Commits) -> bool {
+        ResourceType::ALL
             .iter()
             .all(|t| commits.is_complete(&self.config.cluster, *t))
-        {
+    }
+
+    /// Opens the export gate once the local cluster has completed a sync of every type
+    /// (before that sync's last part is recomputed, so the recompute exports it).
+    fn update_ready(&self, commits: &grace::Commits) {
+        if self.local_complete(commits) {
             self.exporter.set_ready();
+        }
+    }
+
+    /// Lets the merged view answer ztunnel once the local cluster's complete sync is
+    /// merged (after the recompute: the first answer must hold all of it).
+    fn update_merged_ready(&self, commits: &grace::Commits) {
+        let merged = self.merger.view();
+        if !merged.is_ready() && self.local_complete(commits) {
+            tracing::info!("federation: local upstream synced and merged; ztunnel is answered");
+            merged.set_ready();
         }
     }
 
@@ -291,6 +307,7 @@ impl Federation {
                 let names = commits.on_synced(&o, kind);
                 self.propagate(&commits, &origin, kind, names);
                 self.update_ready(&commits);
+                self.update_merged_ready(&commits);
             }
             StoreEvent::Removed { origin } => {
                 let names = commits.on_removed(&origin);

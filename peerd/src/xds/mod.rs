@@ -4,7 +4,9 @@
 pub mod any;
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod resource;
+pub mod response;
 pub mod server;
 pub mod stats;
 pub mod transport;

@@ -21,6 +21,7 @@ use super::registry::{AckEvent, Subscriber, Subscribers};
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::view::{ChangeSet, View, ViewState};
 use crate::xds::resource::Resource;
+use crate::xds::response::HeldResources;
 use crate::xds::types::{PerType, ResourceType};
 
 type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
@@ -241,17 +242,36 @@ impl Connection {
         // Subscribe before reading anything, so no change between the first snapshot and
         // the subscription is missed.
         let mut changes = self.view.subscribe();
+        // Until the view is ready nothing is sent, not even the first response (see
+        // `View::pending`); the first flush after it is a full diff of every subscribed
+        // type, so changes seen while held need no bookkeeping.
+        let mut ready = self.view.ready_signal();
+        let mut held = !*ready.borrow_and_update();
+        if held {
+            tracing::info!(view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: view not ready yet (local upstream still syncing); holding this stream's first response");
+        }
         let debounce = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(debounce);
         let mut armed = false;
         let exit = loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break Exit::Error(Status::unavailable("xds server shutting down")),
+                changed = ready.changed(), if held => {
+                    // The view (and its sender) outlives this task: an error cannot
+                    // happen, and would mean there is nothing to wait for.
+                    if changed.is_err() || *ready.borrow_and_update() {
+                        held = false;
+                        tracing::debug!(node = %self.entry.node(), "xds server: view ready; answering");
+                        if !self.flush(&tx).await {
+                            break Exit::ClientClosed;
+                        }
+                    }
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
                         match self.handle_request(req) {
                             Ok(flush_now) => {
-                                if flush_now && !self.flush(&tx).await {
+                                if flush_now && !held && !self.flush(&tx).await {
                                     break Exit::ClientClosed;
                                 }
                             }
@@ -265,6 +285,12 @@ impl Connection {
                     }
                 },
                 change = changes.recv() => {
+                    if held {
+                        if matches!(change, Err(broadcast::error::RecvError::Closed)) {
+                            break Exit::Error(Status::unavailable("view closed"));
+                        }
+                        continue;
+                    }
                     if !self.on_change(change) {
                         break Exit::Error(Status::unavailable("view closed"));
                     }
@@ -634,13 +660,11 @@ impl Connection {
                 });
                 let response = discovery::DeltaDiscoveryResponse {
                     system_version_info: snapshot.version.to_string(),
-                    resources: resources
-                        .into_iter()
-                        .map(|(name, r)| to_wire(kind, &name, &r))
-                        .collect(),
+                    held: HeldResources::new(kind.type_url(), resources),
                     type_url: kind.type_url().to_string(),
                     nonce: nonce.to_string(),
                     removed_resources: removed.into_iter().map(|n| n.to_string()).collect(),
+                    ..Default::default()
                 };
                 if !send(tx, &self.cancel, response).await {
                     return false;
@@ -732,18 +756,6 @@ fn chunk_response(
         }
     }
     chunks
-}
-
-fn to_wire(kind: ResourceType, wire_name: &str, r: &Resource) -> discovery::Resource {
-    discovery::Resource {
-        version: r.version.to_string(),
-        resource: Some(crate::xds::any::Any {
-            type_url: kind.type_url().to_string(),
-            value: r.body.clone(),
-        }),
-        name: wire_name.to_string(),
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]
