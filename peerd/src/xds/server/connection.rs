@@ -119,7 +119,9 @@ impl TypeState {
         // When a large share of the view changed (a bulk load), walking the snapshot in
         // order is cheaper than a lookup per changed name plus a sort of the result.
         let bulk = self.wildcard && dirty.len() >= snapshot.len(kind) / 4 + 1024;
-        if std::mem::take(&mut self.full_diff) || bulk {
+        let full = std::mem::take(&mut self.full_diff);
+        tracing::debug!(%kind, full, bulk, dirty = dirty.len(), sent = self.sent.len(), explicit = self.explicit.len(), "xds server: diff");
+        if full || bulk {
             if self.wildcard {
                 for (name, r) in snapshot.resources(kind).iter() {
                     if changed_version(&self.sent, name, r) {
