@@ -244,7 +244,7 @@ fn add_markers(
         .values()
         .find(|r| {
             r.as_workload()
-                .is_some_and(|w| w.services.iter().any(|s| keys.contains(s)))
+                .is_some_and(|w| w.services.iter().any(|s| keys.contains(&**s)))
         })
         .context("no workload backs a global service")?;
     let Some(workload::address::Type::Workload(base)) =
@@ -286,7 +286,7 @@ fn expected_views(clusters: &[Cluster]) -> Vec<[HashSet<String>; 2]> {
                 exported_services.insert(global_key(&s.namespace, &s.name));
             }
             if let Some(w) = r.as_workload()
-                && w.services.iter().any(|s| keys.contains(s))
+                && w.services.iter().any(|s| keys.contains(&**s))
             {
                 workloads.insert(r.name.to_string());
             }

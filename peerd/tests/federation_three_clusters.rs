@@ -159,8 +159,8 @@ async fn three_clusters_federate_with_export_rules_and_asymmetric_links() {
         .resources(ResourceType::Address)
         .values()
         .filter_map(|r| r.as_workload())
-        .filter(|w| w.services.contains(&key))
-        .map(|w| w.cluster_id.clone())
+        .filter(|w| w.services.iter().any(|k| **k == *key))
+        .map(|w| w.cluster_id.to_string())
         .collect();
     clusters.dedup();
     assert_eq!(
@@ -304,7 +304,7 @@ async fn local_changes_propagate_incrementally_to_importing_peers() {
         .values()
         .find(|r| {
             r.as_workload()
-                .is_some_and(|w| w.services.contains(&local_key))
+                .is_some_and(|w| w.services.iter().any(|k| **k == *local_key))
         })
         .cloned()
         .expect("a pod backs the global service");
@@ -354,7 +354,7 @@ async fn local_changes_propagate_incrementally_to_importing_peers() {
                 .resources(ResourceType::Address)
                 .values()
                 .filter_map(|r| r.as_workload())
-                .any(|w| w.cluster_id == "c2" && w.services.contains(&key))
+                .any(|w| &*w.cluster_id == "c2" && w.services.iter().any(|k| **k == *key))
         },
     )
     .await;

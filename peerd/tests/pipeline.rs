@@ -31,8 +31,14 @@ struct Rig {
     token: String,
     client_tls: Arc<rustls::ClientConfig>,
     stop_sim: tokio::sync::watch::Sender<bool>,
-    /// The simulator, until it serves (see [`Sim::Later`]).
-    idle_sim: Option<(SimIstiod, tokio::sync::watch::Receiver<bool>)>,
+    /// The simulator, until it serves (see [`Sim::Later`]), and a socket bound to its
+    /// port meanwhile: connections are refused, and no other socket of this busy test
+    /// process (or a connection to itself) can take the port before the simulator does.
+    idle_sim: Option<(
+        SimIstiod,
+        tokio::sync::watch::Receiver<bool>,
+        tokio::net::TcpSocket,
+    )>,
 }
 
 /// Whether the simulated istiod serves from the start, or only once the test says so
@@ -80,7 +86,10 @@ async fn rig_with(workloads: usize, services: usize, start: Sim) -> Rig {
         tokio::spawn(sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())));
         None
     } else {
-        Some((sim, shutdown))
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.set_reuseaddr(true).unwrap();
+        reserved.bind(sim_addr).unwrap();
+        Some((sim, shutdown, reserved))
     };
 
     // peerd's serving certificate and the ztunnel token.
@@ -149,7 +158,8 @@ impl Rig {
 
     /// Starts a simulator created with [`Sim::Later`].
     fn start_sim(&mut self) {
-        let (sim, shutdown) = self.idle_sim.take().unwrap();
+        let (sim, shutdown, reserved) = self.idle_sim.take().unwrap();
+        drop(reserved);
         tokio::spawn(sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())));
     }
 

@@ -113,15 +113,15 @@ impl Exporter {
     }
 
     /// The exported keys of the given local service keys (in order, global ones only).
-    pub fn exported_keys(&self, local_keys: &[String]) -> Vec<(String, Arc<str>)> {
+    pub fn exported_keys(&self, local_keys: &[Arc<str>]) -> Vec<(Arc<str>, Arc<str>)> {
         let index = self.lock();
         local_keys
             .iter()
             .filter_map(|k| {
                 index
                     .renamed
-                    .get(k.as_str())
-                    .map(|g| (k.clone(), Arc::clone(g)))
+                    .get(&**k)
+                    .map(|g| (Arc::clone(k), Arc::clone(g)))
             })
             .collect()
     }
@@ -188,17 +188,8 @@ impl Exporter {
                     touched_services.insert(Arc::clone(name));
                 }
                 Some(Summary::Workload(w)) => {
-                    // Service keys are shared by many workloads: reuse the index's Arc.
-                    let keys: Vec<Arc<str>> = w
-                        .services
-                        .iter()
-                        .map(|k| {
-                            index
-                                .backing
-                                .get_key_value(k.as_str())
-                                .map_or_else(|| Arc::from(k.as_str()), |(key, _)| Arc::clone(key))
-                        })
-                        .collect();
+                    // Service keys are interned: one copy, shared with the summaries.
+                    let keys: Vec<Arc<str>> = w.services.clone();
                     unindex_workload(&mut index, name);
                     let exportable = keys.iter().any(|k| index.renamed.contains_key(k));
                     for k in &keys {
@@ -306,11 +297,7 @@ impl Exporter {
     /// global service.
     fn export_workload(&self, index: &ExportIndex, r: &Resource) -> Option<[Arc<Resource>; 3]> {
         let w = r.as_workload()?;
-        if !w
-            .services
-            .iter()
-            .any(|k| index.renamed.contains_key(k.as_str()))
-        {
+        if !w.services.iter().any(|k| index.renamed.contains_key(&**k)) {
             return None;
         }
         let build = |gateway: Option<GatewayTarget>| -> Result<Arc<Resource>, String> {

@@ -164,15 +164,15 @@ impl ImportFilter {
                         peer: peer.clone(),
                     });
                 }
-                if w.cluster_id != *peer {
+                if *w.cluster_id != **peer {
                     return Err(ImportError::ClusterIdMismatch {
-                        found: w.cluster_id.clone(),
+                        found: w.cluster_id.to_string(),
                         peer: peer.clone(),
                     });
                 }
-                if w.network != self.policy.network {
+                if *w.network != *self.policy.network {
                     return Err(ImportError::NetworkMismatch {
-                        found: w.network.clone(),
+                        found: w.network.to_string(),
                         expected: self.policy.network.clone(),
                     });
                 }
@@ -180,7 +180,9 @@ impl ImportFilter {
                     return Err(ImportError::NoExportedService);
                 }
                 if let Some(key) = w.services.iter().find(|k| !is_global_key(k)) {
-                    return Err(ImportError::NotExportedServiceKey { key: key.clone() });
+                    return Err(ImportError::NotExportedServiceKey {
+                        key: key.to_string(),
+                    });
                 }
                 for ip in &w.addresses {
                     sane("Workload.addresses", *ip)?;

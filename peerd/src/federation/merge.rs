@@ -405,14 +405,14 @@ fn served(r: &Arc<Resource>) -> Arc<Resource> {
 /// result is [`served`] (shared with the origin when possible).
 pub fn add_service_keys(
     r: &Arc<Resource>,
-    extra: &[(String, Arc<str>)],
+    extra: &[(Arc<str>, Arc<str>)],
 ) -> Result<Arc<Resource>, String> {
     let Some(w) = r.as_workload() else {
         return Ok(served(r));
     };
-    let wanted: Vec<&(String, Arc<str>)> = extra
+    let wanted: Vec<&(Arc<str>, Arc<str>)> = extra
         .iter()
-        .filter(|(_, g)| !w.services.iter().any(|k| k == &**g))
+        .filter(|(_, g)| !w.services.iter().any(|k| k == g))
         .collect();
     if wanted.is_empty() {
         return Ok(served(r));
@@ -422,7 +422,7 @@ pub fn add_service_keys(
         for entry in e.fields().len_payloads(WORKLOAD_SERVICES)? {
             let fields = MessageEditor::parse(entry)?;
             let key = fields.last_string(1)?;
-            if let Some((_, global)) = wanted.iter().find(|(k, _)| *k == key) {
+            if let Some((_, global)) = wanted.iter().find(|(k, _)| **k == *key) {
                 let mut out = len_field(1, global.as_bytes());
                 if let Some(value) = fields.len_payloads(2)?.last() {
                     out.extend(len_field(2, value));

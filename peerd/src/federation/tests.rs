@@ -666,7 +666,7 @@ fn global_service_merges_workloads_ports_and_vips_from_all_clusters() {
         .resources(ResourceType::Address)
         .values()
         .filter_map(|r| r.as_workload())
-        .filter(|w| w.services.iter().any(|k| k == name))
+        .filter(|w| w.services.iter().any(|k| **k == *name))
         .map(|w| w.uid.clone())
         .collect();
     assert_eq!(

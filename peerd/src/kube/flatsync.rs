@@ -95,11 +95,11 @@ impl ImportedWorkload {
             .collect();
         ImportedWorkload {
             name: summary.name.clone(),
-            namespace: summary.namespace.clone(),
+            namespace: summary.namespace.to_string(),
             uid: summary.uid.clone(),
             address: summary.addresses.first().copied(),
-            network: summary.network.clone(),
-            service_account: summary.service_account.clone(),
+            network: summary.network.to_string(),
+            service_account: summary.service_account.to_string(),
             locality: locality.to_string(),
             services,
         }

@@ -610,8 +610,8 @@ mod tests {
             .values()
         {
             if let Some(wl) = r.as_workload() {
-                assert_eq!(wl.cluster_id, "cluster-3");
-                assert_eq!(wl.network, "cluster-3-network");
+                assert_eq!(&*wl.cluster_id, "cluster-3");
+                assert_eq!(&*wl.network, "cluster-3-network");
             }
         }
 

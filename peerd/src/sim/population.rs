@@ -925,12 +925,12 @@ mod tests {
                     workloads += 1;
                     assert!(w.uid.starts_with("cluster-2//Pod/"), "{}", w.uid);
                     assert_eq!(w.uid, format!("cluster-2//Pod/{}/{}", w.namespace, w.name));
-                    assert_eq!(w.cluster_id, "cluster-2");
-                    assert_eq!(w.network, "network-2");
+                    assert_eq!(&*w.cluster_id, "cluster-2");
+                    assert_eq!(&*w.network, "network-2");
                     assert!(!w.services.is_empty());
                     for key in &w.services {
                         assert!(
-                            addrs.iter().any(|s| &*s.name == key.as_str()),
+                            addrs.iter().any(|s| *s.name == **key),
                             "{key} names a generated service"
                         );
                     }

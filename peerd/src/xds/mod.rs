@@ -5,6 +5,7 @@ pub mod any;
 pub mod auth;
 pub mod client;
 pub mod codec;
+pub mod intern;
 pub mod resource;
 pub mod response;
 pub mod server;

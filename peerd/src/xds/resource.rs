@@ -13,6 +13,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::proto::istio::{security, workload};
+use crate::xds::intern::intern;
 use crate::xds::types::ResourceType;
 
 /// A validated resource. Cheap to clone behind an `Arc`.
@@ -56,14 +57,15 @@ pub enum Summary {
 pub struct WorkloadSummary {
     pub uid: String,
     pub name: String,
-    pub namespace: String,
-    pub cluster_id: String,
-    pub network: String,
+    // Values repeated across workloads are shared (see `xds::intern`).
+    pub namespace: Arc<str>,
+    pub cluster_id: Arc<str>,
+    pub network: Arc<str>,
     pub addresses: Vec<IpAddr>,
-    pub trust_domain: String,
-    pub service_account: String,
+    pub trust_domain: Arc<str>,
+    pub service_account: Arc<str>,
     /// Keys (`namespace/hostname`) of the services this workload backs.
-    pub services: Vec<String>,
+    pub services: Vec<Arc<str>>,
     pub has_network_gateway: bool,
     /// `network/IP` of each address: ztunnel's on-demand key, built once here and shared
     /// by every view's address index.
@@ -360,20 +362,20 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
         .iter()
         .map(|ip| address_key(&w.network, ip))
         .collect();
-    let mut services: Vec<String> = w.services.keys().cloned().collect();
-    services.sort();
-    if let Some(bad) = services.iter().find(|k| !k.contains('/')) {
+    // Keys of a BTreeMap: already sorted.
+    if let Some(bad) = w.services.keys().find(|k| !k.contains('/')) {
         return Err(ResourceError::BadServiceKey(bad.clone()));
     }
+    let services = w.services.keys().map(|k| intern(k)).collect();
     Ok(Summary::Workload(WorkloadSummary {
         uid: w.uid,
         name: w.name,
-        namespace: w.namespace,
-        cluster_id: w.cluster_id,
-        network: w.network,
+        namespace: intern(&w.namespace),
+        cluster_id: intern(&w.cluster_id),
+        network: intern(&w.network),
         addresses,
-        trust_domain: w.trust_domain,
-        service_account: w.service_account,
+        trust_domain: intern(&w.trust_domain),
+        service_account: intern(&w.service_account),
         services,
         has_network_gateway: w.network_gateway.is_some(),
         address_keys,

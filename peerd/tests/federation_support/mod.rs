@@ -177,7 +177,7 @@ impl Cluster {
             .snapshot()
             .resources(ResourceType::Address)
             .values()
-            .filter(|r| r.as_workload().is_some_and(|w| w.cluster_id == cluster))
+            .filter(|r| r.as_workload().is_some_and(|w| *w.cluster_id == *cluster))
             .count()
     }
 }
