@@ -15,8 +15,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Milliseconds before freed memory goes back to the OS. mimalloc v3's default (1 s)
 /// leaves a full resync's transient buffers (tens of MB) counted in RSS, which is what a
-/// container memory limit sees; v2's 10 ms keeps RSS close to live memory for little CPU.
-const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// container memory limit sees. 10 ms (v2's default) returned a bulk load's buffers
+/// between its parts, only to fault them in (and have the kernel zero them) again: at
+/// 100k workloads, 100 ms synced in 1.5–1.7 s against 1.7–2.3 s, for 5–9 MB more RSS
+/// right after the sync and the same RSS once settled (`cargo xtask bench xds`, A/B).
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// Sets mimalloc options, unless the operator set them (`MIMALLOC_PURGE_DELAY`).
 fn tune_allocator() {
