@@ -205,6 +205,7 @@ async fn downstream(
                 seen.names[i].remove(name);
             }
             let timed = seen.timed;
+            seen.names[i].reserve(r.resources.len());
             for res in r.resources {
                 if timed {
                     seen.arrivals

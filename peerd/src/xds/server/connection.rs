@@ -671,6 +671,7 @@ impl Connection {
                 if !send(tx, &self.cancel, response).await {
                     return false;
                 }
+                tracing::debug!(%kind, "xds server: response queued");
             }
         }
         if progressed {
