@@ -5,8 +5,12 @@
 //! and is then split. After a first response to ztunnel (the whole state, tens of MB),
 //! the buffer's spare capacity stayed behind in that allocation, the next small pushes
 //! were written there, and the stream kept the whole block for its lifetime. Reserving
-//! exactly leaves no spare capacity: the next message starts a new, small buffer while
-//! the large one is still being sent, and the large one is freed once sent.
+//! exactly leaves no spare capacity: a message encoded while the large one is still
+//! being sent starts a new, small buffer, and the large one is freed once sent (measured:
+//! RSS after the churn phase of `bench xds` back from 297 to about 255 MB; ztunnel's
+//! first responses of both types go out back to back). A stream whose next message comes
+//! only after the large one was sent may still get its block back for reuse: `bytes`
+//! reclaims a buffer nobody else holds.
 //!
 //! It owns only buffer sizing; it must never change what is encoded or decoded.
 
