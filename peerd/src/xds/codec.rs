@@ -70,7 +70,9 @@ impl<T: Message> Encoder for ExactEncoder<T> {
         if len >= EXACT_FROM_BYTES {
             buf.reserve(len);
         }
-        item.encode(buf)
-            .map_err(|e| Status::internal(format!("encoding a {len}-byte message: {e}")))
+        // `Message::encode` would compute the length again (a walk over every resource of
+        // a full response) only to check capacity, and this buffer grows as needed.
+        item.encode_raw(buf);
+        Ok(())
     }
 }

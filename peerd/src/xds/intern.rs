@@ -6,7 +6,9 @@
 //! counting allocator over the simulator's population); shared, they cost one per value.
 //!
 //! It owns only the table and must never grow without bound: at [`MAX_ENTRIES`] it drops
-//! the values no summary holds any more, and past that it hands out unshared copies.
+//! the values no summary holds any more, and past that it hands out unshared copies
+//! (pruning again only after [`PRUNE_EVERY`] such calls, so a full table of live values
+//! costs no scan per call).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,17 @@ const MAX_ENTRIES: usize = 65_536;
 /// memory bound large.
 const MAX_LEN: usize = 256;
 
-static TABLE: Mutex<Option<HashSet<Arc<str>, foldhash::fast::RandomState>>> = Mutex::new(None);
+/// Calls answered with an unshared copy between two prunes of a full table.
+const PRUNE_EVERY: usize = MAX_ENTRIES / 4;
+
+#[derive(Default)]
+struct Table {
+    values: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    /// Unshared copies handed out since the last prune.
+    unshared: usize,
+}
+
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 /// The shared copy of `s`.
 pub fn intern(s: &str) -> Arc<str> {
@@ -27,18 +39,22 @@ pub fn intern(s: &str) -> Arc<str> {
     }
     // A poisoned lock only means another thread panicked mid-insert; the set is intact.
     let mut guard = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let table = guard.get_or_insert_with(HashSet::default);
-    if let Some(shared) = table.get(s) {
+    let table = guard.get_or_insert_with(Table::default);
+    if let Some(shared) = table.values.get(s) {
         return Arc::clone(shared);
     }
-    if table.len() >= MAX_ENTRIES {
-        table.retain(|v| Arc::strong_count(v) > 1);
-        if table.len() >= MAX_ENTRIES {
+    if table.values.len() >= MAX_ENTRIES {
+        if table.unshared.is_multiple_of(PRUNE_EVERY) {
+            table.values.retain(|v| Arc::strong_count(v) > 1);
+        }
+        if table.values.len() >= MAX_ENTRIES {
+            table.unshared += 1;
             return Arc::from(s);
         }
+        table.unshared = 0;
     }
     let shared: Arc<str> = Arc::from(s);
-    table.insert(Arc::clone(&shared));
+    table.values.insert(Arc::clone(&shared));
     shared
 }
 
@@ -66,7 +82,7 @@ mod tests {
         for i in 0..MAX_ENTRIES + 10 {
             drop(intern(&format!("transient-{i}")));
         }
-        let len = TABLE.lock().unwrap().as_ref().map_or(0, |t| t.len());
+        let len = TABLE.lock().unwrap().as_ref().map_or(0, |t| t.values.len());
         assert!(len <= MAX_ENTRIES, "{len}");
         // Values still held by someone survive a prune and stay shared.
         for (i, h) in held.iter().enumerate() {

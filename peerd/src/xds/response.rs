@@ -64,21 +64,13 @@ impl HeldResources {
         HeldResources { type_url, entries }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &(Arc<str>, Arc<Resource>)> {
-        self.entries.iter()
-    }
-
-    /// The generated message of one entry (tests and debugging; the encoder never
-    /// builds it).
-    pub fn to_wire(&self, name: &str, r: &Resource) -> WireResource {
+    /// The generated message of one entry, to compare encodings with.
+    #[cfg(test)]
+    fn to_wire(&self, name: &str, r: &Resource) -> WireResource {
         WireResource {
             version: r.version.to_string(),
             resource: Some(crate::xds::any::Any {
