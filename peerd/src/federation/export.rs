@@ -163,6 +163,11 @@ impl Exporter {
         }
         let mut touched_services: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut index = self.lock();
+        // A bulk load grows this to about the local view's size: sized once, it skips
+        // rehashing every entry at each doubling.
+        let expected = local.len(kind);
+        let held = index.services_of.len();
+        index.services_of.reserve(expected.saturating_sub(held));
         for name in names {
             match local.get(kind, name).map(|r| &*r.summary) {
                 Some(Summary::Service(s)) => {

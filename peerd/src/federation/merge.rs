@@ -144,8 +144,11 @@ impl Merger {
         kind: ResourceType,
         names: impl IntoIterator<Item = Arc<str>>,
     ) {
-        let mut queue: VecDeque<Arc<str>> = VecDeque::new();
-        let mut queued: FastSet<Arc<str>> = FastSet::default();
+        let names = names.into_iter();
+        let (expected, _) = names.size_hint();
+        let mut queue: VecDeque<Arc<str>> = VecDeque::with_capacity(expected);
+        let mut queued: FastSet<Arc<str>> =
+            FastSet::with_capacity_and_hasher(expected, Default::default());
         for n in names {
             if queued.insert(Arc::clone(&n)) {
                 queue.push_back(n);
@@ -205,6 +208,20 @@ impl Merger {
         let mut results: Results =
             FastMap::with_capacity_and_hasher(queue.len().min(chunk), Default::default());
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if kind == ResourceType::Address
+            && let Some(local) = &local_state
+        {
+            // A bulk load grows the claims to about the local view's size. Sized once,
+            // they skip rehashing every entry (reading each key again) at each doubling.
+            let expected = local.len(ResourceType::Address);
+            let claims = &mut *claims;
+            claims
+                .of_uid
+                .reserve(expected.saturating_sub(claims.of_uid.len()));
+            claims
+                .by_key
+                .reserve(expected.saturating_sub(claims.by_key.len()));
+        }
         while let Some(name) = queue.pop_front() {
             queued.remove(&name);
             let mut candidates: Vec<(Arc<str>, Arc<Resource>)> = Vec::new();

@@ -263,6 +263,12 @@ impl Connection {
                     // happen, and would mean there is nothing to wait for.
                     if changed.is_err() || *ready.borrow_and_update() {
                         held = false;
+                        // Every change queued so far is in the snapshot the full flush
+                        // reads (a change is sent after its snapshot is stored): dropped
+                        // here, it costs no second pass over the same names.
+                        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
+                            changes.try_recv()
+                        {}
                         tracing::debug!(node = %self.entry.node(), "xds server: view ready; answering");
                         if !self.flush(&tx).await {
                             break Exit::ClientClosed;
