@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(churn.stats().changes(), 1500);
         // Every resource in the view still validates.
         for r in view.snapshot().resources(ResourceType::Address).values() {
-            Resource::from_wire(r.kind, &r.name, &r.version, r.body.clone()).unwrap();
+            Resource::from_wire(r.kind, &*r.name, &*r.version, r.body.clone()).unwrap();
         }
     }
 

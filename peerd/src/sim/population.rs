@@ -918,7 +918,7 @@ mod tests {
         assert_eq!(authz.len(), 12);
         let (mut workloads, mut services) = (0, 0);
         for r in addrs.iter().chain(&authz) {
-            let again = Resource::from_wire(r.kind, &r.name, &r.version, r.body.clone()).unwrap();
+            let again = Resource::from_wire(r.kind, &*r.name, &*r.version, r.body.clone()).unwrap();
             assert_eq!(again.summary, r.summary);
             match &*r.summary {
                 Summary::Workload(w) => {

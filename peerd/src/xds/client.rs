@@ -36,9 +36,10 @@ use tonic::metadata::{MetadataKey, MetadataValue};
 use crate::identity::classify::{FailureReason, classify_tls};
 use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::envoy::service::discovery::v3 as discovery;
-use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::proto::google::rpc;
 use crate::store::Store;
+use crate::xds::codec::PeerdCodec;
+use crate::xds::received::{Envelope, ReceivedResponse};
 use crate::xds::resource::{Resource, ResourceError};
 use crate::xds::stats::StreamStats;
 use crate::xds::transport::{ConnectError, TlsConnectorService, find_connect_error};
@@ -351,7 +352,7 @@ impl AdsClient {
             _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
             c = endpoint.connect_with_connector(connector) => c.map_err(|e| classify_transport(&e, &opts.endpoint))?,
         };
-        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        let mut client = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(opts.max_message_size)
             .max_encoding_message_size(opts.max_message_size);
 
@@ -381,7 +382,7 @@ impl AdsClient {
         }
         let response = tokio::select! {
             _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-            r = client.delta_aggregated_resources(request) => r.map_err(|s| classify_status(&s, &opts.endpoint))?,
+            r = open_delta_stream(&mut client, request) => r.map_err(|s| classify_status(&s, &opts.endpoint))?,
         };
         let mut inbound = response.into_inner();
         self.stats.connected();
@@ -449,7 +450,7 @@ impl AdsClient {
     #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
     fn handle_response(
         &self,
-        resp: discovery::DeltaDiscoveryResponse,
+        resp: ReceivedResponse,
         synced: &mut [bool; 2],
     ) -> discovery::DeltaDiscoveryRequest {
         let peer = self.origin();
@@ -464,10 +465,13 @@ impl AdsClient {
         };
         metrics::counter!("peerd_xds_client_responses_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
             .increment(1);
+        // Every envelope first: duplicates are known before anything is applied.
+        let envelopes: Vec<Result<Envelope, prost::DecodeError>> =
+            resp.resources.iter().map(Envelope::parse).collect();
         let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(resp.resources.len(), Default::default());
-        for r in &resp.resources {
-            *seen.entry(r.name.as_str()).or_default() += 1;
+            HashMap::with_capacity_and_hasher(envelopes.len(), Default::default());
+        for e in envelopes.iter().flatten() {
+            *seen.entry(&*e.name).or_default() += 1;
         }
         let duplicated: HashSet<String> = seen
             .into_iter()
@@ -482,30 +486,35 @@ impl AdsClient {
         } {
             errors.push((name.clone(), ResourceError::Duplicate.to_string()));
         }
-        let body_bytes: usize = resp
-            .resources
+        let body_bytes: usize = envelopes
             .iter()
-            .map(|r| r.resource.as_ref().map_or(0, |a| a.value.len()))
+            .flatten()
+            .map(|e| e.payload.as_ref().map_or(0, |p| p.value.len()))
             .sum();
         let share_buffer = body_bytes >= SHARE_RECEIVE_BUFFER_BYTES;
         // Accepted names matter only to drop removals of names this response also sends.
         let mut upserted: HashSet<Arc<str>> = HashSet::new();
-        let mut upserts = Vec::with_capacity(resp.resources.len().min(APPLY_PART));
+        let mut upserts = Vec::with_capacity(envelopes.len().min(APPLY_PART));
         let mut n_up = 0;
-        for r in resp.resources {
-            if duplicated.contains(&r.name) {
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            let envelope = match envelope {
+                Ok(e) => e,
+                Err(e) => {
+                    // No name to give: the position in the response says which.
+                    errors.push((
+                        format!("resources[{i}]"),
+                        format!("malformed Resource: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            if duplicated.contains(&*envelope.name) {
                 continue;
             }
-            match self.accept(
-                kind,
-                &resp.type_url,
-                r.name.as_str(),
-                &r.version,
-                r.resource,
-                share_buffer,
-            ) {
+            let name = Arc::clone(&envelope.name);
+            match self.accept(kind, &resp.type_url, envelope, share_buffer) {
                 Ok(res) => upserts.push(Arc::new(res)),
-                Err(reason) => errors.push((r.name, reason)),
+                Err(reason) => errors.push((name.to_string(), reason)),
             }
             if upserts.len() == APPLY_PART {
                 n_up += upserts.len();
@@ -577,17 +586,17 @@ impl AdsClient {
         &self,
         kind: ResourceType,
         type_url: &str,
-        name: &str,
-        version: &str,
-        payload: Option<crate::xds::any::Any>,
+        envelope: Envelope,
         share_buffer: bool,
     ) -> Result<Resource, String> {
-        let any = payload.ok_or_else(|| ResourceError::MissingPayload.to_string())?;
+        let any = envelope
+            .payload
+            .ok_or_else(|| ResourceError::MissingPayload.to_string())?;
         // ztunnel ignores Any.type_url; an empty one is tolerated, a different one is not.
-        if !any.type_url.is_empty() && any.type_url != type_url {
+        if !any.type_url().is_empty() && any.type_url() != type_url {
             return Err(ResourceError::TypeMismatch {
                 expected: type_url.to_string(),
-                found: any.type_url,
+                found: any.type_url().to_string(),
             }
             .to_string());
         }
@@ -596,12 +605,35 @@ impl AdsClient {
         } else {
             Bytes::copy_from_slice(&any.value)
         };
-        let resource = Resource::from_wire(kind, name, version, body).map_err(|e| e.to_string())?;
+        let resource = Resource::from_wire(kind, envelope.name, envelope.version, body)
+            .map_err(|e| e.to_string())?;
         if let Some(filter) = &self.filter {
             filter.check(self.origin(), &resource)?;
         }
         Ok(resource)
     }
+}
+
+/// Opens `DeltaAggregatedResources` as the generated client does, except that responses
+/// are decoded as [`ReceivedResponse`] (resources parsed while they are applied).
+async fn open_delta_stream(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    request: tonic::Request<ReceiverStream<discovery::DeltaDiscoveryRequest>>,
+) -> Result<tonic::Response<tonic::Streaming<ReceivedResponse>>, tonic::Status> {
+    const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+    const METHOD: &str = "DeltaAggregatedResources";
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+    );
+    let mut request = tonic::IntoStreamingRequest::into_streaming_request(request);
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new(SERVICE, METHOD));
+    let codec = PeerdCodec::<discovery::DeltaDiscoveryRequest, ReceivedResponse>::default();
+    grpc.streaming(request, path, codec).await
 }
 
 /// Bodies of a response at least this large stay slices of tonic's receive buffer (no

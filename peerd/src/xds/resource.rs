@@ -126,20 +126,20 @@ impl Resource {
     /// `name` is the name the sender gave it; it must equal the semantic name.
     pub fn from_wire(
         kind: ResourceType,
-        name: &str,
-        version: &str,
+        name: impl AsRef<str> + Into<Arc<str>>,
+        version: impl Into<Arc<str>>,
         body: Bytes,
     ) -> Result<Resource, ResourceError> {
         let summary = summarize(kind, &body)?;
-        if !summary.has_semantic_name(name) {
+        if !summary.has_semantic_name(name.as_ref()) {
             return Err(ResourceError::NameMismatch {
                 expected: summary.semantic_name(),
             });
         }
         Ok(Resource {
             kind,
-            name: Arc::from(name),
-            version: Arc::from(version),
+            name: name.into(),
+            version: version.into(),
             body,
             summary: Arc::new(summary),
         })

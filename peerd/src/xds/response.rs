@@ -25,17 +25,17 @@ use prost::encoding::{
 use crate::proto::envoy::service::discovery::v3::Resource as WireResource;
 use crate::xds::resource::Resource;
 
-const SYSTEM_VERSION_INFO: u32 = 1;
-const RESOURCES: u32 = 2;
-const TYPE_URL: u32 = 4;
-const NONCE: u32 = 5;
-const REMOVED_RESOURCES: u32 = 6;
+pub(crate) const SYSTEM_VERSION_INFO: u32 = 1;
+pub(crate) const RESOURCES: u32 = 2;
+pub(crate) const TYPE_URL: u32 = 4;
+pub(crate) const NONCE: u32 = 5;
+pub(crate) const REMOVED_RESOURCES: u32 = 6;
 
-const RESOURCE_VERSION: u32 = 1;
-const RESOURCE_ANY: u32 = 2;
-const RESOURCE_NAME: u32 = 3;
-const ANY_TYPE_URL: u32 = 1;
-const ANY_VALUE: u32 = 2;
+pub(crate) const RESOURCE_VERSION: u32 = 1;
+pub(crate) const RESOURCE_ANY: u32 = 2;
+pub(crate) const RESOURCE_NAME: u32 = 3;
+pub(crate) const ANY_TYPE_URL: u32 = 1;
+pub(crate) const ANY_VALUE: u32 = 2;
 
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct DeltaDiscoveryResponse {
@@ -148,7 +148,7 @@ impl fmt::Debug for HeldResources {
 }
 
 /// A proto3 string field: omitted when empty.
-fn str_field_len(tag: u32, value: &str) -> usize {
+pub(crate) fn str_field_len(tag: u32, value: &str) -> usize {
     if value.is_empty() {
         0
     } else {
@@ -164,7 +164,7 @@ fn bytes_field_len(tag: u32, len: usize) -> usize {
     }
 }
 
-fn put_str_field(tag: u32, value: &str, buf: &mut impl BufMut) {
+pub(crate) fn put_str_field(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(value.len() as u64, buf);
