@@ -15,11 +15,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Milliseconds before freed memory goes back to the OS. mimalloc v3's default (1 s)
 /// leaves a full resync's transient buffers (tens of MB) counted in RSS, which is what a
-/// container memory limit sees. 10 ms (v2's default) returned a bulk load's buffers
-/// between its parts, only to fault them in (and have the kernel zero them) again: at
-/// 100k workloads, 100 ms synced in 1.5–1.7 s against 1.7–2.3 s, for 5–9 MB more RSS
-/// right after the sync and the same RSS once settled (`cargo xtask bench xds`, A/B).
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
+/// container memory limit sees. Session-5 measurements favoured 100 ms (10 ms returned a
+/// bulk load's buffers between its parts only to fault them in again); since the sync
+/// path allocates less, 10 ms syncs as fast (median 1.15 s against 1.13 s over six A/B
+/// runs of `cargo xtask bench xds`) with RSS right after the sync at 246 MB instead of
+/// 287 MB (medians).
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Sets mimalloc options, unless the operator set them (`MIMALLOC_PURGE_DELAY`).
 fn tune_allocator() {
@@ -33,10 +34,37 @@ fn tune_allocator() {
     }
 }
 
+/// How often freed memory past its purge delay is handed back. mimalloc purges only
+/// when some thread calls into it, so a peerd that went quiet after a bulk load (a full
+/// sync, then no change for minutes) kept tens of MB of freed buffers in RSS until the
+/// next change. A call with nothing to purge returns after one clock read.
+const PURGE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts the thread that purges on [`PURGE_TICK`].
+fn start_purger() {
+    let spawned = std::thread::Builder::new()
+        .name("mem-purge".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(PURGE_TICK);
+                // SAFETY: mi_collect(false) only returns memory mimalloc holds as free (and
+                // whose purge delay has passed) to the OS; any thread may call it anytime.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libmimalloc_sys::mi_collect(false);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the memory purge thread; freed memory is returned only when peerd allocates again");
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tune_allocator();
     let telemetry = peerd::telemetry::init();
+    start_purger();
     let cli = peerd::cli::Cli::parse();
     let code = match peerd::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

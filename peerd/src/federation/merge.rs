@@ -144,26 +144,24 @@ impl Merger {
         kind: ResourceType,
         names: impl IntoIterator<Item = Arc<str>>,
     ) {
-        let names = names.into_iter();
-        let (expected, _) = names.size_hint();
-        let mut queue: VecDeque<Arc<str>> = VecDeque::with_capacity(expected);
-        let mut queued: FastSet<Arc<str>> =
-            FastSet::with_capacity_and_hasher(expected, Default::default());
-        for n in names {
-            if queued.insert(Arc::clone(&n)) {
-                queue.push_back(n);
-            }
+        // Deduplicated by sorting (a bulk load arrives sorted): no set of 100k names to
+        // hash, grow and empty again.
+        let mut names: Vec<Arc<str>> = names.into_iter().collect();
+        if !names.is_sorted() {
+            names.sort_unstable();
         }
-        let run = |queue, queued, chunk, sink: &mut dyn FnMut(Results)| {
-            self.compute(commits, exporter, kind, queue, queued, chunk, sink);
+        names.dedup();
+        let queue = VecDeque::from(names);
+        let run = |queue, chunk, sink: &mut dyn FnMut(Results)| {
+            self.compute(commits, exporter, kind, queue, chunk, sink);
         };
-        let inline = |queue, queued| {
-            run(queue, queued, usize::MAX, &mut |results| {
+        let inline = |queue| {
+            run(queue, usize::MAX, &mut |results| {
                 self.publish(kind, results)
             });
         };
         if queue.len() < 2 * PIPELINE_PART {
-            inline(queue, queued);
+            inline(queue);
             return;
         }
         std::thread::scope(|scope| {
@@ -177,9 +175,9 @@ impl Merger {
                 });
             if let Err(e) = publisher {
                 tracing::warn!(error = %e, "federation: cannot start the publish thread; publishing inline");
-                return inline(queue, queued);
+                return inline(queue);
             }
-            run(queue, queued, PIPELINE_PART, &mut |results| {
+            run(queue, PIPELINE_PART, &mut |results| {
                 // The publisher stops once `tx` is dropped, at the end of this scope.
                 let _ = tx.send(results);
             });
@@ -195,7 +193,6 @@ impl Merger {
         exporter: &Exporter,
         kind: ResourceType,
         mut queue: VecDeque<Arc<str>>,
-        mut queued: FastSet<Arc<str>>,
         chunk: usize,
         publish: &mut dyn FnMut(Results),
     ) {
@@ -205,6 +202,9 @@ impl Merger {
             .committed(&self.local, ResourceType::Address)
             .cloned();
         // A name requeued after it was computed is computed again: the last result wins.
+        // Only requeued names are tracked (to requeue each once): one still waiting
+        // from the input may be computed twice, which changes nothing.
+        let mut requeued: FastSet<Arc<str>> = FastSet::default();
         let mut results: Results =
             FastMap::with_capacity_and_hasher(queue.len().min(chunk), Default::default());
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,7 +223,9 @@ impl Merger {
                 .reserve(expected.saturating_sub(claims.by_key.len()));
         }
         while let Some(name) = queue.pop_front() {
-            queued.remove(&name);
+            if !requeued.is_empty() {
+                requeued.remove(&name);
+            }
             let mut candidates: Vec<(Arc<str>, Arc<Resource>)> = Vec::new();
             for o in &origins {
                 if let Some(r) = commits.committed(o, kind).and_then(|s| s.get(kind, &name)) {
@@ -246,7 +248,7 @@ impl Merger {
                 &mut claims,
                 &mut conflicts,
                 &mut |other| {
-                    if queued.insert(Arc::clone(&other)) {
+                    if requeued.insert(Arc::clone(&other)) {
                         queue.push_back(other);
                     }
                 },
