@@ -18,13 +18,11 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::DecodeError;
-use prost::encoding::{
-    DecodeContext, WireType, bytes as bytes_field, decode_key, decode_varint, skip_field, string,
-};
+use prost::encoding::{DecodeContext, WireType, bytes as bytes_field, decode_key, decode_varint};
 
 use super::response::{
-    ANY_TYPE_URL, ANY_VALUE, NONCE, REMOVED_RESOURCES, RESOURCE_ANY, RESOURCE_NAME,
-    RESOURCE_VERSION, RESOURCES, SYSTEM_VERSION_INFO, TYPE_URL, put_str_field, str_field_len,
+    ANY_TYPE_URL, ANY_VALUE, OtherFields, RESOURCE_ANY, RESOURCE_NAME, RESOURCE_VERSION, RESOURCES,
+    encode_response, other_fields_len,
 };
 use crate::proto::envoy::service::discovery::v3::Resource as WireResource;
 
@@ -39,13 +37,27 @@ pub struct ReceivedResponse {
     pub removed_resources: Vec<String>,
 }
 
+impl ReceivedResponse {
+    fn other_fields(&mut self) -> OtherFields<'_> {
+        OtherFields {
+            system_version_info: &mut self.system_version_info,
+            type_url: &mut self.type_url,
+            nonce: &mut self.nonce,
+            removed_resources: &mut self.removed_resources,
+        }
+    }
+}
+
 impl prost::Message for ReceivedResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_str_field(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
-        bytes_field::encode_repeated(RESOURCES, &self.resources, buf);
-        put_str_field(TYPE_URL, &self.type_url, buf);
-        put_str_field(NONCE, &self.nonce, buf);
-        string::encode_repeated(REMOVED_RESOURCES, &self.removed_resources, buf);
+        encode_response(
+            &self.system_version_info,
+            |mut out| bytes_field::encode_repeated(RESOURCES, &self.resources, &mut out),
+            &self.type_url,
+            &self.nonce,
+            &self.removed_resources,
+            buf,
+        );
     }
 
     fn merge_field(
@@ -56,26 +68,20 @@ impl prost::Message for ReceivedResponse {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            SYSTEM_VERSION_INFO => {
-                string::merge(wire_type, &mut self.system_version_info, buf, ctx)
-            }
             // `copy_to_bytes` on tonic's buffer: a slice, not a copy.
             RESOURCES => bytes_field::merge_repeated(wire_type, &mut self.resources, buf, ctx),
-            TYPE_URL => string::merge(wire_type, &mut self.type_url, buf, ctx),
-            NONCE => string::merge(wire_type, &mut self.nonce, buf, ctx),
-            REMOVED_RESOURCES => {
-                string::merge_repeated(wire_type, &mut self.removed_resources, buf, ctx)
-            }
-            _ => skip_field(wire_type, tag, buf, ctx),
+            _ => self.other_fields().merge(tag, wire_type, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        str_field_len(SYSTEM_VERSION_INFO, &self.system_version_info)
-            + bytes_field::encoded_len_repeated(RESOURCES, &self.resources)
-            + str_field_len(TYPE_URL, &self.type_url)
-            + str_field_len(NONCE, &self.nonce)
-            + string::encoded_len_repeated(REMOVED_RESOURCES, &self.removed_resources)
+        bytes_field::encoded_len_repeated(RESOURCES, &self.resources)
+            + other_fields_len(
+                &self.system_version_info,
+                &self.type_url,
+                &self.nonce,
+                &self.removed_resources,
+            )
     }
 
     fn clear(&mut self) {

@@ -25,11 +25,11 @@ use prost::encoding::{
 use crate::proto::envoy::service::discovery::v3::Resource as WireResource;
 use crate::xds::resource::Resource;
 
-pub(crate) const SYSTEM_VERSION_INFO: u32 = 1;
+const SYSTEM_VERSION_INFO: u32 = 1;
 pub(crate) const RESOURCES: u32 = 2;
-pub(crate) const TYPE_URL: u32 = 4;
-pub(crate) const NONCE: u32 = 5;
-pub(crate) const REMOVED_RESOURCES: u32 = 6;
+const TYPE_URL: u32 = 4;
+const NONCE: u32 = 5;
+const REMOVED_RESOURCES: u32 = 6;
 
 pub(crate) const RESOURCE_VERSION: u32 = 1;
 pub(crate) const RESOURCE_ANY: u32 = 2;
@@ -148,7 +148,7 @@ impl fmt::Debug for HeldResources {
 }
 
 /// A proto3 string field: omitted when empty.
-pub(crate) fn str_field_len(tag: u32, value: &str) -> usize {
+fn str_field_len(tag: u32, value: &str) -> usize {
     if value.is_empty() {
         0
     } else {
@@ -164,7 +164,7 @@ fn bytes_field_len(tag: u32, len: usize) -> usize {
     }
 }
 
-pub(crate) fn put_str_field(tag: u32, value: &str, buf: &mut impl BufMut) {
+fn put_str_field(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(value.len() as u64, buf);
@@ -172,14 +172,90 @@ pub(crate) fn put_str_field(tag: u32, value: &str, buf: &mut impl BufMut) {
     }
 }
 
+/// A delta response's fields other than `resources`, shared by its two forms: this one
+/// (what a server sends) and [`crate::xds::received::ReceivedResponse`] (what peerd's
+/// client decodes).
+pub(crate) struct OtherFields<'a> {
+    pub system_version_info: &'a mut String,
+    pub type_url: &'a mut String,
+    pub nonce: &'a mut String,
+    pub removed_resources: &'a mut Vec<String>,
+}
+
+impl OtherFields<'_> {
+    /// Decodes one field that is not `resources` (unknown ones are skipped).
+    pub(crate) fn merge(
+        self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            SYSTEM_VERSION_INFO => string::merge(wire_type, self.system_version_info, buf, ctx),
+            TYPE_URL => string::merge(wire_type, self.type_url, buf, ctx),
+            NONCE => string::merge(wire_type, self.nonce, buf, ctx),
+            REMOVED_RESOURCES => {
+                string::merge_repeated(wire_type, self.removed_resources, buf, ctx)
+            }
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+}
+
+/// Encodes a delta response in field order, `resources` written by `resources`.
+pub(crate) fn encode_response(
+    system_version_info: &str,
+    resources: impl FnOnce(&mut dyn BufMut),
+    type_url: &str,
+    nonce: &str,
+    removed_resources: &[String],
+    mut buf: &mut impl BufMut,
+) {
+    put_str_field(SYSTEM_VERSION_INFO, system_version_info, buf);
+    resources(&mut buf);
+    put_str_field(TYPE_URL, type_url, buf);
+    put_str_field(NONCE, nonce, buf);
+    string::encode_repeated(REMOVED_RESOURCES, removed_resources, buf);
+}
+
+/// The encoded length of a delta response's fields other than `resources`.
+pub(crate) fn other_fields_len(
+    system_version_info: &str,
+    type_url: &str,
+    nonce: &str,
+    removed_resources: &[String],
+) -> usize {
+    str_field_len(SYSTEM_VERSION_INFO, system_version_info)
+        + str_field_len(TYPE_URL, type_url)
+        + str_field_len(NONCE, nonce)
+        + string::encoded_len_repeated(REMOVED_RESOURCES, removed_resources)
+}
+
+impl DeltaDiscoveryResponse {
+    fn other_fields(&mut self) -> OtherFields<'_> {
+        OtherFields {
+            system_version_info: &mut self.system_version_info,
+            type_url: &mut self.type_url,
+            nonce: &mut self.nonce,
+            removed_resources: &mut self.removed_resources,
+        }
+    }
+}
+
 impl prost::Message for DeltaDiscoveryResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_str_field(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
-        message::encode_repeated(RESOURCES, &self.resources, buf);
-        self.held.encode(buf);
-        put_str_field(TYPE_URL, &self.type_url, buf);
-        put_str_field(NONCE, &self.nonce, buf);
-        string::encode_repeated(REMOVED_RESOURCES, &self.removed_resources, buf);
+        encode_response(
+            &self.system_version_info,
+            |mut out| {
+                message::encode_repeated(RESOURCES, &self.resources, &mut out);
+                self.held.encode(&mut out);
+            },
+            &self.type_url,
+            &self.nonce,
+            &self.removed_resources,
+            buf,
+        );
     }
 
     fn merge_field(
@@ -190,26 +266,20 @@ impl prost::Message for DeltaDiscoveryResponse {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            SYSTEM_VERSION_INFO => {
-                string::merge(wire_type, &mut self.system_version_info, buf, ctx)
-            }
             RESOURCES => message::merge_repeated(wire_type, &mut self.resources, buf, ctx),
-            TYPE_URL => string::merge(wire_type, &mut self.type_url, buf, ctx),
-            NONCE => string::merge(wire_type, &mut self.nonce, buf, ctx),
-            REMOVED_RESOURCES => {
-                string::merge_repeated(wire_type, &mut self.removed_resources, buf, ctx)
-            }
-            _ => skip_field(wire_type, tag, buf, ctx),
+            _ => self.other_fields().merge(tag, wire_type, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        str_field_len(SYSTEM_VERSION_INFO, &self.system_version_info)
-            + message::encoded_len_repeated(RESOURCES, &self.resources)
+        message::encoded_len_repeated(RESOURCES, &self.resources)
             + self.held.encoded_len()
-            + str_field_len(TYPE_URL, &self.type_url)
-            + str_field_len(NONCE, &self.nonce)
-            + string::encoded_len_repeated(REMOVED_RESOURCES, &self.removed_resources)
+            + other_fields_len(
+                &self.system_version_info,
+                &self.type_url,
+                &self.nonce,
+                &self.removed_resources,
+            )
     }
 
     fn clear(&mut self) {
