@@ -163,8 +163,9 @@ impl Exporter {
         }
         let mut touched_services: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut index = self.lock();
-        // A bulk load grows this to about the local view's size: sized once, it skips
-        // rehashing every entry at each doubling.
+        // This ends up about the local view's size: when that view is already whole (a
+        // resync, a sync committed at once), sizing it once skips rehashing every entry
+        // at each doubling.
         let expected = local.len(kind);
         let held = index.services_of.len();
         index.services_of.reserve(expected.saturating_sub(held));

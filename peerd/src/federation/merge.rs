@@ -211,8 +211,9 @@ impl Merger {
         if kind == ResourceType::Address
             && let Some(local) = &local_state
         {
-            // A bulk load grows the claims to about the local view's size. Sized once,
-            // they skip rehashing every entry (reading each key again) at each doubling.
+            // The claims end up about the local view's size: when that view is already
+            // whole (a resync, a sync committed at once), sizing them once skips the
+            // rehash of every entry (reading each key again) at each doubling.
             let expected = local.len(ResourceType::Address);
             let claims = &mut *claims;
             claims
