@@ -121,14 +121,20 @@ impl Envelope {
             return Ok(plain);
         }
         let r = <WireResource as prost::Message>::decode(raw.clone())?;
-        Ok(Envelope {
+        Ok(Envelope::from(r))
+    }
+}
+
+impl From<WireResource> for Envelope {
+    fn from(r: WireResource) -> Envelope {
+        Envelope {
             name: Arc::from(r.name),
             version: Arc::from(r.version),
             payload: r.resource.map(|any| Payload {
                 type_url: Bytes::from(any.type_url),
                 value: any.value,
             }),
-        })
+        }
     }
 }
 
@@ -139,12 +145,12 @@ fn read_plain(raw: &Bytes) -> Option<Envelope> {
     let mut buf: &[u8] = raw;
     let (mut name, mut version, mut payload) = (&[][..], &[][..], None);
     while !buf.is_empty() {
-        let field = take_length_delimited(&mut buf)?;
-        match field.0 {
+        let (tag, field) = take_length_delimited(&mut buf)?;
+        match tag {
             // Proto3 scalars: the last occurrence wins.
-            RESOURCE_VERSION => version = field.1,
-            RESOURCE_NAME => name = field.1,
-            RESOURCE_ANY if payload.is_none() => payload = Some(read_plain_any(raw, field.1)?),
+            RESOURCE_VERSION => version = field,
+            RESOURCE_NAME => name = field,
+            RESOURCE_ANY if payload.is_none() => payload = Some(read_plain_any(raw, field)?),
             _ => return None,
         }
     }
@@ -158,10 +164,10 @@ fn read_plain(raw: &Bytes) -> Option<Envelope> {
 fn read_plain_any(raw: &Bytes, mut buf: &[u8]) -> Option<Payload> {
     let (mut type_url, mut value) = (&[][..], &[][..]);
     while !buf.is_empty() {
-        let field = take_length_delimited(&mut buf)?;
-        match field.0 {
-            ANY_TYPE_URL => type_url = field.1,
-            ANY_VALUE => value = field.1,
+        let (tag, field) = take_length_delimited(&mut buf)?;
+        match tag {
+            ANY_TYPE_URL => type_url = field,
+            ANY_VALUE => value = field,
             _ => return None,
         }
     }
@@ -211,15 +217,7 @@ mod tests {
 
     /// What the generated decoder makes of `raw`, as an envelope.
     fn generated(raw: &[u8]) -> Result<Envelope, DecodeError> {
-        let r = WireResource::decode(raw)?;
-        Ok(Envelope {
-            name: Arc::from(r.name),
-            version: Arc::from(r.version),
-            payload: r.resource.map(|a| Payload {
-                type_url: Bytes::from(a.type_url),
-                value: a.value,
-            }),
-        })
+        WireResource::decode(raw).map(Envelope::from)
     }
 
     fn field(tag: u32, payload: &[u8]) -> Vec<u8> {
