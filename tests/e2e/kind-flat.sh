@@ -28,22 +28,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in docker kind kubectl helm istioctl openssl cargo; do
+for tool in docker kind kubectl helm istioctl openssl; do
   command -v "$tool" >/dev/null || fail "$tool is required (see tests/e2e/README.md)"
 done
 docker info >/dev/null 2>&1 || fail "the Docker engine is not reachable"
 
-say "build peerd and its image"
-run cargo build --release -p peerd --manifest-path "$ROOT/Cargo.toml"
-cp "$ROOT/target/release/peerd" "$WORK/peerd"
-cat > "$WORK/Dockerfile" <<'DOCKERFILE'
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
-COPY peerd /usr/local/bin/peerd
-USER 1337:1337
-ENTRYPOINT ["/usr/local/bin/peerd"]
-DOCKERFILE
-run docker build -q -t peerd:e2e "$WORK"
+say "build the peerd image from deploy/Containerfile"
+run docker build -q -f "$ROOT/deploy/Containerfile" -t peerd:e2e "$ROOT"
 
 say "create the kind clusters (flat network)"
 for c in "${CLUSTERS[@]}"; do

@@ -1,13 +1,13 @@
 //! `cargo xtask chart`: checks everything under `deploy/` offline, without a `helm` binary
-//! (none is installable here: not in Debian's archive, no Go toolchain to build one).
-//! `cargo xtask chart --template` prints the chart's default rendering (a `helm template`
-//! stand-in).
+//! (Helm is not in Debian's archive) but with Helm's template engine: Go's `text/template`,
+//! sprig and Helm's own functions, built from Debian's Go packages ([`render`]).
+//! `cargo xtask chart --template` prints the chart's default rendering (what
+//! `helm template` prints).
 //!
-//! 1. The Helm chart is parsed and rendered by a small renderer of the Go-template subset
-//!    the chart uses ([`gotmpl`]): unbalanced `{{ }}`/blocks and unsupported syntax are
-//!    errors; every `.Values.x.y` a template names exists in values.yaml and every
-//!    values.yaml key is used by a template; values.yaml and the override sets validate
-//!    against values.schema.json.
+//! 1. The Helm chart is rendered by [`render`] (strict: a missing map key is an error, as
+//!    with `helm lint --strict`); every `.Values.x.y` a template names exists in
+//!    values.yaml and every values.yaml key is used by a template; values.yaml and the
+//!    override sets validate against values.schema.json.
 //! 2. `kubectl kustomize` renders the Kustomize base and the example overlay.
 //! 3. The chart's default rendering equals the Kustomize base, object by object (the only
 //!    difference allowed is Helm's `helm.sh/chart` label).
@@ -20,13 +20,16 @@
 //!    config files carry only known keys ([`policy`]).
 //! 6. Metric names used by alerts and the dashboard are documented, docs and code agree,
 //!    dashboard copies are identical ([`metrics`]).
+//! 7. `deploy/Containerfile` agrees with the rendered DaemonSet ([`containerfile`]).
 //!
-//! This file owns the orchestration, the chart rendering and the chart-vs-base comparison.
-//! Never talks to a cluster; never writes outside a temporary directory.
+//! This file owns the orchestration, the chart loading and the chart-vs-base comparison.
+//! Never talks to a cluster; never writes outside a temporary directory and the target
+//! directory (the renderer's build).
 
-mod gotmpl;
+mod containerfile;
 mod metrics;
 mod policy;
+mod render;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,6 +104,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     problems.extend(metrics::check_dashboard(&deploy)?);
     problems.extend(metrics::check_metric_names(&root, &all)?);
+    problems.extend(containerfile::check_repository(&root, &defaults, &no_ebpf));
 
     if !problems.is_empty() {
         for p in &problems {
@@ -116,17 +120,15 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the chart's default rendering, template by template (like `helm template`).
+/// Prints the chart's default rendering, template by template, as `helm template` does
+/// (Helm's default `missingkey=zero`, not the strict mode the checks use).
 pub fn template() -> anyhow::Result<()> {
     use std::io::Write;
     let chart = Chart::load(&crate::root().join("deploy/helm/peerd"))?;
     let mut out = String::new();
-    for (name, text) in chart.render_texts(&json!({}))? {
+    for (name, text) in chart.render_texts(&json!({}), false)? {
         if name.ends_with(".yaml") && !text.trim().is_empty() {
-            out.push_str(&format!(
-                "---\n# Source: peerd/{name}\n{}\n",
-                text.trim_end()
-            ));
+            out.push_str(&format!("---\n# Source: {name}\n{}\n", text.trim_end()));
         }
     }
     // A closed pipe (`| head`) is not an error worth a panic.
@@ -134,52 +136,42 @@ pub fn template() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The chart: templates and default values.
+/// The chart: template sources (for the values cross-check), default values and the
+/// renderer.
 struct Chart {
     dir: PathBuf,
-    templates: gotmpl::Templates,
     sources: BTreeMap<String, String>,
     values: Value,
-    meta: Value,
+    renderer: render::Renderer,
 }
 
 impl Chart {
     fn load(dir: &Path) -> anyhow::Result<Chart> {
-        let meta = read_yaml(&dir.join("Chart.yaml"))?;
         let values = read_yaml(&dir.join("values.yaml"))?;
-        let mut templates = gotmpl::Templates::new(dir.to_path_buf());
         let mut sources = BTreeMap::new();
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("templates"))
-            .context("reading templates/")?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        names.sort();
-        // Helpers first so their defines exist (Helm loads all; order does not matter
-        // there because includes resolve at render time, as they do here too).
-        for path in names {
+        for entry in std::fs::read_dir(dir.join("templates")).context("reading templates/")? {
+            let path = entry.context("reading templates/")?.path();
             let name = format!(
                 "templates/{}",
                 path.file_name().unwrap_or_default().to_string_lossy()
             );
             let src = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            templates.add(&name, &src)?;
             sources.insert(name, src);
         }
         Ok(Chart {
             dir: dir.to_path_buf(),
-            templates,
             sources,
             values,
-            meta,
+            renderer: render::Renderer::build()?,
         })
     }
 
-    /// Renders every template with values.yaml overlaid by `overrides` (deep merge, like
-    /// `helm template --set`), returning the objects.
+    /// Renders every template strictly with values.yaml overlaid by `overrides` (like
+    /// `helm template -f`), returning the objects.
     fn render(&self, overrides: &Value) -> anyhow::Result<Vec<Value>> {
         let mut objects = Vec::new();
-        for (name, text) in self.render_texts(overrides)? {
+        for (name, text) in self.render_texts(overrides, true)? {
             if !name.ends_with(".yaml") {
                 continue; // NOTES.txt: rendered (so checked), not an object
             }
@@ -195,27 +187,19 @@ impl Chart {
         Ok(objects)
     }
 
-    /// The rendered text of each output template.
-    fn render_texts(&self, overrides: &Value) -> anyhow::Result<Vec<(String, String)>> {
-        let mut values = self.values.clone();
-        merge(&mut values, overrides);
-        let root = json!({
-            "Values": gotmpl::helm_numbers(&values),
-            "Release": {"Name": RELEASE_NAME, "Namespace": RELEASE_NAMESPACE, "Service": "Helm"},
-            "Chart": {
-                "Name": self.meta["name"],
-                "Version": self.meta["version"],
-                "AppVersion": self.meta["appVersion"],
-            },
-        });
-        self.templates
-            .names()
-            .into_iter()
-            .map(|n| {
-                let text = self.templates.render(&n, &root)?;
-                Ok((n, text))
-            })
-            .collect()
+    /// The rendered text of each output template, by Helm's template name.
+    fn render_texts(
+        &self,
+        overrides: &Value,
+        strict: bool,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let release = render::Release {
+            name: RELEASE_NAME,
+            namespace: RELEASE_NAMESPACE,
+            kube_version: KUBE_VERSION,
+            strict,
+        };
+        self.renderer.render(&self.dir, overrides, &release)
     }
 
     /// values.yaml overlaid by each override set validates against values.schema.json.
@@ -310,6 +294,24 @@ fn merge(base: &mut Value, over: &Value) {
             }
         }
         (b, o) => *b = o.clone(),
+    }
+}
+
+/// JSON's view of a number (what the API server sees): an integral float is an integer,
+/// so `3` from a template and `3.0` parsed elsewhere compare equal.
+fn integral_numbers(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9e15 => Value::from(f as i64),
+            _ => Value::Number(n.clone()),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(integral_numbers).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), integral_numbers(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -422,7 +424,7 @@ fn compare(chart: &[Value], base: &[Value]) -> Vec<String> {
         objects
             .iter()
             .map(|o| {
-                let mut o = gotmpl::integral_numbers(o);
+                let mut o = integral_numbers(o);
                 if strip {
                     strip_helm_labels(&mut o);
                 }

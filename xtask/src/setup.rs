@@ -17,8 +17,21 @@ const APT: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("kubectl", "kubernetes-client"),
     ("setpriv", "util-linux"),
+    // `cargo xtask chart`: Helm's template engine (xtask/chart-render) is built with Go.
+    ("go", "golang-go"),
 ];
-const APT_FILES: &[(&str, &str)] = &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev")];
+const APT_FILES: &[(&str, &str)] = &[
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    // Go sources of Helm's template engine (sprig, sigs.k8s.io/yaml) for xtask/chart-render.
+    (
+        "/usr/share/gocode/src/github.com/Masterminds/sprig/go.mod",
+        "golang-github-masterminds-sprig-dev",
+    ),
+    (
+        "/usr/share/gocode/src/sigs.k8s.io/yaml/go.mod",
+        "golang-k8s-sigs-yaml-dev",
+    ),
+];
 /// (Python module, PyPI package)
 const PIP: &[(&str, &str)] = &[
     ("grpc", "grpcio"),

@@ -7,12 +7,12 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::{KUBE_VERSION, Sourced, gotmpl};
+use super::{KUBE_VERSION, Sourced, integral_numbers};
 
 pub(super) fn validate_schemas(all: &[Sourced], schema_dir: &Path) -> anyhow::Result<Vec<String>> {
     let input = serde_json::to_vec(
         &all.iter()
-            .map(|(s, o)| json!([s, gotmpl::integral_numbers(o)]))
+            .map(|(s, o)| json!([s, integral_numbers(o)]))
             .collect::<Vec<_>>(),
     )?;
     let script = include_str!("validate_manifests.py");
