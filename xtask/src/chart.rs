@@ -172,6 +172,12 @@ impl Chart {
     fn render(&self, overrides: &Value) -> anyhow::Result<Vec<Value>> {
         let mut objects = Vec::new();
         for (name, text) in self.render_texts(overrides, true)? {
+            if let Some(number) = exponent_number(&text) {
+                bail!(
+                    "{name} with overrides {overrides}: {number:?} is a values number printed \
+                     raw (Helm reads values numbers as float64); print it with `int`"
+                );
+            }
             if !name.ends_with(".yaml") {
                 continue; // NOTES.txt: rendered (so checked), not an object
             }
@@ -313,6 +319,13 @@ fn integral_numbers(v: &Value) -> Value {
         ),
         other => other.clone(),
     }
+}
+
+/// A number in Go's float exponent form (`1.6777216e+07`): how Helm prints a large
+/// integer from values.yaml without `int`.
+fn exponent_number(text: &str) -> Option<&str> {
+    text.split(|c: char| c.is_whitespace() || ",[]{}\"'".contains(c))
+        .find(|w| w.contains("e+") && w.parse::<f64>().is_ok())
 }
 
 /// YAML documents of a rendered template (split on `---` lines, like Helm).
@@ -494,6 +507,16 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn raw_float_numbers_are_found() {
+        assert_eq!(
+            exponent_number("maxMessageBytes: 1.6777216e+07\n"),
+            Some("1.6777216e+07")
+        );
+        assert_eq!(exponent_number("ports: [1.5e+04]"), Some("1.5e+04"));
+        assert_eq!(exponent_number("size: 16777216 name: e+x 1e5"), None);
+    }
 
     #[test]
     fn values_references_are_found() {

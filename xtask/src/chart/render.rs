@@ -160,3 +160,136 @@ fn check_go_toolchain() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// One build for all tests (they run in parallel and share the output path).
+    fn renderer() -> &'static Renderer {
+        static RENDERER: OnceLock<Renderer> = OnceLock::new();
+        RENDERER.get_or_init(|| Renderer::build().unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
+    /// A small chart exercising what Helm adds to Go templates.
+    fn fixture(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-render-{}-{name}", std::process::id()));
+        let files = [
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: demo\nversion: 1.2.3\nappVersion: \"9\"\nkubeVersion: \">=1.28.0-0\"\n",
+            ),
+            (
+                "values.yaml",
+                "a: {b: 1, c: x}\nbig: 16777216\nneedX: false\nx: \"\"\nboom: false\nprobe: false\nuseLookup: false\n",
+            ),
+            (
+                "templates/_helpers.tpl",
+                "{{- define \"demo.name\" -}}{{ .Chart.Name }}-{{ .Release.Name }}{{- end }}\n",
+            ),
+            (
+                "templates/cm.yaml",
+                "name: {{ include \"demo.name\" . }}\n\
+                 tpl: {{ tpl \"{{ .Values.a.c }}\" . }}\n\
+                 big: {{ .Values.big }}\n\
+                 int: {{ int .Values.big }}\n\
+                 a: {{- toYaml .Values.a | nindent 2 }}\n\
+                 file: {{ .Files.Get \"files/x.txt\" | trim }}\n\
+                 sprig: {{ \"abc\" | upper | quote }}\n\
+                 kube: {{ .Capabilities.KubeVersion.Version }}\n\
+                 template: {{ .Template.Name }}\n\
+                 {{ if .Values.needX }}{{ required \"x is required\" .Values.x }}{{ end }}\n\
+                 {{ if .Values.boom }}{{ fail \"boom!\" }}{{ end }}\n\
+                 {{ if .Values.probe }}{{ .Values.nope }}{{ end }}\n\
+                 {{ if .Values.useLookup }}{{ tpl \"{{ lookup \\\"v1\\\" \\\"Pod\\\" \\\"\\\" \\\"\\\" }}\" . }}{{ end }}\n",
+            ),
+            ("files/x.txt", "hello\n"),
+        ];
+        for (path, text) in files {
+            let path = dir.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        }
+        dir
+    }
+
+    fn release(strict: bool, kube_version: &str) -> Release<'_> {
+        Release {
+            name: "rel",
+            namespace: "ns",
+            kube_version,
+            strict,
+        }
+    }
+
+    #[test]
+    fn renders_like_helm() {
+        let dir = fixture("like-helm");
+        let out = renderer()
+            .render(
+                &dir,
+                &json!({"a": {"b": null, "c": "y"}}),
+                &release(true, "1.32.0"),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["demo/templates/cm.yaml"]);
+        let text = &out["demo/templates/cm.yaml"];
+        for line in [
+            "name: demo-rel",
+            "tpl: y",
+            // Helm reads values numbers as float64: printed raw, a large one is in
+            // exponent form; `int` is the cure.
+            "big: 1.6777216e+07",
+            "int: 16777216",
+            // null in the overrides deletes the key, as `helm -f` does; sigs.k8s.io/yaml
+            // quotes "y" (a YAML 1.1 boolean), as Helm's toYaml does.
+            "a:\n  c: \"y\"\n",
+            "file: hello",
+            "sprig: \"ABC\"",
+            "kube: v1.32.0",
+            "template: demo/templates/cm.yaml",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn template_errors_are_reported() {
+        let dir = fixture("errors");
+        let r = renderer();
+        let err = |overrides: Value, rel: Release<'_>| match r.render(&dir, &overrides, &rel) {
+            Ok(out) => panic!("rendered instead of failing: {out:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        let required = err(json!({"needX": true}), release(false, "1.32.0"));
+        let fail = err(json!({"boom": true}), release(false, "1.32.0"));
+        let missing = err(json!({"probe": true}), release(true, "1.32.0"));
+        let lookup = err(json!({"useLookup": true}), release(false, "1.32.0"));
+        let kube = err(json!({}), release(false, "1.27.0"));
+        // Without strict mode a missing key renders as nothing, as in `helm template`.
+        let lenient = r.render(&dir, &json!({"probe": true}), &release(false, "1.32.0"));
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(required.contains("x is required"), "{required}");
+        assert!(fail.contains("boom!"), "{fail}");
+        assert!(
+            missing.contains("map has no entry for key \"nope\""),
+            "{missing}"
+        );
+        assert!(
+            lookup.contains("function \"lookup\" not defined"),
+            "{lookup}"
+        );
+        assert!(
+            kube.contains("incompatible with Kubernetes v1.27.0"),
+            "{kube}"
+        );
+        assert!(lenient.is_ok(), "{lenient:?}");
+    }
+}
