@@ -1,5 +1,5 @@
 //! End to end through the real daemon: simulated istiod → `peerd run` (as
-//! `app::Peerd`) → a scripted client that behaves like ztunnel (xds-wire.md §2), all over
+//! `app::Peerd`) → a scripted client that behaves like ztunnel (docs/xds-wire.md §3), all over
 //! TLS on loopback. Covers initial sync, churn, removal, NACK + recovery, reconnect diff,
 //! on-demand lookups, and that a bad token is refused without disturbing others.
 

@@ -1,5 +1,5 @@
 //! `peerd sandbox` runs the Kubernetes side against each simulated cluster's emulated API
-//! server (DESIGN §6, §7, §11): on cluster-1, one `autogenflat.cluster-2.*` WorkloadEntry
+//! server (docs/design.md §6, §7, §11): on cluster-1, one `autogenflat.cluster-2.*` WorkloadEntry
 //! per pod of the flat peer cluster-2 that backs a global service, none for the
 //! multi-network cluster-3 but one address-less `autogen.cluster-3.<ns>.<svc>` per global
 //! service of cluster-3, one `autogen.<ns>.<svc>` ServiceEntry per global service, and the
@@ -7,7 +7,7 @@
 //!
 //! Expected counts come from what cluster-1's peerd imported (its debug API, origin views
 //! `cluster-2` / `cluster-3`) and from the Services the sandbox seeded into cluster-3's
-//! API server; names are recomputed here from the reference rule. The population does not
+//! API server; names are recomputed here from docs/design.md §7.1. The population does not
 //! churn (`--churn-per-sec 0`) so the counts are stable.
 //!
 //! When the test runs as root it re-runs itself inside a network namespace of its own, so
@@ -282,7 +282,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-/// The reference naming rule, computed independently of peerd's code.
+/// The naming rule of docs/design.md §7.1, computed independently of peerd's code.
 fn flat_name(cluster: &str, ns: &str, pod: &str, services: &BTreeSet<(String, String)>) -> String {
     let joined = services
         .iter()

@@ -1,4 +1,4 @@
-//! The Kubernetes side of `peerd run` (DESIGN §6, §7), when `kubernetes` is configured.
+//! The Kubernetes side of `peerd run` (docs/design.md §6, §7), when `kubernetes` is configured.
 //!
 //! - **Peers come from Gateways, instead of the file.** At start, peerd lists the Gateways
 //!   of class `istio-remote` in the peering namespace and turns every usable one into a

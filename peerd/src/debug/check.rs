@@ -1,4 +1,4 @@
-//! `peerd check`: the checks of the reference list, each a
+//! `peerd check`: the checks of docs/design.md §10.3, each a
 //! line with ✅ / ⚠ / ❌ and a one-line reason: configuration and readiness, the local
 //! upstream's sync, every peer's `PeerConnected` and `PeeringSucceeded`, its
 //! `PeerDataPlaneProgrammed`, intermediate-certificate compatibility (from certificate
@@ -218,7 +218,7 @@ pub fn render(results: &[CheckResult], verbose: bool) -> String {
     out
 }
 
-/// Every applicable check, in the reference list's order.
+/// Every applicable check, in the order of docs/design.md §10.3.
 pub fn run_checks(
     report: &Report,
     certs: &BTreeMap<String, ClusterCerts>,

@@ -1,5 +1,5 @@
 //! `peerd check --kubeconfig FILE [--context NAME[=CLUSTER] ...]`: the checks of the
-//! reference list that need the Kubernetes API, per context and across contexts: the
+//! list in docs/design.md §10.3 that need the Kubernetes API, per context and across contexts: the
 //! east-west Gateway is `Programmed` with an address; every `istio-remote` Gateway has
 //! `PeerConnected`, `PeeringSucceeded` and `PeerDataPlaneProgrammed` True (as written by
 //! the leader peerd of that cluster); every cluster's root certificate

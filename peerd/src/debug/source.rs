@@ -17,7 +17,7 @@ use crate::store::Store;
 use crate::xds::stats::{StreamSnapshot, StreamStats};
 use crate::xds::types::ResourceType;
 
-/// Condition types on peer gateways (see the reference list).
+/// Condition types on peer gateways (docs/design.md §6.2).
 pub const PEER_CONNECTED: &str = "gloo.solo.io/PeerConnected";
 pub const PEERING_SUCCEEDED: &str = "gloo.solo.io/PeeringSucceeded";
 pub const PEER_DATA_PLANE_PROGRAMMED: &str = "gloo.solo.io/PeerDataPlaneProgrammed";

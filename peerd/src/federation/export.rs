@@ -1,4 +1,4 @@
-//! The export view: what peers may read from this cluster (DESIGN §5 "Export").
+//! The export view: what peers may read from this cluster (docs/design.md §5.1).
 //!
 //! Only global services, renamed `<svc>.<ns>.mesh.internal` (resource name
 //! `ns/<svc>.<ns>.mesh.internal`), and the workloads backing them, whose `services` keys

@@ -1,7 +1,7 @@
 //! What federation believes about each origin: the *committed* state per origin and type,
 //! and the disconnect grace period.
 //!
-//! Commit rule (DESIGN §5 "Never withdraw on a partial resync"): the store holds what an
+//! Commit rule (docs/design.md §5.6, "never withdraw on a partial resync"): the store holds what an
 //! upstream sent, as it arrives. While an origin's type is synced (its first complete
 //! response since the stream (re)connected has been handled), every change is committed at
 //! once. While it is not (the stream dropped, or a reconnect has not completed its first

@@ -3,7 +3,7 @@
 //! reason and not stored; the rest of the response is applied, and other peers are never
 //! affected (each peer has its own filter, store origin and caps).
 //!
-//! Rules (DESIGN §4, §5):
+//! Rules (docs/design.md §5.3):
 //! - only what a peer may export: Services named `ns/<svc>.<ns>.mesh.internal`, workloads
 //!   whose every `services` key is such a name; no authorizations;
 //! - cluster claims: a workload's uid starts with `<peer>//`, its `cluster_id` is the

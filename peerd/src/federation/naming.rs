@@ -1,6 +1,6 @@
 //! The names of exported (global) services: a Kubernetes Service `ns/name` is exported as
 //! hostname `<name>.<ns>.mesh.internal`, xDS resource name `ns/<name>.<ns>.mesh.internal`
-//! (DESIGN §5, reference/peering.md "global service").
+//! (docs/design.md §5.2).
 //!
 //! Owns only the naming rule; it never decides which services are global.
 

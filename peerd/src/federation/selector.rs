@@ -1,4 +1,4 @@
-//! The [`ViewSelector`] of the shared xDS listener (DESIGN §10): a client presenting a
+//! The [`ViewSelector`] of the shared xDS listener (docs/design.md §9): a client presenting a
 //! valid certificate whose SPIFFE ID is in a known peer's trust domain gets that peer's
 //! export view (flat or gateway variant); a client with a valid bearer token gets the
 //! merged view; anything else is refused with `Unauthenticated`.

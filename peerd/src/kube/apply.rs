@@ -1,7 +1,7 @@
 //! The flat-sync **executor**: brings the WorkloadEntries and ServiceEntries of the control
 //! namespace to the [`DesiredObjects`] computed by `flatsync.rs`.
 //!
-//! It owns the writes and the garbage collection rules (DESIGN §7):
+//! It owns the writes and the garbage collection rules (docs/design.md §7.3, §7.4):
 //! - create (field manager `peerd`) for a name not seen yet, so a foreign object that
 //!   appeared meanwhile makes it fail (409) rather than be merged into; then server-side
 //!   apply with field manager `peerd` (forced: a hand edit of a field peerd sets is
@@ -99,7 +99,7 @@ impl SyncReport {
 pub struct ExecutorConfig {
     pub control_namespace: String,
     /// How long objects of a peer that disappeared from the input are kept. Zero keeps
-    /// them forever (like the disconnect grace period of DESIGN §5).
+    /// them forever (like the disconnect grace period of docs/design.md §5.7).
     pub removal_grace: Duration,
     /// How long an own write's result stands in for a watch that has not delivered it yet.
     pub settle: Duration,

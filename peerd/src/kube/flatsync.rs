@@ -1,6 +1,6 @@
 //! The flat-network / multi-network sync **reconciler**: a pure function from what peers
 //! export (imported workloads and global services) to the WorkloadEntries and
-//! ServiceEntries peerd wants in the control namespace (DESIGN §7, reference/peering.md).
+//! ServiceEntries peerd wants in the control namespace (docs/design.md §7).
 //!
 //! It owns the naming rules (names, labels, annotations, the `hash12` rule) and nothing
 //! else: it never talks to the API server, never decides deletions (that is `apply.rs`,
@@ -28,7 +28,7 @@ pub const MAX_LABEL_VALUE_LEN: usize = 63;
 pub const GLOBAL_HOST_SUFFIX: &str = ".mesh.internal";
 /// Label on generated WorkloadEntries (in `spec.labels`) that the ServiceEntry of each
 /// global service selects: `<LABEL_PREFIX><svc>.<ns>` (or a hash when too long), value
-/// `"true"`. peerd's own convention, not a reference fact.
+/// `"true"`. peerd's own convention (docs/design.md §7.2).
 pub const SERVICE_SELECTOR_PREFIX: &str = "service.peerd.io/";
 
 /// How a peer's workloads are reached.
@@ -42,7 +42,7 @@ pub enum PeerNetworkMode {
 }
 
 impl PeerNetworkMode {
-    /// DESIGN §5: flat when the peer's network equals the local network and flat networks
+    /// docs/design.md §5.5: flat when the peer's network equals the local network and flat networks
     /// are enabled (`PEERING_ENABLE_FLAT_NETWORKS=true`); multi-network otherwise.
     pub fn decide(peer_network: &str, local_network: &str, flat_enabled: bool) -> Self {
         if flat_enabled && !peer_network.is_empty() && peer_network == local_network {

@@ -1,7 +1,7 @@
 //! What peerd reads from the cluster: peer and east-west **Gateways** in the peering
 //! namespace, **global Services** (for the export view), and the **local network** (label
 //! `topology.istio.io/network` on the `istio-system` namespace); and the translation of a
-//! peer Gateway into a [`PeerSpec`] (DESIGN §6, reference/peering.md).
+//! peer Gateway into a [`PeerSpec`] (docs/design.md §6.1).
 //!
 //! Invalid peer Gateways become a [`SpecError`] naming the field, for an `Accepted=False`
 //! condition. Hostnames are resolved through an injectable [`Resolver`]; the system one
@@ -238,7 +238,7 @@ pub fn parse_peer_gateway(gateway: &Gateway, local_cluster: &str) -> Result<Peer
     let prefers_node_port = annotations
         .get(ANNOTATION_DATA_PLANE_SERVICE_TYPE)
         .is_some_and(|v| v == "NodePort");
-    // With a NodePort data plane the HBONE listener is unused (reference/peering.md).
+    // With a NodePort data plane the HBONE listener is unused (docs/design.md §6.2).
     if !prefers_node_port && !has_port(HBONE_PORT) {
         return Err(SpecError::new(
             "spec.listeners",

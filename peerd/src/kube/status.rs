@@ -1,4 +1,4 @@
-//! The peer Gateway **conditions writer** (DESIGN §6): merges peerd's five condition types
+//! The peer Gateway **conditions writer** (docs/design.md §6): merges peerd's five condition types
 //! into a Gateway's `status.conditions` and writes them by server-side apply on the
 //! `/status` subresource with field manager `peerd`.
 //!
@@ -61,8 +61,8 @@ impl DesiredCondition {
 }
 
 /// An invalid peer Gateway: all five conditions False with reason `Invalid` and the
-/// offending field in the message (reference/peering.md: "An invalid gateway sets all to
-/// False/Invalid").
+/// offending field in the message (docs/design.md §6.1: an unusable spec turns every
+/// condition False/Invalid).
 pub fn invalid_spec_conditions(error: &SpecError) -> Vec<DesiredCondition> {
     PEER_CONDITION_TYPES
         .iter()

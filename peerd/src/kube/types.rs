@@ -1,7 +1,7 @@
 //! Typed structs for the few fields peerd reads or writes of Gateway
 //! (`gateway.networking.k8s.io/v1`), WorkloadEntry and ServiceEntry
 //! (`networking.istio.io/v1`), plus the label, annotation and condition names of the
-//! peering protocol (reference/peering.md).
+//! peering protocol (docs/design.md §6, §7).
 //!
 //! Only the fields peerd uses are modelled; unknown fields are ignored when reading and
 //! never sent when applying, so server-side apply leaves other owners' fields alone. This

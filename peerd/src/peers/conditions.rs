@@ -1,11 +1,11 @@
-//! The five peer conditions as `metav1.Condition`-like values, their reasons (DESIGN §6),
+//! The five peer conditions as `metav1.Condition`-like values, their reasons (docs/design.md §6.2),
 //! and [`Conditions`]: one peer's set, which moves `lastTransitionTime` only when a
 //! condition's status changes and reports every status or reason change as a
 //! [`ConditionEvent`].
 //!
 //! Owns: the condition vocabulary (types, statuses, reason strings, fixed messages).
 //! Must never decide *when* a condition changes (that is `hysteresis` and `monitor`),
-//! and never invent reasons outside the table in DESIGN §6 plus the True reasons here.
+//! and never invent reasons outside the table in docs/design.md §6.2.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,7 +105,7 @@ pub mod reason {
     pub const PROGRAMMED: &str = "Programmed";
     pub const CONNECTED: &str = "Connected";
     pub const SUCCEEDED: &str = "Succeeded";
-    // False / Unknown reasons (DESIGN §6).
+    // False / Unknown reasons (docs/design.md §6.2).
     pub const INVALID: &str = "Invalid";
     pub const PENDING: &str = "Pending";
     pub const STALE: &str = "Stale";

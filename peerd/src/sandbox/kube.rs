@@ -1,6 +1,6 @@
 //! Each simulated cluster's Kubernetes API: an emulated API server on 127.0.k.1:6443
-//! (no real kube-apiserver can run here), seeded like a peered cluster (DESIGN §6,
-//! reference/peering.md): the network label on `istio-system`, the local east-west
+//! (no real kube-apiserver can run here), seeded like a peered cluster (docs/design.md
+//! §6.1, §11): the network label on `istio-system`, the local east-west
 //! Gateway `istio-eastwest`, one `istio-remote-peer-<cluster>` Gateway per other cluster,
 //! and a Service labelled `solo.io/service-scope=global` per global service of the
 //! simulated istiod. That cluster's peerd reads peers and global services from it and

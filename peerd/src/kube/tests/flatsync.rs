@@ -1,4 +1,4 @@
-//! The naming rules of generated objects, on fixed vectors (reference/peering.md).
+//! The naming rules of generated objects, on fixed vectors (docs/design.md §7.1).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -175,7 +175,7 @@ fn only_pods_backing_exported_services_with_an_ip() {
         vec![svc("default", "svc1")],
     );
     let out = desired_objects("istio-system", &[peer]);
-    // Hash over the exported services only: same as the reference vector.
+    // Hash over the exported services only: same as the documented vector (docs/design.md §7.1).
     assert_eq!(
         out.workload_entries.keys().cloned().collect::<Vec<_>>(),
         vec!["autogenflat.c2.default.backs.f2396f15c5c2"]

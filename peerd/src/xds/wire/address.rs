@@ -1,6 +1,6 @@
 //! The federation edits of an encoded `istio.workload.Address`: open its `workload`
 //! (field 1) or `service` (field 2), change named fields, and write the Address back with
-//! the nested length fixed. Field numbers come from reference/xds-wire.md §1.1.
+//! the nested length fixed. Field numbers: docs/xds-wire.md §2.
 //!
 //! Owns: which field numbers the federation edits touch and how each is encoded. Never
 //! decodes the whole Address into prost structs (that would drop unknown fields), never
