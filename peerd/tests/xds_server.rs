@@ -870,7 +870,11 @@ async fn a_late_nack_and_every_ack_of_a_long_backlog_are_attributed() {
         assert!(ev.view_version >= last_version);
         last_version = ev.view_version;
     }
-    assert_eq!(last_version, view.snapshot().version, "the latest is current");
+    assert_eq!(
+        last_version,
+        view.snapshot().version,
+        "the latest is current"
+    );
     let info = &subs.list()[0];
     assert_eq!(info.stats.address_type.acks, 300);
     assert_eq!(info.stats.address_type.last_nonce_acked, pushes[299].nonce);
@@ -948,7 +952,10 @@ async fn a_split_first_response_is_sent_whole_before_the_next_type() {
             .await;
             view.set_ready();
         }
-        let want = [Held::of_view(&view, Address), Held::of_view(&view, Authorization)];
+        let want = [
+            Held::of_view(&view, Address),
+            Held::of_view(&view, Authorization),
+        ];
         let mut got = [Held::default(), Held::default()];
         let mut kinds = Vec::new();
         while got != want {

@@ -88,8 +88,7 @@ impl Ledger {
             names,
         });
         let limit = 2 * held.len() + SLACK_NAMES;
-        while self.recent.len() > MAX_RECENT
-            || (self.recent.len() > 1 && self.recent_names > limit)
+        while self.recent.len() > MAX_RECENT || (self.recent.len() > 1 && self.recent_names > limit)
         {
             self.fold_oldest(held, limit);
         }
@@ -314,7 +313,12 @@ mod tests {
             let limit = 2 * holding.len() + SLACK_NAMES;
             assert!(ledger.recent.len() <= MAX_RECENT);
             assert!(ledger.recent_names <= limit + 10);
-            assert!(ledger.folded.as_ref().is_none_or(|f| f.names.len() <= limit));
+            assert!(
+                ledger
+                    .folded
+                    .as_ref()
+                    .is_none_or(|f| f.names.len() <= limit)
+            );
         }
         assert_eq!(ledger.in_flight(), 5000);
         assert_eq!(ledger.settle(5000, None).unwrap().view_version, 5000);
