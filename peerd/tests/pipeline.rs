@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use peerd::app::Peerd;
+use peerd::app::{GATE_MERGED_VIEW_READY, Peerd};
 use peerd::config::{Config, Env, Overrides};
 use peerd::identity::pki::{LeafSpec, Pki};
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
@@ -396,6 +396,9 @@ async fn a_reconnecting_ztunnel_is_held_until_the_local_upstream_has_synced() {
         "answered before the local upstream synced: {early:?}"
     );
     assert!(!rig.peerd().federation.merged().is_ready());
+    // /healthz/ready waits on the same signal that holds the stream.
+    let pending = rig.peerd().readiness.check().unwrap_err();
+    assert!(pending.contains(&GATE_MERGED_VIEW_READY), "{pending:?}");
 
     rig.start_sim();
     let mut answered = Vec::new();
@@ -419,6 +422,8 @@ async fn a_reconnecting_ztunnel_is_held_until_the_local_upstream_has_synced() {
         ]
     );
     assert!(rig.peerd().federation.merged().is_ready());
+    let pending = rig.peerd().readiness.check().err().unwrap_or_default();
+    assert!(!pending.contains(&GATE_MERGED_VIEW_READY), "{pending:?}");
 
     // A ztunnel that holds nothing gets everything in its first response of each type.
     let mut fresh = rig.ztunnel().await;

@@ -760,3 +760,221 @@ async fn on_demand_reconnect_answers_pending_lookups_from_initial_versions() {
     let r = z.recv_ack().await;
     assert_eq!(names(&r), set(&["/127.0.0.2"]));
 }
+
+/// Log lines written while a test runs (thread-local subscriber: the current-thread test
+/// runtime runs the server's tasks on this thread too).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn warnings() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<peerd::xds::server::AckEvent>,
+) -> peerd::xds::server::AckEvent {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A client that joined during churn: it takes its time over the first response while
+/// 300 pushes queue behind it, none ACKed. Its late NACK of the first response, and then
+/// each ACK, are still attributed (none dropped as "stale"), and the NACK is acted on.
+#[tokio::test]
+async fn a_late_nack_and_every_ack_of_a_long_backlog_are_attributed() {
+    let (logs, _guard) = Logs::warnings();
+    let view = View::new("merged");
+    view.apply(
+        Address,
+        (0u8..50).map(|i| wl(&format!("u/{i}"), [10, 7, 0, i])),
+        [],
+    );
+    let options = ServerOptions {
+        debounce: Duration::ZERO,
+        ..ServerOptions::default()
+    };
+    let server = start_server(open(&view), options).await;
+    let subs = server.server.subscribers();
+    let mut events = subs.ack_events();
+    let mut z = ztunnel(&server).await;
+    z.initial(Address, &[], &[], &[]).await;
+    let first = z.recv().await;
+    assert_eq!(first.resources.len(), 50);
+    let first_version = view.snapshot().version;
+    // 300 pushes, read (so the queue never fills) and not ACKed: each apply is pushed
+    // before the next, as this test waits for its response.
+    let mut pushes = Vec::new();
+    for i in 0..300u32 {
+        let o = i.to_be_bytes();
+        view.apply(
+            Address,
+            [wl_named("churn/x", [10, 8, o[2], o[3]], &format!("v{i}"))],
+            [],
+        );
+        let r = z.recv().await;
+        assert_eq!(names(&r), set(&["churn/x"]));
+        pushes.push(r);
+    }
+    // The NACK of the first response: counted, logged at warn, attributed to it.
+    z.nack(&first, "u/3: rejected by the test").await;
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.nonce, first.nonce);
+    assert_eq!(ev.nack.as_deref(), Some("u/3: rejected by the test"));
+    assert_eq!(ev.view_version, first_version);
+    let info = &subs.list()[0];
+    assert_eq!(info.stats.address_type.nacks_received, 1);
+    assert_eq!(
+        info.stats.address_type.last_nack_message,
+        "u/3: rejected by the test"
+    );
+    assert!(info.address.rejected);
+    let warned = logs.text();
+    assert!(
+        warned.contains("WARN") && warned.contains("downstream NACKed a response"),
+        "{warned}"
+    );
+    assert!(warned.contains("u/3: rejected by the test"), "{warned}");
+
+    // Then each push is ACKed, in order: every one is attributed.
+    let mut last_version = first_version;
+    for (i, push) in pushes.iter().enumerate() {
+        z.ack(push).await;
+        let ev = next_event(&mut events).await;
+        assert_eq!(ev.nonce, push.nonce, "ACK {i} attributed");
+        assert!(ev.nack.is_none());
+        assert!(ev.view_version >= last_version);
+        last_version = ev.view_version;
+    }
+    assert_eq!(
+        last_version,
+        view.snapshot().version,
+        "the latest is current"
+    );
+    let info = &subs.list()[0];
+    assert_eq!(info.stats.address_type.acks, 300);
+    assert_eq!(info.stats.address_type.last_nonce_acked, pushes[299].nonce);
+    assert!(!info.address.rejected, "cleared by the later ACKs");
+    assert!(subs.all_acked("downstream", view.snapshot().version));
+
+    // The NACKed name was forgotten: u/3 and u/5 flip to another version and back
+    // within one wake-up (this test does not yield between the two applies), so their
+    // served version equals what was sent before. u/3 is resent, u/5 (accepted) is not.
+    view.apply(
+        Address,
+        [
+            wl_named("u/3", [10, 7, 0, 3], "other"),
+            wl_named("u/5", [10, 7, 0, 5], "other"),
+        ],
+        [],
+    );
+    view.apply(
+        Address,
+        [
+            wl("u/3", [10, 7, 0, 3]),
+            wl("u/5", [10, 7, 0, 5]),
+            wl_named("u/4", [10, 7, 0, 4], "changed"),
+        ],
+        [],
+    );
+    let r = z.recv_ack().await;
+    assert_eq!(names(&r), set(&["u/3", "u/4"]));
+    assert_eq!(next_event(&mut events).await.nonce, r.nonce);
+    assert!(
+        subs.wait_all_acked("downstream", view.snapshot().version, WAIT)
+            .await
+    );
+    assert_eq!(subs.list()[0].stats.address_type.acks, 301);
+}
+
+/// ztunnel turns ready after ACKing one response per type: it has the full state of a
+/// type whose first response was split only because every part of it comes before any
+/// response of the next type. Both with a ready view (each initial request flushed on
+/// its own) and with a held stream (both types answered by one flush).
+#[tokio::test]
+async fn a_split_first_response_is_sent_whole_before_the_next_type() {
+    for held_stream in [false, true] {
+        let view = if held_stream {
+            View::pending("merged")
+        } else {
+            View::new("merged")
+        };
+        let big = "y".repeat(3000);
+        view.apply(
+            Address,
+            (0u8..40).map(|i| wl_named(&format!("u/{i}"), [10, 9, 0, i], &big)),
+            [],
+        );
+        view.apply(
+            Authorization,
+            (0..20).map(|i| authz("default", &format!("{big}{i}"))),
+            [],
+        );
+        let options = ServerOptions {
+            max_message_size: 32 * 1024,
+            ..ServerOptions::default()
+        };
+        let server = start_server(open(&view), options).await;
+        let subs = server.server.subscribers();
+        let mut z = ztunnel(&server).await;
+        z.initial(Address, &[], &[], &[]).await;
+        z.initial(Authorization, &[], &[], &[]).await;
+        if held_stream {
+            eventually("both initial requests read", || {
+                subs.list()
+                    .first()
+                    .is_some_and(|s| s.address.subscribed && s.authorization.subscribed)
+            })
+            .await;
+            view.set_ready();
+        }
+        let want = [
+            Held::of_view(&view, Address),
+            Held::of_view(&view, Authorization),
+        ];
+        let mut got = [Held::default(), Held::default()];
+        let mut kinds = Vec::new();
+        while got != want {
+            let r = z.recv_ack().await;
+            let kind = ResourceType::from_type_url(&r.type_url).unwrap();
+            got[kind.index()].apply(&r);
+            kinds.push(kind);
+        }
+        let address_parts = kinds.iter().take_while(|k| **k == Address).count();
+        let authz_parts = kinds.len() - address_parts;
+        assert!(address_parts > 1, "120 KB cannot fit one 32 KB message");
+        assert!(authz_parts > 1, "60 KB cannot fit one 32 KB message");
+        assert!(
+            kinds[address_parts..].iter().all(|k| *k == Authorization),
+            "held stream {held_stream}: an Address part after an Authorization response: {kinds:?}"
+        );
+        assert!(
+            subs.wait_all_acked("downstream", view.snapshot().version, WAIT)
+                .await
+        );
+    }
+}

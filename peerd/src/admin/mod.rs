@@ -3,7 +3,8 @@
 //!
 //! It owns the readiness gates and the Prometheus recorder handle (metric descriptions
 //! come from [`catalog`]). It must never block
-//! on the data path: readiness is a set of flags other components flip.
+//! on the data path: readiness is a set of flags other components flip, or signals they
+//! publish (read when asked, so readiness can never run ahead of them).
 
 pub mod catalog;
 
@@ -17,12 +18,31 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// One readiness gate.
+enum Gate {
+    /// Opened and closed with [`Readiness::set`].
+    Flag(bool),
+    /// Open while the signal is true: the very state another component acts on (the
+    /// merged view's readiness), not a copy that a task would update later.
+    Signal(watch::Receiver<bool>),
+}
+
+impl Gate {
+    fn is_open(&self) -> bool {
+        match self {
+            Gate::Flag(open) => *open,
+            Gate::Signal(signal) => *signal.borrow(),
+        }
+    }
+}
 
 /// Named readiness gates; ready when every registered gate is open.
 #[derive(Default)]
 pub struct Readiness {
-    gates: Mutex<BTreeMap<&'static str, bool>>,
+    gates: Mutex<BTreeMap<&'static str, Gate>>,
 }
 
 impl Readiness {
@@ -32,11 +52,16 @@ impl Readiness {
 
     /// Registers a gate, initially closed.
     pub fn register(&self, gate: &'static str) {
-        self.lock().entry(gate).or_insert(false);
+        self.lock().entry(gate).or_insert(Gate::Flag(false));
+    }
+
+    /// Registers a gate that is open exactly while `signal` is true.
+    pub fn register_signal(&self, gate: &'static str, signal: watch::Receiver<bool>) {
+        self.lock().insert(gate, Gate::Signal(signal));
     }
 
     pub fn set(&self, gate: &'static str, open: bool) {
-        self.lock().insert(gate, open);
+        self.lock().insert(gate, Gate::Flag(open));
     }
 
     /// `Ok` when ready, otherwise the closed gates.
@@ -44,7 +69,7 @@ impl Readiness {
         let pending: Vec<&'static str> = self
             .lock()
             .iter()
-            .filter(|(_, open)| !**open)
+            .filter(|(_, gate)| !gate.is_open())
             .map(|(g, _)| *g)
             .collect();
         if pending.is_empty() {
@@ -54,7 +79,7 @@ impl Readiness {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Gate>> {
         self.gates.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -205,6 +230,39 @@ mod tests {
                 .await
                 .starts_with("HTTP/1.1 200")
         );
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// The merged view's own signal is the gate: there is no moment where the view is
+    /// not ready and `/healthz/ready` says 200, nor the reverse once it is.
+    #[tokio::test]
+    async fn ready_only_once_the_merged_view_is_ready() {
+        let merged = crate::view::View::pending("merged");
+        let readiness = Readiness::new();
+        readiness.register("local upstream synced");
+        readiness.register_signal("merged view ready", merged.ready_signal());
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "health")
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve_health(
+            listener,
+            Arc::clone(&readiness),
+            cancel.clone(),
+        ));
+        // Every other gate open: only the view holds readiness back.
+        readiness.set("local upstream synced", true);
+        let resp = get_status(addr, "/healthz/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(resp.contains("pending: merged view ready"), "{resp}");
+        assert_eq!(readiness.check(), Err(vec!["merged view ready"]));
+        merged.set_ready();
+        // No task to run in between: the next request already sees it.
+        assert_eq!(readiness.check(), Ok(()));
+        let resp = get_status(addr, "/healthz/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         cancel.cancel();
         server.await.unwrap().unwrap();
     }

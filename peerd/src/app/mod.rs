@@ -33,6 +33,9 @@ use crate::xds::stats::StreamStats;
 pub const GATE_LOCAL_SYNCED: &str = "local upstream synced";
 /// Readiness gate: the xDS listener is bound.
 pub const GATE_XDS_LISTENING: &str = "xds listening";
+/// Readiness gate: the merged view is ready (the signal that releases held ztunnel
+/// streams, so readiness never comes before ztunnel can be answered).
+pub const GATE_MERGED_VIEW_READY: &str = "merged view ready";
 
 /// How often certificate and root files are checked for rotation.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -76,6 +79,7 @@ impl Peerd {
         let store = Store::new();
         let federation =
             Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
+        readiness.register_signal(GATE_MERGED_VIEW_READY, federation.merged().ready_signal());
 
         // Downstream server: ztunnel with a bearer token gets the merged view.
         let tls = config

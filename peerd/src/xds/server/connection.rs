@@ -7,7 +7,7 @@
 //! change broadcast (falling back to a full diff when it lags) and only its own bounded
 //! outbound queue can stall it. It must never leave an on-demand name unanswered.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::ServerOptions;
+use super::outstanding::Ledger;
 use super::registry::{AckEvent, Subscriber, Subscribers};
+use super::{FastMap, FastSet, ServerOptions};
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::view::{ChangeSet, View, ViewState};
 use crate::xds::resource::Resource;
@@ -26,28 +27,11 @@ use crate::xds::types::{PerType, ResourceType};
 
 type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
 
-/// Responses kept for ACK matching per type; a client that never ACKs cannot grow it
-/// beyond this (older entries are dropped and their late ACKs ignored).
-const MAX_OUTSTANDING: usize = 256;
 /// Distinct unknown type URLs answered per connection; more are ignored silently.
 const MAX_UNKNOWN_TYPES: usize = 16;
 
 /// Name used in subscriptions for "everything".
 const WILDCARD: &str = "*";
-
-/// Per-connection maps keyed by resource names (100k+ entries on a large mesh): a fast
-/// seeded hash instead of SipHash; the keys come from authenticated clients and views.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
-
-/// A response sent and not yet ACKed/NACKed.
-struct Outstanding {
-    nonce: u64,
-    /// View version the client's state equals once it has processed this response.
-    view_version: u64,
-    /// Names sent (upserted) in it.
-    names: Vec<Arc<str>>,
-}
 
 /// What a flush owes the client: (wire name, resource) to send, sorted by name and
 /// unique, and names to remove.
@@ -70,7 +54,8 @@ struct TypeState {
     must_respond: bool,
     /// Keys that the next response must name, as a resource or as removed.
     must_answer: BTreeSet<Arc<str>>,
-    outstanding: VecDeque<Outstanding>,
+    /// Responses sent and not processed yet, for attributing ACKs and NACKs.
+    outstanding: Ledger,
 }
 
 impl TypeState {
@@ -490,30 +475,17 @@ impl Connection {
             return;
         };
         let ts = self.types.get_mut(kind);
-        // Responses are processed in order: everything up to this nonce is done.
-        let mut processed = None;
-        while ts.outstanding.front().is_some_and(|o| o.nonce <= nonce) {
-            processed = ts.outstanding.pop_front();
-        }
-        let Some(done) = processed.filter(|o| o.nonce == nonce) else {
-            tracing::debug!(node = %self.entry.node(), %kind, nonce, "xds server: ACK for an unknown or stale nonce; ignored");
+        let nack = req.error_detail.as_ref().map(|s| s.message.clone());
+        // Responses are processed in order: everything up to this nonce is done. Every
+        // response sent and not yet settled is on the ledger (folded when many are in
+        // flight), so only a nonce never sent or already settled misses.
+        let Some(done) = ts.outstanding.settle(nonce, nack.as_deref()) else {
+            tracing::debug!(node = %self.entry.node(), %kind, nonce, "xds server: ACK for an unknown or already settled nonce; ignored");
             return;
         };
-        let nack = req.error_detail.as_ref().map(|s| s.message.clone());
         if let Some(message) = &nack {
-            let named = nacked_names(message);
-            let in_response: Vec<&Arc<str>> = done
-                .names
-                .iter()
-                .filter(|n| named.contains(&***n))
-                .collect();
-            // A NACK that names nothing we sent rejects the whole response.
-            let forget: Vec<Arc<str>> = if in_response.is_empty() {
-                done.names.clone()
-            } else {
-                in_response.into_iter().cloned().collect()
-            };
-            for name in &forget {
+            // Forgotten, so the next change of these names or a resync resends them.
+            for name in &done.rejected {
                 ts.sent.remove(name);
             }
             metrics::counter!("peerd_xds_server_nacks_received_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
@@ -564,12 +536,17 @@ impl Connection {
     /// Computes and sends what each type owes the client from the current snapshot.
     /// Returns false if the client is gone.
     ///
-    /// The first response of a type on a stream is one message (split only above
-    /// `max_message_size`): ztunnel turns ready once it has ACKed one response per type,
-    /// so that response must hold the complete state. Later pushes are split into parts
-    /// of about `push_chunk_bytes`, each built only when the outbound queue has drained
-    /// to one response: the client decodes one part while the next is encoded, and a
-    /// 100k-resource push never exists as one giant message (or a queue of them) in memory.
+    /// A type's first response on a stream is split only above `max_message_size`, and
+    /// then all its parts are queued back to back before the next type is looked at (a
+    /// flush is never interleaved with another). ztunnel turns ready once it has ACKed
+    /// one response per type and processes responses in order, so when it ACKs the next
+    /// type's first response it has applied every part of this one. The last type's own
+    /// later parts may still be in flight when it turns ready: types are flushed Address
+    /// first, the one large enough to be split at scale. Later pushes are split into
+    /// parts of about `push_chunk_bytes`, each built only when the outbound queue has
+    /// drained to one response: the client decodes one part while the next is encoded,
+    /// and a 100k-resource push never exists as one giant message (or a queue of them)
+    /// in memory.
     #[tracing::instrument(name = "xds.server.push", skip_all, fields(node = %self.entry.node()))]
     async fn flush(&mut self, tx: &Outbound) -> bool {
         for response in std::mem::take(&mut self.pending_unknown) {
@@ -590,19 +567,16 @@ impl Connection {
             if upserts.is_empty() && removed.is_empty() && !must_respond {
                 // Nothing changed for this client: once it has processed what is in
                 // flight, it is current as of this snapshot.
-                match ts.outstanding.back_mut() {
-                    Some(last) => last.view_version = snapshot.version,
-                    None => {
-                        let mut p = self
-                            .entry
-                            .progress
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
-                        let p = p.get_mut(kind);
-                        if p.acked_view_version.is_none_or(|v| v < snapshot.version) {
-                            p.acked_view_version = Some(snapshot.version);
-                            progressed = true;
-                        }
+                if !ts.outstanding.advance_newest(snapshot.version) {
+                    let mut p = self
+                        .entry
+                        .progress
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let p = p.get_mut(kind);
+                    if p.acked_view_version.is_none_or(|v| v < snapshot.version) {
+                        p.acked_view_version = Some(snapshot.version);
+                        progressed = true;
                     }
                 }
                 continue;
@@ -615,7 +589,7 @@ impl Connection {
                     .clamp(1, self.options.max_message_size.max(1))
             };
             // Until the last part is processed the client is only as current as before.
-            let prior = ts.outstanding.back().map(|o| o.view_version).or_else(|| {
+            let prior = ts.outstanding.newest_version().or_else(|| {
                 self.entry
                     .progress
                     .lock()
@@ -647,18 +621,16 @@ impl Connection {
                 }
                 self.next_nonce += 1;
                 let nonce = self.next_nonce;
-                if ts.outstanding.len() >= MAX_OUTSTANDING {
-                    ts.outstanding.pop_front();
-                }
-                ts.outstanding.push_back(Outstanding {
+                ts.outstanding.push(
                     nonce,
-                    view_version: if last {
+                    if last {
                         snapshot.version
                     } else {
                         prior.unwrap_or(0)
                     },
-                    names: resources.iter().map(|(n, _)| Arc::clone(n)).collect(),
-                });
+                    resources.iter().map(|(n, _)| Arc::clone(n)).collect(),
+                    &ts.sent,
+                );
                 metrics::counter!("peerd_xds_server_responses_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
                 metrics::counter!("peerd_xds_server_resources_sent_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(resources.len() as u64);
                 let held = ts.sent.len() as u64;

@@ -13,8 +13,10 @@
 //! the known types are unaffected.
 
 mod connection;
+mod outstanding;
 pub mod registry;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,11 @@ use crate::xds::transport::{PeerConnInfo, tls_incoming};
 pub use connection::nacked_names;
 pub use registry::{AckEvent, SubscriberInfo, Subscribers, TypeProgress};
 
+/// Per-connection maps keyed by resource names (100k+ entries on a large mesh): a fast
+/// seeded hash instead of SipHash; the keys come from authenticated clients and views.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// Tunables of the server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -45,7 +52,8 @@ pub struct ServerOptions {
     /// Largest request accepted and largest response sent (bigger pushes are split).
     pub max_message_size: usize,
     /// Pushes after the first response of a type are split into parts of about this many
-    /// bytes (the first response stays whole: ztunnel's readiness needs the full state).
+    /// bytes. A first response is split only above `max_message_size`, its parts sent
+    /// before any response of another type (ztunnel's readiness, see `Connection::flush`).
     pub push_chunk_bytes: usize,
     /// Time allowed for a TLS handshake.
     pub handshake_timeout: Duration,
