@@ -17,6 +17,15 @@
 //! A name that occurs more than once in one response is rejected in every copy (which
 //! one is right is unknowable) and NACKed once as `"<name>: duplicate name in one
 //! response"`; an already stored version of it stays.
+//!
+//! Layout: this file holds the public surface (options, token source, filter, failure
+//! classes and their classification) and the reconnect loop ([`AdsClient::run`]);
+//! `stream` one session on the wire, `apply` one response into the store and its
+//! ACK/NACK, `backoff` the reconnect delay.
+
+mod apply;
+mod backoff;
+mod stream;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -44,6 +53,9 @@ use crate::xds::resource::{Resource, ResourceError};
 use crate::xds::stats::StreamStats;
 use crate::xds::transport::{ConnectError, TlsConnectorService, find_connect_error};
 use crate::xds::types::ResourceType;
+
+pub use backoff::backoff_delay;
+use stream::SessionEnd;
 
 /// Where the bearer token comes from.
 #[derive(Clone)]
@@ -181,12 +193,6 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-/// How a session that did not fail ended.
-enum SessionEnd {
-    Cancelled,
-    ServerClosed,
-}
-
 pub struct AdsClient {
     opts: Arc<ClientOptions>,
     store: Arc<Store>,
@@ -280,385 +286,6 @@ impl AdsClient {
             }
         }
     }
-
-    /// The `authorization` header value, read now (files rotate).
-    fn bearer_header(&self) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>, ClientError> {
-        let token = match &self.opts.token {
-            None => return Ok(None),
-            Some(TokenSource::Literal(t)) => t.trim().to_string(),
-            Some(TokenSource::File(path)) => std::fs::read_to_string(path)
-                .map_err(|e| ClientError {
-                    kind: FailureKind::Config,
-                    message: format!("cannot read bearer token file {}: {e}", path.display()),
-                    tls: None,
-                })?
-                .trim()
-                .to_string(),
-        };
-        MetadataValue::try_from(format!("Bearer {token}"))
-            .map(Some)
-            .map_err(|_| ClientError {
-                kind: FailureKind::Config,
-                message: "bearer token contains characters not allowed in a header".to_string(),
-                tls: None,
-            })
-    }
-
-    fn initial_request(&self, kind: ResourceType) -> discovery::DeltaDiscoveryRequest {
-        let held = self.store.origin(self.origin()).view.snapshot();
-        let initial_resource_versions: HashMap<String, String> = held
-            .resources(kind)
-            .iter()
-            .map(|(name, r)| (name.to_string(), r.version.to_string()))
-            .collect();
-        discovery::DeltaDiscoveryRequest {
-            node: Some(self.opts.node.clone()),
-            type_url: kind.type_url().to_string(),
-            initial_resource_versions,
-            ..Default::default()
-        }
-    }
-
-    async fn session(
-        &self,
-        cancel: &CancellationToken,
-        got_response: &mut bool,
-    ) -> Result<SessionEnd, ClientError> {
-        let opts = &self.opts;
-        let peer = opts.origin.clone();
-        let bearer = self.bearer_header()?;
-        let connector = TlsConnectorService::new(
-            opts.endpoint.clone(),
-            &opts.server_name,
-            Arc::clone(&opts.tls),
-            opts.connect_timeout,
-        )
-        .map_err(|e| ClientError {
-            kind: FailureKind::Config,
-            message: e.to_string(),
-            tls: None,
-        })?;
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("https://{}", opts.endpoint))
-                .map_err(|e| ClientError {
-                    kind: FailureKind::Config,
-                    message: format!("invalid upstream endpoint {:?}: {e}", opts.endpoint),
-                    tls: None,
-                })?
-                .http2_keep_alive_interval(opts.keepalive_interval)
-                .keep_alive_timeout(opts.keepalive_timeout)
-                .keep_alive_while_idle(true);
-        let channel = tokio::select! {
-            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-            c = endpoint.connect_with_connector(connector) => c.map_err(|e| classify_transport(&e, &opts.endpoint))?,
-        };
-        let mut client = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(opts.max_message_size)
-            .max_encoding_message_size(opts.max_message_size);
-
-        let (tx, rx) = mpsc::channel::<discovery::DeltaDiscoveryRequest>(16);
-        for kind in ResourceType::ALL {
-            let req = self.initial_request(kind);
-            tracing::debug!(origin = %peer, %kind, held = req.initial_resource_versions.len(), "xds client: initial request");
-            // The receiver is alive (held below); capacity 16 > 2.
-            let _ = tx.send(req).await;
-        }
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(value) = bearer {
-            request.metadata_mut().insert("authorization", value);
-        }
-        for (name, value) in &opts.headers {
-            let key = MetadataKey::from_bytes(name.as_bytes()).map_err(|_| ClientError {
-                kind: FailureKind::Config,
-                message: format!("invalid header name {name:?}"),
-                tls: None,
-            })?;
-            let value = MetadataValue::try_from(value.as_str()).map_err(|_| ClientError {
-                kind: FailureKind::Config,
-                message: format!("invalid value for header {name:?}"),
-                tls: None,
-            })?;
-            request.metadata_mut().insert(key, value);
-        }
-        let response = tokio::select! {
-            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-            r = open_delta_stream(&mut client, request) => r.map_err(|s| classify_status(&s, &opts.endpoint))?,
-        };
-        let mut inbound = response.into_inner();
-        self.stats.connected();
-        self.set_failure(None);
-        metrics::counter!("peerd_xds_client_connects_total", "peer_cluster" => peer.clone())
-            .increment(1);
-        metrics::gauge!("peerd_xds_client_connected", "peer_cluster" => peer.clone()).set(1.0);
-        tracing::info!(origin = %peer, endpoint = %opts.endpoint, "xds client: stream established");
-
-        let mut synced = [false; 2];
-        let silence = tokio::time::sleep_until(Instant::now() + opts.response_timeout);
-        tokio::pin!(silence);
-        let mut silence_reported = false;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-                _ = &mut silence, if !silence_reported && !synced.iter().all(|s| *s) => {
-                    silence_reported = true;
-                    let missing: Vec<&str> = ResourceType::ALL
-                        .iter()
-                        .filter(|t| !synced[t.index()])
-                        .map(|t| t.short_name())
-                        .collect();
-                    let message = format!(
-                        "upstream {} sent no response for {} within {:?} of the initial requests",
-                        opts.endpoint,
-                        missing.join(", "),
-                        opts.response_timeout
-                    );
-                    tracing::warn!(origin = %peer, "xds client: {message}; keeping the stream open");
-                    metrics::counter!("peerd_xds_client_errors_total", "peer_cluster" => peer.clone(), "reason" => FailureKind::NoResponse.as_str())
-                        .increment(1);
-                    self.stats.set_last_error(message.clone());
-                    self.set_failure(Some(ClientError {
-                        kind: FailureKind::NoResponse,
-                        message,
-                        tls: None,
-                    }));
-                }
-                msg = inbound.message() => match msg {
-                    Ok(Some(resp)) => {
-                        *got_response = true;
-                        let reply = self.handle_response(resp, &mut synced);
-                        if synced.iter().all(|s| *s) && silence_reported {
-                            silence_reported = false;
-                            self.stats.set_last_error("");
-                            self.set_failure(None);
-                        }
-                        if tx.send(reply).await.is_err() {
-                            return Err(ClientError {
-                                kind: FailureKind::Stream,
-                                message: format!("request stream to {} closed", opts.endpoint),
-                                tls: None,
-                            });
-                        }
-                    }
-                    Ok(None) => return Ok(SessionEnd::ServerClosed),
-                    Err(status) => return Err(classify_status(&status, &opts.endpoint)),
-                },
-            }
-        }
-    }
-
-    /// Validates and applies one response; returns the ACK or NACK to send.
-    #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
-    fn handle_response(
-        &self,
-        resp: ReceivedResponse,
-        synced: &mut [bool; 2],
-    ) -> discovery::DeltaDiscoveryRequest {
-        let peer = self.origin();
-        let ack = discovery::DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            ..Default::default()
-        };
-        let Some(kind) = ResourceType::from_type_url(&resp.type_url) else {
-            tracing::error!(origin = %peer, type_url = %resp.type_url, "xds client: response for an unknown type; ACKing and ignoring it");
-            return ack;
-        };
-        metrics::counter!("peerd_xds_client_responses_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
-            .increment(1);
-        // Every envelope first: duplicates are known before anything is applied.
-        let envelopes: Vec<Result<Envelope, prost::DecodeError>> =
-            resp.resources.iter().map(Envelope::parse).collect();
-        let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(envelopes.len(), Default::default());
-        for e in envelopes.iter().flatten() {
-            *seen.entry(&*e.name).or_default() += 1;
-        }
-        let duplicated: HashSet<String> = seen
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let mut errors: Vec<(String, String)> = Vec::new();
-        for name in {
-            let mut d: Vec<&String> = duplicated.iter().collect();
-            d.sort();
-            d
-        } {
-            errors.push((name.clone(), ResourceError::Duplicate.to_string()));
-        }
-        let body_bytes: usize = envelopes
-            .iter()
-            .flatten()
-            .map(|e| e.payload.as_ref().map_or(0, |p| p.value.len()))
-            .sum();
-        let share_buffer = body_bytes >= SHARE_RECEIVE_BUFFER_BYTES;
-        // Accepted names matter only to drop removals of names this response also sends.
-        let mut upserted: HashSet<Arc<str>> = HashSet::new();
-        let mut upserts = Vec::with_capacity(envelopes.len().min(APPLY_PART));
-        let mut n_up = 0;
-        for (i, envelope) in envelopes.into_iter().enumerate() {
-            let envelope = match envelope {
-                Ok(e) => e,
-                Err(e) => {
-                    // No name to give: the position in the response says which.
-                    errors.push((
-                        format!("resources[{i}]"),
-                        format!("malformed Resource: {e}"),
-                    ));
-                    continue;
-                }
-            };
-            if duplicated.contains(&*envelope.name) {
-                continue;
-            }
-            let name = Arc::clone(&envelope.name);
-            match self.accept(kind, &resp.type_url, envelope, share_buffer) {
-                Ok(res) => upserts.push(Arc::new(res)),
-                Err(reason) => errors.push((name.to_string(), reason)),
-            }
-            if upserts.len() == APPLY_PART {
-                n_up += upserts.len();
-                if !resp.removed_resources.is_empty() {
-                    upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
-                }
-                self.store
-                    .apply(peer, kind, std::mem::take(&mut upserts), Vec::new());
-            }
-        }
-        n_up += upserts.len();
-        let removals: Vec<Arc<str>> = if resp.removed_resources.is_empty() {
-            Vec::new()
-        } else {
-            upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
-            resp.removed_resources
-                .iter()
-                .filter(|n| !upserted.contains(n.as_str()))
-                .map(|n| Arc::<str>::from(n.as_str()))
-                .collect()
-        };
-        let n_rm = removals.len();
-        self.store.apply(peer, kind, upserts, removals);
-        if !synced[kind.index()] {
-            synced[kind.index()] = true;
-            self.store.mark_synced(peer, kind);
-        }
-        let held = self.store.origin(peer).view.snapshot().len(kind) as u64;
-        tracing::debug!(origin = %peer, %kind, nonce = %resp.nonce, upserts = n_up, removals = n_rm, rejected = errors.len(), "xds client: response applied");
-        if errors.is_empty() {
-            self.stats.update(kind, |t| {
-                t.last_nonce_received = resp.nonce.clone();
-                t.last_nonce_acked = resp.nonce.clone();
-                t.acks += 1;
-                t.resources = held;
-                t.synced = true;
-            });
-            return ack;
-        }
-        let message = errors
-            .iter()
-            .map(|(name, reason)| format!("{name}: {reason}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        metrics::counter!("peerd_xds_client_nacks_sent_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
-            .increment(1);
-        metrics::counter!("peerd_xds_client_resources_rejected_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
-            .increment(errors.len() as u64);
-        tracing::warn!(origin = %peer, %kind, nonce = %resp.nonce, rejected = errors.len(), message = %message, "xds client: NACKing rejected resources (the others were applied)");
-        self.stats.update(kind, |t| {
-            t.last_nonce_received = resp.nonce.clone();
-            t.nacks_sent += 1;
-            t.last_nack_message = message.clone();
-            t.resources = held;
-            t.synced = true;
-        });
-        discovery::DeltaDiscoveryRequest {
-            error_detail: Some(rpc::Status {
-                code: 0,
-                message,
-                details: Vec::new(),
-            }),
-            ..ack
-        }
-    }
-
-    /// Validates one received resource. `Err` is the NACK reason.
-    fn accept(
-        &self,
-        kind: ResourceType,
-        type_url: &str,
-        envelope: Envelope,
-        share_buffer: bool,
-    ) -> Result<Resource, String> {
-        let any = envelope
-            .payload
-            .ok_or_else(|| ResourceError::MissingPayload.to_string())?;
-        // ztunnel ignores Any.type_url; an empty one is tolerated, a different one is not.
-        if !any.type_url().is_empty() && any.type_url() != type_url {
-            return Err(ResourceError::TypeMismatch {
-                expected: type_url.to_string(),
-                found: any.type_url().to_string(),
-            }
-            .to_string());
-        }
-        let body = if share_buffer {
-            any.value
-        } else {
-            Bytes::copy_from_slice(&any.value)
-        };
-        let resource = Resource::from_wire(kind, envelope.name, envelope.version, body)
-            .map_err(|e| e.to_string())?;
-        if let Some(filter) = &self.filter {
-            filter.check(self.origin(), &resource)?;
-        }
-        Ok(resource)
-    }
-}
-
-/// Opens `DeltaAggregatedResources` as the generated client does, except that responses
-/// are decoded as [`ReceivedResponse`] (resources parsed while they are applied).
-async fn open_delta_stream(
-    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
-    request: tonic::Request<ReceiverStream<discovery::DeltaDiscoveryRequest>>,
-) -> Result<tonic::Response<tonic::Streaming<ReceivedResponse>>, tonic::Status> {
-    const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-    const METHOD: &str = "DeltaAggregatedResources";
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
-    );
-    let mut request = tonic::IntoStreamingRequest::into_streaming_request(request);
-    request
-        .extensions_mut()
-        .insert(tonic::GrpcMethod::new(SERVICE, METHOD));
-    let codec = PeerdCodec::<discovery::DeltaDiscoveryRequest, ReceivedResponse>::default();
-    grpc.streaming(request, path, codec).await
-}
-
-/// Bodies of a response at least this large stay slices of tonic's receive buffer (no
-/// copy: the buffer is then mostly those bodies). Smaller responses are copied out, so a
-/// resource that lives for days never pins a receive buffer holding mostly other data.
-const SHARE_RECEIVE_BUFFER_BYTES: usize = 1 << 20;
-
-/// A large response is applied to the store in parts of this many resources, so the
-/// federation can merge the first part while later ones are still being validated (on
-/// another core). Removals go with the last part.
-const APPLY_PART: usize = 8192;
-
-/// Jittered exponential backoff: a uniform pick in [d/2, d] with d = initial·2^attempt
-/// capped at `max`.
-pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(30));
-    let d = initial.saturating_mul(factor).min(max);
-    let half = d / 2;
-    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    let extra = if jitter_ms == 0 {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
-    };
-    half + extra
 }
 
 fn connect_failure(c: &ConnectError) -> FailureKind {
@@ -788,28 +415,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     parts.join(": ")
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for attempt in 0..40 {
-            let d = backoff_delay(initial, max, attempt);
-            let cap = initial
-                .saturating_mul(2u32.saturating_pow(attempt.min(30)))
-                .min(max);
-            assert!(
-                d >= cap / 2 && d <= cap,
-                "attempt {attempt}: {d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-        }
-        assert!(backoff_delay(initial, max, 30) >= Duration::from_secs(1));
-    }
 
     fn tls_connect_error(e: rustls::Error) -> ConnectError {
         ConnectError::Tls {
