@@ -19,10 +19,13 @@
 
 pub mod apply;
 pub mod client;
+pub mod condition_sync;
 pub mod emulator;
+pub mod flat_input;
 pub mod flatsync;
 pub mod gateways;
 pub mod leader;
+pub mod peering;
 pub mod status;
 pub mod tokenreview;
 pub mod types;
