@@ -18,7 +18,7 @@ use crate::config::{
     XdsServer, defaults, parse_duration,
 };
 
-use super::Checker;
+use super::{Checker, is_dns_name};
 
 impl Checker<'_> {
     pub(super) fn kubernetes(&mut self, file: &FileConfig, xds: &XdsServer) -> Option<Kubernetes> {

@@ -17,7 +17,7 @@ use crate::config::{
     XdsServer, defaults, parse_duration,
 };
 
-use super::Checker;
+use super::{Checker, sockets_overlap};
 
 impl Checker<'_> {
     pub(super) fn listeners(&mut self, file: &FileConfig) -> Listeners {

@@ -17,7 +17,7 @@ use crate::config::{
     XdsServer, defaults, parse_duration,
 };
 
-use super::Checker;
+use super::{Checker, is_dns_name, parse_server_identity};
 
 impl Checker<'_> {
     pub(super) fn peers(

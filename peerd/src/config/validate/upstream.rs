@@ -17,7 +17,7 @@ use crate::config::{
     XdsServer, defaults, parse_duration,
 };
 
-use super::Checker;
+use super::{Checker, is_dns_name, is_loopback_host, split_host_port};
 
 impl Checker<'_> {
     pub(super) fn upstreams(

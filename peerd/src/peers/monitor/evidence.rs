@@ -16,13 +16,13 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::conditions::{
+use crate::peers::conditions::{
     Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, hbone_timeout_message,
     reason,
 };
-use super::hysteresis::{Hysteresis, HysteresisConfig, Observation, Verdict};
-use super::model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec, build_all};
-use super::observe::{
+use crate::peers::hysteresis::{Hysteresis, HysteresisConfig, Observation, Verdict};
+use crate::peers::model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec, build_all};
+use crate::peers::observe::{
     AckObservation, AckSource, ImportSource, ProbeObservation, ProbeSource, ProbeStats,
     ProbeTargets, Reachability, UpstreamSource,
 };
@@ -232,5 +232,55 @@ pub(super) fn data_plane_observation(
             format!("{acked}; no pod of the flat peer is known yet, nothing to reach"),
         ),
         None => Observation::NoSignal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::observe::UpstreamFailure;
+
+    fn upstream(connected: bool, failure: Option<(&'static str, &str)>) -> UpstreamObservation {
+        UpstreamObservation {
+            endpoint: "127.0.0.2:15012".into(),
+            connected,
+            failure: failure.map(|(reason, message)| UpstreamFailure {
+                reason,
+                message: message.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_connection_failure_carries_its_reason_and_advice() {
+        let probe = ProbeObservation::default();
+        assert_eq!(connection_observation(None, &probe), Observation::NoSignal);
+        assert!(matches!(
+            connection_observation(Some(&upstream(true, None)), &probe),
+            Observation::Healthy { reason, .. } if reason == reason::CONNECTED
+        ));
+        let failing = upstream(false, Some((reason::CONNECT_TIMEOUT, "dial timed out")));
+        let Observation::Failing { reason, message } = connection_observation(Some(&failing), &probe)
+        else {
+            panic!("a classified failure is failing");
+        };
+        assert_eq!(reason, reason::CONNECT_TIMEOUT);
+        assert!(message.starts_with("dial timed out; check that 127.0.0.2:15012 is reachable"), "{message}");
+        // No classified failure yet and no probe of the xDS port: nothing known.
+        assert_eq!(
+            connection_observation(Some(&upstream(false, None)), &probe),
+            Observation::NoSignal
+        );
+    }
+
+    #[test]
+    fn not_connected_names_the_failure_only_while_disconnected() {
+        assert_eq!(not_connected(None), None);
+        assert_eq!(not_connected(Some(&upstream(true, Some((reason::TLS_ERROR, "x"))))), None);
+        assert_eq!(not_connected(Some(&upstream(false, None))), None);
+        assert_eq!(
+            not_connected(Some(&upstream(false, Some((reason::TLS_ERROR, "bad root"))))).as_deref(),
+            Some("not connected to peer (TLSError: bad root)")
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::xds::server::{Subscribers, nacked_names};
 use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
-use super::*;
+use super::lock;
 
 /// Whether local downstreams hold the peer's latest change.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,9 @@ use crate::xds::server::{Subscribers, nacked_names};
 use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
-use super::*;
+use super::lock;
+use super::probe::{PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability};
+use super::userspace_probe::UserspaceProbe;
 
 /// eBPF mode: the aggregator's per-destination kernel counters, attributed to peers by
 /// their gateway addresses and, for flat peers, every pod IP the store holds for them

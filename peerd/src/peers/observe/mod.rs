@@ -3,7 +3,7 @@
 //! - [`UpstreamSource`]: the xDS client of each peer (connected, classified last failure)
 //!   — real: [`AdsClients`] over `AdsClient::stats()` / `failure_handle()`;
 //! - [`ImportSource`]: the store's sync flags and held resources of the peer's origin,
-//!   and the peer's pod IPs for flat probing — real: [`Store`];
+//!   and the peer's pod IPs for flat probing — real: [`Store`](crate::store::Store);
 //! - [`AckSource`]: whether local downstreams (ztunnel) ACKed the merged-view version that
 //!   carries the peer's latest change, with the NACK text — real: [`DownstreamAcks`] over
 //!   `Subscribers`, told the versions by a [`PeerVersions`] (federation records them in

@@ -19,7 +19,6 @@ use crate::xds::server::{Subscribers, nacked_names};
 use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
-use super::*;
 
 /// What connects to one port of a peer showed most recently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

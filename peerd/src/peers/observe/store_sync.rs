@@ -19,7 +19,6 @@ use crate::xds::server::{Subscribers, nacked_names};
 use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
-use super::*;
 
 /// Sync state of the peer's origin in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::xds::server::{Subscribers, nacked_names};
 use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
-use super::*;
+use super::lock;
 
 /// The state of the xDS client of one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]

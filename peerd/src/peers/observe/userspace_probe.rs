@@ -20,7 +20,8 @@ use crate::xds::server::{Subscribers, nacked_names};
 use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
-use super::*;
+use super::lock;
+use super::probe::{PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability};
 
 /// Log2 µs bucket, as the kernel histogram counts it.
 fn latency_bucket(us: u64) -> usize {
@@ -55,7 +56,7 @@ impl UserspaceProbe {
         })
     }
 
-    /// The fallback inside [`KernelProbe`]: the kernel counts the same connects, so this
+    /// The fallback inside [`KernelProbe`](super::KernelProbe): the kernel counts the same connects, so this
     /// one exports no metrics.
     pub fn without_metrics(prober: Arc<Prober>) -> Arc<Self> {
         Arc::new(UserspaceProbe {
