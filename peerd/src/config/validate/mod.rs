@@ -18,19 +18,14 @@ mod probe;
 mod upstream;
 mod xds;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::env::{Env, Overrides, Sources, apply_env, apply_overrides};
-use super::file::{FileConfig, UpstreamFile};
-use super::{
-    ClientCert, Config, EastWestGateway, Export, Hysteresis, KubeApi, Kubernetes, Listeners, Peer,
-    PeerAddress, Probe, ServerIdentity, ServerTls, ServiceRef, Telemetry, TokenReview, Upstream,
-    XdsServer, defaults, parse_duration,
-};
+use super::file::FileConfig;
+use super::{Config, Hysteresis, ServerIdentity, Telemetry, defaults, parse_duration};
 
 /// Largest gRPC message size accepted in the config (the gRPC length prefix is 32 bits).
 const MESSAGE_BYTES_LIMIT: u64 = 1 << 31;

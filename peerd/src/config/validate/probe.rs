@@ -3,18 +3,9 @@
 //! Owns only the rules of that section. Never probes anything.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::config::env::{Env, Overrides, Sources, apply_env, apply_overrides};
-use crate::config::file::{FileConfig, UpstreamFile};
-use crate::config::{
-    ClientCert, Config, EastWestGateway, Export, Hysteresis, KubeApi, Kubernetes, Listeners, Peer,
-    PeerAddress, Probe, ServerIdentity, ServerTls, ServiceRef, Telemetry, TokenReview, Upstream,
-    XdsServer, defaults, parse_duration,
-};
+use crate::config::file::FileConfig;
+use crate::config::{Probe, defaults};
 
 use super::Checker;
 

@@ -5,31 +5,14 @@
 //! Pure: reads only its arguments. Must never decide a condition (hysteresis does),
 //! never keep state between ticks, and never look at another peer.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
-
-use arc_swap::ArcSwap;
-use serde::Serialize;
-use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-use crate::peers::conditions::{
-    Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, hbone_timeout_message,
-    reason,
-};
-use crate::peers::hysteresis::{Hysteresis, HysteresisConfig, Observation, Verdict};
-use crate::peers::model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec, build_all};
-use crate::peers::observe::{
-    AckObservation, AckSource, ImportSource, ProbeObservation, ProbeSource, ProbeStats,
-    ProbeTargets, Reachability, UpstreamSource,
-};
-use crate::config::PeerAddress;
+use crate::peers::conditions::{hbone_timeout_message, reason};
+use crate::peers::hysteresis::Observation;
 use crate::peers::model::HBONE_PORT;
+use crate::peers::model::PeerModel;
 use crate::peers::observe::UpstreamObservation;
-use crate::probe::prober::TargetGuard;
+use crate::peers::observe::{
+    AckObservation, ImportSource, ProbeObservation, ProbeTargets, Reachability,
+};
 
 /// Advice appended to a connection failure, by reason.
 pub(super) fn connection_hint(reason_str: &str, endpoint: &str) -> String {
@@ -260,12 +243,16 @@ mod tests {
             Observation::Healthy { reason, .. } if reason == reason::CONNECTED
         ));
         let failing = upstream(false, Some((reason::CONNECT_TIMEOUT, "dial timed out")));
-        let Observation::Failing { reason, message } = connection_observation(Some(&failing), &probe)
+        let Observation::Failing { reason, message } =
+            connection_observation(Some(&failing), &probe)
         else {
             panic!("a classified failure is failing");
         };
         assert_eq!(reason, reason::CONNECT_TIMEOUT);
-        assert!(message.starts_with("dial timed out; check that 127.0.0.2:15012 is reachable"), "{message}");
+        assert!(
+            message.starts_with("dial timed out; check that 127.0.0.2:15012 is reachable"),
+            "{message}"
+        );
         // No classified failure yet and no probe of the xDS port: nothing known.
         assert_eq!(
             connection_observation(Some(&upstream(false, None)), &probe),
@@ -276,10 +263,17 @@ mod tests {
     #[test]
     fn not_connected_names_the_failure_only_while_disconnected() {
         assert_eq!(not_connected(None), None);
-        assert_eq!(not_connected(Some(&upstream(true, Some((reason::TLS_ERROR, "x"))))), None);
+        assert_eq!(
+            not_connected(Some(&upstream(true, Some((reason::TLS_ERROR, "x"))))),
+            None
+        );
         assert_eq!(not_connected(Some(&upstream(false, None))), None);
         assert_eq!(
-            not_connected(Some(&upstream(false, Some((reason::TLS_ERROR, "bad root"))))).as_deref(),
+            not_connected(Some(&upstream(
+                false,
+                Some((reason::TLS_ERROR, "bad root"))
+            )))
+            .as_deref(),
             Some("not connected to peer (TLSError: bad root)")
         );
     }

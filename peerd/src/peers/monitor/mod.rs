@@ -29,14 +29,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::conditions::{
-    Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, hbone_timeout_message,
-    reason,
+    Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, reason,
 };
-use super::hysteresis::{Hysteresis, HysteresisConfig, Observation, Verdict};
+use super::hysteresis::{Hysteresis, HysteresisConfig, Verdict};
 use super::model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec, build_all};
 use super::observe::{
-    AckObservation, AckSource, ImportSource, ProbeObservation, ProbeSource, ProbeStats,
-    ProbeTargets, Reachability, UpstreamSource,
+    AckSource, ImportSource, ProbeSource, ProbeStats, ProbeTargets, UpstreamSource,
 };
 use crate::config::PeerAddress;
 use crate::probe::prober::TargetGuard;

@@ -5,20 +5,10 @@
 //! Owns: the per-peer latest versions and reading the downstream registry. Must never
 //! send anything to a downstream.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-use tokio::sync::watch;
-
-use crate::probe::aggregator::{self, ConnectCounts, ProbeReport};
-use crate::probe::prober::{ProbeOutcome, Prober};
-use crate::store::Store;
-use crate::xds::client::{AdsClient, Failure};
-use crate::xds::resource::Summary;
 use crate::xds::server::{Subscribers, nacked_names};
-use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
 
 use super::lock;

@@ -6,22 +6,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::probe::aggregator::{self, ConnectCounts, ProbeReport};
-use crate::probe::prober::{ProbeOutcome, Prober};
+use crate::probe::aggregator::{ConnectCounts, ProbeReport};
+use crate::probe::prober::Prober;
 use crate::store::Store;
-use crate::xds::client::{AdsClient, Failure};
-use crate::xds::resource::Summary;
-use crate::xds::server::{Subscribers, nacked_names};
-use crate::xds::stats::StreamStats;
-use crate::xds::types::ResourceType;
 
 use super::lock;
-use super::probe::{PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability};
+use super::probe::{
+    PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability,
+};
 use super::userspace_probe::UserspaceProbe;
 
 /// eBPF mode: the aggregator's per-destination kernel counters, attributed to peers by

@@ -3,22 +3,12 @@
 //!
 //! Owns: the shared probe vocabulary only. Must never probe anything itself.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use serde::Serialize;
-use tokio::sync::watch;
 
-use crate::probe::aggregator::{self, ConnectCounts, ProbeReport};
-use crate::probe::prober::{ProbeOutcome, Prober};
-use crate::store::Store;
-use crate::xds::client::{AdsClient, Failure};
-use crate::xds::resource::Summary;
-use crate::xds::server::{Subscribers, nacked_names};
-use crate::xds::stats::StreamStats;
-use crate::xds::types::ResourceType;
-
+use crate::probe::aggregator::ConnectCounts;
 
 /// What connects to one port of a peer showed most recently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -3,22 +3,11 @@
 //!
 //! Owns: reading one origin of the store. Must never write to the store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::IpAddr;
 
-use serde::Serialize;
-use tokio::sync::watch;
-
-use crate::probe::aggregator::{self, ConnectCounts, ProbeReport};
-use crate::probe::prober::{ProbeOutcome, Prober};
 use crate::store::Store;
-use crate::xds::client::{AdsClient, Failure};
 use crate::xds::resource::Summary;
-use crate::xds::server::{Subscribers, nacked_names};
-use crate::xds::stats::StreamStats;
 use crate::xds::types::ResourceType;
-
 
 /// Sync state of the peer's origin in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]

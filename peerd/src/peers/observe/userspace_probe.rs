@@ -4,24 +4,17 @@
 //! Owns: turning the prober's counters into verdicts and metrics. Must never connect
 //! anywhere itself (the prober owns connects and its target guard).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-use tokio::sync::watch;
-
-use crate::probe::aggregator::{self, ConnectCounts, ProbeReport};
+use crate::probe::aggregator::{self};
 use crate::probe::prober::{ProbeOutcome, Prober};
-use crate::store::Store;
-use crate::xds::client::{AdsClient, Failure};
-use crate::xds::resource::Summary;
-use crate::xds::server::{Subscribers, nacked_names};
-use crate::xds::stats::StreamStats;
-use crate::xds::types::ResourceType;
 
 use super::lock;
-use super::probe::{PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability};
+use super::probe::{
+    PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability,
+};
 
 /// Log2 µs bucket, as the kernel histogram counts it.
 fn latency_bucket(us: u64) -> usize {
@@ -68,7 +61,7 @@ impl UserspaceProbe {
     }
 
     /// Gives the prober the targets of every peer (what the guard permits).
-    fn apply_targets(&self, targets: &BTreeMap<String, ProbeTargets>) {
+    pub(super) fn apply_targets(&self, targets: &BTreeMap<String, ProbeTargets>) {
         let all: Vec<SocketAddr> = targets
             .values()
             .flat_map(|t| t.hbone.iter().chain(t.xds.iter()).copied())

@@ -7,31 +7,19 @@
 //! touch the store directly (responses go through [`AdsClient::handle_response`]) and
 //! never log the bearer token.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use rand::Rng as _;
-use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataKey, MetadataValue};
 
-use crate::identity::classify::{FailureReason, classify_tls};
-use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::envoy::service::discovery::v3 as discovery;
-use crate::proto::google::rpc;
-use crate::store::Store;
 use crate::xds::codec::PeerdCodec;
-use crate::xds::received::{Envelope, ReceivedResponse};
-use crate::xds::resource::{Resource, ResourceError};
-use crate::xds::stats::StreamStats;
-use crate::xds::transport::{ConnectError, TlsConnectorService, find_connect_error};
+use crate::xds::received::ReceivedResponse;
+use crate::xds::transport::TlsConnectorService;
 use crate::xds::types::ResourceType;
 
 use super::{
