@@ -18,22 +18,37 @@ use crate::store::Store;
 use crate::xds::server::AdsServer;
 use crate::xds::stats::StreamStats;
 
+/// The daemon's handles the debug API reads.
+pub(super) struct DebugHandles<'a> {
+    pub store: &'a Arc<Store>,
+    pub federation: &'a Arc<Federation>,
+    pub server: &'a AdsServer,
+    pub readiness: &'a Arc<Readiness>,
+    pub upstreams: &'a [(String, Arc<StreamStats>)],
+    pub monitor: &'a Arc<PeerMonitor>,
+    pub probe_mode: &'a crate::probe::mode::ProbeMode,
+    /// Where the xDS server listens (shown by the debug API).
+    pub xds_addr: SocketAddr,
+}
+
 /// Binds `listeners.debug` and serves the debug API (peers from the upstream streams
 /// until the peer manager provides a [`crate::debug::PeerSource`]).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn start_debug_api(
     config: &Arc<Config>,
-    store: &Arc<Store>,
-    federation: &Arc<Federation>,
-    server: &AdsServer,
-    readiness: &Arc<Readiness>,
-    upstreams: &[(String, Arc<StreamStats>)],
-    monitor: &Arc<PeerMonitor>,
-    probe_mode: &crate::probe::mode::ProbeMode,
-    xds_addr: SocketAddr,
+    handles: DebugHandles<'_>,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<SocketAddr> {
+    let DebugHandles {
+        store,
+        federation,
+        server,
+        readiness,
+        upstreams,
+        monitor,
+        probe_mode,
+        xds_addr,
+    } = handles;
     let listener = admin::bind(config.listeners.debug, "debug").await?;
     let debug_addr = listener.local_addr().context("debug listener address")?;
     let peers = crate::debug::peers::MonitorPeerSource::start(

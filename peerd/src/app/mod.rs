@@ -215,11 +215,13 @@ impl Peerd {
         let probes = probes::start_probes(&config, &store, &cancel, &mut tasks)?;
         let peers = monitor::start_peer_monitor(
             &config,
-            &store,
-            &federation,
-            &server,
-            clients,
-            Arc::clone(&probes.source),
+            monitor::MonitorInputs {
+                store: &store,
+                federation: &federation,
+                server: &server,
+                clients,
+                probe: Arc::clone(&probes.source),
+            },
             &cancel,
             &mut tasks,
         )?;
@@ -236,14 +238,16 @@ impl Peerd {
         }
         let debug_addr = debug_api::start_debug_api(
             &config,
-            &store,
-            &federation,
-            &server,
-            &readiness,
-            &upstreams,
-            &peers,
-            &probes.mode,
-            xds_addr,
+            debug_api::DebugHandles {
+                store: &store,
+                federation: &federation,
+                server: &server,
+                readiness: &readiness,
+                upstreams: &upstreams,
+                monitor: &peers,
+                probe_mode: &probes.mode,
+                xds_addr,
+            },
             &cancel,
             &mut tasks,
         )

@@ -18,19 +18,31 @@ use crate::peers::{
 use crate::store::Store;
 use crate::xds::server::AdsServer;
 
+/// What the peer monitor reads: the daemon's store, federation and downstream server,
+/// the running peer clients and the probe source.
+pub(super) struct MonitorInputs<'a> {
+    pub store: &'a Arc<Store>,
+    pub federation: &'a Arc<Federation>,
+    pub server: &'a AdsServer,
+    pub clients: Arc<AdsClients>,
+    pub probe: Arc<dyn ProbeSource>,
+}
+
 /// Starts the peer monitor that turns stream state, sync, downstream ACKs and probe
 /// results into the peer conditions.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn start_peer_monitor(
     config: &Config,
-    store: &Arc<Store>,
-    federation: &Arc<Federation>,
-    server: &AdsServer,
-    clients: Arc<AdsClients>,
-    probe: Arc<dyn ProbeSource>,
+    inputs: MonitorInputs<'_>,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Arc<PeerMonitor>> {
+    let MonitorInputs {
+        store,
+        federation,
+        server,
+        clients,
+        probe,
+    } = inputs;
     let guard = super::probes::target_guard(config);
     let versions = RecordedPeerVersions::new();
     tasks.spawn(record_peer_versions(

@@ -91,6 +91,14 @@ struct Claims {
     of_uid: FastMap<Arc<str>, (Claimant, Vec<Arc<str>>)>,
 }
 
+/// What [`Merger::resolve`] reads for one name: the origins' candidates (in precedence
+/// order), the exporter and the local view.
+struct ResolveInput<'a> {
+    candidates: &'a [(Arc<str>, Arc<Resource>)],
+    exporter: &'a Exporter,
+    local_state: Option<&'a ViewState>,
+}
+
 /// Computes the merged view.
 pub struct Merger {
     local: Arc<str>,
@@ -186,7 +194,6 @@ impl Merger {
 
     /// Computes every queued name (and those requeued by address claims), handing the
     /// results to `publish` each time `chunk` of them are ready, and at the end.
-    #[allow(clippy::too_many_arguments)]
     fn compute(
         &self,
         commits: &Commits,
@@ -243,9 +250,11 @@ impl Merger {
             let mut conflicts = Vec::new();
             let result = self.resolve(
                 &name,
-                &candidates,
-                exporter,
-                local_state.as_deref(),
+                ResolveInput {
+                    candidates: &candidates,
+                    exporter,
+                    local_state: local_state.as_deref(),
+                },
                 &mut claims,
                 &mut conflicts,
                 &mut |other| {
@@ -302,17 +311,19 @@ impl Merger {
     }
 
     /// The served resource for one name and its origin, or `None`.
-    #[allow(clippy::too_many_arguments)]
     fn resolve(
         &self,
         name: &Arc<str>,
-        candidates: &[(Arc<str>, Arc<Resource>)],
-        exporter: &Exporter,
-        local_state: Option<&ViewState>,
+        input: ResolveInput<'_>,
         claims: &mut Claims,
         conflicts: &mut Vec<Conflict>,
         requeue: &mut dyn FnMut(Arc<str>),
     ) -> Option<(Arc<str>, Arc<Resource>)> {
+        let ResolveInput {
+            candidates,
+            exporter,
+            local_state,
+        } = input;
         let Some((origin, first)) = candidates.first() else {
             self.update_claims(claims, name, None, requeue);
             return None;

@@ -19,6 +19,19 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// `<hostname>_<random>` (the pod name in Kubernetes), like client-go's leader election:
+/// unique even when every replica runs as pid 1 in its own pod. The default holder
+/// identity when `kubernetes.identity` is unset.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "peerd".to_string());
+    let suffix: u32 = rand::random();
+    format!("{host}_{suffix:08x}")
+}
+
 /// Lease timing and names.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {

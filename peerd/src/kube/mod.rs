@@ -8,21 +8,25 @@
 //! ([`emulator`], which must never be linked into a code path that serves a real cluster).
 //!
 //! Wiring (for the daemon): `client::connect` → `gateways::start_watches` (peer Gateways,
-//! global Services, local network) → for each peer Gateway `gateways::resolve_peer` (an
-//! error → `status::invalid_spec_conditions`) → `leader::LeaderElector::start` → one
-//! `status::ConditionsWriter` fed from the peer model's conditions, and one
-//! `apply::FlatSyncExecutor::run` fed a `watch` of `apply::SyncInput` built with
-//! `flatsync::desired_objects` from each peer's imported workloads
-//! (`flatsync::ImportedWorkload::from_summary`) and exported global services, with
-//! `PeerSyncState::fully_synced` from `Origin::is_fully_synced`. Downstream ztunnel
-//! tokens: `tokenreview::TokenReviewVerifier` as the xDS server's `TokenVerifier`.
+//! global Services, local network) → [`peering`] turns each peer Gateway into a peer
+//! (`gateways::resolve_peer`; an error → `status::invalid_spec_conditions`) and unions the
+//! global services → `leader::LeaderElector::start` → one [`condition_sync::ConditionSync`]
+//! pass per tick writing through `status::ConditionsWriter` from the peer model's
+//! conditions, and one `apply::FlatSyncExecutor::run` fed a `watch` of `apply::SyncInput`
+//! built by [`flat_input::InputBuilder`] (`flatsync::desired_objects` from each peer's
+//! imported workloads and exported global services, with `PeerSyncState::fully_synced`
+//! from `Origin::is_fully_synced`). Downstream ztunnel tokens:
+//! `tokenreview::TokenReviewVerifier` as the xDS server's `TokenVerifier`.
 
 pub mod apply;
 pub mod client;
+pub mod condition_sync;
 pub mod emulator;
+pub mod flat_input;
 pub mod flatsync;
 pub mod gateways;
 pub mod leader;
+pub mod peering;
 pub mod status;
 pub mod tokenreview;
 pub mod types;

@@ -9,6 +9,13 @@
 //! Owns: the per-peer condition state and the messages a person acts on. Must never
 //! write to the sources it reads, never block a tick on the network except to resolve a
 //! hostname peer address (bounded), and never let one bad peer affect another's status.
+//!
+//! Layout: this file holds the tick loop and the per-peer state; `evidence` turns one
+//! peer's observations into each condition's hysteresis input (pure), and `metrics`
+//! mirrors the decided conditions into metrics.
+
+mod evidence;
+mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,17 +29,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::conditions::{
-    Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, hbone_timeout_message,
-    reason,
+    Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions, reason,
 };
-use super::hysteresis::{Hysteresis, HysteresisConfig, Observation, Verdict};
+use super::hysteresis::{Hysteresis, HysteresisConfig, Verdict};
 use super::model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec, build_all};
 use super::observe::{
-    AckObservation, AckSource, ImportSource, ProbeObservation, ProbeSource, ProbeStats,
-    ProbeTargets, Reachability, UpstreamSource,
+    AckSource, ImportSource, ProbeSource, ProbeStats, ProbeTargets, UpstreamSource,
 };
 use crate::config::PeerAddress;
 use crate::probe::prober::TargetGuard;
+use evidence::{connection_observation, data_plane_observation, sync_observation};
 
 /// What the monitor reads.
 #[derive(Clone)]
@@ -205,7 +211,7 @@ impl PeerMonitor {
             trackers.push(tracker);
         }
         for gone in old.keys() {
-            clear_metrics(gone);
+            metrics::clear_peer(gone);
         }
     }
 
@@ -294,9 +300,7 @@ impl PeerMonitor {
         let targets = self.probe_targets().await;
         self.sources.probe.set_targets(&targets);
         let mode = self.sources.probe.mode();
-        for m in ["ebpf", "userspace"] {
-            metrics::gauge!("peerd_probe_mode", "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
-        }
+        metrics::export_probe_mode(mode);
         let mut events = Vec::new();
         let mut statuses = Vec::new();
         let mut trackers = lock(&self.trackers);
@@ -309,7 +313,7 @@ impl PeerMonitor {
                 }
             };
             statuses.push(status_of(tracker));
-            export_metrics(tracker, &peer_events);
+            metrics::export_peer(tracker.key(), &tracker.conditions, &peer_events);
             events.append(&mut peer_events);
         }
         drop(trackers);
@@ -456,210 +460,6 @@ impl PeerMonitor {
     }
 }
 
-/// Advice appended to a connection failure, by reason.
-fn connection_hint(reason_str: &str, endpoint: &str) -> String {
-    match reason_str {
-        reason::CONNECT_TIMEOUT => format!(
-            "; check that {endpoint} is reachable from this cluster (address, firewall, NetworkPolicy on port 15012)"
-        ),
-        reason::CONNECTION_REFUSED => format!(
-            "; nothing accepts connections on {endpoint}: check the peer's east-west gateway and its xDS listener"
-        ),
-        reason::TLS_ERROR => {
-            "; check that both clusters' certificates chain to the same root (cacerts)".into()
-        }
-        reason::IDENTITY_MISMATCH => {
-            "; check the peer gateway's trust domain annotation and the identity its istiod presents".into()
-        }
-        _ => String::new(),
-    }
-}
-
-fn connection_observation(
-    upstream: Option<&super::observe::UpstreamObservation>,
-    probe: &ProbeObservation,
-) -> Observation {
-    let Some(u) = upstream else {
-        return Observation::NoSignal;
-    };
-    if u.connected {
-        return Observation::healthy(
-            reason::CONNECTED,
-            format!("xDS stream to {} is up", u.endpoint),
-        );
-    }
-    if let Some(f) = &u.failure {
-        let message = format!("{}{}", f.message, connection_hint(f.reason, &u.endpoint));
-        return Observation::failing(f.reason, message);
-    }
-    // The client has no classified failure yet (first attempt in progress): the probe of
-    // the xDS port, if any, already tells a refusal or a timeout.
-    match probe.xds.map(|v| (v.reachability, v.target)) {
-        Some((Reachability::Refused, target)) => Observation::failing(
-            reason::CONNECTION_REFUSED,
-            format!(
-                "probe connects to {target} are refused{}",
-                connection_hint(reason::CONNECTION_REFUSED, &u.endpoint)
-            ),
-        ),
-        Some((Reachability::TimedOut, target)) => Observation::failing(
-            reason::CONNECT_TIMEOUT,
-            format!(
-                "probe connects to {target} time out{}",
-                connection_hint(reason::CONNECT_TIMEOUT, &u.endpoint)
-            ),
-        ),
-        _ => Observation::NoSignal,
-    }
-}
-
-/// Why nothing is synced yet, when the xDS client knows: `PeeringSucceeded` stays
-/// `Pending`, and its message names the connection failure (e.g. `TLSError: ...`) so both
-/// conditions point at the same cause.
-fn not_connected(upstream: Option<&super::observe::UpstreamObservation>) -> Option<String> {
-    let u = upstream?;
-    if u.connected {
-        return None;
-    }
-    let f = u.failure.as_ref()?;
-    Some(format!(
-        "not connected to peer ({}: {})",
-        f.reason, f.message
-    ))
-}
-
-fn sync_observation(
-    imports: &dyn ImportSource,
-    peer: &str,
-    upstream: Option<&super::observe::UpstreamObservation>,
-) -> Observation {
-    match imports.sync(peer) {
-        None => Observation::failing(
-            reason::PENDING,
-            match not_connected(upstream) {
-                Some(why) => format!("{why}; waiting for its first full xDS response"),
-                None => {
-                    "nothing received from the peer yet; waiting for its first full xDS response"
-                        .to_string()
-                }
-            },
-        ),
-        Some(s) if s.fully_synced() => Observation::healthy(
-            reason::SUCCEEDED,
-            format!(
-                "full sync of every type done; {} resources imported",
-                s.held
-            ),
-        ),
-        Some(s) => {
-            let pending: Vec<&str> = s.pending().iter().map(|t| t.short_name()).collect();
-            if s.held > 0 {
-                Observation::failing(
-                    reason::STALE,
-                    format!(
-                        "the peer's stream is not synced ({} pending); serving its last known state ({} resources) until it resyncs or the disconnect grace period ends",
-                        pending.join(", "),
-                        s.held
-                    ),
-                )
-            } else {
-                let waiting = format!(
-                    "waiting for the first full response for: {}",
-                    pending.join(", ")
-                );
-                Observation::failing(
-                    reason::PENDING,
-                    match not_connected(upstream) {
-                        Some(why) => format!("{why}; {waiting}"),
-                        None => waiting,
-                    },
-                )
-            }
-        }
-    }
-}
-
-fn data_plane_observation(
-    model: &PeerModel,
-    targets: &ProbeTargets,
-    probe: &ProbeObservation,
-    acks: AckObservation,
-) -> Observation {
-    if let AckObservation::Rejected { node, text } = &acks {
-        return Observation::failing(
-            reason::NOT_ACKED,
-            format!("local ztunnel {node} rejected the peer's resources: {text}"),
-        );
-    }
-    let port = model.hbone_port.unwrap_or(super::model::HBONE_PORT);
-    match probe.hbone.map(|v| (v.reachability, v.target)) {
-        Some((Reachability::TimedOut, _)) => {
-            return Observation::failing(
-                reason::HBONE_CONNECT_TIMEOUT,
-                hbone_timeout_message(port),
-            );
-        }
-        Some((Reachability::Refused, target)) => {
-            return Observation::failing(
-                reason::HBONE_CONNECTION_REFUSED,
-                format!(
-                    "connection to {target} refused: nothing accepts HBONE on port {port} of the peer's {}",
-                    if model.flat {
-                        "pods"
-                    } else {
-                        "east-west gateway"
-                    }
-                ),
-            );
-        }
-        Some((Reachability::Unreachable, target)) => {
-            return Observation::failing(
-                reason::HBONE_CONNECT_TIMEOUT,
-                format!(
-                    "{target} is unreachable (no route); check routing to the peer's HBONE port {port}"
-                ),
-            );
-        }
-        _ => {}
-    }
-    let acked = match &acks {
-        AckObservation::Waiting {
-            version,
-            behind,
-            downstreams,
-        } => {
-            return Observation::failing(
-                reason::NOT_ACKED,
-                format!(
-                    "{behind} of {downstreams} local ztunnel(s) have not ACKed view version {version}, which carries the peer's latest change"
-                ),
-            );
-        }
-        AckObservation::Acked {
-            version,
-            downstreams,
-        } => format!("view version {version} ACKed by {downstreams} local ztunnel(s)"),
-        AckObservation::NothingToAck { downstreams: 0 } => "no local ztunnel connected".to_string(),
-        AckObservation::NothingToAck { .. } => "nothing of the peer served yet".to_string(),
-        AckObservation::Rejected { .. } => String::new(),
-    };
-    match probe.hbone {
-        Some(v) => Observation::healthy(
-            reason::PROGRAMMED,
-            format!("{acked}; HBONE {} reachable", v.target),
-        ),
-        None if model.node_port => Observation::healthy(
-            reason::PROGRAMMED,
-            format!("{acked}; NodePort data plane (HBONE listener not used, not probed)"),
-        ),
-        None if model.flat && targets.hbone.is_empty() => Observation::healthy(
-            reason::PROGRAMMED,
-            format!("{acked}; no pod of the flat peer is known yet, nothing to reach"),
-        ),
-        None => Observation::NoSignal,
-    }
-}
-
 fn status_of(t: &Tracker) -> PeerStatus {
     let (cluster, network, address, flat, data_plane, generation) = match &t.model {
         Ok(m) => (
@@ -697,54 +497,5 @@ fn status_of(t: &Tracker) -> PeerStatus {
         generation,
         conditions: t.conditions.clone(),
         probe: t.probe.clone(),
-    }
-}
-
-fn export_metrics(t: &Tracker, events: &[ConditionEvent]) {
-    let peer = t.key();
-    let connected =
-        t.conditions.status(ConditionType::PeerConnected) == Some(ConditionStatus::True);
-    metrics::gauge!("peerd_peer_connected", "peer_cluster" => peer.clone()).set(if connected {
-        1.0
-    } else {
-        0.0
-    });
-    for c in t.conditions.iter() {
-        for s in ConditionStatus::ALL {
-            metrics::gauge!(
-                "peerd_peer_condition",
-                "peer_cluster" => peer.clone(),
-                "type" => c.type_.as_str(),
-                "status" => s.as_str()
-            )
-            .set(if c.status == s { 1.0 } else { 0.0 });
-        }
-    }
-    // A condition's first value is an event on the watch stream but not a transition.
-    for e in events
-        .iter()
-        .filter(|e| e.old_status.is_some() && e.is_status_change())
-    {
-        metrics::counter!(
-            "peerd_peer_condition_transitions_total",
-            "peer_cluster" => peer.clone(),
-            "type" => e.type_.as_str()
-        )
-        .increment(1);
-    }
-}
-
-fn clear_metrics(peer: &str) {
-    metrics::gauge!("peerd_peer_connected", "peer_cluster" => peer.to_string()).set(0.0);
-    for t in ConditionType::ALL {
-        for s in ConditionStatus::ALL {
-            metrics::gauge!(
-                "peerd_peer_condition",
-                "peer_cluster" => peer.to_string(),
-                "type" => t.as_str(),
-                "status" => s.as_str()
-            )
-            .set(0.0);
-        }
     }
 }

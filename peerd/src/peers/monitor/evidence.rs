@@ -1,0 +1,280 @@
+//! The evidence behind each condition: condenses one peer's raw observations (xDS
+//! client, store sync, downstream ACKs, probes) into the [`Observation`] each condition's
+//! hysteresis takes, with the message a person acts on.
+//!
+//! Pure: reads only its arguments. Must never decide a condition (hysteresis does),
+//! never keep state between ticks, and never look at another peer.
+
+use crate::peers::conditions::{hbone_timeout_message, reason};
+use crate::peers::hysteresis::Observation;
+use crate::peers::model::HBONE_PORT;
+use crate::peers::model::PeerModel;
+use crate::peers::observe::UpstreamObservation;
+use crate::peers::observe::{
+    AckObservation, ImportSource, ProbeObservation, ProbeTargets, Reachability,
+};
+
+/// Advice appended to a connection failure, by reason.
+pub(super) fn connection_hint(reason_str: &str, endpoint: &str) -> String {
+    match reason_str {
+        reason::CONNECT_TIMEOUT => format!(
+            "; check that {endpoint} is reachable from this cluster (address, firewall, NetworkPolicy on port 15012)"
+        ),
+        reason::CONNECTION_REFUSED => format!(
+            "; nothing accepts connections on {endpoint}: check the peer's east-west gateway and its xDS listener"
+        ),
+        reason::TLS_ERROR => {
+            "; check that both clusters' certificates chain to the same root (cacerts)".into()
+        }
+        reason::IDENTITY_MISMATCH => {
+            "; check the peer gateway's trust domain annotation and the identity its istiod presents".into()
+        }
+        _ => String::new(),
+    }
+}
+
+pub(super) fn connection_observation(
+    upstream: Option<&UpstreamObservation>,
+    probe: &ProbeObservation,
+) -> Observation {
+    let Some(u) = upstream else {
+        return Observation::NoSignal;
+    };
+    if u.connected {
+        return Observation::healthy(
+            reason::CONNECTED,
+            format!("xDS stream to {} is up", u.endpoint),
+        );
+    }
+    if let Some(f) = &u.failure {
+        let message = format!("{}{}", f.message, connection_hint(f.reason, &u.endpoint));
+        return Observation::failing(f.reason, message);
+    }
+    // The client has no classified failure yet (first attempt in progress): the probe of
+    // the xDS port, if any, already tells a refusal or a timeout.
+    match probe.xds.map(|v| (v.reachability, v.target)) {
+        Some((Reachability::Refused, target)) => Observation::failing(
+            reason::CONNECTION_REFUSED,
+            format!(
+                "probe connects to {target} are refused{}",
+                connection_hint(reason::CONNECTION_REFUSED, &u.endpoint)
+            ),
+        ),
+        Some((Reachability::TimedOut, target)) => Observation::failing(
+            reason::CONNECT_TIMEOUT,
+            format!(
+                "probe connects to {target} time out{}",
+                connection_hint(reason::CONNECT_TIMEOUT, &u.endpoint)
+            ),
+        ),
+        _ => Observation::NoSignal,
+    }
+}
+
+/// Why nothing is synced yet, when the xDS client knows: `PeeringSucceeded` stays
+/// `Pending`, and its message names the connection failure (e.g. `TLSError: ...`) so both
+/// conditions point at the same cause.
+pub(super) fn not_connected(upstream: Option<&UpstreamObservation>) -> Option<String> {
+    let u = upstream?;
+    if u.connected {
+        return None;
+    }
+    let f = u.failure.as_ref()?;
+    Some(format!(
+        "not connected to peer ({}: {})",
+        f.reason, f.message
+    ))
+}
+
+pub(super) fn sync_observation(
+    imports: &dyn ImportSource,
+    peer: &str,
+    upstream: Option<&UpstreamObservation>,
+) -> Observation {
+    match imports.sync(peer) {
+        None => Observation::failing(
+            reason::PENDING,
+            match not_connected(upstream) {
+                Some(why) => format!("{why}; waiting for its first full xDS response"),
+                None => {
+                    "nothing received from the peer yet; waiting for its first full xDS response"
+                        .to_string()
+                }
+            },
+        ),
+        Some(s) if s.fully_synced() => Observation::healthy(
+            reason::SUCCEEDED,
+            format!(
+                "full sync of every type done; {} resources imported",
+                s.held
+            ),
+        ),
+        Some(s) => {
+            let pending: Vec<&str> = s.pending().iter().map(|t| t.short_name()).collect();
+            if s.held > 0 {
+                Observation::failing(
+                    reason::STALE,
+                    format!(
+                        "the peer's stream is not synced ({} pending); serving its last known state ({} resources) until it resyncs or the disconnect grace period ends",
+                        pending.join(", "),
+                        s.held
+                    ),
+                )
+            } else {
+                let waiting = format!(
+                    "waiting for the first full response for: {}",
+                    pending.join(", ")
+                );
+                Observation::failing(
+                    reason::PENDING,
+                    match not_connected(upstream) {
+                        Some(why) => format!("{why}; {waiting}"),
+                        None => waiting,
+                    },
+                )
+            }
+        }
+    }
+}
+
+pub(super) fn data_plane_observation(
+    model: &PeerModel,
+    targets: &ProbeTargets,
+    probe: &ProbeObservation,
+    acks: AckObservation,
+) -> Observation {
+    if let AckObservation::Rejected { node, text } = &acks {
+        return Observation::failing(
+            reason::NOT_ACKED,
+            format!("local ztunnel {node} rejected the peer's resources: {text}"),
+        );
+    }
+    let port = model.hbone_port.unwrap_or(HBONE_PORT);
+    match probe.hbone.map(|v| (v.reachability, v.target)) {
+        Some((Reachability::TimedOut, _)) => {
+            return Observation::failing(
+                reason::HBONE_CONNECT_TIMEOUT,
+                hbone_timeout_message(port),
+            );
+        }
+        Some((Reachability::Refused, target)) => {
+            return Observation::failing(
+                reason::HBONE_CONNECTION_REFUSED,
+                format!(
+                    "connection to {target} refused: nothing accepts HBONE on port {port} of the peer's {}",
+                    if model.flat {
+                        "pods"
+                    } else {
+                        "east-west gateway"
+                    }
+                ),
+            );
+        }
+        Some((Reachability::Unreachable, target)) => {
+            return Observation::failing(
+                reason::HBONE_CONNECT_TIMEOUT,
+                format!(
+                    "{target} is unreachable (no route); check routing to the peer's HBONE port {port}"
+                ),
+            );
+        }
+        _ => {}
+    }
+    let acked = match &acks {
+        AckObservation::Waiting {
+            version,
+            behind,
+            downstreams,
+        } => {
+            return Observation::failing(
+                reason::NOT_ACKED,
+                format!(
+                    "{behind} of {downstreams} local ztunnel(s) have not ACKed view version {version}, which carries the peer's latest change"
+                ),
+            );
+        }
+        AckObservation::Acked {
+            version,
+            downstreams,
+        } => format!("view version {version} ACKed by {downstreams} local ztunnel(s)"),
+        AckObservation::NothingToAck { downstreams: 0 } => "no local ztunnel connected".to_string(),
+        AckObservation::NothingToAck { .. } => "nothing of the peer served yet".to_string(),
+        AckObservation::Rejected { .. } => String::new(),
+    };
+    match probe.hbone {
+        Some(v) => Observation::healthy(
+            reason::PROGRAMMED,
+            format!("{acked}; HBONE {} reachable", v.target),
+        ),
+        None if model.node_port => Observation::healthy(
+            reason::PROGRAMMED,
+            format!("{acked}; NodePort data plane (HBONE listener not used, not probed)"),
+        ),
+        None if model.flat && targets.hbone.is_empty() => Observation::healthy(
+            reason::PROGRAMMED,
+            format!("{acked}; no pod of the flat peer is known yet, nothing to reach"),
+        ),
+        None => Observation::NoSignal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::observe::UpstreamFailure;
+
+    fn upstream(connected: bool, failure: Option<(&'static str, &str)>) -> UpstreamObservation {
+        UpstreamObservation {
+            endpoint: "127.0.0.2:15012".into(),
+            connected,
+            failure: failure.map(|(reason, message)| UpstreamFailure {
+                reason,
+                message: message.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_connection_failure_carries_its_reason_and_advice() {
+        let probe = ProbeObservation::default();
+        assert_eq!(connection_observation(None, &probe), Observation::NoSignal);
+        assert!(matches!(
+            connection_observation(Some(&upstream(true, None)), &probe),
+            Observation::Healthy { reason, .. } if reason == reason::CONNECTED
+        ));
+        let failing = upstream(false, Some((reason::CONNECT_TIMEOUT, "dial timed out")));
+        let Observation::Failing { reason, message } =
+            connection_observation(Some(&failing), &probe)
+        else {
+            panic!("a classified failure is failing");
+        };
+        assert_eq!(reason, reason::CONNECT_TIMEOUT);
+        assert!(
+            message.starts_with("dial timed out; check that 127.0.0.2:15012 is reachable"),
+            "{message}"
+        );
+        // No classified failure yet and no probe of the xDS port: nothing known.
+        assert_eq!(
+            connection_observation(Some(&upstream(false, None)), &probe),
+            Observation::NoSignal
+        );
+    }
+
+    #[test]
+    fn not_connected_names_the_failure_only_while_disconnected() {
+        assert_eq!(not_connected(None), None);
+        assert_eq!(
+            not_connected(Some(&upstream(true, Some((reason::TLS_ERROR, "x"))))),
+            None
+        );
+        assert_eq!(not_connected(Some(&upstream(false, None))), None);
+        assert_eq!(
+            not_connected(Some(&upstream(
+                false,
+                Some((reason::TLS_ERROR, "bad root"))
+            )))
+            .as_deref(),
+            Some("not connected to peer (TLSError: bad root)")
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! eBPF probe mode: the aggregator's per-destination kernel counters, attributed to
+//! peers by gateway address (and, for flat peers, by every pod IP the store holds).
+//!
+//! Owns: the destination index and the per-(peer, port) deltas since the previous read.
+//! Must never load or attach eBPF programs (the aggregator's owner does).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::probe::aggregator::{ConnectCounts, ProbeReport};
+use crate::probe::prober::Prober;
+use crate::store::Store;
+
+use super::lock;
+use super::probe::{
+    PortVerdict, ProbeObservation, ProbeSource, ProbeStats, ProbeTargets, Reachability,
+};
+use super::userspace_probe::UserspaceProbe;
+
+/// eBPF mode: the aggregator's per-destination kernel counters, attributed to peers by
+/// their gateway addresses and, for flat peers, every pod IP the store holds for them
+/// (so real traffic to any pod counts, not only the prober's sample). The active prober
+/// still creates the connects the kernel sees; its own outcomes (the `fallback`) answer
+/// for a port the kernel has not seen a finished connect on yet.
+///
+/// Verdicts and metric deltas come from the change of each (peer, port) total since the
+/// previous read, so a report the monitor's tick did not see is never lost.
+pub struct KernelProbe {
+    reports: watch::Receiver<Arc<ProbeReport>>,
+    state: Mutex<KernelState>,
+    fallback: Option<Arc<UserspaceProbe>>,
+    store: Option<Arc<Store>>,
+}
+
+/// What a destination index was built from: the targets and each flat origin's view
+/// version.
+type IndexSource = (BTreeMap<String, ProbeTargets>, Vec<(String, u64)>);
+
+#[derive(Default)]
+struct KernelState {
+    targets: BTreeMap<String, ProbeTargets>,
+    index: HashMap<IpAddr, String>,
+    /// What the index was built from: the targets and each flat origin's view version.
+    index_built_from: Option<IndexSource>,
+    /// The report last folded in, and the per-peer sums it gave.
+    folded: Option<Arc<ProbeReport>>,
+    per_peer: BTreeMap<String, crate::probe::attribution::PeerProbe>,
+    /// (peer, port) totals at the previous fold.
+    seen: HashMap<(String, u16), ConnectCounts>,
+    /// Last verdict per (peer, port), kept while no new connects are seen.
+    last: HashMap<(String, u16), PortVerdict>,
+    /// Map health totals at the previous fold (evicted, insert failures).
+    health_seen: (u64, u64),
+    /// The most telling failure per (peer, port) since its last established connect.
+    worst_since_success: HashMap<(String, u16), Reachability>,
+}
+
+/// Which failure names a peer's problem best when connects fail in different ways:
+/// timeouts (something filters SYNs) over unreachability over refusals (no listener).
+fn failure_rank(r: Reachability) -> u8 {
+    match r {
+        Reachability::Reachable => 0,
+        Reachability::Refused => 1,
+        Reachability::Unreachable => 2,
+        Reachability::TimedOut => 3,
+    }
+}
+
+impl KernelProbe {
+    /// Kernel counters only (no fallback, targets' own addresses as the index).
+    pub fn new(reports: watch::Receiver<Arc<ProbeReport>>) -> Arc<Self> {
+        Arc::new(KernelProbe {
+            reports,
+            state: Mutex::default(),
+            fallback: None,
+            store: None,
+        })
+    }
+
+    /// As `peerd run` uses it: `prober` gets the targets (its connects are what the kernel
+    /// counts when there is no traffic) and answers for ports without kernel verdicts;
+    /// flat peers' pod IPs come from `store`.
+    pub fn with_prober(
+        reports: watch::Receiver<Arc<ProbeReport>>,
+        prober: Arc<Prober>,
+        store: Option<Arc<Store>>,
+    ) -> Arc<Self> {
+        Arc::new(KernelProbe {
+            reports,
+            state: Mutex::default(),
+            fallback: Some(UserspaceProbe::without_metrics(prober)),
+            store,
+        })
+    }
+
+    fn flat_versions(&self, targets: &BTreeMap<String, ProbeTargets>) -> Vec<(String, u64)> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        targets
+            .iter()
+            .filter(|(_, t)| t.flat)
+            .map(|(peer, _)| {
+                let version = store.get(peer).map_or(0, |o| o.view.snapshot().version);
+                (peer.clone(), version)
+            })
+            .collect()
+    }
+
+    fn build_index(&self, targets: &BTreeMap<String, ProbeTargets>) -> HashMap<IpAddr, String> {
+        use crate::probe::attribution::{PeerTargets, build_index};
+        let peers: Vec<PeerTargets> = targets
+            .iter()
+            .map(|(peer, t)| {
+                let mut gateways: Vec<IpAddr> = t.xds.iter().map(SocketAddr::ip).collect();
+                if !t.flat {
+                    gateways.extend(t.hbone.iter().map(SocketAddr::ip));
+                }
+                PeerTargets {
+                    peer: peer.clone(),
+                    gateways,
+                    flat_origin: t.flat.then(|| peer.clone()),
+                }
+            })
+            .collect();
+        let mut index = match &self.store {
+            Some(store) => build_index(&peers, store),
+            None => HashMap::new(),
+        };
+        // The probed targets always count (a flat peer's sampled pods, a resolved name).
+        for (peer, t) in targets {
+            for a in t.hbone.iter().chain(t.xds.iter()) {
+                index.entry(a.ip()).or_insert_with(|| peer.clone());
+            }
+        }
+        index
+    }
+
+    /// Folds the latest report in once: per-peer sums, verdicts from what changed since
+    /// the previous fold, and the metric deltas.
+    fn fold(&self, state: &mut KernelState) {
+        let report = Arc::clone(&self.reports.borrow());
+        if state
+            .folded
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, &report))
+        {
+            return;
+        }
+        let mut per_peer = crate::probe::attribution::attribute(&report, &state.index);
+        let mut seen = HashMap::new();
+        for (peer, probe) in per_peer.iter_mut() {
+            for (port, p) in probe.by_port.iter_mut() {
+                let key = (peer.clone(), *port);
+                let changed = match state.seen.get(&key) {
+                    Some(before) => p.total.since(before),
+                    None => p.total,
+                };
+                if let Some(latest) = Reachability::from_counts(&changed) {
+                    // The kernel counts every connect to the address (other processes,
+                    // other namespaces): once connects time out, a refusal in between
+                    // does not hide that until a connect succeeds again.
+                    let reachability = if latest == Reachability::Reachable {
+                        state.worst_since_success.remove(&key);
+                        latest
+                    } else {
+                        let worst = state
+                            .worst_since_success
+                            .entry(key.clone())
+                            .or_insert(latest);
+                        if failure_rank(latest) > failure_rank(*worst) {
+                            *worst = latest;
+                        }
+                        *worst
+                    };
+                    let target = state
+                        .targets
+                        .get(peer)
+                        .and_then(|t| {
+                            t.hbone
+                                .iter()
+                                .chain(t.xds.iter())
+                                .find(|a| a.port() == *port)
+                        })
+                        .copied();
+                    if let Some(target) = target {
+                        state.last.insert(
+                            key.clone(),
+                            PortVerdict {
+                                reachability,
+                                target,
+                            },
+                        );
+                    }
+                }
+                seen.insert(key, p.total);
+                // The metrics count what changed since the previous fold.
+                p.delta = changed;
+            }
+        }
+        crate::probe::metrics::record_deltas(&per_peer);
+        // Totals restart when the programs are reloaded: a smaller total is all new.
+        let health = (
+            report.health.evicted_total,
+            report.health.insert_failures_total,
+        );
+        let since = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
+        crate::probe::metrics::record_map_health(
+            since(health.0, state.health_seen.0),
+            since(health.1, state.health_seen.1),
+        );
+        state.health_seen = health;
+        state.seen = seen;
+        state.per_peer = per_peer;
+        state.folded = Some(report);
+    }
+}
+
+impl ProbeSource for KernelProbe {
+    fn mode(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn set_targets(&self, targets: &BTreeMap<String, ProbeTargets>) {
+        if let Some(fallback) = &self.fallback {
+            fallback.apply_targets(targets);
+        }
+        let versions = self.flat_versions(targets);
+        let mut state = lock(&self.state);
+        let stale = state
+            .index_built_from
+            .as_ref()
+            .is_none_or(|(t, v)| t != targets || *v != versions);
+        if stale {
+            state.index = self.build_index(targets);
+            state.index_built_from = Some((targets.clone(), versions));
+            // Attribution changed: re-fold the current report with the new index.
+            state.folded = None;
+        }
+        state.targets = targets.clone();
+        let live: HashSet<&String> = targets.keys().collect();
+        state.last.retain(|(peer, _), _| live.contains(peer));
+        state
+            .worst_since_success
+            .retain(|(peer, _), _| live.contains(peer));
+        self.fold(&mut state);
+    }
+
+    fn observe(&self, peer: &str) -> ProbeObservation {
+        let mut state = lock(&self.state);
+        self.fold(&mut state);
+        let targets = state.targets.get(peer).cloned().unwrap_or_default();
+        let probe = state.per_peer.get(peer).cloned().unwrap_or_default();
+        let kernel_verdict = |list: &[SocketAddr]| -> Option<PortVerdict> {
+            let port = list.first()?.port();
+            state.last.get(&(peer.to_string(), port)).copied()
+        };
+        let mut hbone = kernel_verdict(&targets.hbone);
+        let mut xds = kernel_verdict(&targets.xds);
+        drop(state);
+        if (hbone.is_none() || xds.is_none())
+            && let Some(fallback) = &self.fallback
+        {
+            let userspace = fallback.observe(peer);
+            hbone = hbone.or(userspace.hbone);
+            xds = xds.or(userspace.xds);
+        }
+        let mut stats = ProbeStats {
+            mode: self.mode().to_string(),
+            ..ProbeStats::default()
+        };
+        if let Some(port) = targets.hbone.first().map(SocketAddr::port)
+            && let Some(p) = probe.by_port.get(&port)
+        {
+            stats.attempts = p.total.attempts;
+            stats.established = p.total.established;
+            stats.refused = p.total.refused;
+            stats.timeouts = p.total.timed_out;
+            stats.aborted = p.total.aborted;
+            stats.syn_retransmits = p.total.syn_retransmits;
+            stats.p50_us = p.p50_us;
+            stats.p99_us = p.p99_us;
+        }
+        ProbeObservation { hbone, xds, stats }
+    }
+}
