@@ -512,7 +512,7 @@ fn call(t: &Templates, func: &str, args: Vec<Value>, root: &Value) -> anyhow::Re
         }
         "toYaml" => {
             arity(1)?;
-            let s = serde_yaml::to_string(&integral_numbers(&args[0]))?;
+            let s = yaml_serde::to_string(&integral_numbers(&args[0]))?;
             Value::String(s.trim_end_matches('\n').to_string())
         }
         "toJson" => {
