@@ -457,7 +457,7 @@ impl Drop for Peerd {
 
 fn start_peerd(c: &Cluster, config: &FileConfig) -> anyhow::Result<Peerd> {
     let path = c.layout.dir.join("peerd.yaml");
-    std::fs::write(&path, serde_yaml::to_string(config)?)?;
+    std::fs::write(&path, yaml_serde::to_string(config)?)?;
     let log = c.layout.dir.join("peerd.log");
     let file = std::fs::File::create(&log)?;
     let child = Command::new(env!("CARGO_BIN_EXE_peerd"))

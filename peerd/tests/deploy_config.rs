@@ -21,7 +21,7 @@ fn repo() -> PathBuf {
 /// `data["config.yaml"]` of the ConfigMap in `path`.
 fn config_map_text(path: &Path) -> String {
     let text = std::fs::read_to_string(path).expect("read ConfigMap");
-    let cm: serde_yaml::Value = serde_yaml::from_str(&text).expect("ConfigMap YAML");
+    let cm: yaml_serde::Value = yaml_serde::from_str(&text).expect("ConfigMap YAML");
     cm["data"]["config.yaml"]
         .as_str()
         .expect("data.config.yaml")

@@ -30,8 +30,8 @@ use peerd::kube::emulator::RequestCounts;
 use peerd::kube::types::{Gateway, PEER_CONDITION_TYPES, ServiceEntry, WorkloadEntry};
 use peerd::proto::debug::v1 as debug;
 use peerd::proto::debug::v1::debug_client::DebugClient;
+use ring::digest::{SHA256, digest};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const INNER_ENV: &str = "PEERD_SANDBOX_KUBE_IN_NETNS";
 const CONTROL_NS: &str = "istio-system";
@@ -289,8 +289,8 @@ fn flat_name(cluster: &str, ns: &str, pod: &str, services: &BTreeSet<(String, St
         .map(|(ns, svc)| format!("{ns}/{svc}"))
         .collect::<Vec<_>>()
         .join(",");
-    let digest = Sha256::digest(joined.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let sum = digest(&SHA256, joined.as_bytes());
+    let hex: String = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let mut name = format!("autogenflat.{cluster}.{ns}.{pod}.{}", &hex[..12]);
     name.truncate(253);
     name.trim_end_matches(['.', '-']).to_string()

@@ -182,7 +182,7 @@ impl Chart {
                 continue; // NOTES.txt: rendered (so checked), not an object
             }
             for (i, doc) in split_documents(&text).iter().enumerate() {
-                let v: Value = serde_yaml::from_str(doc).with_context(|| {
+                let v: Value = yaml_serde::from_str(doc).with_context(|| {
                     format!("{name}: rendered document {i} is not valid YAML:\n{doc}")
                 })?;
                 if !v.is_null() {
@@ -288,7 +288,7 @@ impl Chart {
 fn read_yaml(path: &Path) -> anyhow::Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    yaml_serde::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Deep merge of maps; anything else in `over` replaces.
@@ -399,7 +399,7 @@ fn kustomize(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let text = String::from_utf8(out.stdout).context("kustomize output is not UTF-8")?;
     split_documents(&text)
         .iter()
-        .map(|d| serde_yaml::from_str(d).context("parsing kustomize output"))
+        .map(|d| yaml_serde::from_str(d).context("parsing kustomize output"))
         .collect()
 }
 

@@ -290,7 +290,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
             message: e.to_string(),
         })
     }

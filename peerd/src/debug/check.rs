@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -486,7 +488,7 @@ pub fn check_networks(info: &api::ServerInfo, peers: &[api::Peer]) -> CheckResul
 /// PEM file → DER certificates, in order.
 fn read_pem_certs(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut text.as_slice())
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&text)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: not PEM", path.display()))?;

@@ -19,6 +19,8 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::debug::check::{CheckResult, Outcome, sha256_hex};
 use crate::kube::types::{
@@ -386,7 +388,7 @@ pub fn check_roots(facts: &[ClusterFacts]) -> CheckResult {
 }
 
 fn root_digest(pem: &str) -> anyhow::Result<String> {
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .context("no certificate")?
         .context("not PEM")?;

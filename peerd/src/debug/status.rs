@@ -33,7 +33,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let text = match args.output {
         Output::Table => render_table(&report),
         Output::Json => serde_json::to_string_pretty(&report.to_json()?)? + "\n",
-        Output::Yaml => serde_yaml::to_string(&report.to_json()?)?,
+        Output::Yaml => yaml_serde::to_string(&report.to_json()?)?,
     };
     print!("{text}");
     Ok(())

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use kube::api::ObjectMeta;
-use sha2::{Digest, Sha256};
+use ring::digest::{SHA256, digest};
 
 use super::types::{
     ANNOTATION_PEERED_WORKLOAD_UID, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER, LABEL_SOURCE_WORKLOAD,
@@ -147,9 +147,9 @@ pub fn services_hash12(services: &BTreeSet<(String, String)>) -> String {
 }
 
 fn hex_prefix(input: &[u8], digits: usize) -> String {
-    let digest = Sha256::digest(input);
+    let sum = digest(&SHA256, input);
     let mut out = String::with_capacity(64);
-    for byte in digest {
+    for byte in sum.as_ref() {
         out.push_str(&format!("{byte:02x}"));
     }
     out.truncate(digits);

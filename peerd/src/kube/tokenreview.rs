@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use sha2::{Digest, Sha256};
+use ring::digest::{SHA256, digest};
 use tonic::async_trait;
 
 use crate::xds::auth::{AuthError, TokenVerifier};
@@ -113,7 +113,8 @@ impl TokenVerifier for TokenReviewVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
         if let Some(verdict) = self.cached(&key) {
             return verdict;
         }

@@ -132,7 +132,7 @@ impl Cluster {
             opts,
         );
         let config_path = layout.dir.join("peerd.yaml");
-        let yaml = serde_yaml::to_string(&config).context("rendering peerd config")?;
+        let yaml = yaml_serde::to_string(&config).context("rendering peerd config")?;
         std::fs::write(&config_path, yaml)
             .with_context(|| format!("writing {}", config_path.display()))?;
         Ok(Cluster {

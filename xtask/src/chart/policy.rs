@@ -130,7 +130,7 @@ pub(super) fn check_config_maps(source: &str, objects: &[Value]) -> Vec<String> 
         let Some(text) = o["data"]["config.yaml"].as_str() else {
             continue;
         };
-        match serde_yaml::from_str::<Value>(text) {
+        match yaml_serde::from_str::<Value>(text) {
             Ok(Value::Object(map)) => {
                 for k in map.keys().filter(|k| !KEYS.contains(&k.as_str())) {
                     problems.push(format!(

@@ -59,7 +59,7 @@ pub(super) fn check_alert_rules(all: &[Sourced]) -> anyhow::Result<()> {
         let path = dir.join(format!("rules-{i}.yaml"));
         std::fs::write(
             &path,
-            serde_yaml::to_string(&json!({"groups": o["spec"]["groups"]}))?,
+            yaml_serde::to_string(&json!({"groups": o["spec"]["groups"]}))?,
         )?;
         files.push(path);
     }

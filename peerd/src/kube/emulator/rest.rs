@@ -415,7 +415,7 @@ fn dry_run(req: &ApiRequest) -> Result<bool, ApiError> {
 pub(crate) fn parse_body(req: &ApiRequest) -> Result<Value, ApiError> {
     let ct = req.content_type.as_str();
     let value: Value = if ct.starts_with("application/yaml") {
-        serde_yaml::from_slice(&req.body).map_err(|e| {
+        yaml_serde::from_slice(&req.body).map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
         })?
     } else if ct.is_empty() || ct.starts_with("application/json") || ct.starts_with("*/*") {
@@ -820,7 +820,7 @@ fn server_side_apply(
         ));
     }
     let force = req.query.flag("force");
-    let config: Value = serde_yaml::from_slice(&req.body)
+    let config: Value = yaml_serde::from_slice(&req.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     if !config.is_object() {
         return Err(ApiError::bad_request(

@@ -6,6 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::meta;
@@ -106,24 +107,10 @@ fn age(obj: &Value) -> Value {
     json!(text)
 }
 
-/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ`.
+/// Seconds since the epoch of an RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SSZ`).
 fn parse_rfc3339(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil (inverse of meta::format_rfc3339's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + s).ok()
+    let at: Timestamp = text.parse().ok()?;
+    u64::try_from(at.as_second()).ok()
 }
 
 fn row_object(obj: &Value, include: &str) -> Option<Value> {
