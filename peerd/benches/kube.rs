@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use peerd::kube::apply::{ExecutorConfig, FlatSyncExecutor, PeerSyncState, SyncInput};
 use peerd::kube::client::{ClientSource, connect};
-use peerd::kube::emulator::{Emulator, EmulatorOptions};
+use peerd_testbed::emulator::{Emulator, EmulatorOptions};
 use peerd::kube::flatsync::{
     GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode, desired_objects,
 };

@@ -18,7 +18,7 @@ use federation_support::{
 };
 use peerd::federation::ConflictKind;
 use peerd::identity::classify::{FailureReason, classify_tls};
-use peerd::identity::pki::Pki;
+use peerd_testbed::pki::Pki;
 use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
 use peerd::peers::model::{SpecAddress, SpecListener, SpecSource};

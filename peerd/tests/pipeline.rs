@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use peerd::app::Peerd;
 use peerd::config::{Config, Env, Overrides};
-use peerd::identity::pki::{LeafSpec, Pki};
+use peerd_testbed::pki::{LeafSpec, Pki};
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
-use peerd::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
+use peerd_testbed::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::view::View;
 use peerd::xds::resource::{Resource, Summary};
 use peerd::xds::types::ResourceType;
