@@ -35,19 +35,19 @@ use peerd::config::file::{
     ProbeFile, ServerTlsFile, UpstreamFile, XdsServerFile,
 };
 use peerd::federation::naming::global_key;
-use peerd_testbed::pki::{LeafSpec, Pki};
 use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
 use peerd::proto::envoy::service::discovery::v3 as discovery;
 use peerd::proto::istio::workload;
+use peerd::view::View;
+use peerd::xds::resource::Resource;
+use peerd::xds::types::ResourceType;
+use peerd_testbed::pki::{LeafSpec, Pki};
 use peerd_testbed::sandbox::cluster::{TRUST_DOMAIN, peerd_identity};
 use peerd_testbed::sandbox::layout::ClusterLayout;
 use peerd_testbed::sim::churn::{Churn, ChurnOptions};
 use peerd_testbed::sim::istiod::{ISTIOD_DNS_NAME, SimIstiod, SimIstiodOptions, serve_xds};
 use peerd_testbed::sim::population::{MAX_WORKLOADS, Population, PopulationOptions, pod_address};
-use peerd::view::View;
-use peerd::xds::resource::Resource;
-use peerd::xds::types::ResourceType;
 use support::{Args, Goal, Report, percentile};
 
 const CLUSTERS: u8 = 3;

@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+
 use peerd::debug::check::*;
 use peerd::debug::client::Report;
+use peerd::debug::source::{PEER_CONNECTED, PEER_DATA_PLANE_PROGRAMMED, PEERING_SUCCEEDED};
 use peerd::proto::debug::v1 as api;
 use peerd_testbed::pki::CertificateAuthority;
 

@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use peerd::identity::classify::{ConnectFailure, FailureReason, classify, dial};
-use peerd_testbed::pki::{CertificateAuthority, IssuedCert, LeafSpec, LeafUsage, Pki};
 use peerd::identity::reload::{CertSource, ReloadOutcome, RootsSource};
 use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{
@@ -27,6 +26,7 @@ use peerd::identity::tls::{
     client_config, load_certified_key, load_certs, load_key, load_roots, peer_spiffe_id,
     server_config,
 };
+use peerd_testbed::pki::{CertificateAuthority, IssuedCert, LeafSpec, LeafUsage, Pki};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WAIT: Duration = Duration::from_secs(20);

@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 
 use super::{CONTROL_NS, client, create, emulator, eventually};
 use peerd::kube::apply::{ExecutorConfig, FlatSyncExecutor, PeerSyncState, SyncInput, SyncReport};
-use peerd_testbed::emulator::{EmulatorHandle, Verb};
 use peerd::kube::flatsync::{
     GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode, desired_objects,
 };
 use peerd::kube::leader::{LeaderConfig, LeaderElector, Leadership};
+use peerd_testbed::emulator::{EmulatorHandle, Verb};
 
 const WE_PATH: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/workloadentries";
 const REF_NAME: &str = "autogenflat.c2.default.pod1.f2396f15c5c2";

@@ -6,7 +6,6 @@ use kube::Api;
 use serde_json::json;
 
 use super::{PEERING_NS, client, create, emulator};
-use peerd_testbed::emulator::Verb;
 use peerd::kube::gateways::parse_peer_gateway;
 use peerd::kube::leader::Leadership;
 use peerd::kube::status::{
@@ -14,6 +13,7 @@ use peerd::kube::status::{
     invalid_spec_conditions, merge_conditions,
 };
 use peerd::kube::types::{Gateway, PEER_CONDITION_TYPES};
+use peerd_testbed::emulator::Verb;
 
 fn all(status: ConditionStatus, reason: &str) -> Vec<DesiredCondition> {
     PEER_CONDITION_TYPES

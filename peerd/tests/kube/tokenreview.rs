@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use super::{client, emulator, eventually};
-use peerd_testbed::emulator::{TokenIdentity, Verb};
 use peerd::kube::tokenreview::{TokenReviewConfig, TokenReviewVerifier};
 use peerd::xds::auth::{AuthError, TokenVerifier};
+use peerd_testbed::emulator::{TokenIdentity, Verb};
 
 const REVIEWS: &str = "tokenreviews.authentication.k8s.io";
 

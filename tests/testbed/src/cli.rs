@@ -216,8 +216,14 @@ mod tests {
         assert_eq!(index(&["--listen", "127.0.0.1:1"]), 1);
         assert_eq!(index(&["--listen", "[::1]:1"]), 1);
         assert_eq!(index(&["--listen", "127.0.3.1:1"]), 3);
-        assert_eq!(index(&["--listen", "127.0.3.1:1", "--cluster-index", "5"]), 5);
-        assert_eq!(index(&["--listen", "127.0.0.1:1", "--cluster-index", "2"]), 2);
+        assert_eq!(
+            index(&["--listen", "127.0.3.1:1", "--cluster-index", "5"]),
+            5
+        );
+        assert_eq!(
+            index(&["--listen", "127.0.0.1:1", "--cluster-index", "2"]),
+            2
+        );
     }
 
     #[test]

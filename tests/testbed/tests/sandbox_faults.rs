@@ -350,12 +350,7 @@ fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() 
     let dir = scratch("unprivileged-fault");
     let ns = Netns::new("unpriv-fault");
     let mut args: Vec<&str> = drop_caps.to_vec();
-    args.extend([
-        SANDBOX,
-        "--fault",
-        "reject-hbone=cluster-2",
-        "--state-dir",
-    ]);
+    args.extend([SANDBOX, "--fault", "reject-hbone=cluster-2", "--state-dir"]);
     let state = dir.join("state");
     args.push(state.to_str().unwrap());
     let out = ns.run(&args);
@@ -373,13 +368,7 @@ fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() 
     let dir = scratch("unprivileged-run");
     let mut command = ns.command(&drop_caps);
     command
-        .args([
-            SANDBOX,
-            "--clusters",
-            "2",
-            "--workloads-per-cluster",
-            "10",
-        ])
+        .args([SANDBOX, "--clusters", "2", "--workloads-per-cluster", "10"])
         .args(["--services-per-cluster", "3", "--for", "600s"])
         .arg("--state-dir")
         .arg(dir.join("state"))

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::ListParams;
 use peerd::kube::client::{ClientSource, connect};
-use peerd_testbed::emulator::RequestCounts;
 use peerd::kube::types::{Gateway, PEER_CONDITION_TYPES, ServiceEntry, WorkloadEntry};
 use peerd::proto::debug::v1 as debug;
 use peerd::proto::debug::v1::debug_client::DebugClient;
+use peerd_testbed::emulator::RequestCounts;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

@@ -8,15 +8,15 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::pki::{CertificateAuthority, LeafSpec};
+use crate::sandbox::layout::{self, ClusterLayout};
+use crate::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::config::file::{
     AuthFile, BackoffFile, EastWestGatewayFile, ExportFile, FileConfig, HysteresisFile,
     KubernetesFile, LeaderElectionFile, ListenersFile, ProbeFile, ServerTlsFile, UpstreamFile,
     XdsServerFile,
 };
-use crate::pki::{CertificateAuthority, LeafSpec};
 use peerd::identity::spiffe::SpiffeId;
-use crate::sandbox::layout::{self, ClusterLayout};
-use crate::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 
 /// The trust domain every sandbox cluster uses (one shared root, like a real peering).
 pub const TRUST_DOMAIN: &str = "cluster.local";

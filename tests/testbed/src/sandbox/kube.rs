@@ -17,12 +17,12 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
+use crate::sandbox::cluster::TRUST_DOMAIN;
+use crate::sandbox::layout::{ClusterLayout, HBONE_PORT, XDS_PORT};
 use peerd::kube::types::{
     ANNOTATION_TRUST_DOMAIN, GATEWAY_CLASS_EASTWEST, GATEWAY_CLASS_REMOTE, LABEL_CLUSTER,
     LABEL_NETWORK, LABEL_SERVICE_SCOPE,
 };
-use crate::sandbox::cluster::TRUST_DOMAIN;
-use crate::sandbox::layout::{ClusterLayout, HBONE_PORT, XDS_PORT};
 
 /// Namespace of the east-west and peer Gateways.
 pub const PEERING_NAMESPACE: &str = "istio-eastwest";

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::sandbox::layout::ClusterLayout;
 use peerd::proto::debug::v1 as debug;
 use peerd::proto::debug::v1::debug_client::DebugClient;
-use crate::sandbox::layout::ClusterLayout;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {

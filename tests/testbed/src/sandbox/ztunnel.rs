@@ -13,10 +13,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::layout::ClusterLayout;
 use peerd::identity::reload::RootsSource;
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
 use peerd::proto::envoy::config::core::v3::Node;
-use crate::sandbox::layout::ClusterLayout;
 use peerd::store::Store;
 use peerd::xds::client::{AdsClient, ClientOptions, TokenSource};
 

@@ -871,8 +871,8 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use peerd::xds::resource::Summary;
     use bytes::Bytes;
+    use peerd::xds::resource::Summary;
     use prost::Message;
 
     fn options(workloads: usize, services: usize, seed: u64) -> PopulationOptions {
