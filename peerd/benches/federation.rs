@@ -5,7 +5,7 @@
 //! ztunnel-like client (bearer token, in this process) subscribes to each peerd.
 //!
 //! Addresses: cluster k lives on 127.0.(k+10).1 with ports picked free at start, so a
-//! running `peerd sandbox` (127.0.k.1, fixed ports) is never in the way. Probes are off
+//! running `peerd-sandbox` (127.0.k.1, fixed ports) is never in the way. Probes are off
 //! (the data-plane probe is not what is measured here).
 //!
 //! Figures: time to the first full federated view (every client holds every resource it
@@ -35,19 +35,19 @@ use peerd::config::file::{
     ProbeFile, ServerTlsFile, UpstreamFile, XdsServerFile,
 };
 use peerd::federation::naming::global_key;
-use peerd::identity::pki::{LeafSpec, Pki};
 use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
 use peerd::proto::envoy::service::discovery::v3 as discovery;
 use peerd::proto::istio::workload;
-use peerd::sandbox::cluster::{TRUST_DOMAIN, peerd_identity};
-use peerd::sandbox::layout::ClusterLayout;
-use peerd::sim::churn::{Churn, ChurnOptions};
-use peerd::sim::istiod::{ISTIOD_DNS_NAME, SimIstiod, SimIstiodOptions, serve_xds};
-use peerd::sim::population::{MAX_WORKLOADS, Population, PopulationOptions, pod_address};
 use peerd::view::View;
 use peerd::xds::resource::Resource;
 use peerd::xds::types::ResourceType;
+use peerd_testbed::pki::{LeafSpec, Pki};
+use peerd_testbed::sandbox::cluster::{TRUST_DOMAIN, peerd_identity};
+use peerd_testbed::sandbox::layout::ClusterLayout;
+use peerd_testbed::sim::churn::{Churn, ChurnOptions};
+use peerd_testbed::sim::istiod::{ISTIOD_DNS_NAME, SimIstiod, SimIstiodOptions, serve_xds};
+use peerd_testbed::sim::population::{MAX_WORKLOADS, Population, PopulationOptions, pod_address};
 use support::{Args, Goal, Report, percentile};
 
 const CLUSTERS: u8 = 3;

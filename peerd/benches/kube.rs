@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use peerd::kube::apply::{ExecutorConfig, FlatSyncExecutor, PeerSyncState, SyncInput};
 use peerd::kube::client::{ClientSource, connect};
-use peerd::kube::emulator::{Emulator, EmulatorOptions};
 use peerd::kube::flatsync::{
     GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode, desired_objects,
 };
 use peerd::kube::leader::Leadership;
+use peerd_testbed::emulator::{Emulator, EmulatorOptions};
 use support::{Args, Goal, Report};
 
 const SERVICES: usize = 50;

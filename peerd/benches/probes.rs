@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use peerd::probe::bench;
+use peerd_testbed::bench;
 use support::{Args, Goal, Report, percentile};
 
 fn main() -> anyhow::Result<()> {

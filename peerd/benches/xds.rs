@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use prost::Message;
 
-use peerd::identity::pki::{LeafSpec, Pki};
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
 use peerd::proto::envoy::service::discovery::v3 as discovery;
 use peerd::proto::istio::workload;
-use peerd::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::view::View;
 use peerd::xds::resource::{Resource, Summary};
 use peerd::xds::types::ResourceType;
+use peerd_testbed::pki::{LeafSpec, Pki};
+use peerd_testbed::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use support::{Args, Goal, Report, percentile};
 
 /// The simulator and the client in this process are measurement apparatus, on the same

@@ -15,8 +15,6 @@ pub mod measure;
 pub mod peers;
 pub mod probe;
 pub mod proto;
-pub mod sandbox;
-pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod version;

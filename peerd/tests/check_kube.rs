@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use peerd::debug::check::Outcome;
 use peerd::debug::check_kube::{ContextArg, gather, kube_checks};
-use peerd::identity::pki::CertificateAuthority;
-use peerd::kube::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
+use peerd_testbed::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
+use peerd_testbed::pki::CertificateAuthority;
 
 const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways";
 const CONDITIONS: [&str; 5] = [

@@ -644,7 +644,7 @@ async fn prober_counted() {
 
 #[test]
 fn bench_helper_reads_kernel_run_time_stats() {
-    use peerd::probe::bench;
+    use peerd_testbed::bench;
     let _serial = support::serial();
     if support::unavailable_reason().is_some() {
         return;

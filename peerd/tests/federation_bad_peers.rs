@@ -18,7 +18,6 @@ use federation_support::{
 };
 use peerd::federation::ConflictKind;
 use peerd::identity::classify::{FailureReason, classify_tls};
-use peerd::identity::pki::Pki;
 use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
 use peerd::peers::model::{SpecAddress, SpecListener, SpecSource};
@@ -33,6 +32,7 @@ use peerd::store::Store;
 use peerd::xds::client::{AdsClient, FailureKind};
 use peerd::xds::server::Subscribers;
 use peerd::xds::{Resource, ResourceType};
+use peerd_testbed::pki::Pki;
 use tokio_util::sync::CancellationToken;
 
 fn synced(c: &Cluster, peer: &str) -> bool {

@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use peerd::app::{GATE_MERGED_VIEW_READY, Peerd};
 use peerd::config::{Config, Env, Overrides};
-use peerd::identity::pki::{LeafSpec, Pki};
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
-use peerd::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::view::View;
 use peerd::xds::resource::{Resource, Summary};
 use peerd::xds::types::ResourceType;
+use peerd_testbed::pki::{LeafSpec, Pki};
+use peerd_testbed::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use xds_support::{Downstream, Held, eventually};
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -1,4 +1,4 @@
-"""Shared by the Python tests: the peerd binary, loopback ports, waiting, child processes
+"""Shared by the Python tests: the peerd and peerd-sandbox binaries, loopback ports, waiting, child processes
 (logs kept per process, stopped with SIGTERM then SIGKILL), simulated istiods and the
 peerd CLI. Everything started here listens on loopback only.
 """
@@ -21,6 +21,14 @@ def peerd_bin() -> str:
     path = os.environ.get("PEERD_BIN") or str(REPO / "target" / "debug" / "peerd")
     if not os.access(path, os.X_OK):
         pytest.fail(f"no peerd binary at {path} (cargo build -p peerd, or set PEERD_BIN)")
+    return path
+
+
+def sandbox_bin() -> str:
+    """`peerd-sandbox` (the sandbox and `sim istiod`); it runs the `peerd` next to it."""
+    path = os.environ.get("PEERD_SANDBOX_BIN") or str(REPO / "target" / "debug" / "peerd-sandbox")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no peerd-sandbox binary at {path} (cargo build -p peerd-testbed, or set PEERD_SANDBOX_BIN)")
     return path
 
 
@@ -89,9 +97,9 @@ class Processes:
 def start_sim(procs, sim, tmp):
     port = free_port(sim["ip"])
     tls = tmp / f"sim-{sim['cluster']}"
-    procs.start(
+    procs.start_program(
         f"sim-{sim['cluster']}",
-        ["sim", "istiod", "--listen", f"{sim['ip']}:{port}", "--cluster", sim["cluster"],
+        [sandbox_bin(), "sim", "istiod", "--listen", f"{sim['ip']}:{port}", "--cluster", sim["cluster"],
          "--network", f"net-{sim['cluster']}", "--workloads", str(sim["workloads"]),
          "--services", str(sim["services"]), "--tls-dir", str(tls)],
     )
@@ -116,6 +124,7 @@ def run_cli(*args):
 
 
 def start_sandbox(procs, state: Path, *args):
-    """`peerd sandbox` with its state in `state`; returns once its token is written."""
-    procs.start("sandbox", ["sandbox", "--state-dir", str(state), *args])
+    """`peerd-sandbox` with its state in `state`; returns once its token is written."""
+    procs.start_program("sandbox", [sandbox_bin(), "--state-dir", str(state), *args],
+                        {"PEERD_BIN": peerd_bin()})
     wait_for("sandbox token", lambda: (procs.check_alive(), (state / "token").exists())[1])

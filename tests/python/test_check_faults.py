@@ -1,6 +1,6 @@
 """`peerd check` sees a data-plane fault and its repair.
 
-`peerd sandbox` (three clusters) with `--fault drop-hbone=cluster-3`: the sandbox drops
+`peerd-sandbox` (three clusters) with `--fault drop-hbone=cluster-3`: the sandbox drops
 SYNs to cluster-3's east-west HBONE port 15008 (nftables). `peerd check` against
 cluster-1 must then fail, naming the HBONE timeout; once the fault is lifted through the
 sandbox's control file, the same check must pass again.

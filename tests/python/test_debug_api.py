@@ -1,6 +1,6 @@
 """The debug API through an independent client (grpcio, reflection, health checking).
 
-Starts real processes on loopback: `peerd sandbox --clusters 2` (cluster-1 and cluster-2,
+Starts real processes on loopback: `peerd-sandbox --clusters 2` (cluster-1 and cluster-2,
 each a simulated istiod + its own `peerd run`, peered over mTLS) and a third `peerd run`
 (cluster-3) that subscribes to cluster-1's merged view as a downstream, like ztunnel. Every call is made with descriptors obtained through
 server reflection; nothing is generated from peerd's .proto files.

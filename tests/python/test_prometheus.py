@@ -1,6 +1,6 @@
 """A real Prometheus (Debian's package) scrapes a running sandbox.
 
-`peerd sandbox` (three clusters: cluster-1 and cluster-2 flat, cluster-3 on its own
+`peerd-sandbox` (three clusters: cluster-1 and cluster-2 flat, cluster-3 on its own
 network, each with its own `peerd run` and a simulated ztunnel) is scraped every second
 by `prometheus`; the test then asks Prometheus's HTTP API for the series an operator's
 alerts and dashboard use and compares their values with the sandbox's own status JSON.

@@ -43,7 +43,8 @@ enum Cmd {
         #[arg(long)]
         template: bool,
     },
-    /// Run `peerd sandbox` (release build), passing the remaining arguments.
+    /// Run `peerd-sandbox` (release build, with the release `peerd` it runs per
+    /// cluster), passing the remaining arguments.
     Sandbox {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -59,11 +60,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Chart { template: false } => chart::run(),
         Cmd::Chart { template: true } => chart::template(),
-        Cmd::Sandbox { args } => {
-            let mut all = vec!["run", "--release", "-p", "peerd", "--", "sandbox"];
-            all.extend(args.iter().map(String::as_str));
-            cargo(&all)
-        }
+        Cmd::Sandbox { args } => sandbox(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +69,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Builds the release `peerd` (the sandbox finds it next to itself), then runs the
+/// release `peerd-sandbox` with `args`.
+fn sandbox(args: &[String]) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "peerd", "--bin", "peerd"])?;
+    let mut all = vec![
+        "run",
+        "--release",
+        "-p",
+        "peerd-testbed",
+        "--bin",
+        "peerd-sandbox",
+        "--",
+    ];
+    all.extend(args.iter().map(String::as_str));
+    cargo(&all)
 }
 
 /// The repository root (xtask lives one level below it).

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use anyhow::{Context, bail};
+
 pub fn lint() -> anyhow::Result<()> {
     crate::cargo(&["fmt", "--all", "--check"])?;
     crate::cargo(&[
@@ -14,12 +16,66 @@ pub fn lint() -> anyhow::Result<()> {
     ])
 }
 
+/// The daemon carries only the daemon: `peerd-testbed` (simulators, emulated API server,
+/// test CA, sandbox) is not among peerd's normal dependencies, and the `peerd` binary has
+/// no `sandbox` or `sim` subcommand.
+fn check_split() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = output(
+        Command::new(cargo)
+            .args(["tree", "-p", "peerd", "-e", "normal", "--prefix", "none"])
+            .current_dir(crate::root()),
+    )?;
+    if let Some(line) = tree.lines().find(|l| l.starts_with("peerd-testbed ")) {
+        bail!("peerd depends on the testbed ({line}): it must never be linked into the daemon");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target"));
+    let help = output(Command::new(target.join("debug/peerd")).arg("--help"))?;
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    if commands.is_empty() {
+        bail!("no command list in `peerd --help`:\n{help}");
+    }
+    if let Some(c) = commands.iter().find(|c| ["sandbox", "sim"].contains(c)) {
+        bail!("`peerd --help` lists `{c}`: the sandbox and simulators belong to peerd-sandbox");
+    }
+    eprintln!("xtask: split ok: peerd has no testbed dependency; commands {commands:?}");
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing on a non-zero exit.
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}\n{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn run(setup: bool, bench: bool) -> anyhow::Result<()> {
     if setup {
         crate::setup::run()?;
     }
     lint()?;
     crate::chart::run()?;
+    // Both binaries first: the sandbox tests (Rust and Python) run `peerd-sandbox`,
+    // which runs the `peerd` next to it.
+    crate::cargo(&["build", "-p", "peerd", "-p", "peerd-testbed", "--bins"])?;
+    check_split()?;
     crate::cargo(&["test", "--workspace", "--no-fail-fast"])?;
     let py = crate::root().join("tests/python");
     if py.is_dir() {

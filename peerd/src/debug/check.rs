@@ -630,6 +630,3 @@ pub fn check_certificates(certs: &BTreeMap<String, ClusterCerts>) -> CheckResult
     )
     .with_details(details)
 }
-
-#[cfg(test)]
-mod tests;

@@ -1053,19 +1053,19 @@ fn stale_peer_is_withdrawn_only_after_the_grace_period() {
 
 mod selection {
     use super::*;
-    use crate::identity::pki::{CertificateAuthority, LeafSpec};
     use crate::identity::spiffe::SpiffeId;
     use crate::xds::auth::{ConnectionInfo, StaticTokenVerifier, ViewSelector};
 
+    /// A self-signed leaf with the SPIFFE URI SAN is enough: the selector reads only the
+    /// trust domain (chains are verified by the TLS layer, tested in `identity`).
     fn conn(td: Option<&str>, token: Option<&str>) -> ConnectionInfo {
         let certs = td.map(|td| {
-            let ca = CertificateAuthority::new_root("test").unwrap();
-            let leaf = ca
-                .issue(&LeafSpec::workload(
-                    SpiffeId::new(td, "istio-system", "peerd").unwrap(),
-                ))
-                .unwrap();
-            Arc::new(vec![leaf.cert_der])
+            let id = SpiffeId::new(td, "istio-system", "peerd").unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names =
+                vec![rcgen::SanType::URI(id.to_string().try_into().unwrap())];
+            let key = rcgen::KeyPair::generate().unwrap();
+            Arc::new(vec![params.self_signed(&key).unwrap().der().clone()])
         });
         ConnectionInfo {
             remote_addr: None,

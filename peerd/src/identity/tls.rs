@@ -25,9 +25,14 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use super::pki::{CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
 use super::reload::RootsSource;
 use super::spiffe::{self, SpiffeId};
+
+/// Istio's file names for a workload's certificate directory (`/etc/certs`, the
+/// `istio-ca-root-cert` and `cacerts` layouts).
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+pub const KEY_FILE: &str = "key.pem";
 
 /// ALPN for gRPC over TLS.
 pub const ALPN_H2: &[u8] = b"h2";

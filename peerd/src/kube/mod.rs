@@ -4,8 +4,8 @@
 //! fields peerd uses ([`types`]), the watches and peer-Gateway translation ([`gateways`]),
 //! the Gateway conditions writer ([`status`]), the flat-network reconciler ([`flatsync`])
 //! and its executor ([`apply`]), leader election ([`leader`]), TokenReview
-//! ([`tokenreview`]), and the emulated API server used by tests and the sandbox
-//! ([`emulator`], which must never be linked into a code path that serves a real cluster).
+//! ([`tokenreview`]). The emulated API server the tests and the sandbox talk to is in the
+//! `peerd-testbed` crate, never linked into the daemon.
 //!
 //! Wiring (for the daemon): `client::connect` → `gateways::start_watches` (peer Gateways,
 //! global Services, local network) → [`peering`] turns each peer Gateway into a peer
@@ -21,7 +21,6 @@
 pub mod apply;
 pub mod client;
 pub mod condition_sync;
-pub mod emulator;
 pub mod flat_input;
 pub mod flatsync;
 pub mod gateways;
@@ -30,6 +29,3 @@ pub mod peering;
 pub mod status;
 pub mod tokenreview;
 pub mod types;
-
-#[cfg(test)]
-mod tests;

@@ -7,7 +7,6 @@
 
 pub mod aggregator;
 pub mod attribution;
-pub mod bench;
 pub mod loader;
 pub mod metrics;
 pub mod mode;

@@ -14,19 +14,19 @@ use std::time::Duration;
 
 use peerd::config::ServiceRef;
 use peerd::federation::{Federation, FederationConfig, GatewayTarget, PeerPolicy};
-use peerd::identity::pki::{CertificateAuthority, LeafSpec, Pki};
 use peerd::identity::reload::CertSource;
 use peerd::identity::spiffe::SpiffeId;
 use peerd::identity::tls::{
     ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions, client_config, load_roots,
     server_config,
 };
-use peerd::sim::population::{Population, PopulationOptions};
 use peerd::store::Store;
 use peerd::xds::auth::StaticTokenVerifier;
 use peerd::xds::client::{AdsClient, ClientOptions, Failure};
 use peerd::xds::server::{AdsServer, ServerOptions};
 use peerd::xds::{Resource, ResourceType};
+use peerd_testbed::pki::{CertificateAuthority, LeafSpec, Pki};
+use peerd_testbed::sim::population::{Population, PopulationOptions};
 use rustls::RootCertStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

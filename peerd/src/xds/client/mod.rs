@@ -1,7 +1,7 @@
 //! The delta-ADS client: one instance per upstream (the local istiod or one peer). It
 //! keeps one stream carrying both types, writes every accepted resource to
 //! `Store::apply(origin, …)`, ACKs or NACKs each response exactly like ztunnel (see
-//! reference/xds-wire.md §2), and reconnects with jittered exponential backoff, offering
+//! docs/xds-wire.md §3), and reconnects with jittered exponential backoff, offering
 //! what it holds in `initial_resource_versions`.
 //!
 //! It must never drop stored resources because of a stream problem (disconnects only

@@ -1,0 +1,250 @@
+//! Each simulated cluster's Kubernetes API: an emulated API server on 127.0.k.1:6443
+//! (no real kube-apiserver can run here), seeded like a peered cluster (docs/design.md
+//! §6.1, §11): the network label on `istio-system`, the local east-west
+//! Gateway `istio-eastwest`, one `istio-remote-peer-<cluster>` Gateway per other cluster,
+//! and a Service labelled `solo.io/service-scope=global` per global service of the
+//! simulated istiod. That cluster's peerd reads peers and global services from it and
+//! writes Gateway conditions, WorkloadEntries and ServiceEntries to it; `kubectl --server
+//! http://127.0.k.1:6443` shows them.
+//!
+//! It owns seeding only; it never writes after start (that is peerd's job) and never
+//! listens outside 127.0.0.0/8.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
+use crate::sandbox::cluster::TRUST_DOMAIN;
+use crate::sandbox::layout::{ClusterLayout, HBONE_PORT, XDS_PORT};
+use peerd::kube::types::{
+    ANNOTATION_TRUST_DOMAIN, GATEWAY_CLASS_EASTWEST, GATEWAY_CLASS_REMOTE, LABEL_CLUSTER,
+    LABEL_NETWORK, LABEL_SERVICE_SCOPE,
+};
+
+/// Namespace of the east-west and peer Gateways.
+pub const PEERING_NAMESPACE: &str = "istio-eastwest";
+const GATEWAYS_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways";
+
+/// Starts `me`'s emulated API server and seeds it. `global_services` are `ns/name`.
+pub async fn start(
+    me: &ClusterLayout,
+    all: &[ClusterLayout],
+    global_services: &[String],
+    root_pem: &str,
+) -> anyhow::Result<EmulatorHandle> {
+    if !me.host.is_loopback() {
+        bail!(
+            "{}: the emulated API server must listen on loopback",
+            me.name
+        );
+    }
+    let mut namespaces: BTreeSet<String> =
+        ["default", "kube-system", "istio-system", PEERING_NAMESPACE]
+            .map(String::from)
+            .into_iter()
+            .collect();
+    let services: Vec<(&str, &str)> = global_services
+        .iter()
+        .filter_map(|s| s.split_once('/'))
+        .collect();
+    namespaces.extend(services.iter().map(|(ns, _)| ns.to_string()));
+    let emulator = Emulator::start(
+        me.kube_api(),
+        EmulatorOptions {
+            namespaces: namespaces.into_iter().collect(),
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("{}: emulated Kubernetes API server", me.name))?;
+
+    send(
+        &emulator,
+        Method::PATCH,
+        "/api/v1/namespaces/istio-system",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {LABEL_NETWORK: me.network}}}),
+    )
+    .await?;
+    send(
+        &emulator,
+        Method::POST,
+        GATEWAYS_PATH,
+        "application/json",
+        &eastwest_gateway(me),
+    )
+    .await?;
+    // What istiod would publish: the east-west Gateway programmed at its address, and the
+    // mesh root in istio-system/istio-ca-root-cert (`peerd check --kubeconfig` reads both).
+    send(
+        &emulator,
+        Method::PATCH,
+        &format!("{GATEWAYS_PATH}/istio-eastwest/status?fieldManager=istiod&force=true"),
+        "application/apply-patch+yaml",
+        &eastwest_programmed(me),
+    )
+    .await?;
+    send(
+        &emulator,
+        Method::POST,
+        "/api/v1/namespaces/istio-system/configmaps",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "istio-ca-root-cert", "namespace": "istio-system"},
+                "data": {"root-cert.pem": root_pem}}),
+    )
+    .await?;
+    for peer in all.iter().filter(|c| c.name != me.name) {
+        send(
+            &emulator,
+            Method::POST,
+            GATEWAYS_PATH,
+            "application/json",
+            &peer_gateway(peer),
+        )
+        .await?;
+    }
+    for (namespace, name) in services {
+        send(
+            &emulator,
+            Method::POST,
+            &format!("/api/v1/namespaces/{namespace}/services"),
+            "application/json",
+            &global_service(namespace, name),
+        )
+        .await?;
+    }
+    Ok(emulator)
+}
+
+async fn send(
+    emulator: &EmulatorHandle,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+) -> anyhow::Result<()> {
+    let (code, reply) = emulator
+        .request(method.clone(), path, content_type, body.to_string())
+        .await?;
+    if !(200..300).contains(&code) {
+        bail!("seeding the emulated API server: {method} {path}: {code} {reply}");
+    }
+    Ok(())
+}
+
+fn listeners() -> Value {
+    json!([
+        {"name": "cross-network", "port": HBONE_PORT, "protocol": "HBONE",
+         "tls": {"mode": "Passthrough"}},
+        {"name": "xds-tls", "port": XDS_PORT, "protocol": "TLS",
+         "tls": {"mode": "Passthrough"}},
+    ])
+}
+
+/// The cluster's own east-west gateway (class `istio-eastwest`).
+pub fn eastwest_gateway(me: &ClusterLayout) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": "istio-eastwest",
+            "namespace": PEERING_NAMESPACE,
+            "labels": {
+                LABEL_NETWORK: me.network,
+                "istio.io/expose-istiod": XDS_PORT.to_string(),
+            },
+        },
+        "spec": {
+            "gatewayClassName": GATEWAY_CLASS_EASTWEST,
+            "addresses": [{"type": "IPAddress", "value": me.host.to_string()}],
+            "listeners": listeners(),
+        },
+    })
+}
+
+/// The east-west Gateway's status as istiod writes it once the gateway is deployed.
+fn eastwest_programmed(me: &ClusterLayout) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "istio-eastwest", "namespace": PEERING_NAMESPACE},
+        "status": {
+            "addresses": [{"type": "IPAddress", "value": me.host.to_string()}],
+            "conditions": [{
+                "type": "Programmed", "status": "True", "reason": "Programmed",
+                "message": "simulated: the east-west gateway is deployed",
+                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1,
+            }],
+        },
+    })
+}
+
+/// A kubeconfig with one context per cluster, named like the cluster, for `kubectl
+/// --context` and `peerd check --kubeconfig … --context …`.
+pub fn kubeconfig(all: &[ClusterLayout]) -> String {
+    let mut text = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+    for c in all {
+        text += &format!(
+            "- name: {}\n  cluster:\n    server: {}\n",
+            c.name,
+            c.kube_api_url()
+        );
+    }
+    text += "contexts:\n";
+    for c in all {
+        text += &format!(
+            "- name: {0}\n  context:\n    cluster: {0}\n    user: sandbox\n    namespace: istio-system\n",
+            c.name
+        );
+    }
+    let current = all.first().map(|c| c.name.as_str()).unwrap_or_default();
+    text += &format!("current-context: {current}\nusers:\n- name: sandbox\n  user: {{}}\n");
+    text
+}
+
+/// The Gateway by which a cluster peers with `peer` (class `istio-remote`).
+pub fn peer_gateway(peer: &ClusterLayout) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": format!("istio-remote-peer-{}", peer.name),
+            "namespace": PEERING_NAMESPACE,
+            "labels": {
+                LABEL_CLUSTER: peer.name,
+                LABEL_NETWORK: peer.network,
+            },
+            "annotations": {
+                "gateway.istio.io/service-account": "istio-eastwest",
+                ANNOTATION_TRUST_DOMAIN: TRUST_DOMAIN,
+            },
+        },
+        "spec": {
+            "gatewayClassName": GATEWAY_CLASS_REMOTE,
+            "addresses": [{"type": "IPAddress", "value": peer.host.to_string()}],
+            "listeners": listeners(),
+        },
+    })
+}
+
+/// A Service marked global. Its spec only needs to exist: the simulated istiod serves the
+/// workloads, the label makes peerd export it.
+fn global_service(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_SERVICE_SCOPE: "global", "app": name},
+        },
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        },
+    })
+}

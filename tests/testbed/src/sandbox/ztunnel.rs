@@ -1,0 +1,62 @@
+//! The node's ztunnel, simulated: one delta-xDS client per sandbox cluster that connects
+//! to that cluster's peerd like ztunnel does (bearer token, `clusterid` header, ztunnel's
+//! node id, both types on one stream, ztunnel's ACK/NACK rules, which are the ones
+//! [`AdsClient`] follows). Its ACKs are what `PeerDataPlaneProgrammed` and
+//! `peerd_propagation_seconds` wait for, so the sandbox exercises them for real.
+//!
+//! It owns a throwaway store of what it received; it must never connect outside
+//! loopback (it dials only its own cluster's peerd on 127.0.k.1).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::sandbox::layout::ClusterLayout;
+use peerd::identity::reload::RootsSource;
+use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
+use peerd::proto::envoy::config::core::v3::Node;
+use peerd::store::Store;
+use peerd::xds::client::{AdsClient, ClientOptions, TokenSource};
+
+/// The DNS name on every sandbox peerd's certificate.
+pub const PEERD_SERVER_NAME: &str = "peerd.istio-system.svc";
+
+/// Starts the simulated ztunnel of `layout`'s node; it reconnects until cancelled (a
+/// stopped peerd is retried with the client's backoff). Returns what it holds.
+pub fn spawn(
+    layout: &ClusterLayout,
+    token_file: &Path,
+    root_cert: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<Arc<Store>> {
+    let roots = RootsSource::from_file(root_cert)
+        .with_context(|| format!("{}: simulated ztunnel roots", layout.name))?;
+    let tls = client_config(&ClientTlsOptions::new(roots, ServerIdentity::Name))
+        .with_context(|| format!("{}: simulated ztunnel TLS", layout.name))?;
+    let mut options = ClientOptions::new(
+        layout.name.clone(),
+        layout.xds().to_string(),
+        PEERD_SERVER_NAME.to_string(),
+        tls,
+    );
+    options.token = Some(TokenSource::File(token_file.to_path_buf()));
+    options.headers = vec![("clusterid".into(), layout.name.clone())];
+    options.node = node(layout);
+    let store = Store::new();
+    let client = AdsClient::new(options, Arc::clone(&store));
+    tokio::spawn(client.run(cancel));
+    Ok(store)
+}
+
+/// ztunnel's node id format: `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+fn node(layout: &ClusterLayout) -> Node {
+    Node {
+        id: format!(
+            "ztunnel~{}~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
+            layout.host, layout.name
+        ),
+        ..Node::default()
+    }
+}
