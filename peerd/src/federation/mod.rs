@@ -110,6 +110,10 @@ struct PublishedCommits {
 /// A unit of work for federation's thread.
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Test hook: runs before each recompute with its name count.
+#[cfg(test)]
+type RecomputeHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// The merged view, the export views, and the rules between them.
 pub struct Federation {
     config: FederationConfig,
@@ -126,7 +130,7 @@ pub struct Federation {
     globals_changed: Notify,
     /// Called on federation's thread before each recompute with its name count.
     #[cfg(test)]
-    before_recompute: Mutex<Option<Arc<dyn Fn(usize) + Send + Sync>>>,
+    before_recompute: Mutex<Option<RecomputeHook>>,
 }
 
 impl Federation {
