@@ -6,10 +6,18 @@
 //! propagation latency of single changes at a fixed rate (source apply → client receive),
 //! peerd RSS, and the floor measured in the same run: the same resources only
 //! decoded + encoded in a tight loop.
+//!
+//! Then churn with a restart of the simulated istiod in the middle: once churn stops,
+//! the client's final state must equal the simulator's exactly (names, versions, bytes);
+//! a mismatch fails the bench. Last, the pod's limits: a fresh peerd in a cgroup of one
+//! CPU and the chart's 512 MiB (v2 `cpu.max`/`memory.max`, else v1; without either, one
+//! core by affinity and one runtime worker) syncs the same resources while
+//! `/healthz/ready` is polled every 10 ms: sync time, peak RSS, probe latency; an OOM
+//! kill fails the bench.
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -25,7 +33,7 @@ use peerd::view::View;
 use peerd::xds::resource::{Resource, Summary};
 use peerd::xds::types::ResourceType;
 use peerd_testbed::pki::{LeafSpec, Pki};
-use peerd_testbed::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
+use peerd_testbed::sim::istiod::{ServeContext, SimIstiod, SimIstiodOptions, serve_xds};
 use support::{Args, Goal, Report, percentile};
 
 /// The simulator and the client in this process are measurement apparatus, on the same
@@ -37,7 +45,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The client's bookkeeping is measurement apparatus: a fast hash keeps it from
 /// weighing on the figures (SipHash of 112k names showed in profiles).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WORKLOAD_NODE_FIELD: u32 = 9;
@@ -50,6 +57,9 @@ struct Size {
     services: usize,
     change_rate: f64,
     change_seconds: f64,
+    /// Simulated churn (changes/s) around the istiod restart, and its length.
+    churn_rate: f64,
+    churn_seconds: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +72,8 @@ fn main() -> anyhow::Result<()> {
             services: 1_000,
             change_rate: 1000.0,
             change_seconds: 3.0,
+            churn_rate: 500.0,
+            churn_seconds: 2.0,
         }
     } else {
         Size {
@@ -71,13 +83,128 @@ fn main() -> anyhow::Result<()> {
             services: 10_000,
             change_rate: 1000.0,
             change_seconds: 10.0,
+            churn_rate: 1000.0,
+            churn_seconds: 6.0,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run(&size))?;
-    report.emit(&args)
+    let (report, failures) = runtime.block_on(run(&size))?;
+    report.emit(&args)?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// The simulated istiod's xDS server, stoppable to simulate an istiod restart.
+struct Istiod {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Istiod {
+    fn serve(sim: &SimIstiod, listen: SocketAddr) -> anyhow::Result<Istiod> {
+        let (tls, cert_source) = sim.server_tls()?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let context = ServeContext {
+            listen,
+            view: Arc::clone(&sim.view),
+            tls,
+            cert_source,
+            token: sim.tls.token.clone(),
+            shutdown,
+        };
+        let task = tokio::spawn(serve_xds(context, Default::default()));
+        Ok(Istiod { stop, task })
+    }
+
+    /// Ends every stream and the listener.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("simulated istiod task")?
+    }
+}
+
+/// Compares what the client holds with the simulator's view: (resources compared,
+/// mismatches: missing, extra, or another version or body).
+fn compare(view: &View, seen: &Mutex<Seen>) -> anyhow::Result<(usize, usize)> {
+    let snapshot = view.snapshot();
+    let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let (mut compared, mut mismatched) = (0, 0);
+    for kind in ResourceType::ALL {
+        let upstream = snapshot.resources(kind);
+        let held = &seen.resources[kind.index()];
+        compared += upstream.len();
+        for (name, r) in upstream.iter() {
+            match held.get(&**name) {
+                Some((version, body)) if **version == *r.version && *body == r.body => {}
+                _ => mismatched += 1,
+            }
+        }
+        mismatched += held
+            .keys()
+            .filter(|name| upstream.get(name.as_str()).is_none())
+            .count();
+    }
+    Ok((compared, mismatched))
+}
+
+/// What polling `/healthz/ready` every 10 ms saw.
+#[derive(Default)]
+struct Probes {
+    /// Latency of every answer (ready or not) and of every failed probe, in ms.
+    latencies: Vec<f64>,
+    not_ready: usize,
+    /// Probes without an answer after the first answer (before it, peerd is starting).
+    failed: usize,
+}
+
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP/1.1 GET as a kubelet probe does it (a new connection each time): the status.
+async fn probe(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let status = std::str::from_utf8(&answer)
+        .ok()
+        .and_then(|a| a.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("no HTTP status line")?;
+    Ok(status)
+}
+
+async fn poll_ready(addr: SocketAddr, stop: tokio::sync::watch::Receiver<bool>) -> Probes {
+    let mut probes = Probes::default();
+    let mut answered = false;
+    while !*stop.borrow() {
+        let sent = Instant::now();
+        match tokio::time::timeout(PROBE_TIMEOUT, probe(addr, "/healthz/ready")).await {
+            Ok(Ok(status)) => {
+                answered = true;
+                probes.latencies.push(support::ms(sent.elapsed()));
+                if status != 200 {
+                    probes.not_ready += 1;
+                }
+            }
+            Ok(Err(_)) | Err(_) if answered => {
+                probes.failed += 1;
+                probes.latencies.push(support::ms(sent.elapsed()));
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+        tokio::time::sleep_until((sent + PROBE_INTERVAL).into()).await;
+    }
+    probes
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -113,6 +240,7 @@ fn floor_decode_encode(view: &View) -> f64 {
 struct Peerd {
     child: Child,
     xds: SocketAddr,
+    health: SocketAddr,
 }
 
 impl Drop for Peerd {
@@ -126,14 +254,16 @@ fn start_peerd(
     dir: &std::path::Path,
     sim: SocketAddr,
     istiod_token: &std::path::Path,
+    confinement: Option<&confine::Confinement>,
 ) -> anyhow::Result<Peerd> {
     let xds = SocketAddr::new(LOCALHOST, free_port()?);
+    let health = SocketAddr::new(LOCALHOST, free_port()?);
     let config = format!(
         r#"
 cluster: cluster-1
 network: net1
 sandboxMode: true
-listeners: {{ xds: "{xds}", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug: "127.0.0.1:0" }}
+listeners: {{ xds: "{xds}", metrics: "127.0.0.1:0", health: "{health}", debug: "127.0.0.1:0" }}
 xds:
   tls: {{ certChain: peerd/cert-chain.pem, key: peerd/key.pem }}
   auth: {{ tokenFile: ztunnel-token }}
@@ -154,13 +284,14 @@ upstreams:
     // under a profiler; the RSS and CPU rows then measure the wrapper, not peerd.
     let wrapper = std::env::var("PEERD_BENCH_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
-    let mut command = match words.next() {
-        Some(program) => {
+    let mut command = match (confinement, words.next()) {
+        (Some(confinement), _) => confinement.command(env!("CARGO_BIN_EXE_peerd")),
+        (None, Some(program)) => {
             let mut c = Command::new(program);
             c.args(words).arg(env!("CARGO_BIN_EXE_peerd"));
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_peerd")),
+        (None, None) => Command::new(env!("CARGO_BIN_EXE_peerd")),
     };
     let child = command
         .args(["run", "--config"])
@@ -170,7 +301,7 @@ upstreams:
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting peerd")?;
-    Ok(Peerd { child, xds })
+    Ok(Peerd { child, xds, health })
 }
 
 /// What the ztunnel-like client saw: what it holds, and (once `timed`) when each
@@ -178,7 +309,8 @@ upstreams:
 #[derive(Default)]
 struct Seen {
     held: [usize; 2],
-    names: [FastSet<String>; 2],
+    /// Name → (version, body) of everything the client holds.
+    resources: [FastMap<String, (String, bytes::Bytes)>; 2],
     /// Arrival times are recorded only for the propagation phase: nothing reads those of
     /// the initial sync, and recording 112k of them would weigh on its figure.
     timed: bool,
@@ -202,18 +334,19 @@ async fn downstream(
             let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             let i = kind.index();
             for name in &r.removed_resources {
-                seen.names[i].remove(name);
+                seen.resources[i].remove(name);
             }
             let timed = seen.timed;
-            seen.names[i].reserve(r.resources.len());
+            seen.resources[i].reserve(r.resources.len());
             for res in r.resources {
                 if timed {
                     seen.arrivals
                         .insert((res.name.clone(), res.version.clone()), now);
                 }
-                seen.names[i].insert(res.name);
+                let body = res.resource.map(|a| a.value).unwrap_or_default();
+                seen.resources[i].insert(res.name, (res.version, body));
             }
-            seen.held[i] = seen.names[i].len();
+            seen.held[i] = seen.resources[i].len();
         }
         tx.send(discovery::DeltaDiscoveryRequest {
             type_url: r.type_url,
@@ -225,7 +358,7 @@ async fn downstream(
     Ok(())
 }
 
-async fn run(size: &Size) -> anyhow::Result<Report> {
+async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     let dir = tempfile::tempdir()?;
     let pki = Pki::load_or_create(&dir.path().join("pki"), "bench root")?;
     let ca = pki.cluster_ca("cluster-1")?;
@@ -235,12 +368,12 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     options.network = "net1".into();
     options.workloads = size.workloads;
     options.services = size.services;
-    options.churn_per_sec = 0.0;
-    let sim = SimIstiod::new_with_ca(options, &ca)?;
+    // Churn runs only in its phase (started there).
+    options.churn_per_sec = size.churn_rate;
+    let mut sim = SimIstiod::new_with_ca(options, &ca)?;
     let view = Arc::clone(&sim.view);
     let istiod_token = sim.tls.token_path.clone();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(sim.serve(shutdown, |ctx| serve_xds(ctx, Default::default())));
+    let mut istiod = Istiod::serve(&sim, sim_addr)?;
 
     ca.issue(&LeafSpec::server("peerd").with_ip(LOCALHOST))?
         .write_to(&dir.path().join("peerd"))?;
@@ -285,7 +418,7 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let started = Instant::now();
-        let peerd = start_peerd(dir.path(), sim_addr, &istiod_token)?;
+        let peerd = start_peerd(dir.path(), sim_addr, &istiod_token, None)?;
         let client = tokio::spawn(downstream(
             peerd.xds,
             Arc::clone(&tls),
@@ -374,9 +507,96 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     let p99 = percentile(&mut latencies, 99.0);
     let rss_after = support::rss_mb(pid).unwrap_or(f64::NAN);
     let cpu = support::cpu_seconds(pid).unwrap_or(f64::NAN);
-    let _ = stop.send(true);
+
+    // Churn, with the simulated istiod restarted in the middle (peerd's upstream stream
+    // drops, reconnects, resyncs while churn goes on); then the client must hold exactly
+    // what the simulator holds.
+    seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.timed = false;
+    let (churn_stop, churn_shutdown) = tokio::sync::watch::channel(false);
+    let churn = sim
+        .start_churn(churn_shutdown)
+        .context("churn already started")?;
+    let half = Duration::from_secs_f64(size.churn_seconds / 2.0);
+    tokio::time::sleep(half).await;
+    istiod.stop().await?;
+    // Down for a while, as a restarting istiod is, while the cluster keeps changing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    istiod = Istiod::serve(&sim, sim_addr)?;
+    tokio::time::sleep(half).await;
+    let _ = churn_stop.send(true);
+    churn.await.context("churn task")?;
+    let churned = sim.churn_stats.changes();
+    let converge_by = Instant::now() + Duration::from_secs(60);
+    let (compared, mismatched) = loop {
+        let (compared, mismatched) = compare(&view, &seen)?;
+        if mismatched == 0 || Instant::now() > converge_by || client.is_finished() {
+            break (compared, mismatched);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     client.abort();
     drop(peerd);
+
+    // The pod's limits: a fresh peerd confined to one CPU and 512 MiB syncs everything
+    // while its readiness is probed.
+    let confinement = confine::Confinement::create();
+    let snapshot = view.snapshot();
+    let want = [
+        snapshot.len(ResourceType::Address),
+        snapshot.len(ResourceType::Authorization),
+    ];
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let started = Instant::now();
+    let mut peerd = start_peerd(dir.path(), sim_addr, &istiod_token, Some(&confinement))?;
+    let (probes_stop, probes_shutdown) = tokio::sync::watch::channel(false);
+    let prober = tokio::spawn(poll_ready(peerd.health, probes_shutdown));
+    let client = tokio::spawn(downstream(
+        peerd.xds,
+        Arc::clone(&tls),
+        token.clone(),
+        Arc::clone(&seen),
+    ));
+    let deadline = started + Duration::from_secs(300);
+    let mut exited = None;
+    loop {
+        if seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.held == want {
+            break;
+        }
+        if let Some(status) = peerd.child.try_wait()? {
+            exited = Some(status);
+            break;
+        }
+        if Instant::now() > deadline || client.is_finished() {
+            bail!(
+                "confined peerd: downstream did not sync (client finished early: {})",
+                client.is_finished()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let confined_sync = started.elapsed().as_secs_f64();
+    let _ = probes_stop.send(true);
+    let mut probes = prober.await.context("readiness prober")?;
+    let confined_peak = support::peak_rss_mb(peerd.child.id()).unwrap_or(f64::NAN);
+    client.abort();
+    drop(peerd);
+    let oom_kills = confinement.oom_kills().unwrap_or(0);
+    let confined_label = confinement.describe();
+    drop(confinement);
+    let _ = istiod.stop().await;
+
+    let mut failures = Vec::new();
+    if mismatched > 0 {
+        failures.push(format!(
+            "after churn and an istiod restart the client differs from the simulator on {mismatched} of {compared} resources"
+        ));
+    }
+    if let Some(status) = exited {
+        failures.push(format!("confined peerd exited during its sync: {status}"));
+    }
+    if oom_kills > 0 {
+        failures.push(format!("confined peerd: {oom_kills} OOM kill(s)"));
+    }
 
     let per_resource_floor_ms = floor * 1000.0 / total as f64;
     let mut report = Report::new(
@@ -457,5 +677,212 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         None,
     );
     report.row("peerd CPU time, whole run", cpu, "s", Goal::None, None);
-    Ok(report)
+    report.row(
+        format!(
+            "client = simulator after {churned} churn changes + istiod restart: mismatches of {compared}"
+        ),
+        mismatched as f64,
+        "count",
+        Goal::Below(0.5),
+        None,
+    );
+    report.row(
+        format!("pod limits ({confined_label}): initial sync"),
+        confined_sync,
+        "s",
+        if full { Goal::Below(2.0) } else { Goal::None },
+        Some(floor),
+    );
+    report.row(
+        "pod limits: peak RSS",
+        confined_peak,
+        "MiB",
+        if full { Goal::Below(400.0) } else { Goal::None },
+        None,
+    );
+    let answered = probes.latencies.len();
+    report.row(
+        format!(
+            "pod limits: /healthz/ready p99 during sync ({answered} probes, {} not ready, {} failed)",
+            probes.not_ready, probes.failed
+        ),
+        percentile(&mut probes.latencies, 99.0),
+        "ms",
+        if full { Goal::Below(100.0) } else { Goal::None },
+        None,
+    );
+    report.row(
+        "pod limits: OOM kills",
+        oom_kills as f64,
+        "count",
+        Goal::Below(0.5),
+        None,
+    );
+    Ok((report, failures))
+}
+
+/// Confines a child process as the chart confines the pod: one CPU, 512 MiB.
+mod confine {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const CPU_PERIOD_US: u64 = 100_000;
+    /// The chart's `resources.limits.memory` (512Mi).
+    const MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
+
+    pub enum Confinement {
+        /// A cgroup v2 directory with `cpu.max` and `memory.max`.
+        V2(PathBuf),
+        /// cgroup v1 directories in the `cpu` and `memory` hierarchies.
+        V1 { cpu: PathBuf, memory: PathBuf },
+        /// No usable cgroup: one core by affinity and one runtime worker.
+        Affinity,
+    }
+
+    fn write(path: &Path, value: &str) -> std::io::Result<()> {
+        std::fs::write(path, value)
+    }
+
+    impl Confinement {
+        /// The first that works: cgroup v2, cgroup v1, affinity.
+        pub fn create() -> Confinement {
+            let name = format!("peerd-bench-{}", std::process::id());
+            match Self::v2(&name) {
+                Ok(c) => return c,
+                Err(e) => eprintln!("xds bench: cgroup v2 not usable ({e}); trying v1"),
+            }
+            match Self::v1(&name) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!(
+                        "xds bench: cgroup v1 not usable ({e}); one core by affinity and one runtime worker instead"
+                    );
+                    Confinement::Affinity
+                }
+            }
+        }
+
+        fn v2(name: &str) -> std::io::Result<Confinement> {
+            let root = Path::new("/sys/fs/cgroup");
+            let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))?;
+            let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+            if !(has("cpu") && has("memory")) {
+                return Err(std::io::Error::other(
+                    "no cpu and memory controllers at /sys/fs/cgroup",
+                ));
+            }
+            // The machine's hierarchy is not ours to change: the controllers must already
+            // be delegated to children of the root.
+            let delegated = std::fs::read_to_string(root.join("cgroup.subtree_control"))?;
+            let delegated = |c: &str| delegated.split_whitespace().any(|x| x == c);
+            if !(delegated("cpu") && delegated("memory")) {
+                return Err(std::io::Error::other(
+                    "cpu and memory not enabled in /sys/fs/cgroup/cgroup.subtree_control",
+                ));
+            }
+            let dir = root.join(name);
+            std::fs::create_dir(&dir)?;
+            let confinement = Confinement::V2(dir.clone());
+            write(
+                &dir.join("cpu.max"),
+                &format!("{CPU_PERIOD_US} {CPU_PERIOD_US}"),
+            )?;
+            write(&dir.join("memory.max"), &MEMORY_LIMIT.to_string())?;
+            write(&dir.join("memory.swap.max"), "0").or_else(|e| {
+                // No swap accounting: the limit still holds for RSS.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            Ok(confinement)
+        }
+
+        fn v1(name: &str) -> std::io::Result<Confinement> {
+            let cpu = Path::new("/sys/fs/cgroup/cpu").join(name);
+            let memory = Path::new("/sys/fs/cgroup/memory").join(name);
+            std::fs::create_dir(&cpu)?;
+            if let Err(e) = std::fs::create_dir(&memory) {
+                let _ = std::fs::remove_dir(&cpu);
+                return Err(e);
+            }
+            let confinement = Confinement::V1 {
+                cpu: cpu.clone(),
+                memory: memory.clone(),
+            };
+            write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write(&cpu.join("cpu.cfs_quota_us"), &CPU_PERIOD_US.to_string())?;
+            write(
+                &memory.join("memory.limit_in_bytes"),
+                &MEMORY_LIMIT.to_string(),
+            )?;
+            Ok(confinement)
+        }
+
+        pub fn describe(&self) -> String {
+            match self {
+                Confinement::V2(_) => "cgroup v2: 1 CPU, 512 MiB".into(),
+                Confinement::V1 { .. } => "cgroup v1: 1 CPU, 512 MiB".into(),
+                Confinement::Affinity => {
+                    "no cgroup: 1 core affinity, 1 worker, no memory limit".into()
+                }
+            }
+        }
+
+        /// A command running `program` inside the confinement: a shell moves itself into
+        /// the cgroup(s), then execs `program` (same pid), so peerd never runs outside.
+        pub fn command(&self, program: &str) -> Command {
+            let procs = match self {
+                Confinement::V2(dir) => vec![dir.join("cgroup.procs")],
+                Confinement::V1 { cpu, memory } => {
+                    vec![cpu.join("cgroup.procs"), memory.join("cgroup.procs")]
+                }
+                Confinement::Affinity => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", "0", program])
+                        .env("TOKIO_WORKER_THREADS", "1");
+                    return c;
+                }
+            };
+            let moves: Vec<String> = procs
+                .iter()
+                .map(|p| format!("echo $$ > '{}'", p.display()))
+                .collect();
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{} && exec \"$0\" \"$@\"", moves.join(" && ")))
+                .arg(program);
+            c
+        }
+
+        /// OOM kills in the cgroup (`None` where not counted).
+        pub fn oom_kills(&self) -> Option<u64> {
+            let file = match self {
+                Confinement::V2(dir) => dir.join("memory.events"),
+                Confinement::V1 { memory, .. } => memory.join("memory.oom_control"),
+                Confinement::Affinity => return None,
+            };
+            let text = std::fs::read_to_string(file).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        }
+    }
+
+    impl Drop for Confinement {
+        /// Removes the cgroup(s) (the confined child has been reaped by then).
+        fn drop(&mut self) {
+            let dirs = match self {
+                Confinement::V2(dir) => vec![dir.clone()],
+                Confinement::V1 { cpu, memory } => vec![cpu.clone(), memory.clone()],
+                Confinement::Affinity => Vec::new(),
+            };
+            for dir in dirs {
+                if let Err(e) = std::fs::remove_dir(&dir) {
+                    eprintln!("xds bench: cannot remove cgroup {}: {e}", dir.display());
+                }
+            }
+        }
+    }
 }

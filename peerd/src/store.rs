@@ -6,20 +6,26 @@
 //! Architecture invariant: only the upstream client of an origin writes that origin's
 //! view; every write is announced on one event channel naming the origin and the changed
 //! names, so consumers recompute only what a change touches.
+//!
+//! Sessions: every event carries the id of the upstream session it belongs to (a new id
+//! each time a synced stream ends), and the end of such a session is an event of its own
+//! ([`StoreEvent::Unsynced`]) carrying the state the session left behind. A consumer that
+//! handles events late can so tell a change of a healthy session from one of the resync
+//! after it, from the events alone, and knows exactly which state was complete.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use crate::view::{AddressIndexing, ChangeSet, View};
+use crate::view::{AddressIndexing, ChangeSet, View, ViewState};
 use crate::xds::resource::Resource;
 use crate::xds::types::ResourceType;
 
 /// What happened to the store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum StoreEvent {
     /// Resources of one origin changed.
     Changed {
@@ -27,14 +33,69 @@ pub enum StoreEvent {
         change: Arc<ChangeSet>,
         /// When the store applied it (the start of the propagation measurement).
         at: Instant,
+        /// The upstream session that sent it (see [`Origin::session`]).
+        session: u64,
     },
     /// An origin completed its first full response for a type (after a (re)connect).
     Synced {
         origin: Arc<str>,
         kind: ResourceType,
+        session: u64,
+    },
+    /// The stream of a session that had synced at least one type ended: every type of
+    /// the origin is unsynced from here on, in event order.
+    Unsynced {
+        origin: Arc<str>,
+        /// The session that ended.
+        session: u64,
+        /// What the origin held when it ended (everything that session sent).
+        last: Arc<ViewState>,
     },
     /// An origin was dropped with all its resources.
     Removed { origin: Arc<str> },
+}
+
+impl std::fmt::Debug for StoreEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreEvent::Changed {
+                origin,
+                change,
+                at,
+                session,
+            } => f
+                .debug_struct("Changed")
+                .field("origin", origin)
+                .field("change", change)
+                .field("at", at)
+                .field("session", session)
+                .finish(),
+            StoreEvent::Synced {
+                origin,
+                kind,
+                session,
+            } => f
+                .debug_struct("Synced")
+                .field("origin", origin)
+                .field("kind", kind)
+                .field("session", session)
+                .finish(),
+            // The state itself is too large to print: its version says which it is.
+            StoreEvent::Unsynced {
+                origin,
+                session,
+                last,
+            } => f
+                .debug_struct("Unsynced")
+                .field("origin", origin)
+                .field("session", session)
+                .field("last_version", &last.version)
+                .finish(),
+            StoreEvent::Removed { origin } => {
+                f.debug_struct("Removed").field("origin", origin).finish()
+            }
+        }
+    }
 }
 
 /// One origin's resources and sync flags.
@@ -42,9 +103,16 @@ pub struct Origin {
     pub name: Arc<str>,
     pub view: Arc<View>,
     synced: [AtomicBool; 2],
+    session: AtomicU64,
 }
 
 impl Origin {
+    /// The id of the current upstream session. Ids come from one store-wide counter, so
+    /// they only grow, also across a removed and recreated origin.
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::SeqCst)
+    }
+
     pub fn is_synced(&self, kind: ResourceType) -> bool {
         self.synced[kind.index()].load(Ordering::Acquire)
     }
@@ -57,6 +125,7 @@ impl Origin {
 pub struct Store {
     origins: DashMap<Arc<str>, Arc<Origin>>,
     events: broadcast::Sender<StoreEvent>,
+    sessions: AtomicU64,
 }
 
 const EVENT_RING: usize = 8192;
@@ -67,7 +136,12 @@ impl Store {
         Arc::new(Store {
             origins: DashMap::new(),
             events,
+            sessions: AtomicU64::new(0),
         })
+    }
+
+    fn next_session(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
@@ -84,6 +158,7 @@ impl Store {
                 name: Arc::from(name),
                 view: View::with_indexing(format!("origin/{name}"), AddressIndexing::ServicesOnly),
                 synced: [AtomicBool::new(false), AtomicBool::new(false)],
+                session: AtomicU64::new(self.next_session()),
             })
         });
         Arc::clone(&entry)
@@ -115,6 +190,7 @@ impl Store {
             origin: Arc::clone(&o.name),
             change: Arc::clone(&change),
             at: Instant::now(),
+            session: o.session(),
         });
         Some(change)
     }
@@ -126,17 +202,35 @@ impl Store {
             let _ = self.events.send(StoreEvent::Synced {
                 origin: Arc::clone(&o.name),
                 kind,
+                session: o.session(),
             });
         }
     }
 
-    /// Clears the sync flags of an origin (its stream went away); resources stay.
+    /// Clears the sync flags of an origin (its stream went away); resources stay. When a
+    /// type was synced, the session ends here: [`StoreEvent::Unsynced`] carries what it
+    /// left, and later changes belong to a new session. (A session that never synced a
+    /// type has nothing to protect and simply continues.)
     pub fn mark_unsynced(&self, origin: &str) {
-        if let Some(o) = self.get(origin) {
-            for flag in &o.synced {
-                flag.store(false, Ordering::Release);
-            }
+        let Some(o) = self.get(origin) else {
+            return;
+        };
+        let mut was_synced = false;
+        for flag in &o.synced {
+            was_synced |= flag.swap(false, Ordering::AcqRel);
         }
+        if !was_synced {
+            return;
+        }
+        // Read before the new id is visible: every apply of the ended session precedes
+        // this call (one client writes an origin), none of the next one does.
+        let last = o.view.snapshot();
+        let ended = o.session.swap(self.next_session(), Ordering::SeqCst);
+        let _ = self.events.send(StoreEvent::Unsynced {
+            origin: Arc::clone(&o.name),
+            session: ended,
+            last,
+        });
     }
 
     /// Drops an origin and everything it sent.
@@ -177,8 +271,10 @@ mod tests {
         store.mark_synced("c2", ResourceType::Address);
         store.mark_synced("c2", ResourceType::Authorization);
         assert!(store.origin("c2").is_fully_synced());
+        let session = store.origin("c2").session();
         store.mark_unsynced("c2");
         assert!(!store.origin("c2").is_synced(ResourceType::Address));
+        assert!(store.origin("c2").session() > session, "a new session");
         assert_eq!(
             store
                 .origin("c2")
@@ -189,5 +285,48 @@ mod tests {
         );
         assert!(store.remove("c2"));
         assert!(store.get("c2").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_synced_session_is_an_event_in_order() {
+        let store = Store::new();
+        let mut rx = store.subscribe();
+        let r = Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: "c2//Pod/default/a".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        // A session that never synced a type does not end (nothing to protect).
+        store.apply("c2", ResourceType::Address, vec![r], vec![]);
+        store.mark_unsynced("c2");
+        store.mark_synced("c2", ResourceType::Address);
+        store.apply(
+            "c2",
+            ResourceType::Address,
+            vec![],
+            vec!["c2//Pod/default/a".into()],
+        );
+        store.mark_unsynced("c2");
+        let mut seen = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            seen.push(event);
+        }
+        let first = match &seen[0] {
+            StoreEvent::Changed { session, .. } => *session,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(matches!(&seen[1], StoreEvent::Synced { session, .. } if *session == first));
+        assert!(matches!(&seen[2], StoreEvent::Changed { session, .. } if *session == first));
+        match &seen[3] {
+            StoreEvent::Unsynced { session, last, .. } => {
+                assert_eq!(*session, first);
+                assert!(last.is_empty(), "the state after the session's last change");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(seen.len(), 4);
+        assert!(store.origin("c2").session() > first);
     }
 }

@@ -313,7 +313,7 @@ impl DebugService {
                     Err(e) => lagged(e, "peer")?,
                 },
                 e = store_events.recv() => match e {
-                    Ok(StoreEvent::Synced { origin, kind }) => Some(api::Event {
+                    Ok(StoreEvent::Synced { origin, kind, .. }) => Some(api::Event {
                         unix_ms: unix_ms(SystemTime::now()),
                         kind: "synced".into(),
                         peer: origin.to_string(),
@@ -326,6 +326,13 @@ impl DebugService {
                         kind: "origin_removed".into(),
                         peer: origin.to_string(),
                         message: format!("{origin}: dropped with all its resources"),
+                        ..api::Event::default()
+                    }),
+                    Ok(StoreEvent::Unsynced { origin, .. }) => Some(api::Event {
+                        unix_ms: unix_ms(SystemTime::now()),
+                        kind: "unsynced".into(),
+                        peer: origin.to_string(),
+                        message: format!("{origin}: stream ended; its last state is kept until it syncs again"),
                         ..api::Event::default()
                     }),
                     Ok(StoreEvent::Changed { .. }) => None,

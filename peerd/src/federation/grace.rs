@@ -14,6 +14,11 @@
 //! first part overlaps the validation of the next), and the state counts as *complete* only
 //! from its `Synced` event on (the export gate waits for that).
 //!
+//! "Synced" is decided in event order, never by reading the store's flags later: a change
+//! a healthy session applied is committed even if federation handles it after the stream
+//! dropped. Committed is then the state the session left (carried by its `Unsynced`
+//! event), not the live one, which may already hold the next session's partial resync.
+//!
 //! Grace: an origin other than the local cluster that is not fully synced is *stale* from
 //! the moment that is first seen; after `grace_period` (None = never) it is withdrawn with
 //! [`Store::remove`], and the merge drops everything it contributed.
@@ -32,12 +37,28 @@ use crate::view::ViewState;
 use crate::xds::types::ResourceType;
 
 #[derive(Default)]
-struct OriginState {
-    committed: [Option<Arc<ViewState>>; 2],
+struct TypeState {
+    committed: Option<Arc<ViewState>>,
     /// A sync of the type has completed since this origin appeared: from then on a
     /// resync is parked until it completes.
-    completed: [bool; 2],
-    parked: [HashSet<Arc<str>>; 2],
+    completed: bool,
+    /// In event order: the type has synced in the current session of the origin.
+    synced: bool,
+    /// Changed names whose change is not committed yet.
+    parked: HashSet<Arc<str>>,
+    /// Changes that were not parked, handled after their session ended: they commit with
+    /// the state the session's `Unsynced` event carries (the live state may already hold
+    /// the next session's partial resync).
+    commit_at_end: bool,
+    /// ... and that state completes a sync (the session's `Synced` was handled late).
+    complete_at_end: bool,
+}
+
+#[derive(Default)]
+struct OriginState {
+    types: [TypeState; 2],
+    /// Events of sessions before this one are already reflected (set by [`Commits::resync`]).
+    floor: u64,
 }
 
 /// Committed state of every origin plus stale timers.
@@ -58,14 +79,16 @@ impl Commits {
 
     /// The committed state of an origin's type.
     pub fn committed(&self, origin: &str, kind: ResourceType) -> Option<&Arc<ViewState>> {
-        self.origins.get(origin)?.committed[kind.index()].as_ref()
+        self.origins.get(origin)?.types[kind.index()]
+            .committed
+            .as_ref()
     }
 
     /// Whether the committed state of an origin's type comes from a completed sync.
     pub fn is_complete(&self, origin: &str, kind: ResourceType) -> bool {
         self.origins
             .get(origin)
-            .is_some_and(|s| s.completed[kind.index()])
+            .is_some_and(|s| s.types[kind.index()].completed)
     }
 
     /// Origins with committed state in precedence order: the local cluster first, then
@@ -76,31 +99,91 @@ impl Commits {
         v
     }
 
-    /// Handles a change of `names`; returns the names to recompute now (empty when the
-    /// change is parked until the origin's next sync).
+    /// The live state of `origin` if it still belongs to `session` (no later session has
+    /// written it). The snapshot is read before the session id: an apply of a later
+    /// session follows the id change, so a matching id proves the snapshot has none.
+    fn live_in(origin: &Origin, session: u64) -> Option<Arc<ViewState>> {
+        let live = origin.view.snapshot();
+        (origin.session() == session).then_some(live)
+    }
+
+    /// Handles a change of `names` applied in `session`; returns the names to recompute
+    /// now (empty when the change is parked: the origin resyncs, or its session ended
+    /// before this event was handled).
     pub fn on_changed(
         &mut self,
         origin: &Origin,
+        session: u64,
         kind: ResourceType,
         names: &[Arc<str>],
     ) -> Vec<Arc<str>> {
         let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
-        if !origin.is_synced(kind) && state.completed[kind.index()] {
-            state.parked[kind.index()].extend(names.iter().cloned());
+        if session < state.floor {
             return Vec::new();
         }
-        state.committed[kind.index()] = Some(origin.view.snapshot());
-        let mut out: Vec<Arc<str>> = state.parked[kind.index()].drain().collect();
+        let t = &mut state.types[kind.index()];
+        if !t.synced && t.completed {
+            t.parked.extend(names.iter().cloned());
+            return Vec::new();
+        }
+        let Some(live) = Self::live_in(origin, session) else {
+            t.parked.extend(names.iter().cloned());
+            t.commit_at_end = true;
+            return Vec::new();
+        };
+        t.committed = Some(live);
+        let mut out: Vec<Arc<str>> = t.parked.drain().collect();
         out.extend(names.iter().cloned());
         out
     }
 
-    /// Handles the first complete response of a type: commits and returns the parked names.
-    pub fn on_synced(&mut self, origin: &Origin, kind: ResourceType) -> Vec<Arc<str>> {
+    /// Handles the first complete response of a type in `session`: commits and returns
+    /// the parked names (or, if the session has ended since, leaves that to its end).
+    pub fn on_synced(
+        &mut self,
+        origin: &Origin,
+        session: u64,
+        kind: ResourceType,
+    ) -> Vec<Arc<str>> {
         let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
-        state.committed[kind.index()] = Some(origin.view.snapshot());
-        state.completed[kind.index()] = true;
-        state.parked[kind.index()].drain().collect()
+        if session < state.floor {
+            return Vec::new();
+        }
+        let t = &mut state.types[kind.index()];
+        t.synced = true;
+        let Some(live) = Self::live_in(origin, session) else {
+            t.commit_at_end = true;
+            t.complete_at_end = true;
+            return Vec::new();
+        };
+        t.committed = Some(live);
+        t.completed = true;
+        t.parked.drain().collect()
+    }
+
+    /// Handles the end of `session` of `origin`, which left `last`: every type is unsynced
+    /// from here on; changes handled after the end commit with `last`. Returns, per type,
+    /// the names to recompute.
+    pub fn on_unsynced(
+        &mut self,
+        origin: &Arc<str>,
+        session: u64,
+        last: &Arc<ViewState>,
+    ) -> [Vec<Arc<str>>; 2] {
+        let mut out: [Vec<Arc<str>>; 2] = Default::default();
+        let state = self.origins.entry(Arc::clone(origin)).or_default();
+        if session < state.floor {
+            return out;
+        }
+        for (t, names) in state.types.iter_mut().zip(out.iter_mut()) {
+            t.synced = false;
+            if std::mem::take(&mut t.commit_at_end) {
+                t.committed = Some(Arc::clone(last));
+                t.completed |= std::mem::take(&mut t.complete_at_end);
+                *names = t.parked.drain().collect();
+            }
+        }
+        out
     }
 
     /// Forgets a withdrawn origin; returns, per type, every name it had contributed.
@@ -111,19 +194,20 @@ impl Commits {
         };
         let mut out: [Vec<Arc<str>>; 2] = Default::default();
         for kind in ResourceType::ALL {
-            let i = kind.index();
-            let mut names: HashSet<Arc<str>> = state.parked[i].iter().cloned().collect();
-            if let Some(s) = &state.committed[i] {
+            let t = &state.types[kind.index()];
+            let mut names: HashSet<Arc<str>> = t.parked.iter().cloned().collect();
+            if let Some(s) = &t.committed {
                 names.extend(s.resources(kind).keys().cloned());
             }
-            out[i] = names.into_iter().collect();
+            out[kind.index()] = names.into_iter().collect();
         }
         out
     }
 
     /// Re-reads every origin after missed events: synced types (and types that never
     /// completed a sync) are committed anew, the others keep their committed state.
-    /// Returns every name of either.
+    /// Events of sessions that had ended by then are ignored afterwards (this read holds
+    /// them). Returns every name of either.
     pub fn resync(&mut self, store: &Store) -> [HashSet<Arc<str>>; 2] {
         let mut names: [HashSet<Arc<str>>; 2] = Default::default();
         let present: HashSet<Arc<str>> = store
@@ -133,29 +217,42 @@ impl Commits {
             .collect();
         for (name, state) in &self.origins {
             for kind in ResourceType::ALL {
-                if let Some(s) = &state.committed[kind.index()] {
+                let t = &state.types[kind.index()];
+                if let Some(s) = &t.committed {
                     names[kind.index()].extend(s.resources(kind).keys().cloned());
                 }
-            }
-            if !present.contains(name) {
-                for kind in ResourceType::ALL {
-                    names[kind.index()].extend(state.parked[kind.index()].iter().cloned());
+                if !present.contains(name) {
+                    names[kind.index()].extend(t.parked.iter().cloned());
                 }
             }
         }
         self.origins.retain(|n, _| present.contains(n));
         for origin in store.origins() {
+            // One consistent reading: state and flags of one session (a session id read
+            // before and after, see `live_in`).
+            let (session, live, synced) = loop {
+                let session = origin.session();
+                let live = origin.view.snapshot();
+                let synced = ResourceType::ALL.map(|t| origin.is_synced(t));
+                if origin.session() == session {
+                    break (session, live, synced);
+                }
+            };
             let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
+            state.floor = session;
             for kind in ResourceType::ALL {
                 let i = kind.index();
-                let live = origin.view.snapshot();
+                let t = &mut state.types[i];
                 names[i].extend(live.resources(kind).keys().cloned());
-                if origin.is_synced(kind) || !state.completed[i] {
-                    state.committed[i] = Some(live);
-                    state.completed[i] |= origin.is_synced(kind);
-                    state.parked[i].clear();
+                t.synced = synced[i];
+                t.commit_at_end = false;
+                t.complete_at_end = false;
+                if t.synced || !t.completed {
+                    t.committed = Some(Arc::clone(&live));
+                    t.completed |= t.synced;
+                    t.parked.clear();
                 } else {
-                    state.parked[i].extend(live.resources(kind).keys().cloned());
+                    t.parked.extend(live.resources(kind).keys().cloned());
                 }
             }
         }

@@ -11,7 +11,11 @@
 //! Data flow: store event → [`grace::Commits`] decides whether the change is committed
 //! (parked while the origin resyncs) → for the local cluster, [`export::Exporter`] updates
 //! the export views and says which merged names that touches → [`merge::Merger`]
-//! recomputes only those names. One task ([`Federation::run`]) drives it.
+//! recomputes only those names. [`Federation::run`] drives it: a task follows the events
+//! and the grace timer, and every computation runs on federation's own OS thread, so a
+//! bulk merge never holds a runtime worker (peerd gets one CPU: the xDS server, health,
+//! metrics and the peer monitor share that worker). Events are handled one batch at a
+//! time, in order.
 //!
 //! Wiring for `peerd run` (the lead's):
 //! ```ignore
@@ -41,13 +45,19 @@ pub mod settings;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ordering;
+#[cfg(test)]
+mod tests_runtime;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +98,22 @@ pub struct ImportedCounts {
     pub authorizations: usize,
 }
 
+/// What readers see of the commits without waiting for a computation: per origin, the
+/// committed state of each type and since when it is stale. Republished after every
+/// change of the commits (a few `Arc` clones per origin).
+#[derive(Default)]
+struct PublishedCommits {
+    committed: HashMap<Arc<str>, [Option<Arc<ViewState>>; 2]>,
+    stale_for: HashMap<Arc<str>, (Instant, std::time::Duration)>,
+}
+
+/// A unit of work for federation's thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Test hook: runs before each recompute with its name count.
+#[cfg(test)]
+type RecomputeHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// The merged view, the export views, and the rules between them.
 pub struct Federation {
     config: FederationConfig,
@@ -96,7 +122,15 @@ pub struct Federation {
     merger: merge::Merger,
     conflicts: Arc<Conflicts>,
     commits: Mutex<grace::Commits>,
+    published: ArcSwap<PublishedCommits>,
     imports: BTreeMap<String, Arc<ImportFilter>>,
+    /// [`Federation::run`] is following events: global-service updates go to its thread.
+    running: AtomicBool,
+    pending_globals: Mutex<Option<Vec<ServiceRef>>>,
+    globals_changed: Notify,
+    /// Called on federation's thread before each recompute with its name count.
+    #[cfg(test)]
+    before_recompute: Mutex<Option<RecomputeHook>>,
 }
 
 impl Federation {
@@ -123,6 +157,12 @@ impl Federation {
             exporter: Arc::new(Exporter::new(&config)),
             merger: merge::Merger::new(&config.cluster, Arc::clone(&conflicts)),
             commits: Mutex::new(grace::Commits::new(&config.cluster)),
+            published: ArcSwap::default(),
+            running: AtomicBool::new(false),
+            pending_globals: Mutex::new(None),
+            globals_changed: Notify::new(),
+            #[cfg(test)]
+            before_recompute: Mutex::new(None),
             conflicts,
             imports,
             store,
@@ -181,15 +221,46 @@ impl Federation {
         self.commits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Per configured peer: sync, staleness, committed counts, import rejections.
+    /// Republishes what readers see of `commits` (call after every change of them).
+    fn publish_commits(&self, commits: &grace::Commits) {
+        let now = Instant::now();
+        let published = PublishedCommits {
+            committed: commits
+                .ordered()
+                .into_iter()
+                .map(|o| {
+                    let state = ResourceType::ALL.map(|t| commits.committed(&o, t).cloned());
+                    (o, state)
+                })
+                .collect(),
+            stale_for: self
+                .config
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    let stale = commits.stale_for(&p.cluster, now)?;
+                    Some((Arc::from(p.cluster.as_str()), (now, stale)))
+                })
+                .collect(),
+        };
+        self.published.store(Arc::new(published));
+    }
+
+    /// Per configured peer: sync, staleness, committed counts, import rejections. Reads
+    /// the published commits: never waits for a computation in progress.
     pub fn peer_status(&self) -> Vec<PeerFederationStatus> {
-        let commits = self.commits();
+        let published = self.published.load_full();
         let now = Instant::now();
         self.config
             .peers
             .iter()
             .map(|p| {
-                let count = |kind| commits.committed(&p.cluster, kind).cloned();
+                let count = |kind: ResourceType| {
+                    published
+                        .committed
+                        .get(p.cluster.as_str())
+                        .and_then(|c| c[kind.index()].clone())
+                };
                 let address = count(ResourceType::Address);
                 let (w, s, _) = address
                     .as_deref()
@@ -204,7 +275,10 @@ impl Federation {
                         .store
                         .get(&p.cluster)
                         .is_some_and(|o| o.is_fully_synced()),
-                    stale_seconds: commits.stale_for(&p.cluster, now).map(|d| d.as_secs()),
+                    stale_seconds: published
+                        .stale_for
+                        .get(p.cluster.as_str())
+                        .map(|(at, stale)| (*stale + now.saturating_duration_since(*at)).as_secs()),
                     imported: ImportedCounts {
                         workloads: w,
                         services: s,
@@ -220,8 +294,35 @@ impl Federation {
             .collect()
     }
 
-    /// Replaces the global service set (Kubernetes mode: from Service labels).
+    /// Replaces the global service set (Kubernetes mode: from Service labels). While
+    /// [`Federation::run`] follows events, the recompute is queued to its thread (the
+    /// latest set wins) and this returns at once; otherwise it is computed here.
     pub fn set_global_services(&self, global: impl IntoIterator<Item = ServiceRef>) {
+        let global: Vec<ServiceRef> = global.into_iter().collect();
+        if self.running.load(Ordering::Acquire) {
+            *self
+                .pending_globals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(global);
+            self.globals_changed.notify_one();
+            return;
+        }
+        self.apply_global_services(global);
+    }
+
+    /// Applies the global-service set queued by [`Federation::set_global_services`].
+    fn apply_pending_globals(&self) {
+        let pending = self
+            .pending_globals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(global) = pending {
+            self.apply_global_services(global);
+        }
+    }
+
+    fn apply_global_services(&self, global: Vec<ServiceRef>) {
         let commits = self.commits();
         let local = commits
             .committed(&self.config.cluster, ResourceType::Address)
@@ -247,6 +348,17 @@ impl Federation {
     ) {
         if names.is_empty() {
             return;
+        }
+        #[cfg(test)]
+        {
+            let hook = self
+                .before_recompute
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(names.len());
+            }
         }
         // Duplicates are fine: the merger computes each name once. In name order, the
         // lookups and inserts of a large batch walk the B-trees' nodes in order, and each
@@ -297,20 +409,44 @@ impl Federation {
     pub fn handle(&self, event: StoreEvent) {
         let mut commits = self.commits();
         match event {
-            StoreEvent::Changed { origin, change, .. } => {
-                self.changed(&mut commits, &origin, change.kind, &change.names);
+            StoreEvent::Changed {
+                origin,
+                change,
+                session,
+                ..
+            } => {
+                self.changed(&mut commits, &origin, session, change.kind, &change.names);
             }
-            StoreEvent::Synced { origin, kind } => {
+            StoreEvent::Synced {
+                origin,
+                kind,
+                session,
+            } => {
                 let Some(o) = self.store.get(&origin) else {
                     return;
                 };
-                let names = commits.on_synced(&o, kind);
+                let names = commits.on_synced(&o, session, kind);
+                self.publish_commits(&commits);
                 self.propagate(&commits, &origin, kind, names);
+                self.update_ready(&commits);
+                self.update_merged_ready(&commits);
+            }
+            StoreEvent::Unsynced {
+                origin,
+                session,
+                last,
+            } => {
+                let names = commits.on_unsynced(&origin, session, &last);
+                self.publish_commits(&commits);
+                for (kind, names) in ResourceType::ALL.into_iter().zip(names) {
+                    self.propagate(&commits, &origin, kind, names);
+                }
                 self.update_ready(&commits);
                 self.update_merged_ready(&commits);
             }
             StoreEvent::Removed { origin } => {
                 let names = commits.on_removed(&origin);
+                self.publish_commits(&commits);
                 for kind in ResourceType::ALL {
                     let n = names[kind.index()].clone();
                     if origin.as_ref() == self.config.cluster {
@@ -335,13 +471,15 @@ impl Federation {
         &self,
         commits: &mut grace::Commits,
         origin: &Arc<str>,
+        session: u64,
         kind: ResourceType,
         names: &[Arc<str>],
     ) {
         let Some(o) = self.store.get(origin) else {
             return;
         };
-        let names = commits.on_changed(&o, kind, names);
+        let names = commits.on_changed(&o, session, kind, names);
+        self.publish_commits(commits);
         self.propagate(commits, origin, kind, names);
     }
 
@@ -352,7 +490,13 @@ impl Federation {
     fn handle_queued(&self, first: StoreEvent, events: &mut broadcast::Receiver<StoreEvent>) {
         let mut next = Some(first);
         while let Some(event) = next.take() {
-            let StoreEvent::Changed { origin, change, .. } = event else {
+            let StoreEvent::Changed {
+                origin,
+                change,
+                session,
+                ..
+            } = event
+            else {
                 self.handle(event);
                 next = self.try_next(events);
                 continue;
@@ -363,8 +507,15 @@ impl Federation {
                 next = self.try_next(events);
                 match &next {
                     Some(StoreEvent::Changed {
-                        origin: o, change, ..
-                    }) if *o == origin && change.kind == kind && names.len() < MAX_BATCH => {
+                        origin: o,
+                        change,
+                        session: s,
+                        ..
+                    }) if *o == origin
+                        && *s == session
+                        && change.kind == kind
+                        && names.len() < MAX_BATCH =>
+                    {
                         names.extend(change.names.iter().cloned());
                     }
                     _ => break,
@@ -372,7 +523,7 @@ impl Federation {
             }
             let _span = tracing::info_span!("federation.recompute").entered();
             let mut commits = self.commits();
-            self.changed(&mut commits, &origin, kind, &names);
+            self.changed(&mut commits, &origin, session, kind, &names);
         }
     }
 
@@ -396,6 +547,7 @@ impl Federation {
     pub fn recompute_all(&self) {
         let mut commits = self.commits();
         let names = commits.resync(&self.store);
+        self.publish_commits(&commits);
         for kind in ResourceType::ALL {
             let mut all: HashSet<Arc<str>> = names[kind.index()].clone();
             all.extend(self.merged().snapshot().resources(kind).keys().cloned());
@@ -406,13 +558,90 @@ impl Federation {
 
     /// Withdraws peers stale past the grace period; returns them.
     pub fn sweep(&self) -> Vec<Arc<str>> {
-        self.commits()
-            .sweep(&self.store, Instant::now(), self.config.grace_period)
+        let mut commits = self.commits();
+        let withdrawn = commits.sweep(&self.store, Instant::now(), self.config.grace_period);
+        self.publish_commits(&commits);
+        withdrawn
     }
 
-    /// Follows store events and the grace timer until cancelled.
+    /// Follows store events and the grace timer until cancelled. The computations run on
+    /// federation's own thread (see the module doc); this task only waits for them.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut events = self.store.subscribe();
+        let Some(thread) = FederationThread::start() else {
+            tracing::error!("federation: cannot start its thread; computing on the runtime");
+            self.follow_inline(events, cancel).await;
+            return;
+        };
+        self.running.store(true, Ordering::Release);
+        let _stop = StopRunning(&self.running);
+        if thread
+            .run({
+                let fed = Arc::clone(&self);
+                move || fed.recompute_all()
+            })
+            .await
+            .is_none()
+        {
+            return;
+        }
+        // A global-service set queued before `running` was visible.
+        self.globals_changed.notify_one();
+        let mut tick = tokio::time::interval(self.config.grace_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let done = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    let fed = Arc::clone(&self);
+                    thread.run(move || { fed.sweep(); }).await
+                }
+                _ = self.globals_changed.notified() => {
+                    let fed = Arc::clone(&self);
+                    thread.run(move || fed.apply_pending_globals()).await
+                }
+                e = events.recv() => match e {
+                    Ok(event) => {
+                        // The receiver goes along to drain what queued behind `event`.
+                        let fed = Arc::clone(&self);
+                        match thread.run(move || {
+                            fed.handle_queued(event, &mut events);
+                            events
+                        }).await {
+                            Some(back) => {
+                                events = back;
+                                Some(())
+                            }
+                            None => {
+                                tracing::error!("federation: its thread stopped (a computation panicked); the served views are no longer updated");
+                                return;
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "federation fell behind the store; full recompute");
+                        let fed = Arc::clone(&self);
+                        thread.run(move || fed.recompute_all()).await
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            if done.is_none() {
+                tracing::error!(
+                    "federation: its thread stopped (a computation panicked); the served views are no longer updated"
+                );
+                return;
+            }
+        }
+    }
+
+    /// The loop of [`Federation::run`] without a thread of its own (only if the thread
+    /// cannot be started).
+    async fn follow_inline(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<StoreEvent>,
+        cancel: CancellationToken,
+    ) {
         self.recompute_all();
         let mut tick = tokio::time::interval(self.config.grace_check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -432,5 +661,62 @@ impl Federation {
                 },
             }
         }
+    }
+
+    /// Test hook: `hook(names)` runs on federation's thread before each recompute.
+    #[cfg(test)]
+    pub(crate) fn set_before_recompute(&self, hook: impl Fn(usize) + Send + Sync + 'static) {
+        *self
+            .before_recompute
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+}
+
+/// Clears [`Federation::running`] when `run` ends (also when its task is dropped).
+struct StopRunning<'a>(&'a AtomicBool);
+
+impl Drop for StopRunning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Federation's OS thread: runs one job at a time, in the order given. It ends when the
+/// handle is dropped (`run` returned or its task was dropped).
+struct FederationThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl FederationThread {
+    fn start() -> Option<FederationThread> {
+        // One job at a time: while one runs, the next event waits in the store's ring,
+        // where it is batched with those behind it (or detected as missed).
+        let (jobs, mut rx) = mpsc::channel::<Job>(1);
+        let spawned = std::thread::Builder::new()
+            .name("federation".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job();
+                }
+            });
+        match spawned {
+            Ok(_) => Some(FederationThread { jobs }),
+            Err(e) => {
+                tracing::error!(error = %e, "federation: thread spawn failed");
+                None
+            }
+        }
+    }
+
+    /// Runs `job` on the thread and waits for its result without holding a worker.
+    /// `None`: the thread is gone (a job panicked).
+    async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        self.jobs.send(job).await.ok()?;
+        rx.await.ok()
     }
 }

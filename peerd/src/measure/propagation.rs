@@ -149,7 +149,7 @@ pub async fn run_propagation(
             biased;
             _ = cancel.cancelled() => return,
             event = applied.recv() => match event {
-                Ok(StoreEvent::Changed { origin, change, at }) => {
+                Ok(StoreEvent::Changed { origin, change, at, .. }) => {
                     tracker.on_applied(origin, change.kind, at);
                 }
                 Ok(_) => {}

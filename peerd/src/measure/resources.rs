@@ -42,7 +42,7 @@ pub async fn run_resource_gauges(store: Arc<Store>, cancel: CancellationToken) {
                     set(&origin, kind, 0);
                 }
             }
-            Ok(StoreEvent::Synced { .. }) => {}
+            Ok(StoreEvent::Synced { .. } | StoreEvent::Unsynced { .. }) => {}
             Err(RecvError::Lagged(_)) => {
                 for origin in store.origins() {
                     refresh(&store, &origin.name);

@@ -36,7 +36,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use peerd::kube::emulator::{Emulator, EmulatorOptions, Verb};
+//! use peerd_testbed::emulator::{Emulator, EmulatorOptions, Verb};
 //! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorOptions::default()).await?;
 //! // kubectl --server <url> get gateways -A, or a kube-rs client from emulator.kubeconfig(..)
 //! println!("{}", emulator.url());
