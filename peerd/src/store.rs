@@ -248,17 +248,21 @@ mod tests {
     use super::*;
     use crate::proto::istio::workload;
 
+    fn pod(uid: &str) -> Arc<Resource> {
+        Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: uid.into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
     #[tokio::test]
     async fn events_name_origin_and_changed_names() {
         let store = Store::new();
         let mut rx = store.subscribe();
-        let r = Arc::new(
-            Resource::workload(&workload::Workload {
-                uid: "c2//Pod/default/a".into(),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let r = pod("c2//Pod/default/a");
         store.apply("c2", ResourceType::Address, vec![r], vec![]);
         match rx.recv().await.unwrap() {
             StoreEvent::Changed { origin, change, .. } => {
@@ -291,13 +295,7 @@ mod tests {
     async fn the_end_of_a_synced_session_is_an_event_in_order() {
         let store = Store::new();
         let mut rx = store.subscribe();
-        let r = Arc::new(
-            Resource::workload(&workload::Workload {
-                uid: "c2//Pod/default/a".into(),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let r = pod("c2//Pod/default/a");
         // A session that never synced a type does not end (nothing to protect).
         store.apply("c2", ResourceType::Address, vec![r], vec![]);
         store.mark_unsynced("c2");

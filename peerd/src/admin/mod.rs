@@ -188,6 +188,27 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The health listener on a free loopback port: its address, its cancel and its task.
+    async fn start_health(
+        readiness: &Arc<Readiness>,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "health")
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve_health(
+            listener,
+            Arc::clone(readiness),
+            cancel.clone(),
+        ));
+        (addr, cancel, server)
+    }
+
     async fn get_status(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
@@ -205,16 +226,7 @@ mod tests {
         let readiness = Readiness::new();
         readiness.register("local upstream synced");
         readiness.register("xds listening");
-        let listener = bind("127.0.0.1:0".parse().unwrap(), "health")
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve_health(
-            listener,
-            Arc::clone(&readiness),
-            cancel.clone(),
-        ));
+        let (addr, cancel, server) = start_health(&readiness).await;
         let resp = get_status(addr, "/healthz/ready").await;
         assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
         assert!(
@@ -242,16 +254,7 @@ mod tests {
         let readiness = Readiness::new();
         readiness.register("local upstream synced");
         readiness.register_signal("merged view ready", merged.ready_signal());
-        let listener = bind("127.0.0.1:0".parse().unwrap(), "health")
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve_health(
-            listener,
-            Arc::clone(&readiness),
-            cancel.clone(),
-        ));
+        let (addr, cancel, server) = start_health(&readiness).await;
         // Every other gate open: only the view holds readiness back.
         readiness.set("local upstream synced", true);
         let resp = get_status(addr, "/healthz/ready").await;
