@@ -321,9 +321,8 @@ impl fmt::Debug for SimIstiod {
 }
 
 impl SimIstiod {
-    /// Validates options, prepares the TLS dir, generates the population and publishes
-    /// it in a new view (churn is not started).
-    pub fn new(options: SimIstiodOptions) -> Result<SimIstiod, SimError> {
+    /// The population the options describe (refused unless the listen address is loopback).
+    fn population(options: &SimIstiodOptions) -> Result<Population, SimError> {
         if !options.listen.ip().is_loopback() {
             return Err(SimError::NotLoopback(options.listen));
         }
@@ -340,7 +339,13 @@ impl SimIstiod {
                 options.seed,
             )
         };
-        let population = Population::generate(&population_options)?;
+        Ok(Population::generate(&population_options)?)
+    }
+
+    /// Validates options, prepares the TLS dir, generates the population and publishes
+    /// it in a new view (churn is not started).
+    pub fn new(options: SimIstiodOptions) -> Result<SimIstiod, SimError> {
+        let population = Self::population(&options)?;
         let tls = bootstrap_tls_dir(&options.tls_dir, &options.cluster, options.listen.ip())?;
         Self::assemble(options, population, tls)
     }
@@ -351,23 +356,7 @@ impl SimIstiod {
         options: SimIstiodOptions,
         ca: &CertificateAuthority,
     ) -> Result<SimIstiod, SimError> {
-        if !options.listen.ip().is_loopback() {
-            return Err(SimError::NotLoopback(options.listen));
-        }
-        let cluster_index = options.resolved_cluster_index()?;
-        let population_options = PopulationOptions {
-            network: options.network.clone(),
-            trust_domain: options.trust_domain.clone(),
-            global_fraction: options.global_fraction,
-            ..PopulationOptions::new(
-                &options.cluster,
-                cluster_index,
-                options.workloads,
-                options.services,
-                options.seed,
-            )
-        };
-        let population = Population::generate(&population_options)?;
+        let population = Self::population(&options)?;
         let tls = bootstrap_tls_dir_with_ca(&options.tls_dir, ca, options.listen.ip())?;
         Self::assemble(options, population, tls)
     }
