@@ -37,13 +37,13 @@ const CHECKSUM_BYTES: usize = 8;
 pub enum FormatError {
     #[error("not a peer-state snapshot (bad magic)")]
     NotASnapshot,
-    #[error("format version {found} is not {FORMAT_VERSION}")]
+    #[error("format version {found} is not {}", FORMAT_VERSION)]
     UnsupportedVersion { found: u32 },
     #[error("checksum mismatch (the file is corrupt or was cut short)")]
     Checksum,
     #[error("truncated: {what} runs past the end")]
     Truncated { what: &'static str },
-    #[error("{what} is {len} bytes, more than {MAX_STRING_BYTES}")]
+    #[error("{what} is {len} bytes, more than {}", MAX_STRING_BYTES)]
     TooLong { what: &'static str, len: usize },
     #[error("{what} is not UTF-8")]
     NotUtf8 { what: &'static str },

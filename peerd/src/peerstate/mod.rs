@@ -38,7 +38,7 @@ use crate::xds::client::ResourceFilter;
 use crate::xds::resource::Resource;
 use crate::xds::types::ResourceType;
 
-use format::{FormatError, OriginToWrite, SnapshotRead};
+use self::format::{FormatError, OriginToWrite, SnapshotRead};
 
 /// The snapshot file in the state directory.
 pub const FILE_NAME: &str = "peer-state.bin";

@@ -8,7 +8,7 @@ use super::format::{self, OriginToWrite};
 use super::*;
 use crate::federation::{FederationConfig, PeerPolicy};
 use crate::proto::istio::workload;
-use crate::view::View;
+use crate::view::{View, ViewState};
 
 const LOCAL: &str = "c1";
 
