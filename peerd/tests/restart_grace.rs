@@ -74,7 +74,10 @@ async fn cluster_files(
         .snapshot()
         .resources(ResourceType::Address)
         .values()
-        .filter_map(|r| r.as_service().map(|s| format!("{}/{}", s.namespace, s.name)))
+        .filter_map(|r| {
+            r.as_service()
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+        })
         .take(2)
         .collect();
     let token = sim.tls.token_path.clone();
@@ -153,7 +156,10 @@ fn cluster2_workloads(store: &Store) -> usize {
             .snapshot()
             .resources(ResourceType::Address)
             .values()
-            .filter(|r| r.as_workload().is_some_and(|w| &*w.cluster_id == "cluster-2"))
+            .filter(|r| {
+                r.as_workload()
+                    .is_some_and(|w| &*w.cluster_id == "cluster-2")
+            })
             .count()
     })
 }
@@ -188,7 +194,10 @@ async fn a_restarted_peerd_keeps_a_down_peer_until_its_grace_ends() {
         shutdown,
     )
     .await;
-    let state_file = dir.path().join("cluster-1/state").join(peerd::peerstate::FILE_NAME);
+    let state_file = dir
+        .path()
+        .join("cluster-1/state")
+        .join(peerd::peerstate::FILE_NAME);
 
     let peerd2 = Peerd::start(load(&c2.config)).await.unwrap();
     let peerd1 = Peerd::start(load(&c1.config)).await.unwrap();
@@ -278,10 +287,7 @@ async fn a_restarted_peerd_keeps_a_down_peer_until_its_grace_ends() {
         .find(|(_, _, held)| *held < held_before)
         .copied()
         .unwrap();
-    assert!(
-        resynced.0 < lost.0,
-        "lost only after the resync: {seen:?}"
-    );
+    assert!(resynced.0 < lost.0, "lost only after the resync: {seen:?}");
     // The grace period ends no earlier than GRACE after the disconnect (which follows
     // `down_at`): the loss may not come before.
     assert!(

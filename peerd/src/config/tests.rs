@@ -341,7 +341,10 @@ fn state_dir_is_optional_and_must_not_be_a_file() {
         &Overrides::default(),
     )
     .unwrap();
-    assert_eq!(c.state_dir, Some(std::path::PathBuf::from("/var/lib/peerd")));
+    assert_eq!(
+        c.state_dir,
+        Some(std::path::PathBuf::from("/var/lib/peerd"))
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();

@@ -1138,7 +1138,12 @@ fn restored_peer_state_is_complete_and_a_partial_resync_is_parked() {
     assert_eq!(fed.complete_peers().len(), 1);
     assert!(fed.complete_peers()[0].stale_since.is_some());
     // The peer's client reconnects; its first response removes one name, then drops.
-    store.apply("c2", ResourceType::Address, vec![], vec![Arc::clone(&b.name)]);
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::clone(&b.name)],
+    );
     drain(&fed, &mut rx);
     let merged = fed.merged().snapshot();
     assert!(merged.get(ResourceType::Address, &a.name).is_some());

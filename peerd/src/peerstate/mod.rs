@@ -64,9 +64,8 @@ impl PeerStateOptions {
     pub fn from_config(config: &Config) -> Option<PeerStateOptions> {
         let dir = config.state_dir.clone()?;
         let max_file_bytes = config.peers.iter().fold(OVERHEAD_FIXED, |sum, p| {
-            sum.saturating_add(p.max_bytes as u64).saturating_add(
-                (p.max_resources as u64).saturating_mul(OVERHEAD_PER_RESOURCE),
-            )
+            sum.saturating_add(p.max_bytes as u64)
+                .saturating_add((p.max_resources as u64).saturating_mul(OVERHEAD_PER_RESOURCE))
         });
         Some(PeerStateOptions {
             dir,
@@ -146,7 +145,12 @@ fn read_file(options: &PeerStateOptions) -> Result<Option<SnapshotRead>, ReadErr
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(ReadError::Io { path: shown, source }),
+        Err(source) => {
+            return Err(ReadError::Io {
+                path: shown,
+                source,
+            });
+        }
     };
     let size = file
         .metadata()
@@ -216,9 +220,7 @@ fn restore_blocking(
         }
         let Some(filter) = federation.import_filter(&name) else {
             tracing::info!(peer = %shown, "peer state: not a configured peer any more; not restored");
-            report
-                .skipped
-                .push((shown, "not a configured peer".into()));
+            report.skipped.push((shown, "not a configured peer".into()));
             continue;
         };
         // A clock set back makes a recorded time lie in the future: count from now then.
@@ -337,13 +339,12 @@ async fn write_if_changed(
     let origins: Vec<OriginToWrite> = peers
         .into_iter()
         .map(|p| OriginToWrite {
-            stale_since_unix_ms: stale_since(p.stale_since)
-                .map(|s| {
-                    wall_now
-                        .checked_sub(now.saturating_duration_since(s))
-                        .map_or(1, unix_ms)
-                        .max(1)
-                }),
+            stale_since_unix_ms: stale_since(p.stale_since).map(|s| {
+                wall_now
+                    .checked_sub(now.saturating_duration_since(s))
+                    .map_or(1, unix_ms)
+                    .max(1)
+            }),
             origin: p.origin,
             state: p.state,
         })

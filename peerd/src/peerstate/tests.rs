@@ -105,7 +105,12 @@ async fn a_stale_peer_is_restored_with_its_versions_and_its_stale_time() {
     let rig = rig(Some(Duration::from_secs(300)));
     let went_stale = SystemTime::now() - Duration::from_secs(40);
     let a = pod("c2", "a", 1);
-    write(&rig, "c2", Some(went_stale), &[Arc::clone(&a), pod("c2", "b", 2)]);
+    write(
+        &rig,
+        "c2",
+        Some(went_stale),
+        &[Arc::clone(&a), pod("c2", "b", 2)],
+    );
     let report = restore(&rig.options, &rig.store, &rig.federation).await;
     assert_eq!(report.ignored, None);
     assert_eq!(report.restored.len(), 1);
@@ -114,7 +119,10 @@ async fn a_stale_peer_is_restored_with_its_versions_and_its_stale_time() {
     let stale = stale.unwrap();
     assert!(stale >= Duration::from_secs(40) && stale < Duration::from_secs(100));
     let origin = rig.store.get("c2").unwrap();
-    assert!(!origin.is_fully_synced(), "restored state is not a live sync");
+    assert!(
+        !origin.is_fully_synced(),
+        "restored state is not a live sync"
+    );
     let restored = origin.view.snapshot();
     let r = restored.get(ResourceType::Address, &a.name).unwrap();
     assert_eq!((&r.version, &r.body), (&a.version, &a.body));
@@ -211,7 +219,12 @@ async fn a_corrupt_foreign_or_oversized_file_is_ignored_and_nothing_restored() {
     };
     std::fs::write(&path, &good).unwrap();
     let report = restore(&foreign, &rig.store, &rig.federation).await;
-    assert!(report.ignored.unwrap().contains("written by cluster \"c1\""));
+    assert!(
+        report
+            .ignored
+            .unwrap()
+            .contains("written by cluster \"c1\"")
+    );
 
     // Larger than the caps allow.
     let small = PeerStateOptions {
@@ -234,8 +247,13 @@ async fn the_writer_records_complete_peers_and_rewrites_only_on_change() {
     let rig = rig(Some(Duration::from_secs(300)));
     let mut rx = rig.store.subscribe();
     for origin in [LOCAL, "c2"] {
-        let address = if origin == "c2" { vec![pod("c2", "a", 1)] } else { vec![] };
-        rig.store.apply(origin, ResourceType::Address, address, vec![]);
+        let address = if origin == "c2" {
+            vec![pod("c2", "a", 1)]
+        } else {
+            vec![]
+        };
+        rig.store
+            .apply(origin, ResourceType::Address, address, vec![]);
         rig.store.mark_synced(origin, ResourceType::Address);
         rig.store.mark_synced(origin, ResourceType::Authorization);
     }
@@ -243,7 +261,10 @@ async fn the_writer_records_complete_peers_and_rewrites_only_on_change() {
         rig.federation.handle(e);
     }
     let written = write_if_changed(&rig.options, &rig.federation, None, None).await;
-    let first = std::fs::metadata(rig.options.file()).unwrap().modified().unwrap();
+    let first = std::fs::metadata(rig.options.file())
+        .unwrap()
+        .modified()
+        .unwrap();
     let read = format::decode(&std::fs::read(rig.options.file()).unwrap(), LOCAL).unwrap();
     assert_eq!(read.origins.len(), 1, "the local cluster is not written");
     assert_eq!(read.origins[0].origin, "c2");

@@ -394,7 +394,11 @@ async fn a_restarted_leader_keeps_a_down_peers_entries_past_the_grace() {
     );
     assert_eq!(report.kept.len(), 2, "{report:?}");
     assert_eq!(emu.counters().verb(Verb::Delete), 0);
-    assert_eq!(emu.counters().verb(Verb::Apply), 0, "restored state rewrites nothing");
+    assert_eq!(
+        emu.counters().verb(Verb::Apply),
+        0,
+        "restored state rewrites nothing"
+    );
     assert_eq!(list_names(&emu, "workloadentries").await, before);
     drop(second);
 }

@@ -318,7 +318,10 @@ impl Checker<'_> {
             _ => configured.clone(),
         };
         if configured.as_os_str().is_empty() {
-            self.err(path, "must not be empty (leave it unset to persist nothing)");
+            self.err(
+                path,
+                "must not be empty (leave it unset to persist nothing)",
+            );
         } else if resolved.exists() && !resolved.is_dir() {
             self.err(path, format!("{} is not a directory", resolved.display()));
         }
