@@ -13,6 +13,7 @@ pub mod identity;
 pub mod kube;
 pub mod measure;
 pub mod peers;
+pub mod peerstate;
 pub mod probe;
 pub mod proto;
 pub mod store;

@@ -80,6 +80,11 @@ impl Peerd {
         let federation =
             Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
         readiness.register_signal(GATE_MERGED_VIEW_READY, federation.merged().ready_signal());
+        // Peers' last state from before a restart, before federation and the clients run.
+        let peer_state = crate::peerstate::PeerStateOptions::from_config(&config);
+        if let Some(options) = &peer_state {
+            crate::peerstate::restore(options, &store, &federation).await;
+        }
 
         // Downstream server: ztunnel with a bearer token gets the merged view.
         let tls = config
@@ -161,6 +166,13 @@ impl Peerd {
                 federation.run(cancel).await;
                 Ok(())
             });
+        }
+        if let Some(options) = peer_state {
+            tasks.spawn(measured(crate::peerstate::run_writer(
+                options,
+                Arc::clone(&federation),
+                cancel.clone(),
+            )));
         }
         // Side measurements: resources per origin, propagation to ztunnel's ACK.
         tasks.spawn(measured(crate::measure::run_resource_gauges(

@@ -39,6 +39,11 @@ pub struct FileConfig {
     /// How long a disconnected peer's last state is kept (marked stale) before it is
     /// withdrawn. `0` = keep forever. Default `5m`.
     pub disconnect_grace_period: Option<String>,
+    /// Node-local directory where peerd keeps a snapshot of each peer's last state, so a
+    /// restart while a peer is down keeps serving it until that peer's grace period ends
+    /// (counted from when it went stale, not from the restart). Created if missing; unset
+    /// = nothing is persisted. Relative to this file.
+    pub state_dir: Option<PathBuf>,
     /// Listening addresses.
     pub listeners: ListenersFile,
     /// The xDS server (downstream ztunnel + export to peers, one listener).

@@ -89,6 +89,8 @@ pub struct Config {
     pub sandbox_mode: bool,
     /// `None` = keep a disconnected peer's state forever.
     pub disconnect_grace_period: Option<Duration>,
+    /// Where the peer-state snapshot lives (`None` = not persisted).
+    pub state_dir: Option<PathBuf>,
     pub listeners: Listeners,
     pub xds: XdsServer,
     /// [`Config::local_upstream`] is one of them.

@@ -332,6 +332,35 @@ fn zero_grace_period_means_forever() {
 }
 
 #[test]
+fn state_dir_is_optional_and_must_not_be_a_file() {
+    let c = resolve_yaml("cluster: c1\n", &no_env(), &Overrides::default()).unwrap();
+    assert_eq!(c.state_dir, None, "nothing is persisted unless configured");
+    let c = resolve_yaml(
+        "cluster: c1\nstateDir: /var/lib/peerd\n",
+        &no_env(),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.state_dir,
+        Some(std::path::PathBuf::from("/var/lib/peerd"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    assert_error(
+        &errors_of(&format!("cluster: c1\nstateDir: {}\n", file.display())),
+        "stateDir",
+        "is not a directory",
+    );
+    assert_error(
+        &errors_of("cluster: c1\nstateDir: ''\n"),
+        "stateDir",
+        "must not be empty",
+    );
+}
+
+#[test]
 fn env_overrides_file() {
     let yaml = "cluster: c1\nnetwork: net1\ntrustDomain: a.org\nflatNetworks: false\n\
                 upstreams: [{ name: c9, address: 'istiod.x.svc:15012' }]\n\

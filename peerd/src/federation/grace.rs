@@ -21,7 +21,11 @@
 //!
 //! Grace: an origin other than the local cluster that is not fully synced is *stale* from
 //! the moment that is first seen; after `grace_period` (None = never) it is withdrawn with
-//! [`Store::remove`], and the merge drops everything it contributed.
+//! [`Store::remove`], and the merge drops everything it contributed. A peer whose state
+//! was restored from the peer-state snapshot at start ([`crate::peerstate`]) is stale
+//! since the time the snapshot recorded ([`Commits::restore_stale_since`]), not since the
+//! restart, and its restored state counts as complete (a resync after it is parked like
+//! any other), so a restart never shortens the grace period nor serves a partial resync.
 //!
 //! Owns: committed snapshots (O(1) `ViewState` clones), parked names, stale timers. Never
 //! writes resources; only removes a whole origin after its grace period.
@@ -66,6 +70,9 @@ pub struct Commits {
     local: Arc<str>,
     origins: HashMap<Arc<str>, OriginState>,
     stale_since: HashMap<Arc<str>, Instant>,
+    /// Origins restored from the peer-state snapshot, and since when they are stale:
+    /// used instead of "now" when they are first seen stale.
+    restored: HashMap<Arc<str>, Instant>,
 }
 
 impl Commits {
@@ -74,7 +81,18 @@ impl Commits {
             local: Arc::from(local),
             origins: HashMap::new(),
             stale_since: HashMap::new(),
+            restored: HashMap::new(),
         }
+    }
+
+    /// Records that `origin`'s state was restored from the peer-state snapshot and has
+    /// been stale since `since`: its grace period counts from then, and the restored state
+    /// counts as complete. Call before the origin's events are handled (at start).
+    pub fn restore_stale_since(&mut self, origin: &str, since: Instant) {
+        if let Some(s) = self.stale_since.get_mut(origin) {
+            *s = (*s).min(since);
+        }
+        self.restored.insert(Arc::from(origin), since);
     }
 
     /// The committed state of an origin's type.
@@ -189,6 +207,7 @@ impl Commits {
     /// Forgets a withdrawn origin; returns, per type, every name it had contributed.
     pub fn on_removed(&mut self, origin: &str) -> [Vec<Arc<str>>; 2] {
         self.stale_since.remove(origin);
+        self.restored.remove(origin);
         let Some(state) = self.origins.remove(origin) else {
             return Default::default();
         };
@@ -238,6 +257,8 @@ impl Commits {
                     break (session, live, synced);
                 }
             };
+            // A restored state is complete: it was a completed sync when written.
+            let restored = self.restored.contains_key(&origin.name);
             let state = self.origins.entry(Arc::clone(&origin.name)).or_default();
             state.floor = session;
             for kind in ResourceType::ALL {
@@ -249,7 +270,7 @@ impl Commits {
                 t.complete_at_end = false;
                 if t.synced || !t.completed {
                     t.committed = Some(Arc::clone(&live));
-                    t.completed |= t.synced;
+                    t.completed |= t.synced || restored;
                     t.parked.clear();
                 } else {
                     t.parked.extend(live.resources(kind).keys().cloned());
@@ -272,14 +293,19 @@ impl Commits {
                 continue;
             }
             if origin.is_fully_synced() {
+                self.restored.remove(&origin.name);
                 if self.stale_since.remove(&origin.name).is_some() {
                     tracing::info!(peer = %origin.name, "federation: peer synced again; no longer stale");
                 }
                 continue;
             }
+            let restored = self.restored.remove(&origin.name);
             let since = *self.stale_since.entry(Arc::clone(&origin.name)).or_insert_with(|| {
-                tracing::warn!(peer = %origin.name, grace = ?grace, "federation: peer not synced; keeping its last state, marked stale");
-                now
+                match restored {
+                    Some(since) => tracing::warn!(peer = %origin.name, grace = ?grace, stale_for = ?now.saturating_duration_since(since), "federation: peer restored from the peer-state snapshot and not synced; serving its last state, stale since before the restart"),
+                    None => tracing::warn!(peer = %origin.name, grace = ?grace, "federation: peer not synced; keeping its last state, marked stale"),
+                }
+                restored.unwrap_or(now)
             });
             // A reconnecting client recreates an empty origin; nothing to withdraw there.
             let holds_state = !origin.view.snapshot().is_empty();
@@ -298,10 +324,12 @@ impl Commits {
         withdrawn
     }
 
-    /// How long an origin has been stale (`None` = not stale).
+    /// How long an origin has been stale (`None` = not stale). A restored origin is stale
+    /// since the recorded time from the start, before its first sweep.
     pub fn stale_for(&self, origin: &str, now: Instant) -> Option<Duration> {
         self.stale_since
             .get(origin)
+            .or_else(|| self.restored.get(origin))
             .map(|since| now.saturating_duration_since(*since))
     }
 }

@@ -105,6 +105,18 @@ pub struct ImportedCounts {
 struct PublishedCommits {
     committed: HashMap<Arc<str>, [Option<Arc<ViewState>>; 2]>,
     stale_for: HashMap<Arc<str>, (Instant, std::time::Duration)>,
+    /// Origins whose every type's committed state comes from a completed sync.
+    complete: HashSet<Arc<str>>,
+}
+
+/// A peer's committed state as the peer-state snapshot records it
+/// ([`Federation::complete_peers`]).
+pub struct CommittedPeer {
+    pub origin: Arc<str>,
+    /// The committed state of each type (each type read from its own snapshot).
+    pub state: [Arc<ViewState>; 2],
+    /// Since when the peer is stale (`None`: synced).
+    pub stale_since: Option<Instant>,
 }
 
 /// A unit of work for federation's thread.
@@ -224,9 +236,15 @@ impl Federation {
     /// Republishes what readers see of `commits` (call after every change of them).
     fn publish_commits(&self, commits: &grace::Commits) {
         let now = Instant::now();
+        let origins = commits.ordered();
+        let complete = origins
+            .iter()
+            .filter(|o| ResourceType::ALL.iter().all(|t| commits.is_complete(o, *t)))
+            .cloned()
+            .collect();
         let published = PublishedCommits {
-            committed: commits
-                .ordered()
+            complete,
+            committed: origins
                 .into_iter()
                 .map(|o| {
                     let state = ResourceType::ALL.map(|t| commits.committed(&o, t).cloned());
@@ -292,6 +310,42 @@ impl Federation {
                 }
             })
             .collect()
+    }
+
+    /// Every configured peer whose committed state is complete (every type), with since
+    /// when it is stale. Reads the published commits: never waits for a computation.
+    pub fn complete_peers(&self) -> Vec<CommittedPeer> {
+        let published = self.published.load_full();
+        self.config
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let (origin, state) = published.committed.get_key_value(p.cluster.as_str())?;
+                if !published.complete.contains(origin) {
+                    return None;
+                }
+                let [Some(address), Some(authorization)] = state.clone() else {
+                    return None;
+                };
+                Some(CommittedPeer {
+                    origin: Arc::clone(origin),
+                    state: [address, authorization],
+                    stale_since: published
+                        .stale_for
+                        .get(origin)
+                        .and_then(|(at, stale)| at.checked_sub(*stale)),
+                })
+            })
+            .collect()
+    }
+
+    /// Records that a peer's state was restored from the peer-state snapshot and has been
+    /// stale since `since` (see [`grace::Commits::restore_stale_since`]). Call before
+    /// [`Federation::run`].
+    pub fn restored(&self, origin: &str, since: Instant) {
+        let mut commits = self.commits();
+        commits.restore_stale_since(origin, since);
+        self.publish_commits(&commits);
     }
 
     /// Replaces the global service set (Kubernetes mode: from Service labels). While

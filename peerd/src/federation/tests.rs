@@ -1049,6 +1049,119 @@ fn stale_peer_is_withdrawn_only_after_the_grace_period() {
     );
 }
 
+/// A peer restored from the peer-state snapshot is stale since the recorded time, not
+/// since the restart: withdrawn at that time + grace. Once it syncs the record is gone: a
+/// later disconnect counts from then.
+#[test]
+fn restored_peer_is_withdrawn_at_its_recorded_stale_time_plus_grace() {
+    let grace = Some(Duration::from_secs(30));
+    let store = Store::new();
+    let mut rx = store.subscribe();
+    let fed = Federation::new(config(), Arc::clone(&store));
+    feed(&store, LOCAL, vec![], vec![]);
+    // As the restore fills it: a session that synced and ended.
+    feed(
+        &store,
+        "c2",
+        vec![peer_pod("c2", "net1", "a", "127.2.1.1", false)],
+        vec![],
+    );
+    store.mark_unsynced("c2");
+    drain(&fed, &mut rx);
+    let restart = Instant::now();
+    let went_stale = restart - Duration::from_secs(20);
+    let mut commits = grace::Commits::new(LOCAL);
+    commits.restore_stale_since("c2", went_stale);
+    assert_eq!(
+        commits.stale_for("c2", restart),
+        Some(Duration::from_secs(20)),
+        "stale since the recorded time from the start"
+    );
+    assert!(commits.sweep(&store, restart, grace).is_empty());
+    assert!(
+        commits
+            .sweep(&store, went_stale + Duration::from_secs(29), grace)
+            .is_empty()
+    );
+    assert_eq!(
+        commits.sweep(&store, went_stale + Duration::from_secs(30), grace),
+        vec![Arc::<str>::from("c2")],
+        "withdrawn 10 s after the restart, 30 s after it went stale"
+    );
+
+    // Restored, then synced again, then disconnected: the grace counts from the new
+    // disconnect.
+    feed(
+        &store,
+        "c3",
+        vec![peer_pod("c3", "net3", "b", "127.3.1.1", true)],
+        vec![],
+    );
+    store.mark_unsynced("c3");
+    let mut commits = grace::Commits::new(LOCAL);
+    commits.restore_stale_since("c3", went_stale);
+    commits.sweep(&store, restart, grace);
+    store.mark_synced("c3", ResourceType::Address);
+    store.mark_synced("c3", ResourceType::Authorization);
+    let later = restart + Duration::from_secs(5);
+    assert!(commits.sweep(&store, later, grace).is_empty());
+    assert_eq!(commits.stale_for("c3", later), None);
+    store.mark_unsynced("c3");
+    assert!(commits.sweep(&store, later, grace).is_empty());
+    assert!(
+        commits
+            .sweep(&store, later + Duration::from_secs(29), grace)
+            .is_empty(),
+        "the old record no longer shortens anything"
+    );
+    assert_eq!(
+        commits.sweep(&store, later + Duration::from_secs(30), grace),
+        vec![Arc::<str>::from("c3")]
+    );
+}
+
+/// The restored state counts as complete: a resync after it is parked until it completes
+/// (never a partial state served), and it is what the merge serves meanwhile.
+#[test]
+fn restored_peer_state_is_complete_and_a_partial_resync_is_parked() {
+    let (store, fed, mut rx) = setup();
+    feed(&store, LOCAL, vec![], vec![]);
+    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
+    let b = peer_pod("c2", "net1", "b", "127.2.1.2", false);
+    feed(&store, "c2", vec![Arc::clone(&a), Arc::clone(&b)], vec![]);
+    store.mark_unsynced("c2");
+    // Federation starts after the restore (as in `peerd run`): it reads the store.
+    fed.restored("c2", Instant::now());
+    while rx.try_recv().is_ok() {}
+    fed.recompute_all();
+    assert!(fed.commits().is_complete("c2", ResourceType::Address));
+    assert_eq!(fed.complete_peers().len(), 1);
+    assert!(fed.complete_peers()[0].stale_since.is_some());
+    // The peer's client reconnects; its first response removes one name, then drops.
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![],
+        vec![Arc::clone(&b.name)],
+    );
+    drain(&fed, &mut rx);
+    let merged = fed.merged().snapshot();
+    assert!(merged.get(ResourceType::Address, &a.name).is_some());
+    assert!(
+        merged.get(ResourceType::Address, &b.name).is_some(),
+        "parked until the resync completes"
+    );
+    store.mark_synced("c2", ResourceType::Address);
+    store.mark_synced("c2", ResourceType::Authorization);
+    drain(&fed, &mut rx);
+    assert!(
+        fed.merged()
+            .snapshot()
+            .get(ResourceType::Address, &b.name)
+            .is_none()
+    );
+}
+
 // ---------------------------------------------------------------------------- selector
 
 mod selection {

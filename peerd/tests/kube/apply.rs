@@ -339,6 +339,70 @@ async fn gc_is_safe_across_disconnect_reconnect_and_restart() {
     assert_eq!(list_names(&emu, "workloadentries").await, vec![REF_NAME]);
 }
 
+/// A leader restarted while a peer is down (its Gateway still there, its stream not
+/// synced) deletes none of the peer's WorkloadEntries, also once longer than the removal
+/// grace has passed since the restart, whether peerd restored the peer's last state (the
+/// same objects desired: no write at all) or not (nothing desired: all kept).
+#[tokio::test]
+async fn a_restarted_leader_keeps_a_down_peers_entries_past_the_grace() {
+    let emu = emulator().await;
+    let elect = |identity: &'static str, client: kube::Client| {
+        LeaderElector::start(
+            client,
+            LeaderConfig {
+                lease_duration: Duration::from_secs(2),
+                renew_period: Duration::from_millis(100),
+                ..LeaderConfig::new(CONTROL_NS, identity)
+            },
+        )
+    };
+    let first = elect("replica-a", client(&emu).await);
+    let leadership = first.leadership();
+    eventually("first leader", || async { leadership.is_leader() }).await;
+    let mut exec = executor(&emu, leadership).await;
+    let pods = [("pod1", "10.1.0.5"), ("pod2", "10.1.0.6")];
+    converge(&mut exec, &input(&[flat("c2", &pods)], &[("c2", true)])).await;
+    let before = list_names(&emu, "workloadentries").await;
+    assert_eq!(before.len(), 2);
+
+    // The leader's peerd restarts while c2 is down: a new replica takes the Lease.
+    drop(exec);
+    first.release().await;
+    let second = elect("replica-b", client(&emu).await);
+    let leadership = second.leadership();
+    eventually("second leader", || async { leadership.is_leader() }).await;
+    let mut restarted = executor(&emu, leadership).await;
+    let restored = input(&[flat("c2", &pods)], &[("c2", false)]);
+    let nothing = input(&[flat("c2", &[])], &[("c2", false)]);
+    emu.reset_counters();
+    let deadline = tokio::time::Instant::now() + config().removal_grace * 2;
+    while tokio::time::Instant::now() < deadline {
+        for state in [&restored, &nothing] {
+            let report = restarted.sync(state).await;
+            assert!(report.deleted.is_empty(), "{report:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = restarted.sync(&nothing).await;
+    assert!(report.deleted.is_empty(), "{report:?}");
+    assert!(
+        report
+            .kept
+            .iter()
+            .all(|(_, why)| why.contains("has not completed a full sync")),
+        "{report:?}"
+    );
+    assert_eq!(report.kept.len(), 2, "{report:?}");
+    assert_eq!(emu.counters().verb(Verb::Delete), 0);
+    assert_eq!(
+        emu.counters().verb(Verb::Apply),
+        0,
+        "restored state rewrites nothing"
+    );
+    assert_eq!(list_names(&emu, "workloadentries").await, before);
+    drop(second);
+}
+
 #[tokio::test]
 async fn removed_peer_is_collected_only_after_the_grace_period() {
     let emu = emulator().await;

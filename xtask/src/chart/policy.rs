@@ -115,6 +115,7 @@ pub(super) fn check_config_maps(source: &str, objects: &[Value]) -> Vec<String> 
         "flatNetworks",
         "sandboxMode",
         "disconnectGracePeriod",
+        "stateDir",
         "listeners",
         "xds",
         "upstreams",

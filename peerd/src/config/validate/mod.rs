@@ -231,6 +231,7 @@ impl Checker<'_> {
             flat_networks,
             sandbox_mode,
             disconnect_grace_period: (!grace.is_zero()).then_some(grace),
+            state_dir: self.directory("stateDir", &file.state_dir),
             listeners,
             xds,
             upstreams,
@@ -307,6 +308,24 @@ impl Checker<'_> {
             }
             Some(n) => usize::try_from(n).unwrap_or(defaults::MAX_MESSAGE_BYTES),
         }
+    }
+
+    /// Resolves a configured directory peerd may create: it must not be an existing file.
+    fn directory(&mut self, path: &str, value: &Option<PathBuf>) -> Option<PathBuf> {
+        let configured = value.as_ref()?;
+        let resolved = match self.base_dir {
+            Some(base) if configured.is_relative() => base.join(configured),
+            _ => configured.clone(),
+        };
+        if configured.as_os_str().is_empty() {
+            self.err(
+                path,
+                "must not be empty (leave it unset to persist nothing)",
+            );
+        } else if resolved.exists() && !resolved.is_dir() {
+            self.err(path, format!("{} is not a directory", resolved.display()));
+        }
+        Some(resolved)
     }
 
     /// Resolves a configured file path and checks that it exists.

@@ -256,6 +256,8 @@ fn config_for(
         sandbox_mode: Some(true),
         // Short enough that `--fault stop-peer` shows the withdrawal within a minute.
         disconnect_grace_period: some("30s"),
+        // A restarted peerd keeps serving a down peer until its grace ends.
+        state_dir: Some(peerd_dir.join("state")),
         listeners: ListenersFile {
             xds: some(me.xds().to_string()),
             metrics: some(me.metrics().to_string()),
