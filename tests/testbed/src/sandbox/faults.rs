@@ -451,21 +451,19 @@ impl FaultController {
         match command {
             Command::Inject(fault) => self.inject(&fault, clusters),
             Command::Lift(fault) => self.lift(&fault, clusters),
-            Command::Link(a, b) | Command::Unlink(a, b) => {
-                let verb = if matches!(command, Command::Link(..)) {
-                    "link"
-                } else {
-                    "unlink"
-                };
-                for name in [&a, &b] {
-                    Self::index_of(clusters, name)?;
-                }
-                let kubeconfig = super::linking::kubeconfig_path(clusters)?;
-                let output = super::linking::pair(verb, &kubeconfig, &a, &b)?;
-                print!("{output}");
-                Ok(())
-            }
+            Command::Link(a, b) => Self::link_pair("link", &a, &b, clusters),
+            Command::Unlink(a, b) => Self::link_pair("unlink", &a, &b, clusters),
         }
+    }
+
+    /// `peerd link|unlink` of two sandbox clusters, both ways.
+    fn link_pair(verb: &str, a: &str, b: &str, clusters: &[Cluster]) -> anyhow::Result<()> {
+        for name in [a, b] {
+            Self::index_of(clusters, name)?;
+        }
+        let kubeconfig = super::linking::kubeconfig_path(clusters)?;
+        print!("{}", super::linking::pair(verb, &kubeconfig, a, b)?);
+        Ok(())
     }
 
     pub fn statuses(&self) -> Vec<FaultStatus> {
