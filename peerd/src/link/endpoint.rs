@@ -29,7 +29,7 @@ const MESH_KEY: &str = "mesh";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// One cluster as its peers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterEndpoint {
     pub context: String,
     pub cluster: String,
