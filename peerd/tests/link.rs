@@ -148,7 +148,10 @@ fn peer_gateways(emu: &EmulatorHandle) -> Vec<String> {
     let mut names: Vec<String> = ["c1", "c2", "c3", "c4"]
         .iter()
         .map(|c| format!("istio-remote-peer-{c}"))
-        .filter(|name| emu.object(GROUP, "gateways", "istio-eastwest", name).is_some())
+        .filter(|name| {
+            emu.object(GROUP, "gateways", "istio-eastwest", name)
+                .is_some()
+        })
         .collect();
     names.sort();
     names
@@ -176,12 +179,23 @@ async fn three_exposed() -> Three {
     for k in 1..=3 {
         let emu = emulator().await;
         let network = format!("net{k}");
-        expose(&emu, &network, &network, Some(&format!("192.0.2.{k}")), root.root_pem()).await;
+        expose(
+            &emu,
+            &network,
+            &network,
+            Some(&format!("192.0.2.{k}")),
+            root.root_pem(),
+        )
+        .await;
         emus.push(emu);
     }
     let config = kubeconfig(
         dir.path(),
-        &[("c1", emus[0].url()), ("c2", emus[1].url()), ("c3", emus[2].url())],
+        &[
+            ("c1", emus[0].url()),
+            ("c2", emus[1].url()),
+            ("c3", emus[2].url()),
+        ],
     );
     Three {
         _dir: dir,
@@ -232,7 +246,10 @@ async fn link_writes_a_peer_gateway_per_other_cluster_and_a_second_run_writes_no
                 .as_array()
                 .unwrap()
                 .clone();
-            assert!(managers.iter().any(|m| m["manager"] == "peerd"), "{managers:?}");
+            assert!(
+                managers.iter().any(|m| m["manager"] == "peerd"),
+                "{managers:?}"
+            );
         }
     }
     assert_eq!(run.stdout.matches(" created").count(), 6, "{}", run.stdout);
@@ -243,12 +260,24 @@ async fn link_writes_a_peer_gateway_per_other_cluster_and_a_second_run_writes_no
     }
     let again = peerd(&t.config, &LINK_ALL).await;
     assert!(again.ok, "{}{}", again.stdout, again.stderr);
-    assert_eq!(writes(&t.emus), vec![0, 0, 0], "a second link writes nothing");
     assert_eq!(
-        t.emus.iter().map(|e| e.resource_version()).collect::<Vec<_>>(),
+        writes(&t.emus),
+        vec![0, 0, 0],
+        "a second link writes nothing"
+    );
+    assert_eq!(
+        t.emus
+            .iter()
+            .map(|e| e.resource_version())
+            .collect::<Vec<_>>(),
         versions
     );
-    assert_eq!(again.stdout.matches(" unchanged").count(), 6, "{}", again.stdout);
+    assert_eq!(
+        again.stdout.matches(" unchanged").count(),
+        6,
+        "{}",
+        again.stdout
+    );
 }
 
 #[tokio::test]
@@ -262,12 +291,21 @@ async fn a_readdressed_cluster_is_updated_and_dry_run_writes_nothing() {
     let dry = peerd(&t.config, &[&LINK_ALL[..], &["--dry-run"]].concat()).await;
     assert!(dry.ok, "{}", dry.stderr);
     assert_eq!(writes(&t.emus), vec![0, 0, 0], "--dry-run writes nothing");
-    assert_eq!(dry.stdout.matches("kind: Gateway").count(), 6, "{}", dry.stdout);
+    assert_eq!(
+        dry.stdout.matches("kind: Gateway").count(),
+        6,
+        "{}",
+        dry.stdout
+    );
     assert!(dry.stdout.contains("192.0.2.33"), "{}", dry.stdout);
 
     let run = peerd(&t.config, &LINK_ALL).await;
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
-    assert_eq!(writes(&t.emus), vec![1, 1, 0], "only the peers of c3 change");
+    assert_eq!(
+        writes(&t.emus),
+        vec![1, 1, 0],
+        "only the peers of c3 change"
+    );
     let g = gateway(&t.emus[0], "istio-remote-peer-c3");
     assert_eq!(g.spec.addresses[0].value, "192.0.2.33");
 }
@@ -279,7 +317,10 @@ async fn one_way_link_and_unlink_are_asymmetric_and_idempotent() {
     let run = peerd(&t.config, &one_way).await;
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
     assert_eq!(peer_gateways(&t.emus[0]), ["istio-remote-peer-c2"]);
-    assert!(peer_gateways(&t.emus[1]).is_empty(), "c2 does not peer back");
+    assert!(
+        peer_gateways(&t.emus[1]).is_empty(),
+        "c2 does not peer back"
+    );
 
     assert!(peerd(&t.config, &LINK_ALL).await.ok);
     let unlink = ["unlink", "--from", "ctx-c1=c1", "--to", "ctx-c2=c2"];
@@ -296,7 +337,11 @@ async fn one_way_link_and_unlink_are_asymmetric_and_idempotent() {
     }
     let again = peerd(&t.config, &unlink).await;
     assert!(again.ok, "{}{}", again.stdout, again.stderr);
-    assert_eq!(writes(&t.emus), vec![0, 0, 0], "a second unlink writes nothing");
+    assert_eq!(
+        writes(&t.emus),
+        vec![0, 0, 0],
+        "a second unlink writes nothing"
+    );
 
     let mut unlink_all = LINK_ALL.to_vec();
     unlink_all[0] = "unlink";
@@ -324,7 +369,8 @@ async fn a_cluster_without_an_eastwest_gateway_or_address_fails_before_any_write
     assert!(!run.ok);
     assert!(run.stderr.contains("nothing was written"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("c3 (context ctx-c3): no east-west Gateway istio-eastwest/istio-eastwest"),
+        run.stderr
+            .contains("c3 (context ctx-c3): no east-west Gateway istio-eastwest/istio-eastwest"),
         "{}",
         run.stderr
     );
@@ -333,7 +379,11 @@ async fn a_cluster_without_an_eastwest_gateway_or_address_fails_before_any_write
         "{}",
         run.stderr
     );
-    assert_eq!(writes(&emus), vec![0, 0, 0], "nothing written in any cluster");
+    assert_eq!(
+        writes(&emus),
+        vec![0, 0, 0],
+        "nothing written in any cluster"
+    );
 }
 
 #[tokio::test]
@@ -370,7 +420,13 @@ async fn self_links_shared_names_and_networks_are_refused_before_any_write() {
             "cannot be linked to itself",
         ),
         (
-            &["link", "--context", "ctx-c1=same", "--context", "ctx-c2=same"],
+            &[
+                "link",
+                "--context",
+                "ctx-c1=same",
+                "--context",
+                "ctx-c2=same",
+            ],
             "both name cluster \"same\"",
         ),
         (
@@ -378,7 +434,14 @@ async fn self_links_shared_names_and_networks_are_refused_before_any_write() {
             "are all on network \"net1\"",
         ),
         (
-            &["link", "--flat-networks", "--context", "ctx-c1=c1", "--context", "ctx-c3=c3"],
+            &[
+                "link",
+                "--flat-networks",
+                "--context",
+                "ctx-c1=c1",
+                "--context",
+                "ctx-c3=c3",
+            ],
             "networks disagree",
         ),
         (&["link", "--context", "ctx-c1=c1"], "at least two"),
@@ -387,20 +450,42 @@ async fn self_links_shared_names_and_networks_are_refused_before_any_write() {
         let run = peerd(&t.config, args).await;
         assert!(!run.ok, "{args:?} must fail");
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
-        assert!(run.stderr.contains("nothing was written"), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("nothing was written"),
+            "{args:?}: {}",
+            run.stderr
+        );
     }
     assert_eq!(writes(&t.emus), vec![0, 0, 0]);
     // Two contexts reaching one API server are one cluster.
     let dir = tempfile::tempdir().unwrap();
-    let same = kubeconfig(dir.path(), &[("c1", t.emus[0].url()), ("c1b", t.emus[0].url())]);
-    let run = peerd(&same, &["link", "--context", "ctx-c1=c1", "--context", "ctx-c1b=c9"]).await;
+    let same = kubeconfig(
+        dir.path(),
+        &[("c1", t.emus[0].url()), ("c1b", t.emus[0].url())],
+    );
+    let run = peerd(
+        &same,
+        &["link", "--context", "ctx-c1=c1", "--context", "ctx-c1b=c9"],
+    )
+    .await;
     assert!(!run.ok);
-    assert!(run.stderr.contains("reach the same cluster"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reach the same cluster"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(t.emus[0].counters().writes(), 0);
     // Flat networks: c1 and c2 sharing net1 may be linked.
     let run = peerd(
         &t.config,
-        &["link", "--flat-networks", "--context", "ctx-c1=c1", "--context", "ctx-c2=c2"],
+        &[
+            "link",
+            "--flat-networks",
+            "--context",
+            "ctx-c1=c1",
+            "--context",
+            "ctx-c2=c2",
+        ],
     )
     .await;
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
@@ -415,11 +500,17 @@ async fn an_api_server_failing_mid_link_is_named_and_a_rerun_completes_the_link(
     let run = peerd(&t.config, &LINK_ALL).await;
     assert!(!run.ok);
     assert!(
-        run.stderr.contains("clusters written: c1, c3; not completed: c2"),
+        run.stderr
+            .contains("clusters written: c1, c3; not completed: c2"),
         "{}",
         run.stderr
     );
-    assert!(run.stdout.contains("c2: peer Gateway istio-remote-peer-c1 FAILED"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("c2: peer Gateway istio-remote-peer-c1 FAILED"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(peer_gateways(&t.emus[0]).len(), 2);
     assert!(peer_gateways(&t.emus[1]).is_empty());
 
@@ -427,7 +518,12 @@ async fn an_api_server_failing_mid_link_is_named_and_a_rerun_completes_the_link(
     let run = peerd(&t.config, &LINK_ALL).await;
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
     assert_eq!(run.stdout.matches(" created").count(), 2, "{}", run.stdout);
-    assert_eq!(run.stdout.matches(" unchanged").count(), 4, "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches(" unchanged").count(),
+        4,
+        "{}",
+        run.stdout
+    );
     assert_eq!(peer_gateways(&t.emus[1]).len(), 2);
 }
 
@@ -453,15 +549,29 @@ async fn expose_writes_the_eastwest_gateway_once_and_refuses_a_disagreeing_netwo
     assert_eq!(ports, [15008, 15012]);
 
     emu.reset_counters();
-    assert!(peerd(&config, &["expose", "--context", "ctx-c1=c1"]).await.ok);
+    assert!(
+        peerd(&config, &["expose", "--context", "ctx-c1=c1"])
+            .await
+            .ok
+    );
     assert_eq!(emu.counters().writes(), 0, "a second expose writes nothing");
 
-    let run = peerd(&config, &["expose", "--context", "ctx-c1=c1", "--network", "net2"]).await;
+    let run = peerd(
+        &config,
+        &["expose", "--context", "ctx-c1=c1", "--network", "net2"],
+    )
+    .await;
     assert!(!run.ok);
     assert!(run.stderr.contains("disagrees"), "{}", run.stderr);
     assert_eq!(emu.counters().writes(), 0);
 
-    let node_port = ["expose", "--context", "ctx-c1=c1", "--service-type", "NodePort"];
+    let node_port = [
+        "expose",
+        "--context",
+        "ctx-c1=c1",
+        "--service-type",
+        "NodePort",
+    ];
     assert!(peerd(&config, &node_port).await.ok);
     let annotation = |g: &Gateway| {
         g.metadata
@@ -470,18 +580,38 @@ async fn expose_writes_the_eastwest_gateway_once_and_refuses_a_disagreeing_netwo
             .and_then(|a| a.get("peering.solo.io/preferred-data-plane-service-type"))
             .cloned()
     };
-    assert_eq!(annotation(&gateway(&emu, "istio-eastwest")).as_deref(), Some("NodePort"));
-    assert!(peerd(&config, &["expose", "--context", "ctx-c1=c1"]).await.ok);
-    assert_eq!(annotation(&gateway(&emu, "istio-eastwest")), None, "back to LoadBalancer");
+    assert_eq!(
+        annotation(&gateway(&emu, "istio-eastwest")).as_deref(),
+        Some("NodePort")
+    );
+    assert!(
+        peerd(&config, &["expose", "--context", "ctx-c1=c1"])
+            .await
+            .ok
+    );
+    assert_eq!(
+        annotation(&gateway(&emu, "istio-eastwest")),
+        None,
+        "back to LoadBalancer"
+    );
 
     // Exposed but not programmed: no address to link to yet.
     let other = emulator().await;
     label_network(&other, "net2").await;
     let both = kubeconfig(dir.path(), &[("c1", emu.url()), ("c2", other.url())]);
     program(&emu, "192.0.2.1").await;
-    let run = peerd(&both, &["link", "--context", "ctx-c1=c1", "--context", "ctx-c2=c2"]).await;
+    let run = peerd(
+        &both,
+        &["link", "--context", "ctx-c1=c1", "--context", "ctx-c2=c2"],
+    )
+    .await;
     assert!(!run.ok);
-    assert!(run.stderr.contains("c2 (context ctx-c2): no east-west Gateway"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("c2 (context ctx-c2): no east-west Gateway"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
@@ -494,14 +624,22 @@ async fn precheck_reports_reachability_programmed_gateways_networks_and_roots() 
     gone.shutdown().await;
     let config = kubeconfig(
         dir.path(),
-        &[("c1", t.emus[0].url()), ("c2", t.emus[1].url()), ("c4", &gone_url)],
+        &[
+            ("c1", t.emus[0].url()),
+            ("c2", t.emus[1].url()),
+            ("c4", &gone_url),
+        ],
     );
     let precheck = |extra: &'static [&'static str]| {
         let mut args = vec!["check", "--precheck", "--addr", "127.0.0.1:9", "-v"];
         args.extend_from_slice(extra);
         args
     };
-    let run = peerd(&config, &precheck(&["--context", "ctx-c1=c1", "--context", "ctx-c2=c2"])).await;
+    let run = peerd(
+        &config,
+        &precheck(&["--context", "ctx-c1=c1", "--context", "ctx-c2=c2"]),
+    )
+    .await;
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
     for line in [
         "✅ API server (c1)",
@@ -531,12 +669,26 @@ async fn precheck_reports_reachability_programmed_gateways_networks_and_roots() 
         &json!({"metadata": {"labels": {"topology.istio.io/network": "net1"}}}),
     )
     .await;
-    let run = peerd(&config, &precheck(&["--context", "ctx-c1=c1", "--context", "ctx-c2=c2"])).await;
-    assert!(!run.ok);
-    assert!(run.stdout.contains("❌ networks before linking"), "{}", run.stdout);
     let run = peerd(
         &config,
-        &precheck(&["--flat-networks", "--context", "ctx-c1=c1", "--context", "ctx-c2=c2"]),
+        &precheck(&["--context", "ctx-c1=c1", "--context", "ctx-c2=c2"]),
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stdout.contains("❌ networks before linking"),
+        "{}",
+        run.stdout
+    );
+    let run = peerd(
+        &config,
+        &precheck(&[
+            "--flat-networks",
+            "--context",
+            "ctx-c1=c1",
+            "--context",
+            "ctx-c2=c2",
+        ]),
     )
     .await;
     assert!(run.ok, "{}", run.stdout);

@@ -112,11 +112,15 @@ pub async fn context_client(file: &Kubeconfig, context: &str) -> anyhow::Result<
     let config = kube::Config::from_custom_kubeconfig(file.clone(), &options)
         .await
         .with_context(|| format!("context {context}: loading"))?;
-    kube::Client::try_from(config).with_context(|| format!("context {context}: building the client"))
+    kube::Client::try_from(config)
+        .with_context(|| format!("context {context}: building the client"))
 }
 
 /// The contexts to read: the given ones, else the kubeconfig's current context.
-pub fn target_contexts(file: &Kubeconfig, contexts: &[ContextArg]) -> anyhow::Result<Vec<ContextArg>> {
+pub fn target_contexts(
+    file: &Kubeconfig,
+    contexts: &[ContextArg],
+) -> anyhow::Result<Vec<ContextArg>> {
     if !contexts.is_empty() {
         return Ok(contexts.to_vec());
     }
@@ -496,7 +500,10 @@ pub fn check_kube_networks(facts: &[ClusterFacts]) -> CheckResult {
 
 /// `--precheck`: each cluster's API server answered (an unreachable one is named here;
 /// its other checks cannot run).
-pub fn check_api_reachable(target: &ContextArg, facts: &anyhow::Result<ClusterFacts>) -> CheckResult {
+pub fn check_api_reachable(
+    target: &ContextArg,
+    facts: &anyhow::Result<ClusterFacts>,
+) -> CheckResult {
     let name = format!("API server ({})", target.cluster);
     match facts {
         Ok(_) => CheckResult::new(

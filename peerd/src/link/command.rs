@@ -11,8 +11,8 @@ use clap::{Args, ValueEnum};
 use super::endpoint::{self, ClusterEndpoint};
 use super::plan::{self, Direction};
 use super::render;
-use super::write::{self, Written};
 use super::shown;
+use super::write::{self, Written};
 use crate::config::defaults::PEERING_NAMESPACE;
 use crate::debug::check_kube::{ContextArg, context_client, read_kubeconfig, target_contexts};
 use crate::kube::types::LABEL_NETWORK;
@@ -179,7 +179,10 @@ pub async fn link(args: LinkArgs) -> anyhow::Result<()> {
     for (context, client) in contexts.iter().zip(&clients) {
         match endpoint::read(client, context, &args.clusters.namespace).await {
             Ok(e) => endpoints.push(e),
-            Err(e) => failed.push(format!("{} (context {}): {e:#}", context.cluster, context.context)),
+            Err(e) => failed.push(format!(
+                "{} (context {}): {e:#}",
+                context.cluster, context.context
+            )),
         }
     }
     if !failed.is_empty() {
@@ -187,7 +190,8 @@ pub async fn link(args: LinkArgs) -> anyhow::Result<()> {
     }
     plan::check_endpoints(&endpoints, args.flat_networks).map_err(problems)?;
     let directions = plan::directions(contexts.len(), one_way);
-    let render_for = |d: &Direction| render::peer_gateway(&args.clusters.namespace, &endpoints[d.to]);
+    let render_for =
+        |d: &Direction| render::peer_gateway(&args.clusters.namespace, &endpoints[d.to]);
     if args.dry_run {
         for d in &directions {
             print!(
@@ -290,7 +294,13 @@ where
     if incomplete.is_empty() {
         return Ok(());
     }
-    let list = |l: &[&str]| if l.is_empty() { "none".to_string() } else { l.join(", ") };
+    let list = |l: &[&str]| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
     bail!(
         "clusters written: {}; not completed: {} (re-run the same command to complete it)",
         list(&complete),

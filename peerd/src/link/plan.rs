@@ -109,7 +109,10 @@ pub fn check_contexts(contexts: &[ContextArg]) -> Result<(), Vec<String>> {
 /// The clusters as read, before writing: no two contexts reach one cluster, addresses
 /// and networks are usable, and networks are distinct unless `flat_networks` (then
 /// clusters on one network peer flat).
-pub fn check_endpoints(endpoints: &[ClusterEndpoint], flat_networks: bool) -> Result<(), Vec<String>> {
+pub fn check_endpoints(
+    endpoints: &[ClusterEndpoint],
+    flat_networks: bool,
+) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let mut by_uid: BTreeMap<&str, &str> = BTreeMap::new();
     let mut by_network: BTreeMap<&str, Vec<&str>> = BTreeMap::new();

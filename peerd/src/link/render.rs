@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(spec.network, "net2");
         assert_eq!(spec.trust_domain, "c2.example");
         assert!(spec.prefers_node_port);
-        assert_eq!(gateway.metadata.name.as_deref(), Some("istio-remote-peer-c2"));
+        assert_eq!(
+            gateway.metadata.name.as_deref(),
+            Some("istio-remote-peer-c2")
+        );
     }
 
     #[test]

@@ -65,15 +65,22 @@ pub fn contained(desired: &Value, live: &Value) -> bool {
 pub fn up_to_date(desired: &Value, live: &Value) -> bool {
     let owned_absent_agree = |section: &str, keys: &[&str]| {
         keys.iter().all(|key| {
-            let d = desired.pointer(&format!("/metadata/{section}")).and_then(|m| m.get(*key));
-            let l = live.pointer(&format!("/metadata/{section}")).and_then(|m| m.get(*key));
+            let d = desired
+                .pointer(&format!("/metadata/{section}"))
+                .and_then(|m| m.get(*key));
+            let l = live
+                .pointer(&format!("/metadata/{section}"))
+                .and_then(|m| m.get(*key));
             d.is_some() || l.is_none()
         })
     };
     let in_desired = |path: &str| desired.pointer(path).cloned().unwrap_or(Value::Null);
     let in_live = |path: &str| live.pointer(path).cloned().unwrap_or(Value::Null);
     contained(&in_desired("/spec"), &in_live("/spec"))
-        && contained(&in_desired("/metadata/labels"), &in_live("/metadata/labels"))
+        && contained(
+            &in_desired("/metadata/labels"),
+            &in_live("/metadata/labels"),
+        )
         && contained(
             &in_desired("/metadata/annotations"),
             &in_live("/metadata/annotations"),

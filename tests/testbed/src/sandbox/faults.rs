@@ -134,7 +134,9 @@ impl FromStr for Command {
             return match (clusters.next(), clusters.next(), clusters.next()) {
                 (Some(a), Some(b), None) if verb == "link" => Ok(Command::Link(a, b)),
                 (Some(a), Some(b), None) => Ok(Command::Unlink(a, b)),
-                _ => Err(format!("command {line:?}: expected `{verb} CLUSTER CLUSTER`")),
+                _ => Err(format!(
+                    "command {line:?}: expected `{verb} CLUSTER CLUSTER`"
+                )),
             };
         }
         let fault: Fault = rest.parse()?;
