@@ -28,6 +28,12 @@ pub enum Command {
     Status(crate::debug::status::StatusArgs),
     /// Check that peering works, each check with a reason; fails if any check fails.
     Check(crate::debug::check::CheckArgs),
+    /// Write a cluster's east-west Gateway (`istio-eastwest`), so peers can reach it.
+    Expose(crate::link::command::ExposeArgs),
+    /// Peer clusters: an `istio-remote-peer-<cluster>` Gateway in each for every other.
+    Link(crate::link::command::LinkArgs),
+    /// Remove the peer Gateways `link` wrote.
+    Unlink(crate::link::command::UnlinkArgs),
     /// Print the version and build information.
     Version,
 }
@@ -69,6 +75,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_daemon(args).await,
         Command::Status(args) => crate::debug::status::run(args).await,
         Command::Check(args) => crate::debug::check::run(args).await,
+        Command::Expose(args) => crate::link::command::expose(args).await,
+        Command::Link(args) => crate::link::command::link(args).await,
+        Command::Unlink(args) => crate::link::command::unlink(args).await,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod debug;
 pub mod federation;
 pub mod identity;
 pub mod kube;
+pub mod link;
 pub mod measure;
 pub mod peers;
 pub mod peerstate;

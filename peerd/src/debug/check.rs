@@ -20,7 +20,8 @@ use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::debug::check_kube::{
-    ContextArg, check_stale_workloads, exported_workloads, gather, kube_checks,
+    ContextArg, check_api_reachable, check_networks_distinct, check_stale_workloads,
+    exported_workloads, gather_each, kube_checks,
 };
 use crate::debug::client::{self, DEFAULT_ADDR, Report};
 use crate::debug::source::{PEER_CONNECTED, PEER_DATA_PLANE_PROGRAMMED, PEERING_SUCCEEDED};
@@ -57,6 +58,10 @@ pub struct CheckArgs {
     /// default NAME); repeat for the cross-cluster checks.
     #[arg(long = "context", value_name = "NAME[=CLUSTER]")]
     pub contexts: Vec<ContextArg>,
+    /// With `--precheck`: clusters may share a network (flat: pod IPs routable between
+    /// them); otherwise every cluster's network must be distinct.
+    #[arg(long)]
+    pub flat_networks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,18 +124,44 @@ pub struct ClusterCerts {
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let certs = cert_args(&args.root_certs, &args.ca_certs)?;
     let report = client::fetch(&args.addr).await;
+    let kube_given = args.kubeconfig.is_some() || !args.contexts.is_empty();
     let mut results = match &report {
         Ok(report) => run_checks(report, &certs, args.precheck),
+        // Before linking, an operator's workstation usually reaches no peerd: the
+        // Kubernetes checks are the precheck.
+        Err(e) if args.precheck && kube_given => vec![CheckResult::new(
+            "debug API",
+            Outcome::Warn,
+            format!("{e:#} (only the Kubernetes prechecks ran)"),
+        )],
         Err(e) => vec![CheckResult::new(
             "debug API",
             Outcome::Fail,
             format!("{e:#}"),
         )],
     };
-    if args.kubeconfig.is_some() || !args.contexts.is_empty() {
-        match gather(args.kubeconfig.as_ref(), &args.contexts).await {
-            Ok(facts) => {
+    if kube_given {
+        match gather_each(args.kubeconfig.as_ref(), &args.contexts).await {
+            Ok(each) => {
+                let mut facts = Vec::new();
+                for (target, gathered) in each {
+                    if args.precheck {
+                        results.push(check_api_reachable(&target, &gathered));
+                    }
+                    match gathered {
+                        Ok(f) => facts.push(f),
+                        Err(e) if !args.precheck => results.push(CheckResult::new(
+                            "kubernetes",
+                            Outcome::Fail,
+                            format!("{e:#}"),
+                        )),
+                        Err(_) => {}
+                    }
+                }
                 results.extend(kube_checks(&facts, args.precheck));
+                if args.precheck {
+                    results.push(check_networks_distinct(&facts, args.flat_networks));
+                }
                 // Stale entries of the checked peerd's own cluster, against what its
                 // peers send it now.
                 let own = report

@@ -92,48 +92,78 @@ pub struct FlatEntry {
     pub workload_uid: String,
 }
 
+/// Reads the kubeconfig at `path`, or `$KUBECONFIG` / `~/.kube/config`.
+pub fn read_kubeconfig(path: Option<&PathBuf>) -> anyhow::Result<Kubeconfig> {
+    match path {
+        Some(path) => Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display())),
+        None => {
+            Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")
+        }
+    }
+}
+
+/// A client for one context of `file` (kube-rs's kubeconfig loading: server, TLS, auth).
+pub async fn context_client(file: &Kubeconfig, context: &str) -> anyhow::Result<kube::Client> {
+    let options = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..KubeConfigOptions::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(file.clone(), &options)
+        .await
+        .with_context(|| format!("context {context}: loading"))?;
+    kube::Client::try_from(config)
+        .with_context(|| format!("context {context}: building the client"))
+}
+
+/// The contexts to read: the given ones, else the kubeconfig's current context.
+pub fn target_contexts(
+    file: &Kubeconfig,
+    contexts: &[ContextArg],
+) -> anyhow::Result<Vec<ContextArg>> {
+    if !contexts.is_empty() {
+        return Ok(contexts.to_vec());
+    }
+    let current = file
+        .current_context
+        .clone()
+        .context("the kubeconfig has no current-context; pass --context")?;
+    Ok(vec![ContextArg {
+        context: current.clone(),
+        cluster: current,
+    }])
+}
+
 /// Reads the facts of every context (the current one when none is given).
 pub async fn gather(
     kubeconfig: Option<&PathBuf>,
     contexts: &[ContextArg],
 ) -> anyhow::Result<Vec<ClusterFacts>> {
-    let file = match kubeconfig {
-        Some(path) => Kubeconfig::read_from(path)
-            .with_context(|| format!("reading kubeconfig {}", path.display()))?,
-        None => {
-            Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")?
-        }
-    };
-    let targets: Vec<ContextArg> = if contexts.is_empty() {
-        let current = file
-            .current_context
-            .clone()
-            .context("the kubeconfig has no current-context; pass --context")?;
-        vec![ContextArg {
-            context: current.clone(),
-            cluster: current,
-        }]
-    } else {
-        contexts.to_vec()
-    };
-    let mut facts = Vec::new();
-    for target in &targets {
-        let options = KubeConfigOptions {
-            context: Some(target.context.clone()),
-            ..KubeConfigOptions::default()
-        };
-        let config = kube::Config::from_custom_kubeconfig(file.clone(), &options)
-            .await
-            .with_context(|| format!("context {}: loading", target.context))?;
-        let client = kube::Client::try_from(config)
-            .with_context(|| format!("context {}: building the client", target.context))?;
-        facts.push(
-            gather_one(client, &target.cluster)
+    gather_each(kubeconfig, contexts)
+        .await?
+        .into_iter()
+        .map(|(_, facts)| facts)
+        .collect()
+}
+
+/// Reads the facts of every context, each with its own outcome (an unreachable API
+/// server fails only its context).
+pub async fn gather_each(
+    kubeconfig: Option<&PathBuf>,
+    contexts: &[ContextArg],
+) -> anyhow::Result<Vec<(ContextArg, anyhow::Result<ClusterFacts>)>> {
+    let file = read_kubeconfig(kubeconfig)?;
+    let mut out = Vec::new();
+    for target in target_contexts(&file, contexts)? {
+        let facts = match context_client(&file, &target.context).await {
+            Ok(client) => gather_one(client, &target.cluster)
                 .await
-                .with_context(|| format!("context {}", target.context))?,
-        );
+                .with_context(|| format!("context {}", target.context)),
+            Err(e) => Err(e),
+        };
+        out.push((target, facts));
     }
-    Ok(facts)
+    Ok(out)
 }
 
 async fn gather_one(client: kube::Client, cluster: &str) -> anyhow::Result<ClusterFacts> {
@@ -168,7 +198,17 @@ async fn gather_one(client: kube::Client, cluster: &str) -> anyhow::Result<Clust
             ),
             class: g.spec.gateway_class_name.clone(),
             labels: g.metadata.labels.clone().unwrap_or_default(),
-            addresses: g.spec.addresses.iter().map(|a| a.value.clone()).collect(),
+            // The spec's requested addresses, then those istiod reports in the status.
+            addresses: {
+                let mut addresses: Vec<String> =
+                    g.spec.addresses.iter().map(|a| a.value.clone()).collect();
+                for a in g.status.iter().flat_map(|s| &s.addresses) {
+                    if !addresses.contains(&a.value) {
+                        addresses.push(a.value.clone());
+                    }
+                }
+                addresses
+            },
             conditions: g
                 .status
                 .iter()
@@ -230,7 +270,12 @@ async fn gather_one(client: kube::Client, cluster: &str) -> anyhow::Result<Clust
 pub fn kube_checks(facts: &[ClusterFacts], precheck: bool) -> Vec<CheckResult> {
     let mut results = Vec::new();
     for f in facts {
-        results.push(check_eastwest(f));
+        let mut eastwest = check_eastwest(f);
+        // Before linking, a cluster nobody can reach cannot be linked.
+        if precheck && eastwest.outcome == Outcome::Warn {
+            eastwest.outcome = Outcome::Fail;
+        }
+        results.push(eastwest);
         if !precheck {
             results.extend(check_peer_gateways(f));
         }
@@ -449,6 +494,79 @@ pub fn check_kube_networks(facts: &[ClusterFacts]) -> CheckResult {
             Outcome::Pass,
             format!("{} cluster(s): network labels agree", facts.len()),
         )
+    }
+    .with_details(details)
+}
+
+/// `--precheck`: each cluster's API server answered (an unreachable one is named here;
+/// its other checks cannot run).
+pub fn check_api_reachable(
+    target: &ContextArg,
+    facts: &anyhow::Result<ClusterFacts>,
+) -> CheckResult {
+    let name = format!("API server ({})", target.cluster);
+    match facts {
+        Ok(_) => CheckResult::new(
+            &name,
+            Outcome::Pass,
+            format!("context {} answers", target.context),
+        ),
+        Err(e) => CheckResult::new(&name, Outcome::Fail, format!("{e:#}")),
+    }
+}
+
+/// `--precheck`: every cluster's network is known and consistent (the `istio-system`
+/// label and the east-west Gateway's label agree), and no two clusters share a network
+/// unless `flat_networks` (then clusters on one network peer flat, pod to pod).
+pub fn check_networks_distinct(facts: &[ClusterFacts], flat_networks: bool) -> CheckResult {
+    const NAME: &str = "networks before linking";
+    let mut problems = Vec::new();
+    let mut by_network: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for f in facts {
+        let eastwest = f
+            .gateways
+            .iter()
+            .find(|g| g.class == GATEWAY_CLASS_EASTWEST)
+            .and_then(|g| g.labels.get(LABEL_NETWORK));
+        match (f.network.as_deref(), eastwest.map(String::as_str)) {
+            (Some(ns), Some(gw)) if ns != gw => problems.push(format!(
+                "{}: {ISTIO_SYSTEM} is labelled network {ns:?} but its east-west Gateway {gw:?}",
+                f.cluster
+            )),
+            (Some(n), _) | (None, Some(n)) => by_network.entry(n).or_default().push(&f.cluster),
+            (None, None) => problems.push(format!(
+                "{}: no {LABEL_NETWORK} label on {ISTIO_SYSTEM} or its east-west Gateway",
+                f.cluster
+            )),
+        }
+    }
+    if !flat_networks {
+        for (network, clusters) in &by_network {
+            if clusters.len() > 1 {
+                problems.push(format!(
+                    "{} share network {network:?}: networks must be distinct unless flat (--flat-networks)",
+                    clusters.join(", ")
+                ));
+            }
+        }
+    }
+    let details = by_network
+        .iter()
+        .map(|(n, clusters)| format!("network {n:?}: {}", clusters.join(", ")))
+        .collect();
+    if problems.is_empty() {
+        CheckResult::new(
+            NAME,
+            Outcome::Pass,
+            format!(
+                "{} cluster(s) on {} network(s){}",
+                facts.len(),
+                by_network.len(),
+                if flat_networks { " (flat allowed)" } else { "" }
+            ),
+        )
+    } else {
+        CheckResult::new(NAME, Outcome::Fail, problems.join("; "))
     }
     .with_details(details)
 }

@@ -89,12 +89,17 @@ pub struct GatewayListener {
     pub protocol: String,
 }
 
-/// The part of a Gateway's status peerd writes: conditions (list-map keyed by `type`).
+/// The part of a Gateway's status peerd writes, conditions (list-map keyed by `type`),
+/// and the addresses it reads.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The addresses istiod reports for a deployed gateway (read only: peerd never
+    /// writes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<GatewayAddress>,
 }
 
 /// `spec` of an Istio WorkloadEntry. An empty `address` means "reach it through the

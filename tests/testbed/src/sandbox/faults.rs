@@ -116,6 +116,10 @@ impl FromStr for Fault {
 pub enum Command {
     Inject(Fault),
     Lift(Fault),
+    /// `link A B`: `peerd link` of the pair, both ways.
+    Link(String, String),
+    /// `unlink A B`: `peerd unlink` of the pair, both ways.
+    Unlink(String, String),
 }
 
 impl FromStr for Command {
@@ -125,12 +129,22 @@ impl FromStr for Command {
         let (verb, rest) = line.split_once(char::is_whitespace).ok_or_else(|| {
             format!("command {line:?}: expected `fault KIND=CLUSTER` or `lift KIND=CLUSTER`")
         })?;
+        if let verb @ ("link" | "unlink") = verb {
+            let mut clusters = rest.split_whitespace().map(String::from);
+            return match (clusters.next(), clusters.next(), clusters.next()) {
+                (Some(a), Some(b), None) if verb == "link" => Ok(Command::Link(a, b)),
+                (Some(a), Some(b), None) => Ok(Command::Unlink(a, b)),
+                _ => Err(format!(
+                    "command {line:?}: expected `{verb} CLUSTER CLUSTER`"
+                )),
+            };
+        }
         let fault: Fault = rest.parse()?;
         match verb {
             "fault" | "inject" => Ok(Command::Inject(fault)),
             "lift" => Ok(Command::Lift(fault)),
             other => Err(format!(
-                "unknown command {other:?} (known: fault, inject, lift)"
+                "unknown command {other:?} (known: fault, inject, lift, link, unlink)"
             )),
         }
     }
@@ -439,7 +453,19 @@ impl FaultController {
         match command {
             Command::Inject(fault) => self.inject(&fault, clusters),
             Command::Lift(fault) => self.lift(&fault, clusters),
+            Command::Link(a, b) => Self::link_pair("link", &a, &b, clusters),
+            Command::Unlink(a, b) => Self::link_pair("unlink", &a, &b, clusters),
         }
+    }
+
+    /// `peerd link|unlink` of two sandbox clusters, both ways.
+    fn link_pair(verb: &str, a: &str, b: &str, clusters: &[Cluster]) -> anyhow::Result<()> {
+        for name in [a, b] {
+            Self::index_of(clusters, name)?;
+        }
+        let kubeconfig = super::linking::kubeconfig_path(clusters)?;
+        print!("{}", super::linking::pair(verb, &kubeconfig, a, b)?);
+        Ok(())
     }
 
     pub fn statuses(&self) -> Vec<FaultStatus> {
@@ -532,6 +558,22 @@ mod tests {
             .parse::<Fault>()
             .unwrap_err();
         assert!(err.contains("may only hold"), "{err}");
+    }
+
+    #[test]
+    fn link_commands_parse_and_need_two_clusters() {
+        assert_eq!(
+            "link cluster-1 cluster-3".parse::<Command>().unwrap(),
+            Command::Link("cluster-1".into(), "cluster-3".into())
+        );
+        assert_eq!(
+            " unlink  cluster-2 cluster-1 ".parse::<Command>().unwrap(),
+            Command::Unlink("cluster-2".into(), "cluster-1".into())
+        );
+        for bad in ["link cluster-1", "unlink a b c"] {
+            let err = bad.parse::<Command>().unwrap_err();
+            assert!(err.contains("CLUSTER CLUSTER"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Each simulated cluster's Kubernetes API: an emulated API server on 127.0.k.1:6443
 //! (no real kube-apiserver can run here), seeded like a peered cluster (docs/design.md
-//! §6.1, §11): the network label on `istio-system`, the local east-west
-//! Gateway `istio-eastwest`, one `istio-remote-peer-<cluster>` Gateway per other cluster,
-//! and a Service labelled `solo.io/service-scope=global` per global service of the
-//! simulated istiod. That cluster's peerd reads peers and global services from it and
-//! writes Gateway conditions, WorkloadEntries and ServiceEntries to it; `kubectl --server
-//! http://127.0.k.1:6443` shows them.
+//! §6.1, §11) but not linked: the network label on `istio-system`, the local east-west
+//! Gateway `istio-eastwest` with the status istiod would write (Programmed, its
+//! address), the mesh root ConfigMap, and a Service labelled `solo.io/service-scope=global`
+//! per global service of the simulated istiod. The `istio-remote-peer-<cluster>` Gateways
+//! come from `peerd link` (see `sandbox::linking`). That cluster's peerd reads peers and
+//! global services from it and writes Gateway conditions, WorkloadEntries and
+//! ServiceEntries to it; `kubectl --server http://127.0.k.1:6443` shows them.
 //!
-//! It owns seeding only; it never writes after start (that is peerd's job) and never
-//! listens outside 127.0.0.0/8.
+//! It owns seeding only; it never writes after start (that is peerd's job, and
+//! `peerd link`'s) and never listens outside 127.0.0.0/8.
 
 use std::collections::BTreeSet;
 
@@ -17,12 +18,8 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
-use crate::sandbox::cluster::TRUST_DOMAIN;
 use crate::sandbox::layout::{ClusterLayout, HBONE_PORT, XDS_PORT};
-use peerd::kube::types::{
-    ANNOTATION_TRUST_DOMAIN, GATEWAY_CLASS_EASTWEST, GATEWAY_CLASS_REMOTE, LABEL_CLUSTER,
-    LABEL_NETWORK, LABEL_SERVICE_SCOPE,
-};
+use peerd::kube::types::{GATEWAY_CLASS_EASTWEST, LABEL_NETWORK, LABEL_SERVICE_SCOPE};
 
 /// Namespace of the east-west and peer Gateways.
 pub const PEERING_NAMESPACE: &str = "istio-eastwest";
@@ -31,7 +28,6 @@ const GATEWAYS_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio
 /// Starts `me`'s emulated API server and seeds it. `global_services` are `ns/name`.
 pub async fn start(
     me: &ClusterLayout,
-    all: &[ClusterLayout],
     global_services: &[String],
     root_pem: &str,
 ) -> anyhow::Result<EmulatorHandle> {
@@ -97,16 +93,6 @@ pub async fn start(
                 "data": {"root-cert.pem": root_pem}}),
     )
     .await?;
-    for peer in all.iter().filter(|c| c.name != me.name) {
-        send(
-            &emulator,
-            Method::POST,
-            GATEWAYS_PATH,
-            "application/json",
-            &peer_gateway(peer),
-        )
-        .await?;
-    }
     for (namespace, name) in services {
         send(
             &emulator,
@@ -204,31 +190,6 @@ pub fn kubeconfig(all: &[ClusterLayout]) -> String {
     let current = all.first().map(|c| c.name.as_str()).unwrap_or_default();
     text += &format!("current-context: {current}\nusers:\n- name: sandbox\n  user: {{}}\n");
     text
-}
-
-/// The Gateway by which a cluster peers with `peer` (class `istio-remote`).
-pub fn peer_gateway(peer: &ClusterLayout) -> Value {
-    json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": {
-            "name": format!("istio-remote-peer-{}", peer.name),
-            "namespace": PEERING_NAMESPACE,
-            "labels": {
-                LABEL_CLUSTER: peer.name,
-                LABEL_NETWORK: peer.network,
-            },
-            "annotations": {
-                "gateway.istio.io/service-account": "istio-eastwest",
-                ANNOTATION_TRUST_DOMAIN: TRUST_DOMAIN,
-            },
-        },
-        "spec": {
-            "gatewayClassName": GATEWAY_CLASS_REMOTE,
-            "addresses": [{"type": "IPAddress", "value": peer.host.to_string()}],
-            "listeners": listeners(),
-        },
-    })
 }
 
 /// A Service marked global. Its spec only needs to exist: the simulated istiod serves the

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod gateway;
 pub mod kube;
 pub mod layout;
+pub mod linking;
 pub mod status;
 pub mod ztunnel;
 
@@ -126,11 +127,26 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     let mut kube_apis = Vec::new();
     let root_pem = pki.root().root_pem().to_string();
     for c in &clusters {
-        kube_apis.push(kube::start(&c.layout, &layouts, &c.global_services, &root_pem).await?);
+        kube_apis.push(kube::start(&c.layout, &c.global_services, &root_pem).await?);
     }
     let kubeconfig_path = state_dir.join("kubeconfig");
     std::fs::write(&kubeconfig_path, kube::kubeconfig(&layouts))
         .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+    // The clusters start exposed and unlinked; link them as an operator would. peerd
+    // reads its peers at start for now, so this runs before the peerds start (the
+    // `link`/`unlink` control commands link at runtime).
+    let mut link_timer = linking::LinkTimer::default();
+    let link_args =
+        linking::link_all_args(&layouts.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
+    link_timer.start(&format!("peerd {}", link_args.join(" ")));
+    let linked = {
+        let kubeconfig = kubeconfig_path.clone();
+        tokio::task::spawn_blocking(move || linking::run_peerd(&kubeconfig, &link_args))
+            .await
+            .context("peerd link task")?
+            .context("linking the sandbox clusters")?
+    };
+    print!("{linked}");
     for c in &mut clusters {
         c.start_peerd()?;
         // Each node's ztunnel: its ACKs make PeerDataPlaneProgrammed real.
@@ -151,7 +167,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         token_file.display()
     );
     println!(
-        "  faults: type `fault KIND=CLUSTER` or `lift KIND=CLUSTER` here, or append the line to {}",
+        "  commands: `fault KIND=CLUSTER`, `lift KIND=CLUSTER`, `link A B`, `unlink A B` here, or append the line to {}",
         control_file.display()
     );
 
@@ -172,8 +188,10 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         }
         lines.extend(faults::take_control_lines(&control_file));
         for line in lines {
-            if let Err(e) = fault_ctl.execute(&line, &mut clusters) {
-                println!("command {line:?} failed: {e:#}");
+            match fault_ctl.execute(&line, &mut clusters) {
+                Ok(()) if line.trim_start().starts_with("link ") => link_timer.start(&line),
+                Ok(()) => {}
+                Err(e) => println!("command {line:?} failed: {e:#}"),
             }
         }
         fault_ctl.lift_expired(&mut clusters);
@@ -188,6 +206,12 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             snapshot
                 .clusters
                 .push(status::read_cluster(&c.layout, running).await);
+        }
+        if let Some((what, took)) = link_timer.observe(&snapshot) {
+            println!(
+                "every condition True {:.1}s after `{what}`",
+                took.as_secs_f64()
+            );
         }
         if let Some(path) = &options.status_json {
             write_atomically(path, &serde_json::to_vec_pretty(&snapshot)?)?;
