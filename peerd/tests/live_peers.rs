@@ -132,9 +132,9 @@ async fn peer_clients_follow_the_istio_remote_gateways_without_a_restart() {
     .unwrap();
     let home_xds = free_port();
     let (peer, _peer_sim) = lab
-        .start_peer(PEER, 31, "net-peer", &[(HOME, "net-home", home_xds)])
+        .start_peer(PEER, 21, "net-peer", &[(HOME, "net-home", home_xds)])
         .await;
-    let home_sim = lab.sim(HOME, 32, "net-home");
+    let home_sim = lab.sim(HOME, 22, "net-home");
     let kubernetes = format!(
         "kubernetes:\n  server: \"{}\"\n  leaderElection: {{ leaseDuration: 10s, renewPeriod: 2s }}\n",
         emu.url()
@@ -155,7 +155,13 @@ async fn peer_clients_follow_the_istio_remote_gateways_without_a_restart() {
     })
     .await;
     let imported = downstream.workloads_of(PEER);
-    assert!(home.peers.snapshot().iter().any(|p| p.cluster == PEER && p.conditions.iter().next().is_some()));
+    eventually("the peer's conditions appear", || {
+        home.peers
+            .snapshot()
+            .iter()
+            .any(|p| p.cluster == PEER && p.conditions.iter().next().is_some())
+    })
+    .await;
     eventually_async("the leader writes the peer's WorkloadEntries", || async {
         peer_entries(&istio_objects(&emu, "workloadentries").await) > 0
     })

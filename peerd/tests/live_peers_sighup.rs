@@ -41,9 +41,9 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
     let lab = Lab::new();
     let home_xds = free_port();
     let (peer, _peer_sim) = lab
-        .start_peer(PEER, 33, "net-peer", &[(HOME, "net-home", home_xds)])
+        .start_peer(PEER, 23, "net-peer", &[(HOME, "net-home", home_xds)])
         .await;
-    let home_sim = lab.sim(HOME, 34, "net-home");
+    let home_sim = lab.sim(HOME, 24, "net-home");
     let path = lab.write_config(HOME, "net-home", home_xds, &home_sim, "peers: []");
     let mut home = Peerd::start(load(&path)).await.unwrap();
     home.reload_peers_on_sighup(ConfigSource {
@@ -71,7 +71,13 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
     .await;
     assert_eq!(reloads(&home, "applied").await, 1);
     let imported = downstream.workloads_of(PEER);
-    assert!(home.peers.snapshot().iter().any(|p| p.cluster == PEER));
+    eventually("the peer's conditions appear", || {
+        home.peers
+            .snapshot()
+            .iter()
+            .any(|p| p.cluster == PEER && p.conditions.iter().next().is_some())
+    })
+    .await;
 
     // An invalid file: a peer without an address. The running peer stays.
     let invalid = format!("{with_peer}  - {{ cluster: hup-other, network: net-x, port: 15012 }}\n");
