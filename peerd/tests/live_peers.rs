@@ -14,23 +14,30 @@
 mod live_support;
 mod xds_support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
 use peerd::app::Peerd;
-use peerd::kube::types::{ANNOTATION_TRUST_DOMAIN, GATEWAY_CLASS_REMOTE, LABEL_CLUSTER, LABEL_NETWORK};
+use peerd::kube::types::{
+    ANNOTATION_TRUST_DOMAIN, GATEWAY_CLASS_REMOTE, LABEL_CLUSTER, LABEL_NETWORK,
+};
 use peerd::peers::conditions::reason;
 use peerd_testbed::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
 use serde_json::{Value, json};
 
-use live_support::{Forwarder, Lab, eventually, eventually_async, free_port, load, metrics_text, trust_domain};
+use live_support::{
+    Forwarder, LOCALHOST, Lab, PEER_HOST, PEER_HOST_2, eventually, eventually_async, free_port,
+    load, metrics_text, trust_domain,
+};
 
 const HOME: &str = "live-home";
 const PEER: &str = "live-peer";
 const GATEWAY: &str = "istio-remote-peer-live-peer";
 const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways";
 
-fn peer_gateway(address: &str, xds_port: u16) -> Value {
+/// The peer's Gateway at `address` (its xDS listener on 15012, as Gateways require).
+fn peer_gateway(address: &str) -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
@@ -45,7 +52,7 @@ fn peer_gateway(address: &str, xds_port: u16) -> Value {
             "addresses": [{"type": "IPAddress", "value": address}],
             "listeners": [
                 {"name": "cross-network", "port": 15008, "protocol": "HBONE", "tls": {"mode": "Passthrough"}},
-                {"name": "xds-tls", "port": xds_port, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+                {"name": "xds-tls", "port": 15012, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
             ],
         },
     })
@@ -56,18 +63,21 @@ async fn send(emu: &EmulatorHandle, method: Method, path: &str, content_type: &s
         .request(method.clone(), path, content_type, body.to_string())
         .await
         .unwrap();
-    assert!((200..300).contains(&code), "{method} {path}: {code} {reply}");
+    assert!(
+        (200..300).contains(&code),
+        "{method} {path}: {code} {reply}"
+    );
 }
 
-/// Moves the peer Gateway to `address`:`xds_port` (a merge patch, as `kubectl edit` would).
-async fn readdress(emu: &EmulatorHandle, address: &str, xds_port: u16) {
-    let spec = &peer_gateway(address, xds_port)["spec"];
+/// Moves the peer Gateway to `address` (a merge patch, as `kubectl edit` would).
+async fn readdress(emu: &EmulatorHandle, address: &str) {
+    let spec = &peer_gateway(address)["spec"];
     send(
         emu,
         Method::PATCH,
         &format!("{GATEWAYS}/{GATEWAY}"),
         "application/merge-patch+json",
-        &json!({"spec": {"addresses": spec["addresses"], "listeners": spec["listeners"]}}),
+        &json!({"spec": {"addresses": spec["addresses"]}}),
     )
     .await;
 }
@@ -99,20 +109,30 @@ fn peer_entries(names: &[String]) -> usize {
         .count()
 }
 
-async fn running_port(home: &Peerd) -> Option<u16> {
-    home.peer_clients.running().await.get(PEER).map(|p| p.port)
+async fn running_address(home: &Peerd) -> Option<String> {
+    home.peer_clients
+        .running()
+        .await
+        .get(PEER)
+        .map(|p| p.address.to_string())
 }
 
 fn shows_invalid(home: &Peerd) -> bool {
-    home.peers.snapshot().iter().any(|p| {
-        p.cluster == PEER && p.conditions.iter().any(|c| c.reason == reason::INVALID)
-    })
+    home.peers
+        .snapshot()
+        .iter()
+        .any(|p| p.cluster == PEER && p.conditions.iter().any(|c| c.reason == reason::INVALID))
 }
 
 fn gateway_status_says_invalid(emu: &EmulatorHandle) -> bool {
-    emu.object("gateway.networking.k8s.io", "gateways", "istio-eastwest", GATEWAY)
-        .and_then(|g| g["status"]["conditions"].as_array().cloned())
-        .is_some_and(|cs| cs.iter().any(|c| c["reason"] == reason::INVALID))
+    emu.object(
+        "gateway.networking.k8s.io",
+        "gateways",
+        "istio-eastwest",
+        GATEWAY,
+    )
+    .and_then(|g| g["status"]["conditions"].as_array().cloned())
+    .is_some_and(|cs| cs.iter().any(|c| c["reason"] == reason::INVALID))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,24 +152,42 @@ async fn peer_clients_follow_the_istio_remote_gateways_without_a_restart() {
     .unwrap();
     let home_xds = free_port();
     let (peer, _peer_sim) = lab
-        .start_peer(PEER, 21, "net-peer", &[(HOME, "net-home", home_xds)])
+        .start_peer(
+            PEER,
+            21,
+            "net-peer",
+            SocketAddr::new(PEER_HOST, 15012),
+            &[(HOME, "net-home", home_xds)],
+        )
         .await;
     let home_sim = lab.sim(HOME, 22, "net-home");
     let kubernetes = format!(
         "kubernetes:\n  server: \"{}\"\n  leaderElection: {{ leaseDuration: 10s, renewPeriod: 2s }}\n",
         emu.url()
     );
-    let path = lab.write_config(HOME, "net-home", home_xds, &home_sim, &kubernetes);
+    let home_addr = SocketAddr::new(LOCALHOST, home_xds);
+    let path = lab.write_config(HOME, "net-home", home_addr, &home_sim, &kubernetes);
     let home = Peerd::start(load(&path)).await.unwrap();
     let downstream = lab.downstream(&home).await;
-    eventually("the home cluster's own workloads reach the downstream", || {
-        downstream.workloads_of(HOME) > 0
-    })
+    eventually(
+        "the home cluster's own workloads reach the downstream",
+        || downstream.workloads_of(HOME) > 0,
+    )
     .await;
-    assert!(home.peer_clients.running().await.is_empty(), "no Gateway yet");
+    assert!(
+        home.peer_clients.running().await.is_empty(),
+        "no Gateway yet"
+    );
 
     // Added at runtime.
-    send(&emu, Method::POST, GATEWAYS, "application/json", &peer_gateway("127.0.0.1", peer.xds_addr.port())).await;
+    send(
+        &emu,
+        Method::POST,
+        GATEWAYS,
+        "application/json",
+        &peer_gateway(&PEER_HOST.to_string()),
+    )
+    .await;
     eventually("the peer's workloads reach the downstream", || {
         downstream.workloads_of(PEER) > 0
     })
@@ -168,47 +206,85 @@ async fn peer_clients_follow_the_istio_remote_gateways_without_a_restart() {
     .await;
     assert!(!istio_objects(&emu, "serviceentries").await.is_empty());
     eventually_async("the peer's series are on /metrics", || async {
-        metrics_text(home.metrics_addr).await.contains(&format!("peer_cluster=\"{PEER}\""))
+        metrics_text(home.metrics_addr)
+            .await
+            .contains(&format!("peer_cluster=\"{PEER}\""))
     })
     .await;
 
     // Re-addressed: same cluster and identity, another address (a forwarder to the peer).
-    let forwarder = Forwarder::start(peer.xds_addr).await;
-    readdress(&emu, "127.0.0.1", forwarder.addr.port()).await;
+    let forwarder = Forwarder::start(SocketAddr::new(PEER_HOST_2, 15012), peer.xds_addr).await;
+    readdress(&emu, &PEER_HOST_2.to_string()).await;
     eventually_async("the client runs against the new address", || async {
-        running_port(&home).await == Some(forwarder.addr.port())
+        running_address(&home).await == Some(PEER_HOST_2.to_string())
     })
     .await;
-    eventually("the client reconnected through the new address and resynced", || {
-        forwarder.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
-            && home.store.get(PEER).is_some_and(|o| o.is_fully_synced())
-    })
+    eventually(
+        "the client reconnected through the new address and resynced",
+        || {
+            forwarder.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+                && home.store.get(PEER).is_some_and(|o| o.is_fully_synced())
+        },
+    )
     .await;
-    assert_eq!(downstream.removals_of(PEER), Vec::<String>::new(), "re-addressing withdrew nothing");
+    assert_eq!(
+        downstream.removals_of(PEER),
+        Vec::<String>::new(),
+        "re-addressing withdrew nothing"
+    );
     assert_eq!(downstream.workloads_of(PEER), imported);
 
     // Edited to an invalid address: conditions say Invalid, the last valid client stays.
-    readdress(&emu, "not-an-ip", forwarder.addr.port()).await;
+    readdress(&emu, "not-an-ip").await;
     eventually("the peer's conditions say Invalid", || shows_invalid(&home)).await;
-    eventually("the Gateway's status says Invalid", || gateway_status_says_invalid(&emu)).await;
-    assert_eq!(running_port(&home).await, Some(forwarder.addr.port()), "the last valid client keeps running");
+    eventually("the Gateway's status says Invalid", || {
+        gateway_status_says_invalid(&emu)
+    })
+    .await;
+    assert_eq!(
+        running_address(&home).await,
+        Some(PEER_HOST_2.to_string()),
+        "the last valid client keeps running"
+    );
     assert!(home.store.get(PEER).is_some_and(|o| o.is_fully_synced()));
     assert_eq!(downstream.workloads_of(PEER), imported);
     assert!(downstream.removals_of(PEER).is_empty());
 
     // Deleted: withdrawn at once (the grace period is an hour), entries and series gone.
-    send(&emu, Method::DELETE, &format!("{GATEWAYS}/{GATEWAY}"), "", &json!({})).await;
-    eventually("the downstream loses the peer's workloads", || downstream.workloads_of(PEER) == 0).await;
+    send(
+        &emu,
+        Method::DELETE,
+        &format!("{GATEWAYS}/{GATEWAY}"),
+        "",
+        &json!({}),
+    )
+    .await;
+    eventually("the downstream loses the peer's workloads", || {
+        downstream.workloads_of(PEER) == 0
+    })
+    .await;
     assert!(home.peer_clients.running().await.is_empty());
     assert!(home.federation.peers().is_empty());
     assert!(home.store.get(PEER).is_none());
-    eventually_async("the leader deletes the peer's WorkloadEntries and ServiceEntries", || async {
-        peer_entries(&istio_objects(&emu, "workloadentries").await) == 0
-            && istio_objects(&emu, "serviceentries").await.is_empty()
-    })
+    eventually_async(
+        "the leader deletes the peer's WorkloadEntries and ServiceEntries",
+        || async {
+            peer_entries(&istio_objects(&emu, "workloadentries").await) == 0
+                && istio_objects(&emu, "serviceentries").await.is_empty()
+        },
+    )
     .await;
     let metrics = metrics_text(home.metrics_addr).await;
-    assert!(!metrics.contains(&format!("peer_cluster=\"{PEER}\"")), "{metrics}");
-    assert!(metrics.contains(&format!("peer_cluster=\"{HOME}\"")), "the local series stay");
-    assert!(downstream.workloads_of(HOME) > 0, "the local workloads stay");
+    assert!(
+        !metrics.contains(&format!("peer_cluster=\"{PEER}\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("peer_cluster=\"{HOME}\"")),
+        "the local series stay"
+    );
+    assert!(
+        downstream.workloads_of(HOME) > 0,
+        "the local workloads stay"
+    );
 }

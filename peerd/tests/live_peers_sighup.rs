@@ -13,7 +13,9 @@ mod xds_support;
 use peerd::app::{ConfigSource, Peerd};
 use peerd::config::{Env, Overrides};
 
-use live_support::{Lab, eventually, eventually_async, free_port, load, metrics_text};
+use std::net::SocketAddr;
+
+use live_support::{LOCALHOST, Lab, eventually, eventually_async, free_port, load, metrics_text};
 
 const HOME: &str = "hup-home";
 const PEER: &str = "hup-peer";
@@ -41,10 +43,17 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
     let lab = Lab::new();
     let home_xds = free_port();
     let (peer, _peer_sim) = lab
-        .start_peer(PEER, 23, "net-peer", &[(HOME, "net-home", home_xds)])
+        .start_peer(
+            PEER,
+            23,
+            "net-peer",
+            SocketAddr::new(LOCALHOST, 0),
+            &[(HOME, "net-home", home_xds)],
+        )
         .await;
     let home_sim = lab.sim(HOME, 24, "net-home");
-    let path = lab.write_config(HOME, "net-home", home_xds, &home_sim, "peers: []");
+    let home_addr = SocketAddr::new(LOCALHOST, home_xds);
+    let path = lab.write_config(HOME, "net-home", home_addr, &home_sim, "peers: []");
     let mut home = Peerd::start(load(&path)).await.unwrap();
     home.reload_peers_on_sighup(ConfigSource {
         path: path.clone(),
@@ -53,17 +62,18 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
     })
     .unwrap();
     let downstream = lab.downstream(&home).await;
-    eventually("the home cluster's own workloads reach the downstream", || {
-        downstream.workloads_of(HOME) > 0
-    })
+    eventually(
+        "the home cluster's own workloads reach the downstream",
+        || downstream.workloads_of(HOME) > 0,
+    )
     .await;
 
     // A valid new peer list.
     let with_peer = format!(
         "peers:\n{}",
-        Lab::peer_entry(PEER, "net-peer", peer.xds_addr.port())
+        Lab::peer_entry(PEER, "net-peer", peer.xds_addr)
     );
-    lab.write_config(HOME, "net-home", home_xds, &home_sim, &with_peer);
+    lab.write_config(HOME, "net-home", home_addr, &home_sim, &with_peer);
     hangup();
     eventually("the peer's workloads reach the downstream", || {
         downstream.workloads_of(PEER) > 0
@@ -81,7 +91,7 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
 
     // An invalid file: a peer without an address. The running peer stays.
     let invalid = format!("{with_peer}  - {{ cluster: hup-other, network: net-x, port: 15012 }}\n");
-    lab.write_config(HOME, "net-home", home_xds, &home_sim, &invalid);
+    lab.write_config(HOME, "net-home", home_addr, &home_sim, &invalid);
     hangup();
     eventually_async("the invalid reload is counted", || async {
         reloads(&home, "invalid").await == 1
@@ -103,8 +113,12 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
     assert!(error.contains("peers[1]"), "{error}");
 
     // The peer removed from the file: withdrawn at once, its series gone.
-    assert!(metrics_text(home.metrics_addr).await.contains(&format!("peer_cluster=\"{PEER}\"")));
-    lab.write_config(HOME, "net-home", home_xds, &home_sim, "peers: []");
+    assert!(
+        metrics_text(home.metrics_addr)
+            .await
+            .contains(&format!("peer_cluster=\"{PEER}\""))
+    );
+    lab.write_config(HOME, "net-home", home_addr, &home_sim, "peers: []");
     hangup();
     eventually("the downstream loses the peer's workloads", || {
         downstream.workloads_of(PEER) == 0
@@ -112,6 +126,12 @@ async fn sighup_applies_a_valid_peer_list_and_keeps_the_peers_on_an_invalid_file
     .await;
     assert!(home.peer_clients.running().await.is_empty());
     let metrics = metrics_text(home.metrics_addr).await;
-    assert!(!metrics.contains(&format!("peer_cluster=\"{PEER}\"")), "{metrics}");
-    assert!(downstream.workloads_of(HOME) > 0, "the local workloads stay");
+    assert!(
+        !metrics.contains(&format!("peer_cluster=\"{PEER}\"")),
+        "{metrics}"
+    );
+    assert!(
+        downstream.workloads_of(HOME) > 0,
+        "the local workloads stay"
+    );
 }

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::PeerClients;
 use crate::config::{self, Config, KubeApi, ServiceRef};
 use crate::federation::Federation;
 use crate::kube::apply::{ExecutorConfig, FlatSyncExecutor};
@@ -48,7 +49,6 @@ use crate::kube::peering::{
 };
 use crate::kube::status::ConditionsWriter;
 use crate::kube::tokenreview::{TokenReviewConfig, TokenReviewVerifier};
-use super::PeerClients;
 use crate::peers::PeerMonitor;
 use crate::peers::model::LocalCluster;
 use crate::store::Store;
@@ -360,7 +360,10 @@ async fn follow_gateways(
             warned = kept;
             let (_, errors) = peer_clients.apply(&desired).await;
             for error in errors {
-                tracing::warn!(error = format!("{error:#}"), "istio-remote Gateway: the peer's client could not be built; its previous client (if any) keeps running");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "istio-remote Gateway: the peer's client could not be built; its previous client (if any) keeps running"
+                );
             }
             let now_running = peer_clients.running().await.into_values().collect();
             running.send_replace(now_running);

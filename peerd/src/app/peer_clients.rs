@@ -130,9 +130,10 @@ impl PeerClients {
     /// with its endpoint.
     fn build(&self, peer: &Peer) -> anyhow::Result<(AdsClient, String)> {
         let d = &self.deps;
-        let roots = d.roots.as_ref().context(
-            "xds.tls.root: peering needs the roots that peer certificates chain to",
-        )?;
+        let roots = d
+            .roots
+            .as_ref()
+            .context("xds.tls.root: peering needs the roots that peer certificates chain to")?;
         let options = super::upstreams::peer_client_options(
             &d.config,
             peer,
@@ -161,7 +162,8 @@ impl PeerClients {
     ) {
         let d = &self.deps;
         crate::admin::retired::reinstate_peer(&peer.cluster);
-        d.monitor_clients.register(&peer.cluster, &endpoint, &client);
+        d.monitor_clients
+            .register(&peer.cluster, &endpoint, &client);
         d.upstreams.set(&peer.cluster, client.stats());
         let cancel = d.cancel.child_token();
         let task = tokio::spawn(client.run(cancel.clone()));
@@ -182,7 +184,10 @@ impl PeerClients {
             return;
         };
         r.cancel.cancel();
-        if tokio::time::timeout(STOP_TIMEOUT, &mut r.task).await.is_err() {
+        if tokio::time::timeout(STOP_TIMEOUT, &mut r.task)
+            .await
+            .is_err()
+        {
             tracing::warn!(peer = %cluster, "peer client did not stop in time; aborted");
             r.task.abort();
             let _ = r.task.await;

@@ -16,8 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{PeerClients, Peerd};
 use crate::config::{Config, Env, Overrides};
-use crate::peers::{PeerChange, PeerMonitor};
 use crate::peers::model::specs_from_config;
+use crate::peers::{PeerChange, PeerMonitor};
 
 /// Where `peerd run` read its configuration: what a reload reads again.
 #[derive(Debug, Clone)]
@@ -81,7 +81,10 @@ impl Reloader {
             .set_peers(specs_from_config(&reloaded), std::time::Instant::now());
         count_reload("applied");
         for error in &errors {
-            tracing::warn!(error = format!("{error:#}"), "configuration reload: a peer's client could not be built; its previous client (if any) keeps running");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "configuration reload: a peer's client could not be built; its previous client (if any) keeps running"
+            );
         }
         tracing::info!(path = %source.path.display(), changes = changes.len(), "configuration reloaded: peers follow the file");
         Ok(changes)
@@ -119,7 +122,10 @@ impl Peerd {
                 }
                 tracing::info!(path = %source.path.display(), "SIGHUP: reloading the peers");
                 if let Err(e) = reloader.reload(&source).await {
-                    tracing::warn!(error = format!("{e:#}"), "SIGHUP: configuration not applied");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "SIGHUP: configuration not applied"
+                    );
                 }
             }
         });

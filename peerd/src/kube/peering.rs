@@ -143,8 +143,14 @@ pub async fn usable_peers(
 ) -> BTreeMap<String, config::Peer> {
     let mut usable = BTreeMap::new();
     for gateway in gateways {
-        if let Ok(peer) = usable_peer(gateway, config, local, resolver).await {
-            usable.entry(peer.cluster.clone()).or_insert(peer);
+        match usable_peer(gateway, config, local, resolver).await {
+            Ok(peer) => {
+                usable.entry(peer.cluster.clone()).or_insert(peer);
+            }
+            // The conditions say why, at length; this is for following the peer set.
+            Err(err) => {
+                tracing::debug!(gateway = %gateway.name_any(), error = %err, "istio-remote Gateway not usable")
+            }
         }
     }
     usable

@@ -113,7 +113,10 @@ mod tests {
     }
 
     fn by_cluster(peers: &[Peer]) -> BTreeMap<String, Peer> {
-        peers.iter().map(|p| (p.cluster.clone(), p.clone())).collect()
+        peers
+            .iter()
+            .map(|p| (p.cluster.clone(), p.clone()))
+            .collect()
     }
 
     #[test]

@@ -26,9 +26,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::xds_support::Downstream;
 
 pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Where peer clusters listen for xDS: an `istio-remote` Gateway's xDS port is 15012, so
+/// each peer gets its own loopback address (outside the sandbox's blocks).
+pub const PEER_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 21, 1));
+/// A second address of the same peer (a forwarder), to re-address it.
+pub const PEER_HOST_2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 21, 2));
 pub const TOKEN: &str = "ztunnel-token-for-live-peers";
 /// A liveness bound for a loaded machine, not a speed assertion.
-pub const WAIT: Duration = Duration::from_secs(90);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind((LOCALHOST, 0))
@@ -93,6 +98,11 @@ impl Drop for Sim {
 
 impl Lab {
     pub fn new() -> Lab {
+        // `RUST_LOG=info` shows the daemons' logs when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(&dir.path().join("pki"), "live peers test root").unwrap();
         std::fs::write(dir.path().join("ztunnel-token"), TOKEN).unwrap();
@@ -138,10 +148,12 @@ impl Lab {
             return dir;
         }
         let id = SpiffeId::new(&trust_domain(cluster), "istio-system", "peerd").unwrap();
-        ca.issue(&LeafSpec::workload(id).with_ip(LOCALHOST))
-            .unwrap()
-            .write_to(&dir)
-            .unwrap();
+        // Peers listen on other loopback addresses (a Gateway's xDS port must be 15012).
+        let leaf = LeafSpec::workload(id)
+            .with_ip(LOCALHOST)
+            .with_ip(PEER_HOST)
+            .with_ip(PEER_HOST_2);
+        ca.issue(&leaf).unwrap().write_to(&dir).unwrap();
         dir
     }
 
@@ -150,7 +162,7 @@ impl Lab {
         &self,
         cluster: &str,
         network: &str,
-        xds_port: u16,
+        xds: SocketAddr,
         sim: &Sim,
         extra: &str,
     ) -> PathBuf {
@@ -162,7 +174,7 @@ network: {network}
 trustDomain: {td}
 sandboxMode: true
 disconnectGracePeriod: 1h
-listeners: {{ xds: "127.0.0.1:{xds_port}", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug: "127.0.0.1:0" }}
+listeners: {{ xds: "{xds}", metrics: "127.0.0.1:0", health: "127.0.0.1:0", debug: "127.0.0.1:0" }}
 xds:
   tls: {{ certChain: "{cert}/cert-chain.pem", key: "{cert}/key.pem", root: "{root}" }}
   auth: {{ tokenFile: "{token}" }}
@@ -189,10 +201,12 @@ probe: {{ mode: userspace }}
         path
     }
 
-    /// A `peers:` entry for `cluster` at 127.0.0.1:`port`.
-    pub fn peer_entry(cluster: &str, network: &str, port: u16) -> String {
+    /// A `peers:` entry for `cluster` at `addr`.
+    pub fn peer_entry(cluster: &str, network: &str, addr: SocketAddr) -> String {
         format!(
-            "  - {{ cluster: {cluster}, network: {network}, address: 127.0.0.1, port: {port}, trustDomain: {td} }}\n",
+            "  - {{ cluster: {cluster}, network: {network}, address: {ip}, port: {port}, trustDomain: {td} }}\n",
+            ip = addr.ip(),
+            port = addr.port(),
             td = trust_domain(cluster)
         )
     }
@@ -204,6 +218,7 @@ probe: {{ mode: userspace }}
         cluster: &str,
         index: u8,
         network: &str,
+        xds: SocketAddr,
         importers: &[(&str, &str, u16)],
     ) -> (Peerd, Sim) {
         let sim = self.sim(cluster, index, network);
@@ -213,9 +228,9 @@ probe: {{ mode: userspace }}
         }
         extra += "  eastWestGateway: { address: 127.0.0.1, hbonePort: 15008 }\npeers:\n";
         for (c, n, port) in importers {
-            extra += &Lab::peer_entry(c, n, *port);
+            extra += &Lab::peer_entry(c, n, SocketAddr::new(LOCALHOST, *port));
         }
-        let path = self.write_config(cluster, network, 0, &sim, &extra);
+        let path = self.write_config(cluster, network, xds, &sim, &extra);
         let config = load(&path);
         (Peerd::start(config).await.unwrap(), sim)
     }
@@ -336,8 +351,8 @@ impl Drop for Forwarder {
 }
 
 impl Forwarder {
-    pub async fn start(target: SocketAddr) -> Forwarder {
-        let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    pub async fn start(listen: SocketAddr, target: SocketAddr) -> Forwarder {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = Arc::clone(&accepted);
