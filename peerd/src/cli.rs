@@ -92,9 +92,16 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         xds_address: args.xds_address,
         ..Overrides::default()
     };
-    let config = Config::load(&args.config, &Env::from_process(), &overrides)
+    let env = Env::from_process();
+    let config = Config::load(&args.config, &env, &overrides)
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;
-    let peerd = crate::app::Peerd::start(config).await?;
+    let mut peerd = crate::app::Peerd::start(config).await?;
+    // Standalone: SIGHUP re-reads the file's peers (with Kubernetes it only logs).
+    peerd.reload_peers_on_sighup(crate::app::ConfigSource {
+        path: args.config.clone(),
+        env,
+        overrides,
+    })?;
     let cancel = peerd.cancellation();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -457,7 +457,7 @@ async fn bad_token_is_refused_and_upstream_loss_keeps_served_state() {
     // The simulated istiod goes away: peerd keeps serving what it had.
     let before = want(rig.peerd().federation.merged());
     let _ = rig.stop_sim.send(true);
-    let stats = Arc::clone(&rig.peerd().upstreams[0].1);
+    let stats = Arc::clone(&rig.peerd().upstreams.snapshot()[0].1);
     eventually("upstream seen as disconnected", || {
         !stats.snapshot().connected
     })

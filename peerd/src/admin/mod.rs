@@ -2,11 +2,12 @@
 //! `/healthz/live` (port 15021) and Prometheus `/metrics` (port 15020).
 //!
 //! It owns the readiness gates and the Prometheus recorder handle (metric descriptions
-//! come from [`catalog`]). It must never block
+//! come from [`catalog`]; removed peers' series are left out by [`retired`]). It must never block
 //! on the data path: readiness is a set of flags other components flip, or signals they
 //! publish (read when asked, so readiness can never run ahead of them).
 
 pub mod catalog;
+pub mod retired;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -167,7 +168,8 @@ pub async fn serve_metrics(
         "/metrics",
         get(move || {
             let handle = handle.clone();
-            async move { handle.render() }
+            // Removed peers' series are left out (see `retired`).
+            async move { retired::without_retired(handle.render()) }
         }),
     );
     axum::serve(listener, app)

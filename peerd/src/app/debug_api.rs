@@ -16,7 +16,7 @@ use crate::federation::Federation;
 use crate::peers::PeerMonitor;
 use crate::store::Store;
 use crate::xds::server::AdsServer;
-use crate::xds::stats::StreamStats;
+use crate::xds::stats::UpstreamList;
 
 /// The daemon's handles the debug API reads.
 pub(super) struct DebugHandles<'a> {
@@ -24,7 +24,7 @@ pub(super) struct DebugHandles<'a> {
     pub federation: &'a Arc<Federation>,
     pub server: &'a AdsServer,
     pub readiness: &'a Arc<Readiness>,
-    pub upstreams: &'a [(String, Arc<StreamStats>)],
+    pub upstreams: &'a Arc<UpstreamList>,
     pub monitor: &'a Arc<PeerMonitor>,
     pub probe_mode: &'a crate::probe::mode::ProbeMode,
     /// Where the xDS server listens (shown by the debug API).
@@ -54,7 +54,7 @@ pub(super) async fn start_debug_api(
     let peers = crate::debug::peers::MonitorPeerSource::start(
         Arc::clone(monitor),
         Arc::clone(federation),
-        upstreams.to_vec(),
+        Arc::clone(upstreams),
         cancel.clone(),
     );
     let service = crate::debug::DebugService::new(crate::debug::DebugState {
@@ -63,7 +63,7 @@ pub(super) async fn start_debug_api(
         federation: Arc::clone(federation),
         subscribers: server.subscribers(),
         readiness: Arc::clone(readiness),
-        upstreams: upstreams.to_vec(),
+        upstreams: Arc::clone(upstreams),
         peers,
         export: Some(Arc::clone(
             federation.export_view(crate::federation::ExportFlavor::Flat),

@@ -3,12 +3,13 @@
 //! - **Peers come from Gateways, instead of the file.** At start, peerd lists the Gateways
 //!   of class `istio-remote` in the peering namespace and turns every usable one into a
 //!   peer (a file with `peers` is refused by config validation when Kubernetes is on).
-//!   The xDS clients and federation are built once from that list. At runtime the peer
-//!   monitor follows every Gateway change (so conditions follow edits, and a broken edit
-//!   shows `Accepted=False`), and a removed Gateway's peer leaves the flat-network sync
-//!   (its WorkloadEntries go after the removal grace); but an added, removed or
-//!   re-addressed peer's xDS client changes only at the next start: peerd logs a warning
-//!   saying so.
+//!   At runtime the peer monitor follows every Gateway change (so conditions follow
+//!   edits, and a broken edit shows `Accepted=False`), and the peer clients follow the
+//!   usable Gateways ([`PeerClients`]): an added Gateway starts a client, a re-addressed
+//!   one reconnects without withdrawing anything, a deleted one stops its client and its
+//!   state, WorkloadEntries and ServiceEntries and metric series go at once. A Gateway
+//!   edited to something unusable keeps its last valid client running until it is valid
+//!   again or deleted (its conditions say what is wrong).
 //! - **Global services** are the union of `export.globalServices` and the Services
 //!   labelled `solo.io/service-scope=global` or `istio.io/global=true`, followed at runtime.
 //! - The local network (label on `istio-system`) and east-west gateway (Gateway of class
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::PeerClients;
 use crate::config::{self, Config, KubeApi, ServiceRef};
 use crate::federation::Federation;
 use crate::kube::apply::{ExecutorConfig, FlatSyncExecutor};
@@ -43,7 +45,7 @@ use crate::kube::flat_input::{InputBuilder, present_clusters};
 use crate::kube::gateways::{self, ClusterWatches, SystemResolver};
 use crate::kube::leader::{LeaderConfig, LeaderElector, Leadership, default_identity};
 use crate::kube::peering::{
-    eastwest_target, gateway_specs, global_services, peer_set_changes, usable_peer, usable_peers,
+    desired_peers, eastwest_target, gateway_specs, global_services, usable_peer, usable_peers,
 };
 use crate::kube::status::ConditionsWriter;
 use crate::kube::tokenreview::{TokenReviewConfig, TokenReviewVerifier};
@@ -66,8 +68,6 @@ pub(super) struct KubeStart {
     client: Client,
     watches: ClusterWatches,
     watch_tasks: JoinSet<()>,
-    /// The peers whose xDS clients are built at start, by cluster.
-    started_peers: BTreeMap<String, config::Peer>,
     /// `export.globalServices` of the file.
     file_global_services: BTreeSet<ServiceRef>,
 }
@@ -154,7 +154,6 @@ pub(super) async fn prepare(config: &mut Config) -> anyhow::Result<Option<KubeSt
         client,
         watches,
         watch_tasks,
-        started_peers,
         file_global_services,
     }))
 }
@@ -187,17 +186,30 @@ pub(super) fn token_verifier(
     Ok(Arc::new(verifier))
 }
 
+/// The running daemon's handles the Kubernetes tasks use.
+pub(super) struct Handles<'a> {
+    pub config: &'a Arc<Config>,
+    pub store: &'a Arc<Store>,
+    pub federation: &'a Arc<Federation>,
+    pub monitor: &'a Arc<PeerMonitor>,
+    pub peer_clients: &'a Arc<PeerClients>,
+}
+
 /// Starts the leader election, the Gateway follower, the conditions writer and the
 /// flat-network sync. Everything stops with `cancel`; the lease is released on the way out.
 pub(super) fn start(
     kube: KubeStart,
-    config: &Arc<Config>,
-    store: &Arc<Store>,
-    federation: &Arc<Federation>,
-    monitor: &Arc<PeerMonitor>,
+    handles: Handles<'_>,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    let Handles {
+        config,
+        store,
+        federation,
+        monitor,
+        peer_clients,
+    } = handles;
     let settings = config
         .kubernetes
         .clone()
@@ -231,12 +243,18 @@ pub(super) fn start(
         Instant::now(),
     );
 
+    // The peers whose clients run, for the flat sync (they follow the Gateways).
+    let started: Vec<config::Peer> = config.peers.clone();
+    let (running_tx, running_rx) = watch::channel(started);
     tasks.spawn(follow_gateways(
         Arc::clone(config),
         kube.watches.clone(),
-        Arc::clone(monitor),
-        Arc::clone(federation),
-        kube.started_peers.clone(),
+        Followers {
+            monitor: Arc::clone(monitor),
+            federation: Arc::clone(federation),
+            peer_clients: Arc::clone(peer_clients),
+            running: running_tx,
+        },
         kube.file_global_services,
         cancel.clone(),
     ));
@@ -264,14 +282,13 @@ pub(super) fn start(
             kube.client,
             ExecutorConfig {
                 control_namespace: config.control_namespace.clone(),
-                removal_grace: config.disconnect_grace_period.unwrap_or(Duration::ZERO),
                 settle: SETTLE,
             },
             leadership,
         );
         let builder = InputBuilder {
             store: Arc::clone(store),
-            peers: kube.started_peers.into_values().collect(),
+            peers: running_rx.borrow().clone(),
             local_network: config.network.clone(),
             flat_networks: config.flat_networks,
             control_namespace: config.control_namespace.clone(),
@@ -280,6 +297,7 @@ pub(super) fn start(
             builder,
             executor,
             kube.watches,
+            running_rx,
             settings.resync_interval,
             cancel.clone(),
         ));
@@ -287,18 +305,32 @@ pub(super) fn start(
     Ok(())
 }
 
-/// Follows Gateways and Services: the peer monitor gets every Gateway change, federation
-/// every change of the global set; a change of the peer set is logged (applied at the
-/// next start).
+/// What the Gateway follower changes.
+struct Followers {
+    monitor: Arc<PeerMonitor>,
+    federation: Arc<Federation>,
+    peer_clients: Arc<PeerClients>,
+    /// The peers whose clients run, after every change (for the flat sync).
+    running: watch::Sender<Vec<config::Peer>>,
+}
+
+/// Follows Gateways and Services: the peer monitor gets every Gateway change, the peer
+/// clients follow the usable `istio-remote` Gateways (a Gateway edited to something
+/// unusable keeps its last valid client until it is valid again or deleted), federation
+/// gets every change of the global set.
 async fn follow_gateways(
     config: Arc<Config>,
     watches: ClusterWatches,
-    monitor: Arc<PeerMonitor>,
-    federation: Arc<Federation>,
-    started: BTreeMap<String, config::Peer>,
+    followers: Followers,
     file_global_services: BTreeSet<ServiceRef>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Followers {
+        monitor,
+        federation,
+        peer_clients,
+        running,
+    } = followers;
     let local = LocalCluster::from(&*config);
     let resolver = SystemResolver {
         timeout: RESOLVE_TIMEOUT,
@@ -316,13 +348,25 @@ async fn follow_gateways(
         if specs != last_specs {
             monitor.set_peers(specs.clone(), Instant::now());
             last_specs = specs;
-            // Which peers would be built now, against those running.
-            let now_usable = usable_peers(&gateways, &config, &local, &resolver).await;
-            let differences = peer_set_changes(&started, &now_usable);
-            for difference in differences.difference(&warned) {
-                tracing::warn!(peer = %difference, "istio-remote Gateways changed: conditions follow now, the peer's xDS client changes when peerd restarts");
+            let usable = usable_peers(&gateways, &config, &local, &resolver).await;
+            let (desired, kept) = desired_peers(
+                usable,
+                &peer_clients.running().await,
+                &present_clusters(&gateways),
+            );
+            for cluster in kept.difference(&warned) {
+                tracing::warn!(peer = %cluster, "istio-remote Gateway is no longer usable (its conditions say why); its last valid client keeps running until the Gateway is valid again or deleted");
             }
-            warned = differences;
+            warned = kept;
+            let (_, errors) = peer_clients.apply(&desired).await;
+            for error in errors {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "istio-remote Gateway: the peer's client could not be built; its previous client (if any) keeps running"
+                );
+            }
+            let now_running = peer_clients.running().await.into_values().collect();
+            running.send_replace(now_running);
         }
         let global = global_services(&file_global_services, &watches.global_services());
         if global != last_global {
@@ -359,11 +403,13 @@ async fn write_conditions(
 }
 
 /// Feeds the flat-sync executor: the first input once built (never an empty one: that
-/// would look like every peer removed), then a new one after store or Gateway changes.
+/// would look like every peer removed), then a new one after store or Gateway changes,
+/// or a change of the running peers.
 async fn flat_sync(
-    builder: InputBuilder,
+    mut builder: InputBuilder,
     executor: FlatSyncExecutor,
     watches: ClusterWatches,
+    mut running: watch::Receiver<Vec<config::Peer>>,
     resync: Duration,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -381,7 +427,13 @@ async fn flat_sync(
                 }
             }
             _ = watches.changed.notified() => {}
+            changed = running.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
         }
+        builder.peers = running.borrow_and_update().clone();
         // Coalesce a burst of changes into one rebuild.
         tokio::time::sleep(INPUT_DEBOUNCE).await;
         while events.try_recv().is_ok() {}

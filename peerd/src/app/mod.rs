@@ -8,15 +8,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod debug_api;
 mod kube;
 mod monitor;
+mod peer_clients;
 mod probes;
+mod reload;
 mod upstreams;
+
+pub use peer_clients::PeerClients;
+pub use reload::ConfigSource;
 
 use crate::admin::{self, Readiness};
 use crate::config::Config;
@@ -27,7 +32,7 @@ use crate::peers::{AdsClients, PeerMonitor};
 use crate::store::{Store, StoreEvent};
 use crate::xds::client::AdsClient;
 use crate::xds::server::{AdsServer, ServerOptions};
-use crate::xds::stats::StreamStats;
+use crate::xds::stats::UpstreamList;
 
 /// Readiness gate: the local istiod upstream has completed its first full sync.
 pub const GATE_LOCAL_SYNCED: &str = "local upstream synced";
@@ -50,8 +55,10 @@ pub struct Peerd {
     pub readiness: Arc<Readiness>,
     /// The probe mode in effect (`ebpf`, or `userspace` with the reason).
     pub probe_mode: crate::probe::mode::ProbeMode,
-    /// Stats of each upstream stream, by origin name.
-    pub upstreams: Vec<(String, Arc<StreamStats>)>,
+    /// Stats of each upstream stream, by origin name (peers come and go).
+    pub upstreams: Arc<UpstreamList>,
+    /// The running peer clients (they follow the Gateways, or the file on SIGHUP).
+    pub peer_clients: Arc<PeerClients>,
     /// Bound addresses (port 0 in the config resolves here).
     pub xds_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -192,32 +199,31 @@ impl Peerd {
             cancel.clone(),
         ));
         let clients = AdsClients::new();
-        let mut upstreams = Vec::new();
-        for (i, peer) in config.peers.iter().enumerate() {
-            let Some(roots) = &peering_roots else {
-                bail!("xds.tls.root: peering needs the roots that peer certificates chain to");
-            };
-            let options =
-                upstreams::peer_client_options(&config, peer, Arc::clone(roots), Arc::clone(&cert))
-                    .with_context(|| format!("peers[{i}] ({})", peer.cluster))?;
-            let endpoint = options.endpoint.clone();
-            let mut client = AdsClient::new(options, Arc::clone(&store));
-            if let Some(filter) = federation.import_filter(&peer.cluster) {
-                client = client.with_filter(filter);
-            }
-            clients.register(&peer.cluster, &endpoint, &client);
-            upstreams.push((peer.cluster.clone(), client.stats()));
-            let cancel = cancel.clone();
-            tasks.spawn(async move {
-                client.run(cancel).await;
-                Ok(())
-            });
+        let streams = UpstreamList::new(Vec::new());
+        let peer_clients = PeerClients::new(peer_clients::PeerClientDeps {
+            config: Arc::clone(&config),
+            store: Arc::clone(&store),
+            federation: Arc::clone(&federation),
+            monitor_clients: Arc::clone(&clients),
+            upstreams: Arc::clone(&streams),
+            roots: peering_roots.clone(),
+            cert: Arc::clone(&cert),
+            cancel: cancel.clone(),
+        });
+        let initial_peers: std::collections::BTreeMap<_, _> = config
+            .peers
+            .iter()
+            .map(|p| (p.cluster.clone(), p.clone()))
+            .collect();
+        let (_, errors) = peer_clients.apply(&initial_peers).await;
+        if let Some(error) = errors.into_iter().next() {
+            return Err(error.context("starting the peer clients"));
         }
         for (i, upstream) in config.upstreams.iter().enumerate() {
             let options = upstreams::client_options(&config, upstream)
                 .with_context(|| format!("upstreams[{i}] ({})", upstream.name))?;
             let client = AdsClient::new(options, Arc::clone(&store));
-            upstreams.push((upstream.name.clone(), client.stats()));
+            streams.set(&upstream.name, client.stats());
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 client.run(cancel).await;
@@ -240,10 +246,13 @@ impl Peerd {
         if let Some(kube) = kube {
             kube::start(
                 kube,
-                &config,
-                &store,
-                &federation,
-                &peers,
+                kube::Handles {
+                    config: &config,
+                    store: &store,
+                    federation: &federation,
+                    monitor: &peers,
+                    peer_clients: &peer_clients,
+                },
                 &cancel,
                 &mut tasks,
             )?;
@@ -255,7 +264,7 @@ impl Peerd {
                 federation: &federation,
                 server: &server,
                 readiness: &readiness,
-                upstreams: &upstreams,
+                upstreams: &streams,
                 monitor: &peers,
                 probe_mode: &probes.mode,
                 xds_addr,
@@ -278,7 +287,8 @@ impl Peerd {
             server,
             readiness,
             probe_mode: probes.mode,
-            upstreams,
+            upstreams: streams,
+            peer_clients,
             xds_addr,
             metrics_addr,
             health_addr,

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use super::source::{Counts, PeerCondition, PeerEvent, PeerInfo, PeerSource, ProbeInfo};
 use crate::federation::Federation;
 use crate::peers::{ConditionEvent, PeerMonitor};
-use crate::xds::stats::StreamStats;
+use crate::xds::stats::UpstreamList;
 
 pub struct MonitorPeerSource {
     monitor: Arc<PeerMonitor>,
     federation: Arc<Federation>,
-    upstreams: Vec<(String, Arc<StreamStats>)>,
+    upstreams: Arc<UpstreamList>,
     events: broadcast::Sender<PeerEvent>,
 }
 
@@ -25,7 +25,7 @@ impl MonitorPeerSource {
     pub fn start(
         monitor: Arc<PeerMonitor>,
         federation: Arc<Federation>,
-        upstreams: Vec<(String, Arc<StreamStats>)>,
+        upstreams: Arc<UpstreamList>,
         cancel: CancellationToken,
     ) -> Arc<MonitorPeerSource> {
         let (events, _) = broadcast::channel(1024);
@@ -116,6 +116,7 @@ impl PeerSource for MonitorPeerSource {
                     imported,
                     stream: self
                         .upstreams
+                        .snapshot()
                         .iter()
                         .find(|(name, _)| *name == p.cluster)
                         .map(|(_, s)| s.snapshot()),

@@ -28,7 +28,7 @@ use crate::proto::debug::v1::debug_server::{Debug, DebugServer};
 use crate::store::{Store, StoreEvent};
 use crate::view::View;
 use crate::xds::server::Subscribers;
-use crate::xds::stats::{StreamStats, unix_ms};
+use crate::xds::stats::{UpstreamList, unix_ms};
 use crate::xds::types::ResourceType;
 
 /// The fully qualified name of the debug service (reflection, health).
@@ -49,7 +49,7 @@ pub struct DebugState {
     pub subscribers: Arc<Subscribers>,
     pub readiness: Arc<Readiness>,
     /// Stats of each upstream stream, by origin name.
-    pub upstreams: Vec<(String, Arc<StreamStats>)>,
+    pub upstreams: Arc<UpstreamList>,
     pub peers: Arc<dyn PeerSource>,
     /// The view peers are served, when this peerd exports one.
     pub export: Option<Arc<View>>,
@@ -160,6 +160,7 @@ impl DebugService {
         let upstreams = self
             .state
             .upstreams
+            .snapshot()
             .iter()
             .map(|(name, stats)| {
                 let held = self

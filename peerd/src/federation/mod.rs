@@ -31,8 +31,14 @@
 //! tokio::spawn(fed.clone().run(cancel.clone()));
 //! ```
 //!
+//! Peers come and go at runtime ([`peer_set`]): [`Federation::set_peer`] adds or updates
+//! one (its import filter and what the shared listener serves it),
+//! [`Federation::withdraw_peer`] removes one and withdraws its state at once (an
+//! operator removed it: no grace period, unlike a disconnected peer).
+//!
 //! It must never write resources to the store (it only withdraws a whole origin after its
-//! grace period), and never copy the whole state for one change.
+//! grace period or when the peer is removed), and never copy the whole state for one
+//! change.
 
 pub mod conflicts;
 pub mod export;
@@ -40,6 +46,7 @@ pub mod grace;
 pub mod import;
 pub mod merge;
 pub mod naming;
+pub mod peer_set;
 pub mod selector;
 pub mod settings;
 
@@ -70,6 +77,7 @@ use crate::xds::types::ResourceType;
 pub use conflicts::{Conflict, ConflictKind, Conflicts};
 pub use export::Exporter;
 pub use import::{ImportError, ImportFilter, ImportStatus};
+pub use peer_set::PeerSet;
 pub use selector::FederationSelector;
 pub use settings::{ExportFlavor, FederationConfig, GatewayTarget, PeerPolicy};
 
@@ -135,7 +143,9 @@ pub struct Federation {
     conflicts: Arc<Conflicts>,
     commits: Mutex<grace::Commits>,
     published: ArcSwap<PublishedCommits>,
-    imports: BTreeMap<String, Arc<ImportFilter>>,
+    /// The peers now (`config.peers` is only the initial set).
+    peers: Arc<PeerSet>,
+    imports: Mutex<BTreeMap<String, Arc<ImportFilter>>>,
     /// [`Federation::run`] is following events: global-service updates go to its thread.
     running: AtomicBool,
     pending_globals: Mutex<Option<Vec<ServiceRef>>>,
@@ -149,10 +159,8 @@ impl Federation {
     /// A federation for `config` over `store`. Nothing happens until [`Federation::run`]
     /// (or [`Federation::handle`]) processes store events.
     pub fn new(config: FederationConfig, store: Arc<Store>) -> Arc<Federation> {
-        for p in config.peers.iter().filter(|p| !p.flat) {
-            if config.gateway_for(p.flavor()).is_none() {
-                tracing::warn!(peer = %p.cluster, "federation: multi-network peer but no east-west gateway configured; its export has no network_gateway and the peer will reject the workloads");
-            }
+        for p in &config.peers {
+            warn_without_gateway(&config, p);
         }
         let conflicts = Conflicts::new();
         let imports = config
@@ -176,7 +184,8 @@ impl Federation {
             #[cfg(test)]
             before_recompute: Mutex::new(None),
             conflicts,
-            imports,
+            peers: PeerSet::new(config.peers.clone()),
+            imports: Mutex::new(imports),
             store,
             config,
         })
@@ -200,15 +209,53 @@ impl Federation {
         &self.exporter
     }
 
-    /// The import filter of a configured peer, for its `AdsClient::with_filter`.
+    /// The import filter of a known peer, for its `AdsClient::with_filter`.
     pub fn import_filter(&self, peer: &str) -> Option<Arc<ImportFilter>> {
-        self.imports.get(peer).cloned()
+        self.imports().get(peer).cloned()
+    }
+
+    fn imports(&self) -> MutexGuard<'_, BTreeMap<String, Arc<ImportFilter>>> {
+        self.imports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The peers known now.
+    pub fn peers(&self) -> Arc<Vec<PeerPolicy>> {
+        self.peers.load()
+    }
+
+    /// Adds a peer, or updates a known one (re-addressed: its state stays; a changed
+    /// policy gets a new import filter). Returns the filter for its `AdsClient`.
+    pub fn set_peer(&self, policy: PeerPolicy) -> Arc<ImportFilter> {
+        warn_without_gateway(&self.config, &policy);
+        let mut imports = self.imports();
+        if let Some(filter) = imports.get(&policy.cluster)
+            && *filter.policy() == policy
+        {
+            return Arc::clone(filter);
+        }
+        let filter = ImportFilter::new(policy.clone(), Arc::clone(&self.store));
+        imports.insert(policy.cluster.clone(), Arc::clone(&filter));
+        self.peers.upsert(policy);
+        filter
+    }
+
+    /// Removes a peer and withdraws its state now, through the same path as a grace
+    /// expiry ([`Store::remove`]: the merge then drops everything it contributed). Its
+    /// client must be stopped first, or its next response would bring the state back.
+    /// Returns whether the peer was known.
+    pub fn withdraw_peer(&self, cluster: &str) -> bool {
+        let known = self.peers.remove(cluster);
+        self.imports().remove(cluster);
+        if self.store.remove(cluster) {
+            tracing::info!(peer = %cluster, "federation: peer removed; its state is withdrawn now (no grace period)");
+        }
+        known
     }
 
     /// The selector of the shared xDS listener (peers → export, token → merged).
     pub fn selector(&self, tokens: Option<Arc<dyn TokenVerifier>>) -> Arc<FederationSelector> {
         Arc::new(FederationSelector::new(
-            self.config.peers.clone(),
+            Arc::clone(&self.peers),
             Arc::clone(&self.exporter),
             Arc::clone(self.merged()),
             tokens,
@@ -252,8 +299,8 @@ impl Federation {
                 })
                 .collect(),
             stale_for: self
-                .config
                 .peers
+                .load()
                 .iter()
                 .filter_map(|p| {
                     let stale = commits.stale_for(&p.cluster, now)?;
@@ -269,8 +316,9 @@ impl Federation {
     pub fn peer_status(&self) -> Vec<PeerFederationStatus> {
         let published = self.published.load_full();
         let now = Instant::now();
-        self.config
-            .peers
+        let imports = self.imports();
+        self.peers
+            .load()
             .iter()
             .map(|p| {
                 let count = |kind: ResourceType| {
@@ -302,8 +350,7 @@ impl Federation {
                         services: s,
                         authorizations: a,
                     },
-                    import: self
-                        .imports
+                    import: imports
                         .get(&p.cluster)
                         .map(|f| f.status())
                         .unwrap_or_default(),
@@ -724,6 +771,13 @@ impl Federation {
             .before_recompute
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+}
+
+/// Says once per peer change that a multi-network peer cannot be served a usable export.
+fn warn_without_gateway(config: &FederationConfig, peer: &PeerPolicy) {
+    if !peer.flat && config.gateway_for(peer.flavor()).is_none() {
+        tracing::warn!(peer = %peer.cluster, "federation: multi-network peer but no east-west gateway configured; its export has no network_gateway and the peer will reject the workloads");
     }
 }
 

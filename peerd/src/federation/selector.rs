@@ -16,13 +16,15 @@ use std::sync::Arc;
 use tonic::async_trait;
 
 use super::export::Exporter;
+use super::peer_set::PeerSet;
 use super::settings::PeerPolicy;
 use crate::identity::tls::peer_spiffe_id;
 use crate::view::View;
 use crate::xds::auth::{ConnectionInfo, Selected, TokenVerifier, ViewSelector};
 
 pub struct FederationSelector {
-    peers: Vec<PeerPolicy>,
+    /// Read at every connection: a peer added at runtime is served at once.
+    peers: Arc<PeerSet>,
     exporter: Arc<Exporter>,
     merged: Arc<View>,
     tokens: Option<Arc<dyn TokenVerifier>>,
@@ -30,7 +32,7 @@ pub struct FederationSelector {
 
 impl FederationSelector {
     pub fn new(
-        peers: Vec<PeerPolicy>,
+        peers: Arc<PeerSet>,
         exporter: Arc<Exporter>,
         merged: Arc<View>,
         tokens: Option<Arc<dyn TokenVerifier>>,
@@ -47,9 +49,9 @@ impl FederationSelector {
         &self,
         trust_domain: &str,
         cluster_id: Option<&str>,
-    ) -> Result<&PeerPolicy, tonic::Status> {
-        let candidates: Vec<&PeerPolicy> = self
-            .peers
+    ) -> Result<PeerPolicy, tonic::Status> {
+        let peers = self.peers.load();
+        let candidates: Vec<&PeerPolicy> = peers
             .iter()
             .filter(|p| p.trust_domain.eq_ignore_ascii_case(trust_domain))
             .collect();
@@ -59,7 +61,7 @@ impl FederationSelector {
             )));
         };
         if candidates.iter().all(|p| p.flavor() == first.flavor()) {
-            return Ok(first);
+            return Ok(PeerPolicy::clone(first));
         }
         let Some(cluster) = cluster_id else {
             return Err(tonic::Status::unauthenticated(format!(
@@ -69,6 +71,7 @@ impl FederationSelector {
         candidates
             .into_iter()
             .find(|p| p.cluster == cluster)
+            .cloned()
             .ok_or_else(|| {
                 tonic::Status::unauthenticated(format!(
                     "clusterid {cluster:?} is not a peer with trust domain {trust_domain:?}"

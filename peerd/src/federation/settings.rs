@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::{Config, DataPlaneServiceType, ServiceRef};
+use crate::config::{Config, DataPlaneServiceType, Peer, ServiceRef};
 
 /// Where remote clusters send HBONE traffic for this cluster's workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +71,20 @@ pub struct PeerPolicy {
 }
 
 impl PeerPolicy {
+    /// The policy of a configured (or Gateway-derived) peer of `config`'s cluster.
+    pub fn from_peer(config: &Config, p: &Peer) -> PeerPolicy {
+        PeerPolicy {
+            cluster: p.cluster.clone(),
+            network: p.network.clone(),
+            trust_domain: p.trust_domain.clone(),
+            flat: config.peer_is_flat(p),
+            prefers_node_port: p.preferred_data_plane_service_type
+                == DataPlaneServiceType::NodePort,
+            max_resources: p.max_resources,
+            max_bytes: p.max_bytes,
+        }
+    }
+
     /// The export variant this peer is served.
     pub fn flavor(&self) -> ExportFlavor {
         if self.flat {
@@ -134,16 +148,7 @@ impl FederationConfig {
             peers: config
                 .peers
                 .iter()
-                .map(|p| PeerPolicy {
-                    cluster: p.cluster.clone(),
-                    network: p.network.clone(),
-                    trust_domain: p.trust_domain.clone(),
-                    flat: config.peer_is_flat(p),
-                    prefers_node_port: p.preferred_data_plane_service_type
-                        == DataPlaneServiceType::NodePort,
-                    max_resources: p.max_resources,
-                    max_bytes: p.max_bytes,
-                })
+                .map(|p| PeerPolicy::from_peer(config, p))
                 .collect(),
             grace_period: config.disconnect_grace_period,
             grace_check_interval: Duration::from_secs(1),

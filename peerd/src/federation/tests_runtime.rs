@@ -131,7 +131,7 @@ async fn health_and_debug_answer_while_a_bulk_load_is_merged() {
         federation: Arc::clone(&fed),
         subscribers: Subscribers::new(),
         readiness,
-        upstreams: Vec::new(),
+        upstreams: crate::xds::stats::UpstreamList::new(Vec::new()),
         peers: Arc::new(FederationPeers {
             federation: Arc::clone(&fed),
             events: peer_events,

@@ -11,10 +11,10 @@
 //!   object with a colliding name is seen), patched with the objects peerd's own writes
 //!   returned until the watch catches up, so a lagging watch never causes a second write;
 //! - GC deletes only objects labelled `app.kubernetes.io/managed-by=peerd` that are not
-//!   desired **and** whose source peer has completed a full sync, or whose peer has been
-//!   absent from the input for the removal grace period (counted from when this process
-//!   first saw it absent, so a restart never shortens it). ServiceEntries (shared by
-//!   peers) are collected only when every peer is synced and no removed peer is in grace;
+//!   desired **and** whose source peer has completed a full sync, or whose peer is absent
+//!   from the input (its Gateway was deleted: an operator's explicit act, so at once; a
+//!   peer that is merely down stays in the input, not synced). ServiceEntries (shared by
+//!   peers) are collected only when every peer in the input is synced;
 //! - a foreign object (without peerd's label) with a colliding name is never written: it is
 //!   reported;
 //! - every write first checks [`Leadership`]: a replica that lost the lease stops at once.
@@ -78,7 +78,7 @@ pub struct SyncReport {
     pub applied: Vec<String>,
     pub deleted: Vec<String>,
     pub unchanged: usize,
-    /// Not desired but kept: `(Kind/name, why)` (peer not fully synced, in grace period).
+    /// Not desired but kept: `(Kind/name, why)` (peer not fully synced).
     pub kept: Vec<(String, String)>,
     pub foreign: Vec<ForeignObject>,
     /// `(Kind/name, error)` of failed writes; retried on the next pass.
@@ -98,9 +98,6 @@ impl SyncReport {
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub control_namespace: String,
-    /// How long objects of a peer that disappeared from the input are kept. Zero keeps
-    /// them forever (like the disconnect grace period of docs/design.md §5.7).
-    pub removal_grace: Duration,
     /// How long an own write's result stands in for a watch that has not delivered it yet.
     pub settle: Duration,
 }
@@ -109,7 +106,6 @@ impl ExecutorConfig {
     pub fn new(control_namespace: &str) -> ExecutorConfig {
         ExecutorConfig {
             control_namespace: control_namespace.to_string(),
-            removal_grace: Duration::from_secs(300),
             settle: Duration::from_secs(30),
         }
     }
@@ -234,8 +230,6 @@ pub struct FlatSyncExecutor {
     leadership: Leadership,
     workload_entries: Observed<WorkloadEntry>,
     service_entries: Observed<ServiceEntry>,
-    /// Peers (clusters) seen absent from the input, and since when.
-    removed_since: BTreeMap<String, Instant>,
     /// Notified on every watch event of either kind (a hand edit wakes the loop).
     pub changed: Arc<Notify>,
     /// Source clusters the WorkloadEntry gauges were last set for.
@@ -285,7 +279,6 @@ impl FlatSyncExecutor {
                 written: HashMap::new(),
                 deleted: HashMap::new(),
             },
-            removed_since: BTreeMap::new(),
             changed,
             gauged: BTreeSet::new(),
             _tasks: tasks,
@@ -310,14 +303,11 @@ impl FlatSyncExecutor {
             return report;
         }
         let settle = self.config.settle;
-        let now = Instant::now();
         let present: BTreeMap<&str, bool> = input
             .peers
             .iter()
             .map(|p| (p.cluster.as_str(), p.fully_synced))
             .collect();
-        self.removed_since
-            .retain(|cluster, _| !present.contains_key(cluster.as_str()));
 
         // Applies first, so a renamed object (new hash) exists before its old name goes.
         if !apply_all(
@@ -343,7 +333,6 @@ impl FlatSyncExecutor {
         }
 
         // GC of WorkloadEntries: per source peer.
-        let grace = self.config.removal_grace;
         let mut candidates = Vec::new();
         for name in self.workload_entries.managed_names(settle) {
             if input.desired.workload_entries.contains_key(&name) {
@@ -357,18 +346,8 @@ impl FlatSyncExecutor {
             let verdict = match present.get(owner.as_str()) {
                 Some(true) => Ok(()),
                 Some(false) => Err(format!("peer {owner} has not completed a full sync")),
-                None => {
-                    let since = *self.removed_since.entry(owner.clone()).or_insert(now);
-                    if grace.is_zero() {
-                        Err(format!(
-                            "peer {owner} removed; removal grace is 0 (keep forever)"
-                        ))
-                    } else if since.elapsed() >= grace {
-                        Ok(())
-                    } else {
-                        Err(format!("peer {owner} removed; in grace period"))
-                    }
-                }
+                // The peer's Gateway is gone: removed by an operator, collected now.
+                None => Ok(()),
             };
             match verdict {
                 Ok(()) => candidates.push(name),
@@ -389,11 +368,7 @@ impl FlatSyncExecutor {
         }
 
         // GC of ServiceEntries: shared, so only when every peer's state is settled.
-        let settled = input.peers.iter().all(|p| p.fully_synced)
-            && self
-                .removed_since
-                .values()
-                .all(|since| !grace.is_zero() && since.elapsed() >= grace);
+        let settled = input.peers.iter().all(|p| p.fully_synced);
         let mut candidates = Vec::new();
         for name in self.service_entries.managed_names(settle) {
             if input.desired.service_entries.contains_key(&name) {

@@ -4,8 +4,10 @@
 //!
 //! Reads the store only. Must never write to the store or the API server (the
 //! [`FlatSyncExecutor`](super::apply::FlatSyncExecutor) applies what this builds), and
-//! must never build input for a peer whose Gateway is gone (its objects then leave after
-//! the removal grace).
+//! must never build input for a peer whose Gateway is gone (its objects then leave at
+//! once: removing the Gateway is the operator's explicit act). A peer whose Gateway exists
+//! but whose client does not run (unusable since start) counts as not synced: its objects
+//! stay.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use crate::xds::types::ResourceType;
 /// Builds the flat-network sync input from the store (what each peer exports to us).
 pub struct InputBuilder {
     pub store: Arc<Store>,
-    /// The peers whose xDS clients run.
+    /// The peers whose xDS clients run (they follow the Gateways).
     pub peers: Vec<config::Peer>,
     pub local_network: String,
     /// `PEERING_ENABLE_FLAT_NETWORKS`.
@@ -69,6 +71,14 @@ impl InputBuilder {
                 workloads,
                 services,
             });
+        }
+        for cluster in present {
+            if !self.peers.iter().any(|p| p.cluster == *cluster) {
+                states.push(PeerSyncState {
+                    cluster: cluster.clone(),
+                    fully_synced: false,
+                });
+            }
         }
         SyncInput {
             desired: desired_objects(&self.control_namespace, &exports),
@@ -203,5 +213,13 @@ mod tests {
             }]
         );
         assert!(builder.build(&BTreeSet::new()).peers.is_empty());
+        // A Gateway whose client does not run (unusable) counts as present, not synced.
+        let input = builder.build(&["c2".to_string(), "c9".to_string()].into());
+        let states: Vec<(&str, bool)> = input
+            .peers
+            .iter()
+            .map(|p| (p.cluster.as_str(), p.fully_synced))
+            .collect();
+        assert_eq!(states, [("c2", false), ("c9", false)]);
     }
 }

@@ -2,8 +2,9 @@
 //! ([`gateway_spec`]), the checks beyond the model (hostnames resolve, loopback in sandbox
 //! mode: [`check_gateway`]), the file-style peer an xDS client is built from
 //! ([`usable_peer`]), the east-west gateway target of an `istio-eastwest` Gateway
-//! ([`eastwest_target`]), the global-service union ([`global_services`]) and how a
-//! changed Gateway set differs from the peers running ([`peer_set_changes`]).
+//! ([`eastwest_target`]), the global-service union ([`global_services`]) and which
+//! peers' clients should run given the Gateways and the running clients
+//! ([`desired_peers`]).
 //!
 //! Pure translations, except that [`check_gateway`] and [`usable_peer`] resolve
 //! hostnames through the given [`Resolver`]. Must never write to the API server, never
@@ -142,8 +143,14 @@ pub async fn usable_peers(
 ) -> BTreeMap<String, config::Peer> {
     let mut usable = BTreeMap::new();
     for gateway in gateways {
-        if let Ok(peer) = usable_peer(gateway, config, local, resolver).await {
-            usable.entry(peer.cluster.clone()).or_insert(peer);
+        match usable_peer(gateway, config, local, resolver).await {
+            Ok(peer) => {
+                usable.entry(peer.cluster.clone()).or_insert(peer);
+            }
+            // The conditions say why, at length; this is for following the peer set.
+            Err(err) => {
+                tracing::debug!(gateway = %gateway.name_any(), error = %err, "istio-remote Gateway not usable")
+            }
         }
     }
     usable
@@ -189,24 +196,24 @@ pub fn global_services(
     out
 }
 
-/// How the peers usable now differ from those whose xDS clients were started, one line
-/// per cluster (`"<cluster> added"`, `"… changed"`, `"… removed or no longer usable"`).
-pub fn peer_set_changes(
-    started: &BTreeMap<String, config::Peer>,
-    now_usable: &BTreeMap<String, config::Peer>,
-) -> BTreeSet<String> {
-    let mut differences = BTreeSet::new();
-    for (cluster, peer) in now_usable {
-        match started.get(cluster) {
-            None => differences.insert(format!("{cluster} added")),
-            Some(running) if running != peer => differences.insert(format!("{cluster} changed")),
-            Some(_) => false,
-        };
+/// The peers whose xDS clients should run: every usable Gateway's peer, plus each running
+/// peer whose Gateway still exists (by its cluster label, `present`) but is not usable now
+/// (edited to an invalid address, say): its last valid client keeps running until the
+/// Gateway is valid again or deleted. Returns them with the clusters kept that way.
+pub fn desired_peers(
+    usable: BTreeMap<String, config::Peer>,
+    running: &BTreeMap<String, config::Peer>,
+    present: &BTreeSet<String>,
+) -> (BTreeMap<String, config::Peer>, BTreeSet<String>) {
+    let mut desired = usable;
+    let mut kept = BTreeSet::new();
+    for (cluster, peer) in running {
+        if present.contains(cluster) && !desired.contains_key(cluster) {
+            desired.insert(cluster.clone(), peer.clone());
+            kept.insert(cluster.clone());
+        }
     }
-    for cluster in started.keys().filter(|c| !now_usable.contains_key(*c)) {
-        differences.insert(format!("{cluster} removed or no longer usable"));
-    }
-    differences
+    (desired, kept)
 }
 
 #[cfg(test)]
@@ -380,22 +387,33 @@ mod tests {
     }
 
     #[test]
-    fn peer_set_changes_name_each_added_changed_and_removed_cluster() {
-        let started: BTreeMap<String, config::Peer> = [
+    fn an_unusable_gateway_keeps_its_last_valid_peer_and_a_deleted_one_does_not() {
+        let running: BTreeMap<String, config::Peer> = [
             ("c2".to_string(), peer("c2", "127.0.0.2")),
             ("c3".to_string(), peer("c3", "127.0.0.3")),
+            ("c5".to_string(), peer("c5", "127.0.0.5")),
         ]
         .into();
-        assert!(peer_set_changes(&started, &started).is_empty());
-        let now: BTreeMap<String, config::Peer> = [
+        // c2 re-addressed, c3's Gateway edited to something unusable, c4 added, c5 deleted.
+        let usable: BTreeMap<String, config::Peer> = [
             ("c2".to_string(), peer("c2", "127.0.0.22")),
             ("c4".to_string(), peer("c4", "127.0.0.4")),
         ]
         .into();
-        let changes: Vec<String> = peer_set_changes(&started, &now).into_iter().collect();
+        let present: BTreeSet<String> = ["c2", "c3", "c4"].map(String::from).into();
+        let (desired, kept) = desired_peers(usable, &running, &present);
+        let addresses: Vec<(String, String)> = desired
+            .values()
+            .map(|p| (p.cluster.clone(), p.address.to_string()))
+            .collect();
         assert_eq!(
-            changes,
-            ["c2 changed", "c3 removed or no longer usable", "c4 added"]
+            addresses,
+            [
+                ("c2".into(), "127.0.0.22".into()),
+                ("c3".into(), "127.0.0.3".into()),
+                ("c4".into(), "127.0.0.4".into()),
+            ]
         );
+        assert_eq!(kept, ["c3".to_string()].into());
     }
 }

@@ -1,4 +1,5 @@
-//! Peers: the peer model built from `istio-remote` Gateways or config ([`model`]), the
+//! Peers: the peer model built from `istio-remote` Gateways or config ([`model`]), how a
+//! desired peer set differs from the running one ([`changes`]), the
 //! five Gateway conditions ([`conditions`]), hysteresis ([`hysteresis`]), the observation
 //! inputs and their real sources ([`observe`]), and the [`monitor`] task that computes
 //! conditions every tick and publishes them (snapshot, watch events, metrics).
@@ -7,6 +8,7 @@
 //! never write Kubernetes objects (a later module writes the Gateway status from the
 //! snapshot), never federate resources, and never probe anything itself.
 
+pub mod changes;
 pub mod conditions;
 pub mod hysteresis;
 pub mod model;
@@ -18,6 +20,7 @@ mod kernel_probe_tests;
 #[cfg(test)]
 mod tests;
 
+pub use changes::{PeerChange, peer_changes};
 pub use conditions::{Condition, ConditionEvent, ConditionStatus, ConditionType, Conditions};
 pub use hysteresis::{Hysteresis, HysteresisConfig, Observation};
 pub use model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec};

@@ -160,3 +160,41 @@ mod tests {
         assert_eq!(snap.last_error, "stream reset");
     }
 }
+
+/// The stats of every running upstream stream, by origin name: the local istiod and the
+/// peers, which come and go at runtime. Readers take a [`UpstreamList::snapshot`].
+#[derive(Debug, Default)]
+pub struct UpstreamList {
+    streams: Mutex<Vec<(String, std::sync::Arc<StreamStats>)>>,
+}
+
+impl UpstreamList {
+    pub fn new(streams: Vec<(String, std::sync::Arc<StreamStats>)>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(UpstreamList {
+            streams: Mutex::new(streams),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, std::sync::Arc<StreamStats>)>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The streams now, in the order they were added.
+    pub fn snapshot(&self) -> Vec<(String, std::sync::Arc<StreamStats>)> {
+        self.lock().clone()
+    }
+
+    /// The stream of `name`, replacing a previous one of the same name in place.
+    pub fn set(&self, name: &str, stats: std::sync::Arc<StreamStats>) {
+        let mut streams = self.lock();
+        match streams.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = stats,
+            None => streams.push((name.to_string(), stats)),
+        }
+    }
+
+    /// Forgets the stream of `name` (its upstream was removed).
+    pub fn remove(&self, name: &str) {
+        self.lock().retain(|(n, _)| n != name);
+    }
+}

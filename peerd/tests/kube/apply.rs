@@ -66,7 +66,6 @@ fn input(peers: &[PeerExports], synced: &[(&str, bool)]) -> SyncInput {
 
 fn config() -> ExecutorConfig {
     ExecutorConfig {
-        removal_grace: Duration::from_secs(2),
         ..ExecutorConfig::new(CONTROL_NS)
     }
 }
@@ -404,34 +403,43 @@ async fn a_restarted_leader_keeps_a_down_peers_entries_past_the_grace() {
 }
 
 #[tokio::test]
-async fn removed_peer_is_collected_only_after_the_grace_period() {
+async fn removed_peer_is_collected_at_once_but_a_present_unsynced_one_is_kept() {
     let emu = emulator().await;
     let mut exec = executor(&emu, Leadership::always()).await;
     let with_c2 = input(&[flat("c2", &[("pod1", "10.1.0.5")])], &[("c2", true)]);
     converge(&mut exec, &with_c2).await;
-    let removed = input(&[], &[]);
-    let report = exec.sync(&removed).await;
+    // Present (its Gateway exists) but not synced, nothing listed: everything is kept.
+    let down = input(&[], &[("c2", false)]);
+    let report = exec.sync(&down).await;
     assert!(report.deleted.is_empty(), "{report:?}");
     assert!(
         report
             .kept
             .iter()
-            .any(|(n, why)| n.ends_with(REF_NAME) && why.contains("grace")),
+            .any(|(n, why)| n.ends_with(REF_NAME) && why.contains("full sync")),
         "{report:?}"
     );
-    // After the grace period, the WorkloadEntry and then the ServiceEntry go.
-    sync_until(&mut exec, &removed, "removed peer collected", || {
-        we(&emu, REF_NAME).is_none()
-            && emu
-                .object(
-                    "networking.istio.io",
-                    "serviceentries",
-                    CONTROL_NS,
-                    "autogen.default.svc1",
-                )
-                .is_none()
-    })
-    .await;
+    // Removed (its Gateway deleted): the WorkloadEntry and the ServiceEntry go in one pass.
+    let removed = input(&[], &[]);
+    let report = exec.sync(&removed).await;
+    assert_eq!(
+        report.deleted,
+        vec![
+            format!("WorkloadEntry/{REF_NAME}"),
+            "ServiceEntry/autogen.default.svc1".to_string()
+        ],
+        "{report:?}"
+    );
+    assert!(we(&emu, REF_NAME).is_none());
+    assert!(
+        emu.object(
+            "networking.istio.io",
+            "serviceentries",
+            CONTROL_NS,
+            "autogen.default.svc1",
+        )
+        .is_none()
+    );
     assert!(list_names(&emu, "workloadentries").await.is_empty());
 }
 

@@ -57,7 +57,7 @@ fn service() -> (DebugService, Arc<Store>, broadcast::Sender<PeerEvent>) {
         federation,
         subscribers: Subscribers::new(),
         readiness,
-        upstreams: Vec::new(),
+        upstreams: crate::xds::stats::UpstreamList::new(Vec::new()),
         peers: Arc::new(ScriptedPeers {
             events: events.clone(),
         }),
