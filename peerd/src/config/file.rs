@@ -39,6 +39,12 @@ pub struct FileConfig {
     /// How long a disconnected peer's last state is kept (marked stale) before it is
     /// withdrawn. `0` = keep forever. Default `5m`.
     pub disconnect_grace_period: Option<String>,
+    /// Memory budget for stored upstream state, bytes: every origin's resources together
+    /// (bodies, names and a per-resource overhead estimate). Past it, a peer's resource
+    /// that would grow the stored state is NACKed (the local cluster's never is; it counts
+    /// toward the budget) (`PEERING_MEMORY_BUDGET_BYTES`). Default 1 GiB; the chart sets
+    /// half the container memory limit.
+    pub memory_budget_bytes: Option<u64>,
     /// Listening addresses.
     pub listeners: ListenersFile,
     /// The xDS server (downstream ztunnel + export to peers, one listener).

@@ -172,6 +172,11 @@ impl Checker<'_> {
             &file.disconnect_grace_period,
             defaults::DISCONNECT_GRACE,
         );
+        let memory_budget_bytes = self.positive(
+            "memoryBudgetBytes",
+            file.memory_budget_bytes,
+            defaults::MEMORY_BUDGET_BYTES,
+        );
 
         let listeners = self.listeners(file);
         let xds = self.xds_server(file);
@@ -231,6 +236,7 @@ impl Checker<'_> {
             flat_networks,
             sandbox_mode,
             disconnect_grace_period: (!grace.is_zero()).then_some(grace),
+            memory_budget_bytes,
             listeners,
             xds,
             upstreams,

@@ -533,6 +533,22 @@ impl Connection {
         self.registry.bump();
     }
 
+    /// Records how many parts a response that had to be one message (the first of the
+    /// stream, or an answer to a request) took. More than one means the state exceeds
+    /// `maxMessageBytes`: ztunnel turns ready after ACKing one response per type, so this
+    /// is reported loudly (WARN, `peerd_xds_server_split_responses_total`, and `peerd
+    /// check` through the stream's stats).
+    fn report_split(&self, kind: ResourceType, parts: usize) {
+        let parts = parts as u64;
+        self.entry.stats.update(kind, |t| {
+            t.split_parts = if parts > 1 { parts } else { 0 };
+        });
+        if parts > 1 {
+            tracing::warn!(node = %self.entry.node(), view = %self.entry.view_label, %kind, parts, max_message_bytes = self.options.max_message_size, "xds server: the full state does not fit in one message of maxMessageBytes; its first response is split into parts (raise xds.maxMessageBytes: ztunnel accepts 200 MiB)");
+            metrics::counter!("peerd_xds_server_split_responses_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
+        }
+    }
+
     /// Computes and sends what each type owes the client from the current snapshot.
     /// Returns false if the client is gone.
     ///
@@ -599,6 +615,9 @@ impl Connection {
             });
             let chunks = chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label);
             let parts = chunks.len();
+            if must_respond {
+                self.report_split(kind, parts);
+            }
             for (i, (resources, removed)) in chunks.into_iter().enumerate() {
                 let last = i + 1 == parts;
                 // Build a later part only once the queue has drained to one response:
