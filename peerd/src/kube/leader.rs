@@ -227,7 +227,7 @@ impl LeaseCampaign {
     }
 
     async fn try_acquire_or_renew(&mut self) -> anyhow::Result<Attempt> {
-        let name = &self.config.lease_name;
+        let name = &self.config.lease_name.clone();
         let started = Instant::now();
         let now = MicroTime(Timestamp::now());
         let duration_secs =
