@@ -655,6 +655,7 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
         &[],
     ))
     .await;
+    assert!(s.recv().await.error_detail.is_none(), "ACK of the Authorization response");
     eventually("c2 synced", || synced(&c1, "c2")).await;
     assert_eq!(c1.held("c2", ResourceType::Address).len(), 2);
     eventually("c2's two pods merged", || c1.merged_workloads_from("c2") == 2).await;
@@ -670,7 +671,7 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
     // The peer's condition says why its state is incomplete.
     let condition = peering_succeeded_reason(&c1, upstream.addr, "MemoryBudgetExceeded").await;
     assert!(
-        condition.contains("3 Address resource(s)") && condition.contains(&format!("of {limit} bytes")),
+        condition.contains("3 address resource(s)") && condition.contains(&format!("of {limit} bytes")),
         "{condition}"
     );
 
@@ -699,7 +700,11 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
         .into_iter()
         .find(|r| r.name == moved.name)
         .unwrap();
-    let mut w = workload::Workload::decode(original.body.clone()).unwrap();
+    let Some(workload::address::Type::Workload(mut w)) =
+        workload::Address::decode(original.body.clone()).unwrap().r#type
+    else {
+        panic!("{} is not a workload", original.name);
+    };
     w.addresses[0][3] = w.addresses[0][3].wrapping_add(1);
     let new_ip = std::net::IpAddr::from(<[u8; 4]>::try_from(&w.addresses[0][..]).unwrap());
     c3.store.apply(
@@ -730,7 +735,9 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
         &[],
     ))
     .await;
-    assert!(s.recv().await.error_detail.is_none(), "ACK");
+    let ack = s.recv().await;
+    assert_eq!(ack.type_url, ResourceType::Address.type_url());
+    assert!(ack.error_detail.is_none(), "ACK: {:?}", ack.error_detail);
     assert_eq!(c1.held("c2", ResourceType::Address).len(), 5);
     peering_succeeded_reason(&c1, upstream.addr, "Succeeded").await;
 }
