@@ -177,7 +177,11 @@ impl MemoryBudget {
     /// Runs the store's write of `origin`'s view under the ledger lock (`write` returns the
     /// view's stored bytes after the write): admitted growth then moves from pending to
     /// stored in one step, so no admission sees it twice or not at all.
-    pub(crate) fn record_write<T>(&self, origin: &Arc<str>, write: impl FnOnce() -> (T, usize)) -> T {
+    pub(crate) fn record_write<T>(
+        &self,
+        origin: &Arc<str>,
+        write: impl FnOnce() -> (T, usize),
+    ) -> T {
         let mut ledger = self.lock();
         let (out, bytes) = write();
         ledger.pending.remove(origin);

@@ -638,7 +638,9 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
     let message = s.recv().await.error_detail.expect("NACK").message;
     for refused in ["p3", "p4", "p5"] {
         assert!(
-            message.contains(&format!("c2//Pod/default/{refused}: peer c2: memory budget exceeded")),
+            message.contains(&format!(
+                "c2//Pod/default/{refused}: peer c2: memory budget exceeded"
+            )),
             "{message}"
         );
     }
@@ -655,10 +657,16 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
         &[],
     ))
     .await;
-    assert!(s.recv().await.error_detail.is_none(), "ACK of the Authorization response");
+    assert!(
+        s.recv().await.error_detail.is_none(),
+        "ACK of the Authorization response"
+    );
     eventually("c2 synced", || synced(&c1, "c2")).await;
     assert_eq!(c1.held("c2", ResourceType::Address).len(), 2);
-    eventually("c2's two pods merged", || c1.merged_workloads_from("c2") == 2).await;
+    eventually("c2's two pods merged", || {
+        c1.merged_workloads_from("c2") == 2
+    })
+    .await;
     let status = c1
         .fed
         .peer_status()
@@ -671,7 +679,8 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
     // The peer's condition says why its state is incomplete.
     let condition = peering_succeeded_reason(&c1, upstream.addr, "MemoryBudgetExceeded").await;
     assert!(
-        condition.contains("3 address resource(s)") && condition.contains(&format!("of {limit} bytes")),
+        condition.contains("3 address resource(s)")
+            && condition.contains(&format!("of {limit} bytes")),
         "{condition}"
     );
 
@@ -682,7 +691,10 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
     let newcomer = exported_pod("c1//Pod/default/newcomer", "c1", "flat", [127, 0, 202, 1]);
     c1.store
         .apply("c1", ResourceType::Address, vec![newcomer], vec![]);
-    assert!(budget.stored_bytes() > limit, "the local cluster is not refused");
+    assert!(
+        budget.stored_bytes() > limit,
+        "the local cluster is not refused"
+    );
     eventually("the local newcomer is merged", || {
         c1.fed
             .merged()
@@ -693,7 +705,10 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
     .await;
     let moved = c3_before
         .iter()
-        .find(|r| r.as_workload().is_some_and(|w| w.addresses.len() == 1 && w.addresses[0].is_ipv4()))
+        .find(|r| {
+            r.as_workload()
+                .is_some_and(|w| w.addresses.len() == 1 && w.addresses[0].is_ipv4())
+        })
         .expect("a c3 workload with one IPv4 address");
     let original = c3
         .held("c3", ResourceType::Address)
@@ -701,7 +716,9 @@ async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost(
         .find(|r| r.name == moved.name)
         .unwrap();
     let Some(workload::address::Type::Workload(mut w)) =
-        workload::Address::decode(original.body.clone()).unwrap().r#type
+        workload::Address::decode(original.body.clone())
+            .unwrap()
+            .r#type
     else {
         panic!("{} is not a workload", original.name);
     };

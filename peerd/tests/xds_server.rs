@@ -981,10 +981,16 @@ async fn a_split_first_response_is_sent_whole_before_the_next_type() {
         // The split is reported: in the stream's stats, and by `peerd check`.
         let info = subs.list().remove(0);
         assert_eq!(info.stats.address_type.split_parts, address_parts as u64);
-        assert_eq!(info.stats.authorization_type.split_parts, authz_parts as u64);
+        assert_eq!(
+            info.stats.authorization_type.split_parts,
+            authz_parts as u64
+        );
         let check = check_message_size(&[subscriber(&info, None)]);
         assert_eq!(check.outcome, Outcome::Warn, "{check:?}");
-        assert!(check.reason.contains("raise xds.maxMessageBytes"), "{check:?}");
+        assert!(
+            check.reason.contains("raise xds.maxMessageBytes"),
+            "{check:?}"
+        );
         assert!(
             check.details[0].contains(&format!("first response split into {address_parts} parts")),
             "{check:?}"

@@ -391,7 +391,11 @@ fn memory_budget_from_file_and_env() {
         .unwrap_err()
         .field_errors()
         .to_vec();
-    assert_error(&errors, "memoryBudgetBytes", "env PEERING_MEMORY_BUDGET_BYTES");
+    assert_error(
+        &errors,
+        "memoryBudgetBytes",
+        "env PEERING_MEMORY_BUDGET_BYTES",
+    );
     let errors = errors_of("cluster: c1\nmemoryBudgetBytes: 0\n");
     assert_error(&errors, "memoryBudgetBytes", "must be greater than 0");
 }

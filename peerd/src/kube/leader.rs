@@ -190,7 +190,11 @@ enum Attempt {
 }
 
 impl LeaseCampaign {
-    async fn run(mut self, deadline: watch::Sender<Option<Instant>>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        deadline: watch::Sender<Option<Instant>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut held = false;
         loop {
             match self.try_acquire_or_renew().await {
@@ -360,6 +364,10 @@ mod tests {
             seen,
             seen + Duration::from_secs(14)
         ));
-        assert!(lease_expired(&spec(15), seen, seen + Duration::from_secs(15)));
+        assert!(lease_expired(
+            &spec(15),
+            seen,
+            seen + Duration::from_secs(15)
+        ));
     }
 }

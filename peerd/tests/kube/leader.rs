@@ -169,9 +169,10 @@ async fn a_skewed_holder_is_never_joined_by_a_second_leader(skew_secs: i64) {
     // The holder stops renewing (a crash): a real expiry hands the lease over.
     skewed.stop.store(true, Ordering::SeqCst);
     skewed.task.await.unwrap();
-    eventually("the candidate leads after the holder's lease expired", || async {
-        b_leadership.is_leader()
-    })
+    eventually(
+        "the candidate leads after the holder's lease expired",
+        || async { b_leadership.is_leader() },
+    )
     .await;
     let lease = leases.get("peerd-leader").await.unwrap().spec.unwrap();
     assert_eq!(lease.holder_identity.as_deref(), Some("replica-b"));
