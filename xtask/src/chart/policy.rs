@@ -115,6 +115,7 @@ pub(super) fn check_config_maps(source: &str, objects: &[Value]) -> Vec<String> 
         "flatNetworks",
         "sandboxMode",
         "disconnectGracePeriod",
+        "memoryBudgetBytes",
         "listeners",
         "xds",
         "upstreams",
