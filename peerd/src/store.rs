@@ -12,6 +12,10 @@
 //! ([`StoreEvent::Unsynced`]) carrying the state the session left behind. A consumer that
 //! handles events late can so tell a change of a healthy session from one of the resync
 //! after it, from the events alone, and knows exactly which state was complete.
+//!
+//! Memory: the store keeps the [`MemoryBudget`] ledger of what every origin's view holds
+//! (each write is recorded under the budget's lock) and admits a peer's growing resource
+//! only while the total stays inside the budget ([`Store::admit`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +24,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
+use crate::budget::{BudgetExceeded, MemoryBudget, stored_cost};
 use crate::view::{AddressIndexing, ChangeSet, View, ViewState};
 use crate::xds::resource::Resource;
 use crate::xds::types::ResourceType;
@@ -126,18 +131,51 @@ pub struct Store {
     origins: DashMap<Arc<str>, Arc<Origin>>,
     events: broadcast::Sender<StoreEvent>,
     sessions: AtomicU64,
+    budget: MemoryBudget,
 }
 
 const EVENT_RING: usize = 8192;
 
 impl Store {
+    /// A store with no memory budget (tests, tools).
     pub fn new() -> Arc<Store> {
+        Store::with_memory_budget(usize::MAX)
+    }
+
+    /// A store whose peers' growth is refused past `budget_bytes` of stored state (all
+    /// origins together; `usize::MAX` = unlimited).
+    pub fn with_memory_budget(budget_bytes: usize) -> Arc<Store> {
         let (events, _) = broadcast::channel(EVENT_RING);
         Arc::new(Store {
             origins: DashMap::new(),
             events,
             sessions: AtomicU64::new(0),
+            budget: MemoryBudget::new(budget_bytes),
         })
+    }
+
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Admits a peer's `resource` against the memory budget: Ok unless storing it would
+    /// grow the stored state past the budget (replacing a stored version counts only the
+    /// difference). Called before the resource is applied; the growth is held as
+    /// pending until the origin's next write.
+    pub fn admit(&self, origin: &str, resource: &Resource) -> Result<(), BudgetExceeded> {
+        if self.budget.limit() == usize::MAX {
+            return Ok(());
+        }
+        let old = self
+            .get(origin)
+            .and_then(|o| {
+                o.view
+                    .snapshot()
+                    .get(resource.kind, &resource.name)
+                    .map(|r| stored_cost(r))
+            })
+            .unwrap_or(0);
+        self.budget.admit(origin, old, stored_cost(resource))
     }
 
     fn next_session(&self) -> u64 {
@@ -185,7 +223,10 @@ impl Store {
         removals: Vec<Arc<str>>,
     ) -> Option<Arc<ChangeSet>> {
         let o = self.origin(origin);
-        let change = o.view.apply(kind, upserts, removals)?;
+        let change = self.budget.record_write(&o.name, || {
+            let change = o.view.apply(kind, upserts, removals);
+            (change, o.view.snapshot().stored_bytes())
+        })?;
         let _ = self.events.send(StoreEvent::Changed {
             origin: Arc::clone(&o.name),
             change: Arc::clone(&change),
@@ -238,6 +279,7 @@ impl Store {
         let Some((name, _)) = self.origins.remove(origin) else {
             return false;
         };
+        self.budget.forget(&name);
         let _ = self.events.send(StoreEvent::Removed { origin: name });
         true
     }

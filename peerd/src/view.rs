@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 
+use crate::budget::stored_cost;
 use crate::xds::resource::{Resource, Summary};
 use crate::xds::types::{PerType, ResourceType};
 
@@ -79,6 +80,8 @@ pub struct ViewState {
     /// `network/IP` (ztunnel's on-demand key) → name of the workload or service owning it.
     by_address: AddressIndex,
     indexing: AddressIndexing,
+    /// [`crate::budget::stored_cost`] summed over every resource held.
+    stored_bytes: usize,
 }
 
 impl ViewState {
@@ -96,6 +99,11 @@ impl ViewState {
 
     pub fn is_empty(&self) -> bool {
         ResourceType::ALL.iter().all(|t| self.len(*t) == 0)
+    }
+
+    /// The estimated memory of what this state holds (see [`crate::budget`]).
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
     }
 
     /// Resolves an on-demand key for the Address type: a workload uid, a service
@@ -246,6 +254,7 @@ impl View {
         for name in removals {
             if let Some(old) = next.resources.get_mut(kind).remove(&name) {
                 unindex(&mut next.by_address, &old);
+                next.stored_bytes -= stored_cost(&old);
                 names.push(name);
             }
         }
@@ -268,7 +277,9 @@ impl View {
                     continue;
                 }
                 unindex(&mut next.by_address, &old);
+                next.stored_bytes -= stored_cost(&old);
             }
+            next.stored_bytes += stored_cost(&r);
             let indexed = match next.indexing {
                 AddressIndexing::All => true,
                 AddressIndexing::ServicesOnly => matches!(*r.summary, Summary::Service(_)),

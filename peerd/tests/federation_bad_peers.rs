@@ -1,8 +1,9 @@
 //! Bad peers, each against real clusters over mTLS on loopback (or a scripted upstream
 //! standing in for a misbehaving peer): a certificate from another root, a trust domain
 //! that does not match, workloads claiming another cluster, two flat peers claiming the
-//! same pod IP, a peer over its caps, a peer that disconnects mid-sync. Each test checks
-//! the clear error and that nothing already stored (nor any other peer's state) is lost.
+//! same pod IP, a peer over its caps, a peer pushing past the memory budget, a peer that
+//! disconnects mid-sync. Each test checks the clear error and that nothing already stored
+//! (nor any other peer's state) is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod federation_support;
@@ -16,6 +17,7 @@ use federation_support::{
     Cluster, Identity, Spec, Topology, WAIT, client_options, eventually, identity, start_client,
     trust_domain,
 };
+use peerd::budget::stored_cost;
 use peerd::federation::ConflictKind;
 use peerd::identity::classify::{FailureReason, classify_tls};
 use peerd::identity::spiffe::SpiffeId;
@@ -33,6 +35,7 @@ use peerd::xds::client::{AdsClient, FailureKind};
 use peerd::xds::server::Subscribers;
 use peerd::xds::{Resource, ResourceType};
 use peerd_testbed::pki::Pki;
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 fn synced(c: &Cluster, peer: &str) -> bool {
@@ -209,20 +212,15 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     cancel.cancel();
 }
 
-/// Runs `client` as the only xDS client of `peer` (at `addr`) under a real
-/// [`PeerMonitor`] of cluster `local`, and ticks it until `PeerConnected` is False with a
-/// failure reason; returns the peer's status as `peerd status` and the Gateway show it.
-async fn peer_status_while_failing(
+/// A real [`PeerMonitor`] of cluster `local` for the one `peer` at `addr`, reading
+/// `clients` and `store`, with hysteresis that decides on the first observation.
+fn monitor_of(
     local: &str,
     peer: &str,
     addr: SocketAddr,
-    client: AdsClient,
+    clients: Arc<AdsClients>,
     store: Arc<Store>,
-    cancel: &CancellationToken,
-) -> PeerStatus {
-    let clients = AdsClients::new();
-    clients.register(peer, &addr.to_string(), &client);
-    client.spawn(cancel.clone());
+) -> Arc<PeerMonitor> {
     let prober = Prober::new(ProberConfig {
         enabled: false,
         interval: Duration::from_secs(1),
@@ -278,7 +276,24 @@ async fn peer_status_while_failing(
         network: "flat".into(),
         flat_networks: true,
     };
-    let monitor = PeerMonitor::new(local, vec![spec], config, sources, Instant::now());
+    PeerMonitor::new(local, vec![spec], config, sources, Instant::now())
+}
+
+/// Runs `client` as the only xDS client of `peer` (at `addr`) under a real
+/// [`PeerMonitor`] of cluster `local`, and ticks it until `PeerConnected` is False with a
+/// failure reason; returns the peer's status as `peerd status` and the Gateway show it.
+async fn peer_status_while_failing(
+    local: &str,
+    peer: &str,
+    addr: SocketAddr,
+    client: AdsClient,
+    store: Arc<Store>,
+    cancel: &CancellationToken,
+) -> PeerStatus {
+    let clients = AdsClients::new();
+    clients.register(peer, &addr.to_string(), &client);
+    client.spawn(cancel.clone());
+    let monitor = monitor_of(local, peer, addr, clients, store);
     let deadline = Instant::now() + WAIT;
     loop {
         monitor.tick(Instant::now(), SystemTime::now()).await;
@@ -558,6 +573,190 @@ async fn peer_over_its_cap_is_nacked_for_the_excess_only() {
     // c3 is not capped by c2's limit.
     assert_eq!(c1.merged_workloads_from("c3"), c3_before);
     assert!(c3_before > 3);
+}
+
+/// Polls a monitor of c1 for peer c2 until `PeeringSucceeded` has `reason`.
+async fn peering_succeeded_reason(c1: &Cluster, addr: SocketAddr, reason: &str) -> String {
+    let monitor = monitor_of("c1", "c2", addr, AdsClients::new(), Arc::clone(&c1.store));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        monitor.tick(Instant::now(), SystemTime::now()).await;
+        let status = monitor.snapshot()[0].clone();
+        let c = status
+            .condition(ConditionType::PeeringSucceeded)
+            .unwrap()
+            .clone();
+        if c.reason == reason {
+            return c.message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PeeringSucceeded never became {reason}; last: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_pushing_past_the_memory_budget_is_nacked_and_nothing_else_is_lost() {
+    let (_topo, c1, c3, mut upstream) =
+        with_scripted_peer(Spec::new("c1", 1, "flat", &["c3"])).await;
+    eventually("c3 merged", || c1.merged_workloads_from("c3") > 0).await;
+    let c3_before = c1.held("c3", ResourceType::Address);
+    let local_before = c1.held("c1", ResourceType::Address).len();
+    let pods: Vec<_> = (1..=5u8)
+        .map(|i| {
+            exported_pod(
+                &format!("c2//Pod/default/p{i}"),
+                "c2",
+                "flat",
+                [127, 0, 201, i],
+            )
+        })
+        .collect();
+    // Room for two of c2's pods on top of what c1 and c3 already hold.
+    let budget = c1.store.memory_budget();
+    let used = budget.stored_bytes();
+    assert_eq!(
+        used,
+        budget.stored_bytes_of("c1") + budget.stored_bytes_of("c3"),
+        "every origin's stored bytes are accounted"
+    );
+    let pod_cost = stored_cost(&pods[0]);
+    let limit = used + 2 * pod_cost + pod_cost / 2;
+    budget.set_limit(limit);
+
+    let mut s = upstream.next_stream().await;
+    initial_requests(&mut s).await;
+    s.send(xds_support::response(
+        ResourceType::Address,
+        "1",
+        pods.iter().map(|r| xds_support::wire(r)).collect(),
+        &[],
+    ))
+    .await;
+    let message = s.recv().await.error_detail.expect("NACK").message;
+    for refused in ["p3", "p4", "p5"] {
+        assert!(
+            message.contains(&format!(
+                "c2//Pod/default/{refused}: peer c2: memory budget exceeded"
+            )),
+            "{message}"
+        );
+    }
+    assert!(!message.contains("default/p1:"), "{message}");
+    assert!(!message.contains("default/p2:"), "{message}");
+    assert!(
+        message.contains(&format!("of the {limit}-byte budget")),
+        "the NACK names the budget: {message}"
+    );
+    s.send(xds_support::response(
+        ResourceType::Authorization,
+        "2",
+        vec![],
+        &[],
+    ))
+    .await;
+    assert!(
+        s.recv().await.error_detail.is_none(),
+        "ACK of the Authorization response"
+    );
+    eventually("c2 synced", || synced(&c1, "c2")).await;
+    assert_eq!(c1.held("c2", ResourceType::Address).len(), 2);
+    eventually("c2's two pods merged", || {
+        c1.merged_workloads_from("c2") == 2
+    })
+    .await;
+    let status = c1
+        .fed
+        .peer_status()
+        .into_iter()
+        .find(|p| p.cluster == "c2")
+        .unwrap();
+    assert_eq!(status.import.rejected_total, 3);
+    assert!(status.import.recent.iter().all(|r| r.rule == "budget"));
+    assert!(budget.stored_bytes() <= limit, "the budget held");
+    // The peer's condition says why its state is incomplete.
+    let condition = peering_succeeded_reason(&c1, upstream.addr, "MemoryBudgetExceeded").await;
+    assert!(
+        condition.contains("3 address resource(s)")
+            && condition.contains(&format!("of {limit} bytes")),
+        "{condition}"
+    );
+
+    // Nothing else is lost and everyone else keeps updating: the local cluster grows past
+    // the budget (it is never refused), c3's same-size change is taken.
+    assert_eq!(c1.held("c3", ResourceType::Address), c3_before);
+    assert_eq!(c1.held("c1", ResourceType::Address).len(), local_before);
+    let newcomer = exported_pod("c1//Pod/default/newcomer", "c1", "flat", [127, 0, 202, 1]);
+    c1.store
+        .apply("c1", ResourceType::Address, vec![newcomer], vec![]);
+    assert!(
+        budget.stored_bytes() > limit,
+        "the local cluster is not refused"
+    );
+    eventually("the local newcomer is merged", || {
+        c1.fed
+            .merged()
+            .snapshot()
+            .get(ResourceType::Address, "c1//Pod/default/newcomer")
+            .is_some()
+    })
+    .await;
+    let moved = c3_before
+        .iter()
+        .find(|r| {
+            r.as_workload()
+                .is_some_and(|w| w.addresses.len() == 1 && w.addresses[0].is_ipv4())
+        })
+        .expect("a c3 workload with one IPv4 address");
+    let original = c3
+        .held("c3", ResourceType::Address)
+        .into_iter()
+        .find(|r| r.name == moved.name)
+        .unwrap();
+    let Some(workload::address::Type::Workload(mut w)) =
+        workload::Address::decode(original.body.clone())
+            .unwrap()
+            .r#type
+    else {
+        panic!("{} is not a workload", original.name);
+    };
+    w.addresses[0][3] = w.addresses[0][3].wrapping_add(1);
+    let new_ip = std::net::IpAddr::from(<[u8; 4]>::try_from(&w.addresses[0][..]).unwrap());
+    c3.store.apply(
+        "c3",
+        ResourceType::Address,
+        vec![Arc::new(Resource::workload(&w).unwrap())],
+        vec![],
+    );
+    eventually("c3's change reaches c1", || {
+        c1.store
+            .get("c3")
+            .and_then(|o| {
+                o.view
+                    .snapshot()
+                    .get(ResourceType::Address, &moved.name)
+                    .and_then(|r| r.as_workload().map(|w| w.addresses.contains(&new_ip)))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+
+    // With room again, c2's next push is stored whole and the condition clears.
+    budget.set_limit(usize::MAX - 1);
+    s.send(xds_support::response(
+        ResourceType::Address,
+        "3",
+        pods[2..].iter().map(|r| xds_support::wire(r)).collect(),
+        &[],
+    ))
+    .await;
+    let ack = s.recv().await;
+    assert_eq!(ack.type_url, ResourceType::Address.type_url());
+    assert!(ack.error_detail.is_none(), "ACK: {:?}", ack.error_detail);
+    assert_eq!(c1.held("c2", ResourceType::Address).len(), 5);
+    peering_succeeded_reason(&c1, upstream.addr, "Succeeded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

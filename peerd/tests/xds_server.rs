@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use peerd::debug::check::{Outcome, check_message_size};
+use peerd::debug::convert::subscriber;
 use peerd::view::View;
 use peerd::xds::ResourceType;
 use peerd::xds::ResourceType::{Address, Authorization};
@@ -975,6 +977,23 @@ async fn a_split_first_response_is_sent_whole_before_the_next_type() {
         assert!(
             subs.wait_all_acked("downstream", view.snapshot().version, WAIT)
                 .await
+        );
+        // The split is reported: in the stream's stats, and by `peerd check`.
+        let info = subs.list().remove(0);
+        assert_eq!(info.stats.address_type.split_parts, address_parts as u64);
+        assert_eq!(
+            info.stats.authorization_type.split_parts,
+            authz_parts as u64
+        );
+        let check = check_message_size(&[subscriber(&info, None)]);
+        assert_eq!(check.outcome, Outcome::Warn, "{check:?}");
+        assert!(
+            check.reason.contains("raise xds.maxMessageBytes"),
+            "{check:?}"
+        );
+        assert!(
+            check.details[0].contains(&format!("first response split into {address_parts} parts")),
+            "{check:?}"
         );
     }
 }

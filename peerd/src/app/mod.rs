@@ -83,7 +83,7 @@ impl Peerd {
         readiness.register(GATE_LOCAL_SYNCED);
         readiness.register(GATE_XDS_LISTENING);
 
-        let store = Store::new();
+        let store = Store::with_memory_budget(config.memory_budget_bytes);
         let federation =
             Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
         readiness.register_signal(GATE_MERGED_VIEW_READY, federation.merged().ready_signal());

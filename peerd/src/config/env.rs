@@ -19,6 +19,7 @@ pub const ENV_VARS: &[&str] = &[
     "PEERING_ENABLE_FLAT_NETWORKS",
     "PEERING_NAMESPACE",
     "PEERING_CONTROL_NAMESPACE",
+    "PEERING_MEMORY_BUDGET_BYTES",
     "XDS_ADDRESS",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "LOG_FORMAT",
@@ -148,6 +149,21 @@ pub fn apply_env(
                 format!(
                     "{v:?} is not a boolean (true/false) (from env PEERING_ENABLE_FLAT_NETWORKS)"
                 ),
+            )),
+        }
+    }
+    if let Some(v) = env.get("PEERING_MEMORY_BUDGET_BYTES") {
+        match v.trim().parse::<u64>() {
+            Ok(n) => {
+                file.memory_budget_bytes = Some(n);
+                sources.insert(
+                    "memoryBudgetBytes".into(),
+                    "env PEERING_MEMORY_BUDGET_BYTES".into(),
+                );
+            }
+            Err(_) => errors.push(FieldError::new(
+                "memoryBudgetBytes",
+                format!("{v:?} is not a number of bytes (from env PEERING_MEMORY_BUDGET_BYTES)"),
             )),
         }
     }

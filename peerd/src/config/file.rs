@@ -44,6 +44,12 @@ pub struct FileConfig {
     /// (counted from when it went stale, not from the restart). Created if missing; unset
     /// = nothing is persisted. Relative to this file.
     pub state_dir: Option<PathBuf>,
+    /// Memory budget for stored upstream state, bytes: every origin's resources together
+    /// (bodies, names and a per-resource overhead estimate). Past it, a peer's resource
+    /// that would grow the stored state is NACKed (the local cluster's never is; it counts
+    /// toward the budget) (`PEERING_MEMORY_BUDGET_BYTES`). Default 1 GiB; the chart sets
+    /// half the container memory limit.
+    pub memory_budget_bytes: Option<u64>,
     /// Listening addresses.
     pub listeners: ListenersFile,
     /// The xDS server (downstream ztunnel + export to peers, one listener).

@@ -5,7 +5,7 @@
 //! 2. the YAML file ([`file::FileConfig`], camelCase keys, unknown keys rejected);
 //! 3. environment variables with Istio's names ([`env::ENV_VARS`]): `CLUSTER_ID`,
 //!    `NETWORK`, `TRUST_DOMAIN`, `PEERING_ENABLE_FLAT_NETWORKS`, `PEERING_NAMESPACE`,
-//!    `PEERING_CONTROL_NAMESPACE`, `XDS_ADDRESS` (the local istiod),
+//!    `PEERING_CONTROL_NAMESPACE`, `PEERING_MEMORY_BUDGET_BYTES`, `XDS_ADDRESS` (the local istiod),
 //!    `OTEL_EXPORTER_OTLP_ENDPOINT`, `LOG_FORMAT`, `KUBECONFIG`, `POD_NAME` (lease holder
 //!    identity), and `KUBERNETES_SERVICE_HOST` (only to detect running in a pod); an
 //!    empty variable counts as unset;
@@ -61,6 +61,8 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const PEER_MAX_RESOURCES: usize = 100_000;
     pub const PEER_MAX_BYTES: usize = 256 * 1024 * 1024;
+    /// Stored upstream state of all origins together (see `budget`).
+    pub const MEMORY_BUDGET_BYTES: usize = 1024 * 1024 * 1024;
     pub const DISCONNECT_GRACE: Duration = Duration::from_secs(300);
     pub const FAILURE_WINDOW: Duration = Duration::from_secs(30);
     pub const SUCCESS_RUN: u32 = 2;
@@ -91,6 +93,8 @@ pub struct Config {
     pub disconnect_grace_period: Option<Duration>,
     /// Where the peer-state snapshot lives (`None` = not persisted).
     pub state_dir: Option<PathBuf>,
+    /// Budget for stored upstream state, all origins (see [`crate::budget`]).
+    pub memory_budget_bytes: usize,
     pub listeners: Listeners,
     pub xds: XdsServer,
     /// [`Config::local_upstream`] is one of them.

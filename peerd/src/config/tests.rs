@@ -288,6 +288,7 @@ fn minimal_config_gets_istio_defaults() {
     assert_eq!(c.control_namespace, "istio-system");
     assert!(!c.flat_networks && !c.sandbox_mode);
     assert_eq!(c.disconnect_grace_period, Some(Duration::from_secs(300)));
+    assert_eq!(c.memory_budget_bytes, 1 << 30);
     assert_eq!(
         c.listeners.xds,
         "0.0.0.0:15012".parse::<SocketAddr>().unwrap()
@@ -404,6 +405,28 @@ fn env_overrides_file() {
     )
     .unwrap();
     assert_eq!(c.network, "net1");
+}
+
+#[test]
+fn memory_budget_from_file_and_env() {
+    let yaml = "cluster: c1\nmemoryBudgetBytes: 1000\n";
+    let c = resolve_yaml(yaml, &no_env(), &Overrides::default()).unwrap();
+    assert_eq!(c.memory_budget_bytes, 1000);
+    let env = Env::from_pairs([("PEERING_MEMORY_BUDGET_BYTES", "268435456")]);
+    let c = resolve_yaml(yaml, &env, &Overrides::default()).unwrap();
+    assert_eq!(c.memory_budget_bytes, 256 << 20);
+    let env = Env::from_pairs([("PEERING_MEMORY_BUDGET_BYTES", "256Mi")]);
+    let errors = resolve_yaml(yaml, &env, &Overrides::default())
+        .unwrap_err()
+        .field_errors()
+        .to_vec();
+    assert_error(
+        &errors,
+        "memoryBudgetBytes",
+        "env PEERING_MEMORY_BUDGET_BYTES",
+    );
+    let errors = errors_of("cluster: c1\nmemoryBudgetBytes: 0\n");
+    assert_error(&errors, "memoryBudgetBytes", "must be greater than 0");
 }
 
 #[test]

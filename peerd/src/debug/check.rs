@@ -262,6 +262,7 @@ pub fn run_checks(
         results.extend(check_peers(&report.peers));
         results.extend(check_data_plane(&report.peers));
     }
+    results.push(check_message_size(&report.subscribers));
     if !certs.is_empty() {
         results.push(check_certificates(certs));
     }
@@ -459,6 +460,41 @@ pub fn check_data_plane(peers: &[api::Peer]) -> Vec<CheckResult> {
             .with_details(details)
         })
         .collect()
+}
+
+/// Whether every stream's first response fit in one message of `maxMessageBytes`: a
+/// split one means the state outgrew it (ztunnel turns ready after ACKing one response
+/// per type).
+pub fn check_message_size(subscribers: &[api::Subscriber]) -> CheckResult {
+    const NAME: &str = "message size";
+    let mut split = Vec::new();
+    for s in subscribers {
+        for t in s.stream.iter().flat_map(|st| &st.types) {
+            if t.split_parts > 1 {
+                let node: String = s.node_id.chars().take(128).collect();
+                split.push(format!(
+                    "{} state to {node} ({} view): first response split into {} parts",
+                    t.r#type, s.view, t.split_parts
+                ));
+            }
+        }
+    }
+    if split.is_empty() {
+        return CheckResult::new(
+            NAME,
+            Outcome::Pass,
+            "every stream's full state fit in one message of xds.maxMessageBytes",
+        );
+    }
+    CheckResult::new(
+        NAME,
+        Outcome::Warn,
+        format!(
+            "the full state does not fit in one message of xds.maxMessageBytes ({} stream type(s) split); raise xds.maxMessageBytes (ztunnel accepts 200 MiB)",
+            split.len()
+        ),
+    )
+    .with_details(split)
 }
 
 /// Non-flat: every network (local and peers) set and unique. Flat: peers on the local

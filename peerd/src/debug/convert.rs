@@ -167,6 +167,7 @@ fn type_status(kind: ResourceType, t: &TypeStats, status: &str) -> api::TypeStat
         last_nonce_sent: t.last_nonce_sent.clone(),
         last_nonce_acked: t.last_nonce_acked.clone(),
         acked_view_version: 0,
+        split_parts: t.split_parts,
     }
 }
 

@@ -10,7 +10,9 @@
 //!   peer's cluster and its `network` the peer's network;
 //! - address sanity: no unspecified, multicast or broadcast addresses (workloads, VIPs,
 //!   gateways); a multi-network peer's workloads carry a `network_gateway`;
-//! - caps: at most `max_resources` resources and `max_bytes` body bytes held per peer.
+//! - caps: at most `max_resources` resources and `max_bytes` body bytes held per peer;
+//! - the global memory budget ([`crate::budget`]): a resource that would grow the stored
+//!   upstream state (all origins together) past the budget is refused.
 //!
 //! Every rejection is counted (`peerd_federation_import_rejected_total{peer_cluster,rule}`)
 //! and the last ones are kept for status ([`ImportFilter::status`]). It never logs
@@ -24,6 +26,7 @@ use serde::Serialize;
 
 use super::naming::{is_global_hostname, is_global_key};
 use super::settings::PeerPolicy;
+use crate::budget::BudgetExceeded;
 use crate::store::Store;
 use crate::xds::client::ResourceFilter;
 use crate::xds::resource::{Resource, Summary};
@@ -62,6 +65,11 @@ pub enum ImportError {
     MissingGateway { peer: String },
     #[error("peer cap exceeded: {what} (limit {limit})")]
     CapExceeded { what: &'static str, limit: usize },
+    #[error("peer {peer}: {exceeded}")]
+    MemoryBudget {
+        peer: String,
+        exceeded: BudgetExceeded,
+    },
 }
 
 impl ImportError {
@@ -77,6 +85,7 @@ impl ImportError {
             | ImportError::NetworkMismatch { .. } => "cluster_claim",
             ImportError::BadAddress { .. } | ImportError::MissingGateway { .. } => "address",
             ImportError::CapExceeded { .. } => "cap",
+            ImportError::MemoryBudget { .. } => "budget",
         }
     }
 }
@@ -299,8 +308,19 @@ fn sane(field: &'static str, ip: IpAddr) -> Result<(), ImportError> {
 impl ResourceFilter for ImportFilter {
     fn check(&self, origin: &str, resource: &Resource) -> Result<(), String> {
         debug_assert_eq!(origin, self.policy.cluster);
+        // The budget before the caps: a resource the caps refuse leaves at most pending
+        // growth until the response is applied, while one the budget refuses must not
+        // stay counted in the caps' tally.
         let result = self
             .check_content(resource)
+            .and_then(|()| {
+                self.store
+                    .admit(origin, resource)
+                    .map_err(|exceeded| ImportError::MemoryBudget {
+                        peer: self.policy.cluster.clone(),
+                        exceeded,
+                    })
+            })
             .and_then(|()| self.admit(resource));
         result.map_err(|e| {
             self.record(&resource.name, &e);

@@ -1,8 +1,11 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: one writer per cluster.
 //!
-//! It owns the Lease: acquire (create, or take over once the holder's renewTime +
-//! leaseDuration has passed), renew every `renew_period`, release on shutdown (so a
-//! successor takes over at once). Every Lease write carries the resourceVersion it read,
+//! It owns the Lease: acquire (create, or take over once the lease has not changed for
+//! leaseDuration), renew every `renew_period`, release on shutdown (so a successor takes
+//! over at once). Expiry is judged on this process's monotonic clock, as client-go does:
+//! the holder, renewTime and resourceVersion last read, and the local instant they were
+//! first seen; the holder's `renewTime` is never compared with our wall clock, so a
+//! holder whose clock is skewed neither loses its lease early nor keeps it late. Every Lease write carries the resourceVersion it read,
 //! so two replicas can never both win. [`Leadership`] answers "may I write now?" from a
 //! local deadline (last successful renewal + lease duration − a safety margin), so a
 //! leader that cannot renew stops writing *before* anyone else may take over, and one
@@ -55,7 +58,9 @@ impl LeaderConfig {
     }
 
     /// How long before the lease would expire this replica stops writing: a fifth of the
-    /// lease duration, so clock skew and in-flight requests stay inside the lease.
+    /// lease duration, so in-flight requests and a candidate's read latency stay inside
+    /// the lease (a candidate starts its wait only once it has read our renewal, after
+    /// we sent it).
     fn margin(&self) -> Duration {
         self.lease_duration / 5
     }
@@ -121,6 +126,7 @@ impl LeaderElector {
         let lease = LeaseCampaign {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: None,
         };
         let task = tokio::spawn(lease.run(deadline_tx, stop_rx));
         LeaderElector {
@@ -157,6 +163,23 @@ impl Drop for LeaderElector {
 struct LeaseCampaign {
     api: Api<Lease>,
     config: LeaderConfig,
+    /// The lease as last read, and when this process first saw it so.
+    observed: Option<Observed>,
+}
+
+/// What identifies one renewal of the lease: any change of these is a sign of life of
+/// its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LeaseRecord {
+    holder: String,
+    renew_time: Option<MicroTime>,
+    resource_version: Option<String>,
+}
+
+struct Observed {
+    record: LeaseRecord,
+    /// Local monotonic time at which `record` was first read.
+    at: Instant,
 }
 
 enum Attempt {
@@ -167,7 +190,11 @@ enum Attempt {
 }
 
 impl LeaseCampaign {
-    async fn run(self, deadline: watch::Sender<Option<Instant>>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        deadline: watch::Sender<Option<Instant>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut held = false;
         loop {
             match self.try_acquire_or_renew().await {
@@ -203,8 +230,8 @@ impl LeaseCampaign {
         }
     }
 
-    async fn try_acquire_or_renew(&self) -> anyhow::Result<Attempt> {
-        let name = &self.config.lease_name;
+    async fn try_acquire_or_renew(&mut self) -> anyhow::Result<Attempt> {
+        let name = &self.config.lease_name.clone();
         let started = Instant::now();
         let now = MicroTime(Timestamp::now());
         let duration_secs =
@@ -241,7 +268,14 @@ impl LeaseCampaign {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let ours = holder == self.config.identity;
-        if !ours && !holder.is_empty() && !lease_expired(&spec) {
+        let record = LeaseRecord {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.clone(),
+            resource_version: lease.metadata.resource_version.clone(),
+        };
+        let observed_at = self.observe(record, Instant::now());
+        let released = holder.is_empty() || spec.renew_time.is_none();
+        if !ours && !released && !lease_expired(&spec, observed_at, Instant::now()) {
             return Ok(Attempt::Other(holder));
         }
         let mut new_spec = spec.clone();
@@ -261,6 +295,18 @@ impl LeaseCampaign {
                 Ok(Attempt::Other("(concurrent update)".to_string()))
             }
             Err(err) => Err(err).with_context(|| format!("updating Lease {name}")),
+        }
+    }
+
+    /// Records the lease as read at `now`; returns when this process first saw it in
+    /// this state (an unchanged record keeps its first sighting).
+    fn observe(&mut self, record: LeaseRecord, now: Instant) -> Instant {
+        match &self.observed {
+            Some(seen) if seen.record == record => seen.at,
+            _ => {
+                self.observed = Some(Observed { record, at: now });
+                now
+            }
         }
     }
 
@@ -286,12 +332,42 @@ impl LeaseCampaign {
     }
 }
 
-/// A lease with no renewTime, or whose renewTime + leaseDuration is past, is free.
-fn lease_expired(spec: &LeaseSpec) -> bool {
-    let Some(renew) = &spec.renew_time else {
-        return true;
-    };
-    let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1000;
-    let expires_ms = renew.0.as_millisecond().saturating_add(duration_ms);
-    Timestamp::now().as_millisecond() >= expires_ms
+/// A held lease is free once it has not changed for its leaseDuration since this
+/// process first saw it in its current state (`observed_at`, local monotonic time). The
+/// holder's renewTime is only a change marker: comparing it with our wall clock would
+/// let a skewed clock hand the lease to two replicas.
+fn lease_expired(spec: &LeaseSpec, observed_at: Instant, now: Instant) -> bool {
+    let seconds = u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0);
+    now.saturating_duration_since(observed_at) >= Duration::from_secs(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(seconds: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some("other".into()),
+            lease_duration_seconds: Some(seconds),
+            // Far in the past on our clock: must not matter.
+            renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expiry_counts_from_the_local_sighting_not_the_holders_renew_time() {
+        let seen = Instant::now();
+        assert!(!lease_expired(&spec(15), seen, seen));
+        assert!(!lease_expired(
+            &spec(15),
+            seen,
+            seen + Duration::from_secs(14)
+        ));
+        assert!(lease_expired(
+            &spec(15),
+            seen,
+            seen + Duration::from_secs(15)
+        ));
+    }
 }

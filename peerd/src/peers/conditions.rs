@@ -110,6 +110,7 @@ pub mod reason {
     pub const INVALID: &str = "Invalid";
     pub const PENDING: &str = "Pending";
     pub const STALE: &str = "Stale";
+    pub const MEMORY_BUDGET_EXCEEDED: &str = "MemoryBudgetExceeded";
     pub const CONNECT_TIMEOUT: &str = "ConnectTimeout";
     pub const CONNECTION_REFUSED: &str = "ConnectionRefused";
     pub const TLS_ERROR: &str = "TLSError";

@@ -29,6 +29,9 @@ pub struct TypeStats {
     pub resources: u64,
     /// First full response handled since the stream (re)connected.
     pub synced: bool,
+    /// Server: parts of the last response that had to be one message (a stream's first)
+    /// but exceeded `maxMessageBytes`; 0 when it fit.
+    pub split_parts: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

@@ -116,6 +116,7 @@ pub(super) fn check_config_maps(source: &str, objects: &[Value]) -> Vec<String> 
         "sandboxMode",
         "disconnectGracePeriod",
         "stateDir",
+        "memoryBudgetBytes",
         "listeners",
         "xds",
         "upstreams",

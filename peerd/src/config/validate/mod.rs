@@ -172,6 +172,11 @@ impl Checker<'_> {
             &file.disconnect_grace_period,
             defaults::DISCONNECT_GRACE,
         );
+        let memory_budget_bytes = self.positive(
+            "memoryBudgetBytes",
+            file.memory_budget_bytes,
+            defaults::MEMORY_BUDGET_BYTES,
+        );
 
         let listeners = self.listeners(file);
         let xds = self.xds_server(file);
@@ -232,6 +237,7 @@ impl Checker<'_> {
             sandbox_mode,
             disconnect_grace_period: (!grace.is_zero()).then_some(grace),
             state_dir: self.directory("stateDir", &file.state_dir),
+            memory_budget_bytes,
             listeners,
             xds,
             upstreams,

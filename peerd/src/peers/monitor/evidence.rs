@@ -91,6 +91,10 @@ pub(super) fn sync_observation(
     peer: &str,
     upstream: Option<&UpstreamObservation>,
 ) -> Observation {
+    // A peer whose state was partly refused is not fully imported, synced or not.
+    if let Some(message) = imports.budget_refusal(peer) {
+        return Observation::failing(reason::MEMORY_BUDGET_EXCEEDED, message);
+    }
     match imports.sync(peer) {
         None => Observation::failing(
             reason::PENDING,

@@ -37,6 +37,11 @@ pub trait ImportSource: Send + Sync {
     fn sync(&self, peer: &str) -> Option<SyncObservation>;
     /// Up to `limit` pod IPs of the peer's workloads (flat peers are probed on those).
     fn workload_ips(&self, peer: &str, limit: usize) -> Vec<IpAddr>;
+    /// Why the peer's latest responses were not stored whole because of the memory
+    /// budget (the condition message); `None` when they were.
+    fn budget_refusal(&self, _peer: &str) -> Option<String> {
+        None
+    }
 }
 
 impl ImportSource for Store {
@@ -72,5 +77,16 @@ impl ImportSource for Store {
             }
         }
         ips
+    }
+
+    fn budget_refusal(&self, peer: &str) -> Option<String> {
+        let refusals = self.memory_budget().refusals(peer);
+        (!refusals.is_empty()).then(|| {
+            refusals
+                .iter()
+                .map(|r| r.message())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }

@@ -29,6 +29,11 @@ const SHARE_RECEIVE_BUFFER_BYTES: usize = 1 << 20;
 /// another core). Removals go with the last part.
 const APPLY_PART: usize = 8192;
 
+/// A NACK names at most this many rejected resources, then says how many more there
+/// were: a peer pushing 50k resources past the memory budget must not get (and we must
+/// not log) a NACK message of megabytes.
+const NACK_LISTED: usize = 32;
+
 impl AdsClient {
     /// Validates and applies one response; returns the ACK or NACK to send.
     #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
@@ -122,6 +127,7 @@ impl AdsClient {
         };
         let n_rm = removals.len();
         self.store.apply(peer, kind, upserts, removals);
+        self.store.memory_budget().finish_response(peer, kind);
         if !synced[kind.index()] {
             synced[kind.index()] = true;
             self.store.mark_synced(peer, kind);
@@ -138,11 +144,18 @@ impl AdsClient {
             });
             return ack;
         }
-        let message = errors
+        let mut message = errors
             .iter()
+            .take(NACK_LISTED)
             .map(|(name, reason)| format!("{name}: {reason}"))
             .collect::<Vec<_>>()
             .join("; ");
+        if errors.len() > NACK_LISTED {
+            message.push_str(&format!(
+                "; and {} more rejected resources",
+                errors.len() - NACK_LISTED
+            ));
+        }
         metrics::counter!("peerd_xds_client_nacks_sent_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
             .increment(1);
         metrics::counter!("peerd_xds_client_resources_rejected_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())

@@ -599,6 +599,9 @@ impl Connection {
             });
             let chunks = chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label);
             let parts = chunks.len();
+            if must_respond {
+                report_split(&self.entry, self.options.max_message_size, kind, parts);
+            }
             for (i, (resources, removed)) in chunks.into_iter().enumerate() {
                 let last = i + 1 == parts;
                 // Build a later part only once the queue has drained to one response:
@@ -686,6 +689,22 @@ const PER_RESOURCE_OVERHEAD: usize = 32;
 const RESPONSE_OVERHEAD: usize = 1024;
 
 type Chunk = (Vec<(Arc<str>, Arc<Resource>)>, Vec<Arc<str>>);
+
+/// Records how many parts a response that had to be one message (the first of the
+/// stream, or an answer to a request) took. More than one means the state exceeds
+/// `maxMessageBytes`: ztunnel turns ready after ACKing one response per type, so this
+/// is reported loudly (WARN, `peerd_xds_server_split_responses_total`, and `peerd
+/// check` through the stream's stats).
+fn report_split(entry: &Subscriber, max_message_size: usize, kind: ResourceType, parts: usize) {
+    let parts = parts as u64;
+    entry.stats.update(kind, |t| {
+        t.split_parts = if parts > 1 { parts } else { 0 };
+    });
+    if parts > 1 {
+        tracing::warn!(node = %entry.node(), view = %entry.view_label, %kind, parts, max_message_bytes = max_message_size, "xds server: the full state does not fit in one message of maxMessageBytes; its first response is split into parts (raise xds.maxMessageBytes: ztunnel accepts 200 MiB)");
+        metrics::counter!("peerd_xds_server_split_responses_total", "view" => entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
+    }
+}
 
 /// Splits a response so each part encodes under `max_bytes`; removals go in the last
 /// part. A single resource that can never fit is dropped with an error (it would kill
