@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bounded;
 pub mod cli;
 pub mod config;
 pub mod debug;
