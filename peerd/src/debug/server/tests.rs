@@ -283,7 +283,7 @@ async fn every_listed_service_resolves_through_reflection_v1_and_v1alpha() {
         .unwrap()
         .unwrap();
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        first.message_response
+        first.message_response.clone()
     else {
         panic!("not a service list: {first:?}");
     };
@@ -330,6 +330,7 @@ async fn every_listed_service_resolves_through_reflection_v1_and_v1alpha() {
         .into_inner()
         .collect::<Vec<_>>()
         .await;
+    assert_eq!(answers.len(), services.len());
     for (service, answer) in services.iter().zip(answers) {
         let answer = answer.unwrap().message_response;
         assert!(
