@@ -27,7 +27,11 @@ pub fn truncate_to(text: &str, limit: usize) -> Cow<'_, str> {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Cow::Owned(format!("{}…[truncated: {} bytes]", &text[..end], text.len()))
+    Cow::Owned(format!(
+        "{}…[truncated: {} bytes]",
+        &text[..end],
+        text.len()
+    ))
 }
 
 /// [`truncate_for_display`] of an owned string, reusing it when it fits.
@@ -56,7 +60,11 @@ mod tests {
         let cut = truncate_for_display(&long);
         assert!(cut.len() < DISPLAY_LIMIT + 64, "{}", cut.len());
         assert!(cut.starts_with(&"a".repeat(DISPLAY_LIMIT)));
-        assert!(cut.ends_with("…[truncated: 10485760 bytes]"), "{}", &cut[DISPLAY_LIMIT..]);
+        assert!(
+            cut.ends_with("…[truncated: 10485760 bytes]"),
+            "{}",
+            &cut[DISPLAY_LIMIT..]
+        );
     }
 
     #[test]

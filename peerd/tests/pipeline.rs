@@ -520,7 +520,11 @@ async fn status_and_check_work_while_a_client_holds_a_10_mib_nack() {
     let (ok, check) = peerd_cli(vec!["check".into(), "--addr".into(), addr]).await;
     assert!(ok, "peerd check failed:\n{check}");
     assert!(!check.contains("too large"), "{check}");
-    assert_eq!(subscribers.list().len(), 1, "the NACKing client is still connected");
+    assert_eq!(
+        subscribers.list().len(),
+        1,
+        "the NACKing client is still connected"
+    );
     drop(z);
     let peerd = rig.peerd.take().unwrap();
     peerd.cancellation().cancel();

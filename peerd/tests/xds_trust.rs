@@ -77,11 +77,19 @@ async fn a_token_file_identity_other_than_ztunnel_is_permission_denied() {
     .unwrap();
     let verifier = Arc::new(StaticTokenVerifier::from_file(&path, ZTUNNEL_IDENTITY).unwrap());
     let view = populated_view();
-    let server = start_server(merged_for_ztunnel(&view, verifier), ServerOptions::default()).await;
+    let server = start_server(
+        merged_for_ztunnel(&view, verifier),
+        ServerOptions::default(),
+    )
+    .await;
 
     let denied = refusal(&server, "reviews-token").await;
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
-    assert!(denied.message().contains(REVIEWS_SA), "{}", denied.message());
+    assert!(
+        denied.message().contains(REVIEWS_SA),
+        "{}",
+        denied.message()
+    );
     assert!(!denied.message().contains("reviews-token"));
     let unknown = refusal(&server, "nobody's-token").await;
     assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown}");
@@ -116,17 +124,31 @@ async fn a_token_review_of_another_service_account_is_permission_denied() {
     let client = connect(&ClientSource::Url(emu.url().to_string()), "istio-system")
         .await
         .unwrap();
-    let verifier = Arc::new(TokenReviewVerifier::new(client, TokenReviewConfig::default()));
+    let verifier = Arc::new(TokenReviewVerifier::new(
+        client,
+        TokenReviewConfig::default(),
+    ));
     let view = populated_view();
-    let server = start_server(merged_for_ztunnel(&view, verifier), ServerOptions::default()).await;
+    let server = start_server(
+        merged_for_ztunnel(&view, verifier),
+        ServerOptions::default(),
+    )
+    .await;
 
     let denied = refusal(&server, "reviews-sa-token").await;
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
-    assert!(denied.message().contains(REVIEWS_SA), "{}", denied.message());
+    assert!(
+        denied.message().contains(REVIEWS_SA),
+        "{}",
+        denied.message()
+    );
 
     let mut z = open(&server, "ztunnel-sa-token").await.unwrap();
     assert_eq!(z.recv_ack().await.resources.len(), 1);
-    assert_eq!(server.server.subscribers().list()[0].identity, ZTUNNEL_IDENTITY);
+    assert_eq!(
+        server.server.subscribers().list()[0].identity,
+        ZTUNNEL_IDENTITY
+    );
 }
 
 #[tokio::test]
@@ -136,7 +158,11 @@ async fn both_tokens_of_a_two_line_file_work_and_rotation_keeps_open_streams() {
     std::fs::write(&path, "old-token\nnew-token\n").unwrap();
     let verifier = Arc::new(StaticTokenVerifier::from_file(&path, ZTUNNEL_IDENTITY).unwrap());
     let view = populated_view();
-    let server = start_server(merged_for_ztunnel(&view, verifier), ServerOptions::default()).await;
+    let server = start_server(
+        merged_for_ztunnel(&view, verifier),
+        ServerOptions::default(),
+    )
+    .await;
 
     let mut old = open(&server, "old-token").await.unwrap();
     assert_eq!(old.recv_ack().await.resources.len(), 1);
@@ -164,14 +190,21 @@ async fn both_tokens_of_a_two_line_file_work_and_rotation_keeps_open_streams() {
 async fn a_10_mib_nack_message_is_kept_bounded_and_the_stream_lives_on() {
     let view = populated_view();
     let verifier = Arc::new(StaticTokenVerifier::from_literal("t", ZTUNNEL_IDENTITY));
-    let server = start_server(merged_for_ztunnel(&view, verifier), ServerOptions::default()).await;
+    let server = start_server(
+        merged_for_ztunnel(&view, verifier),
+        ServerOptions::default(),
+    )
+    .await;
     let mut acks = server.server.subscribers().ack_events();
     let mut z = open(&server, "t").await.unwrap();
     let first = z.recv().await;
     let huge = format!("c1//Pod/default/a: {}", "x".repeat(10 * 1024 * 1024));
     z.nack(&first, &huge).await;
 
-    let event = tokio::time::timeout(WAIT, acks.recv()).await.unwrap().unwrap();
+    let event = tokio::time::timeout(WAIT, acks.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let kept = event.nack.expect("a NACK event");
     assert!(kept.len() < DISPLAY_LIMIT + 64, "{} bytes kept", kept.len());
     assert!(kept.starts_with("c1//Pod/default/a: xxx"));
@@ -186,7 +219,10 @@ async fn a_10_mib_nack_message_is_kept_bounded_and_the_stream_lives_on() {
 
     // The named resource was forgotten (the whole message was read for the names it
     // rejects), so it is resent on its next change or a resync.
-    assert_eq!(stats.resources, 0, "the NACKed resource is no longer counted as held");
+    assert_eq!(
+        stats.resources, 0,
+        "the NACKed resource is no longer counted as held"
+    );
     // The stream is healthy.
     view.apply(Address, [wl("c1//Pod/default/b", [10, 0, 0, 2])], []);
     let push = z.recv_ack().await;
@@ -197,7 +233,11 @@ async fn a_10_mib_nack_message_is_kept_bounded_and_the_stream_lives_on() {
 async fn a_4_mib_node_id_is_stored_bounded() {
     let view = populated_view();
     let verifier = Arc::new(StaticTokenVerifier::from_literal("t", ZTUNNEL_IDENTITY));
-    let server = start_server(merged_for_ztunnel(&view, verifier), ServerOptions::default()).await;
+    let server = start_server(
+        merged_for_ztunnel(&view, verifier),
+        ServerOptions::default(),
+    )
+    .await;
     let mut z = Downstream::connect(server.addr, client_tls(&server.pki, None), Some("t"))
         .await
         .unwrap();
@@ -236,7 +276,11 @@ async fn a_request_over_max_message_bytes_ends_with_resource_exhausted() {
         .expect("no answer")
         .expect_err("the stream should end with an error");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
-    assert!(status.message().contains("too large"), "{}", status.message());
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
     eventually("the stream is unregistered", || {
         server.server.subscribers().list().is_empty()
     })
@@ -255,7 +299,11 @@ struct Malformed {
 async fn a_malformed_request_ends_with_invalid_argument() {
     let view = populated_view();
     let verifier = Arc::new(StaticTokenVerifier::from_literal("t", ZTUNNEL_IDENTITY));
-    let server = start_server(merged_for_ztunnel(&view, verifier), ServerOptions::default()).await;
+    let server = start_server(
+        merged_for_ztunnel(&view, verifier),
+        ServerOptions::default(),
+    )
+    .await;
     let channel = channel_to(server.addr, client_tls(&server.pki, None))
         .await
         .unwrap();
@@ -271,13 +319,21 @@ async fn a_malformed_request_ends_with_invalid_argument() {
     let path = http::uri::PathAndQuery::from_static(
         "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
     );
-    let mut stream = grpc.streaming(request, path, codec).await.unwrap().into_inner();
+    let mut stream = grpc
+        .streaming(request, path, codec)
+        .await
+        .unwrap()
+        .into_inner();
     let status = tokio::time::timeout(WAIT, stream.message())
         .await
         .expect("no answer")
         .expect_err("the stream should end with an error");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
-    assert!(status.message().starts_with("malformed request"), "{}", status.message());
+    assert!(
+        status.message().starts_with("malformed request"),
+        "{}",
+        status.message()
+    );
     drop(tx);
     // The server is unaffected: a well-formed client is served.
     let mut z = open(&server, "t").await.unwrap();

@@ -147,7 +147,7 @@ impl IdentityAllowList {
 impl TokenVerifier for IdentityAllowList {
     async fn verify(&self, token: &str) -> Result<String, AuthError> {
         let identity = self.inner.verify(token).await?;
-        if self.allowed.iter().any(|a| *a == identity) {
+        if self.allowed.contains(&identity) {
             Ok(identity)
         } else {
             Err(AuthError::NotAllowed(
@@ -407,7 +407,9 @@ mod tests {
         assert_eq!(entries[0].digest, sha256("old-token"));
         assert_eq!(entries[1].identity, "spiffe-ish:name");
         assert_eq!(entries[1].digest, sha256("new-token"));
-        let err = parse_token_file("a b c-secret\n", "x").unwrap_err().to_string();
+        let err = parse_token_file("a b c-secret\n", "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1") && !err.contains("c-secret"), "{err}");
         assert!(parse_token_file("# only a comment\n", "x").is_err());
     }
@@ -424,7 +426,10 @@ mod tests {
             }),
         });
         let allowed = IdentityAllowList::new(verifier, vec![ZTUNNEL_IDENTITY.into()]);
-        assert_eq!(allowed.verify("ztunnel-token").await.unwrap(), ZTUNNEL_IDENTITY);
+        assert_eq!(
+            allowed.verify("ztunnel-token").await.unwrap(),
+            ZTUNNEL_IDENTITY
+        );
         let refused = allowed.verify("reviews-token").await.unwrap_err();
         assert_eq!(
             refused,
@@ -432,7 +437,11 @@ mod tests {
         );
         let status = tonic::Status::from(refused);
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(status.message().contains("system:serviceaccount:bookinfo:reviews"));
+        assert!(
+            status
+                .message()
+                .contains("system:serviceaccount:bookinfo:reviews")
+        );
         assert_eq!(allowed.verify("nobody").await, Err(AuthError::Invalid));
     }
 

@@ -270,9 +270,9 @@ async fn every_listed_service_resolves_through_reflection_v1_and_v1alpha() {
         host: String::new(),
         message_request: Some(m),
     };
-    let mut requests = vec![ask(v1::server_reflection_request::MessageRequest::ListServices(
-        String::new(),
-    ))];
+    let mut requests = vec![ask(
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+    )];
     let first = v1_client
         .server_reflection_info(tokio_stream::iter(requests.clone()))
         .await
@@ -292,7 +292,9 @@ async fn every_listed_service_resolves_through_reflection_v1_and_v1alpha() {
     assert!(services.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
     requests = services
         .iter()
-        .map(|s| ask(v1::server_reflection_request::MessageRequest::FileContainingSymbol(s.clone())))
+        .map(|s| {
+            ask(v1::server_reflection_request::MessageRequest::FileContainingSymbol(s.clone()))
+        })
         .collect();
     let answers: Vec<_> = v1_client
         .server_reflection_info(tokio_stream::iter(requests))
@@ -336,7 +338,9 @@ async fn every_listed_service_resolves_through_reflection_v1_and_v1alpha() {
         assert!(
             matches!(
                 answer,
-                Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+                Some(
+                    v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_)
+                )
             ),
             "v1alpha cannot resolve {service}: {answer:?}"
         );

@@ -374,8 +374,7 @@ impl Connection {
             self.node_known = true;
             // Client-controlled: bounded before it is stored, listed or logged.
             let node_id = truncate_for_display(&node.id);
-            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
-                Arc::from(&*node_id);
+            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(&*node_id);
             self.entry.stats.set_name(node_id.to_string());
             tracing::info!(node = %node_id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
         }
