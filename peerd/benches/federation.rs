@@ -395,6 +395,7 @@ fn peerd_config(me: &Cluster, all: &[Cluster], root: &Path, token: &Path) -> Fil
             },
             auth: AuthFile {
                 token_file: Some(token.to_path_buf()),
+                ..AuthFile::default()
             },
             ..XdsServerFile::default()
         },

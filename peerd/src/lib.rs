@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bounded;
 pub mod budget;
 pub mod cli;
 pub mod config;

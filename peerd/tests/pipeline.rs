@@ -472,3 +472,61 @@ async fn bad_token_is_refused_and_upstream_loss_keeps_served_state() {
     peerd.cancellation().cancel();
     peerd.wait().await.unwrap();
 }
+
+/// Runs the `peerd` binary with `args`; (success, stdout + stderr).
+async fn peerd_cli(args: Vec<String>) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerd"))
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn status_and_check_work_while_a_client_holds_a_10_mib_nack() {
+    let mut rig = rig(20, 2).await;
+    rig.wait_converged().await;
+    let mut z = rig.ztunnel().await;
+    z.initial(ResourceType::Address, &[], &[], &[]).await;
+    z.initial(ResourceType::Authorization, &[], &[], &[]).await;
+    let first = z.recv().await;
+    let second = z.recv_ack().await;
+    assert_ne!(first.type_url, second.type_url);
+    let huge = "x".repeat(10 * 1024 * 1024);
+    z.nack(&first, &huge).await;
+    let subscribers = rig.peerd().server.subscribers();
+    eventually("the NACK is recorded", || {
+        subscribers.list().first().is_some_and(|s| {
+            s.stats.address_type.nacks_received + s.stats.authorization_type.nacks_received == 1
+        })
+    })
+    .await;
+
+    // The client stays connected, holding its NACK, while both commands run.
+    let addr = rig.peerd().debug_addr.to_string();
+    let (ok, status) = peerd_cli(vec!["status".into(), "--addr".into(), addr.clone()]).await;
+    assert!(ok, "peerd status failed:\n{status}");
+    assert!(
+        status.contains(&format!("[truncated: {} bytes]", huge.len())),
+        "{status}"
+    );
+    assert!(status.len() < 64 * 1024, "{} bytes of status", status.len());
+    let (ok, check) = peerd_cli(vec!["check".into(), "--addr".into(), addr]).await;
+    assert!(ok, "peerd check failed:\n{check}");
+    assert!(!check.contains("too large"), "{check}");
+    assert_eq!(
+        subscribers.list().len(),
+        1,
+        "the NACKing client is still connected"
+    );
+    drop(z);
+    let peerd = rig.peerd.take().unwrap();
+    peerd.cancellation().cancel();
+    peerd.wait().await.unwrap();
+}

@@ -145,6 +145,44 @@ def test_reflection_lists_the_debug_service(rig):
     assert {"ListPeers", "ListSubscribers", "Watch", "Dump"} <= methods
 
 
+def test_every_listed_service_resolves_on_reflection_v1_and_v1alpha(rig):
+    """grpcurl-style: v1 through a generic call (grpcio ships only v1alpha stubs; the wire
+    messages of both versions are the same), v1alpha through its stub."""
+    listed = reflection_pb2_grpc.ServerReflectionStub(rig["channel"]).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30
+    )
+    names = sorted(s.name for r in listed for s in r.list_services_response.service)
+    assert "grpc.reflection.v1.ServerReflection" in names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+    for method in (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ):
+        call = rig["channel"].stream_stream(
+            method,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        answers = list(
+            call(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol=n)
+                        for n in names
+                    ]
+                ),
+                timeout=30,
+            )
+        )
+        assert len(answers) == len(names)
+        for name, answer in zip(names, answers):
+            assert answer.WhichOneof("message_response") == "file_descriptor_response", (
+                method,
+                name,
+                answer.error_response.error_message,
+            )
+
+
 def test_health_is_serving_after_sync(rig):
     info = wait_synced(rig["client"])
     assert list(info.pending_gates) == []

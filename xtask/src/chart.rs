@@ -64,6 +64,12 @@ pub fn run() -> anyhow::Result<()> {
         "serviceAccount": {"annotations": {"example.com/owner": "mesh-team"}},
         "prometheusRule": {"labels": {"release": "prometheus"}},
         "dashboard": {"enabled": true},
+        "networkPolicy": {
+            "enabled": true,
+            "extraXdsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-gateways"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "healthFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+        },
     });
     let no_ebpf_values = json!({
         "ebpf": {"enabled": false},

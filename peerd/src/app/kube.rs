@@ -52,7 +52,7 @@ use crate::kube::tokenreview::{TokenReviewConfig, TokenReviewVerifier};
 use crate::peers::PeerMonitor;
 use crate::peers::model::LocalCluster;
 use crate::store::Store;
-use crate::xds::auth::{StaticTokenVerifier, TokenVerifier};
+use crate::xds::auth::{IdentityAllowList, StaticTokenVerifier, TokenVerifier, ZTUNNEL_IDENTITY};
 
 /// How long a hostname peer address may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,8 +158,22 @@ pub(super) async fn prepare(config: &mut Config) -> anyhow::Result<Option<KubeSt
     }))
 }
 
-/// The downstream token verifier: TokenReview when configured, else the token file.
+/// The downstream token verifier: TokenReview when configured, else the token file; either
+/// way only `xds.auth.allowedIdentities` are accepted.
 pub(super) fn token_verifier(
+    config: &Config,
+    kube: Option<&KubeStart>,
+) -> anyhow::Result<Arc<dyn TokenVerifier>> {
+    let verifier = identity_verifier(config, kube)?;
+    tracing::info!(allowed = ?config.xds.allowed_identities, "the merged view is served only to these identities");
+    Ok(Arc::new(IdentityAllowList::new(
+        verifier,
+        config.xds.allowed_identities.clone(),
+    )))
+}
+
+/// What proves an identity: TokenReview, or the token file.
+fn identity_verifier(
     config: &Config,
     kube: Option<&KubeStart>,
 ) -> anyhow::Result<Arc<dyn TokenVerifier>> {
@@ -181,7 +195,7 @@ pub(super) fn token_verifier(
     let token_file = config.xds.token_file.as_ref().context(
         "xds.auth.tokenFile: a bearer-token file is required to authenticate ztunnel (or enable kubernetes.tokenReview)",
     )?;
-    let verifier = StaticTokenVerifier::from_file(token_file, "ztunnel")
+    let verifier = StaticTokenVerifier::from_file(token_file, ZTUNNEL_IDENTITY)
         .with_context(|| format!("xds.auth.tokenFile: reading {}", token_file.display()))?;
     Ok(Arc::new(verifier))
 }

@@ -177,9 +177,16 @@ pub struct ServerTlsFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AuthFile {
-    /// Standalone/sandbox: file holding the bearer token(s) the static verifier accepts,
-    /// one per line. In Kubernetes, tokens are checked with TokenReview instead.
+    /// Standalone/sandbox: file holding the bearer tokens the static verifier accepts,
+    /// one per line: `<token>` (ztunnel's identity,
+    /// `system:serviceaccount:istio-system:ztunnel`) or `<identity> <token>`; blank lines
+    /// and `#` comments are ignored; re-read when it changes. In Kubernetes, tokens are
+    /// checked with TokenReview instead.
     pub token_file: Option<PathBuf>,
+    /// Identities (TokenReview usernames, or token-file identities) that may read the
+    /// merged view; a valid token of anyone else gets `PERMISSION_DENIED`. Default
+    /// `[system:serviceaccount:istio-system:ztunnel]`.
+    pub allowed_identities: Option<Vec<String>>,
 }
 
 /// One upstream xDS server.

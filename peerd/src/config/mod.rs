@@ -153,6 +153,8 @@ pub struct XdsServer {
     /// the sandbox's generated PKI).
     pub tls: Option<ServerTls>,
     pub token_file: Option<PathBuf>,
+    /// Identities a bearer token must prove to read the merged view.
+    pub allowed_identities: Vec<String>,
     pub debounce: Duration,
     pub max_message_bytes: usize,
     pub connection_queue: usize,

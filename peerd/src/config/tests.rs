@@ -542,6 +542,16 @@ fn each_invalid_value_names_its_field() {
             "does not exist",
         ),
         (
+            "cluster: c1\nxds: { auth: { allowedIdentities: [] } }",
+            "xds.auth.allowedIdentities",
+            "at least one identity",
+        ),
+        (
+            "cluster: c1\nxds: { auth: { allowedIdentities: [ok, 'a b'] } }",
+            "xds.auth.allowedIdentities[1]",
+            "without whitespace",
+        ),
+        (
             "cluster: c1\nxds: { debounce: fast }",
             "xds.debounce",
             "is not a duration",
@@ -920,4 +930,20 @@ fn bad_kubernetes_settings_name_their_field() {
     assert_error(&errors, "kubernetes.tokenReview.cacheTtl", "");
     let errors = errors_of("cluster: c1\nkubernetes: { kubeconfig: /nonexistent/kc }\n");
     assert_error(&errors, "kubernetes.kubeconfig", "does not exist");
+}
+
+#[test]
+fn the_merged_view_is_for_ztunnel_unless_configured() {
+    let c = resolve_yaml("cluster: c1\n", &no_env(), &Overrides::default()).unwrap();
+    assert_eq!(
+        c.xds.allowed_identities,
+        vec!["system:serviceaccount:istio-system:ztunnel".to_string()]
+    );
+    let c = resolve_yaml(
+        "cluster: c1\nxds: { auth: { allowedIdentities: [a, 'system:serviceaccount:x:y'] } }",
+        &no_env(),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.xds.allowed_identities, ["a", "system:serviceaccount:x:y"]);
 }

@@ -12,6 +12,12 @@ use crate::proto::debug::v1::debug_client::DebugClient;
 /// Where `peerd status` and `peerd check` look by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15041";
 
+/// Largest debug API message: the server's encoding limit and the CLI's decoding limit,
+/// so a response the server sends is one the CLI accepts. Client-controlled strings in
+/// responses are bounded (`crate::bounded`), so lists stay far below it; a whole-view
+/// resource listing with JSON at 100k resources is the large case.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
 /// What one `status`/`check` run sees.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -36,7 +42,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<DebugClient<tonic::transport:
         .connect()
         .await
         .with_context(|| format!("cannot reach the peerd debug API at {url}"))?;
-    Ok(DebugClient::new(channel))
+    Ok(DebugClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Fetches server info, peers, upstreams and subscribers.

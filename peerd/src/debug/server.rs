@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
 use crate::admin::Readiness;
+use crate::bounded::truncate_for_display;
 use crate::config::Config;
 use crate::debug::convert;
 use crate::debug::source::PeerSource;
@@ -108,7 +109,8 @@ impl DebugService {
                         .map(|o| o.name.to_string())
                         .collect();
                     Status::not_found(format!(
-                        "no view {origin:?}: use \"merged\", \"export\" or an origin ({})",
+                        "no view {:?}: use \"merged\", \"export\" or an origin ({})",
+                        truncate_for_display(origin),
                         known.join(", ")
                     ))
                 }),
@@ -241,7 +243,8 @@ impl DebugService {
             }
         }
         Err(Status::not_found(format!(
-            "no resource {name:?} in view {:?}",
+            "no resource {:?} in view {:?}",
+            truncate_for_display(name),
             view.label()
         )))
     }
@@ -393,7 +396,8 @@ fn parse_kinds(kind: &str) -> Result<Vec<ResourceType>, Status> {
         .map(|t| vec![t])
         .ok_or_else(|| {
             Status::invalid_argument(format!(
-                "type: unknown {kind:?} (use a type URL, \"address\" or \"authorization\")"
+                "type: unknown {:?} (use a type URL, \"address\" or \"authorization\")",
+                truncate_for_display(kind)
             ))
         })
 }
@@ -536,15 +540,22 @@ pub async fn serve(
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
+    // Each build adds only its own version's descriptors: both versions are listed, so
+    // each server also gets the other's, and every listed name resolves on either.
     let reflection_v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
     let reflection_v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
     tracing::info!(address = ?local, "debug API listening");
     tonic::transport::Server::builder()
-        .add_service(DebugServer::new(service))
+        .add_service(
+            DebugServer::new(service)
+                .max_encoding_message_size(crate::debug::client::MAX_MESSAGE_BYTES),
+        )
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

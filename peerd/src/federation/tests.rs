@@ -1182,7 +1182,7 @@ mod selection {
         });
         ConnectionInfo {
             remote_addr: None,
-            bearer_token: token.map(str::to_string),
+            bearer_token: token.map(crate::xds::auth::BearerToken::from),
             cluster_id: None,
             peer_certificates: certs,
         }

@@ -196,3 +196,154 @@ async fn views_resolve_by_name_and_bad_requests_are_refused() {
     assert_eq!(dump["views"]["c1"][0]["origin"], "c1");
     assert_eq!(dump["subscribers"], serde_json::json!([]));
 }
+
+/// Serves `svc` on an ephemeral loopback port, as `peerd run` does on 15041.
+async fn serve_on_loopback(svc: DebugService) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(listener, svc, cancel.clone()));
+    (addr, cancel)
+}
+
+#[tokio::test]
+async fn a_100_kb_view_name_gets_a_bounded_error() {
+    let (svc, _store, _events) = service();
+    let (addr, cancel) = serve_on_loopback(svc).await;
+    let mut client = crate::debug::client::connect(&addr).await.unwrap();
+    let name = "v".repeat(100 * 1024);
+    let err = client
+        .list_resources(api::ListResourcesRequest {
+            view: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message().len() < crate::bounded::DISPLAY_LIMIT + 256,
+        "{} bytes",
+        err.message().len()
+    );
+    assert!(
+        err.message().contains("[truncated: 102400 bytes]"),
+        "{}",
+        &err.message()[err.message().len() - 128..]
+    );
+    // The same for a resource name and a type.
+    let err = client
+        .get_resource(api::GetResourceRequest {
+            view: "merged".into(),
+            r#type: String::new(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("[truncated: 102400 bytes]"));
+    let err = client
+        .list_resources(api::ListResourcesRequest {
+            view: "merged".into(),
+            r#type: name,
+            include_json: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().len() < crate::bounded::DISPLAY_LIMIT + 256);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn every_listed_service_resolves_through_reflection_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let (svc, _store, _events) = service();
+    let (addr, cancel) = serve_on_loopback(svc).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let ask = |m: v1::server_reflection_request::MessageRequest| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let mut requests = vec![ask(
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+    )];
+    let first = v1_client
+        .server_reflection_info(tokio_stream::iter(requests.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        first.message_response.clone()
+    else {
+        panic!("not a service list: {first:?}");
+    };
+    let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(services.contains(&"grpc.reflection.v1.ServerReflection".to_string()));
+    assert!(services.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
+    requests = services
+        .iter()
+        .map(|s| {
+            ask(v1::server_reflection_request::MessageRequest::FileContainingSymbol(s.clone()))
+        })
+        .collect();
+    let answers: Vec<_> = v1_client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(answers.len(), services.len());
+    for (service, answer) in services.iter().zip(answers) {
+        let answer = answer.unwrap().message_response;
+        assert!(
+            matches!(
+                answer,
+                Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+            ),
+            "v1 cannot resolve {service}: {answer:?}"
+        );
+    }
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let requests: Vec<_> = services
+        .iter()
+        .map(|s| v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(s.clone()),
+            ),
+        })
+        .collect();
+    let answers: Vec<_> = alpha
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(answers.len(), services.len());
+    for (service, answer) in services.iter().zip(answers) {
+        let answer = answer.unwrap().message_response;
+        assert!(
+            matches!(
+                answer,
+                Some(
+                    v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_)
+                )
+            ),
+            "v1alpha cannot resolve {service}: {answer:?}"
+        );
+    }
+    cancel.cancel();
+}

@@ -48,7 +48,11 @@ impl AdsClient {
                 .to_string(),
         };
         MetadataValue::try_from(format!("Bearer {token}"))
-            .map(Some)
+            .map(|mut value| {
+                // Never indexed by HPACK, never shown by `Debug`.
+                value.set_sensitive(true);
+                Some(value)
+            })
             .map_err(|_| ClientError {
                 kind: FailureKind::Config,
                 message: "bearer token contains characters not allowed in a header".to_string(),

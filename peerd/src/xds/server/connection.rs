@@ -19,6 +19,7 @@ use tonic::Status;
 use super::outstanding::Ledger;
 use super::registry::{AckEvent, Subscriber, Subscribers};
 use super::{FastMap, FastSet, ServerOptions};
+use crate::bounded::{DISPLAY_LIMIT, truncate_for_display};
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::view::{ChangeSet, View, ViewState};
 use crate::xds::resource::Resource;
@@ -272,10 +273,17 @@ impl Connection {
                         }
                     }
                     Ok(None) => break Exit::ClientClosed,
-                    Err(status) => {
-                        tracing::debug!(node = %self.entry.node(), error = %status, "xds server: inbound stream error");
-                        break Exit::ClientClosed;
-                    }
+                    Err(status) => match bad_request_status(&status) {
+                        Some(answer) => {
+                            metrics::counter!("peerd_xds_server_bad_requests_total", "view" => self.label(), "code" => format!("{:?}", answer.code())).increment(1);
+                            tracing::warn!(node = %self.entry.node(), view = %self.entry.view_label, remote = %self.entry.remote_addr, code = ?answer.code(), error = %truncate_for_display(status.message()), "xds server: undecodable request; ending the stream");
+                            break Exit::Error(answer);
+                        }
+                        None => {
+                            tracing::debug!(node = %self.entry.node(), error = %truncate_for_display(status.message()), "xds server: inbound stream error");
+                            break Exit::ClientClosed;
+                        }
+                    },
                 },
                 change = changes.recv() => {
                     if held {
@@ -364,10 +372,11 @@ impl Connection {
             && let Some(node) = &req.node
         {
             self.node_known = true;
-            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) =
-                Arc::from(node.id.as_str());
-            self.entry.stats.set_name(node.id.clone());
-            tracing::info!(node = %node.id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
+            // Client-controlled: bounded before it is stored, listed or logged.
+            let node_id = truncate_for_display(&node.id);
+            *self.entry.node_id.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(&*node_id);
+            self.entry.stats.set_name(node_id.to_string());
+            tracing::info!(node = %node_id, view = %self.entry.view_label, remote = %self.entry.remote_addr, "xds server: downstream connected");
         }
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
             return Ok(self.unknown_type(&req.type_url));
@@ -449,7 +458,9 @@ impl Connection {
     /// ignored, including its ACKs. Returns whether a flush is due (only for the first
     /// request of that type, to send the empty answer).
     fn unknown_type(&mut self, type_url: &str) -> bool {
-        if self.unknown_types.len() < MAX_UNKNOWN_TYPES
+        // A type URL longer than any real one is not echoed or remembered.
+        if type_url.len() <= DISPLAY_LIMIT
+            && self.unknown_types.len() < MAX_UNKNOWN_TYPES
             && self.unknown_types.insert(type_url.to_string())
         {
             metrics::counter!("peerd_xds_server_unknown_type_requests_total", "view" => self.label()).increment(1);
@@ -467,19 +478,23 @@ impl Connection {
         false
     }
 
-    #[tracing::instrument(name = "xds.server.ack", skip_all, fields(node = %self.entry.node(), %kind, nonce = %req.response_nonce, nack = req.error_detail.is_some()))]
+    #[tracing::instrument(name = "xds.server.ack", skip_all, fields(node = %self.entry.node(), %kind, nonce = %truncate_for_display(&req.response_nonce), nack = req.error_detail.is_some()))]
     fn handle_ack(&mut self, kind: ResourceType, req: &discovery::DeltaDiscoveryRequest) {
-        let nonce_text = req.response_nonce.as_str();
-        let Ok(nonce) = nonce_text.parse::<u64>() else {
-            tracing::debug!(node = %self.entry.node(), %kind, nonce = nonce_text, "xds server: ACK for a nonce this server never sent; ignored");
+        let Ok(nonce) = req.response_nonce.parse::<u64>() else {
+            tracing::debug!(node = %self.entry.node(), %kind, nonce = %truncate_for_display(&req.response_nonce), "xds server: ACK for a nonce this server never sent; ignored");
             return;
         };
+        // The nonce as this server wrote it (the client's text may carry leading zeros).
+        let nonce_text = nonce.to_string();
         let ts = self.types.get_mut(kind);
-        let nack = req.error_detail.as_ref().map(|s| s.message.clone());
+        let full_nack = req.error_detail.as_ref().map(|s| s.message.as_str());
         // Responses are processed in order: everything up to this nonce is done. Every
         // response sent and not yet settled is on the ledger (folded when many are in
-        // flight), so only a nonce never sent or already settled misses.
-        let Some(done) = ts.outstanding.settle(nonce, nack.as_deref()) else {
+        // flight), so only a nonce never sent or already settled misses. The whole
+        // message is read for the names it rejects; only a bounded copy is kept.
+        let settled = ts.outstanding.settle(nonce, full_nack);
+        let nack = full_nack.map(|m| truncate_for_display(m).into_owned());
+        let Some(done) = settled else {
             tracing::debug!(node = %self.entry.node(), %kind, nonce, "xds server: ACK for an unknown or already settled nonce; ignored");
             return;
         };
@@ -493,7 +508,7 @@ impl Connection {
         }
         let held = ts.sent.len() as u64;
         self.entry.stats.update(kind, |t| {
-            t.last_nonce_received = nonce_text.to_string();
+            t.last_nonce_received = nonce_text.clone();
             t.resources = held;
             match &nack {
                 Some(message) => {
@@ -502,7 +517,7 @@ impl Connection {
                 }
                 None => {
                     t.acks += 1;
-                    t.last_nonce_acked = nonce_text.to_string();
+                    t.last_nonce_acked = nonce_text.clone();
                 }
             }
             t.synced = true;
@@ -526,7 +541,7 @@ impl Connection {
             view_label: Arc::clone(&self.entry.view_label),
             kind,
             view_version: done.view_version,
-            nonce: nonce_text.to_string(),
+            nonce: nonce_text,
             nack,
             at: SystemTime::now(),
         });
@@ -674,6 +689,35 @@ async fn send(
     }
 }
 
+/// The status a stream ends with when tonic could not decode the client's request, or
+/// `None` when the error is the client going away (reset, cancelled, connection lost).
+/// tonic reports a message over the decode limit as `OUT_OF_RANGE` (or, decompressed,
+/// `RESOURCE_EXHAUSTED`) and a malformed one as `INTERNAL` with one of the messages
+/// below; the client is told `RESOURCE_EXHAUSTED` or `INVALID_ARGUMENT`, as gRPC servers
+/// answer those requests.
+fn bad_request_status(error: &Status) -> Option<Status> {
+    let message = error.message();
+    match error.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Some(Status::resource_exhausted(format!(
+                "request too large: {}",
+                truncate_for_display(message)
+            )))
+        }
+        tonic::Code::Internal
+            if ["failed to decode", "protocol error", "Error decompressing"]
+                .iter()
+                .any(|p| message.starts_with(p)) =>
+        {
+            Some(Status::invalid_argument(format!(
+                "malformed request: {}",
+                truncate_for_display(message)
+            )))
+        }
+        _ => None,
+    }
+}
+
 /// Names a NACK message reports: the text before `": "` of each `"; "`-separated part.
 pub fn nacked_names(message: &str) -> HashSet<&str> {
     message
@@ -773,6 +817,25 @@ mod tests {
             })
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn decode_errors_map_to_the_status_a_client_is_told() {
+        let too_large = Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes",
+        );
+        assert_eq!(
+            bad_request_status(&too_large).unwrap().code(),
+            tonic::Code::ResourceExhausted
+        );
+        let malformed = Status::internal("failed to decode Protobuf message: invalid wire type");
+        assert_eq!(
+            bad_request_status(&malformed).unwrap().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(bad_request_status(&Status::cancelled("gone")).is_none());
+        assert!(bad_request_status(&Status::internal("h2 protocol error: reset")).is_none());
+        assert!(bad_request_status(&Status::unknown("connection reset")).is_none());
     }
 
     #[test]

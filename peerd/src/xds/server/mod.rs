@@ -7,6 +7,12 @@
 //! `Unimplemented` (tonic's default for a method the service does not define).
 //! It never copies a whole view per change and never lets one connection slow another.
 //!
+//! A request tonic cannot decode ends its stream with `RESOURCE_EXHAUSTED` (over
+//! `max_message_size`) or `INVALID_ARGUMENT` (malformed), a warning and
+//! `peerd_xds_server_bad_requests_total`. Strings a client sends (node id, NACK
+//! messages, nonces, headers) are bounded before they are logged or stored
+//! ([`crate::bounded`]).
+//!
 //! Unknown type URLs in requests: the first request for such a type gets one empty
 //! response echoing the type URL (a client waiting for an answer is not stuck; ACKing
 //! it is harmless); later requests for it, including ACKs, are ignored. The stream and
@@ -30,7 +36,7 @@ use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
-use crate::xds::auth::{ConnectionInfo, ViewSelector, parse_bearer};
+use crate::xds::auth::{BearerToken, ConnectionInfo, ViewSelector, parse_bearer};
 use crate::xds::transport::{PeerConnInfo, tls_incoming};
 
 pub use connection::nacked_names;
@@ -169,8 +175,10 @@ fn connection_info<T>(req: &Request<T>) -> ConnectionInfo {
         bearer_token: header("authorization")
             .as_deref()
             .and_then(parse_bearer)
-            .map(str::to_string),
-        cluster_id: header("clusterid"),
+            .map(BearerToken::from),
+        // Client-controlled and echoed in refusals: bounded (a cluster name is a DNS
+        // label, so a cut value still matches no peer).
+        cluster_id: header("clusterid").map(crate::bounded::truncate_owned),
         peer_certificates: transport.and_then(|t| t.peer_certificates.clone()),
     }
 }

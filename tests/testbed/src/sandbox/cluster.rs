@@ -272,6 +272,7 @@ fn config_for(
             },
             auth: AuthFile {
                 token_file: Some(opts.token_file.to_path_buf()),
+                ..AuthFile::default()
             },
             ..XdsServerFile::default()
         },

@@ -127,7 +127,8 @@ async fn fill(layout: &ClusterLayout, status: &mut ClusterStatus) -> anyhow::Res
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", layout.debug()))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2));
-    let mut client = DebugClient::new(endpoint.connect().await?);
+    let mut client = DebugClient::new(endpoint.connect().await?)
+        .max_decoding_message_size(peerd::debug::client::MAX_MESSAGE_BYTES);
     let info = client
         .get_server_info(debug::GetServerInfoRequest {})
         .await?
