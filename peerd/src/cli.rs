@@ -28,6 +28,8 @@ pub enum Command {
     Status(crate::debug::status::StatusArgs),
     /// Check that peering works, each check with a reason; fails if any check fails.
     Check(crate::debug::check::CheckArgs),
+    /// Inspect a running peerd: served resources, support bundles (debug API).
+    Debug(crate::debug::command::DebugArgs),
     /// Print the version and build information.
     Version,
 }
@@ -69,6 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_daemon(args).await,
         Command::Status(args) => crate::debug::status::run(args).await,
         Command::Check(args) => crate::debug::check::run(args).await,
+        Command::Debug(args) => crate::debug::command::run(args).await,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod gateway;
 pub mod kube;
 pub mod layout;
+pub mod screen;
 pub mod status;
 pub mod ztunnel;
 
@@ -151,14 +152,13 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         token_file.display()
     );
     println!(
-        "  faults: type `fault KIND=CLUSTER` or `lift KIND=CLUSTER` here, or append the line to {}",
+        "  commands: type `fault KIND=CLUSTER`, `lift KIND=CLUSTER` or `restart CLUSTER` here, or append the line to {}",
         control_file.display()
     );
 
-    let interactive = std::io::stdout().is_terminal();
+    let mut screen = screen::Screen::new(std::io::stdout().is_terminal());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut faults_done = options.faults.is_empty();
-    let mut last_plain = Instant::now() - Duration::from_secs(60);
     // One signal listener for the whole run: a SIGTERM arriving while a status read is in
     // progress must not be lost (a listener created later would not see it).
     let shutdown = peerd::cli::shutdown_signal();
@@ -172,8 +172,12 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         }
         lines.extend(faults::take_control_lines(&control_file));
         for line in lines {
-            if let Err(e) = fault_ctl.execute(&line, &mut clusters) {
-                println!("command {line:?} failed: {e:#}");
+            let outcome = match fault_ctl.execute(&line, &mut clusters) {
+                Ok(()) => format!("command {line:?} done"),
+                Err(e) => format!("command {line:?} failed: {e:#}"),
+            };
+            if let Some(text) = screen.message(outcome) {
+                print!("{text}");
             }
         }
         fault_ctl.lift_expired(&mut clusters);
@@ -192,13 +196,9 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         if let Some(path) = &options.status_json {
             write_atomically(path, &serde_json::to_vec_pretty(&snapshot)?)?;
         }
-        if interactive {
-            print!("\x1b[2J\x1b[H{}", status::table(&snapshot));
-            println!("\n{}s elapsed; Ctrl-C stops.", snapshot.elapsed_seconds);
-        } else if last_plain.elapsed() >= Duration::from_secs(5) {
-            last_plain = Instant::now();
-            println!("--- {}s", snapshot.elapsed_seconds);
-            print!("{}", status::table(&snapshot));
+        if let Some(frame) = screen.frame(&snapshot, started.elapsed()) {
+            print!("{frame}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
         }
         if !faults_done && (all_connected(&snapshot) || started.elapsed() >= options.fault_after) {
             faults_done = true;
