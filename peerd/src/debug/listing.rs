@@ -187,7 +187,7 @@ mod tests {
             cluster_id: cluster.into(),
             network: "net1".into(),
             node: "node-a".into(),
-            addresses: vec![vec![10, 0, 0, 7].into()],
+            addresses: vec![vec![10, 0, 0, 7]],
             tunnel_protocol: workload::TunnelProtocol::Hbone as i32,
             ..Default::default()
         })

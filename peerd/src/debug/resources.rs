@@ -73,8 +73,11 @@ impl ResourcesArgs {
                 bail!("--origin: empty cluster name")
             }
             (None | Some(ViewArg::Origin), Some(origin)) => origin.clone(),
-            (Some(view), Some(_)) => {
-                bail!("--origin goes with --view origin, not --view {view:?}")
+            (Some(ViewArg::Merged), Some(_)) => {
+                bail!("--origin goes with --view origin, not --view merged")
+            }
+            (Some(ViewArg::Export), Some(_)) => {
+                bail!("--origin goes with --view origin, not --view export")
             }
         };
         Ok(api::ListResourcesRequest {
