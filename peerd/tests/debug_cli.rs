@@ -296,7 +296,10 @@ async fn resources_are_filtered_by_the_server_and_shown_decoded() {
     )
     .await
     .unwrap_err();
-    assert!(format!("{err:#}").contains("type: unknown \"pods\""), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("type: unknown \"pods\""),
+        "{err:#}"
+    );
     let err = resources::fetch(
         &addr,
         api::ListResourcesRequest {
@@ -306,7 +309,10 @@ async fn resources_are_filtered_by_the_server_and_shown_decoded() {
     )
     .await
     .unwrap_err();
-    assert!(format!("{err:#}").contains("namespace: 300 bytes"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("namespace: 300 bytes"),
+        "{err:#}"
+    );
 }
 
 /// Every member of a bundle, decompressed.
@@ -351,7 +357,9 @@ async fn dump_writes_every_member_and_no_secret() {
         "errors: {:?}",
         members.get("peerd-dump/errors.txt")
     );
-    assert!(members["peerd-dump/status.txt"].starts_with("peerd cluster-1 (network \"net1\") ready"));
+    assert!(
+        members["peerd-dump/status.txt"].starts_with("peerd cluster-1 (network \"net1\") ready")
+    );
     assert!(members["peerd-dump/check.txt"].contains("✅ config"));
     assert!(members["peerd-dump/config.txt"].contains("cluster: \"cluster-1\""));
     assert!(members["peerd-dump/metrics.prom"].contains("# TYPE peerd_"));

@@ -60,7 +60,10 @@ fn have_python_module(name: &str) -> bool {
 }
 
 /// The packages of `commands` and `files` whose command or file is missing.
-fn missing_apt(commands: &[(&str, &'static str)], files: &[(&str, &'static str)]) -> Vec<&'static str> {
+fn missing_apt(
+    commands: &[(&str, &'static str)],
+    files: &[(&str, &'static str)],
+) -> Vec<&'static str> {
     let mut apt: Vec<&str> = commands
         .iter()
         .filter(|(cmd, _)| !have_command(cmd))

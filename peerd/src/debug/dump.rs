@@ -59,11 +59,7 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || write_bundle(&file, &members))
         .await
         .context("writing the bundle")??;
-    println!(
-        "wrote {} ({})",
-        args.file.display(),
-        names.join(", ")
-    );
+    println!("wrote {} ({})", args.file.display(), names.join(", "));
     Ok(())
 }
 
@@ -92,10 +88,7 @@ pub async fn collect(args: &DumpArgs) -> anyhow::Result<Members> {
         "check.txt",
         format!("{}\n{failed} check(s) failed\n", render(&checks, true)),
     );
-    text(
-        "check.json",
-        serde_json::to_string_pretty(&checks)? + "\n",
-    );
+    text("check.json", serde_json::to_string_pretty(&checks)? + "\n");
     text(
         "version.txt",
         format!(
@@ -148,7 +141,9 @@ pub async fn collect(args: &DumpArgs) -> anyhow::Result<Members> {
 /// reached on loopback; port 0 cannot be guessed.
 pub fn scrape_target(configured: &str) -> anyhow::Result<String> {
     let addr: std::net::SocketAddr = configured.parse().with_context(|| {
-        format!("the daemon reports no usable metrics address ({configured:?}); pass --metrics-addr")
+        format!(
+            "the daemon reports no usable metrics address ({configured:?}); pass --metrics-addr"
+        )
     })?;
     if addr.port() == 0 {
         bail!("the metrics listener is configured on port 0 (ephemeral); pass --metrics-addr");

@@ -72,15 +72,16 @@ impl Filter {
 /// The table fields of `r`, decoded from its body.
 pub fn summary(r: &Resource) -> api::ResourceSummary {
     let decoded = match r.kind {
-        crate::xds::types::ResourceType::Address => workload::Address::decode(r.body.as_ref())
-            .map(|a| match a.r#type {
+        crate::xds::types::ResourceType::Address => {
+            workload::Address::decode(r.body.as_ref()).map(|a| match a.r#type {
                 Some(workload::address::Type::Workload(w)) => workload_summary(w),
                 Some(workload::address::Type::Service(s)) => service_summary(s),
                 None => api::ResourceSummary {
                     kind: "address".into(),
                     ..api::ResourceSummary::default()
                 },
-            }),
+            })
+        }
         crate::xds::types::ResourceType::Authorization => {
             security::Authorization::decode(r.body.as_ref()).map(authorization_summary)
         }

@@ -591,7 +591,9 @@ mod tests {
             " restart  cluster-2 ".parse::<Command>().unwrap(),
             Command::Restart("cluster-2".into())
         );
-        let err = "restart cluster-1 cluster-2".parse::<Command>().unwrap_err();
+        let err = "restart cluster-1 cluster-2"
+            .parse::<Command>()
+            .unwrap_err();
         assert!(err.contains("one cluster name"), "{err}");
         let err = "restart c;rm".parse::<Command>().unwrap_err();
         assert!(err.contains("may only hold"), "{err}");
