@@ -108,7 +108,7 @@ upstreams:
         ResourceType::ALL
             .iter()
             .all(|t| have.resources(*t).len() == want.resources(*t).len())
-            && have.resources(ResourceType::Address).len() > 0
+            && !have.resources(ResourceType::Address).is_empty()
     })
     .await;
     let secrets = vec![
