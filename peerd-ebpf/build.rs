@@ -3,6 +3,14 @@
 //! Owns: producing `$OUT_DIR/probes.rs`, which either embeds the stripped object or
 //! records why probing is unavailable. Must never fail the build just because clang or
 //! the libbpf headers are missing, unless `PEERD_REQUIRE_EBPF=1` asks for the programs.
+//!
+//! A build made before the tools were installed must not keep "probes unavailable"
+//! forever, so the script tells cargo what its outcome depended on: the tool binaries it
+//! used (an upgrade reruns it), and, when a tool or the headers were missing, the
+//! directories they would appear in (every `PATH` directory, the include directory).
+//! Installing a package changes those directories' modification time, so the next build
+//! reruns this script. Only existing paths are named: cargo treats a missing path as
+//! always stale, which would rerun the script on every build.
 
 use std::env;
 use std::fmt::Write as _;
@@ -44,13 +52,17 @@ fn main() {
     }
     let require = env::var("PEERD_REQUIRE_EBPF").is_ok_and(|v| v == "1");
 
-    let outcome = if env::var("PEERD_NO_EBPF_BUILD").is_ok_and(|v| v == "1") {
+    let disabled = env::var("PEERD_NO_EBPF_BUILD").is_ok_and(|v| v == "1");
+    let outcome = if disabled {
         Err("eBPF build disabled by PEERD_NO_EBPF_BUILD=1".to_string())
     } else {
         compile_all(&src, &out_dir)
     };
 
     let mut generated = String::new();
+    if !disabled {
+        watch_tools(outcome.is_err());
+    }
     match outcome {
         Ok(objects) => {
             for (name, path) in objects {
@@ -83,6 +95,57 @@ fn main() {
     }
     if let Err(err) = fs::write(out_dir.join("probes.rs"), generated) {
         panic!("cannot write probes.rs: {err}");
+    }
+}
+
+/// The directories of `PATH` that exist (absolute only: a relative entry depends on the
+/// working directory, not on what is installed).
+fn path_dirs() -> Vec<PathBuf> {
+    env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.is_absolute() && d.is_dir())
+        .collect()
+}
+
+/// Where `tool` resolves in `PATH`, like the shell's `command -v`.
+fn resolve_in_path(tool: &str) -> Option<PathBuf> {
+    if tool.contains('/') {
+        return Some(PathBuf::from(tool)).filter(|p| p.exists());
+    }
+    path_dirs()
+        .into_iter()
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Tells cargo when to rerun this script: when a tool it used changes, and, if the
+/// build `failed`, when anything is installed where the missing tools or headers would
+/// go.
+fn watch_tools(failed: bool) {
+    for (var, candidates) in [
+        ("PEERD_CLANG", CLANG_CANDIDATES),
+        ("PEERD_LLVM_STRIP", STRIP_CANDIDATES),
+    ] {
+        if let Some(path) = find_tool(var, candidates).and_then(|t| resolve_in_path(&t)) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    if !failed && find_tool("PEERD_LLVM_STRIP", STRIP_CANDIDATES).is_some() {
+        return;
+    }
+    for dir in path_dirs() {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    if failed {
+        let headers = ["/usr/include/bpf", "/usr/include"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_dir());
+        if let Some(dir) = headers {
+            println!("cargo:rerun-if-changed={}", dir.display());
+        }
     }
 }
 

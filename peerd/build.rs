@@ -10,7 +10,10 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> anyhow::Result<()> {
-    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time, not baked in with `env!`: a build script binary reused from a
+    // target directory copied from another checkout must compile this checkout's protos.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let proto_root = std::path::Path::new(&manifest_dir).join("../proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
     let fds = protox::compile(PROTOS, [&proto_root]).context("compiling proto/")?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

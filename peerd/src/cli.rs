@@ -34,6 +34,8 @@ pub enum Command {
     Link(crate::link::command::LinkArgs),
     /// Remove the peer Gateways `link` wrote.
     Unlink(crate::link::command::UnlinkArgs),
+    /// Inspect a running peerd: served resources, support bundles (debug API).
+    Debug(crate::debug::command::DebugArgs),
     /// Print the version and build information.
     Version,
 }
@@ -78,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Expose(args) => crate::link::command::expose(args).await,
         Command::Link(args) => crate::link::command::link(args).await,
         Command::Unlink(args) => crate::link::command::unlink(args).await,
+        Command::Debug(args) => crate::debug::command::run(args).await,
     }
 }
 

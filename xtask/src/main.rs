@@ -44,7 +44,8 @@ enum Cmd {
         template: bool,
     },
     /// Run `peerd-sandbox` (release build, with the release `peerd` it runs per
-    /// cluster), passing the remaining arguments.
+    /// cluster), passing the remaining arguments. As root, first installs what the eBPF
+    /// probes need when missing.
     Sandbox {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -71,9 +72,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Builds the release `peerd` (the sandbox finds it next to itself), then runs the
-/// release `peerd-sandbox` with `args`.
+/// Installs the eBPF build's prerequisites when missing (as root), builds the release
+/// `peerd` (the sandbox finds it next to itself; its build script reruns once clang
+/// appears), then runs the release `peerd-sandbox` with `args`.
 fn sandbox(args: &[String]) -> anyhow::Result<()> {
+    setup::ebpf_for_sandbox();
     cargo(&["build", "--release", "-p", "peerd", "--bin", "peerd"])?;
     let mut all = vec![
         "run",

@@ -1,4 +1,5 @@
-//! Installs the machine-level prerequisites of the test suite, only when missing:
+//! Installs the machine-level prerequisites of the test suite, only when missing (and
+//! the eBPF subset for `cargo xtask sandbox`, see [`ebpf_for_sandbox`]):
 //! clang/llvm/libbpf (eBPF programs), nftables + iproute2 (network-namespace tests),
 //! prometheus (real scrape tests, promtool for alert rules), Python grpcio (independent
 //! debug API client), kubernetes-validate (deploy/ manifests).
@@ -7,10 +8,13 @@ use std::process::Command;
 
 use anyhow::bail;
 
-/// (command that must exist, Debian package providing it)
+/// What the eBPF probes' build needs (`peerd-ebpf/build.rs`): (command, package).
+const EBPF_APT: &[(&str, &str)] = &[("clang", "clang"), ("llvm-strip", "llvm")];
+/// (header the eBPF programs include, package).
+const EBPF_APT_FILES: &[(&str, &str)] = &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev")];
+
+/// (command that must exist, Debian package providing it), besides [`EBPF_APT`].
 const APT: &[(&str, &str)] = &[
-    ("clang", "clang"),
-    ("llvm-strip", "llvm"),
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("prometheus", "prometheus"),
@@ -21,7 +25,6 @@ const APT: &[(&str, &str)] = &[
     ("go", "golang-go"),
 ];
 const APT_FILES: &[(&str, &str)] = &[
-    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
     // Go sources of Helm's template engine (sprig, sigs.k8s.io/yaml) for xtask/chart-render.
     (
         "/usr/share/gocode/src/github.com/Masterminds/sprig/go.mod",
@@ -56,19 +59,29 @@ fn have_python_module(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// What is missing: (apt packages, pip packages).
-pub fn missing() -> (Vec<&'static str>, Vec<&'static str>) {
-    let mut apt: Vec<&str> = APT
+/// The packages of `commands` and `files` whose command or file is missing.
+fn missing_apt(
+    commands: &[(&str, &'static str)],
+    files: &[(&str, &'static str)],
+) -> Vec<&'static str> {
+    let mut apt: Vec<&str> = commands
         .iter()
         .filter(|(cmd, _)| !have_command(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
     apt.extend(
-        APT_FILES
+        files
             .iter()
             .filter(|(path, _)| !std::path::Path::new(path).exists())
             .map(|(_, pkg)| *pkg),
     );
+    apt
+}
+
+/// What is missing: (apt packages, pip packages).
+pub fn missing() -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut apt = missing_apt(EBPF_APT, EBPF_APT_FILES);
+    apt.extend(missing_apt(APT, APT_FILES));
     apt.sort_unstable();
     apt.dedup();
     let pip = PIP
@@ -96,13 +109,7 @@ pub fn run() -> anyhow::Result<()> {
             if !is_root() {
                 bail!("missing packages {installable:?}; run as root or install them");
             }
-            crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
-            crate::run(
-                Command::new("apt-get")
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .args(["install", "-y", "-qq", "--no-install-recommends"])
-                    .args(&installable),
-            )?;
+            apt_install(&installable)?;
         }
     }
     if !pip.is_empty() {
@@ -128,6 +135,38 @@ pub fn run() -> anyhow::Result<()> {
     }
     eprintln!("xtask setup: all prerequisites present");
     Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages),
+    )
+}
+
+/// `cargo xtask sandbox`: installs what the eBPF probes' build needs when it is missing
+/// and this runs as root, so the release `peerd` is built with its probes. Never fails
+/// the sandbox: without root (or when the install fails) it says so, and each sandbox
+/// peerd's status line gives the reason it probes in userspace.
+pub fn ebpf_for_sandbox() {
+    let missing = missing_apt(EBPF_APT, EBPF_APT_FILES);
+    if missing.is_empty() {
+        return;
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask sandbox: the eBPF probes need {missing:?}; not root, so not installing \
+             them (the sandbox probes in userspace and its status line says why)"
+        );
+        return;
+    }
+    eprintln!("xtask sandbox: installing {missing:?} for the eBPF probes");
+    if let Err(e) = apt_install(&missing) {
+        eprintln!("xtask sandbox: installing {missing:?} failed ({e:#}); probing in userspace");
+    }
 }
 
 fn is_root() -> bool {

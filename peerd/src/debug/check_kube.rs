@@ -585,6 +585,7 @@ pub async fn exported_workloads(
                 view: cluster.clone(),
                 r#type: "workload".into(),
                 include_json: false,
+                ..Default::default()
             })
             .await
             .with_context(|| format!("ListResources of {cluster}"))?

@@ -84,6 +84,7 @@ pub fn resource(r: &Resource, origin: &str, include_json: bool) -> api::Resource
         origin: origin.into(),
         json,
         size_bytes: r.body.len() as u64,
+        summary: None,
     }
 }
 

@@ -21,8 +21,9 @@ use tonic_health::ServingStatus;
 use crate::admin::Readiness;
 use crate::bounded::truncate_for_display;
 use crate::config::Config;
-use crate::debug::convert;
+use crate::debug::event_log::EventLog;
 use crate::debug::source::PeerSource;
+use crate::debug::{convert, listing, redact};
 use crate::federation::Federation;
 use crate::proto::debug::v1 as api;
 use crate::proto::debug::v1::debug_server::{Debug, DebugServer};
@@ -66,12 +67,55 @@ pub struct DebugState {
 #[derive(Clone)]
 pub struct DebugService {
     state: Arc<DebugState>,
+    /// Recent events, recorded from the start of [`serve`].
+    events: Arc<EventLog>,
 }
 
 impl DebugService {
     pub fn new(state: DebugState) -> Self {
         DebugService {
             state: Arc::new(state),
+            events: Arc::new(EventLog::new()),
+        }
+    }
+
+    /// The effective configuration as text, URL credentials redacted.
+    pub fn config_dump(&self) -> api::ConfigDump {
+        api::ConfigDump {
+            text: redact::config_text(&self.state.config),
+        }
+    }
+
+    /// The recent events (see [`EventLog`]).
+    pub fn recent_events(&self) -> api::ListEventsResponse {
+        self.events.snapshot()
+    }
+
+    /// Records every event `Watch` would stream (without ACKs) into the history until
+    /// `cancel` fires.
+    fn spawn_event_recorder(&self, cancel: CancellationToken) {
+        let sources = self.watch_sources();
+        let (tx, mut rx) = mpsc::channel(WATCH_QUEUE);
+        tokio::spawn(DebugService::forward_events(sources, false, tx));
+        let log = Arc::clone(&self.events);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    event = rx.recv() => match event {
+                        Some(Ok(event)) => log.record(event),
+                        Some(Err(_)) | None => return,
+                    },
+                }
+            }
+        });
+    }
+
+    fn watch_sources(&self) -> WatchSources {
+        WatchSources {
+            peer_events: self.state.peers.events(),
+            store_events: self.state.store.subscribe(),
+            acks: self.state.subscribers.ack_events(),
         }
     }
 
@@ -149,6 +193,7 @@ impl DebugService {
             merged: Some(convert::counts(convert::view_counts(merged.counts()))),
             xds_address: s.xds_address.clone(),
             debug_address: s.debug_address.clone(),
+            metrics_address: s.config.listeners.metrics.to_string(),
         }
     }
 
@@ -200,17 +245,52 @@ impl DebugService {
         kind: &str,
         include_json: bool,
     ) -> Result<api::ListResourcesResponse, Status> {
-        let (view, origin) = self.resolve_view(view)?;
-        let kinds = parse_kinds(kind)?;
+        self.list_resources_filtered(&api::ListResourcesRequest {
+            view: view.into(),
+            r#type: kind.into(),
+            include_json,
+            ..api::ListResourcesRequest::default()
+        })
+    }
+
+    /// One `ListResources` call: the filters run on each resource's summary first, so
+    /// only matches are decoded (`include_json`, `include_summary`) and sent.
+    pub fn list_resources_filtered(
+        &self,
+        request: &api::ListResourcesRequest,
+    ) -> Result<api::ListResourcesResponse, Status> {
+        let filter = listing::Filter::from_request(request).map_err(Status::invalid_argument)?;
+        let (view, origin) = self.resolve_view(&request.view)?;
+        let kinds = parse_kinds(&request.r#type)?;
+        let limit = match request.limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
         let snapshot = view.snapshot();
         let mut resources = Vec::new();
+        let mut matched = 0u64;
         for kind in kinds {
             for (name, r) in snapshot.resources(kind).iter() {
-                let origin = self.origin_of(origin.as_deref(), kind, name);
-                resources.push(convert::resource(r, &origin, include_json));
+                let known_origin = filter
+                    .needs_origin(r)
+                    .then(|| self.origin_of(origin.as_deref(), kind, name));
+                if !filter.matches(r, known_origin.as_deref()) {
+                    continue;
+                }
+                matched += 1;
+                if resources.len() >= limit {
+                    continue;
+                }
+                let origin =
+                    known_origin.unwrap_or_else(|| self.origin_of(origin.as_deref(), kind, name));
+                let mut resource = convert::resource(r, &origin, request.include_json);
+                if request.include_summary {
+                    resource.summary = Some(listing::summary(r));
+                }
+                resources.push(resource);
             }
         }
-        Ok(api::ListResourcesResponse { resources })
+        Ok(api::ListResourcesResponse { resources, matched })
     }
 
     fn origin_of(&self, fixed: Option<&str>, kind: ResourceType, name: &str) -> String {
@@ -436,8 +516,7 @@ impl Debug for DebugService {
         &self,
         request: Request<api::ListResourcesRequest>,
     ) -> Result<Response<api::ListResourcesResponse>, Status> {
-        let r = request.into_inner();
-        self.resources(&r.view, &r.r#type, r.include_json)
+        self.list_resources_filtered(request.get_ref())
             .map(Response::new)
     }
 
@@ -459,11 +538,7 @@ impl Debug for DebugService {
         let include_acks = request.into_inner().include_acks;
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         // Subscribe before answering, so nothing after the call is missed.
-        let sources = WatchSources {
-            peer_events: self.state.peers.events(),
-            store_events: self.state.store.subscribe(),
-            acks: self.state.subscribers.ack_events(),
-        };
+        let sources = self.watch_sources();
         let ready = tx.clone();
         tokio::spawn(async move {
             DebugService::forward_events(sources, include_acks, tx).await;
@@ -491,6 +566,20 @@ impl Debug for DebugService {
             json: doc.to_string(),
         }))
     }
+
+    async fn get_config(
+        &self,
+        _: Request<api::GetConfigRequest>,
+    ) -> Result<Response<api::ConfigDump>, Status> {
+        Ok(Response::new(self.config_dump()))
+    }
+
+    async fn list_events(
+        &self,
+        _: Request<api::ListEventsRequest>,
+    ) -> Result<Response<api::ListEventsResponse>, Status> {
+        Ok(Response::new(self.recent_events()))
+    }
 }
 
 /// Serves Debug + Health + reflection on `listener` until `cancel` fires.
@@ -500,6 +589,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().ok();
+    service.spawn_event_recorder(cancel.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
         reporter

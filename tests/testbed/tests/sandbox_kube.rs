@@ -218,6 +218,7 @@ async fn imported(debug_addr: &str, origin: &str) -> Imported {
             view: origin.to_string(),
             r#type: "address".to_string(),
             include_json: true,
+            ..Default::default()
         })
         .await
     else {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::{CertificateAuthority, LeafSpec};
@@ -177,6 +177,30 @@ impl Cluster {
         }
     }
 
+    /// Restarts this cluster's peerd as a rollout would: SIGTERM, up to
+    /// [`RESTART_STOP_TIMEOUT`] to exit (then SIGKILL), and a new process. Refused when
+    /// no peerd runs.
+    pub fn restart_peerd(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.peerd.take() else {
+            bail!("{}: no peerd is running", self.layout.name);
+        };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's pid; the child is not reaped yet, so the
+            // pid cannot have been reused.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + RESTART_STOP_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        self.start_peerd()
+    }
+
     pub fn peerd_running(&mut self) -> bool {
         match &mut self.peerd {
             Some(child) => matches!(child.try_wait(), Ok(None)),
@@ -188,6 +212,9 @@ impl Cluster {
         &self.log_path
     }
 }
+
+/// How long a restarted peerd gets to exit after SIGTERM before it is killed.
+pub const RESTART_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Overrides where the sandbox finds the `peerd` binary it runs for each cluster.
 pub const PEERD_BIN_ENV: &str = "PEERD_BIN";

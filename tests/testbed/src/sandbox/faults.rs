@@ -16,7 +16,8 @@
 //! HBONE listener would answer any address whose own listener was closed.
 //!
 //! Commands (a line on stdin, or in `STATE_DIR/control`, which the sandbox polls every
-//! second and empties): `fault KIND=CLUSTER` (alias `inject`) and `lift KIND=CLUSTER`.
+//! second and empties): `fault KIND=CLUSTER` (alias `inject`), `lift KIND=CLUSTER`, and
+//! `restart CLUSTER` (SIGTERM that cluster's peerd and start a new one: a rollout).
 //!
 //! Owns: fault vocabulary, rule rendering, the nft table's lifetime. Must never match
 //! traffic outside 127.0.0.0/8 or port 15008, and never touch another table.
@@ -120,6 +121,8 @@ pub enum Command {
     Link(String, String),
     /// `unlink A B`: `peerd unlink` of the pair, both ways.
     Unlink(String, String),
+    /// Restart that cluster's peerd (SIGTERM, then a new process).
+    Restart(String),
 }
 
 impl FromStr for Command {
@@ -127,27 +130,48 @@ impl FromStr for Command {
     fn from_str(line: &str) -> Result<Command, String> {
         let line = line.trim();
         let (verb, rest) = line.split_once(char::is_whitespace).ok_or_else(|| {
-            format!("command {line:?}: expected `fault KIND=CLUSTER` or `lift KIND=CLUSTER`")
+            format!(
+                "command {line:?}: expected `fault KIND=CLUSTER`, `lift KIND=CLUSTER`, `restart CLUSTER`, `link A B` or `unlink A B`"
+            )
         })?;
-        if let verb @ ("link" | "unlink") = verb {
-            let mut clusters = rest.split_whitespace().map(String::from);
-            return match (clusters.next(), clusters.next(), clusters.next()) {
-                (Some(a), Some(b), None) if verb == "link" => Ok(Command::Link(a, b)),
-                (Some(a), Some(b), None) => Ok(Command::Unlink(a, b)),
-                _ => Err(format!(
-                    "command {line:?}: expected `{verb} CLUSTER CLUSTER`"
-                )),
-            };
-        }
-        let fault: Fault = rest.parse()?;
+        let rest = rest.trim();
         match verb {
-            "fault" | "inject" => Ok(Command::Inject(fault)),
-            "lift" => Ok(Command::Lift(fault)),
+            "fault" | "inject" => Ok(Command::Inject(rest.parse()?)),
+            "lift" => Ok(Command::Lift(rest.parse()?)),
+            "restart" => Ok(Command::Restart(cluster_name(rest)?)),
+            "link" | "unlink" => {
+                let (a, b) = rest.split_once(char::is_whitespace).ok_or_else(|| {
+                    format!("command {line:?}: expected `{verb} CLUSTER CLUSTER`")
+                })?;
+                let (a, b) = (cluster_name(a)?, cluster_name(b.trim())?);
+                Ok(if verb == "link" {
+                    Command::Link(a, b)
+                } else {
+                    Command::Unlink(a, b)
+                })
+            }
             other => Err(format!(
-                "unknown command {other:?} (known: fault, inject, lift, link, unlink)"
+                "unknown command {other:?} (known: fault, inject, lift, restart, link, unlink)"
             )),
         }
     }
+}
+
+/// One cluster name argument (`cluster-k`), refused when it holds more than a name.
+fn cluster_name(arg: &str) -> Result<String, String> {
+    if arg.is_empty() || arg.contains(char::is_whitespace) {
+        return Err(format!("expected one cluster name, got {arg:?}"));
+    }
+    if !arg
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "cluster {:?}: may only hold letters, digits, '-', '_' and '.'",
+            arg.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(arg.to_string())
 }
 
 /// Every address of cluster `index` that answers HBONE: its gateway and its pod blocks.
@@ -455,6 +479,7 @@ impl FaultController {
             Command::Lift(fault) => self.lift(&fault, clusters),
             Command::Link(a, b) => Self::link_pair("link", &a, &b, clusters),
             Command::Unlink(a, b) => Self::link_pair("unlink", &a, &b, clusters),
+            Command::Restart(cluster) => self.restart(&cluster, clusters),
         }
     }
 
@@ -466,6 +491,17 @@ impl FaultController {
         let kubeconfig = super::linking::kubeconfig_path(clusters)?;
         print!("{}", super::linking::pair(verb, &kubeconfig, a, b)?);
         Ok(())
+    }
+
+    /// Restarts a cluster's running peerd; refused while a `stop-peer` fault holds it
+    /// down (lift the fault instead).
+    pub fn restart(&mut self, cluster: &str, clusters: &mut [Cluster]) -> anyhow::Result<()> {
+        let i = Self::index_of(clusters, cluster)?;
+        let stop = Fault::StopPeer(cluster.to_string());
+        if self.active.contains_key(&stop) {
+            bail!("{cluster}'s peerd is stopped by fault {stop}; `lift {stop}` starts it");
+        }
+        clusters[i].restart_peerd()
     }
 
     pub fn statuses(&self) -> Vec<FaultStatus> {
@@ -594,6 +630,18 @@ mod tests {
         );
         assert!("lift".parse::<Command>().is_err());
         assert!("remove drop-hbone=cluster-3".parse::<Command>().is_err());
+        assert_eq!(
+            " restart  cluster-2 ".parse::<Command>().unwrap(),
+            Command::Restart("cluster-2".into())
+        );
+        let err = "restart cluster-1 cluster-2"
+            .parse::<Command>()
+            .unwrap_err();
+        assert!(err.contains("one cluster name"), "{err}");
+        let err = "restart c;rm".parse::<Command>().unwrap_err();
+        assert!(err.contains("may only hold"), "{err}");
+        let err = "restart".parse::<Command>().unwrap_err();
+        assert!(err.contains("restart CLUSTER"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod kube;
 pub mod layout;
 pub mod linking;
+pub mod screen;
 pub mod status;
 pub mod ztunnel;
 
@@ -167,14 +168,13 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         token_file.display()
     );
     println!(
-        "  commands: `fault KIND=CLUSTER`, `lift KIND=CLUSTER`, `link A B`, `unlink A B` here, or append the line to {}",
+        "  commands: type `fault KIND=CLUSTER`, `lift KIND=CLUSTER`, `restart CLUSTER`, `link A B` or `unlink A B` here, or append the line to {}",
         control_file.display()
     );
 
-    let interactive = std::io::stdout().is_terminal();
+    let mut screen = screen::Screen::new(std::io::stdout().is_terminal());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut faults_done = options.faults.is_empty();
-    let mut last_plain = Instant::now() - Duration::from_secs(60);
     // One signal listener for the whole run: a SIGTERM arriving while a status read is in
     // progress must not be lost (a listener created later would not see it).
     let shutdown = peerd::cli::shutdown_signal();
@@ -188,10 +188,17 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         }
         lines.extend(faults::take_control_lines(&control_file));
         for line in lines {
-            match fault_ctl.execute(&line, &mut clusters) {
-                Ok(()) if line.trim_start().starts_with("link ") => link_timer.start(&line),
-                Ok(()) => {}
-                Err(e) => println!("command {line:?} failed: {e:#}"),
+            let outcome = match fault_ctl.execute(&line, &mut clusters) {
+                Ok(()) => {
+                    if line.trim_start().starts_with("link ") {
+                        link_timer.start(&line);
+                    }
+                    format!("command {line:?} done")
+                }
+                Err(e) => format!("command {line:?} failed: {e:#}"),
+            };
+            if let Some(text) = screen.message(outcome) {
+                print!("{text}");
             }
         }
         fault_ctl.lift_expired(&mut clusters);
@@ -216,13 +223,9 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         if let Some(path) = &options.status_json {
             write_atomically(path, &serde_json::to_vec_pretty(&snapshot)?)?;
         }
-        if interactive {
-            print!("\x1b[2J\x1b[H{}", status::table(&snapshot));
-            println!("\n{}s elapsed; Ctrl-C stops.", snapshot.elapsed_seconds);
-        } else if last_plain.elapsed() >= Duration::from_secs(5) {
-            last_plain = Instant::now();
-            println!("--- {}s", snapshot.elapsed_seconds);
-            print!("{}", status::table(&snapshot));
+        if let Some(frame) = screen.frame(&snapshot, started.elapsed()) {
+            print!("{frame}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
         }
         if !faults_done && (all_connected(&snapshot) || started.elapsed() >= options.fault_after) {
             faults_done = true;
