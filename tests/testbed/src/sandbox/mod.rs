@@ -133,21 +133,6 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     let kubeconfig_path = state_dir.join("kubeconfig");
     std::fs::write(&kubeconfig_path, kube::kubeconfig(&layouts))
         .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
-    // The clusters start exposed and unlinked; link them as an operator would. peerd
-    // reads its peers at start for now, so this runs before the peerds start (the
-    // `link`/`unlink` control commands link at runtime).
-    let mut link_timer = linking::LinkTimer::default();
-    let link_args =
-        linking::link_all_args(&layouts.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
-    link_timer.start(&format!("peerd {}", link_args.join(" ")));
-    let linked = {
-        let kubeconfig = kubeconfig_path.clone();
-        tokio::task::spawn_blocking(move || linking::run_peerd(&kubeconfig, &link_args))
-            .await
-            .context("peerd link task")?
-            .context("linking the sandbox clusters")?
-    };
-    print!("{linked}");
     for c in &mut clusters {
         c.start_peerd()?;
         // Each node's ztunnel: its ACKs make PeerDataPlaneProgrammed real.
@@ -162,6 +147,20 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             c.log_path().display()
         );
     }
+    // The clusters start exposed and unlinked; once every peerd runs, link them as an
+    // operator would: each peerd picks its peer Gateways up from its watch, no restart.
+    let mut link_timer = linking::LinkTimer::default();
+    let link_args =
+        linking::link_all_args(&layouts.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
+    link_timer.start(&format!("peerd {}", link_args.join(" ")));
+    let linked = {
+        let kubeconfig = kubeconfig_path.clone();
+        tokio::task::spawn_blocking(move || linking::run_peerd(&kubeconfig, &link_args))
+            .await
+            .context("peerd link task")?
+            .context("linking the sandbox clusters")?
+    };
+    print!("{linked}");
     println!(
         "  connect a client with root {} and the bearer token in {}",
         root_cert.display(),
