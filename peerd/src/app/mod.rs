@@ -77,8 +77,9 @@ impl Peerd {
         readiness.register(GATE_XDS_LISTENING);
 
         let store = Store::new();
-        let federation =
-            Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
+        let federation_config = FederationConfig::from_config(&config)
+            .context("peers: the peerd identity of a peer")?;
+        let federation = Federation::new(federation_config, Arc::clone(&store));
         readiness.register_signal(GATE_MERGED_VIEW_READY, federation.merged().ready_signal());
 
         // Downstream server: ztunnel with a bearer token gets the merged view.
