@@ -33,8 +33,8 @@ use peerd::peers::{
 use peerd::probe::prober::{Prober, ProberConfig, TargetGuard};
 use peerd::proto::istio::workload;
 use peerd::store::Store;
-use peerd::xds::client::{AdsClient, FailureKind};
 use peerd::xds::auth::StaticTokenVerifier;
+use peerd::xds::client::{AdsClient, FailureKind};
 use peerd::xds::server::{AdsServer, ServerOptions, Subscribers};
 use peerd::xds::{Resource, ResourceType};
 use peerd_testbed::pki::Pki;
@@ -777,9 +777,17 @@ async fn workload_certificate_posing_as_a_peer_client_gets_no_export_view() {
         let (client, store) = client_with_header(&reviews, peerd_identity("c1"), c1.addr, header);
         let failure = client.failure_handle();
         client.spawn(cancel.child_token());
-        eventually("the workload is refused", || failure.lock().unwrap().is_some()).await;
+        eventually("the workload is refused", || {
+            failure.lock().unwrap().is_some()
+        })
+        .await;
         let f = failure.lock().unwrap().clone().unwrap();
-        assert_eq!(f.kind, FailureKind::Unauthenticated, "{header:?}: {}", f.message);
+        assert_eq!(
+            f.kind,
+            FailureKind::Unauthenticated,
+            "{header:?}: {}",
+            f.message
+        );
         assert!(
             f.message.contains(
                 "spiffe://c2.local/ns/bookinfo/sa/reviews is not the peerd identity of any configured peer"
@@ -797,7 +805,9 @@ async fn workload_certificate_posing_as_a_peer_client_gets_no_export_view() {
     let (client, store) = client_with_header(&c2, peerd_identity("c1"), c1.addr, Some("c2"));
     client.spawn(cancel.child_token());
     eventually("c2's peerd synced c1's export", || {
-        store.get("c1").is_some_and(|o| o.is_fully_synced() && !o.view.snapshot().is_empty())
+        store
+            .get("c1")
+            .is_some_and(|o| o.is_fully_synced() && !o.view.snapshot().is_empty())
     })
     .await;
     cancel.cancel();
@@ -834,7 +844,9 @@ async fn a_peer_claiming_another_peers_cluster_is_refused() {
     let (client, store) = client_with_header(&c2, peerd_identity("c1"), c1.addr, Some("c2"));
     client.spawn(cancel.child_token());
     eventually("c2 is served as c2", || {
-        store.get("c1").is_some_and(|o| o.is_fully_synced() && !o.view.snapshot().is_empty())
+        store
+            .get("c1")
+            .is_some_and(|o| o.is_fully_synced() && !o.view.snapshot().is_empty())
     })
     .await;
     cancel.cancel();
@@ -869,9 +881,10 @@ async fn workload_certificate_posing_as_a_peer_server_is_identity_mismatch() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = AdsServer::new(
-        c1.fed.selector(Some(Arc::new(StaticTokenVerifier::from_literal(
-            TOKEN, "ztunnel",
-        )))),
+        c1.fed
+            .selector(Some(Arc::new(StaticTokenVerifier::from_literal(
+                TOKEN, "ztunnel",
+            )))),
         ServerOptions::default(),
     );
     let cancel = CancellationToken::new();
@@ -893,7 +906,10 @@ async fn workload_certificate_posing_as_a_peer_server_is_identity_mismatch() {
         message.contains("certificate presents spiffe://c1.local/ns/bookinfo/sa/reviews"),
         "{message}"
     );
-    assert!(message.contains("peering.solo.io/peerd-identity"), "the hint: {message}");
+    assert!(
+        message.contains("peering.solo.io/peerd-identity"),
+        "the hint: {message}"
+    );
     assert_eq!(
         failure.lock().unwrap().as_ref().unwrap().kind,
         FailureKind::IdentityMismatch

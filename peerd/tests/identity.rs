@@ -198,10 +198,7 @@ async fn client_trusting_another_root_gets_tls_error_unknown_authority() {
 
     let other_dir = tempfile::tempdir().unwrap();
     let other = Pki::load_or_create(other_dir.path(), "other root").unwrap();
-    for identity in [
-        ServerIdentity::Name,
-        ServerIdentity::Spiffe(a_peerd()),
-    ] {
+    for identity in [ServerIdentity::Name, ServerIdentity::Spiffe(a_peerd())] {
         let client = client_config(&ClientTlsOptions::new(roots_of(&other), identity)).unwrap();
         let err = dial(addr, name("127.0.0.1"), client, WAIT)
             .await
@@ -295,7 +292,11 @@ async fn a_huge_presented_identity_is_bounded_in_the_mismatch() {
         .await
         .unwrap_err();
     assert_eq!(err.reason, FailureReason::IdentityMismatch, "{err}");
-    assert!(err.message.len() < 1024, "{} bytes: {err}", err.message.len());
+    assert!(
+        err.message.len() < 1024,
+        "{} bytes: {err}",
+        err.message.len()
+    );
     assert!(
         err.message
             .contains("expected spiffe://a.local/ns/istio-eastwest/sa/peerd"),

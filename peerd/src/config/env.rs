@@ -121,7 +121,11 @@ pub fn apply_env(
         "PEERING_CONTROL_NAMESPACE",
         &mut file.control_namespace,
     );
-    set("identity.namespace", "POD_NAMESPACE", &mut file.identity.namespace);
+    set(
+        "identity.namespace",
+        "POD_NAMESPACE",
+        &mut file.identity.namespace,
+    );
     set(
         "identity.serviceAccount",
         "SERVICE_ACCOUNT",

@@ -899,7 +899,10 @@ fn peer_identities_default_to_our_namespace_and_service_account_in_the_peer_trus
         ]
     );
 
-    let env = Env::from_pairs([("POD_NAMESPACE", "mesh-peering"), ("SERVICE_ACCOUNT", "peerd-sa")]);
+    let env = Env::from_pairs([
+        ("POD_NAMESPACE", "mesh-peering"),
+        ("SERVICE_ACCOUNT", "peerd-sa"),
+    ]);
     let c = resolve_yaml(
         &format!("identity: {{ namespace: ignored, serviceAccount: ignored }}\n{yaml}"),
         &env,
@@ -915,12 +918,21 @@ fn peer_identities_default_to_our_namespace_and_service_account_in_the_peer_trus
 
 #[test]
 fn bad_identity_settings_name_their_field_and_source() {
-    let errors = errors_of("cluster: c1\nidentity: { namespace: 'Istio System', serviceAccount: 'a/b' }\n");
+    let errors =
+        errors_of("cluster: c1\nidentity: { namespace: 'Istio System', serviceAccount: 'a/b' }\n");
     assert_error(&errors, "identity.namespace", "not a valid namespace name");
-    assert_error(&errors, "identity.serviceAccount", "not a valid service account name");
+    assert_error(
+        &errors,
+        "identity.serviceAccount",
+        "not a valid service account name",
+    );
     let env = Env::from_pairs([("SERVICE_ACCOUNT", "Peerd")]);
     let err = resolve_yaml("cluster: c1\n", &env, &Overrides::default()).unwrap_err();
-    assert_error(err.field_errors(), "identity.serviceAccount", "(from env SERVICE_ACCOUNT)");
+    assert_error(
+        err.field_errors(),
+        "identity.serviceAccount",
+        "(from env SERVICE_ACCOUNT)",
+    );
     let errors = errors_of(
         "cluster: c1\npeers: [{ cluster: c2, address: 10.0.0.1, serverIdentity: 'spiffe://td/ns/a/sa/b/c' }]",
     );

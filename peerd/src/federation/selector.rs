@@ -46,7 +46,6 @@ impl FederationSelector {
             tokens,
         }
     }
-
 }
 
 /// The configured peer a client certificate proves to be: the peer whose peerd identity

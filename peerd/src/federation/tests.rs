@@ -1085,7 +1085,9 @@ mod selection {
             remote_addr: None,
             bearer_token: None,
             cluster_id: cluster_id.map(str::to_string),
-            peer_certificates: Some(Arc::new(vec![params.self_signed(&key).unwrap().der().clone()])),
+            peer_certificates: Some(Arc::new(vec![
+                params.self_signed(&key).unwrap().der().clone(),
+            ])),
         }
     }
 
@@ -1113,7 +1115,10 @@ mod selection {
             );
         }
         let ok = selector
-            .select(&conn_as("spiffe://c2.local/ns/istio-system/sa/peerd", Some("c2")))
+            .select(&conn_as(
+                "spiffe://c2.local/ns/istio-system/sa/peerd",
+                Some("c2"),
+            ))
             .await
             .unwrap();
         assert!(Arc::ptr_eq(&ok.view, fed.export_view(ExportFlavor::Flat)));
@@ -1145,9 +1150,15 @@ mod selection {
             );
         }
         let own = selector.select(&conn_as(c3, Some("c3"))).await.unwrap();
-        assert!(Arc::ptr_eq(&own.view, fed.export_view(ExportFlavor::Gateway)));
+        assert!(Arc::ptr_eq(
+            &own.view,
+            fed.export_view(ExportFlavor::Gateway)
+        ));
         let no_header = selector.select(&conn_as(c3, None)).await.unwrap();
-        assert!(Arc::ptr_eq(&no_header.view, fed.export_view(ExportFlavor::Gateway)));
+        assert!(Arc::ptr_eq(
+            &no_header.view,
+            fed.export_view(ExportFlavor::Gateway)
+        ));
     }
 
     /// Peers sharing one peerd identity (one root, `cluster.local` everywhere) are told
@@ -1166,20 +1177,45 @@ mod selection {
         let presented = [shared.clone()];
         let err = selector::peer_for(&peers, &presented, None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert!(err.message().contains("several peers (c2, c3)"), "{}", err.message());
-        assert_eq!(selector::peer_for(&peers, &presented, Some("c3")).unwrap().cluster, "c3");
+        assert!(
+            err.message().contains("several peers (c2, c3)"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(
+            selector::peer_for(&peers, &presented, Some("c3"))
+                .unwrap()
+                .cluster,
+            "c3"
+        );
         let err = selector::peer_for(&peers, &presented, Some("c5")).unwrap_err();
-        assert!(err.message().contains("is the peerd identity of c2, c3"), "{}", err.message());
+        assert!(
+            err.message().contains("is the peerd identity of c2, c3"),
+            "{}",
+            err.message()
+        );
         let long = "x".repeat(100_000);
         let err = selector::peer_for(&peers, &presented, Some(&long)).unwrap_err();
         assert!(err.message().len() < 1024, "{}", err.message().len());
-        assert!(err.message().contains("(100000 bytes)"), "{}", err.message());
+        assert!(
+            err.message().contains("(100000 bytes)"),
+            "{}",
+            err.message()
+        );
         // A certificate with several SPIFFE IDs counts by the one that is a peer's.
         let workload = SpiffeId::new("cluster.local", "bookinfo", "reviews").unwrap();
         let both = [workload.clone(), shared];
-        assert_eq!(selector::peer_for(&peers, &both, Some("c2")).unwrap().cluster, "c2");
+        assert_eq!(
+            selector::peer_for(&peers, &both, Some("c2"))
+                .unwrap()
+                .cluster,
+            "c2"
+        );
         let err = selector::peer_for(&peers, &[workload], Some("c2")).unwrap_err();
-        assert!(err.message().contains("spiffe://cluster.local/ns/bookinfo/sa/reviews"));
+        assert!(
+            err.message()
+                .contains("spiffe://cluster.local/ns/bookinfo/sa/reviews")
+        );
     }
 
     #[tokio::test]

@@ -284,7 +284,10 @@ mod tests {
         let long = format!("spiffe://td/ns/{}/sa/b", "x".repeat(100_000));
         let shown = bounded(&long);
         assert!(shown.len() < MAX_NAME_BYTES + 32, "{}", shown.len());
-        assert!(shown.ends_with(&format!("… ({} bytes)", long.len())), "{shown}");
+        assert!(
+            shown.ends_with(&format!("… ({} bytes)", long.len())),
+            "{shown}"
+        );
         let wide = "é".repeat(MAX_NAME_BYTES);
         assert!(bounded(&wide).starts_with("é"), "cut on a char boundary");
     }

@@ -349,7 +349,9 @@ mod tests {
             json!([{"value": "192.0.2.7"}]),
             listeners.clone(),
         );
-        let peer = usable_peer(&plain, &config, &local, &resolver).await.unwrap();
+        let peer = usable_peer(&plain, &config, &local, &resolver)
+            .await
+            .unwrap();
         assert_eq!(peer.server_identity, None);
         assert_eq!(
             config.peer_identity(&peer).unwrap().to_string(),

@@ -107,9 +107,7 @@ pub fn identity_as(
     id: SpiffeId,
     k: u8,
 ) -> Identity {
-    let leaf = ca
-        .issue(&LeafSpec::workload(id).with_ip(host(k)))
-        .unwrap();
+    let leaf = ca.issue(&LeafSpec::workload(id).with_ip(host(k))).unwrap();
     let dir = pki_dir.join("leaf").join(name);
     leaf.write_to(&dir).unwrap();
     let cert = CertSource::from_files(&dir.join("cert-chain.pem"), &dir.join("key.pem")).unwrap();

@@ -262,7 +262,8 @@ impl Checker<'_> {
             .clone()
             .unwrap_or_else(|| defaults::IDENTITY_SERVICE_ACCOUNT.into());
         // Kubernetes service account names are DNS subdomains.
-        if !is_dns_name(&service_account) || service_account.bytes().any(|b| b.is_ascii_uppercase()) {
+        if !is_dns_name(&service_account) || service_account.bytes().any(|b| b.is_ascii_uppercase())
+        {
             self.err(
                 "identity.serviceAccount",
                 format!("{service_account:?} is not a valid service account name"),

@@ -12,9 +12,9 @@ use crate::pki::{CertificateAuthority, LeafSpec};
 use crate::sandbox::layout::{self, ClusterLayout};
 use crate::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::config::file::{
-    AuthFile, BackoffFile, EastWestGatewayFile, ExportFile, FileConfig, HysteresisFile, IdentityFile,
-    KubernetesFile, LeaderElectionFile, ListenersFile, ProbeFile, ServerTlsFile, UpstreamFile,
-    XdsServerFile,
+    AuthFile, BackoffFile, EastWestGatewayFile, ExportFile, FileConfig, HysteresisFile,
+    IdentityFile, KubernetesFile, LeaderElectionFile, ListenersFile, ProbeFile, ServerTlsFile,
+    UpstreamFile, XdsServerFile,
 };
 use peerd::identity::spiffe::SpiffeId;
 
