@@ -1,9 +1,10 @@
 //! Bad peers, each against real clusters over mTLS on loopback (or a scripted upstream
 //! standing in for a misbehaving peer): a certificate from another root, a trust domain
-//! that does not match, workloads claiming another cluster, two flat peers claiming the
-//! same pod IP, a peer over its caps, a peer pushing past the memory budget, a peer that
-//! disconnects mid-sync. Each test checks the clear error and that nothing already stored
-//! (nor any other peer's state) is lost.
+//! that does not match, a workload certificate of the shared root posing as a peer (as
+//! client and as server), a peer claiming another peer's cluster, workloads claiming
+//! another cluster, two flat peers claiming the same pod IP, a peer over its caps, a peer
+//! pushing past the memory budget, a peer that disconnects mid-sync. Each test checks the
+//! clear error and that nothing already stored (nor any other peer's state) is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod federation_support;
@@ -14,14 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use federation_support::{
-    Cluster, Identity, Spec, Topology, WAIT, client_options, eventually, identity, start_client,
-    trust_domain,
+    Cluster, Identity, Spec, TOKEN, Topology, WAIT, client_options, eventually, identity,
+    identity_as, peerd_identity, start_client, trust_domain,
 };
 use peerd::budget::stored_cost;
 use peerd::federation::ConflictKind;
 use peerd::identity::classify::{FailureReason, classify_tls};
 use peerd::identity::spiffe::SpiffeId;
-use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
+use peerd::identity::tls::{
+    ClientAuth, ClientTlsOptions, ServerIdentity, ServerTlsOptions, client_config, server_config,
+};
 use peerd::peers::model::{SpecAddress, SpecListener, SpecSource};
 use peerd::peers::{
     AdsClients, ConditionStatus, ConditionType, DownstreamAcks, HysteresisConfig, LocalCluster,
@@ -31,8 +34,9 @@ use peerd::peers::{
 use peerd::probe::prober::{Prober, ProberConfig, TargetGuard};
 use peerd::proto::istio::workload;
 use peerd::store::Store;
+use peerd::xds::auth::StaticTokenVerifier;
 use peerd::xds::client::{AdsClient, FailureKind};
-use peerd::xds::server::Subscribers;
+use peerd::xds::server::{AdsServer, ServerOptions, Subscribers};
 use peerd::xds::{Resource, ResourceType};
 use peerd_testbed::pki::Pki;
 use prost::Message;
@@ -62,6 +66,11 @@ fn exported_pod(uid: &str, cluster: &str, network: &str, ip: [u8; 4]) -> Arc<Res
         })
         .unwrap(),
     )
+}
+
+/// A peerd identity in a trust domain no cluster of the tests uses.
+fn elsewhere() -> SpiffeId {
+    SpiffeId::new("elsewhere.local", "istio-system", "peerd").unwrap()
 }
 
 /// c1 and c2 on one flat network, neither importing the other yet.
@@ -111,7 +120,7 @@ async fn peer_certificate_from_another_root_is_refused() {
     let tls = client_config(
         &ClientTlsOptions::new(
             Arc::clone(&c1.identity.roots),
-            ServerIdentity::TrustDomain(trust_domain("c1")),
+            ServerIdentity::Spiffe(peerd_identity("c1")),
         )
         .with_client_cert(rogue.cert.clone()),
     )
@@ -147,7 +156,7 @@ async fn peer_certificate_from_another_root_is_refused() {
         let tls = client_config(
             &ClientTlsOptions::new(
                 Arc::clone(&rogue.roots),
-                ServerIdentity::TrustDomain(trust_domain("c3")),
+                ServerIdentity::Spiffe(peerd_identity("c3")),
             )
             .with_client_cert(rogue.cert.clone()),
         )
@@ -180,7 +189,7 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     let c1 = topo.start("c1", true).await;
     let cancel = CancellationToken::new();
     // Our side expects c1 in another trust domain: IdentityMismatch.
-    let tls = c2_client_tls(&topo, ServerIdentity::TrustDomain("elsewhere.local".into()));
+    let tls = c2_client_tls(&topo, ServerIdentity::Spiffe(elsewhere()));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let failure = client.failure_handle();
@@ -199,7 +208,7 @@ async fn trust_domain_mismatch_is_refused_in_both_directions() {
     // A client with a valid chain but a SPIFFE ID in no peer's trust domain: c1 refuses.
     let ca = topo.pki.cluster_ca("c2").unwrap();
     let stranger = identity(topo.pki.dir(), &ca, "stranger", "stranger.local", 2);
-    let tls = client_tls(&stranger, ServerIdentity::TrustDomain(trust_domain("c1")));
+    let tls = client_tls(&stranger, ServerIdentity::Spiffe(peerd_identity("c1")));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let failure = client.failure_handle();
@@ -270,6 +279,7 @@ fn monitor_of(
             },
         ],
         data_plane_service_type: None,
+        peerd_identity: None,
     };
     let local = LocalCluster {
         cluster: local.into(),
@@ -336,7 +346,7 @@ async fn peer_presenting_a_certificate_from_another_root_shows_tls_error_in_peer
     // We (c2) trust only another root: the real c1's certificate is from an authority we
     // do not know.
     let me = c2_from_another_root(&topo, "other-pki");
-    let tls = client_tls(&me, ServerIdentity::TrustDomain(trust_domain("c1")));
+    let tls = client_tls(&me, ServerIdentity::Spiffe(peerd_identity("c1")));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let failure = client.failure_handle();
@@ -363,7 +373,7 @@ async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_
     let mut topo = two_flat_clusters().await;
     let c1 = topo.start("c1", true).await;
     // Right root, but we expect c1 in a trust domain it is not in.
-    let tls = c2_client_tls(&topo, ServerIdentity::TrustDomain("elsewhere.local".into()));
+    let tls = c2_client_tls(&topo, ServerIdentity::Spiffe(elsewhere()));
     let store = Store::new();
     let client = AdsClient::new(client_options("c1", c1.addr, tls), Arc::clone(&store));
     let cancel = CancellationToken::new();
@@ -372,7 +382,7 @@ async fn peer_whose_trust_domain_does_not_match_shows_identity_mismatch_in_peer_
     let message = assert_not_connected(&status, "IdentityMismatch");
     // Names the expected and the presented identity.
     assert!(
-        message.contains("expected trust domain elsewhere.local"),
+        message.contains("expected spiffe://elsewhere.local/ns/istio-system/sa/peerd"),
         "{message}"
     );
     assert!(
@@ -924,4 +934,184 @@ async fn two_flat_peers_claiming_the_same_pod_ip_are_resolved_by_precedence() {
             && c3.fed.conflict_count("c2", ConflictKind::PodIp) == 0
     })
     .await;
+}
+
+// ------------------------------------------------------------- peer identity (pinned)
+
+/// A client of `addr` with certificate `me`, expecting `server`, sending `clusterid`.
+fn client_with_header(
+    me: &Identity,
+    server: SpiffeId,
+    addr: SocketAddr,
+    clusterid: Option<&str>,
+) -> (AdsClient, Arc<Store>) {
+    let tls = client_tls(me, ServerIdentity::Spiffe(server));
+    let mut options = client_options("c1", addr, tls);
+    options.headers = clusterid
+        .map(|c| vec![("clusterid".to_string(), c.to_string())])
+        .unwrap_or_default();
+    let store = Store::new();
+    (AdsClient::new(options, Arc::clone(&store)), store)
+}
+
+/// A workload certificate from the shared root, in the trust domain of c1's peer c2
+/// (`spiffe://c2.local/ns/bookinfo/sa/reviews`), is refused by c1's export listener:
+/// without a header, and with `clusterid: c2` (the header can no longer choose a view).
+/// c2's real peerd, on the same listener, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificate_posing_as_a_peer_client_gets_no_export_view() {
+    let mut topo = two_flat_clusters().await;
+    let c1 = topo.start("c1", true).await;
+    let ca = topo.pki.cluster_ca("c2").unwrap();
+    let reviews = identity_as(
+        topo.pki.dir(),
+        &ca,
+        "reviews",
+        SpiffeId::new(&trust_domain("c2"), "bookinfo", "reviews").unwrap(),
+        2,
+    );
+    let cancel = CancellationToken::new();
+    for header in [None, Some("c2")] {
+        let (client, store) = client_with_header(&reviews, peerd_identity("c1"), c1.addr, header);
+        let failure = client.failure_handle();
+        client.spawn(cancel.child_token());
+        eventually("the workload is refused", || {
+            failure.lock().unwrap().is_some()
+        })
+        .await;
+        let f = failure.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            f.kind,
+            FailureKind::Unauthenticated,
+            "{header:?}: {}",
+            f.message
+        );
+        assert!(
+            f.message.contains(
+                "spiffe://c2.local/ns/bookinfo/sa/reviews is not the peerd identity of any configured peer"
+            ),
+            "{header:?}: {}",
+            f.message
+        );
+        assert!(
+            store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()),
+            "{header:?}: no export view reached the workload"
+        );
+    }
+    // c2's peerd, pinned the same way, is served c1's export view.
+    let c2 = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
+    let (client, store) = client_with_header(&c2, peerd_identity("c1"), c1.addr, Some("c2"));
+    client.spawn(cancel.child_token());
+    eventually("c2's peerd synced c1's export", || {
+        store
+            .get("c1")
+            .is_some_and(|o| o.is_fully_synced() && !o.view.snapshot().is_empty())
+    })
+    .await;
+    cancel.cancel();
+}
+
+/// c2's real peerd certificate, claiming to be c1's other peer c3 with `clusterid: c3`,
+/// is refused (it never gets c3's view, nor any); with its own cluster it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_another_peers_cluster_is_refused() {
+    let mut topo = Topology::new(vec![
+        Spec::new("c1", 1, "flat", &[]),
+        Spec::new("c2", 2, "flat", &[]),
+        Spec::new("c3", 3, "net3", &[]),
+    ])
+    .await;
+    let c1 = topo.start("c1", true).await;
+    let ca = topo.pki.cluster_ca("c2").unwrap();
+    let c2 = identity(topo.pki.dir(), &ca, "c2", &trust_domain("c2"), 2);
+    let cancel = CancellationToken::new();
+    let (client, store) = client_with_header(&c2, peerd_identity("c1"), c1.addr, Some("c3"));
+    let failure = client.failure_handle();
+    client.spawn(cancel.child_token());
+    eventually("the claim is refused", || failure.lock().unwrap().is_some()).await;
+    let f = failure.lock().unwrap().clone().unwrap();
+    assert_eq!(f.kind, FailureKind::Unauthenticated, "{}", f.message);
+    assert!(
+        f.message.contains(
+            "clusterid c3 does not match the client certificate: spiffe://c2.local/ns/istio-system/sa/peerd is the peerd identity of c2"
+        ),
+        "{}",
+        f.message
+    );
+    assert!(store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()));
+    let (client, store) = client_with_header(&c2, peerd_identity("c1"), c1.addr, Some("c2"));
+    client.spawn(cancel.child_token());
+    eventually("c2 is served as c2", || {
+        store
+            .get("c1")
+            .is_some_and(|o| o.is_fully_synced() && !o.view.snapshot().is_empty())
+    })
+    .await;
+    cancel.cancel();
+}
+
+/// A server presenting a workload certificate of the shared root
+/// (`spiffe://c1.local/ns/bookinfo/sa/reviews`, e.g. someone intercepting traffic to the
+/// east-west gateway) where c2 expects c1's peerd: c2's upstream client refuses it,
+/// `PeerConnected` is False with `IdentityMismatch` naming the expected and the presented
+/// IDs, and nothing is imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificate_posing_as_a_peer_server_is_identity_mismatch() {
+    let mut topo = two_flat_clusters().await;
+    let c1 = topo.start("c1", true).await;
+    // The impostor serves c1's real views, so only the identity can make c2 refuse it.
+    let ca = topo.pki.cluster_ca("c1").unwrap();
+    let reviews = identity_as(
+        topo.pki.dir(),
+        &ca,
+        "reviews-server",
+        SpiffeId::new(&trust_domain("c1"), "bookinfo", "reviews").unwrap(),
+        1,
+    );
+    let tls = server_config(
+        reviews.cert.clone(),
+        &ServerTlsOptions {
+            client_auth: ClientAuth::Optional(Arc::clone(&reviews.roots).into()),
+            allow_tls12: false,
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = AdsServer::new(
+        c1.fed
+            .selector(Some(Arc::new(StaticTokenVerifier::from_literal(
+                TOKEN, "ztunnel",
+            )))),
+        ServerOptions::default(),
+    );
+    let cancel = CancellationToken::new();
+    let sd = cancel.clone();
+    tokio::spawn(async move { server.serve(listener, tls, sd).await });
+
+    let tls = c2_client_tls(&topo, ServerIdentity::Spiffe(peerd_identity("c1")));
+    let store = Store::new();
+    let client = AdsClient::new(client_options("c1", addr, tls), Arc::clone(&store));
+    let failure = client.failure_handle();
+    let status =
+        peer_status_while_failing("c2", "c1", addr, client, Arc::clone(&store), &cancel).await;
+    let message = assert_not_connected(&status, "IdentityMismatch");
+    assert!(
+        message.contains("expected spiffe://c1.local/ns/istio-system/sa/peerd"),
+        "{message}"
+    );
+    assert!(
+        message.contains("certificate presents spiffe://c1.local/ns/bookinfo/sa/reviews"),
+        "{message}"
+    );
+    assert!(
+        message.contains("peering.solo.io/peerd-identity"),
+        "the hint: {message}"
+    );
+    assert_eq!(
+        failure.lock().unwrap().as_ref().unwrap().kind,
+        FailureKind::IdentityMismatch
+    );
+    assert!(store.get("c1").is_none_or(|o| o.view.snapshot().is_empty()));
+    cancel.cancel();
 }

@@ -41,6 +41,11 @@ fn server_leaf(ca: &CertificateAuthority, td: &str) -> IssuedCert {
     .unwrap()
 }
 
+/// The identity [`server_leaf`] issues in `a.local`.
+fn a_peerd() -> SpiffeId {
+    SpiffeId::new("a.local", "istio-eastwest", "peerd").unwrap()
+}
+
 fn client_leaf(ca: &CertificateAuthority, td: &str) -> IssuedCert {
     let id = SpiffeId::new(td, "istio-eastwest", "peerd-client").unwrap();
     ca.issue(&LeafSpec::workload(id).with_usage(LeafUsage::Client))
@@ -158,7 +163,11 @@ async fn good_handshake_with_name_spiffe_and_trust_domain_checks() {
             ServerIdentity::Spiffe(expected_id.clone()),
             "anything.example",
         ),
-        (ServerIdentity::TrustDomain("A.local".into()), "127.0.0.1"),
+        // The trust domain of an expected ID compares case-insensitively.
+        (
+            ServerIdentity::Spiffe(SpiffeId::new("A.local", "istio-eastwest", "peerd").unwrap()),
+            "127.0.0.1",
+        ),
     ];
     for (identity, server_name) in modes {
         let client =
@@ -189,10 +198,7 @@ async fn client_trusting_another_root_gets_tls_error_unknown_authority() {
 
     let other_dir = tempfile::tempdir().unwrap();
     let other = Pki::load_or_create(other_dir.path(), "other root").unwrap();
-    for identity in [
-        ServerIdentity::Name,
-        ServerIdentity::TrustDomain("a.local".into()),
-    ] {
+    for identity in [ServerIdentity::Name, ServerIdentity::Spiffe(a_peerd())] {
         let client = client_config(&ClientTlsOptions::new(roots_of(&other), identity)).unwrap();
         let err = dial(addr, name("127.0.0.1"), client, WAIT)
             .await
@@ -226,9 +232,9 @@ async fn wrong_trust_domain_or_spiffe_id_or_name_is_identity_mismatch() {
 
     let cases = [
         (
-            ServerIdentity::TrustDomain("b.local".into()),
+            ServerIdentity::Spiffe(SpiffeId::new("b.local", "istio-eastwest", "peerd").unwrap()),
             "127.0.0.1",
-            "trust domain b.local",
+            "expected spiffe://b.local/ns/istio-eastwest/sa/peerd",
         ),
         (
             ServerIdentity::Spiffe(
@@ -250,7 +256,7 @@ async fn wrong_trust_domain_or_spiffe_id_or_name_is_identity_mismatch() {
     // The mismatch message says what was presented.
     let client = client_config(&ClientTlsOptions::new(
         roots,
-        ServerIdentity::TrustDomain("b.local".into()),
+        ServerIdentity::Spiffe(SpiffeId::new("b.local", "istio-eastwest", "peerd").unwrap()),
     ))
     .unwrap();
     let err = dial(addr, name("127.0.0.1"), client, WAIT)
@@ -261,6 +267,47 @@ async fn wrong_trust_domain_or_spiffe_id_or_name_is_identity_mismatch() {
             .contains("spiffe://a.local/ns/istio-eastwest/sa/peerd"),
         "{err}"
     );
+}
+
+/// A server presenting an absurdly long SPIFFE ID: the mismatch names it, bounded, with
+/// its length (the message ends up in a condition and in logs).
+#[tokio::test]
+async fn a_huge_presented_identity_is_bounded_in_the_mismatch() {
+    let w = world();
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = SpiffeId::new("a.local", "istio-eastwest", &"x".repeat(20_000)).unwrap();
+    let leaf = w
+        .cluster_a
+        .issue(&LeafSpec::workload(huge).with_ip(LOOPBACK))
+        .unwrap();
+    let source = source_for(&leaf, tmp.path());
+    let (addr, _rx) =
+        echo_server(server_config(source, &ServerTlsOptions::default()).unwrap()).await;
+    let client = client_config(&ClientTlsOptions::new(
+        roots_of(&w.pki),
+        ServerIdentity::Spiffe(a_peerd()),
+    ))
+    .unwrap();
+    let err = dial(addr, name("127.0.0.1"), client, WAIT)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::IdentityMismatch, "{err}");
+    assert!(
+        err.message.len() < 1024,
+        "{} bytes: {err}",
+        err.message.len()
+    );
+    assert!(
+        err.message
+            .contains("expected spiffe://a.local/ns/istio-eastwest/sa/peerd"),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains("certificate presents spiffe://a.local/ns/istio-eastwest/sa/xxx"),
+        "{err}"
+    );
+    assert!(err.message.contains("(20038 bytes)"), "{err}");
 }
 
 #[tokio::test]
@@ -303,7 +350,7 @@ async fn mtls_server_verifies_optional_client_certificates() {
     };
     let (addr, mut rx) = echo_server(server_config(source, &options).unwrap()).await;
     let roots = roots_of(&w.pki);
-    let identity = ServerIdentity::TrustDomain("a.local".into());
+    let identity = ServerIdentity::Spiffe(a_peerd());
 
     // A peer with a certificate from the shared root: accepted, identity visible.
     let cluster_b = w.pki.cluster_ca("cluster-b").unwrap();
@@ -706,7 +753,7 @@ async fn reloaded_roots_apply_to_new_handshakes_on_both_sides() {
     let client_roots = RootsSource::from_file(&client_roots_path).unwrap();
     let client = client_config(&ClientTlsOptions::new(
         client_roots.clone(),
-        ServerIdentity::TrustDomain("a.local".into()),
+        ServerIdentity::Spiffe(a_peerd()),
     ))
     .unwrap();
 

@@ -55,6 +55,7 @@ fn spec(ip: &str, xds_port: u16, hbone_port: u16) -> PeerSpec {
             },
         ],
         data_plane_service_type: None,
+        peerd_identity: None,
     }
 }
 

@@ -125,6 +125,9 @@ metadata:
   annotations:
     gateway.istio.io/service-account: istio-eastwest
     gateway.istio.io/trust-domain: $TRUST_DOMAIN
+    # The identity the other cluster's peerd presents (the chart's default, pinned here
+    # explicitly): a workload certificate of the shared root is refused.
+    peering.solo.io/peerd-identity: spiffe://$TRUST_DOMAIN/ns/istio-system/sa/peerd
 spec:
   gatewayClassName: istio-remote
   addresses:

@@ -84,8 +84,9 @@ impl Peerd {
         readiness.register(GATE_XDS_LISTENING);
 
         let store = Store::with_memory_budget(config.memory_budget_bytes);
-        let federation =
-            Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
+        let federation_config = FederationConfig::from_config(&config)
+            .context("peers: the peerd identity of a peer")?;
+        let federation = Federation::new(federation_config, Arc::clone(&store));
         readiness.register_signal(GATE_MERGED_VIEW_READY, federation.merged().ready_signal());
         // Peers' last state from before a restart, before federation and the clients run.
         let peer_state = crate::peerstate::PeerStateOptions::from_config(&config);

@@ -141,9 +141,9 @@ impl PeerClients {
             Arc::clone(&d.cert),
         )?;
         let endpoint = options.endpoint.clone();
-        let filter = d
-            .federation
-            .set_peer(PeerPolicy::from_peer(&d.config, peer));
+        let policy = PeerPolicy::from_peer(&d.config, peer)
+            .with_context(|| format!("peer {}: its peerd identity", peer.cluster))?;
+        let filter = d.federation.set_peer(policy);
         let client = AdsClient::new(options, Arc::clone(&d.store)).with_filter(filter);
         Ok((client, endpoint))
     }

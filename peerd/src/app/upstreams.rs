@@ -26,7 +26,8 @@ fn node(config: &Config) -> Node {
 }
 
 /// mTLS to a peer: our certificate as the client identity, the peer's certificate must
-/// chain to the peering roots and prove the expected SPIFFE ID or trust domain.
+/// chain to the peering roots and carry the peer's peerd SPIFFE ID (or its configured DNS
+/// name); never just any ID of its trust domain.
 pub(super) fn peer_client_options(
     config: &Config,
     peer: &Peer,
@@ -34,12 +35,12 @@ pub(super) fn peer_client_options(
     identity: Arc<CertSource>,
 ) -> anyhow::Result<ClientOptions> {
     let expected = match &peer.server_identity {
-        Some(crate::config::ServerIdentity::Spiffe(id)) => ServerIdentity::Spiffe(
-            id.parse()
-                .map_err(|e| anyhow::anyhow!("serverIdentity: {e}"))?,
-        ),
         Some(crate::config::ServerIdentity::Dns(_)) => ServerIdentity::Name,
-        None => ServerIdentity::TrustDomain(peer.trust_domain.clone()),
+        Some(crate::config::ServerIdentity::Spiffe(_)) | None => ServerIdentity::Spiffe(
+            config
+                .peer_identity(peer)
+                .with_context(|| format!("peer {}: its peerd identity", peer.cluster))?,
+        ),
     };
     let tls = crate::identity::tls::client_config(
         &ClientTlsOptions::new(roots, expected).with_client_cert(identity),

@@ -25,6 +25,8 @@ pub const ENV_VARS: &[&str] = &[
     "LOG_FORMAT",
     "KUBECONFIG",
     "POD_NAME",
+    "POD_NAMESPACE",
+    "SERVICE_ACCOUNT",
     "KUBERNETES_SERVICE_HOST",
 ];
 
@@ -119,6 +121,16 @@ pub fn apply_env(
         "controlNamespace",
         "PEERING_CONTROL_NAMESPACE",
         &mut file.control_namespace,
+    );
+    set(
+        "identity.namespace",
+        "POD_NAMESPACE",
+        &mut file.identity.namespace,
+    );
+    set(
+        "identity.serviceAccount",
+        "SERVICE_ACCOUNT",
+        &mut file.identity.service_account,
     );
     set(
         "telemetry.otlpEndpoint",

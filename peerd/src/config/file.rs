@@ -36,6 +36,10 @@ pub struct FileConfig {
     /// Sandbox/test mode: probes, and peer and gateway addresses, are restricted to
     /// loopback (127.0.0.0/8, ::1). Default false.
     pub sandbox_mode: Option<bool>,
+    /// The namespace and service account peerd runs as. Every peered cluster is expected
+    /// to run its peerd under the same ones, so a peer's peerd identity defaults to
+    /// `spiffe://<peer trust domain>/ns/<namespace>/sa/<serviceAccount>`.
+    pub identity: IdentityFile,
     /// How long a disconnected peer's last state is kept (marked stale) before it is
     /// withdrawn. `0` = keep forever. Default `5m`.
     pub disconnect_grace_period: Option<String>,
@@ -71,6 +75,16 @@ pub struct FileConfig {
     /// The Kubernetes side: peers from `istio-remote` Gateways, Gateway conditions,
     /// flat-network WorkloadEntries, leader Lease, TokenReview.
     pub kubernetes: KubernetesFile,
+}
+
+/// peerd's own workload identity (see [`FileConfig::identity`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IdentityFile {
+    /// peerd's namespace (`POD_NAMESPACE`). Default `istio-system` (the chart's).
+    pub namespace: Option<String>,
+    /// peerd's service account (`SERVICE_ACCOUNT`). Default `peerd` (the chart's).
+    pub service_account: Option<String>,
 }
 
 /// Where the Kubernetes API is and what peerd does with it.
@@ -256,8 +270,11 @@ pub struct PeerFile {
     pub hbone_port: Option<u16>,
     /// The peer's trust domain (`gateway.istio.io/trust-domain`). Default: the local one.
     pub trust_domain: Option<String>,
-    /// Expected server identity: a SPIFFE ID (`spiffe://td/ns/…/sa/…`) or a DNS SAN.
-    /// Default: any identity in the peer's trust domain.
+    /// The peer's peerd identity (`peering.solo.io/peerd-identity` on a Gateway): a SPIFFE
+    /// ID (`spiffe://td/ns/…/sa/…`) its server certificate must carry and its client
+    /// certificate must carry to read our export view; or a DNS SAN its server
+    /// certificate must carry (its client certificate must then carry the default ID).
+    /// Default: `spiffe://<trustDomain>/ns/<identity.namespace>/sa/<identity.serviceAccount>`.
     pub server_identity: Option<String>,
     /// `LoadBalancer` (default) or `NodePort`
     /// (`peering.solo.io/preferred-data-plane-service-type`).

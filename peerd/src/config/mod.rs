@@ -7,7 +7,7 @@
 //!    `NETWORK`, `TRUST_DOMAIN`, `PEERING_ENABLE_FLAT_NETWORKS`, `PEERING_NAMESPACE`,
 //!    `PEERING_CONTROL_NAMESPACE`, `PEERING_MEMORY_BUDGET_BYTES`, `XDS_ADDRESS` (the local istiod),
 //!    `OTEL_EXPORTER_OTLP_ENDPOINT`, `LOG_FORMAT`, `KUBECONFIG`, `POD_NAME` (lease holder
-//!    identity), and `KUBERNETES_SERVICE_HOST` (only to detect running in a pod); an
+//!    identity), `POD_NAMESPACE` and `SERVICE_ACCOUNT` (peerd's SPIFFE identity), and `KUBERNETES_SERVICE_HOST` (only to detect running in a pod); an
 //!    empty variable counts as unset;
 //! 4. command-line flags ([`env::Overrides`], filled by the CLI).
 //!
@@ -37,6 +37,8 @@ pub use env::{ENV_VARS, Env, Overrides};
 pub use file::{DataPlaneServiceType, FileConfig, KubernetesFile, LogFormat, ProbeMode};
 pub use validate::{ConfigError, FieldError, resolve};
 
+use crate::identity::spiffe::{SpiffeError, SpiffeId};
+
 /// Default values, in one place.
 pub mod defaults {
     use std::time::Duration;
@@ -44,6 +46,10 @@ pub mod defaults {
     pub const TRUST_DOMAIN: &str = "cluster.local";
     pub const PEERING_NAMESPACE: &str = "istio-eastwest";
     pub const CONTROL_NAMESPACE: &str = "istio-system";
+    /// The chart's release namespace and service account: peerd's SPIFFE identity is
+    /// `spiffe://<td>/ns/istio-system/sa/peerd`.
+    pub const IDENTITY_NAMESPACE: &str = "istio-system";
+    pub const IDENTITY_SERVICE_ACCOUNT: &str = "peerd";
     pub const XDS_LISTEN: &str = "0.0.0.0:15012";
     pub const METRICS_LISTEN: &str = "0.0.0.0:15020";
     pub const HEALTH_LISTEN: &str = "0.0.0.0:15021";
@@ -89,6 +95,9 @@ pub struct Config {
     pub control_namespace: String,
     pub flat_networks: bool,
     pub sandbox_mode: bool,
+    /// The namespace and service account peerd runs as (and every peer's peerd, unless
+    /// a peer says otherwise).
+    pub identity: PeerdIdentity,
     /// `None` = keep a disconnected peer's state forever.
     pub disconnect_grace_period: Option<Duration>,
     /// Where the peer-state snapshot lives (`None` = not persisted).
@@ -215,6 +224,13 @@ pub struct Peer {
     pub max_bytes: usize,
 }
 
+/// The namespace and service account of peerd's SPIFFE identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerdIdentity {
+    pub namespace: String,
+    pub service_account: String,
+}
+
 /// A peer gateway address as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerAddress {
@@ -307,6 +323,22 @@ impl Config {
     /// `Some` for a config from [`resolve`].
     pub fn local_upstream(&self) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == self.cluster)
+    }
+
+    /// The SPIFFE ID `peer`'s peerd must present, as the server we read from and as the
+    /// client reading our export view: its `serverIdentity` when that is a SPIFFE ID,
+    /// else `spiffe://<peer trust domain>/ns/<identity.namespace>/sa/<identity.serviceAccount>`.
+    /// Never just a trust domain: with a shared root, a trust domain admits every workload
+    /// of the mesh.
+    pub fn peer_identity(&self, peer: &Peer) -> Result<SpiffeId, SpiffeError> {
+        match &peer.server_identity {
+            Some(ServerIdentity::Spiffe(id)) => id.parse(),
+            Some(ServerIdentity::Dns(_)) | None => SpiffeId::new(
+                &peer.trust_domain,
+                &self.identity.namespace,
+                &self.identity.service_account,
+            ),
+        }
     }
 
     /// Whether `peer` is reached flat (pod IPs, no gateway): same network and flat

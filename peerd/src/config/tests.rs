@@ -947,3 +947,72 @@ fn the_merged_view_is_for_ztunnel_unless_configured() {
     .unwrap();
     assert_eq!(c.xds.allowed_identities, ["a", "system:serviceaccount:x:y"]);
 }
+
+/// peerd's own namespace and service account: the chart's by default, from the pod's
+/// `POD_NAMESPACE` / `SERVICE_ACCOUNT` over the file; a peer's peerd identity is built from
+/// them in the peer's trust domain unless its `serverIdentity` is a SPIFFE ID.
+#[test]
+fn peer_identities_default_to_our_namespace_and_service_account_in_the_peer_trust_domain() {
+    let yaml = "cluster: c1\ntrustDomain: c1.local\n\
+                peers:\n\
+                \x20 - { cluster: c2, address: 127.0.2.1, trustDomain: c2.local }\n\
+                \x20 - { cluster: c3, address: 127.0.3.1, serverIdentity: 'spiffe://c3.local/ns/mesh/sa/peerd-c3' }\n\
+                \x20 - { cluster: c4, address: 127.0.4.1, serverIdentity: peerd.c4.example.org }\n";
+    let c = resolve_yaml(yaml, &no_env(), &Overrides::default()).unwrap();
+    assert_eq!(c.identity.namespace, "istio-system");
+    assert_eq!(c.identity.service_account, "peerd");
+    let ids: Vec<String> = c
+        .peers
+        .iter()
+        .map(|p| c.peer_identity(p).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://c2.local/ns/istio-system/sa/peerd",
+            "spiffe://c3.local/ns/mesh/sa/peerd-c3",
+            // A DNS serverIdentity checks the server name; as a client the peer still
+            // presents the default identity.
+            "spiffe://c1.local/ns/istio-system/sa/peerd",
+        ]
+    );
+
+    let env = Env::from_pairs([
+        ("POD_NAMESPACE", "mesh-peering"),
+        ("SERVICE_ACCOUNT", "peerd-sa"),
+    ]);
+    let c = resolve_yaml(
+        &format!("identity: {{ namespace: ignored, serviceAccount: ignored }}\n{yaml}"),
+        &env,
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.peer_identity(&c.peers[0]).unwrap().to_string(),
+        "spiffe://c2.local/ns/mesh-peering/sa/peerd-sa",
+        "the pod's env wins over the file"
+    );
+}
+
+#[test]
+fn bad_identity_settings_name_their_field_and_source() {
+    let errors =
+        errors_of("cluster: c1\nidentity: { namespace: 'Istio System', serviceAccount: 'a/b' }\n");
+    assert_error(&errors, "identity.namespace", "not a valid namespace name");
+    assert_error(
+        &errors,
+        "identity.serviceAccount",
+        "not a valid service account name",
+    );
+    let env = Env::from_pairs([("SERVICE_ACCOUNT", "Peerd")]);
+    let err = resolve_yaml("cluster: c1\n", &env, &Overrides::default()).unwrap_err();
+    assert_error(
+        err.field_errors(),
+        "identity.serviceAccount",
+        "(from env SERVICE_ACCOUNT)",
+    );
+    let errors = errors_of(
+        "cluster: c1\npeers: [{ cluster: c2, address: 10.0.0.1, serverIdentity: 'spiffe://td/ns/a/sa/b/c' }]",
+    );
+    assert_error(&errors, "peers[0].serverIdentity", "Istio's form");
+}

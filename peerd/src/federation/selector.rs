@@ -1,11 +1,14 @@
 //! The [`ViewSelector`] of the shared xDS listener (docs/design.md §9): a client presenting a
-//! valid certificate whose SPIFFE ID is in a known peer's trust domain gets that peer's
-//! export view (flat or gateway variant); a client with a valid bearer token gets the
-//! merged view; anything else is refused with `Unauthenticated`.
+//! valid certificate whose SPIFFE ID is a configured peer's peerd identity gets that
+//! peer's export view (flat or gateway variant); a client with a valid bearer token gets
+//! the merged view; anything else is refused.
 //!
 //! The certificate chain was already verified against the peering roots by the TLS layer
-//! (a certificate from another root never gets here). When several peers share a trust
-//! domain and would get different variants, the `clusterid` header picks the peer.
+//! (a certificate from another root never gets here). Only the exact peerd identity of a
+//! peer counts, never its trust domain: with a shared root, every workload of the mesh
+//! holds a certificate of that trust domain. The identity decides the peer; the
+//! `clusterid` header may only confirm it (a header naming another cluster is refused),
+//! or pick among peers that share one identity (then it is required).
 //!
 //! Gate: until the local upstream has synced, peers are refused with `Unavailable` (they
 //! keep their last state and retry); serving an empty export would make them withdraw
@@ -18,7 +21,8 @@ use tonic::async_trait;
 use super::export::Exporter;
 use super::peer_set::PeerSet;
 use super::settings::PeerPolicy;
-use crate::identity::tls::peer_spiffe_id;
+use crate::identity::spiffe::{SpiffeId, bounded};
+use crate::identity::tls::peer_spiffe_ids;
 use crate::view::View;
 use crate::xds::auth::{ConnectionInfo, Selected, TokenVerifier, ViewSelector};
 
@@ -44,39 +48,56 @@ impl FederationSelector {
             tokens,
         }
     }
+}
 
-    fn peer_for(
-        &self,
-        trust_domain: &str,
-        cluster_id: Option<&str>,
-    ) -> Result<PeerPolicy, tonic::Status> {
-        let peers = self.peers.load();
-        let candidates: Vec<&PeerPolicy> = peers
-            .iter()
-            .filter(|p| p.trust_domain.eq_ignore_ascii_case(trust_domain))
-            .collect();
-        let Some(first) = candidates.first() else {
-            return Err(tonic::Status::unauthenticated(format!(
-                "client certificate trust domain {trust_domain:?} is not the trust domain of any configured peer"
-            )));
-        };
-        if candidates.iter().all(|p| p.flavor() == first.flavor()) {
-            return Ok(PeerPolicy::clone(first));
-        }
-        let Some(cluster) = cluster_id else {
-            return Err(tonic::Status::unauthenticated(format!(
-                "several peers use trust domain {trust_domain:?}; send the clusterid header"
-            )));
-        };
+/// The configured peer a client certificate proves to be: the peer whose peerd identity
+/// is among `presented` (the certificate's SPIFFE IDs). A `clusterid` header must name
+/// that peer's cluster; when several peers share the identity it must name one of them.
+/// Refusals are `PermissionDenied` (the chain is valid, the identity is not allowed) and
+/// name the presented identity, bounded.
+pub fn peer_for<'a>(
+    peers: &'a [PeerPolicy],
+    presented: &[SpiffeId],
+    cluster_id: Option<&str>,
+) -> Result<&'a PeerPolicy, tonic::Status> {
+    let Some(id) = presented
+        .iter()
+        .find(|id| peers.iter().any(|p| &p.identity == *id))
+    else {
+        let shown = presented
+            .first()
+            .map_or_else(|| "no SPIFFE ID".to_string(), |id| bounded(&id.to_string()));
+        return Err(tonic::Status::permission_denied(format!(
+            "client certificate identity {shown} is not the peerd identity of any configured peer"
+        )));
+    };
+    let candidates: Vec<&PeerPolicy> = peers.iter().filter(|p| &p.identity == id).collect();
+    let clusters = || {
         candidates
-            .into_iter()
+            .iter()
+            .map(|p| p.cluster.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (cluster_id, candidates.as_slice()) {
+        (None, [only]) => Ok(only),
+        (None, _) => Err(tonic::Status::permission_denied(format!(
+            "{} is the peerd identity of several peers ({}); send the clusterid header",
+            bounded(&id.to_string()),
+            clusters()
+        ))),
+        (Some(cluster), _) => candidates
+            .iter()
             .find(|p| p.cluster == cluster)
-            .cloned()
+            .copied()
             .ok_or_else(|| {
-                tonic::Status::unauthenticated(format!(
-                    "clusterid {cluster:?} is not a peer with trust domain {trust_domain:?}"
+                tonic::Status::permission_denied(format!(
+                    "clusterid {} does not match the client certificate: {} is the peerd identity of {}",
+                    bounded(cluster),
+                    bounded(&id.to_string()),
+                    clusters()
                 ))
-            })
+            }),
     }
 }
 
@@ -84,12 +105,14 @@ impl FederationSelector {
 impl ViewSelector for FederationSelector {
     async fn select(&self, conn: &ConnectionInfo) -> Result<Selected, tonic::Status> {
         if let Some(certs) = conn.peer_certificates.as_deref() {
-            let Some(id) = peer_spiffe_id(Some(certs)) else {
+            let presented = peer_spiffe_ids(Some(certs));
+            if presented.is_empty() {
                 return Err(tonic::Status::unauthenticated(
                     "client certificate carries no SPIFFE ID",
                 ));
-            };
-            let peer = self.peer_for(id.trust_domain(), conn.cluster_id.as_deref())?;
+            }
+            let peers = self.peers.load();
+            let peer = peer_for(&peers, &presented, conn.cluster_id.as_deref())?;
             if !self.exporter.is_ready() {
                 return Err(tonic::Status::unavailable(
                     "export not ready: the local istiod has not completed its first sync",
@@ -99,7 +122,7 @@ impl ViewSelector for FederationSelector {
             return Ok(Selected {
                 view: Arc::clone(self.exporter.view(flavor)),
                 label: flavor.label().to_string(),
-                identity: format!("{id} (peer {})", peer.cluster),
+                identity: format!("{} (peer {})", peer.identity, peer.cluster),
             });
         }
         let Some(verifier) = &self.tokens else {

@@ -1,6 +1,6 @@
 //! What federation needs to know, in one struct ([`FederationConfig`]): the local cluster,
-//! network, global services, east-west gateway, and per peer its network, trust domain,
-//! flat-or-gateway decision and caps. [`FederationConfig::from_config`] builds it from the
+//! network, global services, east-west gateway, and per peer its network, peerd SPIFFE
+//! identity, flat-or-gateway decision and caps. [`FederationConfig::from_config`] builds it from the
 //! validated [`crate::config::Config`]; tests and the sandbox may build it directly.
 //!
 //! Owns no state and reads nothing from the environment.
@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::{Config, DataPlaneServiceType, Peer, ServiceRef};
+use crate::identity::spiffe::{SpiffeError, SpiffeId};
 
 /// Where remote clusters send HBONE traffic for this cluster's workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +61,9 @@ impl ExportFlavor {
 pub struct PeerPolicy {
     pub cluster: String,
     pub network: String,
-    pub trust_domain: String,
+    /// The SPIFFE ID the peer's peerd presents (its client certificate must carry it to
+    /// be served this peer's export variant).
+    pub identity: SpiffeId,
     /// Same network and flat networks enabled: pod IPs, no gateway.
     pub flat: bool,
     pub prefers_node_port: bool,
@@ -72,17 +75,18 @@ pub struct PeerPolicy {
 
 impl PeerPolicy {
     /// The policy of a configured (or Gateway-derived) peer of `config`'s cluster.
-    pub fn from_peer(config: &Config, p: &Peer) -> PeerPolicy {
-        PeerPolicy {
+    /// Fails when the peer's peerd identity cannot be formed from its configuration.
+    pub fn from_peer(config: &Config, p: &Peer) -> Result<PeerPolicy, SpiffeError> {
+        Ok(PeerPolicy {
             cluster: p.cluster.clone(),
             network: p.network.clone(),
-            trust_domain: p.trust_domain.clone(),
+            identity: config.peer_identity(p)?,
             flat: config.peer_is_flat(p),
             prefers_node_port: p.preferred_data_plane_service_type
                 == DataPlaneServiceType::NodePort,
             max_resources: p.max_resources,
             max_bytes: p.max_bytes,
-        }
+        })
     }
 
     /// The export variant this peer is served.
@@ -133,26 +137,28 @@ impl FederationConfig {
     }
 
     /// From the validated daemon configuration. The east-west gateway's NodePort target is
-    /// not configurable yet, so NodePort peers get the LoadBalancer target.
-    pub fn from_config(config: &Config) -> FederationConfig {
+    /// not configurable yet, so NodePort peers get the LoadBalancer target. Fails only when
+    /// a peer's identity is not a SPIFFE ID (validation already refuses that).
+    pub fn from_config(config: &Config) -> Result<FederationConfig, SpiffeError> {
         let gateway = config.export.east_west_gateway.map(|g| GatewayTarget {
             address: g.address,
             hbone_port: g.hbone_port,
         });
-        FederationConfig {
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| PeerPolicy::from_peer(config, p))
+            .collect::<Result<Vec<_>, SpiffeError>>()?;
+        Ok(FederationConfig {
             cluster: config.cluster.clone(),
             network: config.network.clone(),
             global_services: config.export.global_services.iter().cloned().collect(),
             gateway,
             node_port_gateway: None,
-            peers: config
-                .peers
-                .iter()
-                .map(|p| PeerPolicy::from_peer(config, p))
-                .collect(),
+            peers,
             grace_period: config.disconnect_grace_period,
             grace_check_interval: Duration::from_secs(1),
-        }
+        })
     }
 
     pub fn peer(&self, cluster: &str) -> Option<&PeerPolicy> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
+use crate::identity::spiffe::SpiffeId;
 use crate::proto::istio::{security, workload};
 use crate::xds::client::ResourceFilter;
 use crate::xds::resource::Resource;
@@ -113,7 +114,7 @@ fn peer(cluster: &str, network: &str, flat: bool) -> PeerPolicy {
     PeerPolicy {
         cluster: cluster.into(),
         network: network.into(),
-        trust_domain: format!("{cluster}.local"),
+        identity: SpiffeId::new(&format!("{cluster}.local"), "istio-system", "peerd").unwrap(),
         flat,
         prefers_node_port: false,
         max_resources: 100,
@@ -1188,6 +1189,148 @@ mod selection {
         }
     }
 
+    /// A client certificate carrying `id`, sending `clusterid: cluster_id` when given.
+    fn conn_as(id: &str, cluster_id: Option<&str>) -> ConnectionInfo {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+        let key = rcgen::KeyPair::generate().unwrap();
+        ConnectionInfo {
+            remote_addr: None,
+            bearer_token: None,
+            cluster_id: cluster_id.map(str::to_string),
+            peer_certificates: Some(Arc::new(vec![
+                params.self_signed(&key).unwrap().der().clone(),
+            ])),
+        }
+    }
+
+    /// Only a peer's exact peerd identity reads an export view: a workload of the peer's
+    /// trust domain is refused, with or without a `clusterid` header naming the peer.
+    #[tokio::test]
+    async fn a_workload_of_a_peers_trust_domain_gets_no_export_view() {
+        let (store, fed, mut rx) = setup();
+        local_population(&store);
+        drain(&fed, &mut rx);
+        let selector = fed.selector(None);
+        for header in [None, Some("c2"), Some("c3")] {
+            let err = selector
+                .select(&conn_as("spiffe://c2.local/ns/bookinfo/sa/reviews", header))
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{header:?}");
+            assert!(
+                err.message().contains(
+                    "spiffe://c2.local/ns/bookinfo/sa/reviews is not the peerd identity of any configured peer"
+                ),
+                "{}",
+                err.message()
+            );
+        }
+        let ok = selector
+            .select(&conn_as(
+                "spiffe://c2.local/ns/istio-system/sa/peerd",
+                Some("c2"),
+            ))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&ok.view, fed.export_view(ExportFlavor::Flat)));
+        assert!(ok.identity.contains("(peer c2)"), "{}", ok.identity);
+    }
+
+    /// c3's peerd (gateway variant) claiming to be c2 (flat variant) or c4 is refused; it
+    /// never gets another peer's view.
+    #[tokio::test]
+    async fn a_peer_claiming_another_peers_cluster_is_refused() {
+        let (store, fed, mut rx) = setup();
+        local_population(&store);
+        drain(&fed, &mut rx);
+        let selector = fed.selector(None);
+        let c3 = "spiffe://c3.local/ns/istio-system/sa/peerd";
+        for claimed in ["c2", "c4", "c9"] {
+            let err = selector
+                .select(&conn_as(c3, Some(claimed)))
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied);
+            assert!(
+                err.message().contains(&format!(
+                    "clusterid {claimed} does not match the client certificate: {c3} is the peerd identity of c3"
+                )),
+                "{}",
+                err.message()
+            );
+        }
+        let own = selector.select(&conn_as(c3, Some("c3"))).await.unwrap();
+        assert!(Arc::ptr_eq(
+            &own.view,
+            fed.export_view(ExportFlavor::Gateway)
+        ));
+        let no_header = selector.select(&conn_as(c3, None)).await.unwrap();
+        assert!(Arc::ptr_eq(
+            &no_header.view,
+            fed.export_view(ExportFlavor::Gateway)
+        ));
+    }
+
+    /// Peers sharing one peerd identity (one root, `cluster.local` everywhere) are told
+    /// apart only by the header, which must name one of them; a long header is bounded
+    /// in the refusal.
+    #[test]
+    fn a_shared_identity_needs_the_header_and_it_must_name_one_of_its_peers() {
+        let shared = SpiffeId::new("cluster.local", "istio-system", "peerd").unwrap();
+        let mut peers = vec![
+            peer("c2", "net1", true),
+            peer("c3", "net3", false),
+            peer("c5", "net5", false),
+        ];
+        peers[0].identity = shared.clone();
+        peers[1].identity = shared.clone();
+        let presented = [shared.clone()];
+        let err = selector::peer_for(&peers, &presented, None).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message().contains("several peers (c2, c3)"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(
+            selector::peer_for(&peers, &presented, Some("c3"))
+                .unwrap()
+                .cluster,
+            "c3"
+        );
+        let err = selector::peer_for(&peers, &presented, Some("c5")).unwrap_err();
+        assert!(
+            err.message().contains("is the peerd identity of c2, c3"),
+            "{}",
+            err.message()
+        );
+        let long = "x".repeat(100_000);
+        let err = selector::peer_for(&peers, &presented, Some(&long)).unwrap_err();
+        assert!(err.message().len() < 1024, "{}", err.message().len());
+        assert!(
+            err.message().contains("(100000 bytes)"),
+            "{}",
+            err.message()
+        );
+        // A certificate with several SPIFFE IDs counts by the one that is a peer's.
+        let workload = SpiffeId::new("cluster.local", "bookinfo", "reviews").unwrap();
+        let both = [workload.clone(), shared];
+        assert_eq!(
+            selector::peer_for(&peers, &both, Some("c2"))
+                .unwrap()
+                .cluster,
+            "c2"
+        );
+        let err = selector::peer_for(&peers, &[workload], Some("c2")).unwrap_err();
+        assert!(
+            err.message()
+                .contains("spiffe://cluster.local/ns/bookinfo/sa/reviews")
+        );
+    }
+
     #[tokio::test]
     async fn peers_get_their_export_variant_tokens_get_the_merged_view() {
         let (store, fed, mut rx) = setup();
@@ -1224,7 +1367,7 @@ mod selection {
             .await
             .err()
             .unwrap();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("stranger.local"));
         let merged = selector.select(&conn(None, Some("t0k"))).await.unwrap();
         assert!(Arc::ptr_eq(&merged.view, fed.merged()));

@@ -23,7 +23,12 @@ fn config() -> FederationConfig {
     c.peers = vec![PeerPolicy {
         cluster: PEER.into(),
         network: "net1".into(),
-        trust_domain: format!("{PEER}.local"),
+        identity: crate::identity::spiffe::SpiffeId::new(
+            &format!("{PEER}.local"),
+            "istio-system",
+            "peerd",
+        )
+        .unwrap(),
         flat: true,
         prefers_node_port: false,
         max_resources: 100,

@@ -103,7 +103,10 @@ async fn health_and_debug_answer_while_a_bulk_load_is_merged() {
     )
     .expect("resolved config");
     let store = Store::new();
-    let fed = Federation::new(FederationConfig::from_config(&config), Arc::clone(&store));
+    let fed = Federation::new(
+        FederationConfig::from_config(&config).unwrap(),
+        Arc::clone(&store),
+    );
 
     // The hook: the first recompute with names reports that it is held, then waits.
     let (held_tx, mut held_rx) = watch::channel(0usize);

@@ -162,6 +162,34 @@ impl FromStr for SpiffeId {
     }
 }
 
+/// How many bytes of a peer-supplied name (a presented SAN, a `clusterid` header) a
+/// message or log keeps.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A peer-supplied name as it may appear in a condition, log or error: control
+/// characters escaped, cut at [`MAX_NAME_BYTES`] with a marker saying how long it was.
+pub fn bounded(name: &str) -> String {
+    let mut escaped = String::with_capacity(name.len().min(MAX_NAME_BYTES + 16));
+    for c in name.chars() {
+        if escaped.len() > MAX_NAME_BYTES {
+            break;
+        }
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    if escaped.len() <= MAX_NAME_BYTES {
+        return escaped;
+    }
+    let mut cut = MAX_NAME_BYTES;
+    while !escaped.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &escaped[..cut], name.len())
+}
+
 /// All URI SANs of a DER certificate (SPIFFE or not), in certificate order.
 pub fn uri_sans(cert_der: &[u8]) -> Result<Vec<String>, SpiffeError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
@@ -247,6 +275,21 @@ mod tests {
     fn new_validates() {
         assert!(SpiffeId::new("td", "ns", "sa").is_ok());
         assert!(SpiffeId::new("td", "ns", "s/a").is_err());
+    }
+
+    #[test]
+    fn bounded_names_escape_control_characters_and_say_how_long_they_were() {
+        assert_eq!(bounded("spiffe://td/ns/a/sa/b"), "spiffe://td/ns/a/sa/b");
+        assert_eq!(bounded("a\nb"), "a\\nb");
+        let long = format!("spiffe://td/ns/{}/sa/b", "x".repeat(100_000));
+        let shown = bounded(&long);
+        assert!(shown.len() < MAX_NAME_BYTES + 32, "{}", shown.len());
+        assert!(
+            shown.ends_with(&format!("… ({} bytes)", long.len())),
+            "{shown}"
+        );
+        let wide = "é".repeat(MAX_NAME_BYTES);
+        assert!(bounded(&wide).starts_with("é"), "cut on a char boundary");
     }
 
     #[test]

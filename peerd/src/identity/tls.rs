@@ -1,8 +1,8 @@
 //! rustls configuration for every TLS endpoint of peerd: loading PEM files with errors
 //! that name the file, the server config (xDS listener: server-authenticated TLS 1.3 for
 //! ztunnel, optional client certificates for peers) and the client config (upstream to
-//! istiod: chain + DNS/IP name; to peers: chain + expected SPIFFE identity or trust
-//! domain, with our own client certificate for mTLS).
+//! istiod: chain + DNS/IP name; to peers: chain + the peer's exact peerd SPIFFE ID, with
+//! our own client certificate for mTLS).
 //!
 //! All configs use the `ring` provider. This file never disables verification: every
 //! client config verifies the chain against configured roots, and every mode checks an
@@ -294,10 +294,10 @@ pub enum ServerIdentity {
     /// Standard web PKI name check: the DNS name or IP the client connects with must be
     /// a SAN of the server certificate (istiod: `istiod.istio-system.svc`).
     Name,
-    /// The server certificate must carry exactly this SPIFFE ID.
+    /// The server certificate must carry exactly this SPIFFE ID (a peer's peerd). There is
+    /// deliberately no "any ID in a trust domain": with a shared root, a trust domain
+    /// admits every workload of the mesh.
     Spiffe(SpiffeId),
-    /// The server certificate must carry a SPIFFE ID in this trust domain (a peer).
-    TrustDomain(String),
 }
 
 #[derive(Clone)]
@@ -353,12 +353,38 @@ pub fn client_config(options: &ClientTlsOptions) -> Result<Arc<ClientConfig>, Tl
 #[error("peer identity mismatch: expected {expected}, certificate presents {}", presented_list(.presented))]
 pub struct IdentityMismatch {
     pub expected: String,
+    /// The URI SANs of the presented certificate, each already bounded by
+    /// [`spiffe::bounded`] (they come from the peer and end up in conditions and logs).
     pub presented: Vec<String>,
 }
 
+impl IdentityMismatch {
+    /// A mismatch naming at most [`MAX_LISTED_SANS`] of the certificate's URI SANs, each
+    /// bounded.
+    pub fn new(expected: impl Into<String>, presented_sans: &[String]) -> IdentityMismatch {
+        let mut presented: Vec<String> = presented_sans
+            .iter()
+            .take(MAX_LISTED_SANS)
+            .map(|san| spiffe::bounded(san))
+            .collect();
+        if presented_sans.len() > MAX_LISTED_SANS {
+            presented.push(format!(
+                "and {} more URI SANs",
+                presented_sans.len() - MAX_LISTED_SANS
+            ));
+        }
+        IdentityMismatch {
+            expected: expected.into(),
+            presented,
+        }
+    }
+}
+
+/// How many presented URI SANs a mismatch message lists.
+pub const MAX_LISTED_SANS: usize = 4;
 fn presented_list(p: &[String]) -> String {
     if p.is_empty() {
-        "no SPIFFE ID".to_string()
+        "no URI SAN (no SPIFFE ID)".to_string()
     } else {
         p.join(", ")
     }
@@ -400,29 +426,24 @@ impl ServerCertVerifier for PeerServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let (expected, ok, presented) = match &self.identity {
+        let expected = match &self.identity {
             ServerIdentity::Name => {
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 return Ok(ServerCertVerified::assertion());
             }
-            ServerIdentity::Spiffe(id) => {
-                let presented = presented_ids(end_entity)?;
-                (id.to_string(), presented.iter().any(|p| p == id), presented)
-            }
-            ServerIdentity::TrustDomain(td) => {
-                let presented = presented_ids(end_entity)?;
-                let ok = presented.iter().any(|p| p.in_trust_domain(td));
-                (format!("trust domain {td}"), ok, presented)
-            }
+            ServerIdentity::Spiffe(id) => id,
         };
-        if ok {
+        let sans = spiffe::uri_sans(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if sans
+            .iter()
+            .filter_map(|san| san.parse::<SpiffeId>().ok())
+            .any(|presented| &presented == expected)
+        {
             return Ok(ServerCertVerified::assertion());
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(IdentityMismatch {
-                expected,
-                presented: presented.iter().map(ToString::to_string).collect(),
-            })),
+            OtherError(Arc::new(IdentityMismatch::new(expected.to_string(), &sans))),
         )))
     }
 
@@ -447,11 +468,6 @@ impl ServerCertVerifier for PeerServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         signatures::schemes(&self.provider)
     }
-}
-
-fn presented_ids(end_entity: &CertificateDer<'_>) -> Result<Vec<SpiffeId>, rustls::Error> {
-    spiffe::identities_in_cert(end_entity)
-        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
 }
 
 /// rustls' `WebPkiClientVerifier`, rebuilt when the roots reload. It sends no CA hints
@@ -574,8 +590,16 @@ impl ClientCertVerifier for ReloadingClientVerifier {
 /// certificate to our server, or the server we connected to). `None` when the peer
 /// presented no certificate or one without an Istio SPIFFE ID.
 pub fn peer_spiffe_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
-    let leaf = peer_certificates?.first()?;
-    spiffe::identities_in_cert(leaf).ok()?.into_iter().next()
+    peer_spiffe_ids(peer_certificates).into_iter().next()
+}
+
+/// Every Istio SPIFFE ID of the leaf certificate of a verified TLS peer, in certificate
+/// order (empty without a certificate).
+pub fn peer_spiffe_ids(peer_certificates: Option<&[CertificateDer<'_>]>) -> Vec<SpiffeId> {
+    peer_certificates
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| spiffe::identities_in_cert(leaf).ok())
+        .unwrap_or_default()
 }
 
 /// Handshake-signature checks shared by both verifiers: only the provider's algorithms.

@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::Service;
 
 use super::gateways::{self, PeerAddress, Resolver, SpecError};
 use super::types::{
-    ANNOTATION_DATA_PLANE_SERVICE_TYPE, ANNOTATION_TRUST_DOMAIN, Gateway, LABEL_CLUSTER,
-    LABEL_NETWORK,
+    ANNOTATION_DATA_PLANE_SERVICE_TYPE, ANNOTATION_PEERD_IDENTITY, ANNOTATION_TRUST_DOMAIN,
+    Gateway, LABEL_CLUSTER, LABEL_NETWORK,
 };
 use crate::config::{self, Config, DataPlaneServiceType, EastWestGateway, ServiceRef};
 use crate::peers::model::{
@@ -28,7 +28,8 @@ use crate::peers::model::{
 };
 
 /// A Gateway as the peer model sees it (the monitor validates it the same way as a file
-/// peer, naming Gateway fields). The trust domain defaults to the local one.
+/// peer, naming Gateway fields). The trust domain defaults to the local one; the peer's
+/// peerd identity comes from `peering.solo.io/peerd-identity` when set.
 pub fn gateway_spec(gateway: &Gateway, local_trust_domain: &str) -> PeerSpec {
     let labels = gateway.labels();
     let annotations = gateway.annotations();
@@ -66,6 +67,7 @@ pub fn gateway_spec(gateway: &Gateway, local_trust_domain: &str) -> PeerSpec {
             })
             .collect(),
         data_plane_service_type: annotations.get(ANNOTATION_DATA_PLANE_SERVICE_TYPE).cloned(),
+        peerd_identity: annotations.get(ANNOTATION_PEERD_IDENTITY).cloned(),
     }
 }
 
@@ -122,7 +124,9 @@ pub async fn usable_peer(
         port: model.xds_port,
         hbone_port: model.hbone_port.unwrap_or(config::defaults::HBONE_PORT),
         trust_domain: model.trust_domain,
-        server_identity: None,
+        // The annotation when set, else the default peerd identity in the peer's trust
+        // domain (`Config::peer_identity`).
+        server_identity: model.peerd_identity.map(config::ServerIdentity::Spiffe),
         preferred_data_plane_service_type: if model.node_port {
             DataPlaneServiceType::NodePort
         } else {
@@ -321,6 +325,78 @@ mod tests {
         // Outside sandbox mode the same Gateway is fine.
         let spec = check_gateway(&g, &local, false, &resolver).await.unwrap();
         assert_eq!(spec.cluster, "c2");
+    }
+
+    /// The peer's peerd identity: the default in the peer's trust domain with our namespace
+    /// and service account, or the Gateway's annotation; never just a trust domain.
+    #[tokio::test]
+    async fn usable_peer_pins_the_default_or_annotated_peerd_identity() {
+        let config = config::resolve(
+            Config::parse_file(
+                "cluster: c1\nnetwork: net1\nidentity: {namespace: mesh-peering, serviceAccount: peerd-sa}\n",
+            )
+            .unwrap(),
+            &config::Env::default(),
+            &config::Overrides::default(),
+            None,
+        )
+        .unwrap();
+        let local = LocalCluster::from(&config);
+        let resolver = StaticResolver::default();
+        let listeners = json!([
+            {"name": "cross-network", "port": 15008, "protocol": "HBONE"},
+            {"name": "xds-tls", "port": 15012, "protocol": "TLS"},
+        ]);
+        let labels =
+            json!({"topology.istio.io/cluster": "c2", "topology.istio.io/network": "net2"});
+        let plain = gateway(
+            "istio-remote",
+            labels.clone(),
+            json!({"gateway.istio.io/trust-domain": "c2.local"}),
+            json!([{"value": "192.0.2.7"}]),
+            listeners.clone(),
+        );
+        let peer = usable_peer(&plain, &config, &local, &resolver)
+            .await
+            .unwrap();
+        assert_eq!(peer.server_identity, None);
+        assert_eq!(
+            config.peer_identity(&peer).unwrap().to_string(),
+            "spiffe://c2.local/ns/mesh-peering/sa/peerd-sa"
+        );
+
+        let annotated = gateway(
+            "istio-remote",
+            labels.clone(),
+            json!({"gateway.istio.io/trust-domain": "c2.local",
+                   "peering.solo.io/peerd-identity": "spiffe://c2.local/ns/istio-system/sa/peerd-c2"}),
+            json!([{"value": "192.0.2.7"}]),
+            listeners.clone(),
+        );
+        let peer = usable_peer(&annotated, &config, &local, &resolver)
+            .await
+            .unwrap();
+        assert_eq!(
+            config.peer_identity(&peer).unwrap().to_string(),
+            "spiffe://c2.local/ns/istio-system/sa/peerd-c2"
+        );
+
+        // A bad annotation makes the Gateway unusable, naming the annotation.
+        let bad = gateway(
+            "istio-remote",
+            labels,
+            json!({"peering.solo.io/peerd-identity": "c2.local"}),
+            json!([{"value": "192.0.2.7"}]),
+            listeners,
+        );
+        let err = usable_peer(&bad, &config, &local, &resolver)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metadata.annotations[peering.solo.io/peerd-identity]"),
+            "{err}"
+        );
     }
 
     #[test]

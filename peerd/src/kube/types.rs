@@ -24,6 +24,9 @@ pub const LABEL_NETWORK: &str = "topology.istio.io/network";
 pub const ANNOTATION_TRUST_DOMAIN: &str = "gateway.istio.io/trust-domain";
 pub const ANNOTATION_DATA_PLANE_SERVICE_TYPE: &str =
     "peering.solo.io/preferred-data-plane-service-type";
+/// The SPIFFE ID the peer's peerd presents, when not the default
+/// `spiffe://<peer trust domain>/ns/<our namespace>/sa/<our service account>`.
+pub const ANNOTATION_PEERD_IDENTITY: &str = crate::peers::model::PEERD_IDENTITY_ANNOTATION;
 pub const LABEL_SERVICE_SCOPE: &str = "solo.io/service-scope";
 pub const LABEL_ISTIO_GLOBAL: &str = "istio.io/global";
 

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::config::{self, DataPlaneServiceType, PeerAddress};
+use crate::identity::spiffe::{SpiffeId, bounded};
 
 /// Label holding the peer's cluster id.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
@@ -21,6 +22,9 @@ pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
 pub const NETWORK_LABEL: &str = "topology.istio.io/network";
 /// Annotation holding the peer's trust domain.
 pub const TRUST_DOMAIN_ANNOTATION: &str = "gateway.istio.io/trust-domain";
+/// Annotation overriding the SPIFFE ID the peer's peerd presents (default
+/// `spiffe://<trust domain>/ns/<our namespace>/sa/<our service account>`).
+pub const PEERD_IDENTITY_ANNOTATION: &str = "peering.solo.io/peerd-identity";
 /// Annotation asking for the NodePort data plane.
 pub const DATA_PLANE_ANNOTATION: &str = "peering.solo.io/preferred-data-plane-service-type";
 /// The HBONE listener port.
@@ -66,6 +70,8 @@ pub struct PeerSpec {
     pub listeners: Vec<SpecListener>,
     /// The NodePort preference annotation, verbatim.
     pub data_plane_service_type: Option<String>,
+    /// The peerd identity annotation (or a file peer's SPIFFE `serverIdentity`), verbatim.
+    pub peerd_identity: Option<String>,
 }
 
 /// Which part of a spec is bad.
@@ -77,6 +83,7 @@ pub enum Field {
     TrustDomain,
     Listeners,
     DataPlaneServiceType,
+    PeerdIdentity,
 }
 
 impl PeerSpec {
@@ -115,6 +122,10 @@ impl PeerSpec {
                 }
                 .to_string(),
             ),
+            peerd_identity: match &peer.server_identity {
+                Some(config::ServerIdentity::Spiffe(id)) => Some(id.clone()),
+                Some(config::ServerIdentity::Dns(_)) | None => None,
+            },
         }
     }
 
@@ -138,6 +149,7 @@ impl PeerSpec {
                     Field::TrustDomain => "trustDomain",
                     Field::Listeners => "port",
                     Field::DataPlaneServiceType => "preferredDataPlaneServiceType",
+                    Field::PeerdIdentity => "serverIdentity",
                 };
                 format!("peers[{index}].{f}")
             }
@@ -149,6 +161,9 @@ impl PeerSpec {
                 Field::Listeners => "spec.listeners".to_string(),
                 Field::DataPlaneServiceType => {
                     format!("metadata.annotations[{DATA_PLANE_ANNOTATION}]")
+                }
+                Field::PeerdIdentity => {
+                    format!("metadata.annotations[{PEERD_IDENTITY_ANNOTATION}]")
                 }
             },
         }
@@ -211,6 +226,10 @@ pub struct PeerModel {
     /// Same network as ours and flat networks enabled: pod IPs, no gateway.
     pub flat: bool,
     pub generation: i64,
+    /// The SPIFFE ID the peer's peerd presents, when the spec names one; `None` = the
+    /// default (`spiffe://<trust domain>/ns/<our namespace>/sa/<our service account>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peerd_identity: Option<String>,
 }
 
 fn serialize_display<S: serde::Serializer>(v: &PeerAddress, s: S) -> Result<S::Ok, S::Error> {
@@ -307,6 +326,21 @@ impl PeerModel {
                 ));
             }
         };
+        let peerd_identity = match required(spec.peerd_identity.as_deref()) {
+            None => None,
+            Some(id) => match id.parse::<SpiffeId>() {
+                Ok(parsed) => Some(parsed.to_string()),
+                Err(e) => {
+                    return Err(invalid(
+                        Field::PeerdIdentity,
+                        format!(
+                            "{} (expected spiffe://<trust domain>/ns/<namespace>/sa/<service account>)",
+                            bounded(&e.to_string())
+                        ),
+                    ));
+                }
+            },
+        };
         Ok(PeerModel {
             cluster: cluster.to_string(),
             network: network.to_string(),
@@ -317,6 +351,7 @@ impl PeerModel {
             node_port,
             flat: local.flat_networks && network == local.network,
             generation: spec.generation,
+            peerd_identity,
         })
     }
 
@@ -451,6 +486,7 @@ mod tests {
                 },
             ],
             data_plane_service_type: None,
+            peerd_identity: None,
         }
     }
 
@@ -521,6 +557,16 @@ mod tests {
                 Box::new(|s| s.trust_domain = Some("Cluster Local".into())),
                 "gateway.istio.io/trust-domain]: \"Cluster Local\" is not a SPIFFE trust domain",
                 Field::TrustDomain,
+            ),
+            (
+                Box::new(|s| s.peerd_identity = Some("spiffe://cluster.local/peerd".into())),
+                "metadata.annotations[peering.solo.io/peerd-identity]: \"spiffe://cluster.local/peerd\" is not an Istio SPIFFE ID",
+                Field::PeerdIdentity,
+            ),
+            (
+                Box::new(|s| s.peerd_identity = Some("cluster.local".into())),
+                "must start with \"spiffe://\"",
+                Field::PeerdIdentity,
             ),
             (
                 Box::new(|s| s.listeners.retain(|l| l.port != 15012)),

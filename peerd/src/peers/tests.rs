@@ -158,6 +158,7 @@ fn spec(cluster: &str, ip: &str) -> PeerSpec {
             },
         ],
         data_plane_service_type: None,
+        peerd_identity: None,
     }
 }
 

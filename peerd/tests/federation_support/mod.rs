@@ -42,6 +42,11 @@ pub fn trust_domain(cluster: &str) -> String {
     format!("{cluster}.local")
 }
 
+/// The SPIFFE ID of cluster `cluster`'s peerd (what [`identity`] issues).
+pub fn peerd_identity(cluster: &str) -> SpiffeId {
+    SpiffeId::new(&trust_domain(cluster), "istio-system", "peerd").unwrap()
+}
+
 pub fn host(k: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, k, 1))
 }
@@ -85,13 +90,25 @@ pub fn identity(
     td: &str,
     k: u8,
 ) -> Identity {
-    let leaf = ca
-        .issue(
-            &LeafSpec::workload(SpiffeId::new(td, "istio-system", "peerd").unwrap())
-                .with_ip(host(k)),
-        )
-        .unwrap();
-    let dir = pki_dir.join("leaf").join(cluster);
+    identity_as(
+        pki_dir,
+        ca,
+        cluster,
+        SpiffeId::new(td, "istio-system", "peerd").unwrap(),
+        k,
+    )
+}
+
+/// A certificate for `id` (any workload of the shared root), stored under `name`.
+pub fn identity_as(
+    pki_dir: &Path,
+    ca: &CertificateAuthority,
+    name: &str,
+    id: SpiffeId,
+    k: u8,
+) -> Identity {
+    let leaf = ca.issue(&LeafSpec::workload(id).with_ip(host(k))).unwrap();
+    let dir = pki_dir.join("leaf").join(name);
     leaf.write_to(&dir).unwrap();
     let cert = CertSource::from_files(&dir.join("cert-chain.pem"), &dir.join("key.pem")).unwrap();
     let roots = load_roots(&dir.join("root-cert.pem")).unwrap();
@@ -242,7 +259,7 @@ impl Topology {
             .map(|p| PeerPolicy {
                 cluster: p.name.clone(),
                 network: p.network.clone(),
-                trust_domain: trust_domain(&p.name),
+                identity: peerd_identity(&p.name),
                 flat: p.network == s.network,
                 prefers_node_port: false,
                 max_resources: s
@@ -303,7 +320,7 @@ impl Topology {
             let tls = client_config(
                 &ClientTlsOptions::new(
                     Arc::clone(&identity.roots),
-                    ServerIdentity::TrustDomain(trust_domain(&p.name)),
+                    ServerIdentity::Spiffe(peerd_identity(&p.name)),
                 )
                 .with_client_cert(identity.cert.clone()),
             )

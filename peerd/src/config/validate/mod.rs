@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use super::env::{Env, Overrides, Sources, apply_env, apply_overrides};
 use super::file::FileConfig;
-use super::{Config, Hysteresis, ServerIdentity, Telemetry, defaults, parse_duration};
+use super::{
+    Config, Hysteresis, PeerdIdentity, ServerIdentity, Telemetry, defaults, parse_duration,
+};
+use crate::identity::spiffe::SpiffeId;
 
 /// Largest gRPC message size accepted in the config (the gRPC length prefix is 32 bits).
 const MESSAGE_BYTES_LIMIT: u64 = 1 << 31;
@@ -165,6 +168,7 @@ impl Checker<'_> {
             .clone()
             .unwrap_or_else(|| defaults::CONTROL_NAMESPACE.into());
         self.dns_label("controlNamespace", &control_namespace);
+        let identity = self.identity(file, &trust_domain);
         let flat_networks = file.flat_networks.unwrap_or(false);
         let sandbox_mode = file.sandbox_mode.unwrap_or(false);
         let grace = self.duration(
@@ -235,6 +239,7 @@ impl Checker<'_> {
             control_namespace,
             flat_networks,
             sandbox_mode,
+            identity,
             disconnect_grace_period: (!grace.is_zero()).then_some(grace),
             state_dir: self.directory("stateDir", &file.state_dir),
             memory_budget_bytes,
@@ -247,6 +252,35 @@ impl Checker<'_> {
             probe,
             telemetry,
             kubernetes,
+        }
+    }
+
+    /// peerd's namespace and service account: each must make a valid SPIFFE ID.
+    fn identity(&mut self, file: &FileConfig, trust_domain: &str) -> PeerdIdentity {
+        let namespace = file
+            .identity
+            .namespace
+            .clone()
+            .unwrap_or_else(|| defaults::IDENTITY_NAMESPACE.into());
+        self.dns_label("identity.namespace", &namespace);
+        let service_account = file
+            .identity
+            .service_account
+            .clone()
+            .unwrap_or_else(|| defaults::IDENTITY_SERVICE_ACCOUNT.into());
+        // Kubernetes service account names are DNS subdomains.
+        if !is_dns_name(&service_account) || service_account.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            self.err(
+                "identity.serviceAccount",
+                format!("{service_account:?} is not a valid service account name"),
+            );
+        } else if let Err(e) = SpiffeId::new(trust_domain, &namespace, &service_account) {
+            self.err("identity.serviceAccount", e.to_string());
+        }
+        PeerdIdentity {
+            namespace,
+            service_account,
         }
     }
 
@@ -459,13 +493,11 @@ fn is_dns_name(s: &str) -> bool {
 }
 
 fn parse_server_identity(id: &str) -> Result<ServerIdentity, String> {
-    if let Some(rest) = id.strip_prefix("spiffe://") {
-        match rest.split_once('/') {
-            Some((td, path)) if !td.is_empty() && !path.is_empty() => {
-                Ok(ServerIdentity::Spiffe(id.to_owned()))
-            }
-            _ => Err(format!(
-                "{id:?} is not a SPIFFE ID (spiffe://<trust domain>/<path>)"
+    if id.starts_with("spiffe://") {
+        match id.parse::<SpiffeId>() {
+            Ok(parsed) => Ok(ServerIdentity::Spiffe(parsed.to_string())),
+            Err(e) => Err(format!(
+                "not a SPIFFE ID of Istio's form (spiffe://<trust domain>/ns/<namespace>/sa/<service account>): {e}"
             )),
         }
     } else if is_dns_name(id.strip_prefix("*.").unwrap_or(id)) {

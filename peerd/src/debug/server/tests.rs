@@ -45,7 +45,7 @@ fn service() -> (DebugService, Arc<Store>, broadcast::Sender<PeerEvent>) {
     .unwrap();
     let store = Store::new();
     let federation = Federation::new(
-        crate::federation::FederationConfig::from_config(&config),
+        crate::federation::FederationConfig::from_config(&config).unwrap(),
         Arc::clone(&store),
     );
     let (events, _) = broadcast::channel(16);

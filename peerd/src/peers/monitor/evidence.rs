@@ -27,7 +27,7 @@ pub(super) fn connection_hint(reason_str: &str, endpoint: &str) -> String {
             "; check that both clusters' certificates chain to the same root (cacerts)".into()
         }
         reason::IDENTITY_MISMATCH => {
-            "; check the peer gateway's trust domain annotation and the identity its istiod presents".into()
+            "; the peer's peerd must present the expected SPIFFE ID: check the peer gateway's trust domain annotation, and set peering.solo.io/peerd-identity (serverIdentity in a config file) when that peerd runs under another namespace or service account".into()
         }
         _ => String::new(),
     }

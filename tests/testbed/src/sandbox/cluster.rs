@@ -13,17 +13,24 @@ use crate::sandbox::layout::{self, ClusterLayout};
 use crate::sim::istiod::{SimIstiod, SimIstiodOptions, serve_xds};
 use peerd::config::file::{
     AuthFile, BackoffFile, EastWestGatewayFile, ExportFile, FileConfig, HysteresisFile,
-    KubernetesFile, LeaderElectionFile, ListenersFile, ProbeFile, ServerTlsFile, UpstreamFile,
-    XdsServerFile,
+    IdentityFile, KubernetesFile, LeaderElectionFile, ListenersFile, ProbeFile, ServerTlsFile,
+    UpstreamFile, XdsServerFile,
 };
 use peerd::identity::spiffe::SpiffeId;
 
 /// The trust domain every sandbox cluster uses (one shared root, like a real peering).
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
-/// The SPIFFE identity of every sandbox peerd.
+/// The namespace and service account every sandbox peerd runs as: the chart's (release
+/// `peerd` in `istio-system`).
+pub const PEERD_NAMESPACE: &str = "istio-system";
+pub const PEERD_SERVICE_ACCOUNT: &str = "peerd";
+
+/// The SPIFFE identity of every sandbox peerd. Each peerd is configured with this
+/// namespace and service account, so it pins exactly this identity on its peers (as
+/// server and as client); the shared root's workload certificates are refused.
 pub fn peerd_identity() -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/istio-system/sa/peerd")
+    format!("spiffe://{TRUST_DOMAIN}/ns/{PEERD_NAMESPACE}/sa/{PEERD_SERVICE_ACCOUNT}")
 }
 
 pub struct SandboxOptionsForCluster<'a> {
@@ -281,6 +288,10 @@ fn config_for(
         trust_domain: some(TRUST_DOMAIN),
         flat_networks: Some(true),
         sandbox_mode: Some(true),
+        identity: IdentityFile {
+            namespace: some(PEERD_NAMESPACE),
+            service_account: some(PEERD_SERVICE_ACCOUNT),
+        },
         // Short enough that `--fault stop-peer` shows the withdrawal within a minute.
         disconnect_grace_period: some("30s"),
         // A restarted peerd keeps serving a down peer until its grace ends.
