@@ -62,7 +62,12 @@ mod tests {
         PeerPolicy {
             cluster: cluster.into(),
             network: network.into(),
-            trust_domain: format!("{cluster}.local"),
+            identity: crate::identity::spiffe::SpiffeId::new(
+                &format!("{cluster}.local"),
+                "istio-system",
+                "peerd",
+            )
+            .unwrap(),
             flat: false,
             prefers_node_port: false,
             max_resources: 10,

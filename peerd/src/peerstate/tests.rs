@@ -51,7 +51,8 @@ fn rig(grace: Option<Duration>) -> Rig {
     config.peers = vec![PeerPolicy {
         cluster: "c2".into(),
         network: "net1".into(),
-        trust_domain: "c2.local".into(),
+        identity: crate::identity::spiffe::SpiffeId::new("c2.local", "istio-system", "peerd")
+            .unwrap(),
         flat: true,
         prefers_node_port: false,
         max_resources: 100,

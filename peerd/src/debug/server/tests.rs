@@ -246,6 +246,7 @@ async fn a_100_kb_view_name_gets_a_bounded_error() {
             view: "merged".into(),
             r#type: name,
             include_json: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
