@@ -147,6 +147,13 @@ impl DebugService {
             merged: Some(convert::counts(convert::view_counts(merged.counts()))),
             xds_address: s.xds_address.clone(),
             debug_address: s.debug_address.clone(),
+            dropped_waypoints: s
+                .federation
+                .exporter()
+                .dropped_waypoints()
+                .iter()
+                .map(|d| format!("{} -> {} ({})", d.resource, d.target, d.reason.as_str()))
+                .collect(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! §6.1, §11): the network label on `istio-system`, the local east-west
 //! Gateway `istio-eastwest`, one `istio-remote-peer-<cluster>` Gateway per other cluster,
 //! and a Service labelled `solo.io/service-scope=global` per global service of the
-//! simulated istiod. That cluster's peerd reads peers and global services from it and
+//! simulated istiod (the first also with a `ServiceExport`). That cluster's peerd reads peers and global services from it and
 //! writes Gateway conditions, WorkloadEntries and ServiceEntries to it; `kubectl --server
 //! http://127.0.k.1:6443` shows them.
 //!
@@ -114,6 +114,19 @@ pub async fn start(
             &format!("/api/v1/namespaces/{namespace}/services"),
             "application/json",
             &global_service(namespace, name),
+        )
+        .await?;
+    }
+    // The first global service is also exported the MCS way (a ServiceExport of the same
+    // name), so `kubectl get serviceexports -A` shows one.
+    if let Some((namespace, name)) = services.first() {
+        send(
+            &emulator,
+            Method::POST,
+            &format!("/apis/multicluster.x-k8s.io/v1alpha1/namespaces/{namespace}/serviceexports"),
+            "application/json",
+            &json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+                    "metadata": {"name": name, "namespace": namespace}}),
         )
         .await?;
     }
