@@ -196,7 +196,7 @@ pub fn desired_imports(store: &XdsStore, federation: &Federation) -> Vec<Service
     type Entry = (BTreeSet<ServicePort>, BTreeSet<String>);
     let mut by_service: BTreeMap<(String, String), Entry> = BTreeMap::new();
     for origin in store.origins() {
-        if origin.name == *local {
+        if *origin.name == **local {
             continue;
         }
         let snapshot = origin.view.snapshot();

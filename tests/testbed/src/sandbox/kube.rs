@@ -107,7 +107,7 @@ pub async fn start(
         )
         .await?;
     }
-    for (namespace, name) in services {
+    for &(namespace, name) in &services {
         send(
             &emulator,
             Method::POST,
