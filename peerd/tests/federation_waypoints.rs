@@ -85,7 +85,8 @@ fn cluster(name: &'static str, network: &'static str, config: FederationConfig) 
 }
 
 fn feed(c: &mut Cluster, origin: &str, address: Vec<Arc<Resource>>, authz: Vec<Arc<Resource>>) {
-    c.store.apply(origin, ResourceType::Address, address, vec![]);
+    c.store
+        .apply(origin, ResourceType::Address, address, vec![]);
     c.store
         .apply(origin, ResourceType::Authorization, authz, vec![]);
     c.store.mark_synced(origin, ResourceType::Address);
@@ -161,7 +162,9 @@ fn assert_merged_view_is_closed(c: &Cluster) -> usize {
         decoded.push((Arc::clone(&r.name), d));
     }
     let resolves = |g: &workload::GatewayAddress| match &g.destination {
-        Some(Destination::Hostname(h)) => services.contains(&format!("{}/{}", h.namespace, h.hostname)),
+        Some(Destination::Hostname(h)) => {
+            services.contains(&format!("{}/{}", h.namespace, h.hostname))
+        }
         Some(Destination::Address(a)) => vips.contains(&(a.network.clone(), a.address.clone())),
         None => false,
     };
@@ -169,27 +172,47 @@ fn assert_merged_view_is_closed(c: &Cluster) -> usize {
     for (name, d) in &decoded {
         match d {
             workload::address::Type::Service(s) => {
-                let refs = s
-                    .waypoint
-                    .iter()
-                    .chain(s.weighted_waypoints.iter().filter_map(|w| w.destination.as_ref()));
+                let refs = s.waypoint.iter().chain(
+                    s.weighted_waypoints
+                        .iter()
+                        .filter_map(|w| w.destination.as_ref()),
+                );
                 for g in refs {
                     checked += 1;
-                    assert!(resolves(g), "{}: service {name}: waypoint {g:?} does not resolve", c.name);
+                    assert!(
+                        resolves(g),
+                        "{}: service {name}: waypoint {g:?} does not resolve",
+                        c.name
+                    );
                 }
             }
             workload::address::Type::Workload(w) => {
                 if let Some(g) = &w.waypoint {
                     checked += 1;
-                    assert!(resolves(g), "{}: workload {name}: waypoint {g:?} does not resolve", c.name);
+                    assert!(
+                        resolves(g),
+                        "{}: workload {name}: waypoint {g:?} does not resolve",
+                        c.name
+                    );
                 }
                 for key in w.services.keys() {
-                    assert!(services.contains(key), "{}: workload {name}: service key {key} does not resolve", c.name);
+                    assert!(
+                        services.contains(key),
+                        "{}: workload {name}: service key {key} does not resolve",
+                        c.name
+                    );
                 }
                 if w.network != c.network {
-                    let index = CLUSTERS.iter().find(|(n, _, _)| *n == w.cluster_id).unwrap().1;
+                    let index = CLUSTERS
+                        .iter()
+                        .find(|(n, _, _)| *n == w.cluster_id)
+                        .unwrap()
+                        .1;
                     let gateway = w.network_gateway.as_ref().unwrap_or_else(|| {
-                        panic!("{}: workload {name} on {} has no network_gateway", c.name, w.network)
+                        panic!(
+                            "{}: workload {name} on {} has no network_gateway",
+                            c.name, w.network
+                        )
                     });
                     let Some(Destination::Address(a)) = &gateway.destination else {
                         panic!("{}: workload {name}: gateway is not an address", c.name);
@@ -198,7 +221,11 @@ fn assert_merged_view_is_closed(c: &Cluster) -> usize {
                         IpAddr::V4(v4) => v4.octets().to_vec(),
                         IpAddr::V6(v6) => v6.octets().to_vec(),
                     };
-                    assert_eq!(a.address, expected, "{}: {name}: gateway of {}", c.name, w.cluster_id);
+                    assert_eq!(
+                        a.address, expected,
+                        "{}: {name}: gateway of {}",
+                        c.name, w.cluster_id
+                    );
                     assert_eq!(a.network, w.network, "{}: {name}: gateway network", c.name);
                 }
             }
@@ -246,7 +273,10 @@ fn merged_views_resolve_every_reference_over_many_seeds() {
         }
     }
     // The populations do carry waypoints (the property is not vacuous).
-    assert!(references > 200, "only {references} waypoint references checked");
+    assert!(
+        references > 200,
+        "only {references} waypoint references checked"
+    );
     // Generated populations reference only their own namespace waypoints, which have no
     // waypoint: nothing is dropped.
     assert_eq!(dropped, 0);
@@ -281,7 +311,12 @@ fn svc(name: &str, vip: [u8; 4], waypoint: Option<workload::GatewayAddress>) -> 
     )
 }
 
-fn pod(name: &str, addr: [u8; 4], service: &str, waypoint: Option<workload::GatewayAddress>) -> Arc<Resource> {
+fn pod(
+    name: &str,
+    addr: [u8; 4],
+    service: &str,
+    waypoint: Option<workload::GatewayAddress>,
+) -> Arc<Resource> {
     Arc::new(
         Resource::workload(&workload::Workload {
             uid: format!("c3//Pod/shop/{name}"),
@@ -330,7 +365,11 @@ fn by_vip(vip: [u8; 4]) -> Option<workload::GatewayAddress> {
 }
 
 /// c3 (net3) exports `resources` with `global` global to c1 (net1); returns both.
-fn two_clusters(resources: Vec<Arc<Resource>>, global: &[&str], c3_gateway: bool) -> (Cluster, Cluster) {
+fn two_clusters(
+    resources: Vec<Arc<Resource>>,
+    global: &[&str],
+    c3_gateway: bool,
+) -> (Cluster, Cluster) {
     let mut c1 = cluster("c1", "net1", config("c1", 1, "net1", true));
     let mut c3 = cluster("c3", "net3", config("c3", 3, "net3", c3_gateway));
     c3.fed
@@ -393,12 +432,22 @@ fn global_service_brings_its_waypoint_from_another_network() {
         workload::service::Visibility::Namespace as i32
     );
     let cart = merged_service(&c1, "shop/cart.shop.mesh.internal");
-    assert_eq!(cart.waypoint, by_host_global("waypoint"), "the VIP reference is renamed");
+    assert_eq!(
+        cart.waypoint,
+        by_host_global("waypoint"),
+        "the VIP reference is renamed"
+    );
     let waypoint = merged_service(&c1, "shop/waypoint.shop.mesh.internal");
     assert_eq!(waypoint.hostname, "waypoint.shop.mesh.internal");
     let wp_pod = merged_workload(&c1, "c3//Pod/shop/waypoint-1");
-    assert!(wp_pod.services.contains_key("shop/waypoint.shop.mesh.internal"));
-    let gateway = wp_pod.network_gateway.expect("waypoint pod has c3's gateway");
+    assert!(
+        wp_pod
+            .services
+            .contains_key("shop/waypoint.shop.mesh.internal")
+    );
+    let gateway = wp_pod
+        .network_gateway
+        .expect("waypoint pod has c3's gateway");
     assert_eq!(
         gateway.destination,
         Some(Destination::Address(workload::NetworkAddress {
@@ -451,7 +500,10 @@ fn waypoint_that_is_not_a_service_is_dropped_and_reported() {
         &["cart"],
         true,
     );
-    assert_eq!(merged_service(&c1, "shop/cart.shop.mesh.internal").waypoint, None);
+    assert_eq!(
+        merged_service(&c1, "shop/cart.shop.mesh.internal").waypoint,
+        None
+    );
     assert_eq!(merged_workload(&c1, "c3//Pod/shop/cart-1").waypoint, None);
     let dropped = c3.fed.exporter().dropped_waypoints();
     let reasons: BTreeSet<(String, WaypointDrop, String)> = dropped
@@ -477,7 +529,11 @@ fn waypoint_that_is_not_a_service_is_dropped_and_reported() {
     );
     // The local view keeps the reference as istiod sent it.
     let local = c3.fed.merged().snapshot();
-    match decode(local.get(ResourceType::Address, "shop/cart.shop.svc.cluster.local").unwrap()) {
+    match decode(
+        local
+            .get(ResourceType::Address, "shop/cart.shop.svc.cluster.local")
+            .unwrap(),
+    ) {
         workload::address::Type::Service(s) => assert_eq!(s.waypoint, by_host("missing")),
         other => panic!("{other:?}"),
     }
@@ -493,7 +549,12 @@ fn waypoint_of_a_waypoint_is_not_followed() {
             svc("cart", [127, 3, 0, 2], by_host("waypoint-a")),
             svc("waypoint-a", [127, 3, 0, 3], by_host("waypoint-b")),
             svc("waypoint-b", [127, 3, 0, 4], None),
-            pod("waypoint-a-1", [127, 3, 1, 3], "waypoint-a", by_host("waypoint-b")),
+            pod(
+                "waypoint-a-1",
+                [127, 3, 1, 3],
+                "waypoint-a",
+                by_host("waypoint-b"),
+            ),
             pod("waypoint-b-1", [127, 3, 1, 4], "waypoint-b", None),
             svc("ping", [127, 3, 0, 5], by_host("pong")),
             svc("pong", [127, 3, 0, 6], by_host("ping")),
@@ -502,15 +563,33 @@ fn waypoint_of_a_waypoint_is_not_followed() {
         true,
     );
     let merged = c1.fed.merged().snapshot();
-    assert!(merged.get(ResourceType::Address, "shop/waypoint-a.shop.mesh.internal").is_some());
     assert!(
-        merged.get(ResourceType::Address, "shop/waypoint-b.shop.mesh.internal").is_none(),
+        merged
+            .get(ResourceType::Address, "shop/waypoint-a.shop.mesh.internal")
+            .is_some()
+    );
+    assert!(
+        merged
+            .get(ResourceType::Address, "shop/waypoint-b.shop.mesh.internal")
+            .is_none(),
         "the waypoint's own waypoint is not exported"
     );
-    assert_eq!(merged_service(&c1, "shop/waypoint-a.shop.mesh.internal").waypoint, None);
-    assert_eq!(merged_workload(&c1, "c3//Pod/shop/waypoint-a-1").waypoint, None);
-    assert_eq!(merged_service(&c1, "shop/ping.shop.mesh.internal").waypoint, by_host_global("pong"));
-    assert_eq!(merged_service(&c1, "shop/pong.shop.mesh.internal").waypoint, by_host_global("ping"));
+    assert_eq!(
+        merged_service(&c1, "shop/waypoint-a.shop.mesh.internal").waypoint,
+        None
+    );
+    assert_eq!(
+        merged_workload(&c1, "c3//Pod/shop/waypoint-a-1").waypoint,
+        None
+    );
+    assert_eq!(
+        merged_service(&c1, "shop/ping.shop.mesh.internal").waypoint,
+        by_host_global("pong")
+    );
+    assert_eq!(
+        merged_service(&c1, "shop/pong.shop.mesh.internal").waypoint,
+        by_host_global("ping")
+    );
     let chain: Vec<String> = c3
         .fed
         .exporter()
@@ -519,7 +598,13 @@ fn waypoint_of_a_waypoint_is_not_followed() {
         .filter(|d| d.reason == WaypointDrop::WaypointChain)
         .map(|d| d.resource)
         .collect();
-    assert_eq!(chain, vec!["c3//Pod/shop/waypoint-a-1", "shop/waypoint-a.shop.svc.cluster.local"]);
+    assert_eq!(
+        chain,
+        vec![
+            "c3//Pod/shop/waypoint-a-1",
+            "shop/waypoint-a.shop.svc.cluster.local"
+        ]
+    );
     assert_merged_view_is_closed(&c1);
 }
 
@@ -535,12 +620,18 @@ fn waypoint_on_a_network_without_gateway_is_dropped_for_multi_network_peers() {
     feed(&mut c3, "c3", resources, vec![]);
     let form = |flavor: ExportFlavor| -> workload::Service {
         let view = c3.fed.export_view(flavor).snapshot();
-        match decode(view.get(ResourceType::Address, "shop/cart.shop.mesh.internal").unwrap()) {
+        match decode(
+            view.get(ResourceType::Address, "shop/cart.shop.mesh.internal")
+                .unwrap(),
+        ) {
             workload::address::Type::Service(s) => s,
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(form(ExportFlavor::Flat).waypoint, by_host_global("waypoint"));
+    assert_eq!(
+        form(ExportFlavor::Flat).waypoint,
+        by_host_global("waypoint")
+    );
     assert_eq!(form(ExportFlavor::Gateway).waypoint, None);
     let dropped = c3.fed.exporter().dropped_waypoints();
     assert_eq!(dropped.len(), 1);
@@ -571,12 +662,67 @@ fn waypoint_export_follows_changes() {
     );
     assert!(c3.fed.exporter().dropped_waypoints().is_empty());
     let flat = c3.fed.export_view(ExportFlavor::Gateway).snapshot();
-    assert!(flat.get(ResourceType::Address, "shop/waypoint.shop.mesh.internal").is_some());
-    assert!(flat.get(ResourceType::Address, "c3//Pod/shop/waypoint-1").is_some());
+    assert!(
+        flat.get(ResourceType::Address, "shop/waypoint.shop.mesh.internal")
+            .is_some()
+    );
+    assert!(
+        flat.get(ResourceType::Address, "c3//Pod/shop/waypoint-1")
+            .is_some()
+    );
     // cart loses its waypoint: the waypoint and its pod leave the export.
-    feed(&mut c3, "c3", vec![svc("cart", [127, 3, 0, 2], None)], vec![]);
+    feed(
+        &mut c3,
+        "c3",
+        vec![svc("cart", [127, 3, 0, 2], None)],
+        vec![],
+    );
     let flat = c3.fed.export_view(ExportFlavor::Gateway).snapshot();
-    assert!(flat.get(ResourceType::Address, "shop/waypoint.shop.mesh.internal").is_none());
-    assert!(flat.get(ResourceType::Address, "c3//Pod/shop/waypoint-1").is_none());
+    assert!(
+        flat.get(ResourceType::Address, "shop/waypoint.shop.mesh.internal")
+            .is_none()
+    );
+    assert!(
+        flat.get(ResourceType::Address, "c3//Pod/shop/waypoint-1")
+            .is_none()
+    );
     c1.drain();
+}
+
+/// A ServiceExport (or label, or config entry) naming a Service that does not exist:
+/// the name is global, nothing is exported, and the Service is exported once it appears.
+#[test]
+fn global_name_without_a_service_exports_nothing_until_it_exists() {
+    let mut c3 = cluster("c3", "net3", config("c3", 3, "net3", true));
+    c3.fed
+        .set_global_services([service_ref("shop/ghost"), service_ref("shop/cart")]);
+    feed(
+        &mut c3,
+        "c3",
+        vec![svc("cart", [127, 3, 0, 2], None)],
+        vec![],
+    );
+    let names = |c: &Cluster| -> Vec<String> {
+        c.fed
+            .export_view(ExportFlavor::Gateway)
+            .snapshot()
+            .resources(ResourceType::Address)
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
+    };
+    assert_eq!(names(&c3), vec!["shop/cart.shop.mesh.internal"]);
+    feed(
+        &mut c3,
+        "c3",
+        vec![svc("ghost", [127, 3, 0, 3], None)],
+        vec![],
+    );
+    assert_eq!(
+        names(&c3),
+        vec![
+            "shop/cart.shop.mesh.internal",
+            "shop/ghost.shop.mesh.internal"
+        ]
+    );
 }

@@ -42,8 +42,8 @@ use serde::Serialize;
 use super::naming::{global_hostname, global_key};
 use super::settings::{ExportFlavor, FederationConfig, GatewayTarget};
 use crate::config::ServiceRef;
-use crate::view::{View, ViewState};
 use crate::proto::istio::workload::{GatewayAddress, WeightedWaypoint, gateway_address};
+use crate::view::{View, ViewState};
 use crate::xds::resource::{Resource, Summary, address_key, ip_from_bytes};
 use crate::xds::types::ResourceType;
 use crate::xds::wire::{self, Rewrite, WireError};
@@ -548,8 +548,7 @@ impl Exporter {
                     return Ok(());
                 }
                 if let Some(gateway) = e.waypoint()? {
-                    let (target, plan) =
-                        self.plan_ref(index, local, follows, reachable, &gateway);
+                    let (target, plan) = self.plan_ref(index, local, follows, reachable, &gateway);
                     let retargeted = refs.apply(first, &r.name, target, plan, |ns, host| {
                         wire::retarget_gateway(&gateway, ns, host)
                     })?;
@@ -630,8 +629,7 @@ impl Exporter {
                 if w.has_waypoint
                     && let Some(waypoint) = e.waypoint()?
                 {
-                    let (target, plan) =
-                        self.plan_ref(index, local, follows, reachable, &waypoint);
+                    let (target, plan) = self.plan_ref(index, local, follows, reachable, &waypoint);
                     let retargeted = refs.apply(i == 0, &r.name, target, plan, |ns, host| {
                         wire::retarget_gateway(&waypoint, ns, host)
                     })?;
@@ -663,7 +661,9 @@ impl Exporter {
         if !self.multi_network_peers {
             dropped.retain(|d| d.reason != WaypointDrop::NoGateway);
         }
-        if targets.is_empty() && !index.targets_of.contains_key(name) && !index.dropped.contains_key(name)
+        if targets.is_empty()
+            && !index.targets_of.contains_key(name)
+            && !index.dropped.contains_key(name)
             && !index.waypoints_of.contains_key(name)
         {
             return;
@@ -721,8 +721,11 @@ fn resolve_target(
     local: &ViewState,
     gateway: &[u8],
 ) -> (Arc<str>, Option<(Arc<str>, ServiceRef)>) {
-    let bounded = |s: String| -> Arc<str> { Arc::from(s.chars().take(MAX_TARGET_CHARS).collect::<String>()) };
-    let destination = GatewayAddress::decode(gateway).ok().and_then(|g| g.destination);
+    let bounded =
+        |s: String| -> Arc<str> { Arc::from(s.chars().take(MAX_TARGET_CHARS).collect::<String>()) };
+    let destination = GatewayAddress::decode(gateway)
+        .ok()
+        .and_then(|g| g.destination);
     match destination {
         Some(gateway_address::Destination::Hostname(h)) => {
             let key = format!("{}/{}", h.namespace, h.hostname);
@@ -754,7 +757,10 @@ fn resolve_target(
 /// true when its exported key changed.
 fn refresh_key(index: &mut ExportIndex, name: &Arc<str>) -> bool {
     let new_key: Option<Arc<str>> = index.services.get(name).and_then(|s| {
-        let in_use = index.waypoint_users.get(name).is_some_and(|u| !u.is_empty());
+        let in_use = index
+            .waypoint_users
+            .get(name)
+            .is_some_and(|u| !u.is_empty());
         (index.global.contains(s) || in_use).then(|| Arc::from(global_key(&s.namespace, &s.name)))
     });
     let old_key = match &new_key {
@@ -810,7 +816,10 @@ fn set_links(
         }
     }
     for k in &keys {
-        forward.entry(Arc::clone(k)).or_default().insert(Arc::clone(name));
+        forward
+            .entry(Arc::clone(k))
+            .or_default()
+            .insert(Arc::clone(name));
     }
     if !keys.is_empty() {
         backward.insert(Arc::clone(name), keys);

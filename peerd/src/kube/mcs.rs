@@ -128,7 +128,11 @@ pub fn exported_services(
 ) -> BTreeSet<ServiceRef> {
     let local: BTreeSet<(String, String)> = local_scoped
         .iter()
-        .filter(|s| s.labels().get(LABEL_SERVICE_SCOPE).is_some_and(|v| v == "local"))
+        .filter(|s| {
+            s.labels()
+                .get(LABEL_SERVICE_SCOPE)
+                .is_some_and(|v| v == "local")
+        })
         .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
         .collect();
     exports
@@ -151,7 +155,10 @@ pub fn start_watches(client: Client, changed: Arc<Notify>, tasks: &mut JoinSet<(
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(Api::<ServiceExport>::all(client), watcher::Config::default()),
+        watcher(
+            Api::<ServiceExport>::all(client),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -333,7 +340,8 @@ pub async fn sync_service_imports(
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("deleting ServiceImport {}/{}", key.0, key.1));
+                return Err(e)
+                    .with_context(|| format!("deleting ServiceImport {}/{}", key.0, key.1));
             }
         }
     }
@@ -365,8 +373,15 @@ mod tests {
     #[test]
     fn service_exports_are_global_unless_the_service_says_local() {
         let global = exported_services(
-            &[export("shop", "cart"), export("shop", "ledger"), export("ads", "cart")],
-            &[service("shop", "ledger", "local"), service("ads", "other", "local")],
+            &[
+                export("shop", "cart"),
+                export("shop", "ledger"),
+                export("ads", "cart"),
+            ],
+            &[
+                service("shop", "ledger", "local"),
+                service("ads", "other", "local"),
+            ],
         );
         let names: Vec<String> = global
             .iter()

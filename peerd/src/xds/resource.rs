@@ -632,7 +632,10 @@ mod tests {
             }
         );
         let err = Resource::service(&service(vec![0xfd; 16], Some(129))).unwrap_err();
-        assert!(matches!(err, ResourceError::BadPrefixLength { bits: 128, .. }));
+        assert!(matches!(
+            err,
+            ResourceError::BadPrefixLength { bits: 128, .. }
+        ));
         for (address, length) in [(vec![10, 0, 0, 0], 8), (vec![10, 0, 0, 1], 32)] {
             let r = Resource::service(&service(address, Some(length))).unwrap();
             assert_eq!(r.as_service().unwrap().vips.len(), 1);

@@ -89,9 +89,7 @@ pub fn retarget_weighted_waypoint(
     hostname: &str,
 ) -> Result<Vec<u8>, WireError> {
     let mut fields = MessageEditor::parse(entry).map_err(|e| e.within("WeightedWaypoint"))?;
-    let destination: Vec<u8> = fields
-        .len_payloads(WEIGHTED_WAYPOINT_DESTINATION)?
-        .concat();
+    let destination: Vec<u8> = fields.len_payloads(WEIGHTED_WAYPOINT_DESTINATION)?.concat();
     let retargeted = retarget_gateway(&destination, namespace, hostname)?;
     fields.replace_len(WEIGHTED_WAYPOINT_DESTINATION, Some(&retargeted));
     Ok(fields.encode())

@@ -1092,8 +1092,12 @@ fn retargeting_an_address_waypoint_keeps_the_port_and_position() {
         })),
         hbone_mtls_port: 15008,
     };
-    let out = retarget_gateway(&gateway.encode_to_vec(), "bookinfo", "waypoint.bookinfo.mesh.internal")
-        .unwrap();
+    let out = retarget_gateway(
+        &gateway.encode_to_vec(),
+        "bookinfo",
+        "waypoint.bookinfo.mesh.internal",
+    )
+    .unwrap();
     let decoded = GatewayAddress::decode(out.as_slice()).unwrap();
     assert_eq!(decoded.hbone_mtls_port, 15008);
     assert_eq!(

@@ -1235,14 +1235,26 @@ mod tests {
         let plain = bytes_of(&Population::generate(&o).unwrap());
         o.realistic_fraction = 1.0;
         let rich = Population::generate(&o).unwrap();
-        assert_eq!(bytes_of(&rich), bytes_of(&Population::generate(&o).unwrap()));
+        assert_eq!(
+            bytes_of(&rich),
+            bytes_of(&Population::generate(&o).unwrap())
+        );
         assert_ne!(bytes_of(&rich), plain);
-        assert_eq!(rich.workload_count(), 300, "waypoint pods come out of the budget");
+        assert_eq!(
+            rich.workload_count(),
+            300,
+            "waypoint pods come out of the budget"
+        );
         o.realistic_fraction = 0.0;
-        assert_eq!(bytes_of(&Population::generate(&o).unwrap()), plain, "share 0 is the plain population");
+        assert_eq!(
+            bytes_of(&Population::generate(&o).unwrap()),
+            plain,
+            "share 0 is the plain population"
+        );
 
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut bump = |what: &'static str, yes: bool| *seen.entry(what).or_default() += usize::from(yes);
+        let mut bump =
+            |what: &'static str, yes: bool| *seen.entry(what).or_default() += usize::from(yes);
         for r in rich.address_resources().unwrap() {
             match r.decode_address().unwrap().r#type.unwrap() {
                 workload::address::Type::Service(s) => {
@@ -1270,7 +1282,10 @@ mod tests {
             bump("dry run", a.dry_run);
         }
         for (what, count) in &seen {
-            assert!(*count > 0, "no {what} in a fully realistic population: {seen:?}");
+            assert!(
+                *count > 0,
+                "no {what} in a fully realistic population: {seen:?}"
+            );
         }
         assert_eq!(seen.len(), 15);
     }

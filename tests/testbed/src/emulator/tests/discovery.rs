@@ -66,7 +66,10 @@ async fn version_and_legacy_discovery_documents() {
         .filter(|r| r["namespaced"] == true)
         .filter_map(|r| r["kind"].as_str())
         .collect();
-    assert!(kinds.contains(&"ServiceExport") && kinds.contains(&"ServiceImport"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"ServiceExport") && kinds.contains(&"ServiceImport"),
+        "{kinds:?}"
+    );
 
     let istio = client.get("/apis/networking.istio.io/v1beta1").await;
     assert_eq!(istio.body["groupVersion"], "networking.istio.io/v1beta1");
