@@ -102,10 +102,13 @@ fn service_ref(key: &str) -> ServiceRef {
     }
 }
 
+/// Per exporting cluster, the resources it serves each peer.
+type Exports = Vec<(String, BTreeMap<String, Vec<Arc<Resource>>>)>;
+
 /// Hands every cluster's export (the flavor it serves each peer) to that peer, through
 /// the peer's import filter; every resource must pass it.
 fn exchange(clusters: &mut [Cluster]) {
-    let exports: Vec<(String, BTreeMap<String, Vec<Arc<Resource>>>)> = clusters
+    let exports: Exports = clusters
         .iter()
         .map(|c| {
             let per_peer = c
