@@ -164,6 +164,7 @@ fn prepare_cluster(
         network: options.network.clone(),
         trust_domain: options.trust_domain.clone(),
         global_fraction: options.global_fraction,
+        realistic_fraction: options.realistic_fraction,
         ..PopulationOptions::new(
             &options.cluster,
             k,

@@ -291,6 +291,15 @@ pub(super) fn start(
         leadership.clone(),
         cancel.clone(),
     ));
+    if settings.service_imports {
+        tasks.spawn(crate::kube::mcs::write_service_imports(
+            kube.client.clone(),
+            Arc::clone(store),
+            Arc::clone(federation),
+            leadership.clone(),
+            cancel.clone(),
+        ));
+    }
     if settings.flat_sync {
         let executor = FlatSyncExecutor::start(
             kube.client,

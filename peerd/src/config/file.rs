@@ -112,6 +112,10 @@ pub struct KubernetesFile {
     /// Keep `autogenflat.*` / `autogen.*` WorkloadEntries and ServiceEntries in
     /// `controlNamespace`. Default true.
     pub flat_sync: Option<bool>,
+    /// The leader keeps a `ServiceImport` (multicluster.x-k8s.io/v1alpha1, type
+    /// ClusterSetIP) per global service peers export, in the service's namespace.
+    /// Default false (the MCS CRDs must be installed).
+    pub service_imports: Option<bool>,
     /// Full reconcile pass even without a change. Default `5m`.
     pub resync_interval: Option<String>,
     /// Downstream (ztunnel) bearer tokens checked by TokenReview.

@@ -128,6 +128,8 @@ pub struct Kubernetes {
     pub lease_duration: Duration,
     pub renew_period: Duration,
     pub flat_sync: bool,
+    /// The leader writes ServiceImports (`kubernetes.serviceImports`).
+    pub service_imports: bool,
     pub resync_interval: Duration,
     /// `None`: downstream tokens are checked against `xds.auth.tokenFile`.
     pub token_review: Option<TokenReview>,

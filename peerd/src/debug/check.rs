@@ -267,7 +267,30 @@ pub fn run_checks(
         results.push(check_certificates(certs));
     }
     results.push(check_networks(&report.info, &report.peers));
+    results.push(check_waypoints(&report.info));
     results
+}
+
+/// Waypoint references the export leaves out: ztunnels in peer clusters send that
+/// traffic straight to the service's pods, skipping its L7 policy.
+pub fn check_waypoints(info: &api::ServerInfo) -> CheckResult {
+    const NAME: &str = "waypoints";
+    if info.dropped_waypoints.is_empty() {
+        return CheckResult::new(
+            NAME,
+            Outcome::Pass,
+            "every waypoint of an exported resource is exported with it",
+        );
+    }
+    CheckResult::new(
+        NAME,
+        Outcome::Warn,
+        format!(
+            "{} waypoint reference(s) left out of the export (peers bypass those waypoints)",
+            info.dropped_waypoints.len()
+        ),
+    )
+    .with_details(info.dropped_waypoints.clone())
 }
 
 pub fn check_config(info: &api::ServerInfo) -> CheckResult {

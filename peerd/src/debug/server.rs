@@ -194,6 +194,13 @@ impl DebugService {
             xds_address: s.xds_address.clone(),
             debug_address: s.debug_address.clone(),
             metrics_address: s.config.listeners.metrics.to_string(),
+            dropped_waypoints: s
+                .federation
+                .exporter()
+                .dropped_waypoints()
+                .iter()
+                .map(|d| format!("{} -> {} ({})", d.resource, d.target, d.reason.as_str()))
+                .collect(),
         }
     }
 

@@ -75,7 +75,7 @@ use crate::xds::auth::TokenVerifier;
 use crate::xds::types::ResourceType;
 
 pub use conflicts::{Conflict, ConflictKind, Conflicts};
-pub use export::Exporter;
+pub use export::{DroppedWaypoint, Exporter, WaypointDrop};
 pub use import::{ImportError, ImportFilter, ImportStatus};
 pub use peer_set::PeerSet;
 pub use selector::FederationSelector;

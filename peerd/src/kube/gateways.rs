@@ -1,5 +1,6 @@
 //! What peerd reads from the cluster: peer and east-west **Gateways** in the peering
-//! namespace, **global Services** (for the export view), and the **local network** (label
+//! namespace, **global Services** (for the export view; labelled, or named by a
+//! ServiceExport, see [`super::mcs`]), and the **local network** (label
 //! `topology.istio.io/network` on the `istio-system` namespace); and the translation of a
 //! peer Gateway into a [`PeerSpec`] (docs/design.md §6.1).
 //!
@@ -293,6 +294,8 @@ pub struct ClusterWatches {
     pub scoped_services: Store<Service>,
     /// Services labelled `istio.io/global=true`.
     pub istio_global_services: Store<Service>,
+    /// ServiceExports (and the `solo.io/service-scope=local` Services overriding them).
+    pub mcs: super::mcs::McsWatches,
     /// The local network, from the `istio-system` namespace label.
     pub local_network: watch::Receiver<Option<String>>,
     pub changed: Arc<Notify>,
@@ -318,7 +321,8 @@ impl ClusterWatches {
         out
     }
 
-    /// Global Services (either label), deduplicated, sorted by namespace/name.
+    /// Global Services (either label, or a ServiceExport: then only its name and
+    /// namespace are set), deduplicated, sorted by namespace/name.
     pub fn global_services(&self) -> Vec<Arc<Service>> {
         let mut by_key = BTreeMap::new();
         for service in self
@@ -330,6 +334,20 @@ impl ClusterWatches {
             let key = (service.namespace().unwrap_or_default(), service.name_any());
             by_key.insert(key, service);
         }
+        for exported in self.mcs.global_services() {
+            by_key
+                .entry((exported.namespace.clone(), exported.name.clone()))
+                .or_insert_with(|| {
+                    Arc::new(Service {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some(exported.name),
+                            namespace: Some(exported.namespace),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    })
+                });
+        }
         by_key.into_values().collect()
     }
 
@@ -338,6 +356,7 @@ impl ClusterWatches {
         self.gateways.wait_until_ready().await?;
         self.scoped_services.wait_until_ready().await?;
         self.istio_global_services.wait_until_ready().await?;
+        self.mcs.ready().await?;
         Ok(())
     }
 }
@@ -367,6 +386,7 @@ pub fn start_watches(
         changed.clone(),
         tasks,
     );
+    let mcs = super::mcs::start_watches(client.clone(), changed.clone(), tasks);
     let (network_tx, local_network) = watch::channel(None);
     let namespace_changed = Arc::new(Notify::new());
     let namespaces = spawn_reflector(
@@ -397,6 +417,7 @@ pub fn start_watches(
         gateways,
         scoped_services,
         istio_global_services,
+        mcs,
         local_network,
         changed,
     }

@@ -3,7 +3,8 @@
 //! Owns everything that talks the Kubernetes API: the client ([`client`]), the typed
 //! fields peerd uses ([`types`]), the watches and peer-Gateway translation ([`gateways`]),
 //! the Gateway conditions writer ([`status`]), the flat-network reconciler ([`flatsync`])
-//! and its executor ([`apply`]), leader election ([`leader`]), TokenReview
+//! and its executor ([`apply`]), leader election ([`leader`]), the Multi-Cluster Services API (ServiceExport watch,
+//! ServiceImport writer: [`mcs`]), TokenReview
 //! ([`tokenreview`]). The emulated API server the tests and the sandbox talk to is in the
 //! `peerd-testbed` crate, never linked into the daemon.
 //!
@@ -25,6 +26,7 @@ pub mod flat_input;
 pub mod flatsync;
 pub mod gateways;
 pub mod leader;
+pub mod mcs;
 pub mod peering;
 pub mod status;
 pub mod tokenreview;

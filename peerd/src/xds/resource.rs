@@ -67,6 +67,8 @@ pub struct WorkloadSummary {
     /// Keys (`namespace/hostname`) of the services this workload backs.
     pub services: Vec<Arc<str>>,
     pub has_network_gateway: bool,
+    /// Whether `waypoint` is set (the exporter reads the reference only then).
+    pub has_waypoint: bool,
     /// `network/IP` of each address: ztunnel's on-demand key, built once here and shared
     /// by every view's address index.
     pub address_keys: Vec<Arc<str>>,
@@ -81,6 +83,8 @@ pub struct ServiceSummary {
     pub vips: Vec<(String, IpAddr)>,
     /// (service_port, target_port) pairs.
     pub ports: Vec<(u32, u32)>,
+    /// Whether `waypoint` or `weighted_waypoints` is set.
+    pub has_waypoint: bool,
     /// `network/IP` of each VIP (see [`WorkloadSummary::address_keys`]).
     pub address_keys: Vec<Arc<str>>,
 }
@@ -105,6 +109,12 @@ pub enum ResourceError {
     EmptyAddress,
     #[error("{field} has an address of {len} bytes (must be 4 or 16)")]
     BadAddressLength { field: &'static str, len: usize },
+    #[error("{field} has prefix length {length}, longer than its {bits}-bit address")]
+    BadPrefixLength {
+        field: &'static str,
+        length: u32,
+        bits: u32,
+    },
     #[error("workload has no uid")]
     MissingUid,
     #[error("service has no hostname or namespace")]
@@ -298,6 +308,25 @@ pub fn ip_from_bytes(field: &'static str, b: &[u8]) -> Result<IpAddr, ResourceEr
     }
 }
 
+/// A `NetworkAddress` (a VIP, possibly a CIDR range): its IP, and a prefix `length` no
+/// longer than that IP's bits. A longer prefix names no range at all, so the resource is
+/// rejected (NACKed) like an address of the wrong size, never served half-understood.
+pub fn network_address_ip(
+    field: &'static str,
+    a: &workload::NetworkAddress,
+) -> Result<IpAddr, ResourceError> {
+    let ip = ip_from_bytes(field, &a.address)?;
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    match a.length {
+        Some(length) if length > bits => Err(ResourceError::BadPrefixLength {
+            field,
+            length,
+            bits,
+        }),
+        _ => Ok(ip),
+    }
+}
+
 /// ztunnel's on-demand key for an address: `network/IP`.
 pub fn address_key(network: &str, ip: &IpAddr) -> Arc<str> {
     // Written by hand for IPv4: this runs for every address of every received workload,
@@ -377,12 +406,17 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
         .iter()
         .map(|a| ip_from_bytes("Workload.addresses", a))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(workload::GatewayAddress {
-        destination: Some(workload::gateway_address::Destination::Address(a)),
-        ..
-    }) = &w.network_gateway
-    {
-        ip_from_bytes("Workload.network_gateway", &a.address)?;
+    for (field, gateway) in [
+        ("Workload.network_gateway", &w.network_gateway),
+        ("Workload.waypoint", &w.waypoint),
+    ] {
+        if let Some(workload::GatewayAddress {
+            destination: Some(workload::gateway_address::Destination::Address(a)),
+            ..
+        }) = gateway
+        {
+            network_address_ip(field, a)?;
+        }
     }
     let address_keys = addresses
         .iter()
@@ -404,6 +438,7 @@ fn summarize_workload(w: workload::Workload) -> Result<Summary, ResourceError> {
         service_account: intern(&w.service_account),
         services,
         has_network_gateway: w.network_gateway.is_some(),
+        has_waypoint: w.waypoint.is_some(),
         address_keys,
     }))
 }
@@ -418,7 +453,7 @@ fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
         .map(|a| {
             Ok((
                 a.network.clone(),
-                ip_from_bytes("Service.addresses", &a.address)?,
+                network_address_ip("Service.addresses", a)?,
             ))
         })
         .collect::<Result<Vec<_>, ResourceError>>()?;
@@ -434,6 +469,7 @@ fn summarize_service(s: workload::Service) -> Result<Summary, ResourceError> {
             .iter()
             .map(|p| (p.service_port, p.target_port))
             .collect(),
+        has_waypoint: s.waypoint.is_some() || !s.weighted_waypoints.is_empty(),
     }))
 }
 
@@ -571,6 +607,41 @@ mod tests {
                 expected: "c1//Pod/default/echo-0".into()
             }
         );
+    }
+
+    #[test]
+    fn cidr_prefix_longer_than_the_address_is_rejected_and_full_ranges_pass() {
+        let service = |address: Vec<u8>, length: Option<u32>| workload::Service {
+            name: "wide".into(),
+            namespace: "default".into(),
+            hostname: "wide.default.svc.cluster.local".into(),
+            addresses: vec![workload::NetworkAddress {
+                network: "n1".into(),
+                address,
+                length,
+            }],
+            ..Default::default()
+        };
+        let err = Resource::service(&service(vec![10, 0, 0, 0], Some(33))).unwrap_err();
+        assert_eq!(
+            err,
+            ResourceError::BadPrefixLength {
+                field: "Service.addresses",
+                length: 33,
+                bits: 32
+            }
+        );
+        let err = Resource::service(&service(vec![0xfd; 16], Some(129))).unwrap_err();
+        assert!(matches!(
+            err,
+            ResourceError::BadPrefixLength { bits: 128, .. }
+        ));
+        for (address, length) in [(vec![10, 0, 0, 0], 8), (vec![10, 0, 0, 1], 32)] {
+            let r = Resource::service(&service(address, Some(length))).unwrap();
+            assert_eq!(r.as_service().unwrap().vips.len(), 1);
+        }
+        let r = Resource::service(&service(vec![0xfd; 16], Some(128))).unwrap();
+        assert_eq!(r.as_service().unwrap().vips.len(), 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod tests;
 
 pub use address::{
     AddressKind, ServiceEditor, WorkloadEditor, address_kind, edit_service, edit_workload,
-    gateway_address,
+    gateway_address, retarget_gateway, retarget_weighted_waypoint,
 };
 pub use codec::{Field, FieldReader, Value, WireError, WireType};
 pub use message::{MessageEditor, Rewrite};

@@ -111,6 +111,9 @@ pub struct SimIstiodArgs {
     /// Fraction of services labelled global.
     #[arg(long, default_value_t = 0.3)]
     pub global_fraction: f64,
+    /// Share of namespaces with a waypoint and of resources with the richer istiod fields.
+    #[arg(long, default_value_t = 0.2)]
+    pub realistic_fraction: f64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -148,6 +151,7 @@ pub fn sim_istiod_options(args: &SimIstiodArgs) -> SimIstiodOptions {
         churn_per_sec: args.churn_per_sec,
         seed: args.seed,
         global_fraction: args.global_fraction,
+        realistic_fraction: args.realistic_fraction,
         ..SimIstiodOptions::new(&args.cluster, args.listen, &args.tls_dir)
     };
     if options.resolved_cluster_index().is_err() {

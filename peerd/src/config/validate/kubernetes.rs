@@ -118,6 +118,7 @@ impl Checker<'_> {
             lease_duration,
             renew_period,
             flat_sync: k.flat_sync.unwrap_or(true),
+            service_imports: k.service_imports.unwrap_or(false),
             resync_interval: self.nonzero_duration(
                 "kubernetes.resyncInterval",
                 &k.resync_interval,

@@ -21,6 +21,7 @@ const ADDRESS_WORKLOAD: u32 = 1;
 const ADDRESS_SERVICE: u32 = 2;
 
 const WORKLOAD_NETWORK: u32 = 4;
+const WORKLOAD_WAYPOINT: u32 = 8;
 const WORKLOAD_CLUSTER_ID: u32 = 18;
 const WORKLOAD_NETWORK_GATEWAY: u32 = 19;
 const WORKLOAD_SERVICES: u32 = 22;
@@ -29,6 +30,17 @@ const MAP_ENTRY_KEY: u32 = 1;
 
 const SERVICE_HOSTNAME: u32 = 3;
 const SERVICE_ADDRESSES: u32 = 4;
+const SERVICE_WAYPOINT: u32 = 7;
+const SERVICE_WEIGHTED_WAYPOINTS: u32 = 13;
+
+/// `GatewayAddress.hostname` / `.address` (oneof `destination`).
+const GATEWAY_HOSTNAME: u32 = 1;
+const GATEWAY_ADDRESS: u32 = 2;
+/// `WeightedWaypoint.destination`.
+const WEIGHTED_WAYPOINT_DESTINATION: u32 = 1;
+/// `NamespacedHostname.namespace` / `.hostname`.
+const NAMESPACED_NAMESPACE: u32 = 1;
+const NAMESPACED_HOSTNAME: u32 = 2;
 
 /// A `GatewayAddress` pointing at an east-west gateway IP on `network`, tunnelling HBONE
 /// (mTLS) to `hbone_mtls_port` (15008 for Istio gateways).
@@ -45,6 +57,42 @@ pub fn gateway_address(network: &str, ip: IpAddr, hbone_mtls_port: u32) -> Gatew
             length: None,
         })),
     }
+}
+
+/// Points an encoded `GatewayAddress` at the service `namespace/hostname`: its
+/// `destination` (a hostname or an address) becomes that `NamespacedHostname`, while
+/// `hbone_mtls_port` and any unknown field keep their bytes and order.
+pub fn retarget_gateway(
+    gateway: &[u8],
+    namespace: &str,
+    hostname: &str,
+) -> Result<Vec<u8>, WireError> {
+    let mut fields = MessageEditor::parse(gateway).map_err(|e| e.within("GatewayAddress"))?;
+    let mut target = MessageEditor::default();
+    target.set_string(NAMESPACED_NAMESPACE, namespace);
+    target.set_string(NAMESPACED_HOSTNAME, hostname);
+    // The oneof is written once, where its first member was (hostname or address).
+    let first = fields
+        .numbers()
+        .position(|n| n == GATEWAY_HOSTNAME || n == GATEWAY_ADDRESS);
+    fields.remove(GATEWAY_ADDRESS);
+    fields.remove(GATEWAY_HOSTNAME);
+    fields.insert_len(first, GATEWAY_HOSTNAME, &target.encode());
+    Ok(fields.encode())
+}
+
+/// [`retarget_gateway`] applied to the `destination` of an encoded `WeightedWaypoint`;
+/// its `weight` and unknown fields are kept.
+pub fn retarget_weighted_waypoint(
+    entry: &[u8],
+    namespace: &str,
+    hostname: &str,
+) -> Result<Vec<u8>, WireError> {
+    let mut fields = MessageEditor::parse(entry).map_err(|e| e.within("WeightedWaypoint"))?;
+    let destination: Vec<u8> = fields.len_payloads(WEIGHTED_WAYPOINT_DESTINATION)?.concat();
+    let retargeted = retarget_gateway(&destination, namespace, hostname)?;
+    fields.replace_len(WEIGHTED_WAYPOINT_DESTINATION, Some(&retargeted));
+    Ok(fields.encode())
 }
 
 /// Edits to the `Workload` inside an Address. Obtained from [`edit_workload`].
@@ -75,6 +123,19 @@ impl<'a> WorkloadEditor<'a> {
     /// Removes `Workload.network_gateway` (flat networks: pod IPs are reachable directly).
     pub fn clear_network_gateway(&mut self) -> &mut Self {
         self.fields.remove(WORKLOAD_NETWORK_GATEWAY);
+        self
+    }
+
+    /// The encoded `Workload.waypoint` (8), if set (repeated occurrences merged, as a
+    /// decoder does).
+    pub fn waypoint(&self) -> Result<Option<Vec<u8>>, WireError> {
+        singular_message(&self.fields, WORKLOAD_WAYPOINT)
+    }
+
+    /// Replaces `Workload.waypoint` (8) with the encoded `GatewayAddress` `gateway`, or
+    /// removes it (`None`).
+    pub fn set_waypoint(&mut self, gateway: Option<&[u8]>) -> &mut Self {
+        self.fields.replace_len(WORKLOAD_WAYPOINT, gateway);
         self
     }
 
@@ -121,6 +182,29 @@ impl<'a> ServiceEditor<'a> {
         self
     }
 
+    /// The encoded `Service.waypoint` (7), if set.
+    pub fn waypoint(&self) -> Result<Option<Vec<u8>>, WireError> {
+        singular_message(&self.fields, SERVICE_WAYPOINT)
+    }
+
+    /// Replaces `Service.waypoint` (7) with `gateway`, or removes it (`None`).
+    pub fn set_waypoint(&mut self, gateway: Option<&[u8]>) -> &mut Self {
+        self.fields.replace_len(SERVICE_WAYPOINT, gateway);
+        self
+    }
+
+    /// Visits every `Service.weighted_waypoints` (13) entry (an encoded
+    /// `WeightedWaypoint`) and keeps, drops or replaces it in place.
+    pub fn rewrite_weighted_waypoints(
+        &mut self,
+        rewrite: impl FnMut(&[u8]) -> Result<Rewrite, WireError>,
+    ) -> Result<&mut Self, WireError> {
+        self.fields
+            .rewrite_len_fields(SERVICE_WEIGHTED_WAYPOINTS, rewrite)
+            .map_err(|e| e.within("Service.weighted_waypoints"))?;
+        Ok(self)
+    }
+
     /// Removes every `Service.addresses` (4) entry (the VIPs).
     pub fn remove_addresses(&mut self) -> &mut Self {
         self.fields.remove(SERVICE_ADDRESSES);
@@ -131,6 +215,13 @@ impl<'a> ServiceEditor<'a> {
     pub fn fields(&mut self) -> &mut MessageEditor<'a> {
         &mut self.fields
     }
+}
+
+/// A singular message field as a decoder sees it: every occurrence merged (their
+/// payloads concatenated), `None` when absent.
+fn singular_message(fields: &MessageEditor<'_>, number: u32) -> Result<Option<Vec<u8>>, WireError> {
+    let payloads = fields.len_payloads(number)?;
+    Ok((!payloads.is_empty()).then(|| payloads.concat()))
 }
 
 /// Which member of the `Address.type` oneof an encoded Address holds.

@@ -125,6 +125,21 @@ impl<'a> MessageEditor<'a> {
         }
     }
 
+    /// Inserts length-delimited field `number` with `payload` before the field at `at`
+    /// (`None` or past the end: at the end). Other occurrences of `number` stay.
+    pub fn insert_len(&mut self, at: Option<usize>, number: u32, payload: &[u8]) {
+        let bytes = len_field(number, payload);
+        let payload_start = bytes.len() - payload.len();
+        let field = EncodedField {
+            number,
+            wire_type: WireType::Len,
+            bytes: Cow::Owned(bytes),
+            payload_start,
+        };
+        let at = at.unwrap_or(self.fields.len()).min(self.fields.len());
+        self.fields.insert(at, field);
+    }
+
     /// Sets proto3 string field `number`. An empty value is the default and is written as
     /// absence, like a proto3 encoder does.
     pub fn set_string(&mut self, number: u32, value: &str) {

@@ -989,3 +989,125 @@ fn unknown_fields_inside_a_services_entry_survive_a_rename() {
     .unwrap();
     assert_eq!(&same[..], &body[..]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Waypoint references
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Retargeting a service's waypoint and weighted waypoints decodes like the same edit
+    /// on the struct; unknown fields inside the GatewayAddress and at the Service and
+    /// Address levels keep their bytes and order.
+    #[test]
+    fn waypoint_retarget_matches_struct_edit_and_keeps_unknown_fields(
+        mut service in arb_service(),
+        gateway in arb_gateway(),
+        weights in vec(any::<u32>(), 0..3),
+        in_gateway in arb_unknowns(),
+        inner in arb_unknowns(),
+        outer in arb_unknowns(),
+    ) {
+        service.waypoint = Some(gateway.clone());
+        service.weighted_waypoints = weights
+            .iter()
+            .map(|w| pb::WeightedWaypoint { destination: Some(gateway.clone()), weight: *w })
+            .collect();
+        // Unknown fields inside the waypoint's GatewayAddress itself.
+        let gateway_bytes = insert_unknowns(&gateway.encode_to_vec(), &in_gateway);
+        let mut plain = service.clone();
+        plain.waypoint = None;
+        let mut nested = plain.encode_to_vec();
+        nested.extend(super::codec::len_field(7, &gateway_bytes));
+        let nested = insert_unknowns(&nested, &inner);
+        let body = wrap_address(2, &nested, &outer);
+
+        let edited = edit_service(&body, |e| {
+            let current = e.waypoint()?.expect("waypoint set");
+            let retargeted = retarget_gateway(&current, "ns", "w.ns.mesh.internal")?;
+            e.set_waypoint(Some(&retargeted));
+            e.rewrite_weighted_waypoints(|entry| {
+                retarget_weighted_waypoint(entry, "ns", "w.ns.mesh.internal").map(Rewrite::Replace)
+            })?;
+            Ok(())
+        })
+        .unwrap();
+
+        let target = Some(gateway_address::Destination::Hostname(NamespacedHostname {
+            namespace: "ns".into(),
+            hostname: "w.ns.mesh.internal".into(),
+        }));
+        let mut expected = service.clone();
+        if let Some(w) = expected.waypoint.as_mut() {
+            w.destination = target.clone();
+        }
+        for w in &mut expected.weighted_waypoints {
+            if let Some(d) = w.destination.as_mut() {
+                d.destination = target.clone();
+            }
+        }
+        prop_assert_eq!(decode_service(&edited), expected);
+        prop_assert_eq!(unknown_bytes_in(&edited), concat_unknowns(&outer));
+        let edited_nested = only_len_payload(&edited, 2);
+        prop_assert_eq!(unknown_bytes_in(&edited_nested), concat_unknowns(&inner));
+        let edited_gateway = only_len_payload(&edited_nested, 7);
+        prop_assert_eq!(unknown_bytes_in(&edited_gateway), concat_unknowns(&in_gateway));
+    }
+
+    /// Clearing a workload's waypoint removes exactly field 8.
+    #[test]
+    fn workload_waypoint_clear_removes_only_field_8(
+        workload in arb_workload(),
+        gateway in arb_gateway(),
+        inner in arb_unknowns(),
+    ) {
+        let mut with = workload.clone();
+        with.waypoint = Some(gateway);
+        let nested = insert_unknowns(&with.encode_to_vec(), &inner);
+        let body = wrap_address(1, &nested, &[]);
+        let edited = edit_workload(&body, |e| {
+            assert!(e.waypoint()?.is_some(), "the waypoint is read back");
+            e.set_waypoint(None);
+            Ok(())
+        })
+        .unwrap();
+        let mut expected = with.clone();
+        expected.waypoint = None;
+        prop_assert_eq!(decode_workload(&edited), expected);
+        let edited_nested = only_len_payload(&edited, 1);
+        prop_assert_eq!(
+            without(raw_fields(&edited_nested), &[8]),
+            without(raw_fields(&nested), &[8])
+        );
+    }
+}
+
+#[test]
+fn retargeting_an_address_waypoint_keeps_the_port_and_position() {
+    let gateway = GatewayAddress {
+        destination: Some(gateway_address::Destination::Address(NetworkAddress {
+            network: "n1".into(),
+            address: vec![127, 3, 0, 2],
+            length: None,
+        })),
+        hbone_mtls_port: 15008,
+    };
+    let out = retarget_gateway(
+        &gateway.encode_to_vec(),
+        "bookinfo",
+        "waypoint.bookinfo.mesh.internal",
+    )
+    .unwrap();
+    let decoded = GatewayAddress::decode(out.as_slice()).unwrap();
+    assert_eq!(decoded.hbone_mtls_port, 15008);
+    assert_eq!(
+        decoded.destination,
+        Some(gateway_address::Destination::Hostname(NamespacedHostname {
+            namespace: "bookinfo".into(),
+            hostname: "waypoint.bookinfo.mesh.internal".into(),
+        }))
+    );
+    // The destination stays the first field, as the address was.
+    assert_eq!(raw_fields(&out)[0].0, 1);
+    assert!(retarget_gateway(&[0xff], "a", "b").is_err());
+}

@@ -94,6 +94,13 @@ const GATEWAY_LISTS: ListMaps = &[
     (&["status", "listeners", "*", "conditions"], &["type"]),
 ];
 
+/// ServiceExport/ServiceImport: conditions by type, importing clusters by name.
+const MCS_LISTS: ListMaps = &[
+    (&["metadata", "ownerReferences"], &["uid"]),
+    (&["status", "conditions"], &["type"]),
+    (&["status", "clusters"], &["cluster"]),
+];
+
 const SERVICE_LISTS: ListMaps = &[
     (&["metadata", "ownerReferences"], &["uid"]),
     (&["spec", "ports"], &["port", "protocol"]),
@@ -199,6 +206,36 @@ pub static RESOURCES: &[ResourceDef] = &[
         tracks_generation: true,
         create_only: false,
         list_maps: COMMON_LISTS,
+    },
+    // The Multi-Cluster Services API (KEP-1645, `multicluster.x-k8s.io/v1alpha1`), as its
+    // CRDs declare them.
+    ResourceDef {
+        group: "multicluster.x-k8s.io",
+        versions: &["v1alpha1"],
+        plural: "serviceexports",
+        singular: "serviceexport",
+        kind: "ServiceExport",
+        namespaced: true,
+        short_names: &["svcex"],
+        categories: &[],
+        status_subresource: true,
+        tracks_generation: true,
+        create_only: false,
+        list_maps: MCS_LISTS,
+    },
+    ResourceDef {
+        group: "multicluster.x-k8s.io",
+        versions: &["v1alpha1"],
+        plural: "serviceimports",
+        singular: "serviceimport",
+        kind: "ServiceImport",
+        namespaced: true,
+        short_names: &["svcim"],
+        categories: &[],
+        status_subresource: true,
+        tracks_generation: true,
+        create_only: false,
+        list_maps: MCS_LISTS,
     },
     ResourceDef {
         group: "coordination.k8s.io",

@@ -334,6 +334,8 @@ fn config_for(
                 renew_period: some("2s"),
                 ..LeaderElectionFile::default()
             },
+            // The leader writes a ServiceImport per imported global service.
+            service_imports: Some(true),
             ..KubernetesFile::default()
         },
         export: ExportFile {

@@ -3,7 +3,7 @@
 //! §6.1, §11) but not linked: the network label on `istio-system`, the local east-west
 //! Gateway `istio-eastwest` with the status istiod would write (Programmed, its
 //! address), the mesh root ConfigMap, and a Service labelled `solo.io/service-scope=global`
-//! per global service of the simulated istiod. The `istio-remote-peer-<cluster>` Gateways
+//! per global service of the simulated istiod (the first also with a `ServiceExport`). The `istio-remote-peer-<cluster>` Gateways
 //! come from `peerd link` (see `sandbox::linking`). That cluster's peerd reads peers and
 //! global services from it and writes Gateway conditions, WorkloadEntries and
 //! ServiceEntries to it; `kubectl --server http://127.0.k.1:6443` shows them.
@@ -93,13 +93,26 @@ pub async fn start(
                 "data": {"root-cert.pem": root_pem}}),
     )
     .await?;
-    for (namespace, name) in services {
+    for &(namespace, name) in &services {
         send(
             &emulator,
             Method::POST,
             &format!("/api/v1/namespaces/{namespace}/services"),
             "application/json",
             &global_service(namespace, name),
+        )
+        .await?;
+    }
+    // The first global service is also exported the MCS way (a ServiceExport of the same
+    // name), so `kubectl get serviceexports -A` shows one.
+    if let Some((namespace, name)) = services.first() {
+        send(
+            &emulator,
+            Method::POST,
+            &format!("/apis/multicluster.x-k8s.io/v1alpha1/namespaces/{namespace}/serviceexports"),
+            "application/json",
+            &json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+                    "metadata": {"name": name, "namespace": namespace}}),
         )
         .await?;
     }

@@ -78,11 +78,14 @@ pub struct SimIstiodOptions {
     pub tls_dir: PathBuf,
     pub seed: u64,
     pub global_fraction: f64,
+    /// Share of the population with waypoints and the richer istiod fields
+    /// ([`crate::sim::realism`]).
+    pub realistic_fraction: f64,
 }
 
 impl SimIstiodOptions {
     /// A small default population (100 workloads, 20 services, 10 changes/s, a fifth
-    /// global) on `listen`.
+    /// global, a fifth with waypoints and the richer fields) on `listen`.
     pub fn new(cluster: &str, listen: SocketAddr, tls_dir: &Path) -> SimIstiodOptions {
         SimIstiodOptions {
             listen,
@@ -96,6 +99,7 @@ impl SimIstiodOptions {
             tls_dir: tls_dir.to_path_buf(),
             seed: 1,
             global_fraction: 0.2,
+            realistic_fraction: 0.2,
         }
     }
 
@@ -331,6 +335,7 @@ impl SimIstiod {
             network: options.network.clone(),
             trust_domain: options.trust_domain.clone(),
             global_fraction: options.global_fraction,
+            realistic_fraction: options.realistic_fraction,
             ..PopulationOptions::new(
                 &options.cluster,
                 cluster_index,

@@ -3,6 +3,8 @@
 //!
 //! - [`population`]: a deterministic synthetic workload/service/policy population on
 //!   loopback addresses.
+//! - [`realism`]: the richer fields (waypoints, load balancing, CIDR VIPs, dry-run
+//!   policies...) a configurable share of a population carries.
 //! - [`churn`]: applies changes to it at a configured rate.
 //! - [`istiod`]: a simulated istiod's data, TLS directory and bearer token; serving is
 //!   delegated to the xDS server through [`istiod::SimIstiod::serve`].
@@ -12,3 +14,4 @@
 pub mod churn;
 pub mod istiod;
 pub mod population;
+pub mod realism;

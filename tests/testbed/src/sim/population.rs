@@ -19,6 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use peerd::proto::istio::{security, workload};
+
+use super::realism::{self, ServiceExtras, WaypointRef, WorkloadExtras};
 use peerd::xds::resource::{Resource, ResourceError};
 
 /// Highest cluster index: second octets `k + 32·j` must stay ≤ 255 for j < 8.
@@ -103,6 +105,8 @@ pub enum PopulationError {
     NoServices(usize),
     #[error("global_fraction: must be within 0..=1, got {0}")]
     BadGlobalFraction(f64),
+    #[error("realistic_fraction: must be within 0..=1, got {0}")]
+    BadRealisticFraction(f64),
     #[error("global_services: {0:?} is not an existing service (namespace/name)")]
     UnknownGlobalService(String),
     #[error("building resource {name}: {source}")]
@@ -129,6 +133,10 @@ pub struct PopulationOptions {
     /// Services (`namespace/name`) marked global in addition to the fraction.
     pub global_services: Vec<String>,
     pub seed: u64,
+    /// Share (0..=1) of namespaces given a waypoint and of services, deployments and
+    /// policies given the richer fields istiod sends (see [`super::realism`]). 0 keeps
+    /// the plain population byte-for-byte.
+    pub realistic_fraction: f64,
 }
 
 impl PopulationOptions {
@@ -152,6 +160,7 @@ impl PopulationOptions {
             global_fraction: 0.0,
             global_services: Vec::new(),
             seed,
+            realistic_fraction: 0.0,
         }
     }
 
@@ -178,6 +187,11 @@ impl PopulationOptions {
         }
         if !(0.0..=1.0).contains(&self.global_fraction) {
             return Err(PopulationError::BadGlobalFraction(self.global_fraction));
+        }
+        if !(0.0..=1.0).contains(&self.realistic_fraction) {
+            return Err(PopulationError::BadRealisticFraction(
+                self.realistic_fraction,
+            ));
         }
         Ok(())
     }
@@ -251,6 +265,7 @@ struct ServiceModel {
     /// `None`: headless (past the VIP space).
     vip: Option<Ipv4Addr>,
     ports: Vec<workload::Port>,
+    extras: ServiceExtras,
 }
 
 impl ServiceModel {
@@ -272,6 +287,7 @@ struct Deployment {
     policies: Vec<String>,
     weight: u32,
     pods: BTreeSet<Arc<str>>,
+    extras: WorkloadExtras,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +370,7 @@ impl Population {
                 policies: Vec::new(),
                 weight: rng.random_range(1..=6),
                 pods: BTreeSet::new(),
+                extras: WorkloadExtras::default(),
             });
         }
         for a in 0..aggregates {
@@ -367,8 +384,49 @@ impl Population {
             deployments[target].services.push(primaries + a);
         }
 
+        // Namespace waypoints and the richer fields, from their own random stream.
+        let share = options.realistic_fraction;
+        let mut realism_rng = realism::rng(options.seed);
+        let ordinary = services.len();
+        let mut waypoint_deployments = Vec::new();
+        if share > 0.0 {
+            let mut waypoint_of: BTreeMap<String, usize> = BTreeMap::new();
+            for ns in &namespaces {
+                if !realism_rng.random_bool(share) {
+                    continue;
+                }
+                let name = unique_name(&mut used, ns, realism::WAYPOINT_NAME);
+                let s = services.len();
+                let ports = realism::waypoint_ports();
+                services.push(service_model(&name, ns, k, s as u32, ports));
+                waypoint_of.insert(ns.clone(), s);
+                waypoint_deployments.push(deployments.len());
+                deployments.push(Deployment {
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    service_account: name.clone(),
+                    template_hash: random_suffix(&mut realism_rng, 10),
+                    revision: "v1".to_string(),
+                    services: vec![s],
+                    policies: Vec::new(),
+                    // Never picked for the random pods: one pod is added below.
+                    weight: 0,
+                    pods: BTreeSet::new(),
+                    extras: WorkloadExtras::default(),
+                });
+            }
+            for svc in services.iter_mut().take(ordinary) {
+                let waypoint = waypoint_of.get(&svc.namespace).copied();
+                svc.extras = realism::service_extras(&mut realism_rng, share, waypoint);
+            }
+            for d in deployments.iter_mut().filter(|d| d.weight > 0) {
+                let waypoint = waypoint_of.get(&d.namespace).copied();
+                d.extras = realism::workload_extras(&mut realism_rng, share, waypoint);
+            }
+        }
+
         let mut global = BTreeSet::new();
-        for svc in &services {
+        for svc in services.iter().take(ordinary) {
             if options.global_fraction > 0.0 && rng.random_bool(options.global_fraction) {
                 global.insert(format!("{}/{}", svc.namespace, svc.name));
             }
@@ -383,8 +441,11 @@ impl Population {
             global.insert(g.clone());
         }
 
-        let authorizations =
+        let mut authorizations =
             generate_authorizations(&mut rng, options, &namespaces, &mut deployments, &services);
+        for a in &mut authorizations {
+            a.dry_run = realism::dry_run(&mut realism_rng, share);
+        }
 
         let nodes = options.workloads.div_ceil(40).clamp(1, 5000);
         let weight_total = deployments.iter().map(|d| d.weight).sum();
@@ -401,9 +462,14 @@ impl Population {
             nodes,
             weight_total,
         };
-        for _ in 0..options.workloads {
+        // One pod per waypoint, out of the same workload budget.
+        let waypoint_pods = waypoint_deployments.len().min(options.workloads);
+        for _ in 0..options.workloads - waypoint_pods {
             let d = population.pick_deployment(&mut rng);
             population.add_pod(&mut rng, d);
+        }
+        for d in waypoint_deployments.into_iter().take(waypoint_pods) {
+            population.add_pod(&mut realism_rng, d);
         }
         Ok(population)
     }
@@ -615,6 +681,7 @@ impl Population {
 
     fn service_resource(&self, s: usize) -> Result<Arc<Resource>, PopulationError> {
         let svc = &self.services[s];
+        let x = &svc.extras;
         let message = workload::Service {
             name: svc.name.clone(),
             namespace: svc.namespace.clone(),
@@ -624,11 +691,24 @@ impl Population {
                 .map(|vip| workload::NetworkAddress {
                     network: self.options.network.clone(),
                     address: vip.octets().to_vec(),
-                    length: None,
+                    length: x.vip_length,
                 })
                 .into_iter()
                 .collect(),
             ports: svc.ports.clone(),
+            waypoint: x.waypoint.map(|w| self.gateway_ref(w)),
+            weighted_waypoints: x
+                .weighted_waypoints
+                .iter()
+                .map(|(w, weight)| workload::WeightedWaypoint {
+                    destination: Some(self.gateway_ref(*w)),
+                    weight: *weight,
+                })
+                .collect(),
+            load_balancing: x.load_balancing.clone(),
+            ip_families: x.ip_families,
+            canonical: x.canonical,
+            visibility: x.visibility,
             ..Default::default()
         };
         Resource::service(&message)
@@ -637,6 +717,29 @@ impl Population {
                 name: svc.key(),
                 source,
             })
+    }
+
+    /// A waypoint reference as istiod writes it: the waypoint Service's VIP, or its
+    /// namespace/hostname (asked for, or the Service is headless).
+    fn gateway_ref(&self, r: WaypointRef) -> workload::GatewayAddress {
+        let svc = &self.services[r.service()];
+        let destination = match (r, svc.vip) {
+            (WaypointRef::Address(_), Some(vip)) => {
+                workload::gateway_address::Destination::Address(workload::NetworkAddress {
+                    network: self.options.network.clone(),
+                    address: vip.octets().to_vec(),
+                    length: None,
+                })
+            }
+            _ => workload::gateway_address::Destination::Hostname(workload::NamespacedHostname {
+                namespace: svc.namespace.clone(),
+                hostname: svc.hostname.clone(),
+            }),
+        };
+        workload::GatewayAddress {
+            destination: Some(destination),
+            hbone_mtls_port: realism::WAYPOINT_HBONE_PORT,
+        }
     }
 
     /// The Address resource of pod `uid` (which must exist).
@@ -677,6 +780,9 @@ impl Population {
                 zone: format!("{region}-{zone}"),
                 subzone: String::new(),
             }),
+            waypoint: dep.extras.waypoint.map(|r| self.gateway_ref(r)),
+            capacity: dep.extras.capacity,
+            network_mode: dep.extras.network_mode,
             ..Default::default()
         };
         let services: BTreeMap<String, workload::PortList> = dep
@@ -714,6 +820,7 @@ fn service_model(
         hostname: format!("{name}.{namespace}.svc.cluster.local"),
         vip: ((slot as usize) < VIP_SERVICES).then(|| vip_address(cluster_index, slot)),
         ports,
+        extras: ServiceExtras::default(),
     }
 }
 
@@ -1105,6 +1212,13 @@ mod tests {
                 },
                 "global_fraction",
             ),
+            (
+                PopulationOptions {
+                    realistic_fraction: -0.1,
+                    ..PopulationOptions::new("c", 1, 1, 1, 0)
+                },
+                "realistic_fraction",
+            ),
         ];
         for (o, field) in cases {
             let err = Population::generate(&o).unwrap_err().to_string();
@@ -1113,6 +1227,67 @@ mod tests {
         // Empty is allowed.
         let empty = Population::generate(&PopulationOptions::new("c", 1, 0, 0, 0)).unwrap();
         assert_eq!(empty.workload_count(), 0);
+    }
+
+    #[test]
+    fn realistic_share_adds_waypoints_and_rich_fields_deterministically() {
+        let mut o = options(300, 60, 11);
+        let plain = bytes_of(&Population::generate(&o).unwrap());
+        o.realistic_fraction = 1.0;
+        let rich = Population::generate(&o).unwrap();
+        assert_eq!(
+            bytes_of(&rich),
+            bytes_of(&Population::generate(&o).unwrap())
+        );
+        assert_ne!(bytes_of(&rich), plain);
+        assert_eq!(
+            rich.workload_count(),
+            300,
+            "waypoint pods come out of the budget"
+        );
+        o.realistic_fraction = 0.0;
+        assert_eq!(
+            bytes_of(&Population::generate(&o).unwrap()),
+            plain,
+            "share 0 is the plain population"
+        );
+
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut bump =
+            |what: &'static str, yes: bool| *seen.entry(what).or_default() += usize::from(yes);
+        for r in rich.address_resources().unwrap() {
+            match r.decode_address().unwrap().r#type.unwrap() {
+                workload::address::Type::Service(s) => {
+                    bump("waypoint service", s.name == "waypoint");
+                    bump("service waypoint", s.waypoint.is_some());
+                    bump("weighted waypoints", !s.weighted_waypoints.is_empty());
+                    bump("load balancing", s.load_balancing.is_some());
+                    bump("ip families", s.ip_families != 0);
+                    bump("canonical", s.canonical);
+                    bump("namespace visibility", s.visibility == 1);
+                    bump("cidr", s.addresses.iter().any(|a| a.length.is_some()));
+                    bump("app protocol", s.ports.iter().any(|p| p.app_protocol != 0));
+                }
+                workload::address::Type::Workload(w) => {
+                    bump("waypoint pod", w.name.starts_with("waypoint-"));
+                    bump("workload waypoint", w.waypoint.is_some());
+                    bump("capacity", w.capacity.is_some());
+                    bump("host network", w.network_mode == 1);
+                    bump("locality", w.locality.is_some());
+                }
+            }
+        }
+        for r in rich.authorization_resources().unwrap() {
+            let a = security::Authorization::decode(&r.body[..]).unwrap();
+            bump("dry run", a.dry_run);
+        }
+        for (what, count) in &seen {
+            assert!(
+                *count > 0,
+                "no {what} in a fully realistic population: {seen:?}"
+            );
+        }
+        assert_eq!(seen.len(), 15);
     }
 
     #[test]

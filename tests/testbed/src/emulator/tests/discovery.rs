@@ -53,9 +53,22 @@ async fn version_and_legacy_discovery_documents() {
         [
             "gateway.networking.k8s.io",
             "networking.istio.io",
+            "multicluster.x-k8s.io",
             "coordination.k8s.io",
             "authentication.k8s.io"
         ]
+    );
+    let mcs = client.get("/apis/multicluster.x-k8s.io/v1alpha1").await;
+    let kinds: Vec<&str> = mcs.body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["namespaced"] == true)
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"ServiceExport") && kinds.contains(&"ServiceImport"),
+        "{kinds:?}"
     );
 
     let istio = client.get("/apis/networking.istio.io/v1beta1").await;
