@@ -47,7 +47,8 @@ fn policy(name: &str, network: &str, flat: bool) -> PeerPolicy {
     PeerPolicy {
         cluster: name.into(),
         network: network.into(),
-        trust_domain: "cluster.local".into(),
+        identity: peerd::identity::spiffe::SpiffeId::new("cluster.local", "istio-system", "peerd")
+            .unwrap(),
         flat,
         prefers_node_port: false,
         max_resources: 1_000_000,

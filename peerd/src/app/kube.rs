@@ -358,19 +358,26 @@ async fn follow_gateways(
     let resolver = SystemResolver {
         timeout: RESOLVE_TIMEOUT,
     };
-    let mut last_specs = gateway_specs(&watches.peer_gateways(), &config.trust_domain);
-    let mut last_global = global_services(&file_global_services, &watches.global_services());
+    // The first pass runs before any wait: Gateways that arrived between the start-up
+    // read and this task (a `peerd link` right after start) must get their clients
+    // without waiting for a later change. A pass with unchanged specs is a no-op for the
+    // monitor and the running clients.
+    let mut last_specs = None;
+    let mut last_global = None;
     let mut warned: BTreeSet<String> = BTreeSet::new();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = watches.changed.notified() => {}
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = watches.changed.notified() => {}
+            }
         }
         let gateways = watches.peer_gateways();
         let specs = gateway_specs(&gateways, &config.trust_domain);
-        if specs != last_specs {
+        if last_specs.as_ref() != Some(&specs) {
             monitor.set_peers(specs.clone(), Instant::now());
-            last_specs = specs;
+            last_specs = Some(specs);
             let usable = usable_peers(&gateways, &config, &local, &resolver).await;
             let (desired, kept) = desired_peers(
                 usable,
@@ -392,10 +399,10 @@ async fn follow_gateways(
             running.send_replace(now_running);
         }
         let global = global_services(&file_global_services, &watches.global_services());
-        if global != last_global {
+        if last_global.as_ref() != Some(&global) {
             tracing::info!(count = global.len(), "global services changed");
             federation.set_global_services(global.iter().cloned());
-            last_global = global;
+            last_global = Some(global);
         }
     }
 }

@@ -363,8 +363,9 @@ impl Federation {
     /// when it is stale. Reads the published commits: never waits for a computation.
     pub fn complete_peers(&self) -> Vec<CommittedPeer> {
         let published = self.published.load_full();
-        self.config
-            .peers
+        // The peers known now (live: added and removed at runtime), not those at start.
+        self.peers
+            .load()
             .iter()
             .filter_map(|p| {
                 let (origin, state) = published.committed.get_key_value(p.cluster.as_str())?;

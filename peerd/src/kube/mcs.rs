@@ -45,16 +45,50 @@ use crate::xds::types::ResourceType;
 /// `ServiceImport.spec.type` of a service with a cluster-set VIP.
 pub const CLUSTER_SET_IP: &str = "ClusterSetIP";
 
-/// `spec` of a ServiceExport: empty; its name and namespace name the Service.
-#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
-#[kube(
-    group = "multicluster.x-k8s.io",
-    version = "v1alpha1",
-    kind = "ServiceExport",
-    namespaced,
-    schema = "disabled"
-)]
-pub struct ServiceExportSpec {}
+/// A `multicluster.x-k8s.io/v1alpha1` ServiceExport: its name and namespace name the
+/// Service. Written by hand rather than derived: the MCS API defines no `spec` (only a
+/// status peerd does not read), so real objects carry none and a derived type, which
+/// requires one, would fail to decode every list.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ServiceExport {
+    pub metadata: ObjectMeta,
+}
+
+impl ServiceExport {
+    pub fn new(namespace: &str, name: &str) -> ServiceExport {
+        ServiceExport {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                ..ObjectMeta::default()
+            },
+        }
+    }
+}
+
+impl kube::Resource for ServiceExport {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "ServiceExport".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "multicluster.x-k8s.io".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1alpha1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "serviceexports".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// `spec` of a ServiceImport (the fields peerd writes).
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -98,7 +132,8 @@ pub struct ClusterStatus {
 pub struct McsWatches {
     pub exports: Store<ServiceExport>,
     pub local_scoped: Store<Service>,
-    /// True once the API server said it has no ServiceExport resource.
+    /// True once listing ServiceExports failed (no such resource, no RBAC, or any other
+    /// error): startup stops waiting for them.
     crd_absent: watch::Receiver<bool>,
 }
 
@@ -108,8 +143,8 @@ impl McsWatches {
         exported_services(&self.exports.state(), &self.local_scoped.state())
     }
 
-    /// Waits for the first list of both watches (an absent ServiceExport CRD counts as
-    /// listed: there is nothing to wait for).
+    /// Waits for the first list of both watches (ServiceExports that cannot be listed
+    /// count as listed: startup must not hang on an optional API).
     pub async fn ready(&self) -> anyhow::Result<()> {
         self.local_scoped.wait_until_ready().await?;
         let mut absent = self.crd_absent.clone();
@@ -166,8 +201,11 @@ pub fn start_watches(client: Client, changed: Arc<Notify>, tasks: &mut JoinSet<(
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             if let Err(err) = event {
+                // Startup never waits on ServiceExports that cannot be listed: labelled
+                // Services still make services global; exports join once listed.
+                let first = !absent_tx.send_replace(true);
                 if is_unavailable(&err) {
-                    if !absent_tx.send_replace(true) {
+                    if first {
                         tracing::warn!(error = %err, "ServiceExports cannot be listed (MCS CRDs not installed, or no RBAC); ignored until they can");
                     }
                 } else {
@@ -353,9 +391,19 @@ mod tests {
     use super::*;
 
     fn export(ns: &str, name: &str) -> Arc<ServiceExport> {
-        let mut e = ServiceExport::new(name, ServiceExportSpec {});
-        e.metadata.namespace = Some(ns.into());
-        Arc::new(e)
+        Arc::new(ServiceExport::new(ns, name))
+    }
+
+    /// The MCS API's ServiceExport has no `spec`: an object as the API server lists it
+    /// (as the emulator and real clusters do) decodes.
+    #[test]
+    fn a_service_export_without_spec_decodes() {
+        let json = r#"{"apiVersion":"multicluster.x-k8s.io/v1alpha1","kind":"ServiceExport",
+            "metadata":{"name":"profile","namespace":"default","resourceVersion":"12"},
+            "status":{"conditions":[]}}"#;
+        let e: ServiceExport = serde_json::from_str(json).unwrap();
+        assert_eq!(e.name_any(), "profile");
+        assert_eq!(e.namespace().as_deref(), Some("default"));
     }
 
     fn service(ns: &str, name: &str, scope: &str) -> Arc<Service> {

@@ -63,10 +63,15 @@ impl PeerStateOptions {
     /// `None` when no state directory is configured.
     pub fn from_config(config: &Config) -> Option<PeerStateOptions> {
         let dir = config.state_dir.clone()?;
-        let max_file_bytes = config.peers.iter().fold(OVERHEAD_FIXED, |sum, p| {
+        // Peers come and go at runtime, so the bound cannot be the sum of the peers known
+        // at start: the memory budget bounds every origin's stored state together; the
+        // configured peers' caps still count when they allow more.
+        let by_peers = config.peers.iter().fold(OVERHEAD_FIXED, |sum, p| {
             sum.saturating_add(p.max_bytes as u64)
                 .saturating_add((p.max_resources as u64).saturating_mul(OVERHEAD_PER_RESOURCE))
         });
+        let by_budget = OVERHEAD_FIXED.saturating_add(config.memory_budget_bytes as u64);
+        let max_file_bytes = by_peers.max(by_budget);
         Some(PeerStateOptions {
             dir,
             local_cluster: config.cluster.clone(),

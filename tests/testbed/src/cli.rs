@@ -29,6 +29,25 @@ pub enum Command {
     /// Simulators of what cannot run here (istiod).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// A ztunnel-like client of a running sandbox's cluster: prints the workloads it holds
+    /// per origin cluster whenever they change (for timing link, unlink and restarts).
+    ZtunnelWatch(ZtunnelWatchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ZtunnelWatchArgs {
+    /// The running sandbox's state dir (its root certificate and token are used).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// The cluster whose peerd to connect to (k of cluster-k).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub cluster_index: u8,
+    /// How often the held state is compared, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Stop after this long (e.g. 60s, 5m).
+    #[arg(long = "for", value_parser = parse_duration_arg)]
+    pub run_for: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +138,15 @@ pub struct SimIstiodArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Sim(SimCommand::Istiod(args))) => run_sim_istiod(args).await,
+        Some(Command::ZtunnelWatch(args)) => {
+            crate::sandbox::watch::run(
+                &args.state_dir,
+                args.cluster_index,
+                std::time::Duration::from_millis(args.interval_ms.max(1)),
+                args.run_for,
+            )
+            .await
+        }
         None => {
             let args = cli.sandbox;
             crate::sandbox::run(crate::sandbox::SandboxOptions {

@@ -140,10 +140,13 @@ impl FromStr for Command {
             "lift" => Ok(Command::Lift(rest.parse()?)),
             "restart" => Ok(Command::Restart(cluster_name(rest)?)),
             "link" | "unlink" => {
-                let (a, b) = rest.split_once(char::is_whitespace).ok_or_else(|| {
-                    format!("command {line:?}: expected `{verb} CLUSTER CLUSTER`")
-                })?;
-                let (a, b) = (cluster_name(a)?, cluster_name(b.trim())?);
+                let names: Vec<&str> = rest.split_whitespace().collect();
+                let [a, b] = names[..] else {
+                    return Err(format!(
+                        "command {line:?}: expected `{verb} CLUSTER CLUSTER`"
+                    ));
+                };
+                let (a, b) = (cluster_name(a)?, cluster_name(b)?);
                 Ok(if verb == "link" {
                     Command::Link(a, b)
                 } else {

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod linking;
 pub mod screen;
 pub mod status;
+pub mod watch;
 pub mod ztunnel;
 
 use std::io::IsTerminal;

@@ -31,6 +31,18 @@ pub fn spawn(
     root_cert: &Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<Arc<Store>> {
+    spawn_named(layout, "ztunnel", token_file, root_cert, cancel)
+}
+
+/// [`spawn`] with another pod name in the node id (`<pod>-<cluster>`), so an outside
+/// watcher is told apart from the node's own simulated ztunnel in `peerd status`.
+pub fn spawn_named(
+    layout: &ClusterLayout,
+    pod: &str,
+    token_file: &Path,
+    root_cert: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<Arc<Store>> {
     let roots = RootsSource::from_file(root_cert)
         .with_context(|| format!("{}: simulated ztunnel roots", layout.name))?;
     let tls = client_config(&ClientTlsOptions::new(roots, ServerIdentity::Name))
@@ -43,7 +55,7 @@ pub fn spawn(
     );
     options.token = Some(TokenSource::File(token_file.to_path_buf()));
     options.headers = vec![("clusterid".into(), layout.name.clone())];
-    options.node = node(layout);
+    options.node = node(layout, pod);
     let store = Store::new();
     let client = AdsClient::new(options, Arc::clone(&store));
     tokio::spawn(client.run(cancel));
@@ -51,10 +63,10 @@ pub fn spawn(
 }
 
 /// ztunnel's node id format: `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
-fn node(layout: &ClusterLayout) -> Node {
+fn node(layout: &ClusterLayout, pod: &str) -> Node {
     Node {
         id: format!(
-            "ztunnel~{}~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
+            "ztunnel~{}~{pod}-{}.istio-system~istio-system.svc.cluster.local",
             layout.host, layout.name
         ),
         ..Node::default()
