@@ -101,7 +101,9 @@ def start_sim(procs, sim, tmp):
         f"sim-{sim['cluster']}",
         [sandbox_bin(), "sim", "istiod", "--listen", f"{sim['ip']}:{port}", "--cluster", sim["cluster"],
          "--network", f"net-{sim['cluster']}", "--workloads", str(sim["workloads"]),
-         "--services", str(sim["services"]), "--tls-dir", str(tls)],
+         "--services", str(sim["services"]), "--tls-dir", str(tls),
+         # Plain shapes, so counts are exact (a realistic share adds waypoint Services).
+         "--realistic-fraction", "0"],
     )
     wait_for(f"{sim['cluster']} TLS files", lambda: (procs.check_alive(), (tls / "token").exists())[1])
     return f"{sim['ip']}:{port}", tls
