@@ -593,6 +593,8 @@ mod tests {
         o.services = 12;
         o.global_fraction = 0.5;
         o.churn_per_sec = 200.0;
+        // Plain shapes: a realistic share adds waypoint Services to the count.
+        o.realistic_fraction = 0.0;
         let sim = SimIstiod::new(o).unwrap();
         let (w, s, a) = sim.view.snapshot().counts();
         assert_eq!((w, s), (60, 12));

@@ -306,6 +306,11 @@ pub struct Mutation {
     pub removals: Vec<Arc<str>>,
 }
 
+/// Whether a Service routes through a waypoint (plain or weighted reference).
+fn uses_waypoint(s: &ServiceModel) -> bool {
+    s.extras.waypoint.is_some() || !s.extras.weighted_waypoints.is_empty()
+}
+
 /// One cluster's synthetic population.
 #[derive(Debug, Clone)]
 pub struct Population {
@@ -391,10 +396,17 @@ impl Population {
         let mut waypoint_deployments = Vec::new();
         if share > 0.0 {
             let mut waypoint_of: BTreeMap<String, usize> = BTreeMap::new();
-            for ns in &namespaces {
-                if !realism_rng.random_bool(share) {
-                    continue;
-                }
+            // One draw per namespace; when none is drawn, the first namespace still gets a
+            // waypoint, so every realistic population exercises the waypoint rules.
+            let mut chosen: Vec<String> = namespaces
+                .iter()
+                .filter(|_| realism_rng.random_bool(share))
+                .cloned()
+                .collect();
+            if chosen.is_empty() {
+                chosen.extend(namespaces.first().cloned());
+            }
+            for ns in &chosen {
                 let name = unique_name(&mut used, ns, realism::WAYPOINT_NAME);
                 let s = services.len();
                 let ports = realism::waypoint_ports();
@@ -419,6 +431,17 @@ impl Population {
                 let waypoint = waypoint_of.get(&svc.namespace).copied();
                 svc.extras = realism::service_extras(&mut realism_rng, share, waypoint);
             }
+            // And at least one Service uses a waypoint (by hostname), when one can.
+            if !services.iter().take(ordinary).any(uses_waypoint)
+                && let Some(svc) = services
+                    .iter_mut()
+                    .take(ordinary)
+                    .find(|s| waypoint_of.contains_key(&s.namespace))
+            {
+                svc.extras.waypoint = waypoint_of
+                    .get(&svc.namespace)
+                    .map(|w| WaypointRef::Hostname(*w));
+            }
             for d in deployments.iter_mut().filter(|d| d.weight > 0) {
                 let waypoint = waypoint_of.get(&d.namespace).copied();
                 d.extras = realism::workload_extras(&mut realism_rng, share, waypoint);
@@ -430,6 +453,19 @@ impl Population {
             if options.global_fraction > 0.0 && rng.random_bool(options.global_fraction) {
                 global.insert(format!("{}/{}", svc.namespace, svc.name));
             }
+        }
+        // A realistic population with global services has a global one behind a waypoint
+        // (the cross-cluster waypoint rule then always has something to export).
+        let ns_name = |s: &ServiceModel| format!("{}/{}", s.namespace, s.name);
+        if share > 0.0
+            && options.global_fraction > 0.0
+            && !services
+                .iter()
+                .take(ordinary)
+                .any(|s| uses_waypoint(s) && global.contains(&ns_name(s)))
+            && let Some(s) = services.iter().take(ordinary).find(|s| uses_waypoint(s))
+        {
+            global.insert(ns_name(s));
         }
         for g in &options.global_services {
             if !services
