@@ -112,16 +112,7 @@ impl<'a> MessageEditor<'a> {
         let position = self.fields.iter().position(|f| f.number == number);
         self.remove(number);
         if let Some(payload) = payload {
-            let bytes = len_field(number, payload);
-            let payload_start = bytes.len() - payload.len();
-            let field = EncodedField {
-                number,
-                wire_type: WireType::Len,
-                bytes: Cow::Owned(bytes),
-                payload_start,
-            };
-            let at = position.unwrap_or(self.fields.len()).min(self.fields.len());
-            self.fields.insert(at, field);
+            self.insert_len(position, number, payload);
         }
     }
 
