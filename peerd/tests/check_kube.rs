@@ -39,14 +39,7 @@ async fn emulator() -> EmulatorHandle {
 }
 
 async fn send(emu: &EmulatorHandle, method: http::Method, path: &str, ctype: &str, body: &Value) {
-    let (code, reply) = emu
-        .request(method.clone(), path, ctype, body.to_string())
-        .await
-        .unwrap();
-    assert!(
-        (200..300).contains(&code),
-        "{method} {path}: {code} {reply}"
-    );
+    emu.request_ok(method, path, ctype, body).await.unwrap();
 }
 
 async fn apply(emu: &EmulatorHandle, path: &str, body: &Value) {

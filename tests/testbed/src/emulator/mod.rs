@@ -301,6 +301,29 @@ impl EmulatorHandle {
             .map(|obj| (*obj).clone())
     }
 
+    /// [`EmulatorHandle::request`] that must succeed: any failure or non-2xx status is
+    /// an error naming the method, path, status and reply (for tests seeding objects).
+    pub async fn request_ok(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
+        let (code, reply) = self
+            .request(
+                method.clone(),
+                path_and_query,
+                content_type,
+                body.to_string(),
+            )
+            .await?;
+        if !(200..300).contains(&code) {
+            anyhow::bail!("{method} {path_and_query}: {code} {reply}");
+        }
+        Ok(reply)
+    }
+
     /// Serves one request in-process, exactly as over HTTP (counted, faults apply), e.g. to
     /// seed objects: `request(Method::POST, "/api/v1/namespaces", "application/json",
     /// body)`. Returns the status code and the JSON body. Watches are refused: use HTTP.
