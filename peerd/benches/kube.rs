@@ -1,7 +1,7 @@
 //! `cargo xtask bench kube`: the flat-sync executor against the emulated API server over
 //! loopback HTTP. 10,000 flat WorkloadEntries created from scratch, then 1% churn (100
 //! pods change address): time to converge and number of API requests. Target: one write
-//! per changed object, none otherwise (the floor is the number of changed objects).
+//! per changed object, none otherwise (the baseline is the number of changed objects).
 
 mod support;
 
@@ -53,7 +53,7 @@ fn peer(pods: usize, churn_generation: u32, churned: usize) -> PeerExports {
     }
 }
 
-// Targets are "at most the floor": `Goal::Below` is strict, hence floor + 1.
+// Targets are "at most the baseline": `Goal::Below` is strict, hence baseline + 1.
 fn input(pods: usize, generation: u32, churned: usize) -> SyncInput {
     SyncInput {
         desired: desired_objects("istio-system", &[peer(pods, generation, churned)]),

@@ -38,7 +38,8 @@ fn main() -> anyhow::Result<()> {
         .map(|r| per_connect_us(r.with.elapsed))
         .collect();
     let mut ratios: Vec<f64> = results.iter().map(|r| r.ratio).collect();
-    let floor = percentile(&mut without, 50.0);
+    // The baseline: the same connects with no programs attached.
+    let baseline = percentile(&mut without, 50.0);
 
     let mut report = Report::new(
         "probes",
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     );
     report.row(
         "connect, no programs (median of rounds)",
-        floor,
+        baseline,
         "us",
         Goal::None,
         None,
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         percentile(&mut with, 50.0),
         "us",
         Goal::None,
-        Some(floor),
+        Some(baseline),
     );
     let geometric_mean =
         (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp();

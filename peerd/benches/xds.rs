@@ -4,16 +4,22 @@
 //! binary (a child process, so its RSS and CPU are its own) syncs them and serves them to
 //! a ztunnel-like client (in this process). Figures: time to a full downstream sync,
 //! propagation latency of single changes at a fixed rate (source apply → client receive),
-//! peerd RSS, and the floor measured in the same run: the same resources only
-//! decoded + encoded in a tight loop.
+//! peerd RSS and CPU. The baseline, measured in the same run, is the direct path: the
+//! same client syncing straight from the simulated istiod (TLS + bearer token, no peerd),
+//! interleaved with the peerd trials, and during the propagation phase a second client
+//! on the simulator receiving the same changes.
 //!
 //! Then churn with a restart of the simulated istiod in the middle: once churn stops,
 //! the client's final state must equal the simulator's exactly (names, versions, bytes);
-//! a mismatch fails the bench. Last, the pod's limits: a fresh peerd in a cgroup of one
+//! a mismatch fails the bench. Then the pod's limits: a fresh peerd in a cgroup of one
 //! CPU and the chart's 512 MiB (v2 `cpu.max`/`memory.max`, else v1; without either, one
 //! core by affinity and one runtime worker) syncs the same resources while
 //! `/healthz/ready` is polled every 10 ms: sync time, peak RSS, probe latency; an OOM
-//! kill fails the bench.
+//! kill fails the bench. Last, memory: a peerd (same binary, same config) whose upstream
+//! is a second simulator holding nothing; its RSS with that empty view, then once the
+//! simulator has published every resource of the first (a large upstream update), then
+//! 10 s after the simulator removed them all again (the revert): memory per workload,
+//! and whether transient memory is given back.
 
 mod support;
 
@@ -24,11 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use prost::Message;
 
 use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config, load_roots};
 use peerd::proto::envoy::service::discovery::v3 as discovery;
-use peerd::proto::istio::workload;
 use peerd::view::View;
 use peerd::xds::resource::{Resource, Summary};
 use peerd::xds::types::ResourceType;
@@ -213,30 +217,6 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Decodes and re-encodes every resource once, as tightly as possible: the least work any
-/// proxy of these resources must do. Returns the seconds it took.
-fn floor_decode_encode(view: &View) -> f64 {
-    let snapshot = view.snapshot();
-    let started = Instant::now();
-    let mut bytes = 0usize;
-    for kind in ResourceType::ALL {
-        for r in snapshot.resources(kind).values() {
-            let out = match kind {
-                ResourceType::Address => {
-                    workload::Address::decode(r.body.as_ref()).map(|a| a.encode_to_vec())
-                }
-                ResourceType::Authorization => {
-                    peerd::proto::istio::security::Authorization::decode(r.body.as_ref())
-                        .map(|a| a.encode_to_vec())
-                }
-            };
-            bytes += out.map(|v| v.len()).unwrap_or(0);
-        }
-    }
-    std::hint::black_box(bytes);
-    started.elapsed().as_secs_f64()
-}
-
 struct Peerd {
     child: Child,
     xds: SocketAddr,
@@ -309,6 +289,8 @@ upstreams:
 #[derive(Default)]
 struct Seen {
     held: [usize; 2],
+    /// Responses received per type (an empty view's sync is its first response).
+    responses: [usize; 2],
     /// Name → (version, body) of everything the client holds.
     resources: [FastMap<String, (String, bytes::Bytes)>; 2],
     /// Arrival times are recorded only for the propagation phase: nothing reads those of
@@ -317,14 +299,39 @@ struct Seen {
     arrivals: FastMap<(String, String), Instant>,
 }
 
-async fn downstream(
+/// Where a ztunnel-like client connects: peerd, or the simulated istiod directly.
+#[derive(Clone)]
+struct Upstream {
     addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
+    server_name: &'static str,
     token: String,
+}
+
+/// The simulated istiod's certificate names it as istiod's Service.
+const ISTIOD_NAME: &str = "istiod.istio-system.svc";
+
+impl Upstream {
+    fn peerd(peerd: &Peerd, token: &str) -> Upstream {
+        Upstream {
+            addr: peerd.xds,
+            server_name: "127.0.0.1",
+            token: token.to_string(),
+        }
+    }
+}
+
+async fn downstream(
+    upstream: Upstream,
+    tls: Arc<rustls::ClientConfig>,
     seen: Arc<Mutex<Seen>>,
 ) -> anyhow::Result<()> {
-    let (tx, mut responses) =
-        support::downstream::subscribe(addr, "127.0.0.1", tls, &token).await?;
+    let (tx, mut responses) = support::downstream::subscribe(
+        upstream.addr,
+        upstream.server_name,
+        tls,
+        &upstream.token,
+    )
+    .await?;
     while let Some(r) = responses.message().await? {
         let now = Instant::now();
         let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
@@ -347,6 +354,7 @@ async fn downstream(
                 seen.resources[i].insert(res.name, (res.version, body));
             }
             seen.held[i] = seen.resources[i].len();
+            seen.responses[i] += 1;
         }
         tx.send(discovery::DeltaDiscoveryRequest {
             type_url: r.type_url,
@@ -356,6 +364,61 @@ async fn downstream(
         .await?;
     }
     Ok(())
+}
+
+/// Waits until what the client saw satisfies `done`; an error once `deadline` passes or
+/// the client task ends.
+async fn wait_until(
+    seen: &Mutex<Seen>,
+    client: &tokio::task::JoinHandle<anyhow::Result<()>>,
+    deadline: Instant,
+    what: &str,
+    done: impl Fn(&Seen) -> bool,
+) -> anyhow::Result<()> {
+    loop {
+        if done(&*seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?) {
+            return Ok(());
+        }
+        if Instant::now() > deadline || client.is_finished() {
+            bail!(
+                "{what}: not reached (client finished early: {})",
+                client.is_finished()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Latencies (ms) from each sent change to its arrival at one client, once every change
+/// arrived or `settle` passed.
+async fn arrivals(
+    seen: &Mutex<Seen>,
+    sent: &[((String, String), Instant)],
+    settle: Instant,
+) -> anyhow::Result<Vec<f64>> {
+    loop {
+        let latencies = {
+            let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            sent.iter()
+                .filter_map(|(key, at)| {
+                    seen.arrivals
+                        .get(key)
+                        .map(|got| support::ms(got.saturating_duration_since(*at)))
+                })
+                .collect::<Vec<f64>>()
+        };
+        if latencies.len() == sent.len() || Instant::now() > settle {
+            return Ok(latencies);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// RSS (MB) of an idle process once it has settled: peerd's allocator returns freed
+/// memory within about 100 ms; `wait` leaves room for that and for late work.
+async fn settled_rss_mb(pid: u32, wait: Duration) -> f64 {
+    tokio::time::sleep(wait).await;
+    support::rss_mb(pid).unwrap_or(f64::NAN)
 }
 
 async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
@@ -374,6 +437,12 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     let view = Arc::clone(&sim.view);
     let istiod_token = sim.tls.token_path.clone();
     let mut istiod = Istiod::serve(&sim, sim_addr)?;
+    // The direct path: ztunnel's own connection to istiod (its certificate, its token).
+    let direct = Upstream {
+        addr: sim_addr,
+        server_name: ISTIOD_NAME,
+        token: sim.tls.token.secret().to_string(),
+    };
 
     ca.issue(&LeafSpec::server("peerd").with_ip(LOCALHOST))?
         .write_to(&dir.path().join("peerd"))?;
@@ -392,15 +461,13 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     ];
     let total: usize = want.iter().sum();
 
-    // Floor: decode + encode of the same resources, best of three.
-    let floor = (0..3)
-        .map(|_| floor_decode_encode(&view))
-        .fold(f64::INFINITY, f64::min);
-
-    // Initial sync: peerd starts, syncs from the simulator, serves the client. Repeated
-    // with a fresh peerd (this machine's speed varies from run to run): the row is the
-    // median, the slowest is shown beside it. The last peerd stays for the changes.
+    // Initial sync, each trial twice: the client straight from the simulator (the direct
+    // path), then a fresh peerd syncing from the simulator and serving the client.
+    // Interleaved, so both see the same machine (its speed varies from run to run): the
+    // rows are medians, the slowest is shown beside them. The last peerd stays for the
+    // changes.
     let mut syncs = Vec::with_capacity(size.sync_trials);
+    let mut direct_syncs = Vec::with_capacity(size.sync_trials);
     let mut sync_cpu = Vec::with_capacity(size.sync_trials);
     let mut rss_synced = 0f64;
     let mut peak_synced = 0f64;
@@ -418,26 +485,38 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let started = Instant::now();
-        let peerd = start_peerd(dir.path(), sim_addr, &istiod_token, None)?;
         let client = tokio::spawn(downstream(
-            peerd.xds,
+            direct.clone(),
             Arc::clone(&tls),
-            token.clone(),
             Arc::clone(&seen),
         ));
-        let deadline = started + Duration::from_secs(300);
-        loop {
-            if seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.held == want {
-                break;
-            }
-            if Instant::now() > deadline || client.is_finished() {
-                bail!(
-                    "trial {trial}: downstream did not sync {total} resources (client finished early: {})",
-                    client.is_finished()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_until(
+            &seen,
+            &client,
+            started + Duration::from_secs(300),
+            &format!("trial {trial}: direct sync of {total} resources"),
+            |s| s.held == want,
+        )
+        .await?;
+        direct_syncs.push(started.elapsed().as_secs_f64());
+        client.abort();
+
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let started = Instant::now();
+        let peerd = start_peerd(dir.path(), sim_addr, &istiod_token, None)?;
+        let client = tokio::spawn(downstream(
+            Upstream::peerd(&peerd, &token),
+            Arc::clone(&tls),
+            Arc::clone(&seen),
+        ));
+        wait_until(
+            &seen,
+            &client,
+            started + Duration::from_secs(300),
+            &format!("trial {trial}: sync of {total} resources through peerd"),
+            |s| s.held == want,
+        )
+        .await?;
         syncs.push(started.elapsed().as_secs_f64());
         sync_cpu.push(support::cpu_seconds(peerd.child.id()).unwrap_or(f64::NAN));
         // The largest of the trials: memory must fit every time.
@@ -449,11 +528,32 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         bail!("no sync trial ran");
     };
     let slowest_sync = syncs.iter().copied().fold(f64::NAN, f64::max);
+    let slowest_direct = direct_syncs.iter().copied().fold(f64::NAN, f64::max);
     let sync = percentile(&mut syncs, 50.0);
+    let direct_sync = percentile(&mut direct_syncs, 50.0);
     let sync_cpu = percentile(&mut sync_cpu, 50.0);
     let pid = peerd.child.id();
 
-    // Propagation: single workload changes at a fixed rate.
+    // Propagation: single workload changes at a fixed rate, received by the client of
+    // peerd and, at the same time, by a client of the simulator (the direct path).
+    let direct_seen = Arc::new(Mutex::new(Seen::default()));
+    let direct_client = tokio::spawn(downstream(
+        direct.clone(),
+        Arc::clone(&tls),
+        Arc::clone(&direct_seen),
+    ));
+    wait_until(
+        &direct_seen,
+        &direct_client,
+        Instant::now() + Duration::from_secs(300),
+        "direct client for the propagation phase",
+        |s| s.held == want,
+    )
+    .await?;
+    direct_seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .timed = true;
     seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.timed = true;
     let workloads: Vec<Arc<Resource>> = snapshot
         .resources(ResourceType::Address)
@@ -485,26 +585,15 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     }
     // Give the last changes time to arrive.
     let settle = Instant::now() + Duration::from_secs(10);
-    let mut latencies;
-    loop {
-        latencies = {
-            let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            sent.iter()
-                .filter_map(|(key, at)| {
-                    seen.arrivals
-                        .get(key)
-                        .map(|got| support::ms(got.saturating_duration_since(*at)))
-                })
-                .collect::<Vec<f64>>()
-        };
-        if latencies.len() == sent.len() || Instant::now() > settle {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut latencies = arrivals(&seen, &sent, settle).await?;
+    let mut direct_latencies = arrivals(&direct_seen, &sent, settle).await?;
+    direct_client.abort();
     let delivered = latencies.len();
+    let direct_delivered = direct_latencies.len();
     let p50 = percentile(&mut latencies, 50.0);
     let p99 = percentile(&mut latencies, 99.0);
+    let direct_p50 = percentile(&mut direct_latencies, 50.0);
+    let direct_p99 = percentile(&mut direct_latencies, 99.0);
     let rss_after = support::rss_mb(pid).unwrap_or(f64::NAN);
     let cpu = support::cpu_seconds(pid).unwrap_or(f64::NAN);
 
@@ -551,9 +640,8 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     let (probes_stop, probes_shutdown) = tokio::sync::watch::channel(false);
     let prober = tokio::spawn(poll_ready(peerd.health, probes_shutdown));
     let client = tokio::spawn(downstream(
-        peerd.xds,
+        Upstream::peerd(&peerd, &token),
         Arc::clone(&tls),
-        token.clone(),
         Arc::clone(&seen),
     ));
     let deadline = started + Duration::from_secs(300);
@@ -575,6 +663,7 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let confined_sync = started.elapsed().as_secs_f64();
+    let confined_cpu = support::cpu_seconds(peerd.child.id()).unwrap_or(f64::NAN);
     let _ = probes_stop.send(true);
     let mut probes = prober.await.context("readiness prober")?;
     let confined_peak = support::peak_rss_mb(peerd.child.id()).unwrap_or(f64::NAN);
@@ -584,6 +673,11 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     let confined_label = confinement.describe();
     drop(confinement);
     let _ = istiod.stop().await;
+
+    // Memory: a peerd whose upstream starts empty (a second simulator, no workloads, no
+    // services), then gets every resource of the first in one update, then loses them
+    // all again.
+    let memory = memory_phase(&dir, &ca, &sim, &tls, &token).await?;
 
     let mut failures = Vec::new();
     if mismatched > 0 {
@@ -598,11 +692,12 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         failures.push(format!("confined peerd: {oom_kills} OOM kill(s)"));
     }
 
-    let per_resource_floor_ms = floor * 1000.0 / total as f64;
+    let debounce_ms = support::ms(peerd::config::defaults::DEBOUNCE);
     let mut report = Report::new(
         "xds",
         format!(
-            "{} workloads + {} services + authorizations = {total} resources; {changes} changes at {}/s",
+            "{} workloads + {} services + authorizations = {total} resources; {changes} changes at {}/s; \
+             baseline = the direct path (the same client on the simulated istiod, no peerd)",
             size.workloads, size.services, size.change_rate
         ),
     );
@@ -616,7 +711,7 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         sync,
         "s",
         if full { Goal::Below(2.0) } else { Goal::None },
-        Some(floor),
+        Some(direct_sync),
     );
     if size.sync_trials > 1 {
         report.row(
@@ -624,29 +719,41 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
             slowest_sync,
             "s",
             Goal::None,
-            Some(floor),
+            Some(slowest_direct),
         );
     }
     report.row(
-        "propagation p50",
-        p50,
-        "ms",
-        Goal::None,
-        Some(per_resource_floor_ms),
+        "initial sync ratio peerd path / direct path (stretch 1.1)",
+        sync / direct_sync,
+        "x",
+        if full { Goal::Below(1.5) } else { Goal::None },
+        Some(1.0),
     );
+    report.row("propagation p50", p50, "ms", Goal::None, Some(direct_p50));
     report.row(
         "propagation p99",
         p99,
         "ms",
         Goal::Below(50.0),
-        Some(per_resource_floor_ms),
+        Some(direct_p99),
+    );
+    report.row(
+        format!("propagation p99 peerd adds (debounce {debounce_ms} ms + 5)"),
+        p99 - direct_p99,
+        "ms",
+        if full {
+            Goal::Below(debounce_ms + 5.0)
+        } else {
+            Goal::None
+        },
+        Some(0.0),
     );
     report.row(
         "changes delivered",
         delivered as f64,
         "count",
         Goal::Above(changes as f64 - 0.5),
-        None,
+        Some(direct_delivered as f64),
     );
     report.row(
         "peerd RSS after initial sync (largest trial)",
@@ -691,7 +798,14 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         confined_sync,
         "s",
         if full { Goal::Below(2.0) } else { Goal::None },
-        Some(floor),
+        Some(direct_sync),
+    );
+    report.row(
+        "pod limits: peerd CPU time to sync",
+        confined_cpu,
+        "s",
+        Goal::None,
+        None,
     );
     report.row(
         "pod limits: peak RSS",
@@ -718,7 +832,117 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         Goal::Below(0.5),
         None,
     );
+    let per_workload_kb =
+        (memory.full_mb - memory.empty_mb) * 1024.0 / size.workloads.max(1) as f64;
+    report.row(
+        format!(
+            "memory per workload: (RSS with {total} resources {:.0} MB − with an empty view) / {} workloads",
+            memory.full_mb, size.workloads
+        ),
+        per_workload_kb,
+        "KB",
+        if full { Goal::Below(2.0) } else { Goal::None },
+        None,
+    );
+    report.row(
+        "idle RSS, empty view, before the burst",
+        memory.empty_mb,
+        "MB",
+        Goal::None,
+        None,
+    );
+    report.row(
+        "idle RSS 10 s after the burst (all added, then removed; ≤ before + 10%)",
+        memory.after_burst_mb,
+        "MB",
+        Goal::Below(memory.empty_mb * 1.1),
+        Some(memory.empty_mb),
+    );
     Ok((report, failures))
+}
+
+/// What the memory phase measured (RSS in MB of one peerd process).
+struct Memory {
+    /// Synced with an empty upstream, idle.
+    empty_mb: f64,
+    /// Holding every resource of the main simulator, idle.
+    full_mb: f64,
+    /// 10 s after the upstream removed them all again.
+    after_burst_mb: f64,
+}
+
+/// How long an idle peerd is left before its RSS is read (its allocator returns freed
+/// memory within about 100 ms of the last allocation; this leaves room for late work).
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long after a burst the idle RSS is read.
+const AFTER_BURST: Duration = Duration::from_secs(10);
+
+async fn memory_phase(
+    dir: &tempfile::TempDir,
+    ca: &peerd_testbed::pki::CertificateAuthority,
+    full: &SimIstiod,
+    tls: &Arc<rustls::ClientConfig>,
+    token: &str,
+) -> anyhow::Result<Memory> {
+    let addr = SocketAddr::new(LOCALHOST, free_port()?);
+    let mut options = SimIstiodOptions::new("cluster-1", addr, &dir.path().join("istiod-empty"));
+    options.cluster_index = Some(1);
+    options.network = "net1".into();
+    options.workloads = 0;
+    options.services = 0;
+    let empty = SimIstiod::new_with_ca(options, ca)?;
+    let istiod = Istiod::serve(&empty, addr)?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // The same binary and configuration; only the upstream (address, token) differs.
+    let peerd = start_peerd(dir.path(), addr, &empty.tls.token_path, None)?;
+    let pid = peerd.child.id();
+    let client = tokio::spawn(downstream(
+        Upstream::peerd(&peerd, token),
+        Arc::clone(tls),
+        Arc::clone(&seen),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    wait_until(&seen, &client, deadline, "empty view sync", |s| {
+        s.responses.iter().all(|n| *n > 0)
+    })
+    .await?;
+    let empty_held = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.held;
+    let empty_mb = settled_rss_mb(pid, SETTLE).await;
+
+    // The burst: every resource of the main simulator in one update (a large upstream
+    // change), then removed again (its revert).
+    let snapshot = full.view.snapshot();
+    let mut want = empty_held;
+    for kind in ResourceType::ALL {
+        let upserts: Vec<Arc<Resource>> = snapshot.resources(kind).values().cloned().collect();
+        want[kind.index()] += upserts.len();
+        empty.view.apply(kind, upserts, []);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    wait_until(&seen, &client, deadline, "burst sync", |s| s.held == want).await?;
+    let full_mb = settled_rss_mb(pid, SETTLE).await;
+    for kind in ResourceType::ALL {
+        let removals: Vec<Arc<str>> = snapshot
+            .resources(kind)
+            .keys()
+            .map(Arc::clone)
+            .collect();
+        empty.view.apply(kind, [], removals);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    wait_until(&seen, &client, deadline, "burst revert", |s| {
+        s.held == empty_held
+    })
+    .await?;
+    let after_burst_mb = settled_rss_mb(pid, AFTER_BURST).await;
+    client.abort();
+    drop(peerd);
+    let _ = istiod.stop().await;
+    Ok(Memory {
+        empty_mb,
+        full_mb,
+        after_burst_mb,
+    })
 }
 
 /// Confines a child process as the chart confines the pod: one CPU, 512 MiB.

@@ -1,6 +1,6 @@
 //! Shared by every `harness = false` benchmark: argument parsing (`--quick`, `--json
 //! FILE`; cargo's own `--bench` flag is ignored), the result table (figure, target,
-//! floor measured in the same run, verdict), JSON output, and process measurements
+//! baseline measured in the same run, verdict), JSON output, and process measurements
 //! (RSS, CPU time) read from `/proc`. Benchmarks report; they never assert timing.
 
 #![allow(dead_code)]
@@ -49,8 +49,9 @@ pub struct Row {
     pub value: f64,
     pub unit: &'static str,
     pub goal: Goal,
-    /// The same quantity for the floor (the unavoidable work, measured in this run).
-    pub floor: Option<f64>,
+    /// The same quantity for the baseline, measured in this run: what an operator would
+    /// have without peerd (or without the part measured), as each bench says.
+    pub baseline: Option<f64>,
 }
 
 pub struct Report {
@@ -74,14 +75,14 @@ impl Report {
         value: f64,
         unit: &'static str,
         goal: Goal,
-        floor: Option<f64>,
+        baseline: Option<f64>,
     ) {
         self.rows.push(Row {
             figure: figure.into(),
             value,
             unit,
             goal,
-            floor,
+            baseline,
         });
     }
 
@@ -100,7 +101,7 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<52} {:>14} {:>14} {:>14} {:>8}",
-            "figure", "value", "target", "floor", "verdict"
+            "figure", "value", "target", "baseline", "verdict"
         );
         let _ = writeln!(s, "{}", "-".repeat(106));
         for r in &self.rows {
@@ -109,14 +110,14 @@ impl Report {
                 Goal::Above(t) => format!("> {}", fmt_num(t)),
                 Goal::None => "-".into(),
             };
-            let floor = r.floor.map(fmt_num).unwrap_or_else(|| "-".into());
+            let baseline = r.baseline.map(fmt_num).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
                 "{:<52} {:>14} {:>14} {:>14} {:>8}",
                 format!("{} [{}]", r.figure, r.unit),
                 fmt_num(r.value),
                 target,
-                floor,
+                baseline,
                 Self::verdict(r)
             );
         }
@@ -134,7 +135,7 @@ impl Report {
                 "target": match r.goal { Goal::Below(t) => serde_json::json!({"below": t}),
                                          Goal::Above(t) => serde_json::json!({"above": t}),
                                          Goal::None => serde_json::Value::Null },
-                "floor": r.floor,
+                "baseline": r.baseline,
                 "verdict": Self::verdict(r),
             })).collect::<Vec<_>>(),
         })

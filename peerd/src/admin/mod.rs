@@ -114,6 +114,43 @@ pub async fn serve_health(
         .context("health server")
 }
 
+/// Serves the health endpoints on a thread of their own (a current-thread runtime) and
+/// resolves when that server ends. Why: the chart gives peerd one CPU, hence one runtime
+/// worker, and a kubelet probe must not wait behind a worker busy with a bulk sync (the
+/// answer only reads flags). The listener moves to the thread's runtime.
+pub fn serve_health_on_own_thread(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    cancel: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    let listener = listener
+        .into_std()
+        .context("health listener: leaving the main runtime")?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("health listener: building its runtime")
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)
+                            .context("health listener: joining its runtime")?;
+                        serve_health(listener, readiness, cancel).await
+                    })
+                });
+            let _ = done.send(result);
+        })
+        .context("starting the health thread")?;
+    Ok(async move {
+        finished
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("health thread ended without an answer")))
+    })
+}
+
 /// Installs the process-wide Prometheus recorder (once) with buckets chosen per
 /// quantity: connect latencies from 100 µs to 10 s, propagation from 1 ms to 30 s.
 pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
@@ -246,6 +283,36 @@ mod tests {
         );
         cancel.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    /// On its own thread the health server answers while every runtime worker is busy
+    /// (here the only one, blocked until the answer arrives).
+    #[tokio::test(flavor = "current_thread")]
+    async fn own_thread_answers_while_the_runtime_is_blocked() {
+        let readiness = Readiness::new();
+        readiness.register("local upstream synced");
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "health")
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server =
+            serve_health_on_own_thread(listener, Arc::clone(&readiness), cancel.clone()).unwrap();
+        // A blocking client on this (the runtime's only) thread: nothing else of this
+        // runtime can run until it has its answer.
+        let answer = {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("pending: local upstream synced"), "{answer}");
+        cancel.cancel();
+        server.await.unwrap();
     }
 
     /// The merged view's own signal is the gate: there is no moment where the view is

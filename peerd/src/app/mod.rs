@@ -160,11 +160,11 @@ impl Peerd {
         let health_addr = health_listener
             .local_addr()
             .context("health listener address")?;
-        tasks.spawn(admin::serve_health(
+        tasks.spawn(admin::serve_health_on_own_thread(
             health_listener,
             Arc::clone(&readiness),
             cancel.clone(),
-        ));
+        )?);
 
         // Federation, then the upstreams feeding it.
         {

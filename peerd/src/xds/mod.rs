@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod intern;
+pub mod offload;
 pub mod received;
 pub mod resource;
 pub mod response;

@@ -56,12 +56,27 @@ pub struct DeltaDiscoveryResponse {
 pub struct HeldResources {
     type_url: &'static str,
     entries: Vec<(Arc<str>, Arc<Resource>)>,
+    /// The entries already encoded (see [`HeldResources::pre_encode`]).
+    encoded: Option<bytes::Bytes>,
 }
 
 impl HeldResources {
     /// `entries` (wire name → resource) of one type, whose URL is `type_url`.
     pub fn new(type_url: &'static str, entries: Vec<(Arc<str>, Arc<Resource>)>) -> Self {
-        HeldResources { type_url, entries }
+        HeldResources {
+            type_url,
+            entries,
+            encoded: None,
+        }
+    }
+
+    /// Encodes the entries now, so the gRPC encoder (on the runtime worker that polls the
+    /// connection) only copies them: a caller encodes a full state of tens of MB where
+    /// it may block (see `xds::offload`). The bytes are exactly what `encode` writes.
+    pub fn pre_encode(&mut self) {
+        let mut buf = bytes::BytesMut::with_capacity(self.encoded_len());
+        self.encode(&mut buf);
+        self.encoded = Some(buf.freeze());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -96,6 +111,9 @@ impl HeldResources {
     }
 
     fn encoded_len(&self) -> usize {
+        if let Some(encoded) = &self.encoded {
+            return encoded.len();
+        }
         self.entries
             .iter()
             .map(|(name, r)| {
@@ -106,6 +124,10 @@ impl HeldResources {
     }
 
     fn encode(&self, buf: &mut impl BufMut) {
+        if let Some(encoded) = &self.encoded {
+            buf.put_slice(encoded);
+            return;
+        }
         for (name, r) in &self.entries {
             encode_key(RESOURCES, WireType::LengthDelimited, buf);
             encode_varint(self.entry_len(name, r) as u64, buf);
@@ -350,6 +372,11 @@ mod tests {
             let bytes = ours.encode_to_vec();
             assert_eq!(bytes, generated.encode_to_vec(), "pad {pad}");
             assert_eq!(ours.encoded_len(), bytes.len());
+            // Pre-encoded (off the runtime worker), the same bytes and length.
+            let mut pre = ours.clone();
+            pre.held.pre_encode();
+            assert_eq!(pre.encode_to_vec(), bytes, "pre-encoded, pad {pad}");
+            assert_eq!(pre.encoded_len(), bytes.len());
             // Decoding puts every resource in `resources`, in order.
             let back = DeltaDiscoveryResponse::decode(bytes.as_slice()).unwrap();
             assert!(back.held.is_empty());

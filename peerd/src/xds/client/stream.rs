@@ -18,6 +18,7 @@ use tonic::metadata::{MetadataKey, MetadataValue};
 
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::xds::codec::PeerdCodec;
+use crate::xds::offload;
 use crate::xds::received::ReceivedResponse;
 use crate::xds::transport::TlsConnectorService;
 use crate::xds::types::ResourceType;
@@ -181,7 +182,10 @@ impl AdsClient {
                 msg = inbound.message() => match msg {
                     Ok(Some(resp)) => {
                         *got_response = true;
-                        let reply = self.handle_response(resp, &mut synced);
+                        // Validating a full state (100k resources) takes a good part of a
+                        // second: not on the runtime worker.
+                        let heavy = resp.resources.len() >= offload::HEAVY_STEP;
+                        let reply = offload::run(heavy, || self.handle_response(resp, &mut synced));
                         if synced.iter().all(|s| *s) && silence_reported {
                             silence_reported = false;
                             self.stats.set_last_error("");

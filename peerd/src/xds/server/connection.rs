@@ -24,6 +24,7 @@ use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::view::{ChangeSet, View, ViewState};
 use crate::xds::resource::Resource;
 use crate::xds::response::HeldResources;
+use crate::xds::offload;
 use crate::xds::types::{PerType, ResourceType};
 
 type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
@@ -578,7 +579,11 @@ impl Connection {
                 continue;
             }
             let must_respond = std::mem::take(&mut ts.must_respond);
-            let (upserts, removed) = ts.diff(kind, &snapshot);
+            // A full diff of a large view (a stream's first response, a bulk load) walks
+            // every resource: not on the runtime worker.
+            let heavy = ts.dirty.len() >= offload::HEAVY_STEP
+                || (ts.full_diff && snapshot.len(kind) >= offload::HEAVY_STEP);
+            let (upserts, removed) = offload::run(heavy, || ts.diff(kind, &snapshot));
             if upserts.is_empty() && removed.is_empty() && !must_respond {
                 // Nothing changed for this client: once it has processed what is in
                 // flight, it is current as of this snapshot.
@@ -612,7 +617,9 @@ impl Connection {
                     .get_mut(kind)
                     .acked_view_version
             });
-            let chunks = chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label);
+            let chunks = offload::run(heavy, || {
+                chunk_response(kind, upserts, removed, max_bytes, &self.entry.view_label)
+            });
             let parts = chunks.len();
             if must_respond {
                 report_split(&self.entry, self.options.max_message_size, kind, parts);
@@ -631,26 +638,36 @@ impl Connection {
                         return false;
                     }
                 }
-                for (name, r) in &resources {
-                    ts.sent.insert(Arc::clone(name), Arc::clone(&r.version));
-                }
-                for name in &removed {
-                    ts.sent.remove(name);
-                }
                 self.next_nonce += 1;
                 let nonce = self.next_nonce;
-                ts.outstanding.push(
-                    nonce,
-                    if last {
-                        snapshot.version
-                    } else {
-                        prior.unwrap_or(0)
-                    },
-                    resources.iter().map(|(n, _)| Arc::clone(n)).collect(),
-                    &ts.sent,
-                );
+                let part_heavy = resources.len() + removed.len() >= offload::HEAVY_STEP;
+                let (held_resources, sent_count) = offload::run(part_heavy, || {
+                    for (name, r) in &resources {
+                        ts.sent.insert(Arc::clone(name), Arc::clone(&r.version));
+                    }
+                    for name in &removed {
+                        ts.sent.remove(name);
+                    }
+                    ts.outstanding.push(
+                        nonce,
+                        if last {
+                            snapshot.version
+                        } else {
+                            prior.unwrap_or(0)
+                        },
+                        resources.iter().map(|(n, _)| Arc::clone(n)).collect(),
+                        &ts.sent,
+                    );
+                    let count = resources.len();
+                    let mut held = HeldResources::new(kind.type_url(), resources);
+                    // The gRPC encoder then only copies the bytes.
+                    if part_heavy {
+                        held.pre_encode();
+                    }
+                    (held, count)
+                });
                 metrics::counter!("peerd_xds_server_responses_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(1);
-                metrics::counter!("peerd_xds_server_resources_sent_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(resources.len() as u64);
+                metrics::counter!("peerd_xds_server_resources_sent_total", "view" => self.entry.view_label.to_string(), "type" => kind.short_name()).increment(sent_count as u64);
                 let held = ts.sent.len() as u64;
                 self.entry.stats.update(kind, |t| {
                     t.last_nonce_sent = nonce.to_string();
@@ -658,7 +675,7 @@ impl Connection {
                 });
                 let response = discovery::DeltaDiscoveryResponse {
                     system_version_info: snapshot.version.to_string(),
-                    held: HeldResources::new(kind.type_url(), resources),
+                    held: held_resources,
                     type_url: kind.type_url().to_string(),
                     nonce: nonce.to_string(),
                     removed_resources: removed.into_iter().map(|n| n.to_string()).collect(),
