@@ -15,6 +15,7 @@ pub mod identity;
 pub mod kube;
 pub mod link;
 pub mod measure;
+pub mod memory;
 pub mod peers;
 pub mod peerstate;
 pub mod probe;

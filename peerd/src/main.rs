@@ -61,9 +61,26 @@ fn start_purger() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tune_allocator();
+    // Workers free their own pages when they go idle, and before they exit (mimalloc
+    // frees a page only on a call from its owner; see `peerd::memory`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(peerd::memory::release_if_due)
+        .on_thread_stop(peerd::memory::release_now)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("peerd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> ExitCode {
     let telemetry = peerd::telemetry::init();
     start_purger();
     let cli = peerd::cli::Cli::parse();

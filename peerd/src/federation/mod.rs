@@ -806,7 +806,13 @@ impl FederationThread {
             .name("federation".into())
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
+                    let started = std::time::Instant::now();
                     job();
+                    // A bulk merge freed what it replaced; this thread may now wait
+                    // for long (see `memory`).
+                    if started.elapsed() >= std::time::Duration::from_millis(10) {
+                        crate::memory::release_now();
+                    }
                 }
             });
         match spawned {

@@ -20,11 +20,17 @@ pub const HEAVY_STEP: usize = 2048;
 pub fn run<R>(heavy: bool, step: impl FnOnce() -> R) -> R {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if heavy && multi_thread {
+    let result = if heavy && multi_thread {
         tokio::task::block_in_place(step)
     } else {
         step()
+    };
+    if heavy {
+        // A bulk step frees what it replaced: give it back now, not when this thread
+        // next allocates (see `memory`).
+        crate::memory::release_now();
     }
+    result
 }
 
 #[cfg(test)]

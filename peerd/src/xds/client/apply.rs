@@ -29,6 +29,22 @@ const SHARE_RECEIVE_BUFFER_BYTES: usize = 1 << 20;
 /// another core). Removals go with the last part.
 const APPLY_PART: usize = 8192;
 
+/// A response with at least this many resources is validated on several threads (when
+/// the machine has the cores: the chart's one CPU means one): validation is most of the
+/// CPU of a full sync, and the sync is what a restarted node waits for.
+const PARALLEL_FROM: usize = 4096;
+/// Validation threads at most (the merge runs beside them on its own thread).
+const MAX_THREADS: usize = 4;
+
+/// One resource of a response part on its way through validation.
+enum Slot {
+    Malformed(usize, prost::DecodeError),
+    Duplicate,
+    Pending(Envelope),
+    Accepted(Resource),
+    Rejected(Arc<str>, String),
+}
+
 /// A NACK names at most this many rejected resources, then says how many more there
 /// were: a peer pushing 50k resources past the memory budget must not get (and we must
 /// not log) a NACK message of megabytes.
@@ -85,33 +101,44 @@ impl AdsClient {
         let mut upserted: HashSet<Arc<str>> = HashSet::new();
         let mut upserts = Vec::with_capacity(envelopes.len().min(APPLY_PART));
         let mut n_up = 0;
-        for (i, envelope) in envelopes.into_iter().enumerate() {
-            let envelope = match envelope {
-                Ok(e) => e,
-                Err(e) => {
+        let threads = if envelopes.len() >= PARALLEL_FROM {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+        } else {
+            1
+        };
+        let mut envelopes = envelopes.into_iter().enumerate().peekable();
+        while envelopes.peek().is_some() {
+            // One part: every slot in response order, validated (on several threads
+            // when the machine has the cores), then taken in order.
+            let mut slots: Vec<Slot> = envelopes
+                .by_ref()
+                .take(APPLY_PART)
+                .map(|(i, envelope)| match envelope {
+                    Err(e) => Slot::Malformed(i, e),
+                    Ok(e) if duplicated.contains(&*e.name) => Slot::Duplicate,
+                    Ok(e) => Slot::Pending(e),
+                })
+                .collect();
+            self.accept_slots(kind, &resp.type_url, &mut slots, share_buffer, threads);
+            for slot in slots {
+                match slot {
                     // No name to give: the position in the response says which.
-                    errors.push((
+                    Slot::Malformed(i, e) => errors.push((
                         format!("resources[{i}]"),
                         format!("malformed Resource: {e}"),
-                    ));
-                    continue;
+                    )),
+                    Slot::Duplicate | Slot::Pending(_) => {}
+                    Slot::Accepted(res) => upserts.push(Arc::new(res)),
+                    Slot::Rejected(name, reason) => errors.push((name.to_string(), reason)),
                 }
-            };
-            if duplicated.contains(&*envelope.name) {
-                continue;
-            }
-            let name = Arc::clone(&envelope.name);
-            match self.accept(kind, &resp.type_url, envelope, share_buffer) {
-                Ok(res) => upserts.push(Arc::new(res)),
-                Err(reason) => errors.push((name.to_string(), reason)),
-            }
-            if upserts.len() == APPLY_PART {
-                n_up += upserts.len();
-                if !resp.removed_resources.is_empty() {
-                    upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
+                if upserts.len() == APPLY_PART {
+                    n_up += upserts.len();
+                    if !resp.removed_resources.is_empty() {
+                        upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
+                    }
+                    self.store
+                        .apply(peer, kind, std::mem::take(&mut upserts), Vec::new());
                 }
-                self.store
-                    .apply(peer, kind, std::mem::take(&mut upserts), Vec::new());
             }
         }
         n_up += upserts.len();
@@ -176,6 +203,56 @@ impl AdsClient {
             }),
             ..ack
         }
+    }
+
+    /// Validates every pending slot in place, on up to `threads` threads (each takes a
+    /// contiguous share, so the order of the slots is kept).
+    fn accept_slots(
+        &self,
+        kind: ResourceType,
+        type_url: &str,
+        slots: &mut [Slot],
+        share_buffer: bool,
+        threads: usize,
+    ) {
+        let validate = |share: &mut [Slot]| {
+            for slot in share {
+                if let Slot::Pending(_) = slot {
+                    let Slot::Pending(envelope) = std::mem::replace(slot, Slot::Duplicate) else {
+                        continue;
+                    };
+                    let name = Arc::clone(&envelope.name);
+                    *slot = match self.accept(kind, type_url, envelope, share_buffer) {
+                        Ok(res) => Slot::Accepted(res),
+                        Err(reason) => Slot::Rejected(name, reason),
+                    };
+                }
+            }
+        };
+        if threads <= 1 || slots.len() < PARALLEL_FROM {
+            validate(slots);
+            return;
+        }
+        let share = slots.len().div_ceil(threads);
+        let validate = &validate;
+        std::thread::scope(|scope| {
+            let mut shares = slots.chunks_mut(share);
+            let mine = shares.next();
+            for other in shares {
+                let spawned = std::thread::Builder::new()
+                    .name("xds-validate".into())
+                    .spawn_scoped(scope, move || validate(other));
+                if let Err(e) = spawned {
+                    // The share is validated below, on this thread, once `mine` is done.
+                    tracing::debug!(error = %e, "xds client: validation thread not started");
+                }
+            }
+            if let Some(mine) = mine {
+                validate(mine);
+            }
+        });
+        // A share whose thread could not start is still pending.
+        validate(slots);
     }
 
     /// Validates one received resource. `Err` is the NACK reason.
