@@ -646,7 +646,10 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
             }
         }
         if Instant::now() > deadline
-            || clients.iter().chain(&direct_clients).any(|c| c.is_finished())
+            || clients
+                .iter()
+                .chain(&direct_clients)
+                .any(|c| c.is_finished())
         {
             bail!(
                 "no full federated view (or direct view) within {WAIT:?} (a client finished: {}):{}",

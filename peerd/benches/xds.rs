@@ -325,13 +325,9 @@ async fn downstream(
     tls: Arc<rustls::ClientConfig>,
     seen: Arc<Mutex<Seen>>,
 ) -> anyhow::Result<()> {
-    let (tx, mut responses) = support::downstream::subscribe(
-        upstream.addr,
-        upstream.server_name,
-        tls,
-        &upstream.token,
-    )
-    .await?;
+    let (tx, mut responses) =
+        support::downstream::subscribe(upstream.addr, upstream.server_name, tls, &upstream.token)
+            .await?;
     while let Some(r) = responses.message().await? {
         let now = Instant::now();
         let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
@@ -376,7 +372,11 @@ async fn wait_until(
     done: impl Fn(&Seen) -> bool,
 ) -> anyhow::Result<()> {
     loop {
-        if done(&*seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?) {
+        let reached = {
+            let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            done(&seen)
+        };
+        if reached {
             return Ok(());
         }
         if Instant::now() > deadline || client.is_finished() {
@@ -922,11 +922,7 @@ async fn memory_phase(
     wait_until(&seen, &client, deadline, "burst sync", |s| s.held == want).await?;
     let full_mb = settled_rss_mb(pid, SETTLE).await;
     for kind in ResourceType::ALL {
-        let removals: Vec<Arc<str>> = snapshot
-            .resources(kind)
-            .keys()
-            .map(Arc::clone)
-            .collect();
+        let removals: Vec<Arc<str>> = snapshot.resources(kind).keys().map(Arc::clone).collect();
         empty.view.apply(kind, [], removals);
     }
     let deadline = Instant::now() + Duration::from_secs(300);

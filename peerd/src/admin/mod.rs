@@ -310,7 +310,10 @@ mod tests {
             out
         };
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-        assert!(answer.contains("pending: local upstream synced"), "{answer}");
+        assert!(
+            answer.contains("pending: local upstream synced"),
+            "{answer}"
+        );
         cancel.cancel();
         server.await.unwrap();
     }

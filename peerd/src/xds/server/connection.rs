@@ -22,9 +22,9 @@ use super::{FastMap, FastSet, ServerOptions};
 use crate::bounded::{DISPLAY_LIMIT, truncate_for_display};
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::view::{ChangeSet, View, ViewState};
+use crate::xds::offload;
 use crate::xds::resource::Resource;
 use crate::xds::response::HeldResources;
-use crate::xds::offload;
 use crate::xds::types::{PerType, ResourceType};
 
 type Outbound = mpsc::Sender<Result<discovery::DeltaDiscoveryResponse, Status>>;
