@@ -534,6 +534,30 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
     let sync_cpu = percentile(&mut sync_cpu, 50.0);
     let pid = peerd.child.id();
 
+    // A ztunnel restarting next to a running peerd: a second client on the last peerd
+    // (already synced), against one more direct sync right after it.
+    let mut resyncs = Vec::with_capacity(size.sync_trials);
+    for _ in 0..size.sync_trials {
+        let again = Arc::new(Mutex::new(Seen::default()));
+        let started = Instant::now();
+        let resync = tokio::spawn(downstream(
+            Upstream::peerd(&peerd, &token),
+            Arc::clone(&tls),
+            Arc::clone(&again),
+        ));
+        wait_until(
+            &again,
+            &resync,
+            started + Duration::from_secs(300),
+            "a second client's sync from a synced peerd",
+            |s| s.held == want,
+        )
+        .await?;
+        resyncs.push(started.elapsed().as_secs_f64());
+        resync.abort();
+    }
+    let resync = percentile(&mut resyncs, 50.0);
+
     // Propagation: single workload changes at a fixed rate, received by the client of
     // peerd and, at the same time, by a client of the simulator (the direct path).
     let direct_seen = Arc::new(Mutex::new(Seen::default()));
@@ -727,6 +751,23 @@ async fn run(size: &Size) -> anyhow::Result<(Report, Vec<String>)> {
         sync / direct_sync,
         "x",
         if full { Goal::Below(1.5) } else { Goal::None },
+        Some(1.0),
+    );
+    report.row(
+        format!(
+            "client sync from an already synced peerd (median of {})",
+            size.sync_trials
+        ),
+        resync,
+        "s",
+        Goal::None,
+        Some(direct_sync),
+    );
+    report.row(
+        "its ratio to the direct path",
+        resync / direct_sync,
+        "x",
+        Goal::None,
         Some(1.0),
     );
     report.row("propagation p50", p50, "ms", Goal::None, Some(direct_p50));
