@@ -135,8 +135,13 @@ async fn subscriber(
 ) -> anyhow::Result<()> {
     let permit = slots.acquire_owned().await?;
     let (tx, mut responses) = loop {
-        match support::downstream::subscribe_as_peer(addr, &addr.ip().to_string(), Arc::clone(&tls), PEER)
-            .await?
+        match support::downstream::subscribe_as_peer(
+            addr,
+            &addr.ip().to_string(),
+            Arc::clone(&tls),
+            PEER,
+        )
+        .await?
         {
             Some(s) => break s,
             None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -437,7 +442,10 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
             bail!("peerd exited:\n{}", peerd.log_tail());
         }
         if Instant::now() > deadline || single.is_finished() {
-            bail!("the first subscriber never received the export:\n{}", peerd.log_tail());
+            bail!(
+                "the first subscriber never received the export:\n{}",
+                peerd.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -498,23 +506,12 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     }
     let connect_all = connect_started.elapsed().as_secs_f64();
     let cpu_connect = support::cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before_connect;
-    let short = seen
-        .iter()
-        .filter(|s| lock(s).resources < exported)
-        .count();
+    let short = seen.iter().filter(|s| lock(s).resources < exported).count();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = support::rss_mb(pid).unwrap_or(f64::NAN);
 
     let cpu_before_changes = support::cpu_seconds(pid).unwrap_or(f64::NAN);
-    let sent = send_changes(
-        &view,
-        &markers,
-        size.changes,
-        size.changes,
-        size.gap,
-        &seen,
-    )
-    .await?;
+    let sent = send_changes(&view, &markers, size.changes, size.changes, size.gap, &seen).await?;
     let cpu_changes = support::cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before_changes;
     let (mut every, mut to_all, missing) = latencies(&sent, &seen);
     let rss_peak = support::peak_rss_mb(pid).unwrap_or(f64::NAN);

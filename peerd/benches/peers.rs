@@ -231,11 +231,8 @@ async fn start_peer(
         .collect();
     exporter.on_local_change(&snapshot, ResourceType::Address, &names);
     let follower = {
-        let (exporter, source, cancel) = (
-            Arc::clone(&exporter),
-            Arc::clone(&source),
-            cancel.clone(),
-        );
+        let (exporter, source, cancel) =
+            (Arc::clone(&exporter), Arc::clone(&source), cancel.clone());
         async move {
             loop {
                 let change = tokio::select! {
@@ -642,7 +639,10 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         .write_to(&peers_tls)?;
     let roots = load_roots(&root)?;
     let tls = server_config(
-        CertSource::from_files(&peers_tls.join("cert-chain.pem"), &peers_tls.join("key.pem"))?,
+        CertSource::from_files(
+            &peers_tls.join("cert-chain.pem"),
+            &peers_tls.join("key.pem"),
+        )?,
         &ServerTlsOptions {
             client_auth: ClientAuth::Required(Arc::clone(&roots).into()),
             allow_tls12: false,

@@ -79,7 +79,9 @@ pub async fn subscribe_as_peer(
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(16);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("clusterid", cluster_id.parse()?);
+    request
+        .metadata_mut()
+        .insert("clusterid", cluster_id.parse()?);
     for kind in ResourceType::ALL {
         tx.send(discovery::DeltaDiscoveryRequest {
             type_url: kind.type_url().into(),
