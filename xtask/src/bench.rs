@@ -8,12 +8,16 @@
 //! - `kube`: the Kubernetes side against the emulated API server;
 //! - `federation`: three peered clusters (two flat, one multi-network), each a
 //!   simulated istiod + a real peerd process + a ztunnel-like client: first full
-//!   federated view, cross-cluster propagation under churn, per-peerd CPU and RSS.
+//!   federated view, cross-cluster propagation under churn, per-peerd CPU and RSS;
+//! - `peers`: one peerd with 50 peers x 2,000 exported workloads under churn: time to
+//!   the full merged view, RSS, CPU per second of churn, against one peer of the same total;
+//! - `fanout`: 1,000 mTLS subscribers of one export view: propagation of a change to all
+//!   of them (against one subscriber) and RSS per idle subscriber.
 
 use anyhow::bail;
 
 /// Benchmarks that exist, in the order `all` runs them.
-pub const BENCHES: &[&str] = &["xds", "probes", "kube", "federation"];
+pub const BENCHES: &[&str] = &["xds", "probes", "kube", "federation", "peers", "fanout"];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {

@@ -34,7 +34,7 @@ enum Cmd {
     },
     /// Formatting and clippy with warnings as errors.
     Lint,
-    /// Run a benchmark: `xds`, `federation`, `probes`, `kube`, or `all`.
+    /// Run a benchmark: `xds`, `federation`, `probes`, `kube`, `peers`, `fanout`, or `all`.
     Bench(bench::BenchArgs),
     /// Check deploy/ offline: render the chart and the Kustomize base, compare them,
     /// validate against Kubernetes 1.32 schemas, RBAC without wildcards, metric names.

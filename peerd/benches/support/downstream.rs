@@ -53,3 +53,46 @@ pub async fn subscribe(
         .into_inner();
     Ok((tx, responses))
 }
+
+/// Like [`subscribe`], as a peer's peerd reads an export view: no token (the client
+/// certificate in `tls` is the credential) and the `clusterid` header naming the peer.
+/// Returns `Ok(None)` when the server refused the stream (e.g. `UNAVAILABLE` before its
+/// export is ready), so the caller may retry.
+pub async fn subscribe_as_peer(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    cluster_id: &str,
+) -> anyhow::Result<Option<(mpsc::Sender<discovery::DeltaDiscoveryRequest>, Responses)>> {
+    let connector =
+        TlsConnectorService::new(addr.to_string(), server_name, tls, Duration::from_secs(30))?;
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+            .connect_with_connector(connector.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(16);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("clusterid", cluster_id.parse()?);
+    for kind in ResourceType::ALL {
+        tx.send(discovery::DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            node: Some(Default::default()),
+            ..Default::default()
+        })
+        .await?;
+    }
+    match client.delta_aggregated_resources(request).await {
+        Ok(r) => Ok(Some((tx, r.into_inner()))),
+        Err(status) if status.code() == tonic::Code::Unavailable => Ok(None),
+        Err(status) => Err(anyhow::anyhow!("export stream refused: {status}")),
+    }
+}

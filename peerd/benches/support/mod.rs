@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod child;
 pub mod downstream;
 
 use std::fmt::Write as _;
