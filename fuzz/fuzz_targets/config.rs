@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(ConfigError::Invalid(errors)) => {
-            assert!(!errors.is_empty(), "an invalid config names at least one field");
+            assert!(
+                !errors.is_empty(),
+                "an invalid config names at least one field"
+            );
         }
         Err(other) => panic!("resolve failed with a non-validation error: {other}"),
     }

@@ -40,7 +40,8 @@ fn local_config() -> &'static Config {
     CONFIG.get_or_init(|| {
         let file = Config::parse_file("cluster: local\nnetwork: net-local\nflatNetworks: true\n")
             .expect("literal config parses");
-        resolve(file, &Env::default(), &Overrides::default(), None).expect("literal config is valid")
+        resolve(file, &Env::default(), &Overrides::default(), None)
+            .expect("literal config is valid")
     })
 }
 
@@ -55,13 +56,17 @@ fuzz_target!(|data: &[u8]| {
         flat_networks: true,
     };
     let mut resolver = StaticResolver::default();
-    resolver
-        .table
-        .insert("peer.example.com".into(), vec!["127.0.0.9".parse().expect("literal")]);
+    resolver.table.insert(
+        "peer.example.com".into(),
+        vec!["127.0.0.9".parse().expect("literal")],
+    );
     for gateway in &found {
         let spec = gateway_spec(gateway, "cluster.local");
         if let Ok(model) = PeerModel::build(&spec, &local) {
-            assert_ne!(model.cluster, local.cluster, "a peer is never the local cluster");
+            assert_ne!(
+                model.cluster, local.cluster,
+                "a peer is never the local cluster"
+            );
         }
         let _ = parse_peer_gateway(gateway, &local.cluster);
         for sandbox in [false, true] {

@@ -35,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(claimed.lease_duration_seconds, Some(15));
     let before = spec.lease_transitions.unwrap_or(0);
     if spec.holder_identity.as_deref().unwrap_or_default() == identity {
-        assert_eq!(claimed.lease_transitions, spec.lease_transitions, "a renewal is no transition");
+        assert_eq!(
+            claimed.lease_transitions, spec.lease_transitions,
+            "a renewal is no transition"
+        );
     } else {
         assert_eq!(claimed.lease_transitions, Some(before.saturating_add(1)));
     }

@@ -40,5 +40,8 @@ fuzz_target!(|data: &[u8]| {
         ));
     }
     let own = Resource::from_body(kind, body).expect("valid");
-    assert!(peerd::xds::resource::is_content_version(&own.version, &own.body));
+    assert!(peerd::xds::resource::is_content_version(
+        &own.version,
+        &own.body
+    ));
 });

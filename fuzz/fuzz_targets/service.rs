@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
     if found.is_empty() {
         return;
     }
-    let labelled: Vec<Arc<Service>> = found.iter().filter(|s| is_global_service(s)).cloned().collect();
+    let labelled: Vec<Arc<Service>> = found
+        .iter()
+        .filter(|s| is_global_service(s))
+        .cloned()
+        .collect();
     let global = global_services(&BTreeSet::new(), &labelled);
     for s in &labelled {
         assert!(global.contains(&ServiceRef {
@@ -53,7 +57,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let exports: Vec<Arc<ServiceExport>> = found
         .iter()
-        .map(|s| Arc::new(ServiceExport::new(&s.namespace().unwrap_or_default(), &s.name_any())))
+        .map(|s| {
+            Arc::new(ServiceExport::new(
+                &s.namespace().unwrap_or_default(),
+                &s.name_any(),
+            ))
+        })
         .collect();
     let exported = exported_services(&exports, &found);
     assert!(exported.len() <= exports.len());
@@ -81,7 +90,10 @@ fuzz_target!(|data: &[u8]| {
         };
         assert_eq!(service.hostname(), hostname, "the hostname round-trips");
         if let Some((ns, svc)) = global_service_of_key(&format!("{namespace}/{hostname}")) {
-            assert_eq!((ns.as_str(), svc.as_str()), (namespace.as_str(), name.as_str()));
+            assert_eq!(
+                (ns.as_str(), svc.as_str()),
+                (namespace.as_str(), name.as_str())
+            );
         }
         assert!(!service_entry_name(&service).is_empty());
         imported.push(service);
@@ -89,7 +101,11 @@ fuzz_target!(|data: &[u8]| {
     let peers = [false, true].map(|flat| PeerExports {
         cluster: if flat { "flat-peer" } else { "remote-peer" }.into(),
         network: if flat { "net-local" } else { "net-remote" }.into(),
-        mode: PeerNetworkMode::decide(if flat { "net-local" } else { "net-remote" }, "net-local", true),
+        mode: PeerNetworkMode::decide(
+            if flat { "net-local" } else { "net-remote" },
+            "net-local",
+            true,
+        ),
         workloads: Vec::new(),
         services: imported.clone(),
     });

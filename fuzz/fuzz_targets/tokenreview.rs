@@ -18,7 +18,13 @@ fuzz_target!(|data: &[u8]| {
             Ok(identity) => {
                 assert_eq!(status.authenticated, Some(true));
                 if !audiences.is_empty() {
-                    assert!(status.audiences.iter().flatten().any(|a| audiences.contains(a)));
+                    assert!(
+                        status
+                            .audiences
+                            .iter()
+                            .flatten()
+                            .any(|a| audiences.contains(a))
+                    );
                 }
                 let user = status.user.clone().unwrap_or_default();
                 assert_eq!(identity, user.username.unwrap_or_default());
@@ -26,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => assert!(
                 status.authenticated != Some(true)
                     || (!audiences.is_empty()
-                        && !status.audiences.iter().flatten().any(|a| audiences.contains(a)))
+                        && !status
+                            .audiences
+                            .iter()
+                            .flatten()
+                            .any(|a| audiences.contains(a)))
             ),
         }
     }

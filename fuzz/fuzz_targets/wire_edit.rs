@@ -23,15 +23,27 @@ use prost::Message;
 
 #[derive(Arbitrary, Debug, Clone)]
 enum Gateway {
-    Address { network: String, ip: IpAddr, port: u32 },
-    Hostname { namespace: String, hostname: String, port: u32 },
+    Address {
+        network: String,
+        ip: IpAddr,
+        port: u32,
+    },
+    Hostname {
+        namespace: String,
+        hostname: String,
+        port: u32,
+    },
 }
 
 impl Gateway {
     fn message(&self) -> GatewayAddress {
         match self {
             Gateway::Address { network, ip, port } => wire::gateway_address(network, *ip, *port),
-            Gateway::Hostname { namespace, hostname, port } => GatewayAddress {
+            Gateway::Hostname {
+                namespace,
+                hostname,
+                port,
+            } => GatewayAddress {
                 hbone_mtls_port: *port,
                 destination: Some(gateway_address::Destination::Hostname(NamespacedHostname {
                     namespace: namespace.clone(),
@@ -51,7 +63,10 @@ enum WorkloadOp {
     Waypoint(Option<Gateway>),
     /// Keys become `prefix + key`; with `drop_odd`, keys of odd length are dropped
     /// (an injective rename, so the expected map does not depend on entry order).
-    RenameServices { prefix: String, drop_odd: bool },
+    RenameServices {
+        prefix: String,
+        drop_odd: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -114,7 +129,10 @@ fn apply_wire(edit: &Edit, address: &[u8]) -> Result<bytes::Bytes, WireError> {
                     ServiceOp::RemoveAddresses => {
                         s.remove_addresses();
                     }
-                    ServiceOp::RetargetWeightedWaypoints { namespace, hostname } => {
+                    ServiceOp::RetargetWeightedWaypoints {
+                        namespace,
+                        hostname,
+                    } => {
                         s.rewrite_weighted_waypoints(|entry| {
                             wire::retarget_weighted_waypoint(entry, namespace, hostname)
                                 .map(Rewrite::Replace)
@@ -167,17 +185,18 @@ fn apply_service_op(op: &ServiceOp, s: &mut Service) {
         ServiceOp::Hostname(h) => s.hostname = h.clone(),
         ServiceOp::Waypoint(g) => s.waypoint = g.as_ref().map(Gateway::message),
         ServiceOp::RemoveAddresses => s.addresses.clear(),
-        ServiceOp::RetargetWeightedWaypoints { namespace, hostname } => {
+        ServiceOp::RetargetWeightedWaypoints {
+            namespace,
+            hostname,
+        } => {
             for ww in &mut s.weighted_waypoints {
                 let port = ww.destination.as_ref().map_or(0, |d| d.hbone_mtls_port);
                 ww.destination = Some(GatewayAddress {
                     hbone_mtls_port: port,
-                    destination: Some(gateway_address::Destination::Hostname(
-                        NamespacedHostname {
-                            namespace: namespace.clone(),
-                            hostname: hostname.clone(),
-                        },
-                    )),
+                    destination: Some(gateway_address::Destination::Hostname(NamespacedHostname {
+                        namespace: namespace.clone(),
+                        hostname: hostname.clone(),
+                    })),
                 });
             }
         }
@@ -271,7 +290,10 @@ fuzz_target!(|data: &[u8]| {
         "Address fields other than the oneof changed"
     );
     assert_eq!(
-        out_fields.iter().filter(|f| f.number == 1 || f.number == 2).count(),
+        out_fields
+            .iter()
+            .filter(|f| f.number == 1 || f.number == 2)
+            .count(),
         1,
         "the output holds exactly one oneof member"
     );

@@ -48,7 +48,9 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
 /// is the number of the group being read, whose end tag is returned as `u32::MAX`.
 fn skip_field(buf: &[u8], pos: &mut usize, group: Option<u32>, depth: usize) -> Option<u32> {
     let key = varint(buf, pos)?;
-    let number = u32::try_from(key >> 3).ok().filter(|n| *n >= 1 && *n < (1 << 29))?;
+    let number = u32::try_from(key >> 3)
+        .ok()
+        .filter(|n| *n >= 1 && *n < (1 << 29))?;
     match key & 7 {
         0 => {
             varint(buf, pos)?;

@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 
 pub fn lint() -> anyhow::Result<()> {
     crate::cargo(&["fmt", "--all", "--check"])?;
+    // The fuzz crate is its own workspace; `--all` does not reach it.
+    crate::cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
     crate::cargo(&[
         "clippy",
         "--workspace",
