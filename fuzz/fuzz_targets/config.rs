@@ -1,15 +1,25 @@
 //! The config loader: YAML text → `Config::parse_file` → `config::resolve` (environment,
 //! overrides, defaults, validation), as `peerd run` and a reload do. A config either
 //! loads or is rejected with field errors; a loaded config names its local upstream.
+//! Each word of the input is also read as a duration, which must print back to itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peerd::config::{Config, ConfigError, Env, Overrides, resolve};
+use peerd::config::{
+    Config, ConfigError, Env, Overrides, format_duration, parse_duration, resolve,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // Every duration field goes through `parse_duration`: what it accepts prints back
+    // to itself.
+    for word in text.split_whitespace().take(8) {
+        if let Ok(d) = parse_duration(word) {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{word:?}");
+        }
+    }
     let Ok(file) = Config::parse_file(text) else {
         return;
     };
