@@ -3,6 +3,7 @@
 
 mod bench;
 mod chart;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -22,8 +23,8 @@ struct Cli {
 enum Cmd {
     /// Install what the tests need (apt/pip) when missing; idempotent.
     Setup,
-    /// Every check and test CI runs: setup, fmt, clippy, cargo tests, Python tests,
-    /// and `bench all --quick` so benchmarks never rot.
+    /// Every check and test CI runs: setup, fmt, clippy, cargo tests, Python tests, the
+    /// fuzz smoke (each target 15 s) and `bench all --quick` so benchmarks never rot.
     Test {
         /// Do not install missing packages (fail instead).
         #[arg(long)]
@@ -31,6 +32,9 @@ enum Cmd {
         /// Skip `bench all --quick`.
         #[arg(long)]
         no_bench: bool,
+        /// Skip the fuzz smoke (each target briefly, see `cargo xtask fuzz`).
+        #[arg(long)]
+        no_fuzz: bool,
     },
     /// Formatting and clippy with warnings as errors.
     Lint,
@@ -43,6 +47,10 @@ enum Cmd {
         #[arg(long)]
         template: bool,
     },
+    /// Coverage-guided fuzzing of the parsers facing the network and the API server
+    /// (`fuzz/`, cargo-fuzz): seeds from the simulated population, N seconds per target,
+    /// a table of executions, corpus and crashes. Any crash fails the run.
+    Fuzz(fuzz::FuzzArgs),
     /// Run `peerd-sandbox` (release build, with the release `peerd` it runs per
     /// cluster), passing the remaining arguments. As root, first installs what the eBPF
     /// probes need when missing.
@@ -56,11 +64,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Setup => setup::run(),
-        Cmd::Test { no_setup, no_bench } => test::run(!no_setup, !no_bench),
+        Cmd::Test {
+            no_setup,
+            no_bench,
+            no_fuzz,
+        } => test::run(!no_setup, !no_bench, !no_fuzz),
         Cmd::Lint => test::lint(),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Chart { template: false } => chart::run(),
         Cmd::Chart { template: true } => chart::template(),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Sandbox { args } => sandbox(&args),
     };
     match result {

@@ -23,6 +23,8 @@ const APT: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     // `cargo xtask chart`: Helm's template engine (xtask/chart-render) is built with Go.
     ("go", "golang-go"),
+    // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer (C++).
+    ("c++", "g++"),
 ];
 const APT_FILES: &[(&str, &str)] = &[
     // Go sources of Helm's template engine (sprig, sigs.k8s.io/yaml) for xtask/chart-render.

@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 
 pub fn lint() -> anyhow::Result<()> {
     crate::cargo(&["fmt", "--all", "--check"])?;
+    // The fuzz crate is its own workspace; `--all` does not reach it.
+    crate::cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
     crate::cargo(&[
         "clippy",
         "--workspace",
@@ -66,7 +68,10 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn run(setup: bool, bench: bool) -> anyhow::Result<()> {
+/// Seconds each fuzz target runs in the suite's smoke (`cargo xtask fuzz` runs longer).
+const FUZZ_SMOKE_SECS: u64 = 15;
+
+pub fn run(setup: bool, bench: bool, fuzz: bool) -> anyhow::Result<()> {
     if setup {
         crate::setup::run()?;
     }
@@ -84,6 +89,13 @@ pub fn run(setup: bool, bench: bool) -> anyhow::Result<()> {
                 .args(["-m", "pytest", "-q"])
                 .arg(&py),
         )?;
+    }
+    if fuzz {
+        crate::fuzz::run(&crate::fuzz::FuzzArgs {
+            target: None,
+            secs: FUZZ_SMOKE_SECS,
+            asan: false,
+        })?;
     }
     if bench {
         crate::bench::run(&crate::bench::BenchArgs::all_quick())?;

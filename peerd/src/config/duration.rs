@@ -51,7 +51,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         for digit in fraction.chars() {
             let digit = u128::from(digit.to_digit(10).ok_or_else(bad)?);
             scale /= 10;
-            term += digit * scale;
+            term = term.checked_add(digit * scale).ok_or_else(bad)?;
         }
         total = total.checked_add(term).ok_or_else(bad)?;
         rest = after;
@@ -122,6 +122,10 @@ mod tests {
             "5sm",
             ".s",
             "99999999999999999999999h",
+            // The largest whole number of hours that fits, plus fractions that do not:
+            // an error, not an overflow (a panic in debug builds, a wrapped tiny
+            // duration in release builds).
+            "94522879700260684295381835.999h",
         ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("is not a duration"), "{bad:?}: {err}");

@@ -278,16 +278,12 @@ impl LeaseCampaign {
         if !ours && !released && !lease_expired(&spec, observed_at, Instant::now()) {
             return Ok(Attempt::Other(holder));
         }
-        let mut new_spec = spec.clone();
-        new_spec.renew_time = Some(now.clone());
-        new_spec.lease_duration_seconds = Some(duration_secs);
-        if !ours {
-            new_spec.holder_identity = Some(self.config.identity.clone());
-            new_spec.acquire_time = Some(now);
-            new_spec.lease_transitions =
-                Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
-        }
-        lease.spec = Some(new_spec);
+        lease.spec = Some(claimed_spec(
+            &spec,
+            &self.config.identity,
+            now,
+            duration_secs,
+        ));
         // `replace` sends our resourceVersion: a concurrent writer makes this a 409.
         match self.api.replace(name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(Attempt::Held(started)),
@@ -332,11 +328,33 @@ impl LeaseCampaign {
     }
 }
 
+/// The spec `identity` writes to claim a lease read as `spec`: a renewal (ours: only the
+/// renew time and duration change) or a takeover (new holder and acquire time, one more
+/// transition, saturating).
+pub fn claimed_spec(
+    spec: &LeaseSpec,
+    identity: &str,
+    now: MicroTime,
+    duration_secs: i32,
+) -> LeaseSpec {
+    let mut claimed = spec.clone();
+    claimed.renew_time = Some(now.clone());
+    claimed.lease_duration_seconds = Some(duration_secs);
+    if spec.holder_identity.as_deref().unwrap_or_default() != identity {
+        claimed.holder_identity = Some(identity.to_string());
+        claimed.acquire_time = Some(now);
+        claimed.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    }
+    claimed
+}
+
 /// A held lease is free once it has not changed for its leaseDuration since this
 /// process first saw it in its current state (`observed_at`, local monotonic time). The
 /// holder's renewTime is only a change marker: comparing it with our wall clock would
 /// let a skewed clock hand the lease to two replicas.
-fn lease_expired(spec: &LeaseSpec, observed_at: Instant, now: Instant) -> bool {
+/// Public (with [`claimed_spec`]) so the fuzz target checks both on arbitrary Leases
+/// read from the API server.
+pub fn lease_expired(spec: &LeaseSpec, observed_at: Instant, now: Instant) -> bool {
     let seconds = u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0);
     now.saturating_duration_since(observed_at) >= Duration::from_secs(seconds)
 }

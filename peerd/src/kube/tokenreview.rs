@@ -39,7 +39,8 @@ impl Default for TokenReviewConfig {
     }
 }
 
-type Verdict = Result<String, AuthError>;
+/// The identity of an accepted token, or why it was not accepted.
+pub type Verdict = Result<String, AuthError>;
 
 /// Verifies tokens with TokenReview, caching verdicts for `ttl`.
 pub struct TokenReviewVerifier {
@@ -92,19 +93,26 @@ impl TokenReviewVerifier {
             .await
             // The error text of a failed request never includes the body we sent.
             .map_err(|err| AuthError::Unavailable(format!("TokenReview failed: {err}")))?;
-        let status = response.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
+        verdict(response, &self.config.audiences)
+    }
+}
+
+/// What a TokenReview answer means: the reviewed identity (the username) when the token
+/// is authenticated and, if `audiences` is not empty, one of them was granted; else
+/// `Invalid`. Public so the fuzz target checks it on arbitrary API-server answers.
+pub fn verdict(response: TokenReview, audiences: &[String]) -> Verdict {
+    let status = response.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(AuthError::Invalid);
+    }
+    if !audiences.is_empty() {
+        let granted = status.audiences.unwrap_or_default();
+        if !granted.iter().any(|a| audiences.contains(a)) {
             return Err(AuthError::Invalid);
         }
-        if !self.config.audiences.is_empty() {
-            let granted = status.audiences.unwrap_or_default();
-            if !granted.iter().any(|a| self.config.audiences.contains(a)) {
-                return Err(AuthError::Invalid);
-            }
-        }
-        let user = status.user.unwrap_or_default();
-        Ok(user.username.unwrap_or_default())
     }
+    let user = status.user.unwrap_or_default();
+    Ok(user.username.unwrap_or_default())
 }
 
 #[async_trait]

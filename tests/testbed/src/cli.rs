@@ -32,6 +32,13 @@ pub enum Command {
     /// A ztunnel-like client of a running sandbox's cluster: prints the workloads it holds
     /// per origin cluster whenever they change (for timing link, unlink and restarts).
     ZtunnelWatch(ZtunnelWatchArgs),
+    /// Writes seed corpora for the fuzz targets (`fuzz/`) under OUT/<target>/: the
+    /// simulated population's resources and responses, the sample configs, and objects
+    /// as the emulated API server answers them (`cargo xtask fuzz` runs this).
+    FuzzSeeds {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +145,11 @@ pub struct SimIstiodArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Sim(SimCommand::Istiod(args))) => run_sim_istiod(args).await,
+        Some(Command::FuzzSeeds { out }) => {
+            let written = crate::fuzz_seeds::write(&out).await?;
+            println!("wrote {written} seeds under {}", out.display());
+            Ok(())
+        }
         Some(Command::ZtunnelWatch(args)) => {
             crate::sandbox::watch::run(
                 &args.state_dir,

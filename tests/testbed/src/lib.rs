@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cli;
 pub mod emulator;
+pub mod fuzz_seeds;
 pub mod pki;
 pub mod sandbox;
 pub mod sim;
