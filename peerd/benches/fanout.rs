@@ -115,6 +115,8 @@ struct Seen {
     /// Responses per type (the first of each is the full export).
     responses: [usize; 2],
     resources: usize,
+    /// Encoded size of the first Address response (the whole export).
+    first_bytes: usize,
     /// Marker `node` value → arrival.
     markers: HashMap<String, Instant>,
 }
@@ -155,6 +157,9 @@ async fn subscriber(
         };
         {
             let mut seen = lock(&seen);
+            if kind == ResourceType::Address && seen.responses[kind.index()] == 0 {
+                seen.first_bytes = r.encoded_len();
+            }
             seen.responses[kind.index()] += 1;
             seen.resources += r.resources.len();
             for res in &r.resources {
@@ -449,7 +454,10 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let exported = lock(&one).resources;
+    let (exported, first_bytes) = {
+        let one = lock(&one);
+        (one.resources, one.first_bytes)
+    };
     let sent = send_changes(
         &view,
         &markers,
@@ -576,6 +584,13 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
         (rss_idle - rss_none) * 1024.0 / n as f64,
         "KB",
         goal(Goal::Below(50.0)),
+        None,
+    );
+    report.row(
+        "first export response (what each stream encodes)",
+        first_bytes as f64 / 1024.0,
+        "KB",
+        Goal::None,
         None,
     );
     report.row("peerd RSS, no subscriber", rss_none, "MB", Goal::None, None);
