@@ -29,11 +29,11 @@ fuzz_target!(|data: &[u8]| {
         .expect("a body that summarizes is valid under its semantic name");
     assert_eq!(resource.body, body, "the body is kept as received");
     assert_eq!(&*resource.name, name.as_str());
-    assert_eq!(resource.semantic_name(), name);
+    assert_eq!(resource.summary.semantic_name(), name);
     let _ = resource.decode_address();
     let _ = (resource.as_workload(), resource.as_service());
     let wrong = format!("{name}#not-it");
-    if !resource.has_semantic_name(&wrong) {
+    if !resource.summary.has_semantic_name(&wrong) {
         assert!(matches!(
             Resource::from_wire(kind, wrong.as_str(), "v1", body.clone()),
             Err(ResourceError::NameMismatch { .. })

@@ -207,12 +207,32 @@ fn run_target(
         .filter(|p| !before.contains(p))
         .collect();
     if !out.status.success() || !crashes.is_empty() {
-        // The fuzzer's own report: the panic message and the input's location.
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        // The fuzzer's own report, without the backtrace: the panic message, the
+        // failure kind and where the input was written.
+        let report: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "panicked at",
+                    "SUMMARY:",
+                    "Test unit written",
+                    "ERROR: libFuzzer",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect();
+        let message: Vec<&str> = log
+            .lines()
+            .skip_while(|l| !l.contains("panicked at"))
+            .skip(1)
+            .take(3)
+            .collect();
         eprintln!(
-            "xtask fuzz: {target} failed ({}):\n{}",
+            "xtask fuzz: {target} failed ({}):\n{}\n{}",
             out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            report.join("\n"),
+            message.join("\n")
         );
         if crashes.is_empty() {
             bail!(

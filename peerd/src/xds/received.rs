@@ -143,22 +143,27 @@ impl From<WireResource> for Envelope {
 /// Anything else (`None`) is left to the generated decoder, errors included.
 fn read_plain(raw: &Bytes) -> Option<Envelope> {
     let mut buf: &[u8] = raw;
-    let (mut name, mut version, mut payload) = (&[][..], &[][..], None);
+    let (mut name, mut version, mut payload) = ("", "", None);
     while !buf.is_empty() {
         let (tag, field) = take_length_delimited(&mut buf)?;
         match tag {
-            // Proto3 scalars: the last occurrence wins.
-            RESOURCE_VERSION => version = field,
-            RESOURCE_NAME => name = field,
+            // Proto3 scalars: the last occurrence wins, but the generated decoder checks
+            // every occurrence's UTF-8 (an invalid earlier one fails the whole message).
+            RESOURCE_VERSION => version = utf8(field)?,
+            RESOURCE_NAME => name = utf8(field)?,
             RESOURCE_ANY if payload.is_none() => payload = Some(read_plain_any(raw, field)?),
             _ => return None,
         }
     }
     Some(Envelope {
-        name: Arc::from(std::str::from_utf8(name).ok()?),
-        version: Arc::from(std::str::from_utf8(version).ok()?),
+        name: Arc::from(name),
+        version: Arc::from(version),
         payload,
     })
+}
+
+fn utf8(field: &[u8]) -> Option<&str> {
+    std::str::from_utf8(field).ok()
 }
 
 fn read_plain_any(raw: &Bytes, mut buf: &[u8]) -> Option<Payload> {
@@ -166,12 +171,11 @@ fn read_plain_any(raw: &Bytes, mut buf: &[u8]) -> Option<Payload> {
     while !buf.is_empty() {
         let (tag, field) = take_length_delimited(&mut buf)?;
         match tag {
-            ANY_TYPE_URL => type_url = field,
+            ANY_TYPE_URL => type_url = utf8(field)?.as_bytes(),
             ANY_VALUE => value = field,
             _ => return None,
         }
     }
-    std::str::from_utf8(type_url).ok()?;
     Some(Payload {
         type_url: raw.slice_ref(type_url),
         value: raw.slice_ref(value),
@@ -318,6 +322,47 @@ mod tests {
                 (Err(_), Err(_)) => {}
                 _ => panic!("{label}: ours {ours:?}, generated {theirs:?}"),
             }
+        }
+    }
+
+    /// Found by the `envelope` fuzz target: a string field repeated with invalid UTF-8
+    /// before a valid value was accepted (only the last value was checked), while the
+    /// generated decoder rejects the whole Resource.
+    #[test]
+    fn an_invalid_string_overridden_by_a_later_one_is_still_rejected() {
+        let any = |inner: Vec<u8>| field(RESOURCE_ANY, &inner);
+        let cases: [(&str, Vec<u8>); 3] = [
+            (
+                "version",
+                [
+                    field(RESOURCE_VERSION, &[0xb3]),
+                    field(RESOURCE_VERSION, b"v1"),
+                ]
+                .concat(),
+            ),
+            (
+                "name",
+                [
+                    field(RESOURCE_NAME, &[0xff, 0xfe]),
+                    field(RESOURCE_NAME, b"a"),
+                ]
+                .concat(),
+            ),
+            (
+                "type_url",
+                any([field(ANY_TYPE_URL, &[0xc3]), field(ANY_TYPE_URL, b"t")].concat()),
+            ),
+        ];
+        for (label, raw) in cases {
+            assert!(
+                generated(&raw).is_err(),
+                "{label}: the generated decoder rejects it"
+            );
+            let err = Envelope::parse(&Bytes::from(raw)).unwrap_err();
+            assert!(
+                err.to_string().contains("invalid string"),
+                "{label}: a clear decode error, got {err}"
+            );
         }
     }
 
