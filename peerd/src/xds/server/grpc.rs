@@ -73,8 +73,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
         Box::pin(async move {
             if req.uri().path() != DELTA_PATH {
                 // The state-of-the-world RPC and any unknown method, as tonic answers them.
-                return Ok(Status::unimplemented("only DeltaAggregatedResources is served")
-                    .into_http());
+                return Ok(
+                    Status::unimplemented("only DeltaAggregatedResources is served").into_http(),
+                );
             }
             if let Some(encoding) = req.headers().get("grpc-encoding")
                 && encoding.as_bytes() != b"identity"
@@ -107,13 +108,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
             }));
             Ok(match server.open_stream(request).await {
                 Ok(responses) => {
-                    let mut response = http::Response::new(tonic::body::Body::new(
-                        ResponseBody {
-                            responses,
-                            max_message_size: max,
-                            ended: false,
-                        },
-                    ));
+                    let mut response = http::Response::new(tonic::body::Body::new(ResponseBody {
+                        responses,
+                        max_message_size: max,
+                        ended: false,
+                    }));
                     response.headers_mut().insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("application/grpc"),
@@ -145,8 +144,7 @@ impl http_body::Body for ResponseBody {
             return Poll::Ready(None);
         }
         let next = std::task::ready!(self.responses.poll_recv(cx));
-        let frame = match next.map(|r| r.and_then(|m| frame_message(&m, self.max_message_size)))
-        {
+        let frame = match next.map(|r| r.and_then(|m| frame_message(&m, self.max_message_size))) {
             Some(Ok(data)) => Frame::data(data),
             Some(Err(status)) => self.end(&status),
             None => self.end(&Status::ok("")),
