@@ -12,6 +12,11 @@
 //! only after the large one was sent may still get its block back for reuse: `bytes`
 //! reclaims a buffer nobody else holds.
 //!
+//! What it cannot do: free that per-stream buffer. After the split, the emptied buffer
+//! still owns the allocation, so an idle stream keeps a block the size of its largest
+//! message. The ADS server therefore frames its responses itself
+//! (`xds::server::grpc`); this codec still serves every other service and client.
+//!
 //! It owns only buffer sizing; it must never change what is encoded or decoded.
 
 use std::marker::PhantomData;

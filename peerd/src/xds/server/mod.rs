@@ -4,7 +4,8 @@
 //! registry.
 //!
 //! Only `DeltaAggregatedResources` is served; the state-of-the-world RPC is answered with
-//! `Unimplemented` (tonic's default for a method the service does not define).
+//! `Unimplemented`. The gRPC service is hand-written ([`grpc`]) so each response is framed
+//! in a buffer of its own, freed once sent: an idle stream holds no response bytes.
 //! It never copies a whole view per change and never lets one connection slow another.
 //!
 //! A request tonic cannot decode ends its stream with `RESOURCE_EXHAUSTED` (over
@@ -19,6 +20,7 @@
 //! the known types are unaffected.
 
 mod connection;
+mod grpc;
 mod outstanding;
 pub mod registry;
 
@@ -28,18 +30,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::proto::envoy::service::discovery::v3 as discovery;
-use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use crate::xds::auth::{BearerToken, ConnectionInfo, ViewSelector, parse_bearer};
 use crate::xds::transport::{PeerConnInfo, tls_incoming};
 
 pub use connection::nacked_names;
+pub use grpc::AdsService;
 pub use registry::{AckEvent, SubscriberInfo, Subscribers, TypeProgress};
 
 /// Per-connection maps keyed by resource names (100k+ entries on a large mesh): a fast
@@ -111,10 +110,9 @@ impl AdsServer {
     }
 
     /// The gRPC service, to mount on a tonic router of one's own.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(self.options.max_message_size)
-            .max_encoding_message_size(self.options.max_message_size)
+    /// Requests and responses are limited to `max_message_size`.
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.clone())
     }
 
     /// Serves TLS (ALPN h2 is added to `tls` if missing) on `listener` until `shutdown`
@@ -183,15 +181,13 @@ fn connection_info<T>(req: &Request<T>) -> ConnectionInfo {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type DeltaAggregatedResourcesStream =
-        ReceiverStream<Result<discovery::DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
+impl AdsServer {
+    /// Authenticates a `DeltaAggregatedResources` stream, registers it and starts its
+    /// task; returns what the task sends to the client.
+    async fn open_stream(
         &self,
         request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<grpc::Responses, Status> {
         let info = connection_info(&request);
         let remote = info
             .remote_addr
@@ -227,6 +223,6 @@ impl AggregatedDiscoveryService for AdsServer {
             gauge.decrement(1.0);
             subscribers.unregister(entry.id);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
