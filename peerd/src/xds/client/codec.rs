@@ -113,7 +113,10 @@ mod tests {
     fn after_a_large_message_the_receive_buffer_does_not_keep_its_block() {
         let mut decoder = ReceiveDecoder::default();
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        assert_eq!(receive(&mut decoder, &mut buf, &response("n1", 1 << 20)), "n1");
+        assert_eq!(
+            receive(&mut decoder, &mut buf, &response("n1", 1 << 20)),
+            "n1"
+        );
         assert_eq!(receive(&mut decoder, &mut buf, &response("n2", 100)), "n2");
         // Without the held message the buffer reclaims the whole 1 MiB block for good.
         assert!(
@@ -121,7 +124,10 @@ mod tests {
             "receive buffer kept {} bytes",
             buf.capacity()
         );
-        assert_eq!(decoder.previous.as_ref().map(Bytes::len), Some(response("n2", 100).len()));
+        assert_eq!(
+            decoder.previous.as_ref().map(Bytes::len),
+            Some(response("n2", 100).len())
+        );
     }
 
     #[test]
