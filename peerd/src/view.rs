@@ -166,6 +166,10 @@ pub struct View {
 
 /// How many change sets a subscriber may fall behind before it must resync fully.
 const CHANGE_RING: usize = 4096;
+/// The same for a view nobody is served from (an origin in the store): the ring is
+/// allocated in full when the view is made (about 160 KB at 4096 slots, one per peer),
+/// and nothing in peerd subscribes to such a view; a subscriber that lags resyncs.
+const UNSERVED_CHANGE_RING: usize = 64;
 
 impl View {
     pub fn new(label: impl Into<Arc<str>>) -> Arc<View> {
@@ -185,7 +189,11 @@ impl View {
     }
 
     fn build(label: Arc<str>, indexing: AddressIndexing, ready: bool) -> Arc<View> {
-        let (changes, _) = broadcast::channel(CHANGE_RING);
+        let ring = match indexing {
+            AddressIndexing::All => CHANGE_RING,
+            AddressIndexing::ServicesOnly => UNSERVED_CHANGE_RING,
+        };
+        let (changes, _) = broadcast::channel(ring);
         Arc::new(View {
             label,
             state: ArcSwap::from_pointee(ViewState {

@@ -20,11 +20,12 @@
 //!
 //! Layout: this file holds the public surface (options, token source, filter, failure
 //! classes and their classification) and the reconnect loop ([`AdsClient::run`]);
-//! `stream` one session on the wire, `apply` one response into the store and its
+//! `stream` one session on the wire, `codec` where received bytes live, `apply` one response into the store and its
 //! ACK/NACK, `backoff` the reconnect delay.
 
 mod apply;
 mod backoff;
+mod codec;
 mod stream;
 
 use std::path::PathBuf;

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataKey, MetadataValue};
 
 use crate::proto::envoy::service::discovery::v3 as discovery;
-use crate::xds::codec::PeerdCodec;
 use crate::xds::offload;
 use crate::xds::received::ReceivedResponse;
 use crate::xds::transport::TlsConnectorService;
 use crate::xds::types::ResourceType;
 
+use super::codec::ClientCodec;
 use super::{
     AdsClient, ClientError, FailureKind, TokenSource, classify_status, classify_transport,
 };
@@ -225,6 +225,5 @@ async fn open_delta_stream(
     request
         .extensions_mut()
         .insert(tonic::GrpcMethod::new(SERVICE, METHOD));
-    let codec = PeerdCodec::<discovery::DeltaDiscoveryRequest, ReceivedResponse>::default();
-    grpc.streaming(request, path, codec).await
+    grpc.streaming(request, path, ClientCodec).await
 }
