@@ -1,5 +1,6 @@
 //! `cargo xtask chaos [--quick]` and `cargo xtask soak --for D`: build the release
-//! `peerd` and `peerd-sandbox`, create a network namespace of their own (loopback up; the
+//! `peerd` and `peerd-sandbox` (`cargo xtask test` runs `chaos --quick` on the debug
+//! binaries it has already built), create a network namespace of their own (loopback up; the
 //! chaos rig's fixed addresses and its nftables table live only there), and run
 //! `peerd-sandbox chaos|soak` inside it. The namespace is deleted afterwards, whatever
 //! the outcome. Needs root (network namespaces, nftables).
@@ -42,33 +43,50 @@ impl Drop for Netns {
     }
 }
 
-/// Builds the release binaries and runs `peerd-sandbox <subcommand> <args>` in a new
+/// Which build of the binaries to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `cargo xtask chaos|soak`: the release binaries, built here.
+    Release,
+    /// `cargo xtask test`: the debug binaries it has just built (a release build of the
+    /// testbed would cost CI more than the whole quick run).
+    Debug,
+}
+
+/// Builds the binaries (release) and runs `peerd-sandbox <subcommand> <args>` in a new
 /// network namespace.
-pub fn run(subcommand: &str, args: &[String]) -> anyhow::Result<()> {
-    crate::setup::ebpf_for_sandbox();
-    crate::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "peerd",
-        "--bin",
-        "peerd",
-        "-p",
-        "peerd-testbed",
-        "--bin",
-        "peerd-sandbox",
-    ])?;
+pub fn run(subcommand: &str, args: &[String], profile: Profile) -> anyhow::Result<()> {
+    let dir = match profile {
+        Profile::Release => {
+            crate::setup::ebpf_for_sandbox();
+            crate::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "peerd",
+                "--bin",
+                "peerd",
+                "-p",
+                "peerd-testbed",
+                "--bin",
+                "peerd-sandbox",
+            ])?;
+            "release"
+        }
+        Profile::Debug => "debug",
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::root().join("target"));
-    let sandbox = target.join("release/peerd-sandbox");
+        .unwrap_or_else(|| crate::root().join("target"))
+        .join(dir);
+    let sandbox = target.join("peerd-sandbox");
     let ns = Netns::create(subcommand)?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.0])
         .arg(&sandbox)
         .arg(subcommand)
         .args(args)
-        .env("PEERD_BIN", target.join("release/peerd"));
+        .env("PEERD_BIN", target.join("peerd"));
     // The runner's in-process clients would log every injected disconnect; its own report
     // is on stdout. The peerds log at info to their files regardless.
     if std::env::var_os("RUST_LOG").is_none() {

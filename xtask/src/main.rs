@@ -87,11 +87,11 @@ fn main() -> ExitCode {
             if quick {
                 args.insert(0, "--quick".into());
             }
-            chaos::run("chaos", &args)
+            chaos::run("chaos", &args, chaos::Profile::Release)
         }
         Cmd::Soak { run_for, mut args } => {
             args.splice(0..0, ["--for".to_string(), run_for]);
-            chaos::run("soak", &args)
+            chaos::run("soak", &args, chaos::Profile::Release)
         }
     };
     match result {

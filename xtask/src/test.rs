@@ -103,5 +103,9 @@ fn chaos_quick() -> anyhow::Result<()> {
         eprintln!("xtask: skipping chaos --quick: not root (it needs a network namespace and nftables)");
         return Ok(());
     }
-    crate::chaos::run("chaos", &["--quick".to_string()])
+    crate::chaos::run(
+        "chaos",
+        &["--quick".to_string()],
+        crate::chaos::Profile::Debug,
+    )
 }

@@ -88,9 +88,9 @@ pub struct Timing {
 impl Timing {
     pub fn quick() -> Timing {
         Timing {
-            grace: Duration::from_secs(15),
+            grace: Duration::from_secs(10),
             short_partition: Duration::from_secs(4),
-            long_partition: Duration::from_secs(20),
+            long_partition: Duration::from_secs(35),
             flap_for: Duration::from_secs(10),
             api_fault_for: Duration::from_secs(8),
             stuck_for: Duration::from_secs(8),
@@ -104,7 +104,7 @@ impl Timing {
         Timing {
             grace: Duration::from_secs(20),
             short_partition: Duration::from_secs(8),
-            long_partition: Duration::from_secs(30),
+            long_partition: Duration::from_secs(60),
             flap_for: Duration::from_secs(60),
             api_fault_for: Duration::from_secs(20),
             stuck_for: Duration::from_secs(30),
@@ -178,6 +178,10 @@ pub struct FaultRow {
     /// Seconds from the lift to the exact expected state; `None` if never reached.
     pub recovery_seconds: Option<f64>,
     pub violations: usize,
+    /// Condition status changes seen from injection to the end of recovery.
+    pub condition_changes: usize,
+    /// Peer workloads withdrawn from a downstream (past grace or unlinked).
+    pub withdrawn: usize,
     /// The first violation (or failure) of this fault, shortened.
     pub detail: String,
 }
@@ -185,6 +189,7 @@ pub struct FaultRow {
 /// Runs `fault`: inject, hold, lift, wait for convergence; checks (c) over its window.
 pub async fn run(driver: &mut Driver, fault: Fault, timing: &Timing) -> FaultRow {
     let before = driver.obs.violations.len();
+    let withdrawn_before = driver.obs.withdrawn;
     let start = Instant::now();
     driver.obs.set_fault_active(true);
     eprintln!(
@@ -218,8 +223,17 @@ pub async fn run(driver: &mut Driver, fault: Fault, timing: &Timing) -> FaultRow
     driver
         .obs
         .check_flapping(fault.name(), start, lift, Instant::now());
+    let end = Instant::now();
+    let condition_changes = driver
+        .obs
+        .transitions
+        .iter()
+        .filter(|t| t.at >= start && t.at <= end)
+        .count();
     let new = &driver.obs.violations[before..];
     FaultRow {
+        condition_changes,
+        withdrawn: driver.obs.withdrawn - withdrawn_before,
         fault: fault.name().to_string(),
         what: timing.describe(fault),
         recovery_seconds: recovery,

@@ -147,6 +147,9 @@ pub struct Observer {
     conditions: HashMap<(usize, usize, &'static str), String>,
     pub transitions: Vec<Transition>,
     pub violations: Vec<Violation>,
+    /// Workloads a downstream dropped while their origin still exported them, allowed
+    /// because the peer was past its grace or unlinked (shows a fault really bit).
+    pub withdrawn: usize,
     samples: Arc<Mutex<Vec<Sample>>>,
     fault_active: Arc<std::sync::atomic::AtomicBool>,
     cancel: CancellationToken,
@@ -198,6 +201,7 @@ impl Observer {
             conditions: HashMap::new(),
             transitions: Vec::new(),
             violations: Vec::new(),
+            withdrawn: 0,
             samples,
             fault_active,
             cancel,
@@ -416,14 +420,19 @@ impl Observer {
         let mut populations: HashMap<usize, HashSet<String>> = HashMap::new();
         let mut bad = Vec::new();
         for (uid, j) in removed {
-            if j >= self.watched.len() || self.removal_allowed(i, j) {
+            if j >= self.watched.len() {
                 continue;
             }
             let still = populations
                 .entry(j)
                 .or_insert_with(|| self.population(j, j != i))
                 .contains(&uid);
-            if still {
+            if !still {
+                continue;
+            }
+            if self.removal_allowed(i, j) {
+                self.withdrawn += 1;
+            } else {
                 bad.push((uid, j));
             }
         }

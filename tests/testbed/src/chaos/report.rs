@@ -21,28 +21,34 @@ pub fn chaos_table(rows: &[FaultRow], nacks: u64, took: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<30} {:>12} {:>10}  {}",
-        "fault", "recovery", "violations", "first violation"
+        "\n{:<30} {:>9} {:>11} {:>10} {:>10}  {}",
+        "fault", "recovery", "cond.chgs", "withdrawn", "violations", "first violation"
     );
-    let _ = writeln!(out, "{}", "-".repeat(90));
+    let _ = writeln!(out, "{}", "-".repeat(100));
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<30} {:>12} {:>10}  {}",
+            "{:<30} {:>9} {:>11} {:>10} {:>10}  {}",
             r.fault,
             r.recovery_seconds
                 .map_or("never".to_string(), |s| format!("{s:.1}s")),
+            r.condition_changes,
+            r.withdrawn,
             r.violations,
             r.detail
         );
     }
     let total: usize = rows.iter().map(|r| r.violations).sum();
-    let _ = writeln!(out, "{}", "-".repeat(90));
+    let _ = writeln!(out, "{}", "-".repeat(100));
     let _ = writeln!(
         out,
         "{} faults in {:.0}s: {total} violation(s) (target 0), {nacks} NACK(s) (target 0)",
         rows.len(),
         took.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "recovery: lift → exact expected state; cond.chgs: Gateway condition status changes seen; withdrawn: peer workloads dropped past grace/unlink"
     );
     let _ = writeln!(out, "\nwhat each fault did:");
     for r in rows {
@@ -68,6 +74,8 @@ mod tests {
                 what: "cut".into(),
                 recovery_seconds: Some(1.25),
                 violations: 0,
+                condition_changes: 2,
+                withdrawn: 0,
                 detail: String::new(),
             },
             FaultRow {
@@ -75,6 +83,8 @@ mod tests {
                 what: "503s".into(),
                 recovery_seconds: None,
                 violations: 2,
+                condition_changes: 0,
+                withdrawn: 7,
                 detail: "(d) not converged".into(),
             },
         ];

@@ -230,14 +230,20 @@ pub fn render(r: &SoakReport) -> String {
             if spread <= 2.0 { "" } else { "  MISS" }
         );
     }
-    let _ = writeln!(out, "\n{:<30} {:>10} {:>10}", "fault", "recovery", "violations");
+    let _ = writeln!(
+        out,
+        "\n{:<30} {:>10} {:>10} {:>10} {:>10}",
+        "fault", "recovery", "cond.chgs", "withdrawn", "violations"
+    );
     for f in &r.faults {
         let _ = writeln!(
             out,
-            "{:<30} {:>10} {:>10}",
+            "{:<30} {:>10} {:>10} {:>10} {:>10}",
             f.fault,
             f.recovery_seconds
                 .map_or("never".to_string(), |s| format!("{s:.1}s")),
+            f.condition_changes,
+            f.withdrawn,
             f.violations
         );
     }
