@@ -22,7 +22,9 @@ impl Netns {
             .context("running `ip netns add` (iproute2; `cargo xtask setup` installs it)")?
             .success();
         if !ok {
-            bail!("`ip netns add {name}` failed: chaos and soak need root (network namespaces, nftables)");
+            bail!(
+                "`ip netns add {name}` failed: chaos and soak need root (network namespaces, nftables)"
+            );
         }
         let ns = Netns(name);
         let up = Command::new("ip")

@@ -2,8 +2,8 @@
 //! machine setup). No shell scripts: `.ci/run` only calls `cargo xtask test`.
 
 mod bench;
-mod chart;
 mod chaos;
+mod chart;
 mod setup;
 mod test;
 

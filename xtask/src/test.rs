@@ -98,9 +98,13 @@ pub fn run(setup: bool, bench: bool) -> anyhow::Result<()> {
 fn chaos_quick() -> anyhow::Result<()> {
     if !crate::setup::is_root() {
         if std::env::var("PEERD_REQUIRE_EBPF").is_ok_and(|v| v == "1") {
-            bail!("chaos --quick needs root (network namespaces, nftables) and PEERD_REQUIRE_EBPF=1 is set");
+            bail!(
+                "chaos --quick needs root (network namespaces, nftables) and PEERD_REQUIRE_EBPF=1 is set"
+            );
         }
-        eprintln!("xtask: skipping chaos --quick: not root (it needs a network namespace and nftables)");
+        eprintln!(
+            "xtask: skipping chaos --quick: not root (it needs a network namespace and nftables)"
+        );
         return Ok(());
     }
     crate::chaos::run(

@@ -202,9 +202,10 @@ pub async fn run(driver: &mut Driver, fault: Fault, timing: &Timing) -> FaultRow
     let lift = Instant::now();
     let mut recovery = None;
     match lifted {
-        Err(e) => driver
-            .obs
-            .violate("d", format!("{}: the fault script failed: {e:#}", fault.name())),
+        Err(e) => driver.obs.violate(
+            "d",
+            format!("{}: the fault script failed: {e:#}", fault.name()),
+        ),
         Ok(()) => match driver.converge(timing.converge_timeout).await {
             Ok(took) => recovery = Some(took.as_secs_f64()),
             Err(mismatch) => driver.obs.violate(
@@ -217,6 +218,9 @@ pub async fn run(driver: &mut Driver, fault: Fault, timing: &Timing) -> FaultRow
             ),
         },
     }
+    // A peer stays "down" for (a) and (b) until everything resynced: a restarted or
+    // reconnected peer is unsynced (and may reach the end of its grace) until then.
+    driver.obs.all_up();
     // A little more observation after convergence, so a late flap is seen.
     driver.idle(Duration::from_secs(2)).await;
     driver.obs.set_fault_active(false);
@@ -240,7 +244,13 @@ pub async fn run(driver: &mut Driver, fault: Fault, timing: &Timing) -> FaultRow
         violations: new.len(),
         detail: new
             .first()
-            .map(|v| format!("({}) {}", v.invariant, v.what.chars().take(300).collect::<String>()))
+            .map(|v| {
+                format!(
+                    "({}) {}",
+                    v.invariant,
+                    v.what.chars().take(300).collect::<String>()
+                )
+            })
             .unwrap_or_default(),
     }
 }
@@ -257,24 +267,19 @@ async fn inject_and_lift(driver: &mut Driver, fault: Fault, t: &Timing) -> anyho
             driver.rig.cut(FLAT_PEER)?;
             driver.idle(hold).await;
             driver.rig.heal(FLAT_PEER)?;
-            driver.obs.peer_up(FLAT_PEER);
         }
         Fault::PeerKillMidSync => {
             kill_restart_twice(driver, BIG_PEER, t).await?;
-            driver.peer_back(BIG_PEER);
         }
         Fault::LocalKillMidSync => {
             kill_restart_twice(driver, LOCAL, t).await?;
-            driver.peer_back(LOCAL);
         }
         Fault::LocalKillPeerDown => {
             driver.kill(BIG_PEER);
             driver.idle(Duration::from_secs(1)).await;
             kill_restart_twice(driver, LOCAL, t).await?;
-            driver.peer_back(LOCAL);
             driver.restart(BIG_PEER)?;
             driver.wait_listening(BIG_PEER, t.converge_timeout).await;
-            driver.peer_back(BIG_PEER);
         }
         Fault::PeerFlap => {
             driver.obs.peer_down(FLAT_PEER);
@@ -285,7 +290,6 @@ async fn inject_and_lift(driver: &mut Driver, fault: Fault, t: &Timing) -> anyho
                 driver.rig.heal(FLAT_PEER)?;
                 driver.idle(Duration::from_secs(1)).await;
             }
-            driver.obs.peer_up(FLAT_PEER);
         }
         Fault::Api5xx | Fault::ApiWatchExpired | Fault::ApiSlow => {
             let faults = driver.rig.apis[LOCAL].faults();

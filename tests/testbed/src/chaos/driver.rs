@@ -77,13 +77,19 @@ impl Driver {
             if let Some(pid) = self.rig.clusters[i].peerd_pid()
                 && let Some(stat) = procstat::read(pid)
             {
-                let track = self.procs.entry(format!("peerd {}", self.name(i))).or_default();
+                let track = self
+                    .procs
+                    .entry(format!("peerd {}", self.name(i)))
+                    .or_default();
                 track.peak_rss_bytes = track.peak_rss_bytes.max(stat.rss_bytes);
                 track.end = Some(stat);
             }
         }
         if let Some(stat) = procstat::read(std::process::id()) {
-            let track = self.procs.entry("runner (sims, APIs, observer)".into()).or_default();
+            let track = self
+                .procs
+                .entry("runner (sims, APIs, observer)".into())
+                .or_default();
             track.peak_rss_bytes = track.peak_rss_bytes.max(stat.rss_bytes);
             track.end = Some(stat);
         }
@@ -139,15 +145,11 @@ impl Driver {
     }
 
     /// Starts cluster `i`'s killed peerd again (the peer stays "down" for the observer
-    /// until [`Driver::peer_back`]: a restarted peerd still has to resync).
+    /// until the fault has converged: a restarted peerd still has to resync).
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.rig.start_peerd(i)?;
         self.killed.remove(&i);
         Ok(())
-    }
-
-    pub fn peer_back(&mut self, i: usize) {
-        self.obs.peer_up(i);
     }
 
     /// Waits until cluster `i`'s peerd accepts connections on its xDS port (at most

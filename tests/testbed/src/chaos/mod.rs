@@ -96,10 +96,16 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<()> {
     } else {
         Timing::full()
     };
-    let faults: Vec<Fault> = (if options.quick { QUICK.to_vec() } else { Fault::ALL.to_vec() })
-        .into_iter()
-        .filter(|f| options.only.is_empty() || options.only.iter().any(|o| f.name().contains(o.as_str())))
-        .collect();
+    let faults: Vec<Fault> = (if options.quick {
+        QUICK.to_vec()
+    } else {
+        Fault::ALL.to_vec()
+    })
+    .into_iter()
+    .filter(|f| {
+        options.only.is_empty() || options.only.iter().any(|o| f.name().contains(o.as_str()))
+    })
+    .collect();
     if faults.is_empty() {
         bail!("--only {:?} matches no fault", options.only);
     }

@@ -227,8 +227,9 @@ impl Observer {
         self.down_since[i].get_or_insert_with(Instant::now);
     }
 
-    pub fn peer_up(&mut self, i: usize) {
-        self.down_since[i] = None;
+    /// Every peer is synced again (called once a fault has converged).
+    pub fn all_up(&mut self) {
+        self.down_since.iter_mut().for_each(|d| *d = None);
     }
 
     pub fn set_unlinked(&mut self, a: usize, b: usize, unlinked: bool) {
@@ -436,15 +437,22 @@ impl Observer {
                 bad.push((uid, j));
             }
         }
+        // One violation per origin and check, naming a few of the lost workloads.
+        let mut by_origin: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (uid, j) in bad {
+            by_origin.entry(j).or_default().push(uid);
+        }
+        for (j, uids) in by_origin {
             let down = self.down_since[j].map_or("up".to_string(), |t| {
                 format!("down for {:.1}s", t.elapsed().as_secs_f64())
             });
             let what = format!(
-                "{}'s downstream lost {uid} while {} still exports it ({down}, grace {}s)",
+                "{}'s downstream lost {} workload(s) of {} that it still exports ({down}, grace {}s), e.g. {}",
                 self.watched[i].name,
+                uids.len(),
                 self.watched[j].name,
-                self.grace.as_secs()
+                self.grace.as_secs(),
+                uids.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             );
             self.violate("a", what);
         }
@@ -507,8 +515,9 @@ impl Observer {
     /// (c) for one fault: at most one status change per condition while it was active
     /// (`start..lift`) and at most one after (`lift..end`).
     pub fn check_flapping(&mut self, fault: &str, start: Instant, lift: Instant, end: Instant) {
-        let mut counts: BTreeMap<((usize, usize, &'static str), bool), Vec<String>> =
-            BTreeMap::new();
+        // (condition key, after the lift) → the changes seen.
+        type Phase = ((usize, usize, &'static str), bool);
+        let mut counts: BTreeMap<Phase, Vec<String>> = BTreeMap::new();
         for t in &self.transitions {
             if t.at < start || t.at > end {
                 continue;
@@ -526,7 +535,11 @@ impl Observer {
                     self.watched[i].name,
                     self.watched[j].name,
                     changes.len(),
-                    if after { "after the lift" } else { "during the fault" },
+                    if after {
+                        "after the lift"
+                    } else {
+                        "during the fault"
+                    },
                     changes.join(", ")
                 ));
             }
@@ -555,8 +568,11 @@ impl Observer {
                     .map(|uid| format!("{name}:{uid}")),
             );
             if self.watched[i].flat {
-                let wes: HashSet<String> =
-                    self.workload_entries(i).into_values().map(|(_, uid)| uid).collect();
+                let wes: HashSet<String> = self
+                    .workload_entries(i)
+                    .into_values()
+                    .map(|(_, uid)| uid)
+                    .collect();
                 let mut want_wes = HashSet::new();
                 for j in 0..self.watched.len() {
                     if j != i && self.watched[j].flat && self.linked(i, j) {
@@ -639,7 +655,11 @@ fn waypoint_keys(body: &[u8], by_vip: &HashMap<(String, std::net::IpAddr), Strin
         Some(pb::address::Type::Service(s)) => s
             .waypoint
             .into_iter()
-            .chain(s.weighted_waypoints.into_iter().filter_map(|w| w.destination))
+            .chain(
+                s.weighted_waypoints
+                    .into_iter()
+                    .filter_map(|w| w.destination),
+            )
             .collect(),
         None => Vec::new(),
     };
@@ -650,8 +670,12 @@ fn waypoint_keys(body: &[u8], by_vip: &HashMap<(String, std::net::IpAddr), Strin
             }
             pb::gateway_address::Destination::Address(a) => {
                 let ip = match a.address.len() {
-                    4 => <[u8; 4]>::try_from(a.address.as_slice()).ok().map(std::net::IpAddr::from),
-                    16 => <[u8; 16]>::try_from(a.address.as_slice()).ok().map(std::net::IpAddr::from),
+                    4 => <[u8; 4]>::try_from(a.address.as_slice())
+                        .ok()
+                        .map(std::net::IpAddr::from),
+                    16 => <[u8; 16]>::try_from(a.address.as_slice())
+                        .ok()
+                        .map(std::net::IpAddr::from),
                     _ => None,
                 }?;
                 by_vip.get(&(a.network, ip)).cloned()

@@ -86,7 +86,10 @@ impl Partitions {
 impl Drop for Partitions {
     fn drop(&mut self) {
         if let Err(e) = self.heal_all() {
-            eprintln!("chaos: could not delete nft table inet {}: {e:#}", self.table);
+            eprintln!(
+                "chaos: could not delete nft table inet {}: {e:#}",
+                self.table
+            );
         }
     }
 }
@@ -101,13 +104,11 @@ mod tests {
             .into_iter()
             .collect();
         let script = render("peerd_chaos_7", &hosts);
-        assert!(script.starts_with("table inet peerd_chaos_7 {}\ndelete table inet peerd_chaos_7\n"));
-        assert!(script.contains(
-            "ip daddr { 127.0.1.1, 127.0.3.1 } tcp dport 15012 counter drop"
-        ));
-        assert!(script.contains(
-            "ip saddr { 127.0.1.1, 127.0.3.1 } tcp sport 15012 counter drop"
-        ));
+        assert!(
+            script.starts_with("table inet peerd_chaos_7 {}\ndelete table inet peerd_chaos_7\n")
+        );
+        assert!(script.contains("ip daddr { 127.0.1.1, 127.0.3.1 } tcp dport 15012 counter drop"));
+        assert!(script.contains("ip saddr { 127.0.1.1, 127.0.3.1 } tcp sport 15012 counter drop"));
         for line in script.lines().filter(|l| l.contains("table")) {
             assert!(line.contains("inet peerd_chaos_7"), "{line}");
         }

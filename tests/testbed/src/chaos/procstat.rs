@@ -41,7 +41,11 @@ mod tests {
     fn status_fields_are_parsed() {
         let text = "Name:\tpeerd\nVmPeak:\t  9000 kB\nVmRSS:\t   2048 kB\nThreads:\t7\n";
         assert_eq!(parse_status(text), Some((2048 * 1024, 7)));
-        assert_eq!(parse_status("Name:\tx\n"), None, "a missing field is not a zero");
+        assert_eq!(
+            parse_status("Name:\tx\n"),
+            None,
+            "a missing field is not a zero"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub fn chaos_table(rows: &[FaultRow], nacks: u64, took: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<30} {:>9} {:>11} {:>10} {:>10}  {}",
-        "fault", "recovery", "cond.chgs", "withdrawn", "violations", "first violation"
+        "\n{:<30} {:>9} {:>11} {:>10} {:>10}  first violation",
+        "fault", "recovery", "cond.chgs", "withdrawn", "violations"
     );
     let _ = writeln!(out, "{}", "-".repeat(100));
     for r in rows {

@@ -149,7 +149,10 @@ impl Rig {
             let addr = std::net::SocketAddr::from(([0, 0, 0, 0], layout::HBONE_PORT));
             tokio::spawn(async move {
                 if let Err(e) = gateway::serve_hbone(addr, cancel).await {
-                    tracing::error!(error = format!("{e:#}"), "chaos: pod HBONE listener stopped");
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "chaos: pod HBONE listener stopped"
+                    );
                 }
             });
         }
@@ -178,7 +181,8 @@ impl Rig {
             )?;
             node_ztunnels.push(stats);
         }
-        let args = linking::link_all_args(&layouts.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
+        let args =
+            linking::link_all_args(&layouts.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
         {
             let kubeconfig = kubeconfig.clone();
             tokio::task::spawn_blocking(move || linking::run_peerd(&kubeconfig, &args))
@@ -204,7 +208,10 @@ impl Rig {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.clusters.iter().map(|c| c.layout.name.clone()).collect()
+        self.clusters
+            .iter()
+            .map(|c| c.layout.name.clone())
+            .collect()
     }
 
     /// SIGKILL cluster `i`'s peerd (0-based); no clean shutdown, no final snapshot write.
@@ -229,7 +236,10 @@ impl Rig {
     /// `peerd unlink` / `peerd link` of clusters `a` and `b`, both ways.
     pub async fn link_pair(&self, verb: &'static str, a: usize, b: usize) -> anyhow::Result<()> {
         let kubeconfig = self.kubeconfig.clone();
-        let (a, b) = (self.clusters[a].layout.name.clone(), self.clusters[b].layout.name.clone());
+        let (a, b) = (
+            self.clusters[a].layout.name.clone(),
+            self.clusters[b].layout.name.clone(),
+        );
         tokio::task::spawn_blocking(move || linking::pair(verb, &kubeconfig, &a, &b))
             .await
             .context("peerd link task")??;

@@ -254,7 +254,11 @@ pub fn render(r: &SoakReport) -> String {
         r.violations.len()
     );
     for v in r.violations.iter().take(10) {
-        let _ = writeln!(out, "  ({}) at {:.0}s: {}", v.invariant, v.at_seconds, v.what);
+        let _ = writeln!(
+            out,
+            "  ({}) at {:.0}s: {}",
+            v.invariant, v.at_seconds, v.what
+        );
     }
     out
 }
@@ -265,8 +269,14 @@ mod tests {
 
     #[test]
     fn the_interval_is_a_twelfth_but_at_least_thirty_seconds() {
-        assert_eq!(interval(Duration::from_secs(3600)), Duration::from_secs(300));
+        assert_eq!(
+            interval(Duration::from_secs(3600)),
+            Duration::from_secs(300)
+        );
         assert_eq!(interval(Duration::from_secs(120)), Duration::from_secs(30));
-        assert_eq!(interval(Duration::from_secs(1200)), Duration::from_secs(100));
+        assert_eq!(
+            interval(Duration::from_secs(1200)),
+            Duration::from_secs(100)
+        );
     }
 }

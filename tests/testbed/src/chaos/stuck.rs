@@ -53,7 +53,10 @@ pub async fn hold(
         .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
     request.metadata_mut().insert("clusterid", cluster.parse()?);
     let node = Node {
-        id: format!("ztunnel~{}~stuck-{cluster}.istio-system~istio-system.svc.cluster.local", addr.ip()),
+        id: format!(
+            "ztunnel~{}~stuck-{cluster}.istio-system~istio-system.svc.cluster.local",
+            addr.ip()
+        ),
         ..Node::default()
     };
     for kind in ResourceType::ALL {
