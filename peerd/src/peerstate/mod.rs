@@ -310,7 +310,9 @@ pub async fn run_writer(
         () = cancel.cancelled() => false,
     };
     if !resynced {
-        tracing::info!("peer state: stopped before federation took in the restored state; the snapshot is left as it was");
+        tracing::info!(
+            "peer state: stopped before federation took in the restored state; the snapshot is left as it was"
+        );
         return;
     }
     let mut written: Option<Fingerprint> = None;

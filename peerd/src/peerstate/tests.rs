@@ -345,7 +345,10 @@ async fn restarted_twice_a_down_peer_keeps_its_first_stale_time() {
     run_writer(rig.options.clone(), Arc::clone(&federation), stopped).await;
     // Through Instant and back: within a second of the recorded wall-clock time.
     let rewritten = stale_since_in_file(&rig, "c2").unwrap();
-    assert!(rewritten.abs_diff(recorded) < 1_000, "{rewritten} vs {recorded}");
+    assert!(
+        rewritten.abs_diff(recorded) < 1_000,
+        "{rewritten} vs {recorded}"
+    );
 
     // Third restart: still stale since then.
     let (store, federation) = daemon(grace);
