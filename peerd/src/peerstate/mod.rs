@@ -6,9 +6,9 @@
 //!   fsync, rename) whenever a peer's committed state or staleness changed, checked once a
 //!   second, and once more at shutdown; never before federation has committed the
 //!   restored state ([`Federation::resynced`]), so a peerd restarted again before that
-//!   keeps the file: a peer's recorded stale time survives any number of restarts. The file holds every configured peer whose
-//!   committed state is complete: bodies and versions exactly as received, and since when
-//!   the peer is stale (wall clock).
+//!   keeps the file: a peer's recorded stale time survives any number of restarts. The
+//!   file holds every configured peer whose committed state is complete: bodies and
+//!   versions exactly as received, and since when the peer is stale (wall clock).
 //! - [`restore`] reads it once at start, before the upstream clients and federation run:
 //!   every resource goes through the same validation as a received one
 //!   ([`Resource::from_wire`] and the peer's import filter), and the peer's origin is
