@@ -2,6 +2,7 @@
 //! machine setup). No shell scripts: `.ci/run` only calls `cargo xtask test`.
 
 mod bench;
+mod chaos;
 mod chart;
 mod fuzz;
 mod setup;
@@ -60,6 +61,26 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The chaos suite (release binaries, in a network namespace of its own, as root):
+    /// scripted faults on a three-cluster federation, checked by an independent
+    /// observer; prints fault / recovery time / violations and fails on any violation.
+    Chaos {
+        /// The CI subset (a few minutes).
+        #[arg(long)]
+        quick: bool,
+        /// More `peerd-sandbox chaos` arguments (`--only TEXT`, `--json FILE`,
+        /// `--state-dir DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A long run (not in CI): churn, a fault every `for/12` (at least 30s), NACKs, RSS,
+    /// fds, threads, propagation p99 per window, violations. E.g. `--for 1h --json F`.
+    Soak {
+        #[arg(long = "for")]
+        run_for: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +98,16 @@ fn main() -> ExitCode {
         Cmd::Chart { template: true } => chart::template(),
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Sandbox { args } => sandbox(&args),
+        Cmd::Chaos { quick, mut args } => {
+            if quick {
+                args.insert(0, "--quick".into());
+            }
+            chaos::run("chaos", &args, chaos::Profile::Release)
+        }
+        Cmd::Soak { run_for, mut args } => {
+            args.splice(0..0, ["--for".to_string(), run_for]);
+            chaos::run("soak", &args, chaos::Profile::Release)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,7 +171,7 @@ pub fn ebpf_for_sandbox() {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

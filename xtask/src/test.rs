@@ -97,8 +97,31 @@ pub fn run(setup: bool, bench: bool, fuzz: bool) -> anyhow::Result<()> {
             asan: false,
         })?;
     }
+    chaos_quick()?;
     if bench {
         crate::bench::run(&crate::bench::BenchArgs::all_quick())?;
     }
     Ok(())
+}
+
+/// `chaos --quick` needs root (a network namespace, nftables). Without it the run is
+/// skipped with the reason, unless `PEERD_REQUIRE_EBPF=1` (CI), where that is a failure
+/// like every other kernel test.
+fn chaos_quick() -> anyhow::Result<()> {
+    if !crate::setup::is_root() {
+        if std::env::var("PEERD_REQUIRE_EBPF").is_ok_and(|v| v == "1") {
+            bail!(
+                "chaos --quick needs root (network namespaces, nftables) and PEERD_REQUIRE_EBPF=1 is set"
+            );
+        }
+        eprintln!(
+            "xtask: skipping chaos --quick: not root (it needs a network namespace and nftables)"
+        );
+        return Ok(());
+    }
+    crate::chaos::run(
+        "chaos",
+        &["--quick".to_string()],
+        crate::chaos::Profile::Debug,
+    )
 }

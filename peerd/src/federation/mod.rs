@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -150,6 +150,9 @@ pub struct Federation {
     running: AtomicBool,
     pending_globals: Mutex<Option<Vec<ServiceRef>>>,
     globals_changed: Notify,
+    /// True once the commits have been re-read from the store ([`Federation::recompute_all`]):
+    /// only from then on do they hold the state restored from the peer-state snapshot.
+    resynced: watch::Sender<bool>,
     /// Called on federation's thread before each recompute with its name count.
     #[cfg(test)]
     before_recompute: Mutex<Option<RecomputeHook>>,
@@ -181,6 +184,7 @@ impl Federation {
             running: AtomicBool::new(false),
             pending_globals: Mutex::new(None),
             globals_changed: Notify::new(),
+            resynced: watch::Sender::new(false),
             #[cfg(test)]
             before_recompute: Mutex::new(None),
             conflicts,
@@ -385,6 +389,16 @@ impl Federation {
                 })
             })
             .collect()
+    }
+
+    /// Returns once the published commits reflect the store as a whole (the first
+    /// [`Federation::recompute_all`], which [`Federation::run`] starts with). Before that,
+    /// [`Federation::complete_peers`] lacks every peer restored from the peer-state
+    /// snapshot: its state is in the store but not yet committed.
+    pub async fn resynced(&self) {
+        let mut resynced = self.resynced.subscribe();
+        // The sender lives as long as `self`: this ends only when it is true.
+        let _ = resynced.wait_for(|done| *done).await;
     }
 
     /// Records that a peer's state was restored from the peer-state snapshot and has been
@@ -650,6 +664,7 @@ impl Federation {
         let mut commits = self.commits();
         let names = commits.resync(&self.store);
         self.publish_commits(&commits);
+        self.resynced.send_replace(true);
         for kind in ResourceType::ALL {
             let mut all: HashSet<Arc<str>> = names[kind.index()].clone();
             all.extend(self.merged().snapshot().resources(kind).keys().cloned());

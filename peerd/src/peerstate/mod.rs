@@ -4,9 +4,11 @@
 //!
 //! - [`run_writer`] writes `<stateDir>/peer-state.bin` (atomically: a temporary file,
 //!   fsync, rename) whenever a peer's committed state or staleness changed, checked once a
-//!   second, and once more at shutdown. The file holds every configured peer whose
-//!   committed state is complete: bodies and versions exactly as received, and since when
-//!   the peer is stale (wall clock).
+//!   second, and once more at shutdown; never before federation has committed the
+//!   restored state ([`Federation::resynced`]), so a peerd restarted again before that
+//!   keeps the file: a peer's recorded stale time survives any number of restarts. The
+//!   file holds every configured peer whose committed state is complete: bodies and
+//!   versions exactly as received, and since when the peer is stale (wall clock).
 //! - [`restore`] reads it once at start, before the upstream clients and federation run:
 //!   every resource goes through the same validation as a received one
 //!   ([`Resource::from_wire`] and the peer's import filter), and the peer's origin is
@@ -298,6 +300,21 @@ pub async fn run_writer(
     federation: Arc<Federation>,
     cancel: CancellationToken,
 ) {
+    // Not before federation has taken in the restored state: until then no restored peer
+    // counts as complete, and a write would replace the file with one lacking them, so a
+    // second restart would withdraw them at once (and lose their recorded stale time).
+    // Stopped before that, the file on disk is still the best record: left as it is.
+    let resynced = tokio::select! {
+        biased;
+        () = federation.resynced() => true,
+        () = cancel.cancelled() => false,
+    };
+    if !resynced {
+        tracing::info!(
+            "peer state: stopped before federation took in the restored state; the snapshot is left as it was"
+        );
+        return;
+    }
     let mut written: Option<Fingerprint> = None;
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -46,7 +46,8 @@ struct Rig {
     options: PeerStateOptions,
 }
 
-fn rig(grace: Option<Duration>) -> Rig {
+/// A fresh store and federation, as a (re)started peerd has them.
+fn daemon(grace: Option<Duration>) -> (Arc<Store>, Arc<Federation>) {
     let mut config = FederationConfig::new(LOCAL, "net1");
     config.peers = vec![PeerPolicy {
         cluster: "c2".into(),
@@ -61,6 +62,11 @@ fn rig(grace: Option<Duration>) -> Rig {
     config.grace_period = grace;
     let store = Store::new();
     let federation = Federation::new(config, Arc::clone(&store));
+    (store, federation)
+}
+
+fn rig(grace: Option<Duration>) -> Rig {
+    let (store, federation) = daemon(grace);
     let dir = tempfile::tempdir().unwrap();
     let options = PeerStateOptions {
         dir: dir.path().join("state"),
@@ -284,4 +290,73 @@ async fn the_writer_records_complete_peers_and_rewrites_only_on_change() {
     let read = format::decode(&std::fs::read(rig.options.file()).unwrap(), LOCAL).unwrap();
     let since = read.origins[0].stale_since_unix_ms.unwrap();
     assert!(since >= unix_ms(first) - 1_000);
+}
+
+fn stale_since_in_file(rig: &Rig, origin: &str) -> Option<u64> {
+    let read = format::decode(&std::fs::read(rig.options.file()).unwrap(), LOCAL).unwrap();
+    let peer = read.origins.iter().find(|o| o.origin == origin);
+    peer.unwrap_or_else(|| panic!("{origin} is not in the snapshot"))
+        .stale_since_unix_ms
+}
+
+/// Chaos "local SIGKILL, peer down": a peerd restarted while a peer is down, stopped
+/// again before federation ran, and restarted once more, still serves the peer stale
+/// since the time recorded first (the writer must not replace the file with one lacking
+/// the restored peer).
+#[tokio::test]
+async fn restarted_twice_a_down_peer_keeps_its_first_stale_time() {
+    let grace = Some(Duration::from_secs(300));
+    let rig = rig(grace);
+    let went_stale = SystemTime::now() - Duration::from_secs(40);
+    write(
+        &rig,
+        "c2",
+        Some(went_stale),
+        &[pod("c2", "a", 1), pod("c2", "b", 2)],
+    );
+    let recorded = unix_ms(went_stale);
+
+    // First restart, stopped before federation took in the restored state.
+    let report = restore(&rig.options, &rig.store, &rig.federation).await;
+    assert_eq!(report.restored.len(), 1);
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    run_writer(rig.options.clone(), Arc::clone(&rig.federation), stopped).await;
+    assert_eq!(stale_since_in_file(&rig, "c2"), Some(recorded));
+
+    // Second restart: the peer is restored stale since before the first one; federation
+    // runs, and the writer's rewrite keeps that time.
+    let (store, federation) = daemon(grace);
+    let report = restore(&rig.options, &store, &federation).await;
+    assert_eq!(report.restored.len(), 1, "{report:?}");
+    let (name, count, stale) = &report.restored[0];
+    assert_eq!((name.as_str(), *count), ("c2", 2));
+    assert!(stale.is_some_and(|s| s >= Duration::from_secs(40)));
+    federation.recompute_all();
+    federation.sweep();
+    assert!(
+        federation.peer_status()[0]
+            .stale_seconds
+            .is_some_and(|s| s >= 40)
+    );
+    std::fs::remove_file(rig.options.file()).unwrap();
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    run_writer(rig.options.clone(), Arc::clone(&federation), stopped).await;
+    // Through Instant and back: within a second of the recorded wall-clock time.
+    let rewritten = stale_since_in_file(&rig, "c2").unwrap();
+    assert!(
+        rewritten.abs_diff(recorded) < 1_000,
+        "{rewritten} vs {recorded}"
+    );
+
+    // Third restart: still stale since then.
+    let (store, federation) = daemon(grace);
+    let report = restore(&rig.options, &store, &federation).await;
+    assert!(
+        report.restored[0]
+            .2
+            .is_some_and(|s| s >= Duration::from_secs(40))
+    );
+    assert_eq!(held(&store, "c2"), 2);
 }

@@ -8,6 +8,7 @@
 //! xtask test` checks it). Everything here listens and connects on loopback only.
 
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod emulator;
 pub mod fuzz_seeds;

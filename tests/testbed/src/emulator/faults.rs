@@ -2,7 +2,7 @@
 //!
 //! Owns the switches tests flip to make the emulated API server misbehave (5xx for the
 //! next N requests or a fraction of them, optionally only for some verbs, a delay before every response, dropping every
-//! open watch, 409 on the next N writes) and the per-verb request counters tests read to
+//! open watch, 410 `Expired` for the next N watch resumes, 409 on the next N writes) and the per-verb request counters tests read to
 //! assert, e.g., "zero writes at steady state". It must never change stored objects:
 //! faults only affect responses.
 
@@ -181,6 +181,8 @@ struct FaultState {
     fail_ppm: AtomicU64,
     delay_ms: AtomicU64,
     conflict_next: AtomicU64,
+    /// Watches resuming from a resourceVersion still to be answered with 410 Expired.
+    expire_next: AtomicU64,
     /// When set, failure faults (fail_next / fail_fraction) only hit these verbs.
     fail_verbs: Mutex<Option<BTreeSet<Verb>>>,
     drop_watches: watch::Sender<u64>,
@@ -206,6 +208,10 @@ pub struct FaultRequest {
     pub conflict_next: Option<u64>,
     /// Close every open watch now.
     pub drop_watches: bool,
+    /// Close every open watch and answer the next N watches that resume from a
+    /// resourceVersion with a 410 `Expired` ERROR event (as after an etcd compaction), so
+    /// their clients must relist.
+    pub expire_watches: Option<u64>,
 }
 
 impl Default for FaultControls {
@@ -217,6 +223,7 @@ impl Default for FaultControls {
                 fail_ppm: AtomicU64::new(0),
                 delay_ms: AtomicU64::new(0),
                 conflict_next: AtomicU64::new(0),
+                expire_next: AtomicU64::new(0),
                 fail_verbs: Mutex::new(None),
                 drop_watches: watch::Sender::new(0),
             }),
@@ -265,6 +272,13 @@ impl FaultControls {
         self.inner.drop_watches.send_modify(|epoch| *epoch += 1);
     }
 
+    /// Closes every open watch and answers the next `count` watches resuming from a
+    /// resourceVersion with 410 `Expired` (clients relist, as after a compaction).
+    pub fn expire_watches(&self, count: u64) {
+        self.inner.expire_next.store(count, Ordering::SeqCst);
+        self.drop_watches();
+    }
+
     /// Turns every switch off.
     pub fn clear(&self) {
         self.inner.fail_next.store(0, Ordering::SeqCst);
@@ -272,6 +286,7 @@ impl FaultControls {
         self.inner.fail_ppm.store(0, Ordering::SeqCst);
         self.inner.delay_ms.store(0, Ordering::SeqCst);
         self.inner.conflict_next.store(0, Ordering::SeqCst);
+        self.inner.expire_next.store(0, Ordering::SeqCst);
         self.fail_only(&[]);
     }
 
@@ -313,6 +328,9 @@ impl FaultControls {
         if request.drop_watches {
             self.drop_watches();
         }
+        if let Some(count) = request.expire_watches {
+            self.expire_watches(count);
+        }
         Ok(())
     }
 
@@ -341,6 +359,11 @@ impl FaultControls {
         }
         let ppm = self.inner.fail_ppm.load(Ordering::SeqCst);
         (ppm > 0 && rand::random_range(0..1_000_000) < ppm).then_some(status)
+    }
+
+    /// Whether this watch resume must be answered with an injected 410 Expired.
+    pub(crate) fn take_expiry(&self) -> bool {
+        take_one(&self.inner.expire_next)
     }
 
     /// Whether this write must be answered with an injected 409.
@@ -429,6 +452,22 @@ mod tests {
         faults.apply_request(&good).unwrap();
         assert!(faults.take_conflict());
         assert!(!faults.take_conflict());
+    }
+
+    #[test]
+    fn expire_watches_fires_exactly_n_times_and_closes_open_watches() {
+        let faults = FaultControls::default();
+        let mut drops = faults.watch_drops();
+        let request: FaultRequest = serde_json::from_str(r#"{"expire_watches": 2}"#).unwrap();
+        faults.apply_request(&request).unwrap();
+        assert!(drops.has_changed().unwrap(), "open watches are closed");
+        drops.mark_unchanged();
+        assert!(faults.take_expiry());
+        assert!(faults.take_expiry());
+        assert!(!faults.take_expiry(), "only the next two resumes expire");
+        faults.expire_watches(5);
+        faults.clear();
+        assert!(!faults.take_expiry(), "clear turns it off");
     }
 
     #[test]

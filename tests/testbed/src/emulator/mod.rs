@@ -301,6 +301,23 @@ impl EmulatorHandle {
             .map(|obj| (*obj).clone())
     }
 
+    /// Every stored object of `group/plural` (in `namespace`, or all when `None`), read
+    /// straight from the store: not counted and never faulted, so an observer sees the
+    /// truth while faults are aimed at the clients under test.
+    pub fn objects(&self, group: &str, plural: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Some(id) = resources::RESOURCES
+            .iter()
+            .position(|def| def.group == group && def.plural == plural)
+        else {
+            return Vec::new();
+        };
+        self.state
+            .store
+            .list(id, namespace, None)
+            .map(|(_, items)| items.iter().map(|obj| (**obj).clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// [`EmulatorHandle::request`] that must succeed: any failure or non-2xx status is
     /// an error naming the method, path, status and reply (for tests seeding objects).
     pub async fn request_ok(

@@ -8,7 +8,7 @@
 //! `sendInitialEvents` with the initial-events-end bookmark, periodic BOOKMARK events
 //! when `allowWatchBookmarks=true`, selector transitions (an object that stops matching
 //! is reported DELETED, one that starts matching ADDED), `timeoutSeconds`, and ending on
-//! an injected watch drop, a slow consumer, or shutdown. It must never send an event
+//! an injected watch drop or expiry (410 for a resume), a slow consumer, or shutdown. It must never send an event
 //! twice or skip one between the start point and the end of the stream.
 
 use std::convert::Infallible;
@@ -149,6 +149,18 @@ fn stream(state: &Arc<State>, spec: WatchSpec, from: WatchFrom) -> Response<Body
                 return;
             }
         };
+        if let WatchFrom::After(wanted) = from
+            && state.faults.take_expiry()
+        {
+            // Injected: as if the history had been compacted past `wanted`.
+            let status = ApiError::expired(format!(
+                "too old resource version: {wanted} ({})",
+                subscription.rv
+            ))
+            .to_status();
+            let _ = tx.send(Ok(Frame::data(raw_line("ERROR", &status)))).await;
+            return;
+        }
         if let WatchFrom::After(wanted) = from
             && wanted > subscription.rv
         {

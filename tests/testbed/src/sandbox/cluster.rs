@@ -40,15 +40,25 @@ pub struct SandboxOptionsForCluster<'a> {
     pub seed: u64,
     pub token_file: &'a Path,
     pub root_cert: &'a Path,
+    /// peerd's `disconnectGracePeriod` (the sandbox: 30s; chaos runs use a shorter one).
+    pub disconnect_grace: &'a str,
+    /// Told about every published churn batch of the simulated istiod (chaos observer).
+    pub churn_observer: Option<crate::sim::churn::ChangeObserver>,
 }
 
 /// A running simulated cluster.
 pub struct Cluster {
     pub layout: ClusterLayout,
     pub global_services: Vec<String>,
+    /// What the simulated istiod serves right now (the truth an observer compares with).
+    pub sim_view: std::sync::Arc<peerd::view::View>,
+    /// The simulated istiod's bearer token file (what peerd sends it).
+    pub istiod_token: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
     peerd: Option<Child>,
+    /// `RUST_LOG` for peerd (default: inherited).
+    log_filter: Option<String>,
 }
 
 impl Cluster {
@@ -74,8 +84,12 @@ impl Cluster {
         sim_options.services = opts.services;
         sim_options.churn_per_sec = opts.churn_per_sec;
         sim_options.seed = opts.seed.wrapping_add(u64::from(layout.index));
-        let sim = SimIstiod::new_with_ca(sim_options, ca)
+        let mut sim = SimIstiod::new_with_ca(sim_options, ca)
             .with_context(|| format!("{}: simulated istiod", layout.name))?;
+        if let Some(observer) = &opts.churn_observer {
+            sim.set_churn_observer(observer.clone());
+        }
+        let sim_view = std::sync::Arc::clone(&sim.view);
         let mut global_services: Vec<String> = sim.global_services.iter().cloned().collect();
         if global_services.is_empty() {
             // A small population can draw no global service; export one so that every
@@ -146,8 +160,11 @@ impl Cluster {
             log_path: layout.dir.join("peerd.log"),
             layout,
             global_services,
+            sim_view,
+            istiod_token: istiod_token.clone(),
             config_path,
             peerd: None,
+            log_filter: None,
         })
     }
 
@@ -157,7 +174,11 @@ impl Cluster {
             return Ok(());
         }
         let exe = peerd_binary()?;
-        let log = std::fs::File::create(&self.log_path)
+        // Appended, not truncated: a restarted peerd's log follows the killed one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
             .with_context(|| format!("creating {}", self.log_path.display()))?;
         let mut command = Command::new(exe);
         command
@@ -168,12 +189,30 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log file handle")?)
             .stderr(log);
+        if let Some(filter) = &self.log_filter {
+            command.env("RUST_LOG", filter);
+        }
         terminate_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("{}: starting peerd", self.layout.name))?;
         self.peerd = Some(child);
         Ok(())
+    }
+
+    /// peerd's log filter from its next start on, whatever this process's own is.
+    pub fn set_log_filter(&mut self, filter: &str) {
+        self.log_filter = Some(filter.to_string());
+    }
+
+    /// The running peerd's process id.
+    pub fn peerd_pid(&self) -> Option<u32> {
+        self.peerd.as_ref().map(Child::id)
+    }
+
+    /// Where peerd's certificate and key live (`cert-chain.pem`, `key.pem`).
+    pub fn peerd_cert_dir(&self) -> PathBuf {
+        self.layout.dir.join("peerd")
     }
 
     /// Stops this cluster's peerd (fault `stop-peer`, or shutdown).
@@ -292,8 +331,9 @@ fn config_for(
             namespace: some(PEERD_NAMESPACE),
             service_account: some(PEERD_SERVICE_ACCOUNT),
         },
-        // Short enough that `--fault stop-peer` shows the withdrawal within a minute.
-        disconnect_grace_period: some("30s"),
+        // The sandbox's 30s: short enough that `--fault stop-peer` shows the withdrawal
+        // within a minute.
+        disconnect_grace_period: some(opts.disconnect_grace),
         // A restarted peerd keeps serving a down peer until its grace ends.
         state_dir: Some(peerd_dir.join("state")),
         listeners: ListenersFile {

@@ -277,7 +277,7 @@ impl Drop for Nftables {
     }
 }
 
-fn run_nft(script: &str) -> anyhow::Result<()> {
+pub(crate) fn run_nft(script: &str) -> anyhow::Result<()> {
     let mut child = Process::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

@@ -102,6 +102,8 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             seed: options.seed,
             token_file: &token_file,
             root_cert: &root_cert,
+            disconnect_grace: "30s",
+            churn_observer: None,
         };
         clusters.push(Cluster::prepare(
             layout.clone(),

@@ -19,6 +19,7 @@ use peerd::identity::tls::{ClientTlsOptions, ServerIdentity, client_config};
 use peerd::proto::envoy::config::core::v3::Node;
 use peerd::store::Store;
 use peerd::xds::client::{AdsClient, ClientOptions, TokenSource};
+use peerd::xds::stats::StreamStats;
 
 /// The DNS name on every sandbox peerd's certificate.
 pub const PEERD_SERVER_NAME: &str = "peerd.istio-system.svc";
@@ -43,6 +44,18 @@ pub fn spawn_named(
     root_cert: &Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<Arc<Store>> {
+    spawn_with_stats(layout, pod, token_file, root_cert, cancel).map(|(store, _)| store)
+}
+
+/// [`spawn_named`] that also returns the client's stream counters (ACKs, NACKs sent,
+/// reconnects), for an observer that reports them.
+pub fn spawn_with_stats(
+    layout: &ClusterLayout,
+    pod: &str,
+    token_file: &Path,
+    root_cert: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Arc<Store>, Arc<StreamStats>)> {
     let roots = RootsSource::from_file(root_cert)
         .with_context(|| format!("{}: simulated ztunnel roots", layout.name))?;
     let tls = client_config(&ClientTlsOptions::new(roots, ServerIdentity::Name))
@@ -58,8 +71,9 @@ pub fn spawn_named(
     options.node = node(layout, pod);
     let store = Store::new();
     let client = AdsClient::new(options, Arc::clone(&store));
+    let stats = client.stats();
     tokio::spawn(client.run(cancel));
-    Ok(store)
+    Ok((store, stats))
 }
 
 /// ztunnel's node id format: `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.

@@ -1,0 +1,168 @@
+//! Drives a run: waits in small ticks, and on every tick lets the observer check its
+//! invariants, checks (e) that no peerd exited unless the runner killed it, and samples
+//! every peerd's resource figures. Faults are scripted on top of it (`catalogue`).
+//!
+//! Owns the rig and the observer for the run; it is the only place that starts or kills
+//! processes after start-up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::observer::Observer;
+use super::procstat::{self, ProcStat};
+use super::rig::Rig;
+
+/// How often invariants are checked (at least; a slow check stretches it).
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Per-process figures across a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProcTrack {
+    /// After the first full convergence.
+    pub start: Option<ProcStat>,
+    pub end: Option<ProcStat>,
+    pub peak_rss_bytes: u64,
+}
+
+pub struct Driver {
+    pub rig: Rig,
+    pub obs: Observer,
+    pub started: Instant,
+    /// Clusters whose peerd the runner stopped on purpose (not a violation of (e)).
+    killed: BTreeSet<usize>,
+    pub procs: BTreeMap<String, ProcTrack>,
+    last_tick_cost: Duration,
+}
+
+impl Driver {
+    pub fn new(rig: Rig, obs: Observer, started: Instant) -> Driver {
+        Driver {
+            rig,
+            obs,
+            started,
+            killed: BTreeSet::new(),
+            procs: BTreeMap::new(),
+            last_tick_cost: Duration::ZERO,
+        }
+    }
+
+    pub fn cluster_count(&self) -> usize {
+        self.rig.clusters.len()
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        self.rig.clusters[i].layout.name.clone()
+    }
+
+    /// One round of checks.
+    pub fn tick(&mut self) {
+        let begun = Instant::now();
+        self.obs.tick();
+        for i in 0..self.rig.clusters.len() {
+            if self.killed.contains(&i) {
+                continue;
+            }
+            if !self.rig.clusters[i].peerd_running() {
+                let what = format!(
+                    "{}'s peerd exited without being killed (log: {})",
+                    self.name(i),
+                    self.rig.clusters[i].log_path().display()
+                );
+                self.obs.violate("e", what);
+                // Keep the run going: a missing cluster would fail every later fault.
+                if let Err(e) = self.rig.start_peerd(i) {
+                    eprintln!("chaos: restarting {}: {e:#}", self.name(i));
+                }
+            }
+            if let Some(pid) = self.rig.clusters[i].peerd_pid()
+                && let Some(stat) = procstat::read(pid)
+            {
+                let track = self
+                    .procs
+                    .entry(format!("peerd {}", self.name(i)))
+                    .or_default();
+                track.peak_rss_bytes = track.peak_rss_bytes.max(stat.rss_bytes);
+                track.end = Some(stat);
+            }
+        }
+        if let Some(stat) = procstat::read(std::process::id()) {
+            let track = self
+                .procs
+                .entry("runner (sims, APIs, observer)".into())
+                .or_default();
+            track.peak_rss_bytes = track.peak_rss_bytes.max(stat.rss_bytes);
+            track.end = Some(stat);
+        }
+        self.last_tick_cost = begun.elapsed();
+    }
+
+    /// Marks the current figures as every process's start (after the first sync).
+    pub fn mark_proc_start(&mut self) {
+        self.tick();
+        for track in self.procs.values_mut() {
+            track.start = track.end;
+            track.peak_rss_bytes = track.end.map_or(0, |s| s.rss_bytes);
+        }
+    }
+
+    /// Waits `d`, checking on every tick.
+    pub async fn idle(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        loop {
+            self.tick();
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let pause = TICK.max(self.last_tick_cost * 2).min(until - now);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Waits until the observer sees exactly the expected state (d); returns how long it
+    /// took, or the last mismatch once `timeout` passed.
+    pub async fn converge(&mut self, timeout: Duration) -> Result<Duration, String> {
+        let begun = Instant::now();
+        loop {
+            self.tick();
+            let mismatch = self.obs.mismatch();
+            if mismatch.is_empty() {
+                return Ok(begun.elapsed());
+            }
+            if begun.elapsed() >= timeout {
+                return Err(mismatch.summary());
+            }
+            let pause = TICK.max(self.last_tick_cost * 2);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// SIGKILL cluster `i`'s peerd; its peers lose it from now.
+    pub fn kill(&mut self, i: usize) {
+        self.killed.insert(i);
+        self.obs.peer_down(i);
+        self.rig.kill_peerd(i);
+    }
+
+    /// Starts cluster `i`'s killed peerd again (the peer stays "down" for the observer
+    /// until the fault has converged: a restarted peerd still has to resync).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.rig.start_peerd(i)?;
+        self.killed.remove(&i);
+        Ok(())
+    }
+
+    /// Waits until cluster `i`'s peerd accepts connections on its xDS port (at most
+    /// `timeout`), checking meanwhile.
+    pub async fn wait_listening(&mut self, i: usize, timeout: Duration) -> bool {
+        let addr = self.rig.clusters[i].layout.xds();
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return true;
+            }
+            self.idle(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}

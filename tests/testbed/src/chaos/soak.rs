@@ -1,0 +1,282 @@
+//! `peerd-sandbox soak --for D`: three clusters under steady churn (200 changes/s each by
+//! default) with a fault from the catalogue every interval (`D/12`, at least 30 s: five
+//! minutes for an hour), the observer checking every invariant throughout. It reports
+//! NACKs, each process's RSS (after the first sync, at the end, peak), open fds and
+//! threads at start and end, the propagation p99 per window (changes published outside
+//! faults, and all), and the violations. Violations or NACKs fail the run.
+//!
+//! Owns the soak loop and its report only; faults and checks come from `catalogue` and
+//! `observer`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use super::catalogue::{self, Fault, FaultRow, Timing};
+use super::driver::ProcTrack;
+use super::observer::quantile_ms;
+use super::report::{mib, node_nacks};
+use super::rig::RigOptions;
+
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    pub run_for: Duration,
+    pub churn_per_sec: f64,
+    pub workloads_per_cluster: usize,
+    pub state_dir: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    pub seed: u64,
+}
+
+/// The fault interval (and report window) of a soak of `run_for`.
+pub fn interval(run_for: Duration) -> Duration {
+    (run_for / 12).max(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub index: usize,
+    pub samples: usize,
+    /// p99 of changes published while no fault was active, in ms.
+    pub p99_steady_ms: Option<f64>,
+    /// p99 of every change, in ms.
+    pub p99_all_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakReport {
+    pub run_for_seconds: f64,
+    pub interval_seconds: f64,
+    pub churn_per_sec_per_cluster: f64,
+    pub workloads_per_cluster: usize,
+    pub nacks: u64,
+    pub processes: Vec<(String, ProcTrack)>,
+    pub windows: Vec<Window>,
+    pub faults: Vec<FaultRow>,
+    pub violations: Vec<super::observer::Violation>,
+}
+
+pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
+    let interval = interval(options.run_for);
+    // Short soaks use the short fault timings so a fault fits its interval.
+    let timing = if interval < Duration::from_secs(120) {
+        Timing::quick()
+    } else {
+        Timing::full()
+    };
+    let rig_options = RigOptions {
+        workloads: vec![options.workloads_per_cluster; 3],
+        services_per_cluster: (options.workloads_per_cluster / 10).max(20),
+        churn_per_sec: options.churn_per_sec,
+        grace: timing.grace,
+        state_dir: super::state_dir(&options.state_dir, "soak"),
+        seed: options.seed,
+    };
+    let mut driver = super::start(&rig_options, timing.converge_timeout).await?;
+    driver.obs.take_samples();
+    let begun = Instant::now();
+    println!(
+        "soak: {}s, a fault every {}s, {} changes/s per cluster",
+        options.run_for.as_secs(),
+        interval.as_secs(),
+        options.churn_per_sec
+    );
+    let mut steady: Vec<Vec<Duration>> = Vec::new();
+    let mut all: Vec<Vec<Duration>> = Vec::new();
+    let mut rows = Vec::new();
+    let mut next_fault = begun + interval;
+    let mut k = 0usize;
+    while begun.elapsed() < options.run_for {
+        let left = options.run_for.saturating_sub(begun.elapsed());
+        if Instant::now() >= next_fault && left >= Duration::from_secs(20) {
+            let fault = Fault::ALL[k % Fault::ALL.len()];
+            k += 1;
+            let row = catalogue::run(&mut driver, fault, &timing).await;
+            println!(
+                "soak: [{:>5.0}s] {} → recovery {}, {} violation(s)",
+                begun.elapsed().as_secs_f64(),
+                row.fault,
+                row.recovery_seconds
+                    .map_or("never".to_string(), |s| format!("{s:.1}s")),
+                row.violations
+            );
+            rows.push(row);
+            next_fault += interval;
+        } else {
+            driver.idle(left.min(Duration::from_secs(1))).await;
+        }
+        for s in driver.obs.take_samples() {
+            let w = (s.at.saturating_duration_since(begun).as_secs_f64() / interval.as_secs_f64())
+                as usize;
+            while all.len() <= w {
+                all.push(Vec::new());
+                steady.push(Vec::new());
+            }
+            all[w].push(s.latency);
+            if !s.during_fault {
+                steady[w].push(s.latency);
+            }
+        }
+    }
+    driver.tick();
+    let windows: Vec<Window> = all
+        .iter_mut()
+        .zip(steady.iter_mut())
+        .enumerate()
+        .map(|(index, (a, s))| Window {
+            index,
+            samples: a.len(),
+            p99_steady_ms: quantile_ms(s, 0.99),
+            p99_all_ms: quantile_ms(a, 0.99),
+        })
+        .collect();
+    let report = SoakReport {
+        run_for_seconds: begun.elapsed().as_secs_f64(),
+        interval_seconds: interval.as_secs_f64(),
+        churn_per_sec_per_cluster: options.churn_per_sec,
+        workloads_per_cluster: options.workloads_per_cluster,
+        nacks: driver.obs.nacks() + node_nacks(&driver.rig),
+        processes: driver.procs.clone().into_iter().collect(),
+        windows,
+        faults: rows,
+        violations: driver.obs.violations.clone(),
+    };
+    let state = driver.rig.state_dir.clone();
+    driver.rig.shutdown().await;
+    println!("{}", render(&report));
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !report.violations.is_empty() || report.nacks > 0 {
+        bail!(
+            "{} invariant violation(s), {} NACK(s); logs in {}",
+            report.violations.len(),
+            report.nacks,
+            state.display()
+        );
+    }
+    if options.state_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&state);
+    }
+    Ok(())
+}
+
+/// The soak's tables, each figure against its target.
+pub fn render(r: &SoakReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nsoak: {:.0}s, a fault every {:.0}s, {} changes/s per cluster, {} workloads per cluster",
+        r.run_for_seconds, r.interval_seconds, r.churn_per_sec_per_cluster, r.workloads_per_cluster
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<34} {:>11} {:>11} {:>11} {:>8} {:>9} {:>9}",
+        "process", "RSS start", "RSS end", "RSS peak", "end/start", "fds", "threads"
+    );
+    for (name, p) in &r.processes {
+        let (Some(start), Some(end)) = (p.start, p.end) else {
+            continue;
+        };
+        let ratio = end.rss_bytes as f64 / start.rss_bytes.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "{:<34} {:>11} {:>11} {:>11} {:>7.2}{} {:>4}→{:<4} {:>4}→{:<4}",
+            name,
+            mib(start.rss_bytes),
+            mib(end.rss_bytes),
+            mib(p.peak_rss_bytes),
+            ratio,
+            if ratio <= 1.10 { " " } else { "!" },
+            start.fds,
+            end.fds,
+            start.threads,
+            end.threads
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  (target: peerd RSS end within 10% of start; `!` marks a miss; a killed and restarted peerd starts afresh)"
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<8} {:>9} {:>16} {:>14}",
+        "window", "samples", "p99 steady (ms)", "p99 all (ms)"
+    );
+    for w in &r.windows {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let _ = writeln!(
+            out,
+            "{:<8} {:>9} {:>16} {:>14}",
+            w.index,
+            w.samples,
+            f(w.p99_steady_ms),
+            f(w.p99_all_ms)
+        );
+    }
+    let steady: Vec<f64> = r.windows.iter().filter_map(|w| w.p99_steady_ms).collect();
+    if let (Some(lo), Some(hi)) = (
+        steady.iter().copied().reduce(f64::min),
+        steady.iter().copied().reduce(f64::max),
+    ) {
+        let spread = hi / lo.max(0.001);
+        let _ = writeln!(
+            out,
+            "  steady p99 spread max/min {spread:.2}× (target ≤ 2×){}",
+            if spread <= 2.0 { "" } else { "  MISS" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<30} {:>10} {:>10} {:>10} {:>10}",
+        "fault", "recovery", "cond.chgs", "withdrawn", "violations"
+    );
+    for f in &r.faults {
+        let _ = writeln!(
+            out,
+            "{:<30} {:>10} {:>10} {:>10} {:>10}",
+            f.fault,
+            f.recovery_seconds
+                .map_or("never".to_string(), |s| format!("{s:.1}s")),
+            f.condition_changes,
+            f.withdrawn,
+            f.violations
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNACKs: {} (target 0); invariant violations: {} (target 0)",
+        r.nacks,
+        r.violations.len()
+    );
+    for v in r.violations.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "  ({}) at {:.0}s: {}",
+            v.invariant, v.at_seconds, v.what
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_is_a_twelfth_but_at_least_thirty_seconds() {
+        assert_eq!(
+            interval(Duration::from_secs(3600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(interval(Duration::from_secs(120)), Duration::from_secs(30));
+        assert_eq!(
+            interval(Duration::from_secs(1200)),
+            Duration::from_secs(100)
+        );
+    }
+}
