@@ -64,7 +64,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     if args.runs == 1 {
         for name in names {
-            run_once(name, args.quick, args.json.as_deref().map(|p| json_path(args, p, name)))?;
+            run_once(
+                name,
+                args.quick,
+                args.json.as_deref().map(|p| json_path(args, p, name)),
+            )?;
         }
         return Ok(());
     }
