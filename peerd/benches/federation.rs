@@ -157,6 +157,10 @@ fn prepare_cluster(
     options.services = size.services;
     // The simulator's own churn stays off: the bench starts churn after the first view.
     options.churn_per_sec = 0.0;
+    // Plain shapes: the expected views below follow the export rule for Services and their
+    // workloads; exported waypoints (design §5.9) are checked by `federation_waypoints` and
+    // by the chaos observer, not here.
+    options.realistic_fraction = 0.0;
     options.seed = SEED + u64::from(k);
     let sim = SimIstiod::new_with_ca(options.clone(), &ca)
         .with_context(|| format!("{}: simulated istiod", layout.name))?;

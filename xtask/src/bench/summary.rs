@@ -22,7 +22,8 @@ struct RunReport {
 #[derive(Deserialize)]
 struct RunRow {
     figure: String,
-    value: f64,
+    /// `null` where the run had no value (serde_json writes NaN so).
+    value: Option<f64>,
     unit: String,
     target: Option<Target>,
     baseline: Option<f64>,
@@ -142,7 +143,7 @@ pub fn summarize(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, Vec<Figu
                     summary.unit
                 );
             }
-            summary.values.push(row.value);
+            summary.values.push(row.value.unwrap_or(f64::NAN));
             if let Some(b) = row.baseline {
                 summary.baselines.push(b);
             }
@@ -254,6 +255,11 @@ mod tests {
         assert_eq!(figures[1].median(), 2.0);
         assert_eq!(figures[1].verdict(), "MISSES");
         assert!((figures[1].spread_percent() - 100.0).abs() < 1e-9);
+
+        // A figure a run could not measure is written as null: it is left out of the median.
+        let with_gap = write_run(&dir, "e.json", &[f64::NAN, 2.0]);
+        let (_, figures) = summarize(&[files[0].clone(), with_gap]).expect("null value");
+        assert_eq!(figures[0].median(), 1.0);
 
         let other = write_run(&dir, "d.json", &[1.0]);
         let err = summarize(&[files[0].clone(), other]).expect_err("misaligned runs");
