@@ -21,37 +21,16 @@ pub async fn subscribe(
     tls: Arc<rustls::ClientConfig>,
     token: &str,
 ) -> anyhow::Result<(mpsc::Sender<discovery::DeltaDiscoveryRequest>, Responses)> {
-    let connector =
-        TlsConnectorService::new(addr.to_string(), server_name, tls, Duration::from_secs(10))?;
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-            .connect_with_connector(connector.clone())
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(16);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    for kind in ResourceType::ALL {
-        tx.send(discovery::DeltaDiscoveryRequest {
-            type_url: kind.type_url().into(),
-            node: Some(Default::default()),
-            ..Default::default()
-        })
-        .await?;
-    }
-    let responses = client
-        .delta_aggregated_resources(request)
-        .await?
-        .into_inner();
-    Ok((tx, responses))
+    let bearer = format!("Bearer {token}");
+    let (tx, answer) = open_stream(
+        addr,
+        server_name,
+        tls,
+        Duration::from_secs(10),
+        ("authorization", &bearer),
+    )
+    .await?;
+    Ok((tx, answer?.into_inner()))
 }
 
 /// Like [`subscribe`], as a peer's peerd reads an export view: no token (the client
@@ -64,8 +43,34 @@ pub async fn subscribe_as_peer(
     tls: Arc<rustls::ClientConfig>,
     cluster_id: &str,
 ) -> anyhow::Result<Option<(mpsc::Sender<discovery::DeltaDiscoveryRequest>, Responses)>> {
-    let connector =
-        TlsConnectorService::new(addr.to_string(), server_name, tls, Duration::from_secs(30))?;
+    let (tx, answer) = open_stream(
+        addr,
+        server_name,
+        tls,
+        Duration::from_secs(30),
+        ("clusterid", cluster_id),
+    )
+    .await?;
+    match answer {
+        Ok(r) => Ok(Some((tx, r.into_inner()))),
+        Err(status) if status.code() == tonic::Code::Unavailable => Ok(None),
+        Err(status) => Err(anyhow::anyhow!("export stream refused: {status}")),
+    }
+}
+
+/// Connects (retrying until the server listens), sends a subscription to both types
+/// carrying `header`, and returns the server's answer as it came.
+async fn open_stream(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    header: (&'static str, &str),
+) -> anyhow::Result<(
+    mpsc::Sender<discovery::DeltaDiscoveryRequest>,
+    Result<tonic::Response<Responses>, tonic::Status>,
+)> {
+    let connector = TlsConnectorService::new(addr.to_string(), server_name, tls, connect_timeout)?;
     let channel = loop {
         match tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
             .connect_with_connector(connector.clone())
@@ -79,9 +84,7 @@ pub async fn subscribe_as_peer(
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(512 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(16);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("clusterid", cluster_id.parse()?);
+    request.metadata_mut().insert(header.0, header.1.parse()?);
     for kind in ResourceType::ALL {
         tx.send(discovery::DeltaDiscoveryRequest {
             type_url: kind.type_url().into(),
@@ -90,9 +93,6 @@ pub async fn subscribe_as_peer(
         })
         .await?;
     }
-    match client.delta_aggregated_resources(request).await {
-        Ok(r) => Ok(Some((tx, r.into_inner()))),
-        Err(status) if status.code() == tonic::Code::Unavailable => Ok(None),
-        Err(status) => Err(anyhow::anyhow!("export stream refused: {status}")),
-    }
+    let answer = client.delta_aggregated_resources(request).await;
+    Ok((tx, answer))
 }
