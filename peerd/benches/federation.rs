@@ -25,7 +25,6 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,14 +112,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn free_addr(host: IpAddr) -> anyhow::Result<SocketAddr> {
-    let port = std::net::TcpListener::bind((host, 0))
-        .with_context(|| format!("binding a free port on {host}"))?
-        .local_addr()?
-        .port();
-    Ok(SocketAddr::new(host, port))
-}
-
 /// One simulated cluster: its layout, istiod, ports and what it should export.
 struct Cluster {
     layout: ClusterLayout,
@@ -149,7 +140,7 @@ fn prepare_cluster(
     layout.host = IpAddr::V4(Ipv4Addr::new(127, 0, k + HOST_OFFSET, 1));
     std::fs::create_dir_all(&layout.dir)?;
     let ca = pki.cluster_ca(&layout.name)?;
-    let sim_addr = free_addr(layout.host)?;
+    let sim_addr = support::child::free_addr(layout.host)?;
     let mut options = SimIstiodOptions::new(&layout.name, sim_addr, &layout.dir.join("istiod"));
     options.cluster_index = Some(k);
     options.network = layout.network.clone();
@@ -209,10 +200,10 @@ fn prepare_cluster(
     .write_to(&peerd_dir)?;
     Ok(Cluster {
         sim_addr,
-        xds: free_addr(layout.host)?,
-        metrics: free_addr(layout.host)?,
-        health: free_addr(layout.host)?,
-        debug: free_addr(layout.host)?,
+        xds: support::child::free_addr(layout.host)?,
+        metrics: support::child::free_addr(layout.host)?,
+        health: support::child::free_addr(layout.host)?,
+        debug: support::child::free_addr(layout.host)?,
         layout,
         view,
         global_services,
@@ -406,54 +397,18 @@ fn peerd_config(me: &Cluster, all: &[Cluster], root: &Path, token: &Path) -> Fil
     }
 }
 
+/// One cluster's peerd: the shared child-process handle, named for failure messages.
 struct Peerd {
     name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Peerd {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Peerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    process: support::child::Peerd,
 }
 
 fn start_peerd(c: &Cluster, config: &FileConfig) -> anyhow::Result<Peerd> {
-    let path = c.layout.dir.join("peerd.yaml");
-    std::fs::write(&path, yaml_serde::to_string(config)?)?;
-    let log = c.layout.dir.join("peerd.log");
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_peerd"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()
+    let process = support::child::Peerd::start(&c.layout.dir, config)
         .with_context(|| format!("{}: starting peerd", c.layout.name))?;
     Ok(Peerd {
         name: c.layout.name.clone(),
-        child,
-        log,
+        process,
     })
 }
 
@@ -645,8 +600,8 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
             }
         }
         for p in &mut peerds {
-            if !p.alive() {
-                bail!("{}'s peerd exited:\n{}", p.name, p.log_tail());
+            if !p.process.alive() {
+                bail!("{}'s peerd exited:\n{}", p.name, p.process.log_tail());
             }
         }
         if Instant::now() > deadline
@@ -666,7 +621,7 @@ async fn run(size: &Size) -> anyhow::Result<Report> {
     let full_view = first_view.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
     let direct_full_view = direct_view.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
     let exact_at_first_view = holds(&seen, &want, true).iter().all(|ok| *ok);
-    let pids: Vec<u32> = peerds.iter().map(Peerd::pid).collect();
+    let pids: Vec<u32> = peerds.iter().map(|p| p.process.pid()).collect();
     let rss_synced: Vec<f64> = pids
         .iter()
         .map(|p| support::rss_mb(*p).unwrap_or(f64::NAN))
