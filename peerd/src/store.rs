@@ -103,6 +103,26 @@ impl std::fmt::Debug for StoreEvent {
     }
 }
 
+/// An origin was withdrawn (its grace period ended, or its peer was removed) after an
+/// upstream session had offered the versions it held: that session's responses no longer
+/// apply, and the client must start a new one from what the store holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawn {
+    pub origin: Arc<str>,
+}
+
+impl std::fmt::Display for Withdrawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the state of {} was withdrawn while its stream was resyncing; resubscribing from scratch",
+            self.origin
+        )
+    }
+}
+
+impl std::error::Error for Withdrawn {}
+
 /// One origin's resources and sync flags.
 pub struct Origin {
     pub name: Arc<str>,
@@ -213,7 +233,7 @@ impl Store {
         v
     }
 
-    /// Applies one accepted response of an upstream.
+    /// Applies one accepted response of an upstream (creating the origin if needed).
     #[tracing::instrument(name = "store.apply", skip_all, fields(origin, %kind, upserts = upserts.len(), removals = removals.len()))]
     pub fn apply(
         &self,
@@ -222,7 +242,49 @@ impl Store {
         upserts: Vec<Arc<Resource>>,
         removals: Vec<Arc<str>>,
     ) -> Option<Arc<ChangeSet>> {
-        let o = self.origin(origin);
+        self.write(&self.origin(origin), kind, upserts, removals)
+    }
+
+    /// Applies one accepted response of the session that offered `held`'s versions
+    /// upstream, only while `held` is still the origin's entry. Once the origin has been
+    /// withdrawn, the upstream's responses are a diff against state that is gone, and
+    /// applying them to a recreated origin would serve a partial peer as complete.
+    #[tracing::instrument(name = "store.apply", skip_all, fields(origin = %held.name, %kind, upserts = upserts.len(), removals = removals.len()))]
+    pub fn apply_to(
+        &self,
+        held: &Arc<Origin>,
+        kind: ResourceType,
+        upserts: Vec<Arc<Resource>>,
+        removals: Vec<Arc<str>>,
+    ) -> Result<Option<Arc<ChangeSet>>, Withdrawn> {
+        let current = self.current(held)?;
+        // `current` holds its shard's read lock until the write is done: a withdrawal
+        // (`remove` takes the write lock) happens wholly before or after it.
+        let change = self.write(current.value(), kind, upserts, removals);
+        drop(current);
+        Ok(change)
+    }
+
+    /// `held`'s entry in the map, if it is still the origin's (not withdrawn since).
+    fn current(
+        &self,
+        held: &Arc<Origin>,
+    ) -> Result<dashmap::mapref::one::Ref<'_, Arc<str>, Arc<Origin>>, Withdrawn> {
+        match self.origins.get(&*held.name) {
+            Some(current) if Arc::ptr_eq(current.value(), held) => Ok(current),
+            _ => Err(Withdrawn {
+                origin: Arc::clone(&held.name),
+            }),
+        }
+    }
+
+    fn write(
+        &self,
+        o: &Arc<Origin>,
+        kind: ResourceType,
+        upserts: Vec<Arc<Resource>>,
+        removals: Vec<Arc<str>>,
+    ) -> Option<Arc<ChangeSet>> {
         let change = self.budget.record_write(&o.name, || {
             let change = o.view.apply(kind, upserts, removals);
             (change, o.view.snapshot().stored_bytes())
@@ -238,7 +300,19 @@ impl Store {
 
     /// Marks a type of an origin as synced (first full response handled).
     pub fn mark_synced(&self, origin: &str, kind: ResourceType) {
-        let o = self.origin(origin);
+        self.set_synced(&self.origin(origin), kind);
+    }
+
+    /// [`Store::mark_synced`] for the session that offered `held`'s versions, only while
+    /// `held` has not been withdrawn (see [`Store::apply_to`]).
+    pub fn mark_synced_in(&self, held: &Arc<Origin>, kind: ResourceType) -> Result<(), Withdrawn> {
+        let current = self.current(held)?;
+        self.set_synced(current.value(), kind);
+        drop(current);
+        Ok(())
+    }
+
+    fn set_synced(&self, o: &Arc<Origin>, kind: ResourceType) {
         if !o.synced[kind.index()].swap(true, Ordering::AcqRel) {
             let _ = self.events.send(StoreEvent::Synced {
                 origin: Arc::clone(&o.name),
@@ -368,5 +442,36 @@ mod tests {
         }
         assert_eq!(seen.len(), 4);
         assert!(store.origin("c2").session() > first);
+    }
+
+    #[tokio::test]
+    async fn a_session_of_a_withdrawn_origin_writes_nothing_and_recreates_nothing() {
+        let store = Store::new();
+        let held = store.origin("c2");
+        store
+            .apply_to(&held, ResourceType::Address, vec![pod("c2//Pod/default/a")], vec![])
+            .unwrap();
+        // The grace period ends while the session resyncs: the origin is withdrawn.
+        assert!(store.remove("c2"));
+        let mut rx = store.subscribe();
+        let err = store
+            .apply_to(&held, ResourceType::Address, vec![pod("c2//Pod/default/b")], vec![])
+            .unwrap_err();
+        assert_eq!(&*err.origin, "c2");
+        assert!(err.to_string().contains("withdrawn"), "{err}");
+        assert_eq!(
+            store.mark_synced_in(&held, ResourceType::Address),
+            Err(err)
+        );
+        assert!(store.get("c2").is_none(), "not recreated with the diff alone");
+        assert!(rx.try_recv().is_err(), "no event for a write that did not happen");
+        // A new session holds the new (empty) origin and writes normally.
+        let fresh = store.origin("c2");
+        store
+            .apply_to(&fresh, ResourceType::Address, vec![pod("c2//Pod/default/b")], vec![])
+            .unwrap();
+        store.mark_synced_in(&fresh, ResourceType::Address).unwrap();
+        assert!(store.origin("c2").is_synced(ResourceType::Address));
+        assert!(store.apply_to(&held, ResourceType::Address, vec![], vec![]).is_err());
     }
 }

@@ -247,6 +247,59 @@ async fn wire_exchange_matches_ztunnel_and_reconnect_offers_held_versions() {
     assert_eq!(client.stats.snapshot().address_type.nacks_sent, 1);
 }
 
+/// The peer's grace period ends just after its reconnected stream offered the versions it
+/// held, so federation withdraws the origin while the upstream answers with a diff against
+/// it. Storing that diff as the peer's whole state would lose everything unchanged for
+/// good (found by `cargo xtask chaos`): the client must resubscribe from scratch instead.
+#[tokio::test]
+async fn a_withdrawal_during_a_resync_restarts_the_session_from_scratch() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let store = Store::new();
+    let a = wl("c2//Pod/default/a", [10, 0, 0, 1]);
+    let b = wl("c2//Pod/default/b", [10, 0, 0, 2]);
+    let c = wl("c2//Pod/default/c", [10, 0, 0, 3]);
+    store.apply(ORIGIN, Address, vec![a.clone(), b.clone()], vec![]);
+    let client = run(AdsClient::new(
+        options(upstream.addr, &upstream.pki),
+        Arc::clone(&store),
+    ));
+    let mut up = upstream.next_stream().await;
+    assert_eq!(up.recv().await.initial_resource_versions.len(), 2);
+    let _ = up.recv().await;
+    // Federation's sweep: the grace period is over.
+    assert!(store.remove(ORIGIN));
+    // What changed since the offered versions: one new workload.
+    up.send(response(Address, "diff", vec![wire(&c)], &[])).await;
+    let mut up = upstream.next_stream().await;
+    let address = up.recv().await;
+    assert!(
+        address.initial_resource_versions.is_empty(),
+        "the new session offers nothing: {:?}",
+        address.initial_resource_versions
+    );
+    assert!(up.recv().await.initial_resource_versions.is_empty());
+    up.send(response(
+        Address,
+        "full",
+        vec![wire(&a), wire(&b), wire(&c)],
+        &[],
+    ))
+    .await;
+    assert!(up.recv().await.error_detail.is_none());
+    up.send(response(Authorization, "z", vec![], &[])).await;
+    assert!(up.recv().await.error_detail.is_none());
+    eventually("synced again", || {
+        store.get(ORIGIN).is_some_and(|o| o.is_fully_synced())
+    })
+    .await;
+    let held: Vec<String> = stored(&store, Address).0.into_keys().collect();
+    assert_eq!(
+        held,
+        ["c2//Pod/default/a", "c2//Pod/default/b", "c2//Pod/default/c"]
+    );
+    assert!(client.stats.snapshot().reconnects >= 1);
+}
+
 #[tokio::test]
 async fn a_large_response_is_stored_in_parts_then_marked_synced() {
     let mut upstream = ScriptedUpstream::start().await;

@@ -44,6 +44,10 @@ pub struct FuzzArgs {
     /// only; a separate target directory).
     #[arg(long)]
     pub asan: bool,
+    /// An unoptimised build (`cargo fuzz build --dev`): a third of the build's CPU time,
+    /// runs several times slower. What the suite's smoke uses; long runs want the default.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// One target's run.
@@ -78,13 +82,14 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     ])?;
     let target_dir = fuzz.join(if args.asan { "target-asan" } else { "target" });
     let built = Instant::now();
-    crate::run(&mut build_command(&target_dir, args.asan, &targets))?;
+    crate::run(&mut build_command(&target_dir, args, &targets))?;
     eprintln!(
         "xtask fuzz: built {} target(s) in {:.0} s",
         targets.len(),
         built.elapsed().as_secs_f64()
     );
-    let bin_dir = target_dir.join(format!("{}/release", host_triple()?));
+    let profile = if args.dev { "debug" } else { "release" };
+    let bin_dir = target_dir.join(format!("{}/{profile}", host_triple()?));
     let mut outcomes = Vec::new();
     for target in &targets {
         outcomes.push(run_target(&fuzz, &bin_dir, &seeds, target, args.secs)?);
@@ -97,15 +102,17 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
             .flat_map(|o| o.crashes.iter().map(|p| p.display().to_string()))
             .collect();
         bail!(
-            "fuzzing found {} failing input(s): {} (reproduce: fuzz/target/<triple>/release/<target> <file>)",
+            "fuzzing found {} failing input(s): {} (reproduce: {}/<target> <file>)",
             list.len(),
-            list.join(", ")
+            list.join(", "),
+            bin_dir.display()
         );
     }
     Ok(())
 }
 
-fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+/// Installs cargo-fuzz when `cargo fuzz` is missing (`cargo xtask setup` does it too).
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let installed = Command::new(&cargo)
         .args(["fuzz", "--version"])
@@ -124,21 +131,20 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     ])
 }
 
-fn build_command(target_dir: &Path, asan: bool, targets: &[&str]) -> Command {
+fn build_command(target_dir: &Path, args: &FuzzArgs, targets: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     // Run from the repository root (`crate::run`), where cargo-fuzz finds `fuzz/`.
-    cmd.args([
-        "fuzz",
-        "build",
-        "-O",
-        // Many codegen units: the build is CI's cost; runs are seconds long.
-        "--codegen-units",
-        "16",
-        "--target-dir",
-    ]);
-    cmd.arg(target_dir);
-    if asan {
+    cmd.args(["fuzz", "build"]);
+    if args.dev {
+        // Debug assertions and overflow checks are on in the dev profile too.
+        cmd.arg("--dev");
+    } else {
+        // Many codegen units: a shorter build for a slightly slower run.
+        cmd.args(["-O", "--codegen-units", "16"]);
+    }
+    cmd.arg("--target-dir").arg(target_dir);
+    if args.asan {
         // cargo-fuzz passes `-Zsanitizer=address`: accepted by stable rustc only so.
         cmd.args(["--sanitizer", "address"])
             .env("RUSTC_BOOTSTRAP", "1");

@@ -135,6 +135,8 @@ pub fn run() -> anyhow::Result<()> {
     if !apt.is_empty() || !pip.is_empty() {
         bail!("still missing after setup: apt {apt:?}, pip {pip:?}");
     }
+    // The fuzz smoke of `cargo xtask test` builds with cargo-fuzz.
+    crate::fuzz::ensure_cargo_fuzz()?;
     eprintln!("xtask setup: all prerequisites present");
     Ok(())
 }

@@ -69,7 +69,7 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// Seconds each fuzz target runs in the suite's smoke (`cargo xtask fuzz` runs longer).
-const FUZZ_SMOKE_SECS: u64 = 15;
+const FUZZ_SMOKE_SECS: u64 = 10;
 
 pub fn run(setup: bool, bench: bool, fuzz: bool) -> anyhow::Result<()> {
     if setup {
@@ -95,6 +95,7 @@ pub fn run(setup: bool, bench: bool, fuzz: bool) -> anyhow::Result<()> {
             target: None,
             secs: FUZZ_SMOKE_SECS,
             asan: false,
+            dev: true,
         })?;
     }
     chaos_quick()?;

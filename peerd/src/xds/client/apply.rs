@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::proto::google::rpc;
+use crate::store::{Origin, Withdrawn};
 use crate::xds::received::{Envelope, ReceivedResponse};
 use crate::xds::resource::{Resource, ResourceError};
 use crate::xds::types::ResourceType;
@@ -53,11 +54,14 @@ const NACK_LISTED: usize = 32;
 impl AdsClient {
     /// Validates and applies one response; returns the ACK or NACK to send.
     #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
+    /// Fails (applying nothing more) once `held`, the origin whose versions the session
+    /// offered, has been withdrawn.
     pub(super) fn handle_response(
         &self,
+        held: &Arc<Origin>,
         resp: ReceivedResponse,
         synced: &mut [bool; 2],
-    ) -> discovery::DeltaDiscoveryRequest {
+    ) -> Result<discovery::DeltaDiscoveryRequest, Withdrawn> {
         let peer = self.origin();
         let ack = discovery::DeltaDiscoveryRequest {
             type_url: resp.type_url.clone(),
@@ -66,7 +70,7 @@ impl AdsClient {
         };
         let Some(kind) = ResourceType::from_type_url(&resp.type_url) else {
             tracing::error!(origin = %peer, type_url = %resp.type_url, "xds client: response for an unknown type; ACKing and ignoring it");
-            return ack;
+            return Ok(ack);
         };
         metrics::counter!("peerd_xds_client_responses_total", "peer_cluster" => peer.to_string(), "type" => kind.short_name())
             .increment(1);
@@ -136,8 +140,11 @@ impl AdsClient {
                     if !resp.removed_resources.is_empty() {
                         upserted.extend(upserts.iter().map(|r| Arc::clone(&r.name)));
                     }
-                    self.store
-                        .apply(peer, kind, std::mem::take(&mut upserts), Vec::new());
+                    let part = std::mem::take(&mut upserts);
+                    if let Err(withdrawn) = self.store.apply_to(held, kind, part, Vec::new()) {
+                        self.store.memory_budget().finish_response(peer, kind);
+                        return Err(withdrawn);
+                    }
                 }
             }
         }
@@ -153,23 +160,24 @@ impl AdsClient {
                 .collect()
         };
         let n_rm = removals.len();
-        self.store.apply(peer, kind, upserts, removals);
+        let applied = self.store.apply_to(held, kind, upserts, removals);
         self.store.memory_budget().finish_response(peer, kind);
+        applied?;
         if !synced[kind.index()] {
             synced[kind.index()] = true;
-            self.store.mark_synced(peer, kind);
+            self.store.mark_synced_in(held, kind)?;
         }
-        let held = self.store.origin(peer).view.snapshot().len(kind) as u64;
+        let stored = held.view.snapshot().len(kind) as u64;
         tracing::debug!(origin = %peer, %kind, nonce = %resp.nonce, upserts = n_up, removals = n_rm, rejected = errors.len(), "xds client: response applied");
         if errors.is_empty() {
             self.stats.update(kind, |t| {
                 t.last_nonce_received = resp.nonce.clone();
                 t.last_nonce_acked = resp.nonce.clone();
                 t.acks += 1;
-                t.resources = held;
+                t.resources = stored;
                 t.synced = true;
             });
-            return ack;
+            return Ok(ack);
         }
         let mut message = errors
             .iter()
@@ -192,17 +200,17 @@ impl AdsClient {
             t.last_nonce_received = resp.nonce.clone();
             t.nacks_sent += 1;
             t.last_nack_message = message.clone();
-            t.resources = held;
+            t.resources = stored;
             t.synced = true;
         });
-        discovery::DeltaDiscoveryRequest {
+        Ok(discovery::DeltaDiscoveryRequest {
             error_detail: Some(rpc::Status {
                 code: 0,
                 message,
                 details: Vec::new(),
             }),
             ..ack
-        }
+        })
     }
 
     /// Validates every pending slot in place, on up to `threads` threads (each takes a

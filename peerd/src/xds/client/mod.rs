@@ -134,6 +134,9 @@ pub enum FailureKind {
     NoResponse,
     Stream,
     Config,
+    /// Federation withdrew the origin's state (grace period over) while the stream was
+    /// resyncing against it; the client starts a new session from scratch.
+    Withdrawn,
 }
 
 impl FailureKind {
@@ -160,6 +163,7 @@ impl FailureKind {
             FailureKind::NoResponse => "no_response",
             FailureKind::Stream => "stream",
             FailureKind::Config => "config",
+            FailureKind::Withdrawn => "withdrawn",
         }
     }
 }

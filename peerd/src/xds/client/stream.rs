@@ -1,7 +1,9 @@
 //! One session of the delta-ADS client: dial with TLS, open the stream with the
 //! bearer token and extra headers, send the initial requests (offering what the store
 //! already holds in `initial_resource_versions`), then loop on responses until the
-//! server closes, the stream fails or the client is cancelled.
+//! server closes, the stream fails, federation withdraws the origin the session offered
+//! (its responses would then be diffs against state that is gone), or the client is
+//! cancelled.
 //!
 //! It owns the stream's lifetime and the "no response in time" warning. It must never
 //! touch the store directly (responses go through [`AdsClient::handle_response`]) and
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataKey, MetadataValue};
 
 use crate::proto::envoy::service::discovery::v3 as discovery;
+use crate::store::Origin;
 use crate::xds::offload;
 use crate::xds::received::ReceivedResponse;
 use crate::xds::transport::TlsConnectorService;
@@ -61,8 +64,8 @@ impl AdsClient {
             })
     }
 
-    fn initial_request(&self, kind: ResourceType) -> discovery::DeltaDiscoveryRequest {
-        let held = self.store.origin(self.origin()).view.snapshot();
+    fn initial_request(&self, held: &Origin, kind: ResourceType) -> discovery::DeltaDiscoveryRequest {
+        let held = held.view.snapshot();
         let initial_resource_versions: HashMap<String, String> = held
             .resources(kind)
             .iter()
@@ -113,9 +116,12 @@ impl AdsClient {
             .max_decoding_message_size(opts.max_message_size)
             .max_encoding_message_size(opts.max_message_size);
 
+        // The origin whose versions this session offers: every response is applied to it
+        // only while federation has not withdrawn it (the responses are diffs against it).
+        let held = self.store.origin(self.origin());
         let (tx, rx) = mpsc::channel::<discovery::DeltaDiscoveryRequest>(16);
         for kind in ResourceType::ALL {
-            let req = self.initial_request(kind);
+            let req = self.initial_request(&held, kind);
             tracing::debug!(origin = %peer, %kind, held = req.initial_resource_versions.len(), "xds client: initial request");
             // The receiver is alive (held below); capacity 16 > 2.
             let _ = tx.send(req).await;
@@ -185,7 +191,12 @@ impl AdsClient {
                         // Validating a full state (100k resources) takes a good part of a
                         // second: not on the runtime worker.
                         let heavy = resp.resources.len() >= offload::HEAVY_STEP;
-                        let reply = offload::run(heavy, || self.handle_response(resp, &mut synced));
+                        let reply = offload::run(heavy, || self.handle_response(&held, resp, &mut synced))
+                            .map_err(|withdrawn| ClientError {
+                                kind: FailureKind::Withdrawn,
+                                message: withdrawn.to_string(),
+                                tls: None,
+                            })?;
                         if synced.iter().all(|s| *s) && silence_reported {
                             silence_reported = false;
                             self.stats.set_last_error("");

@@ -15,6 +15,7 @@
 
 pub mod catalogue;
 pub mod driver;
+pub mod node_path;
 pub mod observer;
 pub mod partition;
 pub mod procstat;

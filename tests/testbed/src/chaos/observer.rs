@@ -165,6 +165,7 @@ impl Observer {
         for (index, (c, api)) in rig.clusters.iter().zip(&rig.apis).enumerate() {
             let (store, stats) = ztunnel::spawn_with_stats(
                 &c.layout,
+                rig.node_paths[index],
                 "chaos-observer",
                 &rig.token_file,
                 &rig.root_cert,

@@ -26,6 +26,7 @@ use crate::sim::churn::{ChangeBatch, ChangeObserver};
 use peerd::identity::spiffe::SpiffeId;
 use peerd::xds::stats::StreamStats;
 
+use super::node_path;
 use super::partition::Partitions;
 
 #[derive(Debug, Clone)]
@@ -80,6 +81,9 @@ pub struct Rig {
     pub clusters: Vec<Cluster>,
     pub apis: Vec<Arc<EmulatorHandle>>,
     pub node_ztunnels: Vec<Arc<StreamStats>>,
+    /// Per cluster, where its simulated ztunnels dial their peerd ([`node_path`]: from
+    /// the node address, which partitions leave alone).
+    pub node_paths: Vec<std::net::SocketAddr>,
     pub partitions: Partitions,
     pub publish_log: Arc<PublishLog>,
     pub grace: Duration,
@@ -167,13 +171,22 @@ impl Rig {
         std::fs::write(&kubeconfig, kube::kubeconfig(&layouts))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
         let mut node_ztunnels = Vec::new();
+        let mut node_paths = Vec::new();
         for c in &mut clusters {
             // peerd's own logs stay complete (they explain a violation) even when the
             // runner's are quiet.
             c.set_log_filter("info");
             c.start_peerd()?;
+            let node_path = node_path::start(
+                node_path::node_address(&c.layout),
+                c.layout.xds(),
+                cancel.clone(),
+            )
+            .await?;
+            node_paths.push(node_path);
             let (_, stats) = ztunnel::spawn_with_stats(
                 &c.layout,
+                node_path,
                 "ztunnel",
                 &token_file,
                 &root_cert,
@@ -194,6 +207,7 @@ impl Rig {
             clusters,
             apis,
             node_ztunnels,
+            node_paths,
             partitions,
             publish_log,
             grace: options.grace,
@@ -224,8 +238,9 @@ impl Rig {
     }
 
     pub fn cut(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = self.clusters[i].layout.host;
-        self.partitions.cut(host)
+        let layout = &self.clusters[i].layout;
+        self.partitions
+            .cut(layout.host, node_path::node_address(layout))
     }
 
     pub fn heal(&mut self, i: usize) -> anyhow::Result<()> {

@@ -44,13 +44,16 @@ pub fn spawn_named(
     root_cert: &Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<Arc<Store>> {
-    spawn_with_stats(layout, pod, token_file, root_cert, cancel).map(|(store, _)| store)
+    spawn_with_stats(layout, layout.xds(), pod, token_file, root_cert, cancel)
+        .map(|(store, _)| store)
 }
 
-/// [`spawn_named`] that also returns the client's stream counters (ACKs, NACKs sent,
-/// reconnects), for an observer that reports them.
+/// [`spawn_named`] that dials `endpoint` (peerd's 15012, or a path to it) and also
+/// returns the client's stream counters (ACKs, NACKs sent, reconnects), for an observer
+/// that reports them.
 pub fn spawn_with_stats(
     layout: &ClusterLayout,
+    endpoint: std::net::SocketAddr,
     pod: &str,
     token_file: &Path,
     root_cert: &Path,
@@ -62,7 +65,7 @@ pub fn spawn_with_stats(
         .with_context(|| format!("{}: simulated ztunnel TLS", layout.name))?;
     let mut options = ClientOptions::new(
         layout.name.clone(),
-        layout.xds().to_string(),
+        endpoint.to_string(),
         PEERD_SERVER_NAME.to_string(),
         tls,
     );
