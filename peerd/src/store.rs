@@ -449,29 +449,51 @@ mod tests {
         let store = Store::new();
         let held = store.origin("c2");
         store
-            .apply_to(&held, ResourceType::Address, vec![pod("c2//Pod/default/a")], vec![])
+            .apply_to(
+                &held,
+                ResourceType::Address,
+                vec![pod("c2//Pod/default/a")],
+                vec![],
+            )
             .unwrap();
         // The grace period ends while the session resyncs: the origin is withdrawn.
         assert!(store.remove("c2"));
         let mut rx = store.subscribe();
         let err = store
-            .apply_to(&held, ResourceType::Address, vec![pod("c2//Pod/default/b")], vec![])
+            .apply_to(
+                &held,
+                ResourceType::Address,
+                vec![pod("c2//Pod/default/b")],
+                vec![],
+            )
             .unwrap_err();
         assert_eq!(&*err.origin, "c2");
         assert!(err.to_string().contains("withdrawn"), "{err}");
-        assert_eq!(
-            store.mark_synced_in(&held, ResourceType::Address),
-            Err(err)
+        assert_eq!(store.mark_synced_in(&held, ResourceType::Address), Err(err));
+        assert!(
+            store.get("c2").is_none(),
+            "not recreated with the diff alone"
         );
-        assert!(store.get("c2").is_none(), "not recreated with the diff alone");
-        assert!(rx.try_recv().is_err(), "no event for a write that did not happen");
+        assert!(
+            rx.try_recv().is_err(),
+            "no event for a write that did not happen"
+        );
         // A new session holds the new (empty) origin and writes normally.
         let fresh = store.origin("c2");
         store
-            .apply_to(&fresh, ResourceType::Address, vec![pod("c2//Pod/default/b")], vec![])
+            .apply_to(
+                &fresh,
+                ResourceType::Address,
+                vec![pod("c2//Pod/default/b")],
+                vec![],
+            )
             .unwrap();
         store.mark_synced_in(&fresh, ResourceType::Address).unwrap();
         assert!(store.origin("c2").is_synced(ResourceType::Address));
-        assert!(store.apply_to(&held, ResourceType::Address, vec![], vec![]).is_err());
+        assert!(
+            store
+                .apply_to(&held, ResourceType::Address, vec![], vec![])
+                .is_err()
+        );
     }
 }

@@ -269,7 +269,8 @@ async fn a_withdrawal_during_a_resync_restarts_the_session_from_scratch() {
     // Federation's sweep: the grace period is over.
     assert!(store.remove(ORIGIN));
     // What changed since the offered versions: one new workload.
-    up.send(response(Address, "diff", vec![wire(&c)], &[])).await;
+    up.send(response(Address, "diff", vec![wire(&c)], &[]))
+        .await;
     let mut up = upstream.next_stream().await;
     let address = up.recv().await;
     assert!(
@@ -295,7 +296,11 @@ async fn a_withdrawal_during_a_resync_restarts_the_session_from_scratch() {
     let held: Vec<String> = stored(&store, Address).0.into_keys().collect();
     assert_eq!(
         held,
-        ["c2//Pod/default/a", "c2//Pod/default/b", "c2//Pod/default/c"]
+        [
+            "c2//Pod/default/a",
+            "c2//Pod/default/b",
+            "c2//Pod/default/c"
+        ]
     );
     assert!(client.stats.snapshot().reconnects >= 1);
 }

@@ -64,7 +64,11 @@ impl AdsClient {
             })
     }
 
-    fn initial_request(&self, held: &Origin, kind: ResourceType) -> discovery::DeltaDiscoveryRequest {
+    fn initial_request(
+        &self,
+        held: &Origin,
+        kind: ResourceType,
+    ) -> discovery::DeltaDiscoveryRequest {
         let held = held.view.snapshot();
         let initial_resource_versions: HashMap<String, String> = held
             .resources(kind)
