@@ -90,7 +90,9 @@ impl Timing {
         Timing {
             grace: Duration::from_secs(10),
             short_partition: Duration::from_secs(4),
-            long_partition: Duration::from_secs(35),
+            // Past grace from the peers' side: a silently dropped stream is noticed by the
+            // HTTP/2 keepalive (30 s + 10 s, peerd's defaults), and the grace runs from then.
+            long_partition: Duration::from_secs(55),
             flap_for: Duration::from_secs(10),
             api_fault_for: Duration::from_secs(8),
             stuck_for: Duration::from_secs(8),
@@ -104,7 +106,8 @@ impl Timing {
         Timing {
             grace: Duration::from_secs(20),
             short_partition: Duration::from_secs(8),
-            long_partition: Duration::from_secs(60),
+            // Keepalive detection (up to 40 s) + grace (20 s) + margin; see `quick`.
+            long_partition: Duration::from_secs(75),
             flap_for: Duration::from_secs(60),
             api_fault_for: Duration::from_secs(20),
             stuck_for: Duration::from_secs(30),

@@ -207,18 +207,31 @@ pub fn render(r: &SoakReport) -> String {
         "\n{:<8} {:>9} {:>16} {:>14}",
         "window", "samples", "p99 steady (ms)", "p99 all (ms)"
     );
+    // The last window may be the few seconds after the last full one (the loop ends
+    // after its last tick): too few samples to compare, so it is shown, not counted.
+    let full_windows = (r.run_for_seconds / r.interval_seconds.max(1.0)).floor() as usize;
     for w in &r.windows {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let _ = writeln!(
             out,
-            "{:<8} {:>9} {:>16} {:>14}",
+            "{:<8} {:>9} {:>16} {:>14}{}",
             w.index,
             w.samples,
             f(w.p99_steady_ms),
-            f(w.p99_all_ms)
+            f(w.p99_all_ms),
+            if w.index < full_windows {
+                ""
+            } else {
+                "  (partial, not compared)"
+            }
         );
     }
-    let steady: Vec<f64> = r.windows.iter().filter_map(|w| w.p99_steady_ms).collect();
+    let steady: Vec<f64> = r
+        .windows
+        .iter()
+        .filter(|w| w.index < full_windows)
+        .filter_map(|w| w.p99_steady_ms)
+        .collect();
     if let (Some(lo), Some(hi)) = (
         steady.iter().copied().reduce(f64::min),
         steady.iter().copied().reduce(f64::max),
@@ -278,5 +291,31 @@ mod tests {
             interval(Duration::from_secs(1200)),
             Duration::from_secs(100)
         );
+    }
+
+    #[test]
+    fn the_partial_last_window_is_shown_but_not_compared() {
+        let window = |index, p99| Window {
+            index,
+            samples: 1000,
+            p99_steady_ms: Some(p99),
+            p99_all_ms: Some(p99),
+        };
+        let report = SoakReport {
+            run_for_seconds: 3600.4,
+            interval_seconds: 300.0,
+            churn_per_sec_per_cluster: 200.0,
+            workloads_per_cluster: 2000,
+            nacks: 0,
+            processes: Vec::new(),
+            windows: vec![window(0, 40.0), window(1, 60.0), window(12, 10.0)],
+            faults: Vec::new(),
+            violations: Vec::new(),
+        };
+        let text = render(&report);
+        assert!(text.contains("spread max/min 1.50×"), "{text}");
+        assert!(!text.contains("MISS"), "{text}");
+        let last = text.lines().find(|l| l.starts_with("12 ")).unwrap();
+        assert!(last.contains("partial, not compared"), "{last}");
     }
 }
