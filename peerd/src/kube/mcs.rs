@@ -17,7 +17,7 @@
 //! considered synced (empty) so startup does not wait on it, and keeps retrying.
 //! This file never writes anything but ServiceImports, and only while leader.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -295,13 +296,29 @@ pub fn desired_imports(store: &XdsStore, federation: &Federation) -> Vec<Service
         .collect()
 }
 
-/// How often the leader reconciles ServiceImports without a change.
+/// How often the leader re-applies every ServiceImport, changed or not (repairing edits
+/// by others, retrying what failed).
 const IMPORT_RESYNC: Duration = Duration::from_secs(30);
 /// Coalesces a burst of store changes into one pass.
 const IMPORT_DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// The leader's ServiceImport writer: a pass after store changes (debounced) and every
-/// [`IMPORT_RESYNC`]; does nothing while not leader.
+/// What the writer last applied, per ServiceImport (namespace, name): a pass after a store
+/// change writes only the imports whose content changed since. Under churn the store
+/// changes several times a second while the imports rarely do, and re-applying all of
+/// them on every pass would put the API server under constant load.
+#[derive(Debug, Default)]
+pub struct AppliedImports(HashMap<(String, String), Value>);
+
+impl AppliedImports {
+    /// Forgets everything: the next pass applies every import.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The leader's ServiceImport writer: a pass after store changes (debounced, writing what
+/// changed) and every [`IMPORT_RESYNC`] (writing everything); does nothing while not
+/// leader. A failure is logged when it first happens or changes, not on every pass.
 pub async fn write_service_imports(
     client: Client,
     store: Arc<XdsStore>,
@@ -310,11 +327,32 @@ pub async fn write_service_imports(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut events = store.subscribe();
+    let mut applied = AppliedImports::default();
+    let mut last_full: Option<tokio::time::Instant> = None;
+    let mut failing: Option<String> = None;
     loop {
-        if leadership.is_leader()
-            && let Err(e) = sync_service_imports(&client, &store, &federation).await
-        {
-            tracing::warn!(error = %format!("{e:#}"), "writing ServiceImports failed; retrying");
+        if !leadership.is_leader() {
+            applied.clear();
+            last_full = None;
+        } else {
+            if last_full.is_none_or(|t| t.elapsed() >= IMPORT_RESYNC) {
+                applied.clear();
+                last_full = Some(tokio::time::Instant::now());
+            }
+            match sync_service_imports(&client, &store, &federation, &mut applied).await {
+                Ok(()) => {
+                    if failing.take().is_some() {
+                        tracing::info!("ServiceImports written again");
+                    }
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    if failing.as_ref() != Some(&error) {
+                        tracing::warn!(error = %error, "writing ServiceImports failed; retrying (logged again only if the failure changes)");
+                    }
+                    failing = Some(error);
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -330,38 +368,67 @@ pub async fn write_service_imports(
     }
 }
 
-/// One pass: apply every desired ServiceImport (spec, then status), delete peerd's own
-/// that are no longer desired.
+/// One pass: the desired ServiceImports from the store, written by [`apply_imports`].
 pub async fn sync_service_imports(
     client: &Client,
     store: &XdsStore,
     federation: &Federation,
+    applied: &mut AppliedImports,
+) -> anyhow::Result<()> {
+    let desired = desired_imports(store, federation);
+    apply_imports(client, &desired, applied).await
+}
+
+/// Applies every desired ServiceImport (spec, then status) whose content changed since
+/// `applied`, then deletes peerd's own that are no longer desired. One import that cannot
+/// be written (its namespace does not exist in this cluster, a webhook refuses it) does
+/// not stop the others nor the deletions; the error names how many failed and the first.
+pub async fn apply_imports(
+    client: &Client,
+    desired: &[ServiceImport],
+    applied: &mut AppliedImports,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let desired = desired_imports(store, federation);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut keep: BTreeSet<(String, String)> = BTreeSet::new();
-    for import in &desired {
-        let namespace = import.namespace().unwrap_or_default();
-        let name = import.name_any();
-        let api: Api<ServiceImport> = Api::namespaced(client.clone(), &namespace);
+    let mut failures: Vec<String> = Vec::new();
+    for import in desired {
+        let key = (import.namespace().unwrap_or_default(), import.name_any());
+        keep.insert(key.clone());
         let mut body = serde_json::to_value(import).context("encoding a ServiceImport")?;
         if let Some(obj) = body.as_object_mut() {
             obj.insert("apiVersion".into(), "multicluster.x-k8s.io/v1alpha1".into());
             obj.insert("kind".into(), "ServiceImport".into());
         }
-        api.patch(&name, &params, &Patch::Apply(&body))
-            .await
-            .with_context(|| format!("applying ServiceImport {namespace}/{name}"))?;
+        if applied.0.get(&key) == Some(&body) {
+            continue;
+        }
         let status = serde_json::json!({
             "apiVersion": "multicluster.x-k8s.io/v1alpha1",
             "kind": "ServiceImport",
             "status": import.status,
         });
-        api.patch_status(&name, &params, &Patch::Apply(&status))
-            .await
-            .with_context(|| format!("applying ServiceImport {namespace}/{name} status"))?;
-        keep.insert((namespace, name));
+        let (namespace, name) = &key;
+        let api: Api<ServiceImport> = Api::namespaced(client.clone(), namespace);
+        let written = async {
+            api.patch(name, &params, &Patch::Apply(&body))
+                .await
+                .with_context(|| format!("applying ServiceImport {namespace}/{name}"))?;
+            api.patch_status(name, &params, &Patch::Apply(&status))
+                .await
+                .with_context(|| format!("applying ServiceImport {namespace}/{name} status"))?;
+            anyhow::Ok(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                applied.0.insert(key, body);
+            }
+            Err(e) => {
+                applied.0.remove(&key);
+                failures.push(format!("{e:#}"));
+            }
+        }
     }
     let all: Api<ServiceImport> = Api::all(client.clone());
     let owned = all
@@ -373,17 +440,22 @@ pub async fn sync_service_imports(
         if keep.contains(&key) {
             continue;
         }
+        applied.0.remove(&key);
         let api: Api<ServiceImport> = Api::namespaced(client.clone(), &key.0);
         match api.delete(&key.1, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("deleting ServiceImport {}/{}", key.0, key.1));
-            }
+            Err(e) => failures.push(format!("deleting ServiceImport {}/{}: {e}", key.0, key.1)),
         }
     }
-    Ok(())
+    match failures.first() {
+        None => Ok(()),
+        Some(first) => anyhow::bail!(
+            "{} of {} ServiceImport writes failed; the others were written. First: {first}",
+            failures.len(),
+            desired.len()
+        ),
+    }
 }
 
 #[cfg(test)]

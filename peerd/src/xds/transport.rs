@@ -171,6 +171,14 @@ pub fn tls_incoming(
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
+                    // Closed before the handshake completed: what a TCP connect probe
+                    // (a peer's, a load balancer's) does every few seconds. Not worth an
+                    // INFO line each; the counter still shows them.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        metrics::counter!("peerd_xds_server_tls_handshake_failures_total", "reason" => "closed")
+                            .increment(1);
+                        tracing::debug!(remote = %remote_addr, error = %e, "xds server: connection closed during the TLS handshake");
+                    }
                     Ok(Err(e)) => {
                         metrics::counter!("peerd_xds_server_tls_handshake_failures_total", "reason" => "error")
                             .increment(1);

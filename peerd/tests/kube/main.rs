@@ -8,6 +8,7 @@ mod apply;
 mod flatsync;
 mod gateways;
 mod leader;
+mod mcs;
 mod status;
 mod tokenreview;
 
