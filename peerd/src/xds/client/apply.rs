@@ -52,10 +52,10 @@ enum Slot {
 const NACK_LISTED: usize = 32;
 
 impl AdsClient {
-    /// Validates and applies one response; returns the ACK or NACK to send.
-    #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
-    /// Fails (applying nothing more) once `held`, the origin whose versions the session
+    /// Validates and applies one response; returns the ACK or NACK to send. Fails
+    /// (applying nothing more) once `held`, the origin whose versions the session
     /// offered, has been withdrawn.
+    #[tracing::instrument(name = "xds.client.response", skip_all, fields(origin = %self.origin(), type_url = %resp.type_url, nonce = %resp.nonce, resources = resp.resources.len(), removed = resp.removed_resources.len()))]
     pub(super) fn handle_response(
         &self,
         held: &Arc<Origin>,
