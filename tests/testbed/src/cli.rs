@@ -56,10 +56,17 @@ pub struct ChaosArgs {
     /// Only the faults whose name contains this text (repeatable).
     #[arg(long)]
     pub only: Vec<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What the chaos suite and the soak share: where state goes, the JSON report, the seed.
+#[derive(Args, Debug)]
+pub struct RunArgs {
     /// Keep certificates, configs and logs here (default: a temp dir, removed on success).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Also write the table as JSON.
+    /// Also write the report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
@@ -76,13 +83,8 @@ pub struct SoakArgs {
     pub churn_per_sec: f64,
     #[arg(long, default_value_t = 2_000)]
     pub workloads_per_cluster: usize,
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// Also write the report as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -207,9 +209,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::chaos::run_chaos(crate::chaos::ChaosOptions {
                 quick: args.quick,
                 only: args.only,
-                state_dir: args.state_dir,
-                json: args.json,
-                seed: args.seed,
+                state_dir: args.run.state_dir,
+                json: args.run.json,
+                seed: args.run.seed,
             })
             .await
         }
@@ -218,9 +220,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 run_for: args.run_for,
                 churn_per_sec: args.churn_per_sec,
                 workloads_per_cluster: args.workloads_per_cluster,
-                state_dir: args.state_dir,
-                json: args.json,
-                seed: args.seed,
+                state_dir: args.run.state_dir,
+                json: args.run.json,
+                seed: args.run.seed,
             })
             .await
         }
