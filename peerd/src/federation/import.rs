@@ -105,6 +105,10 @@ pub struct ImportStatus {
     pub recent: Vec<Rejection>,
 }
 
+/// Tally sizes below which no recount is due: recounting a small peer costs nothing
+/// worth saving, and this keeps a tiny tally from recounting on every insert.
+pub(crate) const MIN_TALLY_RECOUNT: usize = 1024;
+
 #[derive(Default)]
 struct Tally {
     /// Name → (body bytes, version of the peer's store view when accepted) of what this
@@ -112,6 +116,13 @@ struct Tally {
     /// enforced it is corrected from the store (see [`ImportFilter::recount`]).
     held: HashMap<(ResourceType, Arc<str>), (usize, u64)>,
     bytes: usize,
+    /// Size past which the tally is recounted even under the caps. Without it, a peer
+    /// whose workloads come and go under new names (pods replaced) grew the tally by
+    /// each name until the count cap (100k by default), holding every removed name:
+    /// found by the soak as steady heap growth. Twice the size after the last recount,
+    /// so the recounts cost O(1) per insert amortized and the tally stays within about
+    /// twice what the peer holds.
+    recount_above: usize,
 }
 
 /// The import rules of one peer.
@@ -238,7 +249,17 @@ impl ImportFilter {
             tally.bytes -= old;
         }
         tally.bytes += size;
+        if tally.held.len() > tally.recount_above.max(MIN_TALLY_RECOUNT) {
+            let recounted = self.recount(&tally);
+            *tally = recounted;
+        }
         Ok(())
+    }
+
+    /// Names the tally holds (for tests of its bound).
+    #[cfg(test)]
+    pub(crate) fn tally_len(&self) -> usize {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner()).held.len()
     }
 
     /// Version of the peer's store view (bumped by every applied response).
@@ -275,6 +296,7 @@ impl ImportFilter {
                 tally.bytes += size;
             }
         }
+        tally.recount_above = tally.held.len().saturating_mul(2);
         tally
     }
 

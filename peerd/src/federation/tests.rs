@@ -605,6 +605,46 @@ fn import_caps_count_and_bytes_and_recounts_after_removals() {
     );
 }
 
+#[test]
+fn import_tally_forgets_names_the_peer_replaced_without_reaching_a_cap() {
+    // Pods replaced under new names (the soak's churn): the peer holds 10 at a time, and
+    // 5,000 names come and go. The tally must track what the peer holds, not every name
+    // it ever sent (it used to keep all of them until the 100k count cap).
+    let store = Store::new();
+    let mut cfg = config();
+    cfg.peers[0].max_resources = 100_000;
+    let fed = Federation::new(cfg, Arc::clone(&store));
+    let filter = fed.import_filter("c2").unwrap();
+    let mut held: std::collections::VecDeque<Arc<Resource>> = Default::default();
+    for i in 0..5_000u32 {
+        let addr = format!("127.2.{}.{}", i / 250, 1 + i % 250);
+        let pod = peer_pod("c2", "net1", &format!("pod-{i}"), &addr, false);
+        filter.check("c2", &pod).unwrap();
+        let gone: Vec<_> = if held.len() == 10 {
+            held.pop_front().map(|r| Arc::clone(&r.name)).into_iter().collect()
+        } else {
+            vec![]
+        };
+        store.apply("c2", ResourceType::Address, vec![Arc::clone(&pod)], gone);
+        held.push_back(pod);
+    }
+    let len = filter.tally_len();
+    assert!(
+        (10..=2 * import::MIN_TALLY_RECOUNT).contains(&len),
+        "tally holds {len} names for a peer holding 10"
+    );
+    // What the peer still holds is still counted: re-sending one is not a new resource.
+    let mut cfg = config();
+    cfg.peers[0].max_resources = 10;
+    let fed = Federation::new(cfg, Arc::clone(&store));
+    let capped = fed.import_filter("c2").unwrap();
+    for r in &held {
+        assert_eq!(capped.check("c2", r), Ok(()));
+    }
+    let one_more = peer_pod("c2", "net1", "pod-new", "127.2.99.1", false);
+    assert!(capped.check("c2", &one_more).unwrap_err().contains("resource count"));
+}
+
 // ---------------------------------------------------------------------------- merge
 
 #[test]
