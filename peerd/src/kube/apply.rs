@@ -21,11 +21,11 @@
 //!
 //! It must never delete or modify an object without peerd's label.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -40,6 +40,7 @@ use tokio::task::JoinSet;
 use super::flatsync::DesiredObjects;
 use super::gateways::spawn_tracked_reflector;
 use super::leader::Leadership;
+use super::own_writes::{OwnWrites, rv_of};
 use super::types::{
     FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER, MANAGED_BY_PEERD, ServiceEntry,
     WorkloadEntry,
@@ -111,25 +112,14 @@ impl ExecutorConfig {
     }
 }
 
-/// Observed objects of one kind: the reflector plus what own writes returned.
+/// Observed objects of one kind: the reflector plus peerd's own writes not yet seen by it.
 struct Observed<K: Resource<DynamicType = ()> + Clone + 'static> {
     api: Api<K>,
     namespace: String,
     /// Highest resourceVersion the watch has delivered.
     progress: Arc<AtomicU64>,
     store: Store<K>,
-    /// Objects returned by own applies, until the watch shows that version or newer.
-    written: HashMap<String, (K, Instant)>,
-    /// Own deletes: resourceVersion deleted, until the watch drops the object.
-    deleted: HashMap<String, (u64, Instant)>,
-}
-
-fn rv_of<K: Resource>(obj: &K) -> u64 {
-    obj.meta()
-        .resource_version
-        .as_deref()
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0)
+    own: OwnWrites<K>,
 }
 
 impl<K> Observed<K>
@@ -143,43 +133,49 @@ where
         + Sync
         + 'static,
 {
+    fn new(api: Api<K>, namespace: String, progress: Arc<AtomicU64>, store: Store<K>) -> Self {
+        Observed {
+            api,
+            namespace,
+            progress,
+            store,
+            own: OwnWrites::default(),
+        }
+    }
+
+    fn from_watch(&self, name: &str) -> Option<K> {
+        self.store
+            .get(&ObjectRef::new(name).within(&self.namespace))
+            .map(|o| (*o).clone())
+    }
+
     /// The freshest known state of `name` (None: absent).
     fn current(&mut self, name: &str, settle: Duration) -> Option<K> {
-        let namespace = self.namespace.clone();
-        let from_watch = self
-            .store
-            .get(&ObjectRef::new(name).within(&namespace))
-            .map(|o| (*o).clone());
-        if let Some((own, at)) = self.written.get(name) {
-            let watch_caught_up = self.progress.load(Ordering::SeqCst) >= rv_of(own);
-            if watch_caught_up || at.elapsed() > settle {
-                self.written.remove(name);
-            } else {
-                return Some(own.clone());
-            }
-        }
-        if let Some((rv, at)) = self.deleted.get(name).copied() {
-            match &from_watch {
-                Some(w) if rv_of(w) <= rv && at.elapsed() <= settle => return None,
-                Some(_) => {
-                    self.deleted.remove(name);
-                }
-                None => {
-                    self.deleted.remove(name);
-                }
-            }
-        }
-        from_watch
+        let from_watch = self.from_watch(name);
+        let progress = self.progress.load(Ordering::SeqCst);
+        self.own.resolve(name, from_watch, progress, settle)
     }
 
     /// Names of every object with peerd's managed-by label, watch and own writes merged.
+    /// Forgets first the own writes the watch has caught up with.
     fn managed_names(&mut self, settle: Duration) -> BTreeSet<String> {
+        let progress = self.progress.load(Ordering::SeqCst);
+        let (store, namespace) = (&self.store, &self.namespace);
+        self.own.forget_settled(
+            |name| {
+                store
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .map(|o| rv_of(&*o))
+            },
+            progress,
+            settle,
+        );
         let mut names: BTreeSet<String> = self
             .store
             .state()
             .iter()
             .map(|o| o.name_any())
-            .chain(self.written.keys().cloned())
+            .chain(self.own.written_names().cloned())
             .collect();
         names.retain(|name| {
             self.current(name, settle)
@@ -263,22 +259,8 @@ impl FlatSyncExecutor {
         FlatSyncExecutor {
             config,
             leadership,
-            workload_entries: Observed {
-                api: we_api,
-                namespace: ns.clone(),
-                progress: we_progress,
-                store: we_store,
-                written: HashMap::new(),
-                deleted: HashMap::new(),
-            },
-            service_entries: Observed {
-                api: se_api,
-                namespace: ns,
-                progress: se_progress,
-                store: se_store,
-                written: HashMap::new(),
-                deleted: HashMap::new(),
-            },
+            workload_entries: Observed::new(we_api, ns.clone(), we_progress, we_store),
+            service_entries: Observed::new(se_api, ns, se_progress, se_store),
             changed,
             gauged: BTreeSet::new(),
             _tasks: tasks,
@@ -558,8 +540,7 @@ where
             Ok(obj) => {
                 metrics::counter!("peerd_workloadentries_writes_total", "op" => "apply")
                     .increment(1);
-                observed.written.insert(name.clone(), (obj, Instant::now()));
-                observed.deleted.remove(name);
+                observed.own.applied(name, obj);
                 report.applied.push(format!("{kind}/{name}"));
             }
             Err(kube::Error::Api(status)) if !exists && status.code == 409 => {
@@ -619,17 +600,11 @@ where
             Ok(_) => {
                 metrics::counter!("peerd_workloadentries_writes_total", "op" => "delete")
                     .increment(1);
-                observed.written.remove(&name);
-                observed
-                    .deleted
-                    .insert(name.clone(), (rv_of(&have), Instant::now()));
+                observed.own.deleted(&name, rv_of(&have));
                 report.deleted.push(format!("{kind}/{name}"));
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                observed.written.remove(&name);
-                observed
-                    .deleted
-                    .insert(name.clone(), (rv_of(&have), Instant::now()));
+                observed.own.deleted(&name, rv_of(&have));
             }
             Err(err) => report
                 .errors

@@ -27,6 +27,7 @@ pub mod flatsync;
 pub mod gateways;
 pub mod leader;
 pub mod mcs;
+pub mod own_writes;
 pub mod peering;
 pub mod status;
 pub mod tokenreview;

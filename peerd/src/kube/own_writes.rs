@@ -1,0 +1,173 @@
+//! peerd's own recent writes of one kind, standing in for a watch that has not delivered
+//! them yet.
+//!
+//! It owns the objects own applies returned and the resourceVersions own deletes removed,
+//! each only until the watch shows that version (or its absence) or `settle` passes. It
+//! must never keep an entry past either: a pass visits only the names it still manages,
+//! so a deleted name that never comes back used to stay in the map for good (the soak
+//! found it as steady heap growth under pod churn). [`OwnWrites::forget_settled`] sweeps
+//! what no lookup will visit again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kube::Resource;
+
+/// resourceVersion of `obj` as a number (0 when absent or not numeric).
+pub fn rv_of<K: Resource>(obj: &K) -> u64 {
+    obj.meta()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Own writes of one kind, by object name.
+pub struct OwnWrites<K> {
+    /// Objects returned by own applies, until the watch shows that version or newer.
+    written: HashMap<String, (K, Instant)>,
+    /// Own deletes: resourceVersion deleted, until the watch drops the object.
+    deleted: HashMap<String, (u64, Instant)>,
+}
+
+impl<K> Default for OwnWrites<K> {
+    fn default() -> Self {
+        OwnWrites {
+            written: HashMap::new(),
+            deleted: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Resource + Clone> OwnWrites<K> {
+    /// An apply of `name` returned `obj`.
+    pub fn applied(&mut self, name: &str, obj: K) {
+        self.deleted.remove(name);
+        self.written.insert(name.to_string(), (obj, Instant::now()));
+    }
+
+    /// `name` was deleted at resourceVersion `rv` (or was already gone).
+    pub fn deleted(&mut self, name: &str, rv: u64) {
+        self.written.remove(name);
+        self.deleted.insert(name.to_string(), (rv, Instant::now()));
+    }
+
+    /// The freshest known state of `name` (None: absent), given what the watch holds
+    /// and how far it has delivered (`progress`, the highest resourceVersion seen).
+    /// Forgets the entries for `name` that the watch has caught up with.
+    pub fn resolve(
+        &mut self,
+        name: &str,
+        from_watch: Option<K>,
+        progress: u64,
+        settle: Duration,
+    ) -> Option<K> {
+        if let Some((own, at)) = self.written.get(name) {
+            if progress >= rv_of(own) || at.elapsed() > settle {
+                self.written.remove(name);
+            } else {
+                return Some(own.clone());
+            }
+        }
+        if let Some((rv, at)) = self.deleted.get(name).copied() {
+            match &from_watch {
+                Some(w) if rv_of(w) <= rv && at.elapsed() <= settle => return None,
+                _ => {
+                    self.deleted.remove(name);
+                }
+            }
+        }
+        from_watch
+    }
+
+    /// Names written by own applies and not yet confirmed by the watch.
+    pub fn written_names(&self) -> impl Iterator<Item = &String> {
+        self.written.keys()
+    }
+
+    /// Forgets every entry [`Self::resolve`] would forget, whether or not its name is
+    /// looked up again. `watch_rv` is the resourceVersion the watch holds for a name.
+    pub fn forget_settled(
+        &mut self,
+        watch_rv: impl Fn(&str) -> Option<u64>,
+        progress: u64,
+        settle: Duration,
+    ) {
+        self.written
+            .retain(|_, (own, at)| progress < rv_of(own) && at.elapsed() <= settle);
+        self.deleted.retain(|name, (rv, at)| {
+            at.elapsed() <= settle && watch_rv(name).is_some_and(|held| held <= *rv)
+        });
+    }
+
+    /// Entries held (written plus deleted).
+    pub fn len(&self) -> usize {
+        self.written.len() + self.deleted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::types::WorkloadEntry;
+
+    fn entry(name: &str, rv: u64) -> WorkloadEntry {
+        let mut we = WorkloadEntry::new(name, Default::default());
+        we.metadata.resource_version = Some(rv.to_string());
+        we
+    }
+
+    const SETTLE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn deletes_the_watch_has_caught_up_with_are_forgotten_without_a_lookup() {
+        // Churn: 1,000 entries deleted by peerd; the watch has dropped all but one.
+        let mut own = OwnWrites::<WorkloadEntry>::default();
+        for i in 0..1_000u64 {
+            own.deleted(&format!("we-{i}"), 10 + i);
+        }
+        let watch = |name: &str| (name == "we-7").then_some(17);
+        own.forget_settled(watch, 2_000, SETTLE);
+        assert_eq!(own.len(), 1, "only the delete the watch still lags on is kept");
+        // And that one still hides the stale object the watch holds.
+        assert!(
+            own.resolve("we-7", Some(entry("we-7", 17)), 2_000, SETTLE)
+                .is_none()
+        );
+        // A newer object under that name (recreated since) is not hidden, and the
+        // delete is forgotten.
+        assert!(
+            own.resolve("we-7", Some(entry("we-7", 5_000)), 5_000, SETTLE)
+                .is_some()
+        );
+        assert!(own.is_empty());
+    }
+
+    #[test]
+    fn writes_stand_in_until_the_watch_delivers_them_then_are_forgotten() {
+        let mut own = OwnWrites::<WorkloadEntry>::default();
+        own.applied("a", entry("a", 50));
+        own.applied("b", entry("b", 60));
+        // The watch is at 40: both writes stand in for what it holds (nothing, or older).
+        let got = own.resolve("a", Some(entry("a", 30)), 40, SETTLE);
+        assert_eq!(got.map(|o| rv_of(&o)), Some(50));
+        own.forget_settled(|_| None, 40, SETTLE);
+        assert_eq!(own.len(), 2);
+        // The watch reaches 55: `a` is delivered, `b` is not yet.
+        own.forget_settled(|_| None, 55, SETTLE);
+        assert_eq!(own.written_names().collect::<Vec<_>>(), ["b"]);
+        // After `settle` even an undelivered write is forgotten (the watch wins).
+        own.forget_settled(|_| None, 55, Duration::ZERO);
+        assert!(own.is_empty());
+        // A delete after an apply replaces it, and an apply after a delete replaces it.
+        own.applied("c", entry("c", 70));
+        own.deleted("c", 71);
+        assert_eq!(own.written_names().count(), 0);
+        own.applied("c", entry("c", 72));
+        assert_eq!(own.len(), 1);
+    }
+}
