@@ -259,7 +259,11 @@ impl ImportFilter {
     /// Names the tally holds (for tests of its bound).
     #[cfg(test)]
     pub(crate) fn tally_len(&self) -> usize {
-        self.tally.lock().unwrap_or_else(|p| p.into_inner()).held.len()
+        self.tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .held
+            .len()
     }
 
     /// Version of the peer's store view (bumped by every applied response).

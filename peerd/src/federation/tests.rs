@@ -621,7 +621,10 @@ fn import_tally_forgets_names_the_peer_replaced_without_reaching_a_cap() {
         let pod = peer_pod("c2", "net1", &format!("pod-{i}"), &addr, false);
         filter.check("c2", &pod).unwrap();
         let gone: Vec<_> = if held.len() == 10 {
-            held.pop_front().map(|r| Arc::clone(&r.name)).into_iter().collect()
+            held.pop_front()
+                .map(|r| Arc::clone(&r.name))
+                .into_iter()
+                .collect()
         } else {
             vec![]
         };
@@ -642,7 +645,12 @@ fn import_tally_forgets_names_the_peer_replaced_without_reaching_a_cap() {
         assert_eq!(capped.check("c2", r), Ok(()));
     }
     let one_more = peer_pod("c2", "net1", "pod-new", "127.2.99.1", false);
-    assert!(capped.check("c2", &one_more).unwrap_err().contains("resource count"));
+    assert!(
+        capped
+            .check("c2", &one_more)
+            .unwrap_err()
+            .contains("resource count")
+    );
 }
 
 // ---------------------------------------------------------------------------- merge

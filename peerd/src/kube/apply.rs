@@ -143,15 +143,9 @@ where
         }
     }
 
-    fn from_watch(&self, name: &str) -> Option<K> {
-        self.store
-            .get(&ObjectRef::new(name).within(&self.namespace))
-            .map(|o| (*o).clone())
-    }
-
     /// The freshest known state of `name` (None: absent).
     fn current(&mut self, name: &str, settle: Duration) -> Option<K> {
-        let from_watch = self.from_watch(name);
+        let from_watch = watched(&self.store, &self.namespace, name).map(|o| (*o).clone());
         let progress = self.progress.load(Ordering::SeqCst);
         self.own.resolve(name, from_watch, progress, settle)
     }
@@ -162,11 +156,7 @@ where
         let progress = self.progress.load(Ordering::SeqCst);
         let (store, namespace) = (&self.store, &self.namespace);
         self.own.forget_settled(
-            |name| {
-                store
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .map(|o| rv_of(&*o))
-            },
+            |name| watched(store, namespace, name).map(|o| rv_of(&*o)),
             progress,
             settle,
         );
@@ -183,6 +173,14 @@ where
         });
         names
     }
+}
+
+/// What the watch holds for `name` in `namespace`.
+fn watched<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(name).within(namespace))
 }
 
 fn is_managed(meta: &kube::api::ObjectMeta) -> bool {

@@ -132,7 +132,11 @@ mod tests {
         }
         let watch = |name: &str| (name == "we-7").then_some(17);
         own.forget_settled(watch, 2_000, SETTLE);
-        assert_eq!(own.len(), 1, "only the delete the watch still lags on is kept");
+        assert_eq!(
+            own.len(),
+            1,
+            "only the delete the watch still lags on is kept"
+        );
         // And that one still hides the stale object the watch holds.
         assert!(
             own.resolve("we-7", Some(entry("we-7", 17)), 2_000, SETTLE)
