@@ -42,8 +42,8 @@ use super::gateways::spawn_tracked_reflector;
 use super::leader::Leadership;
 use super::own_writes::{OwnWrites, rv_of};
 use super::types::{
-    FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER, MANAGED_BY_PEERD, ServiceEntry,
-    WorkloadEntry,
+    ANNOTATION_PEERED_WORKLOAD_UID, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER,
+    MANAGED_BY_PEERD, ServiceEntry, WorkloadEntry,
 };
 
 /// Sync state of one configured peer (every peer with a Gateway, connected or not, whose
@@ -173,6 +173,17 @@ where
         });
         names
     }
+}
+
+/// Desired WorkloadEntry name of each pod, by its peered-workload uid.
+fn desired_names_by_pod(desired: &BTreeMap<String, WorkloadEntry>) -> BTreeMap<&str, &str> {
+    desired
+        .iter()
+        .filter_map(|(name, we)| {
+            let uid = we.annotations().get(ANNOTATION_PEERED_WORKLOAD_UID)?;
+            Some((uid.as_str(), name.as_str()))
+        })
+        .collect()
 }
 
 /// What the watch holds for `name` in `namespace`.
@@ -312,22 +323,37 @@ impl FlatSyncExecutor {
             return report;
         }
 
-        // GC of WorkloadEntries: per source peer.
+        // GC of WorkloadEntries: per source peer, and make before break per pod.
+        let replacements = desired_names_by_pod(&input.desired.workload_entries);
         let mut candidates = Vec::new();
         for name in self.workload_entries.managed_names(settle) {
             if input.desired.workload_entries.contains_key(&name) {
                 continue;
             }
-            let owner = self
-                .workload_entries
-                .current(&name, settle)
+            let have = self.workload_entries.current(&name, settle);
+            let owner = have
+                .as_ref()
                 .and_then(|o| o.labels().get(LABEL_SOURCE_CLUSTER).cloned())
                 .unwrap_or_default();
-            let verdict = match present.get(owner.as_str()) {
-                Some(true) => Ok(()),
-                Some(false) => Err(format!("peer {owner} has not completed a full sync")),
+            // A pod whose entry is renamed (its set of backed services changed) keeps
+            // the old entry until the new one is peerd's: a create that did not land (an
+            // API error, a foreign object holding the name) must not leave it with none.
+            let replacement = have
+                .as_ref()
+                .and_then(|o| o.annotations().get(ANNOTATION_PEERED_WORKLOAD_UID))
+                .and_then(|uid| replacements.get(uid.as_str()))
+                .filter(|new| {
+                    !self
+                        .workload_entries
+                        .current(new, settle)
+                        .is_some_and(|o| is_managed(o.meta()))
+                });
+            let verdict = match (present.get(owner.as_str()), replacement) {
+                (Some(false), _) => Err(format!("peer {owner} has not completed a full sync")),
+                (_, Some(new)) => Err(format!("its replacement {new} is not written yet")),
+                (Some(true), None) => Ok(()),
                 // The peer's Gateway is gone: removed by an operator, collected now.
-                None => Ok(()),
+                (None, None) => Ok(()),
             };
             match verdict {
                 Ok(()) => candidates.push(name),

@@ -11,6 +11,7 @@ use super::{CONTROL_NS, client, create, emulator, eventually};
 use peerd::kube::apply::{ExecutorConfig, FlatSyncExecutor, PeerSyncState, SyncInput, SyncReport};
 use peerd::kube::flatsync::{
     GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode, desired_objects,
+    flat_workload_entry_name,
 };
 use peerd::kube::leader::{LeaderConfig, LeaderElector, Leadership};
 use peerd_testbed::emulator::{EmulatorHandle, Verb};
@@ -293,6 +294,72 @@ async fn foreign_object_with_colliding_name_is_reported_not_overwritten() {
         "{report:?}"
     );
     assert!(we(&emu, REF_NAME).is_some());
+}
+
+#[tokio::test]
+async fn a_renamed_entry_replaces_the_old_one_only_once_the_new_one_is_written() {
+    // pod1 starts backing svc2 as well: its entry's name (hash of its services) changes.
+    let emu = emulator().await;
+    let mut exec = executor(&emu, Leadership::always()).await;
+    converge(
+        &mut exec,
+        &input(&[flat("c2", &[("pod1", "10.1.0.5")])], &[("c2", true)]),
+    )
+    .await;
+    assert!(we(&emu, REF_NAME).is_some());
+    let mut both = flat("c2", &[("pod1", "10.1.0.5")]);
+    both.services.push(svc("default", "svc2"));
+    both.workloads[0]
+        .services
+        .insert(("default".to_string(), "svc2".to_string()));
+    let renamed = flat_workload_entry_name("c2", &both.workloads[0]);
+    assert_ne!(renamed, REF_NAME);
+    // Someone else's object holds the new name, so the create does not land.
+    create(&emu, WE_PATH, &json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+        "metadata": {"name": renamed, "namespace": CONTROL_NS, "labels": {"app.kubernetes.io/managed-by": "someone-else"}},
+        "spec": {"address": "10.7.7.7"},
+    }))
+    .await;
+    let both = input(&[both], &[("c2", true)]);
+    let reports = converge(&mut exec, &both).await;
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.foreign.iter().any(|f| f.name == renamed)),
+        "{reports:?}"
+    );
+    assert!(
+        we(&emu, REF_NAME).is_some(),
+        "the pod's only peerd entry was deleted: {reports:?}"
+    );
+    let last = reports.last().unwrap();
+    assert!(
+        last.kept
+            .iter()
+            .any(|(what, why)| what.ends_with(REF_NAME) && why.contains(&renamed)),
+        "{last:?}"
+    );
+    // Once the name is free, the new entry is written and only then the old one goes.
+    let (code, _) = emu
+        .request(
+            http::Method::DELETE,
+            &format!("{WE_PATH}/{renamed}"),
+            "",
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    sync_until(&mut exec, &both, "the old entry replaced", || {
+        we(&emu, REF_NAME).is_none()
+    })
+    .await;
+    let new = we(&emu, &renamed).expect("the new entry");
+    assert_eq!(
+        new["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "peerd"
+    );
 }
 
 #[tokio::test]
