@@ -81,6 +81,15 @@ fn we(emu: &EmulatorHandle, name: &str) -> Option<Value> {
     emu.object("networking.istio.io", "workloadentries", CONTROL_NS, name)
 }
 
+/// Deletes a WorkloadEntry by hand, as an operator would.
+async fn delete_we(emu: &EmulatorHandle, name: &str) {
+    let (code, _) = emu
+        .request(http::Method::DELETE, &format!("{WE_PATH}/{name}"), "", "")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "deleting {name}");
+}
+
 async fn list_names(emu: &EmulatorHandle, plural: &str) -> Vec<String> {
     let (code, list) = emu
         .request(
@@ -244,16 +253,7 @@ async fn hand_edits_and_deletes_are_reconciled_back() {
     .await;
 
     // Deleted by hand: recreated.
-    let (code, _) = emu
-        .request(
-            http::Method::DELETE,
-            &format!("{WE_PATH}/{REF_NAME}"),
-            "",
-            "",
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    delete_we(&emu, REF_NAME).await;
     sync_until(&mut exec, &input, "delete reconciled", || {
         we(&emu, REF_NAME).is_some()
     })
@@ -341,16 +341,7 @@ async fn a_renamed_entry_replaces_the_old_one_only_once_the_new_one_is_written()
         "{last:?}"
     );
     // Once the name is free, the new entry is written and only then the old one goes.
-    let (code, _) = emu
-        .request(
-            http::Method::DELETE,
-            &format!("{WE_PATH}/{renamed}"),
-            "",
-            "",
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    delete_we(&emu, &renamed).await;
     sync_until(&mut exec, &both, "the old entry replaced", || {
         we(&emu, REF_NAME).is_none()
     })
@@ -550,11 +541,7 @@ async fn api_errors_and_watch_expiry_cause_no_duplicate_or_lost_writes() {
     assert!(emu.resource_version() > rv_before);
     // After the relist, a hand edit is still seen and reconciled (the watch is live again).
     let name = "autogenflat.c2.default.pod-new.f2396f15c5c2";
-    let (code, _) = emu
-        .request(http::Method::DELETE, &format!("{WE_PATH}/{name}"), "", "")
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    delete_we(&emu, name).await;
     sync_until(&mut exec, &input2, "recreated after relist", || {
         we(&emu, name).is_some()
     })
@@ -639,16 +626,7 @@ async fn run_loop_follows_input_and_repairs_hand_deletes_without_being_asked() {
     )))
     .unwrap();
     eventually("created", || async { we(&emu, REF_NAME).is_some() }).await;
-    let (code, _) = emu
-        .request(
-            http::Method::DELETE,
-            &format!("{WE_PATH}/{REF_NAME}"),
-            "",
-            "",
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    delete_we(&emu, REF_NAME).await;
     // Only the watch event can wake the loop (resync is an hour away).
     eventually("recreated", || async { we(&emu, REF_NAME).is_some() }).await;
     assert!(reports.try_recv().is_ok());
