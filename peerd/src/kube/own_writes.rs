@@ -22,6 +22,19 @@ pub fn rv_of<K: Resource>(obj: &K) -> u64 {
         .unwrap_or(0)
 }
 
+/// An own apply still stands in for the watch: not delivered yet (`progress`, the
+/// highest resourceVersion the watch delivered, is below its version) and not older
+/// than `settle` (past that the watch wins).
+fn write_pending<K: Resource>(own: &K, at: Instant, progress: u64, settle: Duration) -> bool {
+    progress < rv_of(own) && at.elapsed() <= settle
+}
+
+/// An own delete (at resourceVersion `rv`) still hides what the watch holds: the watch
+/// still shows the object at that version or older (`watched`), within `settle`.
+fn delete_pending(rv: u64, at: Instant, watched: Option<u64>, settle: Duration) -> bool {
+    at.elapsed() <= settle && watched.is_some_and(|held| held <= rv)
+}
+
 /// Own writes of one kind, by object name.
 pub struct OwnWrites<K> {
     /// Objects returned by own applies, until the watch shows that version or newer.
@@ -63,19 +76,16 @@ impl<K: Resource + Clone> OwnWrites<K> {
         settle: Duration,
     ) -> Option<K> {
         if let Some((own, at)) = self.written.get(name) {
-            if progress >= rv_of(own) || at.elapsed() > settle {
-                self.written.remove(name);
-            } else {
+            if write_pending(own, *at, progress, settle) {
                 return Some(own.clone());
             }
+            self.written.remove(name);
         }
         if let Some((rv, at)) = self.deleted.get(name).copied() {
-            match &from_watch {
-                Some(w) if rv_of(w) <= rv && at.elapsed() <= settle => return None,
-                _ => {
-                    self.deleted.remove(name);
-                }
+            if delete_pending(rv, at, from_watch.as_ref().map(rv_of), settle) {
+                return None;
             }
+            self.deleted.remove(name);
         }
         from_watch
     }
@@ -94,10 +104,9 @@ impl<K: Resource + Clone> OwnWrites<K> {
         settle: Duration,
     ) {
         self.written
-            .retain(|_, (own, at)| progress < rv_of(own) && at.elapsed() <= settle);
-        self.deleted.retain(|name, (rv, at)| {
-            at.elapsed() <= settle && watch_rv(name).is_some_and(|held| held <= *rv)
-        });
+            .retain(|_, (own, at)| write_pending(own, *at, progress, settle));
+        self.deleted
+            .retain(|name, (rv, at)| delete_pending(*rv, *at, watch_rv(name), settle));
     }
 
     /// Entries held (written plus deleted).
