@@ -40,7 +40,7 @@ use crate::config::{self, Config, KubeApi, ServiceRef};
 use crate::federation::Federation;
 use crate::kube::apply::{ExecutorConfig, FlatSyncExecutor};
 use crate::kube::client::{ClientSource, connect};
-use crate::kube::condition_sync::{ConditionSync, ConditionSyncConfig};
+use crate::kube::condition_sync::{ConditionSync, ConditionSyncConfig, shown_conditions};
 use crate::kube::flat_input::{InputBuilder, present_clusters};
 use crate::kube::gateways::{self, ClusterWatches, SystemResolver};
 use crate::kube::leader::{LeaderConfig, LeaderElector, Leadership, default_identity};
@@ -252,8 +252,11 @@ pub(super) fn start(
         });
     }
     let local = LocalCluster::from(&**config);
-    monitor.set_peers(
-        gateway_specs(&kube.watches.peer_gateways(), &config.trust_domain),
+    // A restart resumes each peer's conditions from its Gateway (no write back to Pending).
+    let gateways = kube.watches.peer_gateways();
+    monitor.set_peers_resuming(
+        gateway_specs(&gateways, &config.trust_domain),
+        &shown_conditions(&gateways, &config.trust_domain),
         Instant::now(),
     );
 
@@ -376,7 +379,11 @@ async fn follow_gateways(
         let gateways = watches.peer_gateways();
         let specs = gateway_specs(&gateways, &config.trust_domain);
         if last_specs.as_ref() != Some(&specs) {
-            monitor.set_peers(specs.clone(), Instant::now());
+            monitor.set_peers_resuming(
+                specs.clone(),
+                &shown_conditions(&gateways, &config.trust_domain),
+                Instant::now(),
+            );
             last_specs = Some(specs);
             let usable = usable_peers(&gateways, &config, &local, &resolver).await;
             let (desired, kept) = desired_peers(

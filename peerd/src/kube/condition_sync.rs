@@ -152,6 +152,46 @@ pub fn desired_for(
     (!conditions.is_empty()).then_some(conditions)
 }
 
+/// The peer conditions each Gateway already shows, by peer display name, for the peer
+/// monitor to resume from (`PeerMonitor::set_peers_resuming`): only the five types peerd
+/// writes, and only those written for the Gateway's current generation (a spec changed
+/// while no peerd ran is judged afresh). Unparsable entries are skipped.
+pub fn shown_conditions(
+    gateways: &[Arc<Gateway>],
+    trust_domain: &str,
+) -> BTreeMap<String, crate::peers::Conditions> {
+    let mut out = BTreeMap::new();
+    for gateway in gateways {
+        let generation = gateway.metadata.generation.unwrap_or(0);
+        let mut shown = crate::peers::Conditions::new();
+        for c in current_conditions(gateway) {
+            if c.observed_generation.unwrap_or(0) != generation {
+                continue;
+            }
+            let (Some(type_), Some(status)) = (
+                crate::peers::ConditionType::parse(&c.type_),
+                crate::peers::ConditionStatus::parse(&c.status),
+            ) else {
+                continue;
+            };
+            let last_transition = std::time::SystemTime::from(c.last_transition_time.0);
+            shown.restore(crate::peers::Condition {
+                type_,
+                status,
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                last_transition_time: crate::peers::conditions::rfc3339(last_transition),
+                observed_generation: generation,
+                last_transition,
+            });
+        }
+        if shown.iter().next().is_some() {
+            out.insert(gateway_spec(gateway, trust_domain).display_name(), shown);
+        }
+    }
+    out
+}
+
 /// What a write of `desired` is remembered by (messages left out, like
 /// [`differs_beyond_messages`]).
 pub fn signature(desired: &[DesiredCondition]) -> Signature {
@@ -276,5 +316,55 @@ mod tests {
             signature(&a),
             [("t".to_string(), "True".to_string(), "Ok".to_string())]
         );
+    }
+    #[test]
+    fn shown_conditions_keep_only_the_current_generations_peer_conditions() {
+        let mut gateway: Gateway = serde_json::from_value(json!({
+            "metadata": {"name": "istio-remote-peer-c2", "namespace": "istio-eastwest",
+                         "generation": 3,
+                         "labels": {"topology.istio.io/cluster": "c2"}},
+            "spec": {"gatewayClassName": "istio-remote", "listeners": []},
+            "status": {"conditions": [
+                {"type": "gloo.solo.io/PeerConnected", "status": "True", "reason": "Connected",
+                 "message": "up", "lastTransitionTime": "2026-01-02T03:04:05Z",
+                 "observedGeneration": 3},
+                {"type": "gloo.solo.io/PeeringSucceeded", "status": "True", "reason": "Succeeded",
+                 "message": "old spec", "lastTransitionTime": "2026-01-02T03:04:05Z",
+                 "observedGeneration": 2},
+                {"type": "example.com/Other", "status": "True", "reason": "Theirs",
+                 "message": "", "lastTransitionTime": "2026-01-02T03:04:05Z",
+                 "observedGeneration": 3},
+                {"type": "gloo.solo.io/PeerDataPlaneProgrammed", "status": "Maybe",
+                 "reason": "Odd", "message": "", "lastTransitionTime": "2026-01-02T03:04:05Z",
+                 "observedGeneration": 3},
+            ]},
+        }))
+        .unwrap();
+        let shown = shown_conditions(&[Arc::new(gateway.clone())], "cluster.local");
+        let name = gateway_spec(&gateway, "cluster.local").display_name();
+        let conditions = &shown[&name];
+        let connected = conditions.get(ConditionType::PeerConnected).unwrap();
+        assert_eq!(connected.status, crate::peers::ConditionStatus::True);
+        assert_eq!(connected.reason, "Connected");
+        assert_eq!(connected.last_transition_time, "2026-01-02T03:04:05Z");
+        assert_eq!(connected.observed_generation, 3);
+        assert!(
+            conditions.get(ConditionType::PeeringSucceeded).is_none(),
+            "written for an older generation"
+        );
+        assert!(
+            conditions
+                .get(ConditionType::PeerDataPlaneProgrammed)
+                .is_none(),
+            "not a valid status"
+        );
+        assert_eq!(
+            conditions.iter().count(),
+            1,
+            "foreign types are not peerd's"
+        );
+        // A Gateway that shows nothing gives no entry.
+        gateway.status = None;
+        assert!(shown_conditions(&[Arc::new(gateway)], "cluster.local").is_empty());
     }
 }

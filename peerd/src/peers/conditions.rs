@@ -45,6 +45,11 @@ impl ConditionType {
         }
     }
 
+    /// The type a `type` string names, if it is one of the five.
+    pub fn parse(s: &str) -> Option<ConditionType> {
+        ConditionType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
     /// The reason used when the condition is True.
     pub fn true_reason(self) -> &'static str {
         match self {
@@ -83,6 +88,11 @@ impl ConditionStatus {
         ConditionStatus::False,
         ConditionStatus::Unknown,
     ];
+
+    /// The status a `status` string names, if it is a valid one.
+    pub fn parse(s: &str) -> Option<ConditionStatus> {
+        ConditionStatus::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -211,6 +221,12 @@ impl Conditions {
 
     pub fn iter(&self) -> impl Iterator<Item = &Condition> {
         self.items.values()
+    }
+
+    /// Takes a condition as already shown elsewhere (a Gateway's status), transition time
+    /// included, with no event: the state a monitor resumes from.
+    pub fn restore(&mut self, condition: Condition) {
+        self.items.insert(condition.type_, condition);
     }
 
     /// Sets one condition. `lastTransitionTime` moves only when the status changes; the

@@ -570,6 +570,76 @@ async fn spec_change_of_a_healthy_peer_does_not_flap_its_conditions() {
     );
 }
 
+/// What a Gateway shows after a previous run found the peer healthy.
+fn shown_all_true(generation: i64, since: SystemTime) -> super::Conditions {
+    let mut shown = super::Conditions::new();
+    for t in T::ALL {
+        let value = super::conditions::ConditionValue::new(S::True, t.true_reason(), "earlier");
+        shown.set("any", t, &value, generation, since);
+    }
+    shown
+}
+
+#[tokio::test]
+async fn a_restarted_monitor_resumes_what_the_gateways_show_instead_of_pending() {
+    let (m, fake, c) = monitor(Vec::new(), 60);
+    let earlier = UNIX_EPOCH + Duration::from_secs(5);
+    let shown: BTreeMap<String, super::Conditions> = ["cluster-2", "cluster-3"]
+        .into_iter()
+        .map(|peer| {
+            let name = spec(peer, "127.0.2.1").display_name();
+            (name, shown_all_true(2, earlier))
+        })
+        .collect();
+    let mut events = m.subscribe();
+    m.set_peers_resuming(
+        vec![
+            spec("cluster-2", "127.0.2.1"),
+            spec("cluster-3", "127.0.3.1"),
+        ],
+        &shown,
+        c.at(0).0,
+    );
+    // cluster-2 is still healthy; cluster-3 went down while no peerd ran.
+    fake.healthy("cluster-2");
+    fake.connected("cluster-3", false);
+    for s in 0..=9 {
+        let st = tick(&m, &c, s).await;
+        for peer in ["cluster-2", "cluster-3"] {
+            for t in T::ALL {
+                assert_eq!(cond(&st, peer, t).0, S::True, "{peer} {t} at {s}s");
+            }
+        }
+    }
+    let st = tick(&m, &c, 9).await;
+    let kept = st[0].condition(T::PeerConnected).unwrap();
+    assert_eq!(
+        kept.last_transition, earlier,
+        "the transition time is the one the Gateway shows"
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "no status event while the first observations agree or are shorter than the window"
+    );
+    // Resumed, not frozen: the failure window still turns a down peer False.
+    let st = tick(&m, &c, 11).await;
+    assert_eq!(cond(&st, "cluster-3", T::PeerConnected).0, S::False);
+    assert_eq!(cond(&st, "cluster-2", T::PeerConnected).0, S::True);
+}
+
+#[tokio::test]
+async fn a_new_peer_without_shown_conditions_still_starts_pending() {
+    let (m, _fake, c) = monitor(Vec::new(), 60);
+    m.set_peers_resuming(
+        vec![spec("cluster-2", "127.0.2.1")],
+        &BTreeMap::new(),
+        c.at(0).0,
+    );
+    let st = tick(&m, &c, 0).await;
+    let (status, why, _) = cond(&st, "cluster-2", T::PeerConnected);
+    assert_eq!((status, why.as_str()), (S::Unknown, reason::PENDING));
+}
+
 #[tokio::test]
 async fn flat_peer_is_probed_on_pod_ips() {
     let mut sp = spec("cluster-2", "127.0.2.1");

@@ -122,8 +122,9 @@ impl Tracker {
         conditions: Conditions,
     ) -> Self {
         // A spec change of a known peer resumes from what its conditions show (a
-        // generation bump must not flap them back to Pending); an invalid or new peer
-        // starts pending.
+        // generation bump must not flap them back to Pending), and so does a peer whose
+        // Gateway already shows conditions (a restart); an invalid or new peer starts
+        // pending.
         let start = |t: ConditionType, pending: &str| match conditions.get(t) {
             Some(c) if c.status != ConditionStatus::Unknown && c.reason != reason::INVALID => {
                 Hysteresis::resume(
@@ -198,6 +199,22 @@ impl PeerMonitor {
     /// keeps its state; a changed spec restarts its hysteresis (the conditions keep their
     /// transition times while their status holds); a removed peer is forgotten.
     pub fn set_peers(&self, specs: Vec<PeerSpec>, now: Instant) {
+        self.set_peers_resuming(specs, &BTreeMap::new(), now);
+    }
+
+    /// [`set_peers`](Self::set_peers), where a peer new to this monitor resumes from the
+    /// conditions its Gateway already shows (`shown`, by display name; see
+    /// `kube::condition_sync::shown_conditions`) instead of starting `Pending`. A
+    /// restarted peerd so continues the hysteresis of its previous run: a True condition
+    /// turns False only after the failure window, and nothing is written back to Unknown
+    /// while the first probes run (which flapped the Gateway True → Unknown → True on
+    /// every restart of the writing peerd).
+    pub fn set_peers_resuming(
+        &self,
+        specs: Vec<PeerSpec>,
+        shown: &BTreeMap<String, Conditions>,
+        now: Instant,
+    ) {
         let models = build_all(&specs, &self.local);
         let mut trackers = lock(&self.trackers);
         let mut old: HashMap<String, Tracker> = trackers.drain(..).map(|t| (t.key(), t)).collect();
@@ -206,7 +223,10 @@ impl PeerMonitor {
             let tracker = match old.remove(&key) {
                 Some(t) if t.spec == spec => t,
                 Some(t) => Tracker::new(spec, model, self.config.hysteresis, now, t.conditions),
-                None => Tracker::new(spec, model, self.config.hysteresis, now, Conditions::new()),
+                None => {
+                    let shown = shown.get(&key).cloned().unwrap_or_default();
+                    Tracker::new(spec, model, self.config.hysteresis, now, shown)
+                }
             };
             trackers.push(tracker);
         }
