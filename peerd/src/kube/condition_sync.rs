@@ -22,7 +22,7 @@ use super::status::{
 };
 use super::types::Gateway;
 use crate::peers::model::LocalCluster;
-use crate::peers::{PeerMonitor, PeerStatus};
+use crate::peers::{self, PeerMonitor, PeerStatus};
 
 /// (type, status, reason) of each condition written: what a write is compared by.
 pub type Signature = Vec<(String, String, String)>;
@@ -159,28 +159,28 @@ pub fn desired_for(
 pub fn shown_conditions(
     gateways: &[Arc<Gateway>],
     trust_domain: &str,
-) -> BTreeMap<String, crate::peers::Conditions> {
+) -> BTreeMap<String, peers::Conditions> {
     let mut out = BTreeMap::new();
     for gateway in gateways {
         let generation = gateway.metadata.generation.unwrap_or(0);
-        let mut shown = crate::peers::Conditions::new();
+        let mut shown = peers::Conditions::new();
         for c in current_conditions(gateway) {
             if c.observed_generation.unwrap_or(0) != generation {
                 continue;
             }
             let (Some(type_), Some(status)) = (
-                crate::peers::ConditionType::parse(&c.type_),
-                crate::peers::ConditionStatus::parse(&c.status),
+                peers::ConditionType::parse(&c.type_),
+                peers::ConditionStatus::parse(&c.status),
             ) else {
                 continue;
             };
             let last_transition = std::time::SystemTime::from(c.last_transition_time.0);
-            shown.restore(crate::peers::Condition {
+            shown.restore(peers::Condition {
                 type_,
                 status,
                 reason: c.reason.clone(),
                 message: c.message.clone(),
-                last_transition_time: crate::peers::conditions::rfc3339(last_transition),
+                last_transition_time: peers::conditions::rfc3339(last_transition),
                 observed_generation: generation,
                 last_transition,
             });
@@ -317,6 +317,7 @@ mod tests {
             [("t".to_string(), "True".to_string(), "Ok".to_string())]
         );
     }
+
     #[test]
     fn shown_conditions_keep_only_the_current_generations_peer_conditions() {
         let mut gateway: Gateway = serde_json::from_value(json!({

@@ -721,6 +721,80 @@ fn kernel_probe_attributes_counters_and_keeps_the_last_verdict() {
     assert_eq!(obs.stats.attempts, 0);
 }
 
+/// A report of several destinations: (address, delta, total).
+fn report_of(entries: &[(SocketAddr, ConnectCounts, ConnectCounts)]) -> ProbeReport {
+    let mut r = ProbeReport::default();
+    for &(dest, delta, total) in entries {
+        r.destinations
+            .extend(report(dest, delta, total).destinations);
+    }
+    r
+}
+
+/// A flat peer's pod IP leaving the index (churn) must not count the peer's whole history
+/// as new connects: the remaining totals went "backwards", and differencing per-peer totals
+/// read that as a counter reset, so a peer whose new connects time out was shown
+/// reachable again (from connects made long before) every time one of its pods went away.
+#[test]
+fn a_pod_ip_leaving_the_index_counts_nothing_again() {
+    let old_pod: SocketAddr = "127.0.9.1:15008".parse().unwrap();
+    let failing_pod: SocketAddr = "127.0.9.2:15008".parse().unwrap();
+    let ok = |n| ConnectCounts {
+        attempts: n,
+        established: n,
+        ..ConnectCounts::default()
+    };
+    let timeouts = |n| ConnectCounts {
+        attempts: n,
+        timed_out: n,
+        ..ConnectCounts::default()
+    };
+    let targets = |pods: Vec<SocketAddr>| {
+        let mut t = BTreeMap::new();
+        t.insert(
+            "cluster-2".to_string(),
+            ProbeTargets {
+                hbone: pods,
+                xds: Vec::new(),
+                flat: true,
+            },
+        );
+        t
+    };
+    // Long ago, 100 connects to one pod succeeded; now connects to another time out.
+    let (tx, rx) = watch::channel(Arc::new(report_of(&[
+        (old_pod, ok(100), ok(100)),
+        (failing_pod, timeouts(4), timeouts(4)),
+    ])));
+    let probe = KernelProbe::new(rx);
+    probe.set_targets(&targets(vec![failing_pod, old_pod]));
+    tx.send(Arc::new(report_of(&[
+        (old_pod, ConnectCounts::ZERO, ok(100)),
+        (failing_pod, timeouts(4), timeouts(8)),
+    ])))
+    .unwrap();
+    let hbone = |probe: &KernelProbe| probe.observe("cluster-2").hbone.unwrap().reachability;
+    assert_eq!(hbone(&probe), Reachability::TimedOut);
+    // The failing pod goes away; the old one stays, with no new connect.
+    probe.set_targets(&targets(vec![old_pod]));
+    assert_eq!(
+        hbone(&probe),
+        Reachability::TimedOut,
+        "nothing new succeeded: the verdict stands"
+    );
+    tx.send(Arc::new(report_of(&[
+        (old_pod, ConnectCounts::ZERO, ok(100)),
+        (failing_pod, timeouts(4), timeouts(12)),
+    ])))
+    .unwrap();
+    assert_eq!(hbone(&probe), Reachability::TimedOut);
+    assert_eq!(
+        probe.observe("cluster-2").stats.attempts,
+        100,
+        "the totals follow the index"
+    );
+}
+
 #[tokio::test]
 async fn xds_probe_classifies_a_connect_still_in_progress() {
     let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);

@@ -26,8 +26,12 @@ use super::userspace_probe::UserspaceProbe;
 /// still creates the connects the kernel sees; its own outcomes (the `fallback`) answer
 /// for a port the kernel has not seen a finished connect on yet.
 ///
-/// Verdicts and metric deltas come from the change of each (peer, port) total since the
-/// previous read, so a report the monitor's tick did not see is never lost.
+/// Verdicts and metric deltas come from what changed at each attributed address since the
+/// previous fold, summed per (peer, port), so a report the monitor's tick did not see is
+/// never lost. Per address, not per peer total: when a flat peer's pod IP leaves the index
+/// (pod churn) its peer's total shrinks, which differencing per-peer totals read as a
+/// counter reset, re-counting the peer's whole connect history as new connects (and as a
+/// fresh verdict: a peer whose new connects time out showed reachable again).
 pub struct KernelProbe {
     reports: watch::Receiver<Arc<ProbeReport>>,
     state: Mutex<KernelState>,
@@ -48,8 +52,9 @@ struct KernelState {
     /// The report last folded in, and the per-peer sums it gave.
     folded: Option<Arc<ProbeReport>>,
     per_peer: BTreeMap<String, crate::probe::attribution::PeerProbe>,
-    /// (peer, port) totals at the previous fold.
-    seen: HashMap<(String, u16), ConnectCounts>,
+    /// Per attributed address, its total at the previous fold (kept while the kernel map
+    /// holds the address, so one that leaves the index and comes back is not re-counted).
+    seen: HashMap<SocketAddr, ConnectCounts>,
     /// Last verdict per (peer, port), kept while no new connects are seen.
     last: HashMap<(String, u16), PortVerdict>,
     /// Map health totals at the previous fold (evicted, insert failures).
@@ -151,14 +156,11 @@ impl KernelProbe {
             return;
         }
         let mut per_peer = crate::probe::attribution::attribute(&report, &state.index);
-        let mut seen = HashMap::new();
+        let (changes, seen) = changes_since(&report, &state.index, &state.seen);
         for (peer, probe) in per_peer.iter_mut() {
             for (port, p) in probe.by_port.iter_mut() {
                 let key = (peer.clone(), *port);
-                let changed = match state.seen.get(&key) {
-                    Some(before) => p.total.since(before),
-                    None => p.total,
-                };
+                let changed = changes.get(&key).copied().unwrap_or_default();
                 if let Some(latest) = Reachability::from_counts(&changed) {
                     // The kernel counts every connect to the address (other processes,
                     // other namespaces): once connects time out, a refusal in between
@@ -196,7 +198,6 @@ impl KernelProbe {
                         );
                     }
                 }
-                seen.insert(key, p.total);
                 // The metrics count what changed since the previous fold.
                 p.delta = changed;
             }
@@ -217,6 +218,42 @@ impl KernelProbe {
         state.per_peer = per_peer;
         state.folded = Some(report);
     }
+}
+
+/// What changed at each attributed address of `report` since `seen` (its previous totals),
+/// summed per (peer, port); and the totals to remember. An address seen for the first
+/// time counts whole; a counter that went back (the kernel entry was evicted and
+/// recreated, or the programs reloaded) restarts from zero. An address the index no
+/// longer attributes keeps its previous total while the report still holds it.
+fn changes_since(
+    report: &ProbeReport,
+    index: &HashMap<IpAddr, String>,
+    seen: &HashMap<SocketAddr, ConnectCounts>,
+) -> (
+    HashMap<(String, u16), ConnectCounts>,
+    HashMap<SocketAddr, ConnectCounts>,
+) {
+    let mut changes: HashMap<(String, u16), ConnectCounts> = HashMap::new();
+    let mut remembered = HashMap::new();
+    for (destination, dest) in &report.destinations {
+        let before = seen.get(destination);
+        let Some(peer) = index.get(&destination.ip()) else {
+            if let Some(before) = before {
+                remembered.insert(*destination, *before);
+            }
+            continue;
+        };
+        let change = match before {
+            Some(before) => dest.total.since(before),
+            None => dest.total,
+        };
+        changes
+            .entry((peer.clone(), destination.port()))
+            .or_default()
+            .add(&change);
+        remembered.insert(*destination, dest.total);
+    }
+    (changes, remembered)
 }
 
 impl ProbeSource for KernelProbe {
