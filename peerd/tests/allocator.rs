@@ -2,6 +2,8 @@
 //! at start (`malloc_conf`), which a build change could silently drop. jemalloc's own
 //! statistics (`MALLOC_CONF=stats_print:true`, printed at exit) say what it runs with.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 fn jemalloc_options(malloc_conf: &str) -> String {

@@ -94,9 +94,12 @@ pub(super) fn start_probes(
     tracing::info!(mode = %mode, "probe mode");
 
     let source: Arc<dyn ProbeSource> = match &mode {
-        ProbeMode::Ebpf { .. } => {
-            KernelProbe::with_prober(service.reports(), prober, Some(Arc::clone(store)))
-        }
+        ProbeMode::Ebpf { .. } => KernelProbe::with_prober(
+            service.reports(),
+            prober,
+            Some(Arc::clone(store)),
+            service.report_scope(),
+        ),
         ProbeMode::Userspace { .. } => UserspaceProbe::new(prober),
     };
     // The programs stay attached while peerd runs; dropping the service detaches them.

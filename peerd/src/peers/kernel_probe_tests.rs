@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::observe::*;
-use crate::probe::aggregator::{ConnectCounts, DestinationReport, ProbeReport};
+use crate::probe::aggregator::{ConnectCounts, DestinationReport, ProbeReport, ReportScope};
 use crate::probe::prober::{Prober, ProberConfig, TargetGuard};
 use crate::proto::istio::workload;
 use crate::store::Store;
@@ -82,7 +82,7 @@ async fn prober_outcome_answers_until_the_kernel_saw_a_connect() {
         .unwrap();
     let (tx, rx) = watch::channel(Arc::new(ProbeReport::default()));
     let prober = prober();
-    let probe = KernelProbe::with_prober(rx, Arc::clone(&prober), None);
+    let probe = KernelProbe::with_prober(rx, Arc::clone(&prober), None, None);
     let targets = gateway_targets("cluster-3", closed);
     probe.set_targets(&targets);
     assert_eq!(
@@ -183,7 +183,8 @@ fn every_pod_of_a_flat_peer_counts_and_strangers_do_not() {
     let other_pod: SocketAddr = "127.2.1.8:15008".parse().unwrap();
     let stranger: SocketAddr = "127.9.9.9:15008".parse().unwrap();
     let (tx, rx) = watch::channel(Arc::new(ProbeReport::default()));
-    let probe = KernelProbe::with_prober(rx, prober(), Some(Arc::clone(&store)));
+    let (scope, scoped) = ReportScope::channel();
+    let probe = KernelProbe::with_prober(rx, prober(), Some(Arc::clone(&store)), Some(scope));
     let mut targets = BTreeMap::new();
     targets.insert(
         "cluster-2".to_string(),
@@ -194,6 +195,19 @@ fn every_pod_of_a_flat_peer_counts_and_strangers_do_not() {
         },
     );
     probe.set_targets(&targets);
+    // The reports are limited to what the index attributes: the peer's pods and gateway.
+    let scope_now = || {
+        let mut ips: Vec<String> = scoped
+            .borrow()
+            .as_ref()
+            .expect("a scope is set")
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        ips.sort();
+        ips
+    };
+    assert_eq!(scope_now(), ["127.0.2.1", "127.2.1.7", "127.2.1.8"]);
     // Real traffic to a pod the prober does not sample, and to a non-peer address.
     tx.send(report(&[
         (other_pod, counts(0, 3, 0)),
@@ -213,6 +227,10 @@ fn every_pod_of_a_flat_peer_counts_and_strangers_do_not() {
         vec![],
     );
     probe.set_targets(&targets);
+    assert_eq!(
+        scope_now(),
+        ["127.0.2.1", "127.2.1.7", "127.2.1.8", "127.2.1.9"]
+    );
     tx.send(report(&[
         (other_pod, counts(0, 3, 0)),
         ("127.2.1.9:15008".parse().unwrap(), counts(1, 0, 0)),

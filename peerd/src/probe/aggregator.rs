@@ -8,8 +8,8 @@
 //! comes from `Instant` (monotonic), so wall-clock jumps do not distort rates; the kernel
 //! side uses `bpf_ktime_get_ns` (monotonic) for latency.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -249,16 +249,45 @@ impl ProbeReport {
     }
 }
 
+/// The addresses reports carry: `None`, every address the kernel map holds.
+pub type Scope = Option<Arc<HashSet<IpAddr>>>;
+
+/// Sets which addresses the reports of an [`AggregatorTask`] carry, from the next map
+/// read on. Whoever reads the reports sets it to what it can use: the kernel map holds up
+/// to 4,096 destinations, most of them addresses nothing attributes any more (pods that
+/// churned away), and a report of every one is ~1 KB each, rebuilt on every read.
+#[derive(Clone, Debug)]
+pub struct ReportScope(Arc<watch::Sender<Scope>>);
+
+impl ReportScope {
+    /// A scope and the receiver an aggregator reads it from.
+    pub fn channel() -> (ReportScope, watch::Receiver<Scope>) {
+        let (tx, rx) = watch::channel(None);
+        (ReportScope(Arc::new(tx)), rx)
+    }
+
+    pub fn set(&self, addresses: HashSet<IpAddr>) {
+        self.0.send_replace(Some(Arc::new(addresses)));
+    }
+}
+
 /// Keeps the previous snapshot to compute deltas.
 #[derive(Debug, Default)]
 pub struct Aggregator {
     previous: HashMap<DestKey, ConnectCounts>,
     previous_at: Option<Instant>,
+    scope: Scope,
 }
 
 impl Aggregator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Limits the next reports to `scope` (`None`: every address). An address that leaves
+    /// the scope is forgotten; when it comes back, its first delta is its whole total.
+    pub fn set_scope(&mut self, scope: Scope) {
+        self.scope = scope;
     }
 
     /// Folds one kernel snapshot taken at `now` into a report.
@@ -284,13 +313,19 @@ impl Aggregator {
         let mut destinations = BTreeMap::new();
         let mut next = HashMap::new();
         for (key, total) in entries {
+            // An IPv6 socket connecting to `::ffff:a.b.c.d` reaches the IPv4 destination:
+            // report (and attribute) both kinds of key under the IPv4 address.
+            let address = key.addr().to_canonical();
+            if let Some(scope) = &self.scope
+                && !scope.contains(&address)
+            {
+                continue;
+            }
             let delta = match self.previous.get(&key) {
                 Some(before) => total.since(before),
                 None => total,
             };
-            // An IPv6 socket connecting to `::ffff:a.b.c.d` reaches the IPv4 destination:
-            // report (and attribute) both kinds of key under the IPv4 address.
-            let destination = SocketAddr::new(key.addr().to_canonical(), key.dport);
+            let destination = SocketAddr::new(address, key.dport);
             let entry = destinations
                 .entry(destination)
                 .or_insert_with(|| DestinationReport {
@@ -329,6 +364,7 @@ impl Aggregator {
 /// reference detaches the programs.
 pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorTask {
     let (tx, rx) = watch::channel(Arc::new(ProbeReport::default()));
+    let (scope, scope_rx) = ReportScope::channel();
     let task = tokio::spawn(async move {
         let mut aggregator = Aggregator::new();
         let mut ticker = tokio::time::interval(interval);
@@ -351,6 +387,7 @@ pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorT
             };
             match snapshot {
                 Ok(snapshot) => {
+                    aggregator.set_scope(scope_rx.borrow().clone());
                     let report = aggregator.update(&snapshot, Instant::now());
                     if tx.send(Arc::new(report)).is_err() {
                         return;
@@ -360,7 +397,11 @@ pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorT
             }
         }
     });
-    AggregatorTask { task, reports: rx }
+    AggregatorTask {
+        task,
+        reports: rx,
+        scope,
+    }
 }
 
 /// The periodic reader; aborted on drop.
@@ -368,9 +409,15 @@ pub fn spawn(handle: Arc<Mutex<ProbeHandle>>, interval: Duration) -> AggregatorT
 pub struct AggregatorTask {
     task: JoinHandle<()>,
     reports: watch::Receiver<Arc<ProbeReport>>,
+    scope: ReportScope,
 }
 
 impl AggregatorTask {
+    /// Where the reports' scope is set (every address until it is).
+    pub fn scope(&self) -> ReportScope {
+        self.scope.clone()
+    }
+
     /// The latest report (a default, empty report before the first read).
     pub fn subscribe(&self) -> watch::Receiver<Arc<ProbeReport>> {
         self.reports.clone()
@@ -407,6 +454,33 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn a_scope_limits_the_report_and_a_returning_address_starts_whole() {
+        let peer = DestKey::new("127.0.0.1".parse().unwrap(), 15008);
+        let gone = DestKey::new("127.0.0.2".parse().unwrap(), 15008);
+        let mut agg = Aggregator::new();
+        let t0 = Instant::now();
+        let both = |a, b| snapshot(vec![(peer, stats(a, a, &[])), (gone, stats(b, b, &[]))]);
+        let all = agg.update(&both(1, 5), t0);
+        assert_eq!(all.destinations.len(), 2, "no scope: every address");
+        let only_peer: HashSet<IpAddr> = ["127.0.0.1".parse().unwrap()].into();
+        agg.set_scope(Some(Arc::new(only_peer)));
+        let scoped = agg.update(&both(2, 6), t0 + Duration::from_secs(1));
+        let kept: Vec<SocketAddr> = scoped.destinations.keys().copied().collect();
+        assert_eq!(kept, ["127.0.0.1:15008".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(scoped.destinations[&kept[0]].delta.attempts, 1);
+        assert_eq!(
+            agg.previous.len(),
+            1,
+            "nothing kept for addresses out of scope"
+        );
+        // Back in scope: its first delta is its whole total.
+        agg.set_scope(None);
+        let back = agg.update(&both(3, 7), t0 + Duration::from_secs(2));
+        let gone_at: SocketAddr = "127.0.0.2:15008".parse().unwrap();
+        assert_eq!(back.destinations[&gone_at].delta.attempts, 7);
     }
 
     #[test]

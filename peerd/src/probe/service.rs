@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::aggregator::{self, AggregatorTask, ProbeReport};
+use super::aggregator::{self, AggregatorTask, ProbeReport, ReportScope};
 use super::loader::{LoadError, ProbeHandle, ProgramRunStats};
 use super::mode::{self, ProbeMode, ProbeSettings};
 
@@ -49,6 +49,11 @@ impl ProbeService {
             Some(reader) => reader.subscribe(),
             None => self.idle_reports.clone(),
         }
+    }
+
+    /// Where to set which addresses the reports carry (`None` in userspace mode).
+    pub fn report_scope(&self) -> Option<ReportScope> {
+        self.reader.as_ref().map(AggregatorTask::scope)
     }
 
     /// Changes the in-kernel port filter (no-op in userspace mode).

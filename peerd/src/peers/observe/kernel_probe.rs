@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::probe::aggregator::{ConnectCounts, ProbeReport};
+use crate::probe::aggregator::{ConnectCounts, ProbeReport, ReportScope};
 use crate::probe::prober::Prober;
 use crate::store::Store;
 
@@ -37,6 +37,8 @@ pub struct KernelProbe {
     state: Mutex<KernelState>,
     fallback: Option<Arc<UserspaceProbe>>,
     store: Option<Arc<Store>>,
+    /// Told the index's addresses whenever it is rebuilt, so reports carry only those.
+    scope: Option<ReportScope>,
 }
 
 /// What a destination index was built from: the targets and each flat origin's view
@@ -52,8 +54,9 @@ struct KernelState {
     /// The report last folded in, and the per-peer sums it gave.
     folded: Option<Arc<ProbeReport>>,
     per_peer: BTreeMap<String, crate::probe::attribution::PeerProbe>,
-    /// Per attributed address, its total at the previous fold (kept while the kernel map
-    /// holds the address, so one that leaves the index and comes back is not re-counted).
+    /// Per attributed address, its total at the previous fold (kept while the reports still
+    /// carry the address, so one that briefly leaves the index is not re-counted; the
+    /// reports' scope follows the index a map read later).
     seen: HashMap<SocketAddr, ConnectCounts>,
     /// Last verdict per (peer, port), kept while no new connects are seen.
     last: HashMap<(String, u16), PortVerdict>,
@@ -82,22 +85,26 @@ impl KernelProbe {
             state: Mutex::default(),
             fallback: None,
             store: None,
+            scope: None,
         })
     }
 
     /// As `peerd run` uses it: `prober` gets the targets (its connects are what the kernel
     /// counts when there is no traffic) and answers for ports without kernel verdicts;
-    /// flat peers' pod IPs come from `store`.
+    /// flat peers' pod IPs come from `store`; `scope`, when given, limits the reports to
+    /// the addresses the index attributes.
     pub fn with_prober(
         reports: watch::Receiver<Arc<ProbeReport>>,
         prober: Arc<Prober>,
         store: Option<Arc<Store>>,
+        scope: Option<ReportScope>,
     ) -> Arc<Self> {
         Arc::new(KernelProbe {
             reports,
             state: Mutex::default(),
             fallback: Some(UserspaceProbe::without_metrics(prober)),
             store,
+            scope,
         })
     }
 
@@ -273,6 +280,9 @@ impl ProbeSource for KernelProbe {
             .is_none_or(|(t, v)| t != targets || *v != versions);
         if stale {
             state.index = self.build_index(targets);
+            if let Some(scope) = &self.scope {
+                scope.set(state.index.keys().copied().collect());
+            }
             state.index_built_from = Some((targets.clone(), versions));
             // Attribution changed: re-fold the current report with the new index.
             state.folded = None;
