@@ -527,7 +527,7 @@ async fn phase(
     let exact_at_view = holds(&held, &want, true);
     let pid = peerd.pid();
     let cpu_to_view = support::cpu_seconds(pid).unwrap_or(f64::NAN);
-    // Let the sync's transient memory go back (jemalloc purges within about a second).
+    // Let the sync's transient memory go back (mimalloc purges within 100 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_view = support::rss_mb(pid).unwrap_or(f64::NAN);
 

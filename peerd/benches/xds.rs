@@ -44,7 +44,7 @@ use support::{Args, Goal, Report, percentile};
 /// allocator as peerd: glibc's malloc/free of their 112k-resource messages showed in
 /// profiles of the sync.
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The client's bookkeeping is measurement apparatus: a fast hash keeps it from
 /// weighing on the figures (SipHash of 112k names showed in profiles).

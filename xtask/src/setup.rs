@@ -25,8 +25,6 @@ const APT: &[(&str, &str)] = &[
     ("go", "golang-go"),
     // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer (C++).
     ("c++", "g++"),
-    // peerd's allocator: tikv-jemalloc-sys builds jemalloc with its configure and make.
-    ("make", "make"),
 ];
 const APT_FILES: &[(&str, &str)] = &[
     // Go sources of Helm's template engine (sprig, sigs.k8s.io/yaml) for xtask/chart-render.

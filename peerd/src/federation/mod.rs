@@ -812,10 +812,6 @@ struct FederationThread {
     jobs: mpsc::Sender<Job>,
 }
 
-/// A federation job this long was a bulk merge (100k resources take hundreds of ms; a
-/// churn batch a few).
-const BULK_JOB: std::time::Duration = std::time::Duration::from_millis(100);
-
 impl FederationThread {
     fn start() -> Option<FederationThread> {
         // One job at a time: while one runs, the next event waits in the store's ring,
@@ -827,10 +823,9 @@ impl FederationThread {
                 while let Some(job) = rx.blocking_recv() {
                     let started = std::time::Instant::now();
                     job();
-                    // A bulk merge (a full sync, a withdrawal) freed what it replaced:
-                    // give it back now (see `memory`). Churn's short jobs leave it to
-                    // the allocator's decay, which reuses those pages first.
-                    if started.elapsed() >= BULK_JOB {
+                    // A bulk merge freed what it replaced; this thread may now wait
+                    // for long (see `memory`).
+                    if started.elapsed() >= std::time::Duration::from_millis(10) {
                         crate::memory::release_now();
                     }
                 }

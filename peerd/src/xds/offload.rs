@@ -26,8 +26,8 @@ pub fn run<R>(heavy: bool, step: impl FnOnce() -> R) -> R {
         step()
     };
     if heavy {
-        // A bulk step frees what it replaced: give it back now, not over the
-        // allocator's decay time (see `memory`).
+        // A bulk step frees what it replaced: give it back now, not when this thread
+        // next allocates (see `memory`).
         crate::memory::release_now();
     }
     result
