@@ -94,6 +94,10 @@ scrape_configs:
         wait_for("Prometheus scraping all three peerds",
                  lambda: (procs.check_alive(),
                           len([v for v in prom.values('up{job="peerd"}').values() if v == 1]) == 3)[1])
+        # Conditions can be True before a node's ztunnel has connected (no connected
+        # ztunnel counts as programmed): wait for each merged stream to be scraped too.
+        wait_for("each node's ztunnel stream scraped", lambda: len(prom.query(
+            'peerd_xds_server_connections{view="merged"} >= 1')) == len(CLUSTERS))
         # One more scrape after the sandbox said True, so the series reflect that state.
         wait_for("peer conditions scraped", lambda: len(prom.query(
             'peerd_peer_condition{status="True"} == 1')) == 3 * 2 * len(CONDITIONS))
