@@ -795,6 +795,57 @@ fn a_pod_ip_leaving_the_index_counts_nothing_again() {
     );
 }
 
+/// A flat peer withdrawn past grace takes its pod IPs out of the index, and the reports
+/// (scoped to the index) stop carrying them. When the peer resyncs and a pod IP returns,
+/// only its new connects count: recounting its history (here, old successes) showed a
+/// pod whose connects now time out as reachable.
+#[test]
+fn a_pod_ip_returning_to_the_index_counts_only_its_new_connects() {
+    let pod: SocketAddr = "127.0.9.1:15008".parse().unwrap();
+    let targets = |pods: Vec<SocketAddr>| {
+        let mut t = BTreeMap::new();
+        t.insert(
+            "cluster-2".to_string(),
+            ProbeTargets {
+                hbone: pods,
+                xds: Vec::new(),
+                flat: true,
+            },
+        );
+        t
+    };
+    let ok = ConnectCounts {
+        attempts: 100,
+        established: 100,
+        ..ConnectCounts::default()
+    };
+    let (tx, rx) = watch::channel(Arc::new(report_of(&[(pod, ok, ok)])));
+    let probe = KernelProbe::new(rx);
+    probe.set_targets(&targets(vec![pod]));
+    let hbone = |probe: &KernelProbe| probe.observe("cluster-2").hbone.map(|v| v.reachability);
+    assert_eq!(hbone(&probe), Some(Reachability::Reachable));
+    // Withdrawn: out of the index, and the next report no longer carries it.
+    probe.set_targets(&targets(Vec::new()));
+    tx.send(Arc::new(ProbeReport::default())).unwrap();
+    let _ = probe.observe("cluster-2");
+    // Back, and its four new connects time out.
+    probe.set_targets(&targets(vec![pod]));
+    let timeouts = ConnectCounts {
+        attempts: 4,
+        timed_out: 4,
+        ..ConnectCounts::default()
+    };
+    let mut total = ok;
+    total.add(&timeouts);
+    tx.send(Arc::new(report_of(&[(pod, timeouts, total)])))
+        .unwrap();
+    assert_eq!(
+        hbone(&probe),
+        Some(Reachability::TimedOut),
+        "only the four new connects count"
+    );
+}
+
 #[tokio::test]
 async fn xds_probe_classifies_a_connect_still_in_progress() {
     let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);

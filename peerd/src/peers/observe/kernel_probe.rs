@@ -54,9 +54,10 @@ struct KernelState {
     /// The report last folded in, and the per-peer sums it gave.
     folded: Option<Arc<ProbeReport>>,
     per_peer: BTreeMap<String, crate::probe::attribution::PeerProbe>,
-    /// Per attributed address, its total at the previous fold (kept while the reports still
-    /// carry the address, so one that briefly leaves the index is not re-counted; the
-    /// reports' scope follows the index a map read later).
+    /// Per address, its total when a report last carried it: kept after the address
+    /// leaves the index and the reports (their scope follows the index), so a pod IP that
+    /// comes back (a flat peer withdrawn past grace, then resynced) counts only what is
+    /// new, not its history. At most [`SEEN_CAP`] entries.
     seen: HashMap<SocketAddr, ConnectCounts>,
     /// Last verdict per (peer, port), kept while no new connects are seen.
     last: HashMap<(String, u16), PortVerdict>,
@@ -227,11 +228,17 @@ impl KernelProbe {
     }
 }
 
+/// Addresses whose last total is remembered: twice the kernel map's default size, so
+/// every address the map can hold plus as many that left it. Past that, addresses the
+/// report no longer carries are forgotten first (one that returns then counts whole).
+const SEEN_CAP: usize = 2 * peerd_ebpf::DEFAULT_MAX_DESTINATIONS as usize;
+
 /// What changed at each attributed address of `report` since `seen` (its previous totals),
 /// summed per (peer, port); and the totals to remember. An address seen for the first
 /// time counts whole; a counter that went back (the kernel entry was evicted and
-/// recreated, or the programs reloaded) restarts from zero. An address the index no
-/// longer attributes keeps its previous total while the report still holds it.
+/// recreated, or the programs reloaded) restarts from zero. An address the report no
+/// longer carries (it left the index, or the map) keeps its previous total, within
+/// [`SEEN_CAP`].
 fn changes_since(
     report: &ProbeReport,
     index: &HashMap<IpAddr, String>,
@@ -259,6 +266,12 @@ fn changes_since(
             .or_default()
             .add(&change);
         remembered.insert(*destination, dest.total);
+    }
+    for (destination, before) in seen {
+        if remembered.len() >= SEEN_CAP {
+            break;
+        }
+        remembered.entry(*destination).or_insert(*before);
     }
     (changes, remembered)
 }
