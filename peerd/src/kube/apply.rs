@@ -356,7 +356,10 @@ impl FlatSyncExecutor {
                 (None, None) => Ok(()),
             };
             match verdict {
-                Ok(()) => candidates.push(name),
+                Ok(()) => {
+                    tracing::debug!(entry = %name, peer = %owner, "WorkloadEntry no longer desired; collecting it");
+                    candidates.push(name);
+                }
                 Err(why) => report.kept.push((format!("WorkloadEntry/{name}"), why)),
             }
         }

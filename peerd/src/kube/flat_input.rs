@@ -51,8 +51,10 @@ impl InputBuilder {
                 PeerNetworkMode::decide(&peer.network, &self.local_network, self.flat_networks);
             let mut workloads = Vec::new();
             let mut services = Vec::new();
+            let mut origin_version = 0;
             if let Some(origin) = origin {
                 let snapshot = origin.view.snapshot();
+                origin_version = snapshot.version;
                 for resource in snapshot.resources(ResourceType::Address).values() {
                     if let Some(w) = resource.as_workload() {
                         workloads.push(ImportedWorkload::from_summary(w, ""));
@@ -64,6 +66,7 @@ impl InputBuilder {
                 }
             }
             services.sort();
+            tracing::debug!(peer = %peer.cluster, workloads = workloads.len(), global_services = services.len(), version = origin_version, "flat sync input");
             exports.push(PeerExports {
                 cluster: peer.cluster.clone(),
                 network: peer.network.clone(),

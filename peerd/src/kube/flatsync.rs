@@ -284,9 +284,11 @@ fn add_flat_entries(control_namespace: &str, peer: &PeerExports, out: &mut Desir
         let backed: BTreeSet<(String, String)> =
             workload.services.intersection(&exported).cloned().collect();
         let Some(address) = workload.address else {
+            tracing::debug!(peer = %peer.cluster, uid = %workload.uid, "flat peer workload without an address: no WorkloadEntry");
             continue;
         };
         if backed.is_empty() {
+            tracing::debug!(peer = %peer.cluster, uid = %workload.uid, services = ?workload.services, "flat peer workload backs no global service the peer exports: no WorkloadEntry");
             continue;
         }
         let workload = ImportedWorkload {
