@@ -16,6 +16,9 @@
 //!   cluster is never withdrawn);
 //! - (b) no flat WorkloadEntry is deleted (with no replacement for the same workload)
 //!   while its pod is still exported and its peer is within grace;
+//! - for (a) and (b), a workload the origin itself removed within [`REMOVED_RECENTLY`]
+//!   counts as not exported: it may be back under the same uid (a StatefulSet pod, a
+//!   reused generated name) while its removal is still propagating;
 //! - (c) per fault, each Gateway condition changes status at most once while the fault
 //!   is active and at most once after it is lifted (no flapping);
 //! - (d) after a fault, every downstream equals the expected merged view (the local
@@ -53,6 +56,12 @@ pub const CONDITION_TYPES: [&str; 5] = [
 /// A change younger than this may still be on its way; mismatches on it are not counted
 /// when deciding convergence.
 pub const IN_FLIGHT: Duration = Duration::from_secs(3);
+
+/// A workload its origin removed less than this long ago may be missing downstream (or
+/// lose its WorkloadEntry) even though the origin has it again: the removal propagated,
+/// the re-add (same uid) is on its way. Generous, so a slow peerd's lag is covered; a
+/// removal the origin never made is still caught.
+pub const REMOVED_RECENTLY: Duration = Duration::from_secs(30);
 
 /// One broken invariant.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -429,7 +438,7 @@ impl Observer {
                 .entry(j)
                 .or_insert_with(|| self.population(j, j != i))
                 .contains(&uid);
-            if !still {
+            if !still || self.publish_log.removed_within(&uid, REMOVED_RECENTLY) {
                 continue;
             }
             if self.removal_allowed(i, j) {
@@ -472,20 +481,57 @@ impl Observer {
             .collect();
         let mut bad = Vec::new();
         for (name, j, uid) in removed {
-            if self.removal_allowed(i, j) || !self.watched[j].flat {
+            if self.removal_allowed(i, j)
+                || !self.watched[j].flat
+                || self.publish_log.removed_within(&uid, REMOVED_RECENTLY)
+            {
                 continue;
             }
             if self.population(j, true).contains(&uid) {
-                bad.push(name);
+                bad.push((name, uid));
             }
         }
-        for name in bad {
+        for (name, uid) in bad {
             let what = format!(
-                "{}: WorkloadEntry {name} deleted while its pod is still exported and its peer within grace",
-                self.watched[i].name
+                "{}: WorkloadEntry {name} deleted while its pod is still exported and its peer within grace ({})",
+                self.watched[i].name,
+                self.held_downstream(i, &uid)
             );
             self.violate("b", what);
         }
+    }
+
+    /// What cluster `i`'s downstream holds of workload `uid` (for a violation's detail):
+    /// whether peerd still serves it and with which services, and which of those services
+    /// the downstream holds.
+    fn held_downstream(&self, i: usize, uid: &str) -> String {
+        for origin in self.watched[i].store.origins() {
+            let snapshot = origin.view.snapshot();
+            let Some(w) = snapshot
+                .get(ResourceType::Address, uid)
+                .and_then(|r| r.as_workload())
+            else {
+                continue;
+            };
+            let services: Vec<String> = w
+                .services
+                .iter()
+                .map(|key| {
+                    let held = snapshot
+                        .resources(ResourceType::Address)
+                        .values()
+                        .filter_map(|r| r.as_service())
+                        .any(|s| format!("{}/{}", s.namespace, s.hostname) == **key);
+                    format!("{key}{}", if held { "" } else { " (service not held)" })
+                })
+                .collect();
+            return format!(
+                "the downstream holds the workload, addresses {:?}, services [{}]",
+                w.addresses,
+                services.join(", ")
+            );
+        }
+        "the downstream does not hold the workload".to_string()
     }
 
     fn record_conditions(&mut self, i: usize) {

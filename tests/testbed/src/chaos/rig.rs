@@ -46,6 +46,11 @@ pub struct RigOptions {
 #[derive(Default)]
 pub struct PublishLog {
     by_name: Mutex<HashMap<Arc<str>, (u8, Instant)>>,
+    /// When each simulated istiod last removed each name: a pod can come back under the
+    /// same uid (Istio's pod uid is its cluster, namespace and name: a StatefulSet pod
+    /// re-created, or a generated name reused), and what was removed in between may
+    /// legitimately have been dropped downstream.
+    removed_at: Mutex<HashMap<Arc<str>, Instant>>,
 }
 
 impl PublishLog {
@@ -59,6 +64,25 @@ impl PublishLog {
             let horizon = Instant::now() - Duration::from_secs(60);
             map.retain(|_, (_, at)| *at >= horizon);
         }
+        drop(map);
+        let mut removed = self.removed_at.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &batch.removed {
+            removed.insert(Arc::clone(name), batch.published_at);
+        }
+        if removed.len() > 400_000 {
+            let horizon = Instant::now() - Duration::from_secs(60);
+            removed.retain(|_, at| *at >= horizon);
+        }
+    }
+
+    /// Whether `name`'s simulated istiod removed it less than `within` ago (it may be
+    /// back since).
+    pub fn removed_within(&self, name: &str, within: Duration) -> bool {
+        self.removed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// The cluster index and publish time of `name`'s latest change, if one is known.
@@ -325,4 +349,34 @@ fn write_token(path: &Path) -> anyhow::Result<()> {
     file.write_all(format!("{token}\n").as_bytes())
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(upserted: &[&str], removed: &[&str]) -> ChangeBatch {
+        ChangeBatch {
+            published_at: Instant::now(),
+            view_version: Some(1),
+            kinds: Vec::new(),
+            upserted: upserted.iter().map(|n| Arc::from(*n)).collect(),
+            removed: removed.iter().map(|n| Arc::from(*n)).collect(),
+        }
+    }
+
+    /// A pod removed and then back under the same uid is still known as recently
+    /// removed, so the observer does not count what its removal did downstream.
+    #[test]
+    fn a_removal_is_remembered_after_the_same_uid_comes_back() {
+        let log = PublishLog::default();
+        log.record(2, &batch(&["c2//Pod/ns/web-0"], &[]));
+        assert!(!log.removed_within("c2//Pod/ns/web-0", Duration::from_secs(30)));
+        log.record(2, &batch(&[], &["c2//Pod/ns/web-0"]));
+        log.record(2, &batch(&["c2//Pod/ns/web-0"], &[]));
+        assert!(log.removed_within("c2//Pod/ns/web-0", Duration::from_secs(30)));
+        assert!(!log.removed_within("c2//Pod/ns/web-0", Duration::ZERO));
+        assert!(!log.removed_within("c2//Pod/ns/other", Duration::from_secs(30)));
+        assert_eq!(log.last("c2//Pod/ns/web-0").map(|(c, _)| c), Some(2));
+    }
 }
