@@ -83,6 +83,9 @@ pub struct SoakArgs {
     pub churn_per_sec: f64,
     #[arg(long, default_value_t = 2_000)]
     pub workloads_per_cluster: usize,
+    /// Only the faults whose name contains this text (repeatable), in catalogue order.
+    #[arg(long)]
+    pub only: Vec<String>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -220,6 +223,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 run_for: args.run_for,
                 churn_per_sec: args.churn_per_sec,
                 workloads_per_cluster: args.workloads_per_cluster,
+                only: args.only,
                 state_dir: args.run.state_dir,
                 json: args.run.json,
                 seed: args.run.seed,

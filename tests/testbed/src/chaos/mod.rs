@@ -91,25 +91,30 @@ pub async fn start(options: &RigOptions, first_sync: Duration) -> anyhow::Result
     Ok(driver)
 }
 
+/// The faults of `from` whose name contains one of `only` (all of them when `only` is
+/// empty), in order; an error when none does.
+pub fn selected(from: &[Fault], only: &[String]) -> anyhow::Result<Vec<Fault>> {
+    let faults: Vec<Fault> = from
+        .iter()
+        .copied()
+        .filter(|f| only.is_empty() || only.iter().any(|o| f.name().contains(o.as_str())))
+        .collect();
+    if faults.is_empty() {
+        bail!("--only {only:?} matches no fault");
+    }
+    Ok(faults)
+}
+
 pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<()> {
     let timing = if options.quick {
         Timing::quick()
     } else {
         Timing::full()
     };
-    let faults: Vec<Fault> = (if options.quick {
-        QUICK.to_vec()
-    } else {
-        Fault::ALL.to_vec()
-    })
-    .into_iter()
-    .filter(|f| {
-        options.only.is_empty() || options.only.iter().any(|o| f.name().contains(o.as_str()))
-    })
-    .collect();
-    if faults.is_empty() {
-        bail!("--only {:?} matches no fault", options.only);
-    }
+    let faults = selected(
+        if options.quick { &QUICK } else { &Fault::ALL },
+        &options.only,
+    )?;
     let rig_options = RigOptions {
         workloads: workloads(options.quick),
         services_per_cluster: if options.quick { 40 } else { 400 },

@@ -26,6 +26,8 @@ pub struct SoakOptions {
     pub run_for: Duration,
     pub churn_per_sec: f64,
     pub workloads_per_cluster: usize,
+    /// Only these faults (names containing one of these texts); all when empty.
+    pub only: Vec<String>,
     pub state_dir: Option<PathBuf>,
     pub json: Option<PathBuf>,
     pub seed: u64,
@@ -60,6 +62,7 @@ pub struct SoakReport {
 }
 
 pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
+    let faults = super::selected(&Fault::ALL, &options.only)?;
     let interval = interval(options.run_for);
     // Short soaks use the short fault timings so a fault fits its interval.
     let timing = if interval < Duration::from_secs(120) {
@@ -92,7 +95,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     while begun.elapsed() < options.run_for {
         let left = options.run_for.saturating_sub(begun.elapsed());
         if Instant::now() >= next_fault && left >= Duration::from_secs(20) {
-            let fault = Fault::ALL[k % Fault::ALL.len()];
+            let fault = faults[k % faults.len()];
             k += 1;
             let row = catalogue::run(&mut driver, fault, &timing).await;
             println!(
@@ -291,6 +294,21 @@ mod tests {
             interval(Duration::from_secs(1200)),
             Duration::from_secs(100)
         );
+    }
+
+    #[test]
+    fn only_selects_faults_by_name_in_catalogue_order_and_refuses_no_match() {
+        let stuck = super::super::selected(&Fault::ALL, &["never reads".to_string()]).unwrap();
+        assert_eq!(stuck, vec![Fault::StuckZtunnel]);
+        let api = super::super::selected(&Fault::ALL, &["API".to_string()]).unwrap();
+        assert_eq!(api.len(), 3, "the three API-server faults: {api:?}");
+        assert!(api.windows(2).all(|w| {
+            let at = |f| Fault::ALL.iter().position(|g| *g == f);
+            at(w[0]) < at(w[1])
+        }));
+        assert_eq!(super::super::selected(&Fault::ALL, &[]).unwrap(), Fault::ALL.to_vec());
+        let none = super::super::selected(&Fault::ALL, &["no such fault".to_string()]);
+        assert!(none.unwrap_err().to_string().contains("matches no fault"));
     }
 
     #[test]
