@@ -306,7 +306,10 @@ mod tests {
             let at = |f| Fault::ALL.iter().position(|g| *g == f);
             at(w[0]) < at(w[1])
         }));
-        assert_eq!(super::super::selected(&Fault::ALL, &[]).unwrap(), Fault::ALL.to_vec());
+        assert_eq!(
+            super::super::selected(&Fault::ALL, &[]).unwrap(),
+            Fault::ALL.to_vec()
+        );
         let none = super::super::selected(&Fault::ALL, &["no such fault".to_string()]);
         assert!(none.unwrap_err().to_string().contains("matches no fault"));
     }
