@@ -627,6 +627,41 @@ async fn a_restarted_monitor_resumes_what_the_gateways_show_instead_of_pending()
     assert_eq!(cond(&st, "cluster-2", T::PeerConnected).0, S::True);
 }
 
+/// What the daemon does at a restart: the monitor is built from the peers configured at
+/// start (read from the Gateways) and ticks once before the Gateways' conditions are
+/// handed over. Those peers were not new to it, so they stayed `Pending` and the leader
+/// wrote Unknown over the Gateways' True (the soak's restarts showed `None -> Unknown`).
+#[tokio::test]
+async fn a_monitor_started_from_the_configured_peers_still_resumes_what_the_gateways_show() {
+    let peers = vec![spec("cluster-2", "127.0.2.1")];
+    let (m, fake, c) = monitor(peers.clone(), 60);
+    fake.healthy("cluster-2");
+    let st = tick(&m, &c, 0).await;
+    assert_eq!(cond(&st, "cluster-2", T::PeerConnected).0, S::Unknown);
+    let earlier = UNIX_EPOCH + Duration::from_secs(5);
+    let shown: BTreeMap<String, super::Conditions> =
+        BTreeMap::from([(peers[0].display_name(), shown_all_true(2, earlier))]);
+    let mut events = m.subscribe();
+    m.set_peers_resuming(peers.clone(), &shown, c.at(0).0);
+    let st = tick(&m, &c, 1).await;
+    for t in T::ALL {
+        assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t}");
+    }
+    assert_eq!(
+        st[0].condition(T::PeerConnected).unwrap().last_transition,
+        earlier
+    );
+    assert!(events.try_recv().is_err(), "nothing to write back");
+    // A tracker that has left Pending keeps its own state over what a Gateway shows.
+    fake.connected("cluster-2", false);
+    let _ = tick(&m, &c, 2).await;
+    let st = tick(&m, &c, 13).await;
+    assert_eq!(cond(&st, "cluster-2", T::PeerConnected).0, S::False);
+    m.set_peers_resuming(peers, &shown, c.at(13).0);
+    let st = tick(&m, &c, 14).await;
+    assert_eq!(cond(&st, "cluster-2", T::PeerConnected).0, S::False);
+}
+
 #[tokio::test]
 async fn a_new_peer_without_shown_conditions_still_starts_pending() {
     let (m, _fake, c) = monitor(Vec::new(), 60);

@@ -155,6 +155,22 @@ impl Tracker {
     fn key(&self) -> String {
         self.spec.display_name()
     }
+
+    /// Whether none of the observed conditions has left `Pending` since this tracker was
+    /// made: it has nothing of its own to keep over what a Gateway shows.
+    fn never_left_pending(&self) -> bool {
+        [
+            ConditionType::PeerConnected,
+            ConditionType::PeeringSucceeded,
+            ConditionType::PeerDataPlaneProgrammed,
+        ]
+        .into_iter()
+        .all(|t| {
+            self.conditions.get(t).is_none_or(|c| {
+                c.status == ConditionStatus::Unknown && c.reason == reason::PENDING
+            })
+        })
+    }
 }
 
 pub struct PeerMonitor {
@@ -202,8 +218,8 @@ impl PeerMonitor {
         self.set_peers_resuming(specs, &BTreeMap::new(), now);
     }
 
-    /// [`set_peers`](Self::set_peers), where a peer new to this monitor resumes from the
-    /// conditions its Gateway already shows (`shown`, by display name; see
+    /// [`set_peers`](Self::set_peers), where a peer new to this monitor, or still pending
+    /// since it was added, resumes from the conditions its Gateway already shows (`shown`, by display name; see
     /// `kube::condition_sync::shown_conditions`) instead of starting `Pending`. A
     /// restarted peerd so continues the hysteresis of its previous run: a True condition
     /// turns False only after the failure window, and nothing is written back to Unknown
@@ -220,11 +236,19 @@ impl PeerMonitor {
         let mut old: HashMap<String, Tracker> = trackers.drain(..).map(|t| (t.key(), t)).collect();
         for (spec, model) in specs.into_iter().zip(models) {
             let key = spec.display_name();
-            let tracker = match old.remove(&key) {
-                Some(t) if t.spec == spec => t,
-                Some(t) => Tracker::new(spec, model, self.config.hysteresis, now, t.conditions),
-                None => {
-                    let shown = shown.get(&key).cloned().unwrap_or_default();
+            let tracker = match (old.remove(&key), shown.get(&key)) {
+                // Still pending since it was made: the monitor starts from the configured
+                // peers before the Gateways are read, so at a restart this is the usual
+                // case, not only a peer new to the monitor.
+                (Some(t), Some(shown)) if t.never_left_pending() => {
+                    Tracker::new(spec, model, self.config.hysteresis, now, shown.clone())
+                }
+                (Some(t), _) if t.spec == spec => t,
+                (Some(t), _) => {
+                    Tracker::new(spec, model, self.config.hysteresis, now, t.conditions)
+                }
+                (None, shown) => {
+                    let shown = shown.cloned().unwrap_or_default();
                     Tracker::new(spec, model, self.config.hysteresis, now, shown)
                 }
             };
