@@ -766,6 +766,18 @@ fn report_of(entries: &[(SocketAddr, ConnectCounts, ConnectCounts)]) -> ProbeRep
     r
 }
 
+/// Probe targets of one flat peer, cluster-2, at these pod addresses.
+fn flat_cluster_2(pods: Vec<SocketAddr>) -> BTreeMap<String, ProbeTargets> {
+    BTreeMap::from([(
+        "cluster-2".to_string(),
+        ProbeTargets {
+            hbone: pods,
+            xds: Vec::new(),
+            flat: true,
+        },
+    )])
+}
+
 /// A flat peer's pod IP leaving the index (churn) must not count the peer's whole history
 /// as new connects: the remaining totals went "backwards", and differencing per-peer totals
 /// read that as a counter reset, so a peer whose new connects time out was shown
@@ -784,18 +796,7 @@ fn a_pod_ip_leaving_the_index_counts_nothing_again() {
         timed_out: n,
         ..ConnectCounts::default()
     };
-    let targets = |pods: Vec<SocketAddr>| {
-        let mut t = BTreeMap::new();
-        t.insert(
-            "cluster-2".to_string(),
-            ProbeTargets {
-                hbone: pods,
-                xds: Vec::new(),
-                flat: true,
-            },
-        );
-        t
-    };
+    let targets = flat_cluster_2;
     // Long ago, 100 connects to one pod succeeded; now connects to another time out.
     let (tx, rx) = watch::channel(Arc::new(report_of(&[
         (old_pod, ok(100), ok(100)),
@@ -837,18 +838,7 @@ fn a_pod_ip_leaving_the_index_counts_nothing_again() {
 #[test]
 fn a_pod_ip_returning_to_the_index_counts_only_its_new_connects() {
     let pod: SocketAddr = "127.0.9.1:15008".parse().unwrap();
-    let targets = |pods: Vec<SocketAddr>| {
-        let mut t = BTreeMap::new();
-        t.insert(
-            "cluster-2".to_string(),
-            ProbeTargets {
-                hbone: pods,
-                xds: Vec::new(),
-                flat: true,
-            },
-        );
-        t
-    };
+    let targets = flat_cluster_2;
     let ok = ConnectCounts {
         attempts: 100,
         established: 100,

@@ -166,9 +166,9 @@ impl Tracker {
         ]
         .into_iter()
         .all(|t| {
-            self.conditions.get(t).is_none_or(|c| {
-                c.status == ConditionStatus::Unknown && c.reason == reason::PENDING
-            })
+            self.conditions
+                .get(t)
+                .is_none_or(|c| c.status == ConditionStatus::Unknown && c.reason == reason::PENDING)
         })
     }
 }
