@@ -219,8 +219,9 @@ impl PeerMonitor {
     }
 
     /// [`set_peers`](Self::set_peers), where a peer new to this monitor, or still pending
-    /// since it was added, resumes from the conditions its Gateway already shows (`shown`, by display name; see
-    /// `kube::condition_sync::shown_conditions`) instead of starting `Pending`. A
+    /// since it was added, resumes from the conditions its Gateway already shows (`shown`,
+    /// by display name; see `kube::condition_sync::shown_conditions`) instead of starting
+    /// `Pending`. A
     /// restarted peerd so continues the hysteresis of its previous run: a True condition
     /// turns False only after the failure window, and nothing is written back to Unknown
     /// while the first probes run (which flapped the Gateway True → Unknown → True on
