@@ -221,11 +221,10 @@ impl PeerMonitor {
     /// [`set_peers`](Self::set_peers), where a peer new to this monitor, or still pending
     /// since it was added, resumes from the conditions its Gateway already shows (`shown`,
     /// by display name; see `kube::condition_sync::shown_conditions`) instead of starting
-    /// `Pending`. A
-    /// restarted peerd so continues the hysteresis of its previous run: a True condition
-    /// turns False only after the failure window, and nothing is written back to Unknown
-    /// while the first probes run (which flapped the Gateway True → Unknown → True on
-    /// every restart of the writing peerd).
+    /// `Pending`. A restarted peerd so continues the hysteresis of its previous run: a True
+    /// condition turns False only after the failure window, and nothing is written back to
+    /// Unknown while the first probes run (which flapped the Gateway True → Unknown → True
+    /// on every restart of the writing peerd).
     pub fn set_peers_resuming(
         &self,
         specs: Vec<PeerSpec>,
