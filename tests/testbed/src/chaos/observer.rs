@@ -517,11 +517,10 @@ impl Observer {
                 .services
                 .iter()
                 .map(|key| {
+                    // A service's xDS name is its key, `namespace/hostname`.
                     let held = snapshot
-                        .resources(ResourceType::Address)
-                        .values()
-                        .filter_map(|r| r.as_service())
-                        .any(|s| format!("{}/{}", s.namespace, s.hostname) == **key);
+                        .get(ResourceType::Address, key)
+                        .is_some_and(|r| r.as_service().is_some());
                     format!("{key}{}", if held { "" } else { " (service not held)" })
                 })
                 .collect();

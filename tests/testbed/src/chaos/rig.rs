@@ -45,53 +45,74 @@ pub struct RigOptions {
 /// latency and for telling in-flight changes from real mismatches).
 #[derive(Default)]
 pub struct PublishLog {
-    by_name: Mutex<HashMap<Arc<str>, (u8, Instant)>>,
-    /// When each simulated istiod last removed each name: a pod can come back under the
-    /// same uid (Istio's pod uid is its cluster, namespace and name: a StatefulSet pod
-    /// re-created, or a generated name reused), and what was removed in between may
-    /// legitimately have been dropped downstream.
-    removed_at: Mutex<HashMap<Arc<str>, Instant>>,
+    by_name: Mutex<HashMap<Arc<str>, Published>>,
+}
+
+/// What one name's simulated istiod last did with it.
+#[derive(Clone, Copy)]
+struct Published {
+    cluster: u8,
+    /// The latest change (upsert or removal).
+    at: Instant,
+    /// The latest removal: a pod can come back under the same uid (Istio's pod uid is its
+    /// cluster, namespace and name: a StatefulSet pod re-created, or a generated name
+    /// reused), and what was removed in between may legitimately have been dropped
+    /// downstream.
+    removed_at: Option<Instant>,
 }
 
 impl PublishLog {
     fn record(&self, cluster: u8, batch: &ChangeBatch) {
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        for name in batch.upserted.iter().chain(&batch.removed) {
-            map.insert(Arc::clone(name), (cluster, batch.published_at));
+        let at = batch.published_at;
+        for name in &batch.upserted {
+            let removed_at = map.get(name).and_then(|p| p.removed_at);
+            map.insert(
+                Arc::clone(name),
+                Published {
+                    cluster,
+                    at,
+                    removed_at,
+                },
+            );
+        }
+        for name in &batch.removed {
+            let removed_at = Some(at);
+            map.insert(
+                Arc::clone(name),
+                Published {
+                    cluster,
+                    at,
+                    removed_at,
+                },
+            );
         }
         // Bounded: at 600 changes/s a few minutes of names; older ones are not needed.
         if map.len() > 400_000 {
             let horizon = Instant::now() - Duration::from_secs(60);
-            map.retain(|_, (_, at)| *at >= horizon);
-        }
-        drop(map);
-        let mut removed = self.removed_at.lock().unwrap_or_else(|p| p.into_inner());
-        for name in &batch.removed {
-            removed.insert(Arc::clone(name), batch.published_at);
-        }
-        if removed.len() > 400_000 {
-            let horizon = Instant::now() - Duration::from_secs(60);
-            removed.retain(|_, at| *at >= horizon);
+            map.retain(|_, p| p.at >= horizon);
         }
     }
 
-    /// Whether `name`'s simulated istiod removed it less than `within` ago (it may be
-    /// back since).
-    pub fn removed_within(&self, name: &str, within: Duration) -> bool {
-        self.removed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .is_some_and(|at| at.elapsed() < within)
-    }
-
-    /// The cluster index and publish time of `name`'s latest change, if one is known.
-    pub fn last(&self, name: &str) -> Option<(u8, Instant)> {
+    fn get(&self, name: &str) -> Option<Published> {
         self.by_name
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .copied()
+    }
+
+    /// Whether `name`'s simulated istiod removed it less than `within` ago (it may be
+    /// back since).
+    pub fn removed_within(&self, name: &str, within: Duration) -> bool {
+        self.get(name)
+            .and_then(|p| p.removed_at)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// The cluster index and publish time of `name`'s latest change, if one is known.
+    pub fn last(&self, name: &str) -> Option<(u8, Instant)> {
+        self.get(name).map(|p| (p.cluster, p.at))
     }
 
     /// Whether `name` changed in its simulated istiod less than `within` ago.
