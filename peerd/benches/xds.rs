@@ -212,9 +212,7 @@ async fn poll_ready(addr: SocketAddr, stop: tokio::sync::watch::Receiver<bool>) 
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    Ok(peerd_testbed::ports::free_addr(LOCALHOST)?.port())
 }
 
 struct Peerd {

@@ -35,11 +35,7 @@ struct Rig {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    peerd_testbed::ports::free_port(LOCALHOST)
 }
 
 /// The longest line of a PEM file's base64 body: a piece of the key itself.

@@ -50,11 +50,7 @@ enum Sim {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    peerd_testbed::ports::free_port(LOCALHOST)
 }
 
 fn write(path: &Path, text: &str) {

@@ -34,11 +34,7 @@ const GRACE: Duration = Duration::from_secs(12);
 const DOWNSTREAM: &str = "ztunnel-view";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    peerd_testbed::ports::free_port(LOCALHOST)
 }
 
 fn spiffe(cluster: &str) -> SpiffeId {

@@ -2,21 +2,15 @@
 //! own): written config file, log file, kill on drop; plus the loopback helpers the
 //! multi-process benchmarks share (a free port on a given address, the fd limit).
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 use peerd::config::file::FileConfig;
 
-/// A free TCP port on `host` (bound and released: the caller binds it next).
-pub fn free_addr(host: IpAddr) -> anyhow::Result<SocketAddr> {
-    let port = std::net::TcpListener::bind((host, 0))
-        .with_context(|| format!("binding a free port on {host}"))?
-        .local_addr()?
-        .port();
-    Ok(SocketAddr::new(host, port))
-}
+// Not every bench that includes this module picks ports.
+#[allow(unused_imports)]
+pub use peerd_testbed::ports::free_addr;
 
 /// A running `peerd run --config <dir>/peerd.yaml`, logging to `<dir>/peerd.log`.
 pub struct Peerd {

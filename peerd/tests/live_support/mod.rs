@@ -36,11 +36,7 @@ pub const TOKEN: &str = "ztunnel-token-for-live-peers";
 pub const WAIT: Duration = Duration::from_secs(60);
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    peerd_testbed::ports::free_port(LOCALHOST)
 }
 
 pub fn trust_domain(cluster: &str) -> String {

@@ -1,6 +1,6 @@
 //! Stand-ins for what cannot run on this machine, for peerd's tests, benchmarks and the
 //! `peerd-sandbox` binary: a simulated istiod and its population ([`sim`]), an emulated
-//! Kubernetes API server ([`emulator`]), a throwaway PKI ([`pki`]), the sandbox that runs
+//! Kubernetes API server ([`emulator`]), a throwaway PKI ([`pki`]), distinct free loopback ports ([`ports`]), the sandbox that runs
 //! a whole federation of real `peerd` processes ([`sandbox`]), and probe benchmark
 //! helpers ([`bench`]).
 //!
@@ -13,5 +13,6 @@ pub mod cli;
 pub mod emulator;
 pub mod fuzz_seeds;
 pub mod pki;
+pub mod ports;
 pub mod sandbox;
 pub mod sim;
