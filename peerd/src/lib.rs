@@ -20,6 +20,7 @@ pub mod peers;
 pub mod peerstate;
 pub mod probe;
 pub mod proto;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod version;

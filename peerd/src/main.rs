@@ -92,28 +92,9 @@ fn start_purger() {
     }
 }
 
-/// How long an idle thread of the runtime's blocking pool lives (tokio's default: 10 s).
-/// A heavy step (`peerd::xds::offload`) moves its thread into that pool, and an idle
-/// pool thread never calls into mimalloc: what other threads free into its pages waits
-/// in its queue, so the pages stay resident and nobody reuses them. With the default,
-/// those threads were reused before they ever expired and the soak's RSS crept up
-/// (`peerd-sandbox soak --only "never reads"`, 4 minutes, run side by side: 1.12–1.27×
-/// its value after the first sync with 10 s, 1.06–1.08× with 200 ms). A thread that
-/// exits hands its pages back; a new one costs tens of microseconds, and a step is heavy
-/// only above thousands of resources.
-const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(200);
-
 fn main() -> ExitCode {
     tune_allocator();
-    // Workers free their own pages when they go idle, and before they exit (mimalloc
-    // frees a page only on a call from its owner; see `peerd::memory`).
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
-        .on_thread_park(peerd::memory::release_if_due)
-        .on_thread_stop(peerd::memory::release_now)
-        .build()
-    {
+    let runtime = match peerd::runtime::build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("peerd: cannot start the async runtime: {e}");
