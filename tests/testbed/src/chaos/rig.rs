@@ -65,19 +65,14 @@ impl PublishLog {
     fn record(&self, cluster: u8, batch: &ChangeBatch) {
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         let at = batch.published_at;
-        for name in &batch.upserted {
-            let removed_at = map.get(name).and_then(|p| p.removed_at);
-            map.insert(
-                Arc::clone(name),
-                Published {
-                    cluster,
-                    at,
-                    removed_at,
-                },
-            );
-        }
-        for name in &batch.removed {
-            let removed_at = Some(at);
+        let upserts = batch.upserted.iter().map(|name| (name, false));
+        let removals = batch.removed.iter().map(|name| (name, true));
+        for (name, removed) in upserts.chain(removals) {
+            let removed_at = if removed {
+                Some(at)
+            } else {
+                map.get(name).and_then(|p| p.removed_at)
+            };
             map.insert(
                 Arc::clone(name),
                 Published {
