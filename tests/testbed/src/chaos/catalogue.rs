@@ -282,7 +282,12 @@ async fn inject_and_lift(driver: &mut Driver, fault: Fault, t: &Timing) -> anyho
             driver.idle(Duration::from_secs(1)).await;
             kill_restart_twice(driver, LOCAL, t).await?;
             driver.restart(BIG_PEER)?;
-            driver.wait_listening(BIG_PEER, t.converge_timeout).await;
+            if !driver.wait_ready(BIG_PEER, t.converge_timeout).await {
+                anyhow::bail!(
+                    "{}'s restarted peerd never became ready",
+                    driver.name(BIG_PEER)
+                );
+            }
         }
         Fault::PeerFlap => {
             driver.obs.peer_down(FLAT_PEER);
@@ -349,7 +354,10 @@ async fn inject_and_lift(driver: &mut Driver, fault: Fault, t: &Timing) -> anyho
 }
 
 /// SIGKILL `i`'s peerd, restart it, SIGKILL it again `mid_sync` after it listens (while
-/// it or its peers are still syncing), restart it.
+/// it or its peers are still syncing), restart it. The fault lasts until the last restart
+/// is ready: a peerd that listens but has not synced its local istiod still refuses its
+/// peers, and their conditions may only then (rightly) report the outage; lifting on
+/// `listening` would count that report and the recovery as two changes after the lift.
 async fn kill_restart_twice(driver: &mut Driver, i: usize, t: &Timing) -> anyhow::Result<()> {
     driver.kill(i);
     driver.idle(Duration::from_millis(500)).await;
@@ -362,8 +370,8 @@ async fn kill_restart_twice(driver: &mut Driver, i: usize, t: &Timing) -> anyhow
     driver.idle(Duration::from_millis(500)).await;
     driver.restart(i)?;
     driver
-        .wait_listening(i, t.converge_timeout)
+        .wait_ready(i, t.converge_timeout)
         .await
         .then_some(())
-        .with_context(|| format!("{}'s restarted peerd never listened", driver.name(i)))
+        .with_context(|| format!("{}'s restarted peerd never became ready", driver.name(i)))
 }

@@ -165,4 +165,77 @@ impl Driver {
         }
         false
     }
+
+    /// Waits until cluster `i`'s peerd answers `/healthz/ready` with 200 (its local
+    /// istiod synced, so it serves its peers again), at most `timeout`, checking
+    /// meanwhile. A restarted peerd listens well before that: until then it refuses its
+    /// peers (`export not ready`), so the fault it stands for is still in effect.
+    pub async fn wait_ready(&mut self, i: usize, timeout: Duration) -> bool {
+        let addr = self.rig.clusters[i].layout.health();
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if is_ready(addr).await {
+                return true;
+            }
+            self.idle(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+/// One `GET /healthz/ready` on `addr`: whether it answered 200 within a second.
+async fn is_ready(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: peerd\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        // The status line is all that is needed; the body is a few bytes.
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Some(true))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP server on loopback answering every request with `reply`.
+    async fn answering(reply: &'static str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 256];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn ready_only_on_a_200() {
+        let ok = answering("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n").await;
+        let pending = answering(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 30\r\n\r\nnot ready, pending: xds listening\n",
+        )
+        .await;
+        assert!(is_ready(ok).await);
+        assert!(!is_ready(pending).await);
+        // Nothing listening: not ready, and no error escapes.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(!is_ready(closed).await);
+    }
 }
