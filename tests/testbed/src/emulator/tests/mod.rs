@@ -64,23 +64,3 @@ pub fn rv(obj: &Value) -> u64 {
         .parse()
         .unwrap()
 }
-
-/// Manual poking with kubectl: `PEERD_EMULATOR_HOLD_SECS=120 cargo test -p peerd --lib
-/// hold_open -- --ignored --nocapture` (address from `PEERD_EMULATOR_ADDR`, default
-/// 127.0.0.1:18080).
-#[tokio::test]
-#[ignore]
-async fn hold_open() {
-    let secs: u64 = std::env::var("PEERD_EMULATOR_HOLD_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let addr =
-        std::env::var("PEERD_EMULATOR_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".to_string());
-    let emu = Emulator::start(addr.parse().unwrap(), EmulatorOptions::default())
-        .await
-        .unwrap();
-    println!("emulator at {}", emu.url());
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    println!("{:?}", emu.counters());
-}
