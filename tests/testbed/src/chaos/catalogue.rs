@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::emulator::FaultRequest;
@@ -273,21 +272,21 @@ async fn inject_and_lift(driver: &mut Driver, fault: Fault, t: &Timing) -> anyho
         }
         Fault::PeerKillMidSync => {
             kill_restart_twice(driver, BIG_PEER, t).await?;
+            until_ready(driver, BIG_PEER, t).await?;
         }
         Fault::LocalKillMidSync => {
             kill_restart_twice(driver, LOCAL, t).await?;
+            until_ready(driver, LOCAL, t).await?;
         }
         Fault::LocalKillPeerDown => {
             driver.kill(BIG_PEER);
             driver.idle(Duration::from_secs(1)).await;
             kill_restart_twice(driver, LOCAL, t).await?;
+            // The peer comes back as soon as the local peerd is restarted, not once it is
+            // ready: its outage is the fault's, not the local peerd's start-up.
             driver.restart(BIG_PEER)?;
-            if !driver.wait_ready(BIG_PEER, t.converge_timeout).await {
-                anyhow::bail!(
-                    "{}'s restarted peerd never became ready",
-                    driver.name(BIG_PEER)
-                );
-            }
+            until_ready(driver, LOCAL, t).await?;
+            until_ready(driver, BIG_PEER, t).await?;
         }
         Fault::PeerFlap => {
             driver.obs.peer_down(FLAT_PEER);
@@ -354,10 +353,7 @@ async fn inject_and_lift(driver: &mut Driver, fault: Fault, t: &Timing) -> anyho
 }
 
 /// SIGKILL `i`'s peerd, restart it, SIGKILL it again `mid_sync` after it listens (while
-/// it or its peers are still syncing), restart it. The fault lasts until the last restart
-/// is ready: a peerd that listens but has not synced its local istiod still refuses its
-/// peers, and their conditions may only then (rightly) report the outage; lifting on
-/// `listening` would count that report and the recovery as two changes after the lift.
+/// it or its peers are still syncing), restart it.
 async fn kill_restart_twice(driver: &mut Driver, i: usize, t: &Timing) -> anyhow::Result<()> {
     driver.kill(i);
     driver.idle(Duration::from_millis(500)).await;
@@ -368,10 +364,18 @@ async fn kill_restart_twice(driver: &mut Driver, i: usize, t: &Timing) -> anyhow
     driver.idle(t.mid_sync).await;
     driver.kill(i);
     driver.idle(Duration::from_millis(500)).await;
-    driver.restart(i)?;
-    driver
-        .wait_ready(i, t.converge_timeout)
-        .await
-        .then_some(())
-        .with_context(|| format!("{}'s restarted peerd never became ready", driver.name(i)))
+    driver.restart(i)
+}
+
+/// Waits until `i`'s restarted peerd is ready, then measures it from there. A fault that
+/// restarts a peerd lasts until then: a peerd that listens but has not synced its local
+/// istiod still refuses its peers, and their conditions may only then (rightly) report
+/// the outage; lifting on `listening` would count that report and the recovery as two
+/// changes after the lift.
+async fn until_ready(driver: &mut Driver, i: usize, t: &Timing) -> anyhow::Result<()> {
+    if !driver.wait_ready(i, t.converge_timeout).await {
+        anyhow::bail!("{}'s restarted peerd never became ready", driver.name(i));
+    }
+    driver.mark_restarted_start(i);
+    Ok(())
 }

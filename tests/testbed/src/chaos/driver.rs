@@ -24,6 +24,16 @@ pub struct ProcTrack {
     pub peak_rss_bytes: u64,
 }
 
+impl ProcTrack {
+    /// Starts the figures over from `now`: a restarted peerd is a new process, measured
+    /// from its own first sync, never against its predecessor's start.
+    pub fn restart_from(&mut self, now: ProcStat) {
+        self.start = Some(now);
+        self.end = Some(now);
+        self.peak_rss_bytes = now.rss_bytes;
+    }
+}
+
 pub struct Driver {
     pub rig: Rig,
     pub obs: Observer,
@@ -102,6 +112,17 @@ impl Driver {
         for track in self.procs.values_mut() {
             track.start = track.end;
             track.peak_rss_bytes = track.end.map_or(0, |s| s.rss_bytes);
+        }
+    }
+
+    /// Marks cluster `i`'s restarted peerd's current figures as its start; call once it
+    /// is ready (its first sync done), as [`Driver::mark_proc_start`] is for every process.
+    pub fn mark_restarted_start(&mut self, i: usize) {
+        let key = format!("peerd {}", self.name(i));
+        if let Some(pid) = self.rig.clusters[i].peerd_pid()
+            && let Some(stat) = procstat::read(pid)
+        {
+            self.procs.entry(key).or_default().restart_from(stat);
         }
     }
 
@@ -220,6 +241,32 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[test]
+    fn a_restart_starts_the_figures_over() {
+        let first = ProcStat {
+            rss_bytes: 60 << 20,
+            fds: 40,
+            threads: 6,
+        };
+        let mut track = ProcTrack {
+            start: Some(first),
+            end: Some(ProcStat {
+                rss_bytes: 90 << 20,
+                ..first
+            }),
+            peak_rss_bytes: 95 << 20,
+        };
+        let restarted = ProcStat {
+            rss_bytes: 70 << 20,
+            fds: 41,
+            threads: 7,
+        };
+        track.restart_from(restarted);
+        assert_eq!(track.start, Some(restarted));
+        assert_eq!(track.end, Some(restarted));
+        assert_eq!(track.peak_rss_bytes, 70 << 20);
     }
 
     #[tokio::test]

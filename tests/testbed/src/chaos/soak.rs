@@ -203,7 +203,7 @@ pub fn render(r: &SoakReport) -> String {
     }
     let _ = writeln!(
         out,
-        "  (target: peerd RSS end within 10% of start; `!` marks a miss; a killed and restarted peerd starts afresh)"
+        "  (target: peerd RSS end within 10% of start; `!` marks a miss; a restarted peerd is measured from its own first sync)"
     );
     let _ = writeln!(
         out,
