@@ -229,7 +229,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A one-shot HTTP server on loopback answering every request with `reply`.
+    /// An HTTP server on loopback answering every request with `reply`.
     async fn answering(reply: &'static str) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
