@@ -177,14 +177,10 @@ impl Driver {
     /// `timeout`), checking meanwhile.
     pub async fn wait_listening(&mut self, i: usize, timeout: Duration) -> bool {
         let addr = self.rig.clusters[i].layout.xds();
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return true;
-            }
-            self.idle(Duration::from_millis(50)).await;
-        }
-        false
+        self.poll_until(timeout, || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
     }
 
     /// Waits until cluster `i`'s peerd answers `/healthz/ready` with 200 (its local
@@ -193,9 +189,18 @@ impl Driver {
     /// peers (`export not ready`), so the fault it stands for is still in effect.
     pub async fn wait_ready(&mut self, i: usize, timeout: Duration) -> bool {
         let addr = self.rig.clusters[i].layout.health();
+        self.poll_until(timeout, || is_ready(addr)).await
+    }
+
+    /// Runs `check` every 50 ms (ticking in between) until it holds or `timeout` passed.
+    async fn poll_until<F, Fut>(&mut self, timeout: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let until = Instant::now() + timeout;
         while Instant::now() < until {
-            if is_ready(addr).await {
+            if check().await {
                 return true;
             }
             self.idle(Duration::from_millis(50)).await;
