@@ -613,6 +613,14 @@ async fn connection_refused_is_classified_and_keeps_state() {
     assert!(client.stats.snapshot().last_error.contains("refused"));
     assert!(!client.stats.snapshot().connected);
     assert_eq!(stored(&store, Address), seeded);
+    // Each failed attempt is recorded anew, with its own time: the condition monitor
+    // counts only failures it has not seen (one kept through a backoff is no news).
+    let first = client.failure_detail().unwrap().at;
+    eventually("a later attempt fails too", || {
+        client.failure_detail().is_some_and(|f| f.at > first)
+    })
+    .await;
+    assert_eq!(client.failure(), Some(FailureKind::ConnectionRefused));
 }
 
 #[tokio::test]

@@ -23,11 +23,21 @@ struct Fake {
     acks: Mutex<HashMap<String, AckObservation>>,
     probe: Mutex<HashMap<String, ProbeObservation>>,
     targets: Mutex<BTreeMap<String, ProbeTargets>>,
+    /// Peers whose client sleeps in its reconnect backoff: it keeps its last failure.
+    /// Any other failing client fails a new attempt before every read.
+    in_backoff: Mutex<std::collections::HashSet<String>>,
 }
 
 impl UpstreamSource for Fake {
     fn upstream(&self, peer: &str) -> Option<UpstreamObservation> {
-        self.upstream.lock().unwrap().get(peer).cloned()
+        let mut upstreams = self.upstream.lock().unwrap();
+        let u = upstreams.get_mut(peer)?;
+        if let Some(f) = &mut u.failure
+            && !self.in_backoff.lock().unwrap().contains(peer)
+        {
+            f.at = Instant::now();
+        }
+        Some(u.clone())
     }
 }
 
@@ -70,9 +80,11 @@ impl ProbeSource for Fake {
 
 impl Fake {
     fn connected(&self, peer: &str, up: bool) {
+        self.in_backoff.lock().unwrap().remove(peer);
         let failure = (!up).then(|| UpstreamFailure {
             reason: reason::CONNECTION_REFUSED,
             message: format!("connection refused by 127.0.2.1:15012 ({peer})"),
+            at: Instant::now(),
         });
         self.upstream.lock().unwrap().insert(
             peer.into(),
@@ -115,6 +127,11 @@ impl Fake {
                 },
             },
         );
+    }
+
+    /// The client stops attempting for a while: its last failure stays as it is.
+    fn sleeps_in_backoff(&self, peer: &str) {
+        self.in_backoff.lock().unwrap().insert(peer.to_string());
     }
 
     fn healthy(&self, peer: &str) {
@@ -321,6 +338,62 @@ async fn disconnect_turns_false_only_after_the_window_and_emits_events() {
         p.condition(T::PeerConnected).unwrap().last_transition,
         UNIX_EPOCH + Duration::from_secs(1_000_012)
     );
+}
+
+/// The soak's flap after recovery: the peer was down for less than the window, but the
+/// client slept in its reconnect backoff past the window's end, and its last failure,
+/// read on every tick, completed the window after the peer was back (False, then True
+/// two seconds later). A failure already fed is no news; only a new failed attempt is.
+#[tokio::test]
+async fn a_failure_kept_through_the_backoff_never_completes_the_window() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let mut events = m.subscribe();
+    // Down: attempts fail at 2..=6 s; the peer is back at 7 s, but the client sleeps
+    // until 16 s, its 6 s refusal kept.
+    fake.connected("cluster-2", false);
+    fake.synced("cluster-2", false, 12);
+    for s in 2..=6 {
+        tick(&m, &c, s).await;
+    }
+    fake.sleeps_in_backoff("cluster-2");
+    for s in 7..16 {
+        let st = tick(&m, &c, s).await;
+        for t in [T::PeerConnected, T::PeeringSucceeded] {
+            assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t} at {s}s");
+        }
+    }
+    fake.healthy("cluster-2");
+    for s in 16..20 {
+        let st = tick(&m, &c, s).await;
+        for t in [T::PeerConnected, T::PeeringSucceeded] {
+            assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t} at {s}s");
+        }
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "an outage shorter than the window is never reported"
+    );
+
+    // A peer still down at the next attempt: that failure is news, and completes the
+    // window counted from the first failure of the outage.
+    fake.connected("cluster-2", false);
+    fake.synced("cluster-2", false, 12);
+    tick(&m, &c, 20).await;
+    fake.sleeps_in_backoff("cluster-2");
+    let st = tick(&m, &c, 31).await;
+    assert_eq!(cond(&st, "cluster-2", T::PeerConnected).0, S::True);
+    fake.connected("cluster-2", false);
+    let st = tick(&m, &c, 32).await;
+    for (t, r) in [
+        (T::PeerConnected, "ConnectionRefused"),
+        (T::PeeringSucceeded, "Stale"),
+    ] {
+        let (status, reason, _) = cond(&st, "cluster-2", t);
+        assert_eq!((status, reason.as_str()), (S::False, r), "{t}");
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,15 @@
 //!
 //! Pure: reads only its arguments. Must never decide a condition (hysteresis does),
 //! never keep state between ticks, and never look at another peer.
+//!
+//! Evidence is what is new since the last tick. A client sleeping in its reconnect
+//! backoff keeps its last failure; fed on every tick, that one failure would complete
+//! the failure window after the peer is back, and both `PeerConnected` and
+//! `PeeringSucceeded` would report an outage that had already ended. So the caller
+//! passes the time of the failure it already fed (`seen`), and a failure seen before is
+//! no signal.
+
+use std::time::Instant;
 
 use crate::peers::conditions::{hbone_timeout_message, reason};
 use crate::peers::hysteresis::Observation;
@@ -33,9 +42,16 @@ pub(super) fn connection_hint(reason_str: &str, endpoint: &str) -> String {
     }
 }
 
+/// Whether the client is between attempts: disconnected, with a last failure that was
+/// already fed (`seen`). Nothing about the peer is new until the next attempt.
+fn between_attempts(upstream: Option<&UpstreamObservation>, seen: Option<Instant>) -> bool {
+    upstream.is_some_and(|u| !u.connected && u.failure.as_ref().is_some_and(|f| Some(f.at) == seen))
+}
+
 pub(super) fn connection_observation(
     upstream: Option<&UpstreamObservation>,
     probe: &ProbeObservation,
+    seen: Option<Instant>,
 ) -> Observation {
     let Some(u) = upstream else {
         return Observation::NoSignal;
@@ -45,6 +61,9 @@ pub(super) fn connection_observation(
             reason::CONNECTED,
             format!("xDS stream to {} is up", u.endpoint),
         );
+    }
+    if between_attempts(upstream, seen) {
+        return Observation::NoSignal;
     }
     if let Some(f) = &u.failure {
         let message = format!("{}{}", f.message, connection_hint(f.reason, &u.endpoint));
@@ -90,12 +109,19 @@ pub(super) fn sync_observation(
     imports: &dyn ImportSource,
     peer: &str,
     upstream: Option<&UpstreamObservation>,
+    seen: Option<Instant>,
 ) -> Observation {
     // A peer whose state was partly refused is not fully imported, synced or not.
     if let Some(message) = imports.budget_refusal(peer) {
         return Observation::failing(reason::MEMORY_BUDGET_EXCEEDED, message);
     }
-    match imports.sync(peer) {
+    let sync = imports.sync(peer);
+    // Not synced because the client waits out its backoff says nothing new of the peer:
+    // the next attempt does.
+    if !sync.as_ref().is_some_and(|s| s.fully_synced()) && between_attempts(upstream, seen) {
+        return Observation::NoSignal;
+    }
+    match sync {
         None => Observation::failing(
             reason::PENDING,
             match not_connected(upstream) {
@@ -224,16 +250,27 @@ pub(super) fn data_plane_observation(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::peers::observe::UpstreamFailure;
+    use crate::peers::observe::{SyncObservation, UpstreamFailure};
 
     fn upstream(connected: bool, failure: Option<(&'static str, &str)>) -> UpstreamObservation {
+        failed_at(connected, failure, Instant::now())
+    }
+
+    fn failed_at(
+        connected: bool,
+        failure: Option<(&'static str, &str)>,
+        at: Instant,
+    ) -> UpstreamObservation {
         UpstreamObservation {
             endpoint: "127.0.0.2:15012".into(),
             connected,
             failure: failure.map(|(reason, message)| UpstreamFailure {
                 reason,
                 message: message.into(),
+                at,
             }),
         }
     }
@@ -241,14 +278,17 @@ mod tests {
     #[test]
     fn a_connection_failure_carries_its_reason_and_advice() {
         let probe = ProbeObservation::default();
-        assert_eq!(connection_observation(None, &probe), Observation::NoSignal);
+        assert_eq!(
+            connection_observation(None, &probe, None),
+            Observation::NoSignal
+        );
         assert!(matches!(
-            connection_observation(Some(&upstream(true, None)), &probe),
+            connection_observation(Some(&upstream(true, None)), &probe, None),
             Observation::Healthy { reason, .. } if reason == reason::CONNECTED
         ));
         let failing = upstream(false, Some((reason::CONNECT_TIMEOUT, "dial timed out")));
         let Observation::Failing { reason, message } =
-            connection_observation(Some(&failing), &probe)
+            connection_observation(Some(&failing), &probe, None)
         else {
             panic!("a classified failure is failing");
         };
@@ -259,7 +299,7 @@ mod tests {
         );
         // No classified failure yet and no probe of the xDS port: nothing known.
         assert_eq!(
-            connection_observation(Some(&upstream(false, None)), &probe),
+            connection_observation(Some(&upstream(false, None)), &probe, None),
             Observation::NoSignal
         );
     }
@@ -280,5 +320,68 @@ mod tests {
             .as_deref(),
             Some("not connected to peer (TLSError: bad root)")
         );
+    }
+
+    /// A store with one peer's sync state, for `sync_observation`.
+    struct OneSync(Option<SyncObservation>);
+
+    impl ImportSource for OneSync {
+        fn sync(&self, _peer: &str) -> Option<SyncObservation> {
+            self.0.clone()
+        }
+        fn workload_ips(&self, _peer: &str, _limit: usize) -> Vec<std::net::IpAddr> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_failure_already_seen_is_no_signal_while_the_client_waits_to_retry() {
+        let probe = ProbeObservation::default();
+        let t = Instant::now();
+        let down = failed_at(false, Some((reason::CONNECTION_REFUSED, "refused")), t);
+        // First read of the failure: evidence.
+        assert!(matches!(
+            connection_observation(Some(&down), &probe, None),
+            Observation::Failing { .. }
+        ));
+        // Read again, the client still in its backoff: nothing new.
+        assert_eq!(
+            connection_observation(Some(&down), &probe, Some(t)),
+            Observation::NoSignal
+        );
+        // The next attempt failed too: evidence again.
+        let again = failed_at(
+            false,
+            Some((reason::CONNECTION_REFUSED, "refused")),
+            t + Duration::from_secs(3),
+        );
+        assert!(matches!(
+            connection_observation(Some(&again), &probe, Some(t)),
+            Observation::Failing { .. }
+        ));
+
+        // The peer's last state, held but no longer synced: stale only on news.
+        let stale = OneSync(Some(SyncObservation {
+            synced: Vec::new(),
+            held: 7,
+        }));
+        assert!(matches!(
+            sync_observation(&stale, "p", Some(&down), None),
+            Observation::Failing { reason, .. } if reason == reason::STALE
+        ));
+        assert_eq!(
+            sync_observation(&stale, "p", Some(&down), Some(t)),
+            Observation::NoSignal
+        );
+        assert!(matches!(
+            sync_observation(&stale, "p", Some(&again), Some(t)),
+            Observation::Failing { reason, .. } if reason == reason::STALE
+        ));
+        // Connected but not synced is evidence on every tick, whatever was seen.
+        let up = failed_at(true, None, t);
+        assert!(matches!(
+            sync_observation(&stale, "p", Some(&up), Some(t)),
+            Observation::Failing { reason, .. } if reason == reason::STALE
+        ));
     }
 }

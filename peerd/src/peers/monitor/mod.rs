@@ -111,6 +111,9 @@ struct Tracker {
     succeeded: Hysteresis,
     data_plane: Hysteresis,
     probe: ProbeStats,
+    /// When the xDS client's failure last fed to the hysteresis happened: the same
+    /// failure read again (the client sleeping in its backoff) is no news.
+    failure_seen: Option<Instant>,
 }
 
 impl Tracker {
@@ -149,6 +152,7 @@ impl Tracker {
             model,
             conditions,
             probe: ProbeStats::default(),
+            failure_seen: None,
         }
     }
 
@@ -445,17 +449,22 @@ impl PeerMonitor {
                 message: "no xDS client is configured for this peer yet".into(),
             },
         };
+        let seen = tracker.failure_seen;
         let connected = tracker
             .connected
-            .observe(now, connection_observation(upstream.as_ref(), &probe))
+            .observe(now, connection_observation(upstream.as_ref(), &probe, seen))
             .clone();
         let succeeded = tracker
             .succeeded
             .observe(
                 now,
-                sync_observation(self.sources.imports.as_ref(), peer, upstream.as_ref()),
+                sync_observation(self.sources.imports.as_ref(), peer, upstream.as_ref(), seen),
             )
             .clone();
+        tracker.failure_seen = upstream
+            .as_ref()
+            .and_then(|u| u.failure.as_ref())
+            .map(|f| f.at);
         let data_plane = if model.hbone_port.is_none() && !model.node_port {
             // A spec problem, not a measurement: no hysteresis.
             Verdict {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::xds::client::{AdsClient, Failure};
 use crate::xds::stats::StreamStats;
@@ -28,6 +29,9 @@ pub struct UpstreamFailure {
     /// `TLSError`, `IdentityMismatch`, `StreamError`).
     pub reason: &'static str,
     pub message: String,
+    /// When the attempt failed: the client keeps its last failure while it sleeps in
+    /// its reconnect backoff, and a reader must not take that for a new one.
+    pub at: Instant,
 }
 
 impl From<&Failure> for UpstreamFailure {
@@ -35,6 +39,7 @@ impl From<&Failure> for UpstreamFailure {
         UpstreamFailure {
             reason: f.kind.condition_reason(),
             message: f.message.clone(),
+            at: f.at,
         }
     }
 }

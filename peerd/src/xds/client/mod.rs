@@ -177,8 +177,27 @@ pub struct ClientError {
     pub tls: Option<rustls::Error>,
 }
 
-/// The last failure of a client, as shown in status and conditions.
-pub type Failure = ClientError;
+/// The last failure of a client, as shown in status and conditions, with when it
+/// happened. A client sleeping in its reconnect backoff keeps its last failure, so a
+/// reader tells a new failed attempt from one it already saw by `at`.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub tls: Option<rustls::Error>,
+    pub at: std::time::Instant,
+}
+
+impl Failure {
+    fn now(e: ClientError) -> Self {
+        Failure {
+            kind: e.kind,
+            message: e.message,
+            tls: e.tls,
+            at: std::time::Instant::now(),
+        }
+    }
+}
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,8 +254,8 @@ impl AdsClient {
         &self.opts.origin
     }
 
-    fn set_failure(&self, failure: Option<Failure>) {
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
+    fn set_failure(&self, failure: Option<ClientError>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure.map(Failure::now);
     }
 
     /// Runs sessions until `cancel` fires. Stored resources survive every failure.
