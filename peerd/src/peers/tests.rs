@@ -26,6 +26,14 @@ struct Fake {
     /// Peers whose client sleeps in its reconnect backoff: it keeps its last failure.
     /// Any other failing client fails a new attempt before every read.
     in_backoff: Mutex<std::collections::HashSet<String>>,
+    /// The time of the tick in progress (the test clock): a failing attempt's time.
+    now: Mutex<Option<Instant>>,
+}
+
+impl Fake {
+    fn now(&self) -> Instant {
+        self.now.lock().unwrap().unwrap_or_else(Instant::now)
+    }
 }
 
 impl UpstreamSource for Fake {
@@ -35,7 +43,7 @@ impl UpstreamSource for Fake {
         if let Some(f) = &mut u.failure
             && !self.in_backoff.lock().unwrap().contains(peer)
         {
-            f.at = Instant::now();
+            f.at = self.now();
         }
         Some(u.clone())
     }
@@ -84,7 +92,7 @@ impl Fake {
         let failure = (!up).then(|| UpstreamFailure {
             reason: reason::CONNECTION_REFUSED,
             message: format!("connection refused by 127.0.2.1:15012 ({peer})"),
-            at: Instant::now(),
+            at: self.now(),
         });
         self.upstream.lock().unwrap().insert(
             peer.into(),
@@ -127,6 +135,16 @@ impl Fake {
                 },
             },
         );
+    }
+
+    /// An attempt failed at `at`, and the client then sleeps in its backoff.
+    fn failed_at(&self, peer: &str, at: Instant) {
+        self.connected(peer, false);
+        self.sleeps_in_backoff(peer);
+        let mut upstreams = self.upstream.lock().unwrap();
+        if let Some(f) = upstreams.get_mut(peer).and_then(|u| u.failure.as_mut()) {
+            f.at = at;
+        }
     }
 
     /// The client stops attempting for a while: its last failure stays as it is.
@@ -189,6 +207,7 @@ fn local() -> LocalCluster {
 
 struct Clock {
     base: Instant,
+    fake: Arc<Fake>,
 }
 
 impl Clock {
@@ -218,11 +237,16 @@ fn monitor(specs: Vec<PeerSpec>, grace: u64) -> (Arc<PeerMonitor>, Arc<Fake>, Cl
     };
     let base = Instant::now();
     let m = PeerMonitor::new(local(), specs, config, sources, base);
-    (m, fake, Clock { base })
+    let clock = Clock {
+        base,
+        fake: Arc::clone(&fake),
+    };
+    (m, fake, clock)
 }
 
 async fn tick(m: &PeerMonitor, c: &Clock, s: u64) -> Arc<Vec<PeerStatus>> {
     let (now, wall) = c.at(s);
+    *c.fake.now.lock().unwrap() = Some(now);
     m.tick(now, wall).await;
     m.snapshot()
 }
@@ -393,6 +417,39 @@ async fn a_failure_kept_through_the_backoff_never_completes_the_window() {
     ] {
         let (status, reason, _) = cond(&st, "cluster-2", t);
         assert_eq!((status, reason.as_str()), (S::False, r), "{t}");
+    }
+}
+
+/// The chaos suite's long partition: the stream broke at 25.85 s and the next connect
+/// timed out 10.07 s later, but the ticks that read the two failures were 10.00 s apart
+/// minus a few microseconds, and one peer never reported the partition. A failure counts
+/// as of when it happened.
+#[tokio::test]
+async fn the_window_is_measured_between_failures_not_between_the_ticks_that_read_them() {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    let at = |ms: u64| c.base + Duration::from_millis(ms);
+    let tick_at = |ms: u64| {
+        *fake.now.lock().unwrap() = Some(at(ms));
+        m.tick(at(ms), UNIX_EPOCH + Duration::from_millis(ms))
+    };
+    fake.failed_at("cluster-2", at(1_100));
+    fake.synced("cluster-2", false, 12);
+    tick_at(1_900).await;
+    for ms in [2_900, 5_900, 8_900, 10_900] {
+        tick_at(ms).await;
+    }
+    assert_eq!(
+        cond(&m.snapshot(), "cluster-2", T::PeerConnected).0,
+        S::True
+    );
+    // 9.95 s after the tick that read the first failure, 10.05 s after it happened.
+    fake.failed_at("cluster-2", at(11_150));
+    tick_at(11_850).await;
+    for t in [T::PeerConnected, T::PeeringSucceeded] {
+        assert_eq!(cond(&m.snapshot(), "cluster-2", t).0, S::False, "{t}");
     }
 }
 

@@ -10,7 +10,9 @@
 //! the failure window after the peer is back, and both `PeerConnected` and
 //! `PeeringSucceeded` would report an outage that had already ended. So the caller
 //! passes the time of the failure it already fed (`seen`), and a failure seen before is
-//! no signal.
+//! no signal. A new failure is evidence as of when the attempt failed
+//! ([`new_failure_at`]), so the window is measured between failures, whatever the phase
+//! of the ticks that read them.
 
 use std::time::Instant;
 
@@ -40,6 +42,19 @@ pub(super) fn connection_hint(reason_str: &str, endpoint: &str) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// When the client's latest attempt failed, if that failure is news (not `seen`) and the
+/// client is still disconnected: the time the observations of this tick stand for.
+pub(super) fn new_failure_at(
+    upstream: Option<&UpstreamObservation>,
+    seen: Option<Instant>,
+) -> Option<Instant> {
+    let u = upstream.filter(|u| !u.connected)?;
+    u.failure
+        .as_ref()
+        .map(|f| f.at)
+        .filter(|at| Some(*at) != seen)
 }
 
 /// Whether the client is between attempts: disconnected, with a last failure that was
@@ -344,6 +359,9 @@ mod tests {
             connection_observation(Some(&down), &probe, None),
             Observation::Failing { .. }
         ));
+        assert_eq!(new_failure_at(Some(&down), None), Some(t));
+        assert_eq!(new_failure_at(Some(&down), Some(t)), None);
+        assert_eq!(new_failure_at(Some(&upstream(true, None)), None), None);
         // Read again, the client still in its backoff: nothing new.
         assert_eq!(
             connection_observation(Some(&down), &probe, Some(t)),

@@ -38,7 +38,7 @@ use super::observe::{
 };
 use crate::config::PeerAddress;
 use crate::probe::prober::TargetGuard;
-use evidence::{connection_observation, data_plane_observation, sync_observation};
+use evidence::{connection_observation, data_plane_observation, new_failure_at, sync_observation};
 
 /// What the monitor reads.
 #[derive(Clone)]
@@ -450,14 +450,16 @@ impl PeerMonitor {
             },
         };
         let seen = tracker.failure_seen;
+        // A failed attempt stands for when it failed, not for when this tick read it.
+        let at = new_failure_at(upstream.as_ref(), seen).unwrap_or(now);
         let connected = tracker
             .connected
-            .observe(now, connection_observation(upstream.as_ref(), &probe, seen))
+            .observe(at, connection_observation(upstream.as_ref(), &probe, seen))
             .clone();
         let succeeded = tracker
             .succeeded
             .observe(
-                now,
+                at,
                 sync_observation(self.sources.imports.as_ref(), peer, upstream.as_ref(), seen),
             )
             .clone();
