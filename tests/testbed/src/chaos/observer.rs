@@ -90,8 +90,11 @@ pub struct Sample {
     /// When the downstream applied it.
     pub at: Instant,
     pub latency: Duration,
-    /// Published while a fault was active or being recovered from.
+    /// Applied while a fault was active or being recovered from (from injection until
+    /// 2 s after convergence).
     pub during_fault: bool,
+    /// The cluster (index) whose downstream applied it.
+    pub downstream: usize,
 }
 
 struct Watched {
@@ -766,6 +769,7 @@ fn spawn_propagation_sampler(
                             at,
                             latency,
                             during_fault,
+                            downstream: index,
                         });
                     }
                 }

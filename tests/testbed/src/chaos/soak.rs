@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::catalogue::{self, Fault, FaultRow, Timing};
 use super::driver::ProcTrack;
 use super::observer::quantile_ms;
+use super::procstat::CpuTimes;
 use super::report::{mib, node_nacks};
 use super::rig::RigOptions;
 
@@ -33,6 +34,11 @@ pub struct SoakOptions {
     pub seed: u64,
 }
 
+/// The report window `elapsed` falls in.
+fn window_of(elapsed: Duration, interval: Duration) -> usize {
+    (elapsed.as_secs_f64() / interval.as_secs_f64().max(f64::MIN_POSITIVE)) as usize
+}
+
 /// The fault interval (and report window) of a soak of `run_for`.
 pub fn interval(run_for: Duration) -> Duration {
     (run_for / 12).max(Duration::from_secs(30))
@@ -46,6 +52,12 @@ pub struct Window {
     pub p99_steady_ms: Option<f64>,
     /// p99 of every change, in ms.
     pub p99_all_ms: Option<f64>,
+    /// The steady p99 of each cluster's downstream, in ms: which peerd a change is slow at.
+    pub p99_steady_by_downstream_ms: Vec<Option<f64>>,
+    /// The machine's busy and stolen CPU over the window, in percent: a p99 that moves
+    /// with them is the machine's, not peerd's.
+    pub cpu_busy_pct: Option<f64>,
+    pub cpu_steal_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,12 +99,20 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
         interval.as_secs(),
         options.churn_per_sec
     );
+    let downstreams = driver.rig.clusters.len();
     let mut steady: Vec<Vec<Duration>> = Vec::new();
+    let mut steady_by: Vec<Vec<Vec<Duration>>> = Vec::new();
     let mut all: Vec<Vec<Duration>> = Vec::new();
+    // The machine's CPU times at the start of each window.
+    let mut cpu_marks: Vec<Option<CpuTimes>> = Vec::new();
     let mut rows = Vec::new();
     let mut next_fault = begun + interval;
     let mut k = 0usize;
     while begun.elapsed() < options.run_for {
+        let window = window_of(begun.elapsed(), interval);
+        while cpu_marks.len() <= window {
+            cpu_marks.push(CpuTimes::now());
+        }
         let left = options.run_for.saturating_sub(begun.elapsed());
         if Instant::now() >= next_fault && left >= Duration::from_secs(20) {
             let fault = faults[k % faults.len()];
@@ -112,28 +132,42 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
             driver.idle(left.min(Duration::from_secs(1))).await;
         }
         for s in driver.obs.take_samples() {
-            let w = (s.at.saturating_duration_since(begun).as_secs_f64() / interval.as_secs_f64())
-                as usize;
+            let w = window_of(s.at.saturating_duration_since(begun), interval);
             while all.len() <= w {
                 all.push(Vec::new());
                 steady.push(Vec::new());
+                steady_by.push(vec![Vec::new(); downstreams]);
             }
             all[w].push(s.latency);
             if !s.during_fault {
                 steady[w].push(s.latency);
+                if let Some(by) = steady_by[w].get_mut(s.downstream) {
+                    by.push(s.latency);
+                }
             }
         }
     }
     driver.tick();
+    cpu_marks.push(CpuTimes::now());
     let windows: Vec<Window> = all
         .iter_mut()
         .zip(steady.iter_mut())
+        .zip(steady_by.iter_mut())
         .enumerate()
-        .map(|(index, (a, s))| Window {
-            index,
-            samples: a.len(),
-            p99_steady_ms: quantile_ms(s, 0.99),
-            p99_all_ms: quantile_ms(a, 0.99),
+        .map(|(index, ((a, s), by))| {
+            let cpu = match (cpu_marks.get(index), cpu_marks.get(index + 1)) {
+                (Some(Some(from)), Some(Some(to))) => Some(to.shares_since(from)),
+                _ => None,
+            };
+            Window {
+                index,
+                samples: a.len(),
+                p99_steady_ms: quantile_ms(s, 0.99),
+                p99_all_ms: quantile_ms(a, 0.99),
+                p99_steady_by_downstream_ms: by.iter_mut().map(|d| quantile_ms(d, 0.99)).collect(),
+                cpu_busy_pct: cpu.map(|c| c.0),
+                cpu_steal_pct: cpu.map(|c| c.1),
+            }
         })
         .collect();
     let report = SoakReport {
@@ -207,21 +241,36 @@ pub fn render(r: &SoakReport) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<8} {:>9} {:>16} {:>14}",
-        "window", "samples", "p99 steady (ms)", "p99 all (ms)"
+        "\n{:<8} {:>9} {:>16} {:>14}  {:<24} {:>9} {:>6}",
+        "window",
+        "samples",
+        "p99 steady (ms)",
+        "p99 all (ms)",
+        "steady by downstream",
+        "CPU busy",
+        "steal"
     );
     // The last window may be the few seconds after the last full one (the loop ends
     // after its last tick): too few samples to compare, so it is shown, not counted.
     let full_windows = (r.run_for_seconds / r.interval_seconds.max(1.0)).floor() as usize;
     for w in &r.windows {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let by: Vec<String> = w
+            .p99_steady_by_downstream_ms
+            .iter()
+            .map(|v| v.map_or("-".to_string(), |v| format!("{v:.0}")))
+            .collect();
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}%"));
         let _ = writeln!(
             out,
-            "{:<8} {:>9} {:>16} {:>14}{}",
+            "{:<8} {:>9} {:>16} {:>14}  {:<24} {:>9} {:>6}{}",
             w.index,
             w.samples,
             f(w.p99_steady_ms),
             f(w.p99_all_ms),
+            by.join(" / "),
+            pct(w.cpu_busy_pct),
+            pct(w.cpu_steal_pct),
             if w.index < full_windows {
                 ""
             } else {
@@ -321,6 +370,9 @@ mod tests {
             samples: 1000,
             p99_steady_ms: Some(p99),
             p99_all_ms: Some(p99),
+            p99_steady_by_downstream_ms: vec![Some(p99), None, Some(p99 / 2.0)],
+            cpu_busy_pct: Some(72.4),
+            cpu_steal_pct: None,
         };
         let report = SoakReport {
             run_for_seconds: 3600.4,
@@ -338,5 +390,10 @@ mod tests {
         assert!(!text.contains("MISS"), "{text}");
         let last = text.lines().find(|l| l.starts_with("12 ")).unwrap();
         assert!(last.contains("partial, not compared"), "{last}");
+        let first = text.lines().find(|l| l.starts_with("0 ")).unwrap();
+        assert!(
+            first.contains("40 / - / 20") && first.contains("72%"),
+            "{first}"
+        );
     }
 }
