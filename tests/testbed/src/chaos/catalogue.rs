@@ -223,6 +223,7 @@ pub async fn run(driver: &mut Driver, fault: Fault, timing: &Timing) -> FaultRow
     // A peer stays "down" for (a) and (b) until everything resynced: a restarted or
     // reconnected peer is unsynced (and may reach the end of its grace) until then.
     driver.obs.all_up();
+    driver.mark_restarted_starts();
     // A little more observation after convergence, so a late flap is seen.
     driver.idle(Duration::from_secs(2)).await;
     driver.obs.set_fault_active(false);
@@ -367,15 +368,13 @@ async fn kill_restart_twice(driver: &mut Driver, i: usize, t: &Timing) -> anyhow
     driver.restart(i)
 }
 
-/// Waits until `i`'s restarted peerd is ready, then measures it from there. A fault that
-/// restarts a peerd lasts until then: a peerd that listens but has not synced its local
-/// istiod still refuses its peers, and their conditions may only then (rightly) report
-/// the outage; lifting on `listening` would count that report and the recovery as two
-/// changes after the lift.
+/// Waits until `i`'s restarted peerd is ready. A fault that restarts a peerd lasts until
+/// then: a peerd that listens but has not synced its local istiod still refuses its
+/// peers, and their conditions may only then (rightly) report the outage; lifting on
+/// `listening` would count that report and the recovery as two changes after the lift.
 async fn until_ready(driver: &mut Driver, i: usize, t: &Timing) -> anyhow::Result<()> {
     if !driver.wait_ready(i, t.converge_timeout).await {
         anyhow::bail!("{}'s restarted peerd never became ready", driver.name(i));
     }
-    driver.mark_restarted_start(i);
     Ok(())
 }

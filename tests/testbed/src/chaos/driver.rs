@@ -26,7 +26,8 @@ pub struct ProcTrack {
 
 impl ProcTrack {
     /// Starts the figures over from `now`: a restarted peerd is a new process, measured
-    /// from its own first sync, never against its predecessor's start.
+    /// from the federation's convergence after its restart, never against its
+    /// predecessor's start.
     pub fn restart_from(&mut self, now: ProcStat) {
         self.start = Some(now);
         self.end = Some(now);
@@ -40,6 +41,8 @@ pub struct Driver {
     pub started: Instant,
     /// Clusters whose peerd the runner stopped on purpose (not a violation of (e)).
     killed: BTreeSet<usize>,
+    /// Clusters whose peerd was restarted since its figures were last marked.
+    restarted: BTreeSet<usize>,
     pub procs: BTreeMap<String, ProcTrack>,
     last_tick_cost: Duration,
 }
@@ -51,6 +54,7 @@ impl Driver {
             obs,
             started,
             killed: BTreeSet::new(),
+            restarted: BTreeSet::new(),
             procs: BTreeMap::new(),
             last_tick_cost: Duration::ZERO,
         }
@@ -115,14 +119,18 @@ impl Driver {
         }
     }
 
-    /// Marks cluster `i`'s restarted peerd's current figures as its start; call once it
-    /// is ready (its first sync done), as [`Driver::mark_proc_start`] is for every process.
-    pub fn mark_restarted_start(&mut self, i: usize) {
-        let key = format!("peerd {}", self.name(i));
-        if let Some(pid) = self.rig.clusters[i].peerd_pid()
-            && let Some(stat) = procstat::read(pid)
-        {
-            self.procs.entry(key).or_default().restart_from(stat);
+    /// Marks each restarted peerd's current figures as its start. Call once the fault
+    /// converged: the same point [`Driver::mark_proc_start`] marks every process at, when
+    /// each peerd holds its peers' states. At readiness a restarted peerd has synced only
+    /// its local istiod, and its peers' states are still arriving.
+    pub fn mark_restarted_starts(&mut self) {
+        for i in std::mem::take(&mut self.restarted) {
+            let key = format!("peerd {}", self.name(i));
+            if let Some(pid) = self.rig.clusters[i].peerd_pid()
+                && let Some(stat) = procstat::read(pid)
+            {
+                self.procs.entry(key).or_default().restart_from(stat);
+            }
         }
     }
 
@@ -170,6 +178,7 @@ impl Driver {
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.rig.start_peerd(i)?;
         self.killed.remove(&i);
+        self.restarted.insert(i);
         Ok(())
     }
 

@@ -237,7 +237,7 @@ pub fn render(r: &SoakReport) -> String {
     }
     let _ = writeln!(
         out,
-        "  (target: peerd RSS end within 10% of start; `!` marks a miss; a restarted peerd is measured from its own first sync)"
+        "  (target: peerd RSS end within 10% of start; `!` marks a miss; a restarted peerd is measured from the convergence after its restart)"
     );
     let _ = writeln!(
         out,
