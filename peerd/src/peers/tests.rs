@@ -244,11 +244,29 @@ fn monitor(specs: Vec<PeerSpec>, grace: u64) -> (Arc<PeerMonitor>, Arc<Fake>, Cl
     (m, fake, clock)
 }
 
+/// A monitor of one peer, cluster-2, healthy for two ticks (0 and 1 s): every condition
+/// True.
+async fn healthy_cluster_2() -> (Arc<PeerMonitor>, Arc<Fake>, Clock) {
+    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
+    fake.healthy("cluster-2");
+    tick(&m, &c, 0).await;
+    tick(&m, &c, 1).await;
+    (m, fake, c)
+}
+
 async fn tick(m: &PeerMonitor, c: &Clock, s: u64) -> Arc<Vec<PeerStatus>> {
     let (now, wall) = c.at(s);
     *c.fake.now.lock().unwrap() = Some(now);
     m.tick(now, wall).await;
     m.snapshot()
+}
+
+/// cluster-2's `PeerConnected` and `PeeringSucceeded` (the conditions of its xDS
+/// stream) both show `status` at `s` seconds.
+fn assert_stream_conditions(statuses: &[PeerStatus], status: S, s: u64) {
+    for t in [T::PeerConnected, T::PeeringSucceeded] {
+        assert_eq!(cond(statuses, "cluster-2", t).0, status, "{t} at {s}s");
+    }
 }
 
 fn cond(statuses: &[PeerStatus], peer: &str, t: T) -> (S, String, String) {
@@ -310,10 +328,7 @@ async fn healthy_peer_turns_every_condition_true_after_the_success_run() {
 
 #[tokio::test]
 async fn disconnect_turns_false_only_after_the_window_and_emits_events() {
-    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
-    fake.healthy("cluster-2");
-    tick(&m, &c, 0).await;
-    tick(&m, &c, 1).await;
+    let (m, fake, c) = healthy_cluster_2().await;
     let mut events = m.subscribe();
     fake.connected("cluster-2", false);
     fake.synced("cluster-2", false, 12);
@@ -370,10 +385,7 @@ async fn disconnect_turns_false_only_after_the_window_and_emits_events() {
 /// two seconds later). A failure already fed is no news; only a new failed attempt is.
 #[tokio::test]
 async fn a_failure_kept_through_the_backoff_never_completes_the_window() {
-    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
-    fake.healthy("cluster-2");
-    tick(&m, &c, 0).await;
-    tick(&m, &c, 1).await;
+    let (m, fake, c) = healthy_cluster_2().await;
     let mut events = m.subscribe();
     // Down: attempts fail at 2..=6 s; the peer is back at 7 s, but the client sleeps
     // until 16 s, its 6 s refusal kept.
@@ -385,16 +397,12 @@ async fn a_failure_kept_through_the_backoff_never_completes_the_window() {
     fake.sleeps_in_backoff("cluster-2");
     for s in 7..16 {
         let st = tick(&m, &c, s).await;
-        for t in [T::PeerConnected, T::PeeringSucceeded] {
-            assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t} at {s}s");
-        }
+        assert_stream_conditions(&st, S::True, s);
     }
     fake.healthy("cluster-2");
     for s in 16..20 {
         let st = tick(&m, &c, s).await;
-        for t in [T::PeerConnected, T::PeeringSucceeded] {
-            assert_eq!(cond(&st, "cluster-2", t).0, S::True, "{t} at {s}s");
-        }
+        assert_stream_conditions(&st, S::True, s);
     }
     assert!(
         events.try_recv().is_err(),
@@ -426,10 +434,7 @@ async fn a_failure_kept_through_the_backoff_never_completes_the_window() {
 /// as of when it happened.
 #[tokio::test]
 async fn the_window_is_measured_between_failures_not_between_the_ticks_that_read_them() {
-    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
-    fake.healthy("cluster-2");
-    tick(&m, &c, 0).await;
-    tick(&m, &c, 1).await;
+    let (m, fake, c) = healthy_cluster_2().await;
     let at = |ms: u64| c.base + Duration::from_millis(ms);
     let tick_at = |ms: u64| {
         *fake.now.lock().unwrap() = Some(at(ms));
@@ -455,10 +460,7 @@ async fn the_window_is_measured_between_failures_not_between_the_ticks_that_read
 
 #[tokio::test]
 async fn peer_flapping_every_second_does_not_flap_conditions() {
-    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
-    fake.healthy("cluster-2");
-    tick(&m, &c, 0).await;
-    tick(&m, &c, 1).await;
+    let (m, fake, c) = healthy_cluster_2().await;
     let mut events = m.subscribe();
     for s in 2..120 {
         let up = s % 2 == 1;
@@ -527,10 +529,7 @@ async fn first_probe_grace_keeps_conditions_pending() {
 
 #[tokio::test]
 async fn nack_from_local_ztunnel_is_not_acked_with_the_text() {
-    let (m, fake, c) = monitor(vec![spec("cluster-2", "127.0.2.1")], 0);
-    fake.healthy("cluster-2");
-    tick(&m, &c, 0).await;
-    tick(&m, &c, 1).await;
+    let (m, fake, c) = healthy_cluster_2().await;
     let text = "cluster-2/default/pod-a: unknown network \"net-x\"";
     fake.acks.lock().unwrap().insert(
         "cluster-2".into(),
