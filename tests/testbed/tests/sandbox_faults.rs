@@ -360,7 +360,10 @@ fn without_privileges_nft_faults_are_refused_and_peerd_runs_in_userspace_mode() 
         stderr.contains("need root (CAP_NET_ADMIN)"),
         "the refusal names the missing privilege: {stderr}"
     );
+    let started = std::fs::read_dir(&state).map_or(0, |entries| entries.count());
+    assert_eq!(started, 0, "nothing was started in {}", state.display());
     drop(ns);
+    let _ = std::fs::remove_dir_all(&dir);
 
     // Without capabilities the eBPF probes cannot load: every peerd keeps running in
     // userspace mode, and `peerd status` says why.
