@@ -111,7 +111,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
         options.churn_per_sec
     );
     let downstreams = driver.rig.clusters.len();
-    let mut steady: Vec<Vec<Duration>> = Vec::new();
+    // Steady samples by window, then by downstream (the window's steady p99 is over all).
     let mut steady_by: Vec<Vec<Vec<Duration>>> = Vec::new();
     let mut all: Vec<Vec<Duration>> = Vec::new();
     // The machine's CPU times at the start of each window.
@@ -146,15 +146,13 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
             let w = window_of(s.at.saturating_duration_since(begun), interval);
             while all.len() <= w {
                 all.push(Vec::new());
-                steady.push(Vec::new());
                 steady_by.push(vec![Vec::new(); downstreams]);
             }
             all[w].push(s.latency);
-            if !s.during_fault {
-                steady[w].push(s.latency);
-                if let Some(by) = steady_by[w].get_mut(s.downstream) {
-                    by.push(s.latency);
-                }
+            if !s.during_fault
+                && let Some(by) = steady_by[w].get_mut(s.downstream)
+            {
+                by.push(s.latency);
             }
         }
     }
@@ -162,10 +160,10 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     cpu_marks.push(CpuTimes::now());
     let windows: Vec<Window> = all
         .iter_mut()
-        .zip(steady.iter_mut())
         .zip(steady_by.iter_mut())
         .enumerate()
-        .map(|(index, ((a, s), by))| {
+        .map(|(index, (a, by))| {
+            let mut steady: Vec<Duration> = by.iter().flatten().copied().collect();
             let cpu = match (cpu_marks.get(index), cpu_marks.get(index + 1)) {
                 (Some(Some(from)), Some(Some(to))) => Some(to.shares_since(from)),
                 _ => None,
@@ -173,7 +171,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
             Window {
                 index,
                 samples: a.len(),
-                p99_steady_ms: quantile_ms(s, 0.99),
+                p99_steady_ms: quantile_ms(&mut steady, 0.99),
                 p99_all_ms: quantile_ms(a, 0.99),
                 p99_steady_by_downstream_ms: by.iter_mut().map(|d| quantile_ms(d, 0.99)).collect(),
                 cpu_busy_pct: cpu.map(|c| c.0),
