@@ -20,6 +20,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub struct ProcTrack {
     /// After the first full convergence.
     pub start: Option<ProcStat>,
+    /// Just before the first fault, after one interval of churn (a soak only): growth
+    /// from here to the end is drift; from the start to here, warm-up.
+    pub warm: Option<ProcStat>,
     pub end: Option<ProcStat>,
     pub peak_rss_bytes: u64,
 }
@@ -30,6 +33,7 @@ impl ProcTrack {
     /// predecessor's start.
     pub fn restart_from(&mut self, now: ProcStat) {
         self.start = Some(now);
+        self.warm = None;
         self.end = Some(now);
         self.peak_rss_bytes = now.rss_bytes;
     }
@@ -116,6 +120,14 @@ impl Driver {
         for track in self.procs.values_mut() {
             track.start = track.end;
             track.peak_rss_bytes = track.end.map_or(0, |s| s.rss_bytes);
+        }
+    }
+
+    /// Marks the current figures of every process as warm (see [`ProcTrack::warm`]).
+    pub fn mark_warm(&mut self) {
+        self.tick();
+        for track in self.procs.values_mut() {
+            track.warm = track.end;
         }
     }
 
@@ -266,6 +278,7 @@ mod tests {
         };
         let mut track = ProcTrack {
             start: Some(first),
+            warm: Some(first),
             end: Some(ProcStat {
                 rss_bytes: 90 << 20,
                 ..first
@@ -279,6 +292,10 @@ mod tests {
         };
         track.restart_from(restarted);
         assert_eq!(track.start, Some(restarted));
+        assert_eq!(
+            track.warm, None,
+            "the predecessor's warm figures are not its own"
+        );
         assert_eq!(track.end, Some(restarted));
         assert_eq!(track.peak_rss_bytes, 70 << 20);
     }

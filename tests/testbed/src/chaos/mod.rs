@@ -122,6 +122,7 @@ pub async fn run_chaos(options: ChaosOptions) -> anyhow::Result<()> {
         grace: timing.grace,
         state_dir: state_dir(&options.state_dir, "chaos"),
         seed: options.seed,
+        api_events_kept: None,
     };
     let mut driver = start(&rig_options, timing.converge_timeout).await?;
     let run_started = Instant::now();

@@ -48,13 +48,19 @@ impl CpuTimes {
         parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
-    /// Busy and steal shares (percent of all CPU time) between `earlier` and `self`.
-    pub fn shares_since(&self, earlier: &CpuTimes) -> (f64, f64) {
-        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
-        (
+    /// Busy and steal shares (percent of all CPU time) between `earlier` and `self`;
+    /// `None` when no CPU time passed in between (a window a long fault spanned whole:
+    /// both its marks were taken after the fault).
+    pub fn shares_since(&self, earlier: &CpuTimes) -> Option<(f64, f64)> {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return None;
+        }
+        let total = total as f64;
+        Some((
             100.0 * self.busy.saturating_sub(earlier.busy) as f64 / total,
             100.0 * self.steal.saturating_sub(earlier.steal) as f64 / total,
-        )
+        ))
     }
 }
 
@@ -97,7 +103,8 @@ mod tests {
             steal: 20 + 10,
             total: 1000 + 100,
         };
-        assert_eq!(later.shares_since(&t), (50.0, 10.0));
+        assert_eq!(later.shares_since(&t), Some((50.0, 10.0)));
+        assert_eq!(t.shares_since(&t), None, "no time passed: no share, not 0%");
         assert_eq!(parse_cpu_line("cpu0 1 2 3\n"), None, "no aggregate line");
         assert_eq!(parse_cpu_line("cpu  1 2 x 4 5 6 7 8\n"), None);
         assert!(CpuTimes::now().is_some_and(|t| t.total > 0));

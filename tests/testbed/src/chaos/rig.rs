@@ -39,6 +39,9 @@ pub struct RigOptions {
     pub grace: Duration,
     pub state_dir: PathBuf,
     pub seed: u64,
+    /// Events each emulated API server keeps for watches (history and per-watch
+    /// buffer); `None`: the emulator's defaults, sized for 100k-workload bursts.
+    pub api_events_kept: Option<usize>,
 }
 
 /// When each simulated istiod published each resource name last (for propagation
@@ -204,7 +207,13 @@ impl Rig {
         let mut apis = Vec::new();
         for c in &clusters {
             apis.push(Arc::new(
-                kube::start(&c.layout, &c.global_services, &root_pem).await?,
+                kube::start(
+                    &c.layout,
+                    &c.global_services,
+                    &root_pem,
+                    options.api_events_kept,
+                )
+                .await?,
             ));
         }
         let kubeconfig = state_dir.join("kubeconfig");

@@ -25,11 +25,29 @@ use peerd::kube::types::{GATEWAY_CLASS_EASTWEST, LABEL_NETWORK, LABEL_SERVICE_SC
 pub const PEERING_NAMESPACE: &str = "istio-eastwest";
 const GATEWAYS_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways";
 
+/// The emulator's defaults with at most `events_kept` events in its history and in each
+/// watch's buffer (an older resourceVersion gets 410, a watch that lags more is closed,
+/// as a real API server's watch cache and compaction do).
+fn retention(events_kept: Option<usize>) -> EmulatorOptions {
+    let defaults = EmulatorOptions::default();
+    match events_kept {
+        Some(n) => EmulatorOptions {
+            history_window: n,
+            watch_buffer: n,
+            ..defaults
+        },
+        None => defaults,
+    }
+}
+
 /// Starts `me`'s emulated API server and seeds it. `global_services` are `ns/name`.
+/// `events_kept` bounds the server's watch history and per-watch buffer (events of
+/// whole objects, tens of KB each); `None` keeps the emulator's defaults.
 pub async fn start(
     me: &ClusterLayout,
     global_services: &[String],
     root_pem: &str,
+    events_kept: Option<usize>,
 ) -> anyhow::Result<EmulatorHandle> {
     if !me.host.is_loopback() {
         bail!(
@@ -51,7 +69,7 @@ pub async fn start(
         me.kube_api(),
         EmulatorOptions {
             namespaces: namespaces.into_iter().collect(),
-            ..EmulatorOptions::default()
+            ..retention(events_kept)
         },
     )
     .await
@@ -221,4 +239,21 @@ fn global_service(namespace: &str, name: &str) -> Value {
             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_bounds_the_history_and_every_watch_buffer_alike() {
+        let bounded = retention(Some(4096));
+        assert_eq!((bounded.history_window, bounded.watch_buffer), (4096, 4096));
+        let defaults = EmulatorOptions::default();
+        let unbounded = retention(None);
+        assert_eq!(
+            (unbounded.history_window, unbounded.watch_buffer),
+            (defaults.history_window, defaults.watch_buffer)
+        );
+    }
 }

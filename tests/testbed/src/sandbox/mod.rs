@@ -131,7 +131,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     let mut kube_apis = Vec::new();
     let root_pem = pki.root().root_pem().to_string();
     for c in &clusters {
-        kube_apis.push(kube::start(&c.layout, &c.global_services, &root_pem).await?);
+        kube_apis.push(kube::start(&c.layout, &c.global_services, &root_pem, None).await?);
     }
     let kubeconfig_path = state_dir.join("kubeconfig");
     std::fs::write(&kubeconfig_path, kube::kubeconfig(&layouts))
