@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::catalogue::{self, Fault, FaultRow, Timing};
 use super::driver::ProcTrack;
 use super::observer::quantile_ms;
-use super::procstat::CpuTimes;
+use super::procstat::{CpuTimes, ProcStat};
 use super::report::{mib, node_nacks};
 use super::rig::RigOptions;
 
@@ -248,16 +248,17 @@ pub fn render(r: &SoakReport) -> String {
         let (Some(start), Some(end)) = (p.start, p.end) else {
             continue;
         };
-        let ratio = end.rss_bytes as f64 / start.rss_bytes.max(1) as f64;
-        let after_warm = p.warm.map_or("-".to_string(), |w| {
-            format!("{:.2}", end.rss_bytes as f64 / w.rss_bytes.max(1) as f64)
+        let of = |from: ProcStat| end.rss_bytes as f64 / from.rss_bytes.max(1) as f64;
+        let ratio = of(start);
+        let (warm, after_warm) = p.warm.map_or(("-".to_string(), "-".to_string()), |w| {
+            (mib(w.rss_bytes), format!("{:.2}", of(w)))
         });
         let _ = writeln!(
             out,
             "{:<34} {:>11} {:>11} {:>11} {:>11} {:>7.2}{} {:>9} {:>4}→{:<4} {:>4}→{:<4}",
             name,
             mib(start.rss_bytes),
-            p.warm.map_or("-".to_string(), |w| mib(w.rss_bytes)),
+            warm,
             mib(end.rss_bytes),
             mib(p.peak_rss_bytes),
             ratio,
@@ -412,7 +413,6 @@ mod tests {
 
     #[test]
     fn the_process_table_shows_the_drift_after_warm_up_beside_the_target() {
-        use super::super::procstat::ProcStat;
         let at = |mib: u64| ProcStat {
             rss_bytes: mib << 20,
             fds: 46,
