@@ -176,7 +176,7 @@ where
 }
 
 /// Desired WorkloadEntry name of each pod, by its peered-workload uid.
-fn desired_names_by_pod(desired: &BTreeMap<String, WorkloadEntry>) -> BTreeMap<&str, &str> {
+fn desired_names_by_pod(desired: &BTreeMap<String, Arc<WorkloadEntry>>) -> BTreeMap<&str, &str> {
     desired
         .iter()
         .filter_map(|(name, we)| {
@@ -498,7 +498,7 @@ impl FlatSyncExecutor {
 async fn apply_all<K>(
     observed: &mut Observed<K>,
     kind: &'static str,
-    desired: &BTreeMap<String, K>,
+    desired: &BTreeMap<String, Arc<K>>,
     settle: Duration,
     leadership: &Leadership,
     report: &mut SyncReport,
@@ -539,7 +539,7 @@ where
             report.not_leader = true;
             return false;
         }
-        let mut body = match serde_json::to_value(want) {
+        let mut body = match serde_json::to_value(&**want) {
             Ok(v) => v,
             Err(err) => {
                 report

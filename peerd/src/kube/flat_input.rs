@@ -9,19 +9,20 @@
 //! but whose client does not run (unusable since start) counts as not synced: its objects
 //! stay.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ::kube::ResourceExt;
 
 use super::apply::{PeerSyncState, SyncInput};
 use super::flatsync::{
-    GLOBAL_HOST_SUFFIX, GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode,
-    desired_objects,
+    EntryMemo, GLOBAL_HOST_SUFFIX, GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode,
+    desired_objects_reusing,
 };
 use super::types::{Gateway, LABEL_CLUSTER, ServiceEntryPort};
 use crate::config;
 use crate::store::Store;
+use crate::xds::resource::{Resource, WorkloadSummary};
 use crate::xds::types::ResourceType;
 
 /// Builds the flat-network sync input from the store (what each peer exports to us).
@@ -34,11 +35,83 @@ pub struct InputBuilder {
     pub flat_networks: bool,
     /// Where the `autogenflat.*` objects live.
     pub control_namespace: String,
+    /// What the previous build made, for the next one to reuse.
+    pub memo: InputMemo,
+}
+
+/// What one build leaves for the next: the imported form of each workload resource and
+/// the WorkloadEntry made of it. A rebuild after a burst of changes then allocates for
+/// the changed workloads only, not the whole input again (see [`EntryMemo`]).
+#[derive(Debug, Default)]
+pub struct InputMemo {
+    /// By peer cluster, then by resource name: the resource last imported (the store's
+    /// own `Arc`: an unchanged resource is the same one) and its imported form.
+    imported: HashMap<String, HashMap<Arc<str>, ImportedResource>>,
+    entries: EntryMemo,
+    pass: u64,
+}
+
+#[derive(Debug)]
+struct ImportedResource {
+    resource: Arc<Resource>,
+    workload: Arc<ImportedWorkload>,
+    pass: u64,
+}
+
+impl InputMemo {
+    /// Workloads whose imported form is kept, and WorkloadEntries kept.
+    pub fn len(&self) -> (usize, usize) {
+        (
+            self.imported.values().map(HashMap::len).sum(),
+            self.entries.len(),
+        )
+    }
+
+    /// The imported form of `resource` (a workload of `cluster`'s): the one made last time
+    /// when the store still holds the same resource.
+    fn import(
+        &mut self,
+        cluster: &str,
+        resource: &Arc<Resource>,
+        summary: &WorkloadSummary,
+    ) -> Arc<ImportedWorkload> {
+        let pass = self.pass;
+        let of_peer = match self.imported.get_mut(cluster) {
+            Some(of_peer) => of_peer,
+            None => self.imported.entry(cluster.to_string()).or_default(),
+        };
+        if let Some(kept) = of_peer.get_mut(&resource.name)
+            && Arc::ptr_eq(&kept.resource, resource)
+        {
+            kept.pass = pass;
+            return Arc::clone(&kept.workload);
+        }
+        let workload = Arc::new(ImportedWorkload::from_summary(summary, ""));
+        of_peer.insert(
+            Arc::clone(&resource.name),
+            ImportedResource {
+                resource: Arc::clone(resource),
+                workload: Arc::clone(&workload),
+                pass,
+            },
+        );
+        workload
+    }
+
+    /// Drops what the latest build did not use.
+    fn sweep(&mut self) {
+        let pass = self.pass;
+        self.imported.retain(|_, of_peer| {
+            of_peer.retain(|_, kept| kept.pass == pass);
+            !of_peer.is_empty()
+        });
+    }
 }
 
 impl InputBuilder {
     /// The input for the peers in `present` (peers whose Gateway still exists).
-    pub fn build(&self, present: &BTreeSet<String>) -> SyncInput {
+    pub fn build(&mut self, present: &BTreeSet<String>) -> SyncInput {
+        self.memo.pass += 1;
         let mut exports = Vec::new();
         let mut states = Vec::new();
         for peer in self.peers.iter().filter(|p| present.contains(&p.cluster)) {
@@ -57,7 +130,7 @@ impl InputBuilder {
                 origin_version = snapshot.version;
                 for resource in snapshot.resources(ResourceType::Address).values() {
                     if let Some(w) = resource.as_workload() {
-                        workloads.push(ImportedWorkload::from_summary(w, ""));
+                        workloads.push(self.memo.import(&peer.cluster, resource, w));
                     } else if let Some(s) = resource.as_service()
                         && let Some(service) = exported_service(&s.hostname, &s.ports)
                     {
@@ -83,8 +156,13 @@ impl InputBuilder {
                 });
             }
         }
+        self.memo.sweep();
         SyncInput {
-            desired: desired_objects(&self.control_namespace, &exports),
+            desired: desired_objects_reusing(
+                &self.control_namespace,
+                &exports,
+                &mut self.memo.entries,
+            ),
             peers: states,
         }
     }
@@ -200,12 +278,13 @@ mod tests {
             max_resources: config::defaults::PEER_MAX_RESOURCES,
             max_bytes: config::defaults::PEER_MAX_BYTES,
         };
-        let builder = InputBuilder {
+        let mut builder = InputBuilder {
             store: Store::new(),
             peers: vec![peer("c2"), peer("c3")],
             local_network: "net1".into(),
             flat_networks: false,
             control_namespace: "istio-system".into(),
+            memo: InputMemo::default(),
         };
         let input = builder.build(&["c2".to_string()].into());
         assert_eq!(
