@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peerd::kube::apply::{ExecutorConfig, FlatSyncExecutor, PeerSyncState, SyncInput};
@@ -33,7 +32,7 @@ fn peer(pods: usize, churn_generation: u32, churned: usize) -> PeerExports {
         .map(|i| {
             let bump = if i < churned { churn_generation } else { 0 };
             let n = u32::try_from(i).unwrap_or(0) + bump * 100_000;
-            Arc::new(ImportedWorkload {
+            ImportedWorkload {
                 name: format!("pod{i}"),
                 namespace: "default".into(),
                 uid: format!("c2//Pod/default/pod{i}"),
@@ -42,7 +41,7 @@ fn peer(pods: usize, churn_generation: u32, churned: usize) -> PeerExports {
                 service_account: "default".into(),
                 locality: String::new(),
                 services: BTreeSet::from([("default".to_string(), format!("svc{}", i % SERVICES))]),
-            })
+            }
         })
         .collect();
     PeerExports {

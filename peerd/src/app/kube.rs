@@ -41,7 +41,7 @@ use crate::federation::Federation;
 use crate::kube::apply::{ExecutorConfig, FlatSyncExecutor};
 use crate::kube::client::{ClientSource, connect};
 use crate::kube::condition_sync::{ConditionSync, ConditionSyncConfig, shown_conditions};
-use crate::kube::flat_input::{InputBuilder, InputMemo, present_clusters};
+use crate::kube::flat_input::{FlatEntryMemo, InputBuilder, present_clusters};
 use crate::kube::gateways::{self, ClusterWatches, SystemResolver};
 use crate::kube::leader::{LeaderConfig, LeaderElector, Leadership, default_identity};
 use crate::kube::peering::{
@@ -318,7 +318,7 @@ pub(super) fn start(
             local_network: config.network.clone(),
             flat_networks: config.flat_networks,
             control_namespace: config.control_namespace.clone(),
-            memo: InputMemo::default(),
+            memo: FlatEntryMemo::default(),
         };
         tasks.spawn(flat_sync(
             builder,

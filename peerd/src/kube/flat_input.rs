@@ -16,10 +16,10 @@ use ::kube::ResourceExt;
 
 use super::apply::{PeerSyncState, SyncInput};
 use super::flatsync::{
-    EntryMemo, GLOBAL_HOST_SUFFIX, GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode,
-    desired_objects_reusing,
+    GLOBAL_HOST_SUFFIX, GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode,
+    desired_objects, exported_names, flat_entry,
 };
-use super::types::{Gateway, LABEL_CLUSTER, ServiceEntryPort};
+use super::types::{Gateway, LABEL_CLUSTER, ServiceEntryPort, WorkloadEntry};
 use crate::config;
 use crate::store::Store;
 use crate::xds::resource::{Resource, WorkloadSummary};
@@ -35,84 +35,132 @@ pub struct InputBuilder {
     pub flat_networks: bool,
     /// Where the `autogenflat.*` objects live.
     pub control_namespace: String,
-    /// What the previous build made, for the next one to reuse.
-    pub memo: InputMemo,
+    /// The flat entries of the previous build, for the next one to reuse.
+    pub memo: FlatEntryMemo,
 }
 
-/// What one build leaves for the next: the imported form of each workload resource and
-/// the WorkloadEntry made of it. A rebuild after a burst of changes then allocates for
-/// the changed workloads only, not the whole input again (see [`EntryMemo`]).
+/// The WorkloadEntry the previous build made of each workload of each flat peer, reused
+/// while the store holds the same resource (the same `Arc`: an unchanged resource is the
+/// same one) and the peer's network, its exported services and the control namespace
+/// are unchanged. A hit is the value [`flat_entry`] would make again.
+///
+/// Why: the input is rebuilt whole after every burst of changes (every half second
+/// under steady churn). Making every entry afresh allocated the full set each time (4,000
+/// entries, a few MB, in the soak), and the heap's pages followed that transient, not
+/// what the entries need. It keeps per workload two pointers and the entry's name.
 #[derive(Debug, Default)]
-pub struct InputMemo {
-    /// By peer cluster, then by resource name: the resource last imported (the store's
-    /// own `Arc`: an unchanged resource is the same one) and its imported form.
-    imported: HashMap<String, HashMap<Arc<str>, ImportedResource>>,
-    entries: EntryMemo,
+pub struct FlatEntryMemo {
+    control_namespace: String,
+    peers: HashMap<String, PeerMemo>,
+    /// Counts builds; what the latest build did not use is dropped after it.
+    pass: u64,
+}
+
+#[derive(Debug, Default)]
+struct PeerMemo {
+    network: String,
+    exported: BTreeSet<(String, String)>,
+    by_resource: HashMap<Arc<str>, MemoizedEntry>,
     pass: u64,
 }
 
 #[derive(Debug)]
-struct ImportedResource {
+struct MemoizedEntry {
     resource: Arc<Resource>,
-    workload: Arc<ImportedWorkload>,
+    /// `None`: the workload gets no entry (no IP, or backs no exported service).
+    entry: Option<(String, Arc<WorkloadEntry>)>,
     pass: u64,
 }
 
-impl InputMemo {
-    /// Workloads whose imported form is kept, and WorkloadEntries kept.
-    pub fn len(&self) -> (usize, usize) {
-        (
-            self.imported.values().map(HashMap::len).sum(),
-            self.entries.len(),
-        )
+impl FlatEntryMemo {
+    /// Workloads remembered (those of the latest build's flat peers).
+    pub fn len(&self) -> usize {
+        self.peers.values().map(|p| p.by_resource.len()).sum()
     }
 
-    /// The imported form of `resource` (a workload of `cluster`'s): the one made last time
-    /// when the store still holds the same resource.
-    fn import(
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The memo of flat peer `cluster` for this build: emptied when what every entry of
+    /// the peer is made from changed.
+    fn peer(
         &mut self,
         cluster: &str,
-        resource: &Arc<Resource>,
-        summary: &WorkloadSummary,
-    ) -> Arc<ImportedWorkload> {
+        network: &str,
+        exported: BTreeSet<(String, String)>,
+    ) -> &mut PeerMemo {
         let pass = self.pass;
-        let of_peer = match self.imported.get_mut(cluster) {
-            Some(of_peer) => of_peer,
-            None => self.imported.entry(cluster.to_string()).or_default(),
-        };
-        if let Some(kept) = of_peer.get_mut(&resource.name)
-            && Arc::ptr_eq(&kept.resource, resource)
-        {
-            kept.pass = pass;
-            return Arc::clone(&kept.workload);
+        let memo = self.peers.entry(cluster.to_string()).or_default();
+        if memo.network != network || memo.exported != exported {
+            memo.by_resource.clear();
+            memo.network = network.to_string();
+            memo.exported = exported;
         }
-        let workload = Arc::new(ImportedWorkload::from_summary(summary, ""));
-        of_peer.insert(
-            Arc::clone(&resource.name),
-            ImportedResource {
-                resource: Arc::clone(resource),
-                workload: Arc::clone(&workload),
-                pass,
-            },
-        );
-        workload
+        memo.pass = pass;
+        memo
     }
 
     /// Drops what the latest build did not use.
     fn sweep(&mut self) {
         let pass = self.pass;
-        self.imported.retain(|_, of_peer| {
-            of_peer.retain(|_, kept| kept.pass == pass);
-            !of_peer.is_empty()
+        self.peers.retain(|_, peer| {
+            peer.by_resource.retain(|_, kept| kept.pass == pass);
+            peer.pass == pass
         });
+    }
+}
+
+impl PeerMemo {
+    /// The entry of `resource` (a workload of this peer's): the one made last time when
+    /// the store still holds the same resource, else a new one.
+    fn entry(
+        &mut self,
+        pass: u64,
+        control_namespace: &str,
+        cluster: &str,
+        resource: &Arc<Resource>,
+        summary: &WorkloadSummary,
+    ) -> Option<(String, Arc<WorkloadEntry>)> {
+        if let Some(kept) = self.by_resource.get_mut(&resource.name)
+            && Arc::ptr_eq(&kept.resource, resource)
+        {
+            kept.pass = pass;
+            return kept.entry.clone();
+        }
+        let workload = ImportedWorkload::from_summary(summary, "");
+        let entry = flat_entry(
+            control_namespace,
+            cluster,
+            &self.network,
+            &workload,
+            &self.exported,
+        )
+        .map(|(name, entry)| (name, Arc::new(entry)));
+        self.by_resource.insert(
+            Arc::clone(&resource.name),
+            MemoizedEntry {
+                resource: Arc::clone(resource),
+                entry: entry.clone(),
+                pass,
+            },
+        );
+        entry
     }
 }
 
 impl InputBuilder {
     /// The input for the peers in `present` (peers whose Gateway still exists).
     pub fn build(&mut self, present: &BTreeSet<String>) -> SyncInput {
-        self.memo.pass += 1;
+        let memo = &mut self.memo;
+        if memo.control_namespace != self.control_namespace {
+            memo.peers.clear();
+            memo.control_namespace = self.control_namespace.clone();
+        }
+        memo.pass += 1;
+        let pass = memo.pass;
         let mut exports = Vec::new();
+        let mut flat_entries = Vec::new();
         let mut states = Vec::new();
         for peer in self.peers.iter().filter(|p| present.contains(&p.cluster)) {
             let origin = self.store.get(&peer.cluster);
@@ -122,32 +170,51 @@ impl InputBuilder {
             });
             let mode =
                 PeerNetworkMode::decide(&peer.network, &self.local_network, self.flat_networks);
-            let mut workloads = Vec::new();
+            let mut workloads = 0;
             let mut services = Vec::new();
             let mut origin_version = 0;
             if let Some(origin) = origin {
                 let snapshot = origin.view.snapshot();
                 origin_version = snapshot.version;
-                for resource in snapshot.resources(ResourceType::Address).values() {
-                    if let Some(w) = resource.as_workload() {
-                        workloads.push(self.memo.import(&peer.cluster, resource, w));
+                let addresses = snapshot.resources(ResourceType::Address);
+                for resource in addresses.values() {
+                    if resource.as_workload().is_some() {
+                        workloads += 1;
                     } else if let Some(s) = resource.as_service()
                         && let Some(service) = exported_service(&s.hostname, &s.ports)
                     {
                         services.push(service);
                     }
                 }
+                services.sort();
+                // A multi-network peer's workloads make no object: its services do.
+                if mode == PeerNetworkMode::Flat {
+                    let of_peer =
+                        memo.peer(&peer.cluster, &peer.network, exported_names(&services));
+                    for resource in addresses.values() {
+                        if let Some(w) = resource.as_workload() {
+                            flat_entries.extend(of_peer.entry(
+                                pass,
+                                &self.control_namespace,
+                                &peer.cluster,
+                                resource,
+                                w,
+                            ));
+                        }
+                    }
+                }
             }
-            services.sort();
-            tracing::debug!(peer = %peer.cluster, workloads = workloads.len(), global_services = services.len(), version = origin_version, "flat sync input");
+            tracing::debug!(peer = %peer.cluster, workloads, global_services = services.len(), version = origin_version, "flat sync input");
             exports.push(PeerExports {
                 cluster: peer.cluster.clone(),
                 network: peer.network.clone(),
                 mode,
-                workloads,
+                // Flat peers' entries come from the memo, added below.
+                workloads: Vec::new(),
                 services,
             });
         }
+        memo.sweep();
         for cluster in present {
             if !self.peers.iter().any(|p| p.cluster == *cluster) {
                 states.push(PeerSyncState {
@@ -156,13 +223,10 @@ impl InputBuilder {
                 });
             }
         }
-        self.memo.sweep();
+        let mut desired = desired_objects(&self.control_namespace, &exports);
+        desired.workload_entries.extend(flat_entries);
         SyncInput {
-            desired: desired_objects_reusing(
-                &self.control_namespace,
-                &exports,
-                &mut self.memo.entries,
-            ),
+            desired,
             peers: states,
         }
     }
@@ -207,6 +271,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::kube::flatsync::DesiredObjects;
+    use crate::proto::istio::workload;
 
     fn port(number: u32, target_port: Option<u32>) -> ServiceEntryPort {
         ServiceEntryPort {
@@ -264,11 +330,10 @@ mod tests {
         assert_eq!(present.into_iter().collect::<Vec<_>>(), ["c2", "c3"]);
     }
 
-    #[test]
-    fn input_covers_present_peers_only_and_reports_their_sync() {
-        let peer = |cluster: &str| config::Peer {
+    fn peer_on(cluster: &str, network: &str) -> config::Peer {
+        config::Peer {
             cluster: cluster.into(),
-            network: "net2".into(),
+            network: network.into(),
             address: config::PeerAddress::Ip("127.0.0.2".parse().unwrap()),
             port: 15012,
             hbone_port: 15008,
@@ -277,14 +342,23 @@ mod tests {
             preferred_data_plane_service_type: config::DataPlaneServiceType::LoadBalancer,
             max_resources: config::defaults::PEER_MAX_RESOURCES,
             max_bytes: config::defaults::PEER_MAX_BYTES,
-        };
+        }
+    }
+
+    fn flat_peer(cluster: &str) -> config::Peer {
+        peer_on(cluster, "net1")
+    }
+
+    #[test]
+    fn input_covers_present_peers_only_and_reports_their_sync() {
+        let peer = |cluster: &str| peer_on(cluster, "net2");
         let mut builder = InputBuilder {
             store: Store::new(),
             peers: vec![peer("c2"), peer("c3")],
             local_network: "net1".into(),
             flat_networks: false,
             control_namespace: "istio-system".into(),
-            memo: InputMemo::default(),
+            memo: FlatEntryMemo::default(),
         };
         let input = builder.build(&["c2".to_string()].into());
         assert_eq!(
@@ -303,5 +377,167 @@ mod tests {
             .map(|p| (p.cluster.as_str(), p.fully_synced))
             .collect();
         assert_eq!(states, [("c2", false), ("c9", false)]);
+    }
+
+    fn pod(name: &str, ip: [u8; 4], services: &[&str]) -> Arc<Resource> {
+        let services = services
+            .iter()
+            .map(|svc| {
+                (
+                    format!("default/{svc}.default.mesh.internal"),
+                    workload::PortList::default(),
+                )
+            })
+            .collect();
+        Arc::new(
+            Resource::workload(&workload::Workload {
+                uid: format!("c2//Pod/default/{name}"),
+                name: name.into(),
+                namespace: "default".into(),
+                network: "net1".into(),
+                service_account: "sa".into(),
+                addresses: vec![ip.to_vec()],
+                services,
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    fn global_service(name: &str) -> Arc<Resource> {
+        Arc::new(
+            Resource::service(&workload::Service {
+                name: name.into(),
+                namespace: "default".into(),
+                hostname: format!("{name}.default.mesh.internal"),
+                ports: vec![workload::Port {
+                    service_port: 80,
+                    target_port: 8080,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    /// What the input builder builds, made from scratch by the reconciler alone.
+    fn fresh(store: &Store, builder: &InputBuilder) -> DesiredObjects {
+        let snapshot = store.get("c2").unwrap().view.snapshot();
+        let mut exports = PeerExports {
+            cluster: "c2".into(),
+            network: "net1".into(),
+            mode: PeerNetworkMode::Flat,
+            workloads: Vec::new(),
+            services: Vec::new(),
+        };
+        for resource in snapshot.resources(ResourceType::Address).values() {
+            if let Some(w) = resource.as_workload() {
+                exports
+                    .workloads
+                    .push(ImportedWorkload::from_summary(w, ""));
+            } else if let Some(s) = resource.as_service() {
+                exports
+                    .services
+                    .extend(exported_service(&s.hostname, &s.ports));
+            }
+        }
+        exports.services.sort();
+        desired_objects(&builder.control_namespace, &[exports])
+    }
+
+    /// The memo changes what a rebuild allocates, never what it yields.
+    #[test]
+    fn a_rebuild_reuses_the_entries_of_unchanged_workloads_and_equals_a_fresh_build() {
+        let store = Store::new();
+        let mut builder = InputBuilder {
+            store: Arc::clone(&store),
+            peers: vec![flat_peer("c2")],
+            local_network: "net1".into(),
+            flat_networks: true,
+            control_namespace: "istio-system".into(),
+            memo: FlatEntryMemo::default(),
+        };
+        let present: BTreeSet<String> = ["c2".to_string()].into();
+        let entry = |input: &SyncInput, pod: &str| {
+            let name = format!(".default.{pod}.");
+            input
+                .desired
+                .workload_entries
+                .iter()
+                .find(|(n, _)| n.contains(&name))
+                .map(|(_, e)| Arc::clone(e))
+                .unwrap()
+        };
+        let same = |input: &SyncInput, builder: &InputBuilder| {
+            assert_eq!(
+                format!("{:?}", input.desired),
+                format!("{:?}", fresh(&store, builder))
+            );
+        };
+        store.apply(
+            "c2",
+            ResourceType::Address,
+            vec![
+                global_service("svc1"),
+                pod("a", [127, 2, 0, 1], &["svc1"]),
+                pod("b", [127, 2, 0, 2], &["svc1"]),
+                // Backs no exported service: no entry, still remembered as such.
+                pod("c", [127, 2, 0, 3], &["other"]),
+            ],
+            vec![],
+        );
+        let first = builder.build(&present);
+        same(&first, &builder);
+        assert_eq!(first.desired.workload_entries.len(), 2);
+        assert_eq!(builder.memo.len(), 3);
+
+        // b restarts with another IP; a is untouched; c leaves.
+        store.apply(
+            "c2",
+            ResourceType::Address,
+            vec![pod("b", [127, 2, 0, 9], &["svc1"])],
+            vec![Arc::from("c2//Pod/default/c")],
+        );
+        let second = builder.build(&present);
+        same(&second, &builder);
+        assert!(Arc::ptr_eq(&entry(&first, "a"), &entry(&second, "a")));
+        assert!(!Arc::ptr_eq(&entry(&first, "b"), &entry(&second, "b")));
+        assert_eq!(entry(&second, "b").spec.address, "127.2.0.9");
+        assert_eq!(builder.memo.len(), 2, "c left the store, so the memo");
+
+        // The peer now exports svc2 too, which a backs: every entry of the peer is
+        // made again (a's under a new name).
+        store.apply(
+            "c2",
+            ResourceType::Address,
+            vec![
+                global_service("svc2"),
+                pod("a", [127, 2, 0, 1], &["svc1", "svc2"]),
+            ],
+            vec![],
+        );
+        let third = builder.build(&present);
+        same(&third, &builder);
+        assert!(!Arc::ptr_eq(&entry(&second, "b"), &entry(&third, "b")));
+
+        // Another control namespace: nothing reused.
+        builder.control_namespace = "peerd-system".into();
+        let elsewhere = builder.build(&present);
+        same(&elsewhere, &builder);
+        assert_eq!(
+            entry(&elsewhere, "b").metadata.namespace.as_deref(),
+            Some("peerd-system")
+        );
+
+        // The peer's Gateway is gone: its part of the memo goes with it.
+        assert!(
+            builder
+                .build(&BTreeSet::new())
+                .desired
+                .workload_entries
+                .is_empty()
+        );
+        assert!(builder.memo.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 //! which needs sync state), and must never produce an object without the
 //! `app.kubernetes.io/managed-by=peerd` label.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -125,69 +125,16 @@ pub struct PeerExports {
     /// The peer's network (flat peers: the shared network).
     pub network: String,
     pub mode: PeerNetworkMode,
-    /// Shared: the input builder hands the same `Arc` while the workload is unchanged.
-    pub workloads: Vec<Arc<ImportedWorkload>>,
+    pub workloads: Vec<ImportedWorkload>,
     pub services: Vec<GlobalService>,
 }
 
-/// The objects peerd wants, by name. Shared (`Arc`): successive inputs hold the same
-/// entry for an unchanged workload (see [`EntryMemo`]).
+/// The objects peerd wants, by name. Shared (`Arc`): successive inputs of the flat sync
+/// hold the same entry of an unchanged workload (see `flat_input`).
 #[derive(Debug, Clone, Default)]
 pub struct DesiredObjects {
     pub workload_entries: BTreeMap<String, Arc<WorkloadEntry>>,
     pub service_entries: BTreeMap<String, Arc<ServiceEntry>>,
-}
-
-/// The flat WorkloadEntry last built for each imported workload, reused by the next
-/// [`desired_objects_reusing`] while what it is built from (the workload, its peer's
-/// network, the services it backs, the control namespace) is unchanged.
-///
-/// Why: the flat sync rebuilds its whole input after every burst of changes. Building
-/// every entry afresh made each rebuild allocate the full set again (4,000 entries every
-/// half second under the soak's churn), a transient that kept the heap's pages about a
-/// fifth above what the entries need. With the memo a rebuild allocates for the changed
-/// workloads only. It owns no decision: a hit is the same value a fresh build gives.
-#[derive(Debug, Default)]
-pub struct EntryMemo {
-    control_namespace: String,
-    /// By peer cluster, then by workload uid.
-    by_peer: HashMap<String, HashMap<String, MemoizedEntry>>,
-    /// Counts builds; an entry not used by the latest one is dropped after it.
-    pass: u64,
-}
-
-#[derive(Debug)]
-struct MemoizedEntry {
-    workload: Arc<ImportedWorkload>,
-    network: String,
-    backed: BTreeSet<(String, String)>,
-    name: String,
-    entry: Arc<WorkloadEntry>,
-    pass: u64,
-}
-
-impl EntryMemo {
-    /// Entries memoized (after the latest build: those it produced).
-    pub fn len(&self) -> usize {
-        self.by_peer.values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl MemoizedEntry {
-    fn built_from<'a>(
-        &self,
-        workload: &Arc<ImportedWorkload>,
-        network: &str,
-        backed: impl Iterator<Item = &'a (String, String)>,
-    ) -> bool {
-        (Arc::ptr_eq(&self.workload, workload) || *self.workload == **workload)
-            && self.network == network
-            && self.backed.iter().eq(backed)
-    }
 }
 
 /// `hash12`: first 12 hex digits of sha256 of the services written `<namespace>/<service>`,
@@ -285,21 +232,6 @@ fn managed_meta(name: String, namespace: &str, labels: BTreeMap<String, String>)
 /// Computes every object peerd wants in `control_namespace` for the given peers.
 /// Deterministic: the same input always gives the same output, whatever its order.
 pub fn desired_objects(control_namespace: &str, peers: &[PeerExports]) -> DesiredObjects {
-    desired_objects_reusing(control_namespace, peers, &mut EntryMemo::default())
-}
-
-/// [`desired_objects`], reusing the flat entries `memo` holds from the previous build and
-/// leaving in it those of this one.
-pub fn desired_objects_reusing(
-    control_namespace: &str,
-    peers: &[PeerExports],
-    memo: &mut EntryMemo,
-) -> DesiredObjects {
-    if memo.control_namespace != control_namespace {
-        memo.by_peer.clear();
-        memo.control_namespace = control_namespace.to_string();
-    }
-    memo.pass += 1;
     let mut out = DesiredObjects::default();
     // ServiceEntries are shared by every peer exporting the same global service: ports
     // are the sorted union so the result does not depend on peer order.
@@ -312,7 +244,7 @@ pub fn desired_objects_reusing(
             ports.extend(service.ports.iter().cloned());
         }
         match peer.mode {
-            PeerNetworkMode::Flat => add_flat_entries(control_namespace, peer, memo, &mut out),
+            PeerNetworkMode::Flat => add_flat_entries(control_namespace, peer, &mut out),
             PeerNetworkMode::MultiNetwork => {
                 add_service_entries_for_network(control_namespace, peer, &mut out)
             }
@@ -340,82 +272,62 @@ pub fn desired_objects_reusing(
         };
         out.service_entries.insert(entry_name, Arc::new(entry));
     }
-    let pass = memo.pass;
-    memo.by_peer.retain(|_, entries| {
-        entries.retain(|_, e| e.pass == pass);
-        !entries.is_empty()
-    });
     out
 }
 
-fn add_flat_entries(
-    control_namespace: &str,
-    peer: &PeerExports,
-    memo: &mut EntryMemo,
-    out: &mut DesiredObjects,
-) {
-    let exported: BTreeSet<(String, String)> = peer
-        .services
-        .iter()
-        .map(|s| (s.namespace.clone(), s.name.clone()))
-        .collect();
-    let pass = memo.pass;
-    let memoized = memo.by_peer.entry(peer.cluster.clone()).or_default();
+fn add_flat_entries(control_namespace: &str, peer: &PeerExports, out: &mut DesiredObjects) {
+    let exported = exported_names(&peer.services);
     for workload in &peer.workloads {
-        // Only pods that back a global service the peer exports, and that have an IP.
-        let backed = || workload.services.intersection(&exported);
-        let Some(address) = workload.address else {
-            tracing::debug!(peer = %peer.cluster, uid = %workload.uid, "flat peer workload without an address: no WorkloadEntry");
-            continue;
-        };
-        if backed().next().is_none() {
-            tracing::debug!(peer = %peer.cluster, uid = %workload.uid, services = ?workload.services, "flat peer workload backs no global service the peer exports: no WorkloadEntry");
-            continue;
+        if let Some((name, entry)) = flat_entry(
+            control_namespace,
+            &peer.cluster,
+            &peer.network,
+            workload,
+            &exported,
+        ) {
+            out.workload_entries.insert(name, Arc::new(entry));
         }
-        if let Some(hit) = memoized.get_mut(workload.uid.as_str())
-            && hit.built_from(workload, &peer.network, backed())
-        {
-            hit.pass = pass;
-            out.workload_entries
-                .insert(hit.name.clone(), Arc::clone(&hit.entry));
-            continue;
-        }
-        let (name, entry) = flat_entry(control_namespace, peer, workload, address, &exported);
-        let entry = Arc::new(entry);
-        memoized.insert(
-            workload.uid.clone(),
-            MemoizedEntry {
-                workload: Arc::clone(workload),
-                network: peer.network.clone(),
-                backed: backed().cloned().collect(),
-                name: name.clone(),
-                entry: Arc::clone(&entry),
-                pass,
-            },
-        );
-        out.workload_entries.insert(name, entry);
     }
 }
 
-/// The WorkloadEntry (and its name) of one flat workload that backs at least one of the
-/// services in `exported`.
-fn flat_entry(
+/// The `(namespace, name)` of each service in `services`.
+pub fn exported_names(services: &[GlobalService]) -> BTreeSet<(String, String)> {
+    services
+        .iter()
+        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .collect()
+}
+
+/// The WorkloadEntry (and its name) of one workload of the flat peer `cluster` on
+/// `network`: `None` unless the workload has an IP and backs a service in `exported`
+/// (the `(namespace, name)` of the global services the peer exports).
+pub fn flat_entry(
     control_namespace: &str,
-    peer: &PeerExports,
+    cluster: &str,
+    network: &str,
     workload: &ImportedWorkload,
-    address: IpAddr,
     exported: &BTreeSet<(String, String)>,
-) -> (String, WorkloadEntry) {
+) -> Option<(String, WorkloadEntry)> {
+    let Some(address) = workload.address else {
+        tracing::debug!(peer = %cluster, uid = %workload.uid, "flat peer workload without an address: no WorkloadEntry");
+        return None;
+    };
+    let backed: BTreeSet<(String, String)> =
+        workload.services.intersection(exported).cloned().collect();
+    if backed.is_empty() {
+        tracing::debug!(peer = %cluster, uid = %workload.uid, services = ?workload.services, "flat peer workload backs no global service the peer exports: no WorkloadEntry");
+        return None;
+    }
     let workload = ImportedWorkload {
-        services: workload.services.intersection(exported).cloned().collect(),
+        services: backed,
         ..workload.clone()
     };
-    let name = flat_workload_entry_name(&peer.cluster, &workload);
+    let name = flat_workload_entry_name(cluster, &workload);
     let labels = BTreeMap::from([
-        (LABEL_SOURCE_CLUSTER.to_string(), peer.cluster.clone()),
+        (LABEL_SOURCE_CLUSTER.to_string(), cluster.to_string()),
         (
             LABEL_SOURCE_WORKLOAD.to_string(),
-            source_workload_label(&peer.cluster, &workload.namespace, &workload.name),
+            source_workload_label(cluster, &workload.namespace, &workload.name),
         ),
     ]);
     let mut metadata = managed_meta(name.clone(), control_namespace, labels);
@@ -429,7 +341,7 @@ fn flat_entry(
         .map(|(ns, svc)| (service_selector_key(ns, svc), "true".to_string()))
         .collect();
     let network = if workload.network.is_empty() {
-        peer.network.clone()
+        network.to_string()
     } else {
         workload.network.clone()
     };
@@ -443,7 +355,7 @@ fn flat_entry(
             service_account: workload.service_account.clone(),
         },
     };
-    (name, entry)
+    Some((name, entry))
 }
 
 fn add_service_entries_for_network(

@@ -3,7 +3,6 @@
 //! disconnect / reconnect / restart / removal, 5xx and watch expiry, lease loss mid-sync.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -48,10 +47,7 @@ fn flat(cluster: &str, pods: &[(&str, &str)]) -> PeerExports {
         cluster: cluster.into(),
         network: "shared".into(),
         mode: PeerNetworkMode::Flat,
-        workloads: pods
-            .iter()
-            .map(|(n, ip)| Arc::new(pod(cluster, n, ip)))
-            .collect(),
+        workloads: pods.iter().map(|(n, ip)| pod(cluster, n, ip)).collect(),
         services: vec![svc("default", "svc1")],
     }
 }
@@ -313,7 +309,7 @@ async fn a_renamed_entry_replaces_the_old_one_only_once_the_new_one_is_written()
     assert!(we(&emu, REF_NAME).is_some());
     let mut both = flat("c2", &[("pod1", "10.1.0.5")]);
     both.services.push(svc("default", "svc2"));
-    Arc::make_mut(&mut both.workloads[0])
+    both.workloads[0]
         .services
         .insert(("default".to_string(), "svc2".to_string()));
     let renamed = flat_workload_entry_name("c2", &both.workloads[0]);

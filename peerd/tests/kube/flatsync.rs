@@ -2,11 +2,10 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use peerd::kube::flatsync::{
-    EntryMemo, GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode, desired_objects,
-    desired_objects_reusing, global_service_of_key, services_hash12, source_workload_label,
+    GlobalService, ImportedWorkload, PeerExports, PeerNetworkMode, desired_objects,
+    global_service_of_key, services_hash12, source_workload_label,
 };
 use peerd::xds::resource::WorkloadSummary;
 
@@ -43,7 +42,7 @@ fn flat_peer(
         cluster: cluster.into(),
         network: "shared".into(),
         mode: PeerNetworkMode::Flat,
-        workloads: workloads.into_iter().map(Arc::new).collect(),
+        workloads,
         services,
     }
 }
@@ -189,12 +188,12 @@ fn multi_network_peer_gets_one_addressless_entry_per_service() {
         cluster: "c3".into(),
         network: "net3".into(),
         mode: PeerNetworkMode::MultiNetwork,
-        workloads: vec![Arc::new(pod(
+        workloads: vec![pod(
             "ignored",
             "default",
             "10.3.0.1",
             &[("default", "svc1")],
-        ))],
+        )],
         services: vec![svc("default", "svc1"), svc("shop", "cart")],
     };
     let out = desired_objects("istio-system", &[peer]);
@@ -233,93 +232,6 @@ fn same_service_from_two_peers_is_one_service_entry_regardless_of_order() {
     assert_eq!(format!("{ab:?}"), format!("{ba:?}"));
     assert_eq!(ab.service_entries.len(), 1);
     assert_eq!(ab.workload_entries.len(), 2);
-}
-
-/// The memo changes what a rebuild allocates, never what it yields: each rebuild below
-/// equals a fresh build of the same input.
-#[test]
-fn a_rebuild_reuses_the_entries_of_unchanged_workloads_and_rebuilds_the_rest() {
-    let a = Arc::new(pod("a", "default", "10.1.0.1", &[("default", "svc1")]));
-    let b = Arc::new(pod("b", "default", "10.1.0.2", &[("default", "svc1")]));
-    let peer = |workloads: Vec<Arc<ImportedWorkload>>, services: Vec<GlobalService>| PeerExports {
-        workloads,
-        ..flat_peer("c2", vec![], services)
-    };
-    let entry_of = |out: &peerd::kube::flatsync::DesiredObjects, pod: &str| {
-        let (_, entry) = out
-            .workload_entries
-            .iter()
-            .find(|(name, _)| name.contains(&format!(".{pod}.")))
-            .unwrap();
-        Arc::clone(entry)
-    };
-    let mut memo = EntryMemo::default();
-    let services = vec![svc("default", "svc1")];
-    let first = desired_objects_reusing(
-        "istio-system",
-        &[peer(vec![Arc::clone(&a), Arc::clone(&b)], services.clone())],
-        &mut memo,
-    );
-    assert_eq!(memo.len(), 2);
-
-    // b restarted with a new IP (a new value, as the input builder makes one); c is new.
-    let b2 = Arc::new(pod("b", "default", "10.1.0.9", &[("default", "svc1")]));
-    let c = Arc::new(pod("c", "default", "10.1.0.3", &[("default", "svc1")]));
-    let exports = [peer(vec![Arc::clone(&a), b2, c], services.clone())];
-    let second = desired_objects_reusing("istio-system", &exports, &mut memo);
-    assert_eq!(
-        format!("{second:?}"),
-        format!("{:?}", desired_objects("istio-system", &exports))
-    );
-    assert!(Arc::ptr_eq(&entry_of(&first, "a"), &entry_of(&second, "a")));
-    assert!(!Arc::ptr_eq(
-        &entry_of(&first, "b"),
-        &entry_of(&second, "b")
-    ));
-    assert_eq!(entry_of(&second, "b").spec.address, "10.1.0.9");
-    // An equal value in a new `Arc` is reused too.
-    let a_again = Arc::new((*a).clone());
-    let exports = [peer(vec![a_again], services.clone())];
-    let third = desired_objects_reusing("istio-system", &exports, &mut memo);
-    assert!(Arc::ptr_eq(&entry_of(&first, "a"), &entry_of(&third, "a")));
-    assert_eq!(memo.len(), 1, "b and c left the input, so the memo");
-
-    // The peer now also exports svc2, which a backs: a new name and a new entry.
-    let a_both = Arc::new(pod(
-        "a",
-        "default",
-        "10.1.0.1",
-        &[("default", "svc1"), ("default", "svc2")],
-    ));
-    let exports = [peer(
-        vec![Arc::clone(&a_both)],
-        vec![svc("default", "svc1")],
-    )];
-    let only_svc1 = desired_objects_reusing("istio-system", &exports, &mut memo);
-    let exports = [peer(
-        vec![a_both],
-        vec![svc("default", "svc1"), svc("default", "svc2")],
-    )];
-    let both = desired_objects_reusing("istio-system", &exports, &mut memo);
-    assert_eq!(
-        format!("{both:?}"),
-        format!("{:?}", desired_objects("istio-system", &exports))
-    );
-    assert_ne!(
-        only_svc1.workload_entries.keys().collect::<Vec<_>>(),
-        both.workload_entries.keys().collect::<Vec<_>>()
-    );
-
-    // Another control namespace: nothing reused.
-    let elsewhere = desired_objects_reusing("peerd-system", &exports, &mut memo);
-    assert_eq!(
-        entry_of(&elsewhere, "a").metadata.namespace.as_deref(),
-        Some("peerd-system")
-    );
-    assert!(!Arc::ptr_eq(
-        &entry_of(&both, "a"),
-        &entry_of(&elsewhere, "a")
-    ));
 }
 
 #[test]
