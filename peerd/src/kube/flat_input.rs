@@ -47,7 +47,8 @@ pub struct InputBuilder {
 /// Why: the input is rebuilt whole after every burst of changes (every half second
 /// under steady churn). Making every entry afresh allocated the full set each time (4,000
 /// entries, a few MB, in the soak), and the heap's pages followed that transient, not
-/// what the entries need. It keeps per workload two pointers and the entry's name.
+/// what the entries need. Per workload it keeps three pointers and the entry's name; the
+/// entries themselves are those the input holds anyway.
 #[derive(Debug, Default)]
 pub struct FlatEntryMemo {
     control_namespace: String,
