@@ -62,6 +62,7 @@ struct PeerMemo {
     network: String,
     exported: BTreeSet<(String, String)>,
     by_resource: HashMap<Arc<str>, MemoizedEntry>,
+    /// The build that last used this peer (its entries take it when used).
     pass: u64,
 }
 
@@ -81,6 +82,15 @@ impl FlatEntryMemo {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Starts a build: a new pass, and nothing kept when the control namespace changed.
+    fn begin(&mut self, control_namespace: &str) {
+        if self.control_namespace != control_namespace {
+            self.peers.clear();
+            self.control_namespace = control_namespace.to_string();
+        }
+        self.pass += 1;
     }
 
     /// The memo of flat peer `cluster` for this build: emptied when what every entry of
@@ -117,7 +127,6 @@ impl PeerMemo {
     /// the store still holds the same resource, else a new one.
     fn entry(
         &mut self,
-        pass: u64,
         control_namespace: &str,
         cluster: &str,
         resource: &Arc<Resource>,
@@ -126,7 +135,7 @@ impl PeerMemo {
         if let Some(kept) = self.by_resource.get_mut(&resource.name)
             && Arc::ptr_eq(&kept.resource, resource)
         {
-            kept.pass = pass;
+            kept.pass = self.pass;
             return kept.entry.clone();
         }
         let workload = ImportedWorkload::from_summary(summary, "");
@@ -143,7 +152,7 @@ impl PeerMemo {
             MemoizedEntry {
                 resource: Arc::clone(resource),
                 entry: entry.clone(),
-                pass,
+                pass: self.pass,
             },
         );
         entry
@@ -154,12 +163,7 @@ impl InputBuilder {
     /// The input for the peers in `present` (peers whose Gateway still exists).
     pub fn build(&mut self, present: &BTreeSet<String>) -> SyncInput {
         let memo = &mut self.memo;
-        if memo.control_namespace != self.control_namespace {
-            memo.peers.clear();
-            memo.control_namespace = self.control_namespace.clone();
-        }
-        memo.pass += 1;
-        let pass = memo.pass;
+        memo.begin(&self.control_namespace);
         let mut exports = Vec::new();
         let mut flat_entries = Vec::new();
         let mut states = Vec::new();
@@ -188,14 +192,15 @@ impl InputBuilder {
                     }
                 }
                 services.sort();
-                // A multi-network peer's workloads make no object: its services do.
+                // A multi-network peer's workloads make no object: its services do. A
+                // flat peer's entries depend on the services it exports, hence a second
+                // pass once they are known.
                 if mode == PeerNetworkMode::Flat {
                     let of_peer =
                         memo.peer(&peer.cluster, &peer.network, exported_names(&services));
                     for resource in addresses.values() {
                         if let Some(w) = resource.as_workload() {
                             flat_entries.extend(of_peer.entry(
-                                pass,
                                 &self.control_namespace,
                                 &peer.cluster,
                                 resource,
