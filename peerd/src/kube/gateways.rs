@@ -442,6 +442,23 @@ where
     spawn_tracked_reflector(api, config, changed, Arc::new(AtomicU64::new(0)), tasks)
 }
 
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what only the API server's own bookkeeping needs (`metadata.managedFields`, the
+/// `kubectl apply` copy) from an object before a store keeps it; nothing in peerd reads
+/// either. Why: they are the larger part of a small object (a WorkloadEntry's
+/// managedFields list every field path it sets), so each store held them for every
+/// object and each relist (a `410 Gone`, an API error) parsed them all again next to
+/// the old copies.
+pub fn drop_bookkeeping<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
 /// [`spawn_reflector`], also recording in `progress` the highest (numeric)
 /// resourceVersion the watch has delivered: once it reaches the version a write returned,
 /// the store reflects that write.
@@ -462,7 +479,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
+    let stream = reflector::reflector(writer, watcher(api, config).modify(drop_bookkeeping))
         .default_backoff()
         .touched_objects();
     tasks.spawn(async move {

@@ -194,7 +194,8 @@ pub fn start_watches(client: Client, changed: Arc<Notify>, tasks: &mut JoinSet<(
         watcher(
             Api::<ServiceExport>::all(client),
             watcher::Config::default(),
-        ),
+        )
+        .modify(super::gateways::drop_bookkeeping),
     )
     .default_backoff()
     .touched_objects();

@@ -54,7 +54,9 @@ impl<K> Default for OwnWrites<K> {
 
 impl<K: Resource + Clone> OwnWrites<K> {
     /// An apply of `name` returned `obj`.
-    pub fn applied(&mut self, name: &str, obj: K) {
+    pub fn applied(&mut self, name: &str, mut obj: K) {
+        // Kept like the watch's copy: without the API server's bookkeeping.
+        super::gateways::drop_bookkeeping(&mut obj);
         self.deleted.remove(name);
         self.written.insert(name.to_string(), (obj, Instant::now()));
     }

@@ -12,6 +12,8 @@ use peerd::kube::gateways::{
 };
 use peerd::kube::types::Gateway;
 
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 fn peer_gateway(cluster: &str, address: Value, listeners: Value) -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -173,16 +175,18 @@ async fn hostname_that_does_not_resolve_fails_fast() {
 }
 
 #[tokio::test]
-async fn watches_follow_gateways_global_services_and_local_network() {
+async fn watches_follow_gateways_global_services_and_local_network_and_keep_no_bookkeeping() {
     let emu = emulator().await;
     let client = client(&emu).await;
     let gateways = format!("/apis/gateway.networking.k8s.io/v1/namespaces/{PEERING_NS}/gateways");
-    create(
-        &emu,
-        &gateways,
-        &peer_gateway("c2", json!([{"value": "127.0.0.2"}]), both_listeners()),
-    )
-    .await;
+    // As `kubectl apply` leaves it: a copy of itself in an annotation.
+    let mut c2 = peer_gateway("c2", json!([{"value": "127.0.0.2"}]), both_listeners());
+    c2["metadata"]["annotations"][LAST_APPLIED] = json!(c2.to_string());
+    let stored = create(&emu, &gateways, &c2).await;
+    assert!(
+        !stored["metadata"]["managedFields"].as_array().unwrap().is_empty(),
+        "the API server records managedFields: {stored}"
+    );
     create(
         &emu,
         &gateways,
@@ -248,6 +252,12 @@ async fn watches_follow_gateways_global_services_and_local_network() {
     })
     .await;
     assert_eq!(names(watches.peer_gateways()), vec!["istio-remote-peer-c2"]);
+    // The store keeps the object without the API server's bookkeeping, and the rest whole.
+    let kept = &watches.peer_gateways()[0].metadata;
+    assert_eq!(kept.managed_fields, None);
+    let annotations = kept.annotations.as_ref().unwrap();
+    assert!(!annotations.contains_key(LAST_APPLIED));
+    assert_eq!(annotations["gateway.istio.io/trust-domain"], "c2.local");
     assert_eq!(names(watches.eastwest_gateways()), vec!["istio-eastwest"]);
     let global: Vec<_> = watches
         .global_services()
