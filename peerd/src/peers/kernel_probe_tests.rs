@@ -259,13 +259,16 @@ fn probe_metrics_count_each_connect_once() {
         let mut later = c;
         later.attempts += 1;
         later.timed_out += 1;
-        // The LRU evicted 4 destinations (a full map): counted, nothing fails.
+        // The LRU evicted 4 destinations (a full map) and the kernel skipped 2 runs:
+        // counted, nothing fails.
         let mut evicting = (*report(&[(gw, later)])).clone();
         evicting.health.evicted_total = 4;
+        evicting.health.skipped_total = 2;
         tx.send(Arc::new(evicting.clone())).unwrap();
         probe.set_targets(&targets);
         probe.observe("cluster-3");
         evicting.health.evicted_total = 6;
+        evicting.health.skipped_total = 5;
         tx.send(Arc::new(evicting)).unwrap();
         assert_eq!(
             probe.observe("cluster-3").stats.attempts,
@@ -283,6 +286,7 @@ fn probe_metrics_count_each_connect_once() {
         "peerd_probe_syn_retransmits_total{peer_cluster=\"cluster-3\",port=\"15008\"} 3",
         "peerd_probe_connect_duration_seconds_count{peer_cluster=\"cluster-3\",port=\"15008\"} 2",
         "peerd_probe_map_evictions_total 6",
+        "peerd_probe_skipped_runs_total 5",
     ] {
         assert!(has(line), "missing {line}\n{text}");
     }

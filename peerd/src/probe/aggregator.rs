@@ -241,6 +241,8 @@ pub struct MapHealthReport {
     pub current: MapHealth,
     pub evicted_total: u64,
     pub insert_failures_total: u64,
+    /// Probe runs the kernel skipped since the programs were loaded.
+    pub skipped_total: u64,
 }
 
 impl ProbeReport {
@@ -354,6 +356,7 @@ impl Aggregator {
                 current: health,
                 evicted_total: health.dest_evicted(),
                 insert_failures_total: health.dest_insert_failed + health.start_insert_failed,
+                skipped_total: health.skipped_runs,
             },
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -94,7 +95,8 @@ pub enum LoadError {
     Map { map: &'static str, reason: String },
 }
 
-/// Health of the maps themselves, from the `counters` array and the live entry count.
+/// Health of the probes: the maps' own counters (the `counters` array), the live entry
+/// count, and the runs the kernel skipped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapHealth {
     pub dest_inserted: u64,
@@ -102,6 +104,9 @@ pub struct MapHealth {
     pub start_insert_failed: u64,
     pub start_missing: u64,
     pub live_destinations: u64,
+    /// Runs of the attached programs the kernel skipped ([`ProgramRunStats::skipped`],
+    /// summed): each one a connect start or outcome never counted.
+    pub skipped_runs: u64,
 }
 
 impl MapHealth {
@@ -118,12 +123,18 @@ pub struct KernelSnapshot {
     pub health: MapHealth,
 }
 
-/// Kernel run-time statistics of one attached program (needs `bpf_stats_enabled`).
+/// Kernel run-time statistics of one attached program.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramRunStats {
     pub name: &'static str,
+    /// Zero unless `kernel.bpf_stats_enabled` is set.
     pub run_count: u64,
+    /// Zero unless `kernel.bpf_stats_enabled` is set.
     pub run_time: Duration,
+    /// Runs the kernel skipped (`recursion_misses`, always kept): a classic tracepoint
+    /// program whose event fired on a CPU already running a BPF program, or a tp_btf
+    /// program that would have nested in itself.
+    pub skipped: u64,
 }
 
 /// The loaded and attached probes. Dropping it detaches the programs and frees the maps.
@@ -249,6 +260,7 @@ impl ProbeHandle {
             start_insert_failed: read(Counter::StartInsertFailed)?,
             start_missing: read(Counter::StartMissing)?,
             live_destinations: destinations.len() as u64,
+            skipped_runs: self.program_stats().iter().map(|p| p.skipped).sum(),
         };
         Ok(KernelSnapshot {
             destinations,
@@ -271,20 +283,40 @@ impl ProbeHandle {
         }
     }
 
-    /// Per-program kernel run statistics (zero unless BPF stats are enabled).
+    /// Per-program kernel run statistics.
     pub fn program_stats(&self) -> Vec<ProgramRunStats> {
         self.attached_names()
             .iter()
             .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
+                let program = self.ebpf.program(name)?;
+                let info = program.info().ok()?;
                 Some(ProgramRunStats {
                     name,
                     run_count: info.run_count(),
                     run_time: info.run_time(),
+                    skipped: program
+                        .fd()
+                        .ok()
+                        .and_then(|fd| recursion_misses(fd.as_fd()))
+                        .unwrap_or(0),
                 })
             })
             .collect()
     }
+}
+
+/// The kernel's `recursion_misses` of a program, from this process's `fdinfo` of its fd
+/// (kernels since 5.12; aya 0.14's `ProgramInfo` does not carry it). `None` when absent.
+fn recursion_misses(fd: BorrowedFd<'_>) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    parse_recursion_misses(&text)
+}
+
+fn parse_recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 fn validate_ports(ports: &[u16]) -> Result<BTreeSet<u16>, LoadError> {
@@ -468,5 +500,23 @@ fn raise_memlock_limit() {
             error = %std::io::Error::last_os_error(),
             "cannot raise RLIMIT_MEMLOCK; continuing (memcg accounting usually suffices)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program's fdinfo as kernel 6.18 prints it.
+    const FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t26\nprog_type:\t5\n\
+        prog_jited:\t1\nprog_tag:\t62eb1e6d9c075184\nmemlock:\t4096\nprog_id:\t4051\n\
+        run_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t3\nverified_insns:\t947\n";
+
+    #[test]
+    fn skipped_runs_are_read_from_fdinfo_and_absent_on_older_kernels() {
+        assert_eq!(parse_recursion_misses(FDINFO), Some(3));
+        let older = FDINFO.replace("recursion_misses:\t3\n", "");
+        assert_eq!(parse_recursion_misses(&older), None);
+        assert_eq!(parse_recursion_misses("recursion_misses:\tmany\n"), None);
     }
 }

@@ -2,8 +2,8 @@
 //! `peerd_probe_connects_total{peer_cluster,port,result}`,
 //! `peerd_probe_connect_duration_seconds{peer_cluster,port}`,
 //! `peerd_probe_syn_retransmits_total{peer_cluster,port}`, `peerd_probe_ebpf_active`, and
-//! the kernel map health `peerd_probe_map_evictions_total` /
-//! `peerd_probe_map_insert_failures_total`.
+//! the probe health `peerd_probe_map_evictions_total` /
+//! `peerd_probe_map_insert_failures_total` / `peerd_probe_skipped_runs_total`.
 //!
 //! Owns: turning per-peer, per-port count *deltas* into those series. Must never be fed
 //! the same delta twice (the caller emits once per new report), never label by address
@@ -75,14 +75,18 @@ pub fn record_deltas(per_peer: &BTreeMap<String, PeerProbe>) {
     }
 }
 
-/// Kernel map health since the previous call: destinations the LRU evicted (their
-/// counts restart from zero if seen again) and entries the kernel could not insert.
-pub fn record_map_health(evicted: u64, insert_failures: u64) {
+/// Probe health since the previous call: destinations the LRU evicted (their counts
+/// restart from zero if seen again), entries the kernel could not insert, and probe runs
+/// the kernel skipped (connect starts or outcomes never counted).
+pub fn record_map_health(evicted: u64, insert_failures: u64, skipped_runs: u64) {
     if evicted > 0 {
         metrics::counter!("peerd_probe_map_evictions_total").increment(evicted);
     }
     if insert_failures > 0 {
         metrics::counter!("peerd_probe_map_insert_failures_total").increment(insert_failures);
+    }
+    if skipped_runs > 0 {
+        metrics::counter!("peerd_probe_skipped_runs_total").increment(skipped_runs);
     }
 }
 

@@ -184,7 +184,10 @@ async fn watches_follow_gateways_global_services_and_local_network_and_keep_no_b
     c2["metadata"]["annotations"][LAST_APPLIED] = json!(c2.to_string());
     let stored = create(&emu, &gateways, &c2).await;
     assert!(
-        !stored["metadata"]["managedFields"].as_array().unwrap().is_empty(),
+        !stored["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "the API server records managedFields: {stored}"
     );
     create(

@@ -61,8 +61,8 @@ struct KernelState {
     seen: HashMap<SocketAddr, ConnectCounts>,
     /// Last verdict per (peer, port), kept while no new connects are seen.
     last: HashMap<(String, u16), PortVerdict>,
-    /// Map health totals at the previous fold (evicted, insert failures).
-    health_seen: (u64, u64),
+    /// Map health totals at the previous fold (evicted, insert failures, skipped runs).
+    health_seen: (u64, u64, u64),
     /// The most telling failure per (peer, port) since its last established connect.
     worst_since_success: HashMap<(String, u16), Reachability>,
 }
@@ -215,11 +215,13 @@ impl KernelProbe {
         let health = (
             report.health.evicted_total,
             report.health.insert_failures_total,
+            report.health.skipped_total,
         );
         let since = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
         crate::probe::metrics::record_map_health(
             since(health.0, state.health_seen.0),
             since(health.1, state.health_seen.1),
+            since(health.2, state.health_seen.2),
         );
         state.health_seen = health;
         state.seen = seen;
