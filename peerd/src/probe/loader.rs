@@ -105,7 +105,9 @@ pub struct MapHealth {
     pub start_missing: u64,
     pub live_destinations: u64,
     /// Runs of the attached programs the kernel skipped ([`ProgramRunStats::skipped`],
-    /// summed): each one a connect start or outcome never counted.
+    /// summed). The programs run for every TCP state change on the host, so a skipped
+    /// run was not necessarily a monitored connect; any nonzero count means one may be
+    /// missing.
     pub skipped_runs: u64,
 }
 

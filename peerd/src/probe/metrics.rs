@@ -77,7 +77,7 @@ pub fn record_deltas(per_peer: &BTreeMap<String, PeerProbe>) {
 
 /// Probe health since the previous call: destinations the LRU evicted (their counts
 /// restart from zero if seen again), entries the kernel could not insert, and probe runs
-/// the kernel skipped (connect starts or outcomes never counted).
+/// the kernel skipped (each possibly a monitored connect's start or outcome).
 pub fn record_map_health(evicted: u64, insert_failures: u64, skipped_runs: u64) {
     if evicted > 0 {
         metrics::counter!("peerd_probe_map_evictions_total").increment(evicted);
