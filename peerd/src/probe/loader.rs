@@ -262,7 +262,11 @@ impl ProbeHandle {
             start_insert_failed: read(Counter::StartInsertFailed)?,
             start_missing: read(Counter::StartMissing)?,
             live_destinations: destinations.len() as u64,
-            skipped_runs: self.program_stats().iter().map(|p| p.skipped).sum(),
+            skipped_runs: self
+                .attached_names()
+                .iter()
+                .map(|name| self.skipped_runs_of(name))
+                .sum(),
         };
         Ok(KernelSnapshot {
             destinations,
@@ -290,20 +294,25 @@ impl ProbeHandle {
         self.attached_names()
             .iter()
             .filter_map(|name| {
-                let program = self.ebpf.program(name)?;
-                let info = program.info().ok()?;
+                let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramRunStats {
                     name,
                     run_count: info.run_count(),
                     run_time: info.run_time(),
-                    skipped: program
-                        .fd()
-                        .ok()
-                        .and_then(|fd| recursion_misses(fd.as_fd()))
-                        .unwrap_or(0),
+                    skipped: self.skipped_runs_of(name),
                 })
             })
             .collect()
+    }
+
+    /// [`ProgramRunStats::skipped`] of one attached program (0 when unreadable): one
+    /// procfs read, no BPF syscall, since every snapshot takes it.
+    fn skipped_runs_of(&self, name: &str) -> u64 {
+        self.ebpf
+            .program(name)
+            .and_then(|program| program.fd().ok())
+            .and_then(|fd| recursion_misses(fd.as_fd()))
+            .unwrap_or(0)
     }
 }
 
