@@ -373,6 +373,9 @@ impl peerd::peers::PeerVersions for OwnedByPrefix {
     fn latest_version(&self, peer: &str) -> Option<u64> {
         self.0.latest_version(peer)
     }
+    fn due_version(&self, peer: &str, now: Instant) -> Option<(u64, Instant)> {
+        self.0.due_version(peer, now)
+    }
     fn owns(&self, peer: &str, name: &str) -> Option<bool> {
         Some(name.starts_with(&format!("{peer}/")))
     }
@@ -418,17 +421,103 @@ async fn another_peers_nacked_resource_does_not_hold_this_peer_back() {
             .is_some_and(|s| s.address.rejected)
     })
     .await;
-    match acks.acks("cluster-3") {
+    match acks.acks("cluster-3", Instant::now()) {
         AckObservation::Rejected { text, .. } => {
             assert_eq!(text, "cluster-3//Pod/default/b: bad address")
         }
         other => panic!("cluster-3 should be rejected, got {other:?}"),
     }
     assert_eq!(
-        acks.acks("cluster-2"),
+        acks.acks("cluster-2", Instant::now()),
         AckObservation::Acked {
             version: merged.snapshot().version,
             downstreams: 1
+        }
+    );
+}
+
+/// Under steady churn the newest version is nearly always in flight. A downstream that
+/// ACKs every change a moment after it is published must never count as lagging: the
+/// soak saw `PeerDataPlaneProgrammed` turn False on every peer at once when a busy
+/// minute made each tick land before the latest ACK. One that stops ACKing counts once
+/// its oldest un-ACKed change is older than the allowance.
+#[tokio::test]
+async fn a_downstream_acking_each_change_a_moment_later_is_not_lagging_but_one_that_stops_is() {
+    use peerd::peers::{ACK_ALLOWANCE, AckObservation, AckSource};
+    let merged = View::new("merged");
+    merged.apply(Address, [wl("cluster-2//Pod/default/a", [10, 2, 0, 1])], []);
+    let local = start_server(open(&merged, "downstream"), ServerOptions::default()).await;
+    let versions = RecordedPeerVersions::new();
+    let acks = DownstreamAcks {
+        subscribers: local.server.subscribers(),
+        view_label: "downstream".into(),
+        versions: versions.clone(),
+    };
+    let mut z = Downstream::connect(local.addr, client_tls(&local.pki, None), None)
+        .await
+        .unwrap();
+    z.initial(Address, &[], &[], &[]).await;
+    z.recv_ack().await;
+
+    // A change every 100 ms (injected publish times), each checked right after it is
+    // published, before the downstream read it.
+    let t0 = Instant::now();
+    let mut published = t0;
+    for i in 1..=40u32 {
+        published = t0 + Duration::from_millis(100) * i;
+        merged.apply(
+            Address,
+            [wl_named(
+                "cluster-2//Pod/default/a",
+                [10, 2, 0, 1],
+                &format!("v{i}"),
+            )],
+            [],
+        );
+        let version = merged.snapshot().version;
+        versions.record_at(PEER, version, published);
+        let seen = acks.acks(PEER, published + Duration::from_millis(5));
+        match seen {
+            AckObservation::InFlight { version: v, .. } => assert_eq!(v, version),
+            AckObservation::Acked { version: v, .. } => assert!(v < version, "change {i}"),
+            other => panic!("change {i}: a downstream ACKing within 100 ms reads as {other:?}"),
+        }
+        z.recv_ack().await;
+        eventually("the ACK is recorded", || {
+            acks.acks(PEER, published)
+                == AckObservation::Acked {
+                    version,
+                    downstreams: 1,
+                }
+        })
+        .await;
+    }
+
+    // The downstream stops reading: within the allowance it still reads as having ACKed
+    // what was due (an earlier change), then as lagging on the unread one.
+    merged.apply(
+        Address,
+        [wl_named(
+            "cluster-2//Pod/default/a",
+            [10, 2, 0, 1],
+            "unread",
+        )],
+        [],
+    );
+    let unread = merged.snapshot().version;
+    let at = published + Duration::from_millis(100);
+    versions.record_at(PEER, unread, at);
+    match acks.acks(PEER, at + Duration::from_secs(1)) {
+        AckObservation::Acked { version, .. } => assert!(version < unread),
+        other => panic!("within the allowance: {other:?}"),
+    }
+    assert_eq!(
+        acks.acks(PEER, at + ACK_ALLOWANCE),
+        AckObservation::Waiting {
+            version: unread,
+            behind: 1,
+            downstreams: 1,
+            waited: ACK_ALLOWANCE,
         }
     );
 }

@@ -79,8 +79,8 @@ pub(super) fn start_peer_monitor(
     Ok(monitor)
 }
 
-/// Tells the peer monitor which merged-view version carries each peer's latest change,
-/// so `PeerDataPlaneProgrammed` can wait for ztunnel's ACK of exactly that version.
+/// Tells the peer monitor which merged-view versions carry each peer's changes, and when
+/// they were published, so `PeerDataPlaneProgrammed` can check ztunnel's ACK of each.
 async fn record_peer_versions(
     federation: Arc<Federation>,
     versions: Arc<RecordedPeerVersions>,

@@ -26,6 +26,7 @@ pub use hysteresis::{Hysteresis, HysteresisConfig, Observation};
 pub use model::{InvalidPeer, LocalCluster, PeerModel, PeerSpec};
 pub use monitor::{MonitorConfig, MonitorSources, PeerMonitor, PeerStatus};
 pub use observe::{
-    AckObservation, AckSource, AdsClients, DownstreamAcks, ImportSource, KernelProbe, PeerVersions,
-    ProbeSource, ProbeStats, ProbeTargets, RecordedPeerVersions, UpstreamSource, UserspaceProbe,
+    ACK_ALLOWANCE, AckObservation, AckSource, AdsClients, DownstreamAcks, ImportSource,
+    KernelProbe, PeerVersions, ProbeSource, ProbeStats, ProbeTargets, RecordedPeerVersions,
+    UpstreamSource, UserspaceProbe,
 };

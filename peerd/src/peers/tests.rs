@@ -59,7 +59,7 @@ impl ImportSource for Fake {
 }
 
 impl AckSource for Fake {
-    fn acks(&self, peer: &str) -> AckObservation {
+    fn acks(&self, peer: &str, _now: Instant) -> AckObservation {
         self.acks
             .lock()
             .unwrap()
@@ -554,6 +554,7 @@ async fn nack_from_local_ztunnel_is_not_acked_with_the_text() {
             version: 9,
             behind: 1,
             downstreams: 2,
+            waited: Duration::from_millis(2500),
         },
     );
     let (_, r, msg) = cond(
@@ -562,7 +563,34 @@ async fn nack_from_local_ztunnel_is_not_acked_with_the_text() {
         T::PeerDataPlaneProgrammed,
     );
     assert_eq!(r, "NotAcked");
-    assert!(msg.contains("1 of 2") && msg.contains("version 9"), "{msg}");
+    assert!(
+        msg.contains("1 of 2") && msg.contains("version 9") && msg.contains("published 2.5s ago"),
+        "{msg}"
+    );
+}
+
+/// Changes still within the ACK allowance are neither a success nor a failure: under
+/// steady churn a True condition stays True however long they keep coming.
+#[tokio::test]
+async fn changes_in_flight_keep_the_data_plane_condition_where_it_is() {
+    let (m, fake, c) = healthy_cluster_2().await;
+    let (status, _, _) = cond(&m.snapshot(), "cluster-2", T::PeerDataPlaneProgrammed);
+    assert_eq!(status, S::True);
+    fake.acks.lock().unwrap().insert(
+        "cluster-2".into(),
+        AckObservation::InFlight {
+            version: 9,
+            downstreams: 2,
+        },
+    );
+    for s in 2..60 {
+        let (status, r, _) = cond(
+            &tick(&m, &c, s).await,
+            "cluster-2",
+            T::PeerDataPlaneProgrammed,
+        );
+        assert_eq!((status, r.as_str()), (S::True, "Programmed"), "at {s}s");
+    }
 }
 
 #[tokio::test]

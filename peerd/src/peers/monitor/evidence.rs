@@ -230,14 +230,18 @@ pub(super) fn data_plane_observation(
             version,
             behind,
             downstreams,
+            waited,
         } => {
             return Observation::failing(
                 reason::NOT_ACKED,
                 format!(
-                    "{behind} of {downstreams} local ztunnel(s) have not ACKed view version {version}, which carries the peer's latest change"
+                    "{behind} of {downstreams} local ztunnel(s) have not ACKed view version {version}, which carries a change of the peer published {:.1}s ago",
+                    waited.as_secs_f64()
                 ),
             );
         }
+        // Younger than the ACK allowance: neither a success nor a failure yet.
+        AckObservation::InFlight { .. } => return Observation::NoSignal,
         AckObservation::Acked {
             version,
             downstreams,

@@ -479,7 +479,8 @@ impl PeerMonitor {
                 ),
             }
         } else {
-            let obs = data_plane_observation(model, targets, &probe, self.sources.acks.acks(peer));
+            let obs =
+                data_plane_observation(model, targets, &probe, self.sources.acks.acks(peer, now));
             tracker.data_plane.observe(now, obs).clone()
         };
 

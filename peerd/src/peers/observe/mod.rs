@@ -4,8 +4,8 @@
 //!   — real: [`AdsClients`] over `AdsClient::stats()` / `failure_handle()`;
 //! - [`ImportSource`]: the store's sync flags and held resources of the peer's origin,
 //!   and the peer's pod IPs for flat probing — real: [`Store`](crate::store::Store);
-//! - [`AckSource`]: whether local downstreams (ztunnel) ACKed the merged-view version that
-//!   carries the peer's latest change, with the NACK text — real: [`DownstreamAcks`] over
+//! - [`AckSource`]: whether local downstreams (ztunnel) ACKed the merged-view versions
+//!   that carry the peer's changes, allowing each [`ACK_ALLOWANCE`], with the NACK text — real: [`DownstreamAcks`] over
 //!   `Subscribers`, told the versions by a [`PeerVersions`] (federation records them in
 //!   [`RecordedPeerVersions`]);
 //! - [`ProbeSource`]: HBONE 15008 (and xDS 15012) reachability — real: [`UserspaceProbe`]
@@ -28,7 +28,7 @@ mod upstream;
 mod userspace_probe;
 
 pub use downstream::{
-    AckObservation, AckSource, DownstreamAcks, PeerVersions, RecordedPeerVersions,
+    ACK_ALLOWANCE, AckObservation, AckSource, DownstreamAcks, PeerVersions, RecordedPeerVersions,
 };
 pub use kernel_probe::KernelProbe;
 pub use probe::{
