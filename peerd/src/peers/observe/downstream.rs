@@ -200,7 +200,7 @@ impl AckSource for DownstreamAcks {
         }
         // A standing NACK not attributed to this peer still counts as processed: another
         // peer's bad resource must not hold this peer's condition back.
-        let behind = |version: u64| subs.iter().filter(|s| !processed(s, version)).count();
+        let behind = |version: u64| subs.iter().filter(|s| !s.has_processed(version)).count();
         if behind(latest) == 0 {
             return AckObservation::Acked {
                 version: latest,
@@ -226,19 +226,6 @@ impl AckSource for DownstreamAcks {
             },
         }
     }
-}
-
-/// Whether downstream `s` ACKed `version` or later on every type it subscribed to.
-fn processed(s: &crate::xds::server::SubscriberInfo, version: u64) -> bool {
-    let subscribed: Vec<_> = ResourceType::ALL
-        .iter()
-        .map(|t| s.progress(*t))
-        .filter(|p| p.subscribed)
-        .collect();
-    !subscribed.is_empty()
-        && subscribed
-            .iter()
-            .all(|p| p.acked_view_version.is_some_and(|v| v >= version))
 }
 
 #[cfg(test)]

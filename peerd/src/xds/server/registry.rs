@@ -71,6 +71,16 @@ impl SubscriberInfo {
     /// Every subscribed type is processed up to `version` without a standing NACK; a
     /// connection that has not subscribed to anything yet is not.
     pub fn has_acked(&self, version: u64) -> bool {
+        self.has_processed(version)
+            && ResourceType::ALL
+                .iter()
+                .map(|t| self.progress(*t))
+                .all(|p| !p.subscribed || !p.rejected)
+    }
+
+    /// Every subscribed type answered `version` or a later one, whether it ACKed or
+    /// NACKed it; a connection that has not subscribed to anything yet has not.
+    pub fn has_processed(&self, version: u64) -> bool {
         let subscribed: Vec<&TypeProgress> = ResourceType::ALL
             .iter()
             .map(|t| self.progress(*t))
@@ -79,7 +89,7 @@ impl SubscriberInfo {
         !subscribed.is_empty()
             && subscribed
                 .iter()
-                .all(|p| !p.rejected && p.acked_view_version.is_some_and(|v| v >= version))
+                .all(|p| p.acked_view_version.is_some_and(|v| v >= version))
     }
 }
 
