@@ -102,6 +102,14 @@ impl Commits {
             .as_ref()
     }
 
+    /// Whether a type of `origin` has synced in its current session, in event order (its
+    /// committed state is that sync's, not a restored or earlier one).
+    pub fn is_synced(&self, origin: &str, kind: ResourceType) -> bool {
+        self.origins
+            .get(origin)
+            .is_some_and(|s| s.types[kind.index()].synced)
+    }
+
     /// Whether the committed state of an origin's type comes from a completed sync.
     pub fn is_complete(&self, origin: &str, kind: ResourceType) -> bool {
         self.origins

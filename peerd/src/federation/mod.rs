@@ -153,9 +153,19 @@ pub struct Federation {
     /// True once the commits have been re-read from the store ([`Federation::recompute_all`]):
     /// only from then on do they hold the state restored from the peer-state snapshot.
     resynced: watch::Sender<bool>,
+    /// Peers restored from the peer-state snapshot that ztunnel's first answer still
+    /// waits for (see [`settings::RESTORED_RESYNC_WAIT`]).
+    awaiting_restored: Mutex<Option<AwaitingRestored>>,
     /// Called on federation's thread before each recompute with its name count.
     #[cfg(test)]
     before_recompute: Mutex<Option<RecomputeHook>>,
+}
+
+/// Restored peers not resynced yet, and when the merged view answers without them.
+struct AwaitingRestored {
+    origins: Vec<Arc<str>>,
+    until: Instant,
+    announced: bool,
 }
 
 impl Federation {
@@ -185,6 +195,7 @@ impl Federation {
             pending_globals: Mutex::new(None),
             globals_changed: Notify::new(),
             resynced: watch::Sender::new(false),
+            awaiting_restored: Mutex::new(None),
             #[cfg(test)]
             before_recompute: Mutex::new(None),
             conflicts,
@@ -278,6 +289,12 @@ impl Federation {
     /// The origin cluster of a served resource.
     pub fn origin_of(&self, kind: ResourceType, name: &str) -> Option<Arc<str>> {
         self.merger.origin_of(kind, name)
+    }
+
+    fn awaiting_restored(&self) -> MutexGuard<'_, Option<AwaitingRestored>> {
+        self.awaiting_restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn commits(&self) -> MutexGuard<'_, grace::Commits> {
@@ -404,10 +421,20 @@ impl Federation {
     /// Records that a peer's state was restored from the peer-state snapshot and has been
     /// stale since `since` (see [`grace::Commits::restore_stale_since`]). Call before
     /// [`Federation::run`].
+    /// ztunnel's first answer then waits for the peer to resync, at most
+    /// `restored_resync_wait` from the first restored peer.
     pub fn restored(&self, origin: &str, since: Instant) {
         let mut commits = self.commits();
         commits.restore_stale_since(origin, since);
         self.publish_commits(&commits);
+        self.awaiting_restored()
+            .get_or_insert_with(|| AwaitingRestored {
+                origins: Vec::new(),
+                until: Instant::now() + self.config.restored_resync_wait,
+                announced: false,
+            })
+            .origins
+            .push(Arc::from(origin));
     }
 
     /// Replaces the global service set (Kubernetes mode: from Service labels). While
@@ -492,7 +519,7 @@ impl Federation {
             self.update_ready(commits);
         }
         self.merger.recompute(commits, &self.exporter, kind, all);
-        self.update_merged_ready(commits);
+        self.update_merged_ready(commits, Instant::now());
     }
 
     /// Whether the local cluster has completed a sync of every type.
@@ -511,13 +538,45 @@ impl Federation {
     }
 
     /// Lets the merged view answer ztunnel once the local cluster's complete sync is
-    /// merged (after the recompute: the first answer must hold all of it).
-    fn update_merged_ready(&self, commits: &grace::Commits) {
+    /// merged (after the recompute: the first answer must hold all of it), and the peers
+    /// restored at start have resynced or their wait has ended.
+    fn update_merged_ready(&self, commits: &grace::Commits, now: Instant) {
         let merged = self.merger.view();
-        if !merged.is_ready() && self.local_complete(commits) {
-            tracing::info!("federation: local upstream synced and merged; ztunnel is answered");
-            merged.set_ready();
+        if merged.is_ready()
+            || !self.local_complete(commits)
+            || !self.restored_settled(commits, now)
+        {
+            return;
         }
+        tracing::info!("federation: local upstream synced and merged; ztunnel is answered");
+        merged.set_ready();
+    }
+
+    /// Whether no restored peer holds ztunnel's first answer back any longer: each has
+    /// synced in a session of its own (its restored state replaced), is gone, or the wait
+    /// has ended.
+    fn restored_settled(&self, commits: &grace::Commits, now: Instant) -> bool {
+        let mut awaiting = self.awaiting_restored();
+        let Some(a) = awaiting.as_mut() else {
+            return true;
+        };
+        a.origins.retain(|o| {
+            self.store.get(o).is_some()
+                && !ResourceType::ALL.iter().all(|t| commits.is_synced(o, *t))
+        });
+        if a.origins.is_empty() {
+            *awaiting = None;
+            return true;
+        }
+        if now >= a.until {
+            tracing::warn!(peers = ?a.origins, wait = ?self.config.restored_resync_wait, "federation: peers restored from the peer-state snapshot have not resynced; ztunnel is answered with their restored state");
+            *awaiting = None;
+            return true;
+        }
+        if !std::mem::replace(&mut a.announced, true) {
+            tracing::info!(peers = ?a.origins, wait = ?self.config.restored_resync_wait, "federation: local upstream synced; ztunnel's first answer waits for the restored peers to resync");
+        }
+        false
     }
 
     /// Processes one store event (the `federation.recompute` span of the sync path).
@@ -545,7 +604,7 @@ impl Federation {
                 self.publish_commits(&commits);
                 self.propagate(&commits, &origin, kind, names);
                 self.update_ready(&commits);
-                self.update_merged_ready(&commits);
+                self.update_merged_ready(&commits, Instant::now());
             }
             StoreEvent::Unsynced {
                 origin,
@@ -558,7 +617,7 @@ impl Federation {
                     self.propagate(&commits, &origin, kind, names);
                 }
                 self.update_ready(&commits);
-                self.update_merged_ready(&commits);
+                self.update_merged_ready(&commits, Instant::now());
             }
             StoreEvent::Removed { origin } => {
                 let names = commits.on_removed(&origin);
@@ -673,11 +732,18 @@ impl Federation {
         }
     }
 
-    /// Withdraws peers stale past the grace period; returns them.
+    /// Withdraws peers stale past the grace period; returns them. Also ends the wait for
+    /// restored peers when it has run out with nothing else happening.
     pub fn sweep(&self) -> Vec<Arc<str>> {
+        self.sweep_at(Instant::now())
+    }
+
+    /// [`Federation::sweep`] at `now` (tests inject the clock).
+    pub fn sweep_at(&self, now: Instant) -> Vec<Arc<str>> {
         let mut commits = self.commits();
-        let withdrawn = commits.sweep(&self.store, Instant::now(), self.config.grace_period);
+        let withdrawn = commits.sweep(&self.store, now, self.config.grace_period);
         self.publish_commits(&commits);
+        self.update_merged_ready(&commits, now);
         withdrawn
     }
 

@@ -119,7 +119,22 @@ pub struct FederationConfig {
     pub grace_period: Option<Duration>,
     /// How often disconnections are checked against the grace period.
     pub grace_check_interval: Duration,
+    /// After a restart that restored peers from the peer-state snapshot, how long
+    /// ztunnel's first answer waits for those peers to resync (see
+    /// [`RESTORED_RESYNC_WAIT`]).
+    pub restored_resync_wait: Duration,
 }
+
+/// How long ztunnel's first answer after a restart waits for the peers restored from the
+/// peer-state snapshot to resync. The snapshot trails the served state by up to about a
+/// second (it is written a second after a change, and a peerd killed again right after a
+/// restart served its peers' resync without writing it), and ztunnel reconnects listing
+/// everything it holds: answering from the restored state removed what a peer had added
+/// in that last second, although the peer still had it (the chaos suite's invariant (a)
+/// caught one such workload after a double SIGKILL). A reachable peer resyncs within
+/// about a second; an unreachable one is served from the snapshot once this has passed.
+/// ztunnel keeps what it holds meanwhile; only a ztunnel with nothing yet waits.
+pub const RESTORED_RESYNC_WAIT: Duration = Duration::from_secs(5);
 
 impl FederationConfig {
     /// A configuration with no peers and no global services.
@@ -133,6 +148,7 @@ impl FederationConfig {
             peers: Vec::new(),
             grace_period: Some(crate::config::defaults::DISCONNECT_GRACE),
             grace_check_interval: Duration::from_secs(1),
+            restored_resync_wait: RESTORED_RESYNC_WAIT,
         }
     }
 
@@ -158,6 +174,7 @@ impl FederationConfig {
             peers,
             grace_period: config.disconnect_grace_period,
             grace_check_interval: Duration::from_secs(1),
+            restored_resync_wait: RESTORED_RESYNC_WAIT,
         })
     }
 

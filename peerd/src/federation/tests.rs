@@ -1211,6 +1211,82 @@ fn restored_peer_state_is_complete_and_a_partial_resync_is_parked() {
     );
 }
 
+/// A restart with peers restored from the snapshot: ztunnel's first answer waits for
+/// them to resync, so it holds what a peer added after the snapshot was written (the
+/// snapshot trails by about a second; answering from it removed such a workload from a
+/// reconnecting ztunnel while the peer still had it: chaos invariant (a)).
+#[test]
+fn the_first_answer_after_a_restore_waits_for_the_restored_peers_to_resync() {
+    let (store, fed, mut rx) = setup();
+    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
+    let added_since = peer_pod("c2", "net1", "b", "127.2.1.2", false);
+    feed(&store, "c2", vec![Arc::clone(&a)], vec![]);
+    store.mark_unsynced("c2");
+    fed.restored("c2", Instant::now());
+    while rx.try_recv().is_ok() {}
+    fed.recompute_all();
+    feed(&store, LOCAL, vec![], vec![]);
+    drain(&fed, &mut rx);
+    assert!(
+        !fed.merged().is_ready(),
+        "the local cluster synced, the restored peer not yet"
+    );
+    fed.sweep();
+    assert!(
+        !fed.merged().is_ready(),
+        "a sweep within the wait changes nothing"
+    );
+
+    // The peer's client resyncs: its state now holds what it added since the snapshot.
+    store.apply(
+        "c2",
+        ResourceType::Address,
+        vec![Arc::clone(&added_since)],
+        vec![],
+    );
+    drain(&fed, &mut rx);
+    assert!(!fed.merged().is_ready(), "the resync is not complete yet");
+    store.mark_synced("c2", ResourceType::Address);
+    store.mark_synced("c2", ResourceType::Authorization);
+    drain(&fed, &mut rx);
+    assert!(fed.merged().is_ready());
+    let merged = fed.merged().snapshot();
+    assert!(merged.get(ResourceType::Address, &a.name).is_some());
+    assert!(
+        merged
+            .get(ResourceType::Address, &added_since.name)
+            .is_some()
+    );
+}
+
+/// A restored peer that does not resync (it is down: what the snapshot is for) is served
+/// from its restored state once the wait has passed, with nothing else happening.
+#[test]
+fn an_unreachable_restored_peer_is_answered_from_its_snapshot_after_the_wait() {
+    let (store, fed, mut rx) = setup();
+    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
+    feed(&store, "c2", vec![Arc::clone(&a)], vec![]);
+    store.mark_unsynced("c2");
+    let restart = Instant::now();
+    fed.restored("c2", restart);
+    while rx.try_recv().is_ok() {}
+    fed.recompute_all();
+    feed(&store, LOCAL, vec![], vec![]);
+    drain(&fed, &mut rx);
+    assert!(!fed.merged().is_ready());
+    assert!(
+        fed.sweep_at(restart + settings::RESTORED_RESYNC_WAIT + Duration::from_secs(1))
+            .is_empty()
+    );
+    assert!(fed.merged().is_ready());
+    assert!(
+        fed.merged()
+            .snapshot()
+            .get(ResourceType::Address, &a.name)
+            .is_some()
+    );
+}
+
 // ---------------------------------------------------------------------------- selector
 
 mod selection {
