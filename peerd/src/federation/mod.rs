@@ -161,11 +161,11 @@ pub struct Federation {
     before_recompute: Mutex<Option<RecomputeHook>>,
 }
 
-/// Restored peers not resynced yet, and when the merged view answers without them.
+/// Restored peers not resynced yet, and when the merged view answers without them
+/// (set when the local cluster has completed its sync: the wait is for the peers only).
 struct AwaitingRestored {
     origins: Vec<Arc<str>>,
-    until: Instant,
-    announced: bool,
+    until: Option<Instant>,
 }
 
 impl Federation {
@@ -420,9 +420,8 @@ impl Federation {
 
     /// Records that a peer's state was restored from the peer-state snapshot and has been
     /// stale since `since` (see [`grace::Commits::restore_stale_since`]). Call before
-    /// [`Federation::run`].
-    /// ztunnel's first answer then waits for the peer to resync, at most
-    /// `restored_resync_wait` from the first restored peer.
+    /// [`Federation::run`]. ztunnel's first answer then waits for the peer to resync, at
+    /// most `restored_resync_wait` past the local cluster's complete sync.
     pub fn restored(&self, origin: &str, since: Instant) {
         let mut commits = self.commits();
         commits.restore_stale_since(origin, since);
@@ -430,8 +429,7 @@ impl Federation {
         self.awaiting_restored()
             .get_or_insert_with(|| AwaitingRestored {
                 origins: Vec::new(),
-                until: Instant::now() + self.config.restored_resync_wait,
-                announced: false,
+                until: None,
             })
             .origins
             .push(Arc::from(origin));
@@ -554,7 +552,7 @@ impl Federation {
 
     /// Whether no restored peer holds ztunnel's first answer back any longer: each has
     /// synced in a session of its own (its restored state replaced), is gone, or the wait
-    /// has ended.
+    /// has ended. Called once the local cluster is complete: the wait starts then.
     fn restored_settled(&self, commits: &grace::Commits, now: Instant) -> bool {
         let mut awaiting = self.awaiting_restored();
         let Some(a) = awaiting.as_mut() else {
@@ -568,13 +566,17 @@ impl Federation {
             *awaiting = None;
             return true;
         }
-        if now >= a.until {
+        let until = match a.until {
+            Some(until) => until,
+            None => {
+                tracing::info!(peers = ?a.origins, wait = ?self.config.restored_resync_wait, "federation: local upstream synced; ztunnel's first answer waits for the restored peers to resync");
+                *a.until.insert(now + self.config.restored_resync_wait)
+            }
+        };
+        if now >= until {
             tracing::warn!(peers = ?a.origins, wait = ?self.config.restored_resync_wait, "federation: peers restored from the peer-state snapshot have not resynced; ztunnel is answered with their restored state");
             *awaiting = None;
             return true;
-        }
-        if !std::mem::replace(&mut a.announced, true) {
-            tracing::info!(peers = ?a.origins, wait = ?self.config.restored_resync_wait, "federation: local upstream synced; ztunnel's first answer waits for the restored peers to resync");
         }
         false
     }

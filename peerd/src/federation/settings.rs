@@ -126,7 +126,7 @@ pub struct FederationConfig {
 }
 
 /// How long ztunnel's first answer after a restart waits for the peers restored from the
-/// peer-state snapshot to resync. The snapshot trails the served state by up to about a
+/// peer-state snapshot to resync, counted from the local cluster's complete sync. The snapshot trails the served state by up to about a
 /// second (it is written a second after a change, and a peerd killed again right after a
 /// restart served its peers' resync without writing it), and ztunnel reconnects listing
 /// everything it holds: answering from the restored state removed what a peer had added
