@@ -1211,22 +1211,37 @@ fn restored_peer_state_is_complete_and_a_partial_resync_is_parked() {
     );
 }
 
+/// A restart as `peerd run` does it: c2's workload `a` restored from the snapshot (a
+/// session that synced and ended), federation started, then the local cluster synced.
+/// Returns the restored workload and the restart time.
+fn restarted_with_c2_restored() -> (
+    Arc<Store>,
+    Arc<Federation>,
+    tokio::sync::broadcast::Receiver<StoreEvent>,
+    Arc<Resource>,
+    Instant,
+) {
+    let (store, fed, mut rx) = setup();
+    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
+    feed(&store, "c2", vec![Arc::clone(&a)], vec![]);
+    store.mark_unsynced("c2");
+    let restart = Instant::now();
+    fed.restored("c2", restart);
+    while rx.try_recv().is_ok() {}
+    fed.recompute_all();
+    feed(&store, LOCAL, vec![], vec![]);
+    drain(&fed, &mut rx);
+    (store, fed, rx, a, restart)
+}
+
 /// A restart with peers restored from the snapshot: ztunnel's first answer waits for
 /// them to resync, so it holds what a peer added after the snapshot was written (the
 /// snapshot trails by about a second; answering from it removed such a workload from a
 /// reconnecting ztunnel while the peer still had it: chaos invariant (a)).
 #[test]
 fn the_first_answer_after_a_restore_waits_for_the_restored_peers_to_resync() {
-    let (store, fed, mut rx) = setup();
-    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
+    let (store, fed, mut rx, a, _) = restarted_with_c2_restored();
     let added_since = peer_pod("c2", "net1", "b", "127.2.1.2", false);
-    feed(&store, "c2", vec![Arc::clone(&a)], vec![]);
-    store.mark_unsynced("c2");
-    fed.restored("c2", Instant::now());
-    while rx.try_recv().is_ok() {}
-    fed.recompute_all();
-    feed(&store, LOCAL, vec![], vec![]);
-    drain(&fed, &mut rx);
     assert!(
         !fed.merged().is_ready(),
         "the local cluster synced, the restored peer not yet"
@@ -1263,16 +1278,7 @@ fn the_first_answer_after_a_restore_waits_for_the_restored_peers_to_resync() {
 /// from its restored state once the wait has passed, with nothing else happening.
 #[test]
 fn an_unreachable_restored_peer_is_answered_from_its_snapshot_after_the_wait() {
-    let (store, fed, mut rx) = setup();
-    let a = peer_pod("c2", "net1", "a", "127.2.1.1", false);
-    feed(&store, "c2", vec![Arc::clone(&a)], vec![]);
-    store.mark_unsynced("c2");
-    let restart = Instant::now();
-    fed.restored("c2", restart);
-    while rx.try_recv().is_ok() {}
-    fed.recompute_all();
-    feed(&store, LOCAL, vec![], vec![]);
-    drain(&fed, &mut rx);
+    let (_store, fed, _rx, a, restart) = restarted_with_c2_restored();
     assert!(!fed.merged().is_ready());
     assert!(
         fed.sweep_at(restart + settings::RESTORED_RESYNC_WAIT + Duration::from_secs(1))

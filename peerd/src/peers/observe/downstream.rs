@@ -140,7 +140,8 @@ impl RecordedPeerVersions {
     }
 
     /// How many recent versions are kept for `peer` (bounded; see [`COALESCE`]).
-    pub fn kept(&self, peer: &str) -> usize {
+    #[cfg(test)]
+    fn kept(&self, peer: &str) -> usize {
         lock(&self.peers).get(peer).map_or(0, |h| h.recent.len())
     }
 }
