@@ -16,7 +16,8 @@
 //!   peer that is merely down stays in the input, not synced). ServiceEntries (shared by
 //!   peers) are collected only when every peer in the input is synced;
 //! - a foreign object (without peerd's label) with a colliding name is never written: it is
-//!   reported;
+//!   reported; a create that conflicts with a name the watch does not show yet is read
+//!   back first, so peerd's own object behind a lagging watch is not reported as foreign;
 //! - every write first checks [`Leadership`]: a replica that lost the lease stops at once.
 //!
 //! It must never delete or modify an object without peerd's label.
@@ -571,11 +572,29 @@ where
                 report.applied.push(format!("{kind}/{name}"));
             }
             Err(kube::Error::Api(status)) if !exists && status.code == 409 => {
-                report.foreign.push(ForeignObject {
-                    kind,
-                    name: name.clone(),
-                    managed_by: None,
-                });
+                // The name exists though neither the watch nor our own writes show it.
+                // A lagging watch (relisting after an expiry or API errors) hides our own
+                // objects too, so read it before calling it foreign.
+                match observed.api.get(name).await {
+                    Ok(obj) if is_managed(obj.meta()) => {
+                        // Ours (an earlier pass or process); the next pass sees it and
+                        // applies what is missing.
+                        observed.own.applied(name, obj);
+                        report.errors.push((
+                            format!("{kind}/{name}"),
+                            "exists but the watch has not shown it yet".to_string(),
+                        ));
+                    }
+                    Ok(obj) => report.foreign.push(ForeignObject {
+                        kind,
+                        name: name.clone(),
+                        managed_by: obj.labels().get(LABEL_MANAGED_BY).cloned(),
+                    }),
+                    Err(err) => report.errors.push((
+                        format!("{kind}/{name}"),
+                        format!("create conflicted and reading it failed: {err}"),
+                    )),
+                }
             }
             Err(err) => report
                 .errors

@@ -296,6 +296,44 @@ async fn foreign_object_with_colliding_name_is_reported_not_overwritten() {
     assert!(we(&emu, REF_NAME).is_some());
 }
 
+/// peerd's own object behind a stalled watch (it cannot relist: API errors) makes the
+/// create conflict; it is read back and treated as peerd's, not reported as foreign, and
+/// reconciled once the watch is back.
+#[tokio::test]
+async fn a_conflicting_create_of_peerds_own_object_behind_a_stalled_watch_is_not_foreign() {
+    let emu = emulator().await;
+    let mut exec = executor(&emu, Leadership::always()).await;
+    emu.faults().fail_only(&[Verb::Watch, Verb::List]);
+    emu.faults().fail_fraction(1.0);
+    emu.faults().drop_watches();
+    // Written by an earlier leader while this replica's watch is down.
+    create(&emu, WE_PATH, &json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+        "metadata": {"name": REF_NAME, "namespace": CONTROL_NS, "labels": {"app.kubernetes.io/managed-by": "peerd"}},
+        "spec": {"address": "10.9.9.9"},
+    }))
+    .await;
+    let input = input(&[flat("c2", &[("pod1", "10.1.0.5")])], &[("c2", true)]);
+    let report = exec.sync(&input).await;
+    assert!(report.foreign.is_empty(), "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|(what, why)| what.ends_with(REF_NAME) && why.contains("not shown it yet")),
+        "{report:?}"
+    );
+    assert_eq!(
+        emu.counters().outcome(Verb::Create, 409),
+        1,
+        "{:?}",
+        emu.counters()
+    );
+    emu.faults().clear();
+    converge(&mut exec, &input).await;
+    assert_eq!(we(&emu, REF_NAME).unwrap()["spec"]["address"], "10.1.0.5");
+}
+
 #[tokio::test]
 async fn a_renamed_entry_replaces_the_old_one_only_once_the_new_one_is_written() {
     // pod1 starts backing svc2 as well: its entry's name (hash of its services) changes.
