@@ -22,7 +22,7 @@
 //!
 //! It must never delete or modify an object without peerd's label.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +121,10 @@ struct Observed<K: Resource<DynamicType = ()> + Clone + 'static> {
     progress: Arc<AtomicU64>,
     store: Store<K>,
     own: OwnWrites<K>,
+    /// Per name, the observed version and the desired object last found up to date:
+    /// while both are the same, the next pass skips the comparison (it serializes both
+    /// objects; at a pass per burst of churn that was every entry twice a second).
+    up_to_date: HashMap<String, (u64, Arc<K>)>,
 }
 
 impl<K> Observed<K>
@@ -141,12 +145,34 @@ where
             progress,
             store,
             own: OwnWrites::default(),
+            up_to_date: HashMap::new(),
         }
     }
 
+    /// Whether `have` (the observed state of `name`) already carries `want`, remembered
+    /// for as long as neither changes (`want` is the same `Arc`, `have` the same version).
+    fn is_up_to_date(&mut self, name: &str, have: &K, want: &Arc<K>) -> bool {
+        let version = rv_of(have);
+        if let Some((seen, desired)) = self.up_to_date.get(name)
+            && version != 0
+            && *seen == version
+            && Arc::ptr_eq(desired, want)
+        {
+            return true;
+        }
+        let current = up_to_date(have, want);
+        if current && version != 0 {
+            self.up_to_date
+                .insert(name.to_string(), (version, Arc::clone(want)));
+        } else {
+            self.up_to_date.remove(name);
+        }
+        current
+    }
+
     /// The freshest known state of `name` (None: absent).
-    fn current(&mut self, name: &str, settle: Duration) -> Option<K> {
-        let from_watch = watched(&self.store, &self.namespace, name).map(|o| (*o).clone());
+    fn current(&mut self, name: &str, settle: Duration) -> Option<Arc<K>> {
+        let from_watch = watched(&self.store, &self.namespace, name);
         let progress = self.progress.load(Ordering::SeqCst);
         self.own.resolve(name, from_watch, progress, settle)
     }
@@ -519,6 +545,10 @@ where
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..Default::default()
     };
+    // Only names still desired are remembered as up to date.
+    observed
+        .up_to_date
+        .retain(|name, _| desired.contains_key(name));
     for (name, want) in desired {
         let have = observed.current(name, settle);
         let exists = have.is_some();
@@ -531,7 +561,7 @@ where
                 });
                 continue;
             }
-            if up_to_date(&have, want) {
+            if observed.is_up_to_date(name, &have, want) {
                 report.unchanged += 1;
                 continue;
             }
@@ -646,11 +676,11 @@ where
             Ok(_) => {
                 metrics::counter!("peerd_workloadentries_writes_total", "op" => "delete")
                     .increment(1);
-                observed.own.deleted(&name, rv_of(&have));
+                observed.own.deleted(&name, rv_of(&*have));
                 report.deleted.push(format!("{kind}/{name}"));
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                observed.own.deleted(&name, rv_of(&have));
+                observed.own.deleted(&name, rv_of(&*have));
             }
             Err(err) => report
                 .errors
@@ -658,4 +688,60 @@ where
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::types::WorkloadEntrySpec;
+
+    fn entry(address: &str, rv: u64) -> WorkloadEntry {
+        let spec = WorkloadEntrySpec {
+            address: address.to_string(),
+            ..Default::default()
+        };
+        let mut we = WorkloadEntry::new("we", spec);
+        we.metadata.resource_version = Some(rv.to_string());
+        we
+    }
+
+    async fn observed() -> Observed<WorkloadEntry> {
+        // No request is made: only the comparison memo is exercised.
+        let client = crate::kube::client::connect(
+            &crate::kube::client::ClientSource::Url("http://127.0.0.1:9".into()),
+            "ns",
+        )
+        .await
+        .unwrap();
+        let (store, _writer) = kube::runtime::reflector::store();
+        Observed::new(
+            Api::namespaced(client, "ns"),
+            "ns".into(),
+            Arc::new(AtomicU64::new(0)),
+            store,
+        )
+    }
+
+    /// The remembered verdict holds only while the observed version and the desired
+    /// `Arc` are both unchanged; any other change compares again.
+    #[tokio::test]
+    async fn an_up_to_date_verdict_is_reused_only_while_neither_side_changes() {
+        let mut observed = observed().await;
+        let want = Arc::new(entry("10.0.0.1", 0));
+        assert!(observed.is_up_to_date("we", &entry("10.0.0.1", 5), &want));
+        assert_eq!(observed.up_to_date.len(), 1);
+        // Same version, same Arc: remembered (the object is not even looked at).
+        assert!(observed.is_up_to_date("we", &entry("ignored", 5), &want));
+        // A hand edit (new version) is compared again and found out of date.
+        assert!(!observed.is_up_to_date("we", &entry("10.9.9.9", 6), &want));
+        assert!(observed.up_to_date.is_empty());
+        // A new desired object with the same content is compared again (and matches).
+        let same_content = Arc::new(entry("10.0.0.1", 0));
+        assert!(observed.is_up_to_date("we", &entry("10.0.0.1", 7), &same_content));
+        let moved = Arc::new(entry("10.0.0.2", 0));
+        assert!(!observed.is_up_to_date("we", &entry("10.0.0.1", 7), &moved));
+        // An object without a version (never from the API) is never remembered.
+        assert!(observed.is_up_to_date("other", &entry("10.0.0.1", 0), &want));
+        assert!(!observed.up_to_date.contains_key("other"));
+    }
 }

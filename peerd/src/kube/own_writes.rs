@@ -9,6 +9,7 @@
 //! what no lookup will visit again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Resource;
@@ -38,7 +39,7 @@ fn delete_pending(rv: u64, at: Instant, watched: Option<u64>, settle: Duration) 
 /// Own writes of one kind, by object name.
 pub struct OwnWrites<K> {
     /// Objects returned by own applies, until the watch shows that version or newer.
-    written: HashMap<String, (K, Instant)>,
+    written: HashMap<String, (Arc<K>, Instant)>,
     /// Own deletes: resourceVersion deleted, until the watch drops the object.
     deleted: HashMap<String, (u64, Instant)>,
 }
@@ -58,7 +59,8 @@ impl<K: Resource + Clone> OwnWrites<K> {
         // Kept like the watch's copy: without the API server's bookkeeping.
         super::gateways::drop_bookkeeping(&mut obj);
         self.deleted.remove(name);
-        self.written.insert(name.to_string(), (obj, Instant::now()));
+        self.written
+            .insert(name.to_string(), (Arc::new(obj), Instant::now()));
     }
 
     /// `name` was deleted at resourceVersion `rv` (or was already gone).
@@ -73,18 +75,18 @@ impl<K: Resource + Clone> OwnWrites<K> {
     pub fn resolve(
         &mut self,
         name: &str,
-        from_watch: Option<K>,
+        from_watch: Option<Arc<K>>,
         progress: u64,
         settle: Duration,
-    ) -> Option<K> {
+    ) -> Option<Arc<K>> {
         if let Some((own, at)) = self.written.get(name) {
-            if write_pending(own, *at, progress, settle) {
-                return Some(own.clone());
+            if write_pending(&**own, *at, progress, settle) {
+                return Some(Arc::clone(own));
             }
             self.written.remove(name);
         }
         if let Some((rv, at)) = self.deleted.get(name).copied() {
-            if delete_pending(rv, at, from_watch.as_ref().map(rv_of), settle) {
+            if delete_pending(rv, at, from_watch.as_deref().map(rv_of), settle) {
                 return None;
             }
             self.deleted.remove(name);
@@ -106,7 +108,7 @@ impl<K: Resource + Clone> OwnWrites<K> {
         settle: Duration,
     ) {
         self.written
-            .retain(|_, (own, at)| write_pending(own, *at, progress, settle));
+            .retain(|_, (own, at)| write_pending(&**own, *at, progress, settle));
         self.deleted
             .retain(|name, (rv, at)| delete_pending(*rv, *at, watch_rv(name), settle));
     }
@@ -132,6 +134,10 @@ mod tests {
         we
     }
 
+    fn watched(name: &str, rv: u64) -> Option<Arc<WorkloadEntry>> {
+        Some(Arc::new(entry(name, rv)))
+    }
+
     const SETTLE: Duration = Duration::from_secs(30);
 
     #[test]
@@ -150,13 +156,13 @@ mod tests {
         );
         // And that one still hides the stale object the watch holds.
         assert!(
-            own.resolve("we-7", Some(entry("we-7", 17)), 2_000, SETTLE)
+            own.resolve("we-7", watched("we-7", 17), 2_000, SETTLE)
                 .is_none()
         );
         // A newer object under that name (recreated since) is not hidden, and the
         // delete is forgotten.
         assert!(
-            own.resolve("we-7", Some(entry("we-7", 5_000)), 5_000, SETTLE)
+            own.resolve("we-7", watched("we-7", 5_000), 5_000, SETTLE)
                 .is_some()
         );
         assert!(own.is_empty());
@@ -168,8 +174,8 @@ mod tests {
         own.applied("a", entry("a", 50));
         own.applied("b", entry("b", 60));
         // The watch is at 40: both writes stand in for what it holds (nothing, or older).
-        let got = own.resolve("a", Some(entry("a", 30)), 40, SETTLE);
-        assert_eq!(got.map(|o| rv_of(&o)), Some(50));
+        let got = own.resolve("a", watched("a", 30), 40, SETTLE);
+        assert_eq!(got.map(|o| rv_of(&*o)), Some(50));
         own.forget_settled(|_| None, 40, SETTLE);
         assert_eq!(own.len(), 2);
         // The watch reaches 55: `a` is delivered, `b` is not yet.
