@@ -303,9 +303,20 @@ async fn foreign_object_with_colliding_name_is_reported_not_overwritten() {
 async fn a_conflicting_create_of_peerds_own_object_behind_a_stalled_watch_is_not_foreign() {
     let emu = emulator().await;
     let mut exec = executor(&emu, Leadership::always()).await;
+    const WES: &str = "workloadentries.networking.istio.io";
+    let reconnects = || {
+        let counters = emu.counters();
+        counters.on(Verb::Watch, WES) + counters.on(Verb::List, WES)
+    };
+    let before = reconnects();
     emu.faults().fail_only(&[Verb::Watch, Verb::List]);
     emu.faults().fail_fraction(1.0);
     emu.faults().drop_watches();
+    // A failed reconnect means the old watch is closed: nothing written now reaches it.
+    eventually("the WorkloadEntry watch reconnects (and fails)", || async {
+        reconnects() > before
+    })
+    .await;
     // Written by an earlier leader while this replica's watch is down.
     create(&emu, WE_PATH, &json!({
         "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
