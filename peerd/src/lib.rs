@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod debug;
 pub mod federation;
+pub mod half_empty_map;
 pub mod identity;
 pub mod kube;
 pub mod link;

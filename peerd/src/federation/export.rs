@@ -42,6 +42,7 @@ use serde::Serialize;
 use super::naming::{global_hostname, global_key};
 use super::settings::{ExportFlavor, FederationConfig, GatewayTarget};
 use crate::config::ServiceRef;
+use crate::half_empty_map::{HalfEmptyMap, HalfEmptySet};
 use crate::proto::istio::workload::{GatewayAddress, WeightedWaypoint, gateway_address};
 use crate::view::{View, ViewState};
 use crate::xds::resource::{Resource, Summary, address_key, ip_from_bytes};
@@ -112,12 +113,12 @@ struct ExportIndex {
     /// Local service name → the exported name it currently produces.
     exported_as: FastMap<Arc<str>, Arc<str>>,
     /// Local service key → workloads listing it.
-    backing: FastMap<Arc<str>, FastSet<Arc<str>>>,
+    backing: FastMap<Arc<str>, HalfEmptySet<Arc<str>>>,
     /// Workload uid → its service keys.
-    services_of: FastMap<Arc<str>, Vec<Arc<str>>>,
+    services_of: HalfEmptyMap<Arc<str>, Vec<Arc<str>>>,
     /// Workloads the export views hold (they back a global service). A workload that
     /// neither is nor becomes exported costs no export work and no view write.
-    exported_workloads: FastSet<Arc<str>>,
+    exported_workloads: HalfEmptySet<Arc<str>>,
     /// Waypoint Service (local name) → the exported resources whose references to it
     /// are honoured. A waypoint with users is exported even when it is not global.
     waypoint_users: FastMap<Arc<str>, FastSet<Arc<str>>>,
@@ -268,8 +269,7 @@ impl Exporter {
         // resync, a sync committed at once), sizing it once skips rehashing every entry
         // at each doubling.
         let expected = local.len(kind);
-        let held = index.services_of.len();
-        index.services_of.reserve(expected.saturating_sub(held));
+        index.services_of.size_for(expected);
         for name in names {
             match local.get(kind, name).map(|r| &*r.summary) {
                 Some(Summary::Service(s)) => {

@@ -32,6 +32,7 @@ use super::export::Exporter;
 use super::grace::Commits;
 use super::naming::is_global_key;
 use super::settings::ExportFlavor;
+use crate::half_empty_map::HalfEmptyMap;
 use crate::proto::istio::workload;
 use crate::view::{View, ViewState, address_keys};
 use crate::xds::resource::{Resource, Summary};
@@ -90,75 +91,6 @@ type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 struct Claims {
     by_key: HalfEmptyMap<Arc<str>, ClaimSet>,
     of_uid: HalfEmptyMap<Arc<str>, (Claimant, Vec<Arc<str>>)>,
-}
-
-/// A hash map never more than half full.
-///
-/// Why: a table more than half full whose entries churn doubles once the tombstones its
-/// removals leave use up its room, however many entries it holds; at most half full it
-/// clears them by rehashing in place. Under the soak's churn the claims doubled minutes
-/// after the first sync: the largest single growth of the live heap (+1 MB at 2,000
-/// workloads per cluster, heaptrack). Sized this way from the start, what the claims
-/// hold after a sync is what they hold under churn.
-struct HalfEmptyMap<K, V> {
-    map: FastMap<K, V>,
-    /// Entries it holds before it grows: half the room it had when it last grew (the
-    /// map's own capacity shrinks with tombstones, so it cannot tell this).
-    half: usize,
-}
-
-impl<K, V> Default for HalfEmptyMap<K, V> {
-    fn default() -> Self {
-        HalfEmptyMap {
-            map: FastMap::default(),
-            half: 0,
-        }
-    }
-}
-
-impl<K: Eq + std::hash::Hash, V> HalfEmptyMap<K, V> {
-    /// Grows, if needed, to hold `entries` at most half full.
-    fn size_for(&mut self, entries: usize) {
-        if entries > self.half {
-            self.map
-                .reserve((2 * entries).saturating_sub(self.map.len()));
-            self.half = self.map.capacity() / 2;
-        }
-    }
-
-    fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + std::hash::Hash + ?Sized,
-    {
-        self.map.get(key)
-    }
-
-    fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + std::hash::Hash + ?Sized,
-    {
-        self.map.get_mut(key)
-    }
-
-    fn remove<Q>(&mut self, key: &Q) -> Option<V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + std::hash::Hash + ?Sized,
-    {
-        self.map.remove(key)
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        self.size_for(self.map.len() + 1);
-        self.map.insert(key, value);
-    }
-
-    fn entry(&mut self, key: K) -> std::collections::hash_map::Entry<'_, K, V> {
-        self.size_for(self.map.len() + 1);
-        self.map.entry(key)
-    }
 }
 
 /// What [`Merger::resolve`] reads for one name: the origins' candidates (in precedence
@@ -653,75 +585,5 @@ fn merge_service(
             tracing::warn!(service = %name, error = %e, "federation: merged service invalid; skipped");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pod restarts: each round removes one entry and adds another under a new key.
-    fn churn(
-        mut remove: impl FnMut(u64),
-        mut insert: impl FnMut(u64),
-        mut capacity: impl FnMut() -> usize,
-        from: u64,
-        entries: u64,
-    ) -> usize {
-        let mut most = 0;
-        for i in 0..20 * entries {
-            remove(from + i);
-            insert(from + i + entries);
-            most = most.max(capacity());
-        }
-        most
-    }
-
-    #[test]
-    fn a_half_empty_map_keeps_its_size_under_churn_where_a_fuller_one_doubles() {
-        const ENTRIES: u64 = 6_000;
-        let mut plain: FastMap<u64, u64> = FastMap::default();
-        plain.reserve(ENTRIES as usize);
-        let sized = plain.capacity();
-        plain.extend((0..ENTRIES).map(|k| (k, k)));
-        let plain = std::cell::RefCell::new(plain);
-        let most = churn(
-            |k| {
-                plain.borrow_mut().remove(&k);
-            },
-            |k| {
-                plain.borrow_mut().insert(k, k);
-            },
-            || plain.borrow().capacity(),
-            0,
-            ENTRIES,
-        );
-        assert!(most > sized, "the phenomenon: {most} <= {sized}");
-
-        let mut half: HalfEmptyMap<u64, u64> = HalfEmptyMap::default();
-        half.size_for(ENTRIES as usize);
-        let sized = half.map.capacity();
-        assert!(sized >= 2 * ENTRIES as usize);
-        for k in 0..ENTRIES {
-            half.insert(k, k);
-        }
-        let half = std::cell::RefCell::new(half);
-        let most = churn(
-            |k| {
-                half.borrow_mut().remove(&k);
-            },
-            |k| half.borrow_mut().insert(k, k),
-            || half.borrow().map.capacity(),
-            0,
-            ENTRIES,
-        );
-        assert_eq!(most, sized, "no growth under churn");
-        assert_eq!(half.borrow().map.len(), ENTRIES as usize);
-        // Genuine growth still grows it, and keeps it at most half full.
-        let mut half = half.into_inner();
-        for k in 100 * ENTRIES..100 * ENTRIES + 2 * ENTRIES {
-            half.insert(k, k);
-        }
-        assert!(half.map.capacity() >= 2 * half.map.len());
     }
 }

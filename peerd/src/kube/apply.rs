@@ -22,7 +22,7 @@
 //!
 //! It must never delete or modify an object without peerd's label.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,7 @@ use super::types::{
     ANNOTATION_PEERED_WORKLOAD_UID, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SOURCE_CLUSTER,
     MANAGED_BY_PEERD, ServiceEntry, WorkloadEntry,
 };
+use crate::half_empty_map::HalfEmptyMap;
 
 /// Sync state of one configured peer (every peer with a Gateway, connected or not, whose
 /// last state is still kept).
@@ -124,7 +125,8 @@ struct Observed<K: Resource<DynamicType = ()> + Clone + 'static> {
     /// Per name, the observed version and the desired object last found up to date:
     /// while both are the same, the next pass skips the comparison (it serializes both
     /// objects; at a pass per burst of churn that was every entry twice a second).
-    up_to_date: HashMap<String, (u64, Arc<K>)>,
+    /// One entry per WorkloadEntry, and pod churn renames them: see [`HalfEmptyMap`].
+    up_to_date: HalfEmptyMap<String, (u64, Arc<K>)>,
 }
 
 impl<K> Observed<K>
@@ -145,7 +147,7 @@ where
             progress,
             store,
             own: OwnWrites::default(),
-            up_to_date: HashMap::new(),
+            up_to_date: HalfEmptyMap::default(),
         }
     }
 

@@ -21,6 +21,7 @@ use super::flatsync::{
 };
 use super::types::{Gateway, LABEL_CLUSTER, ServiceEntryPort, WorkloadEntry};
 use crate::config;
+use crate::half_empty_map::HalfEmptyMap;
 use crate::store::Store;
 use crate::xds::resource::{Resource, WorkloadSummary};
 use crate::xds::types::ResourceType;
@@ -61,7 +62,8 @@ pub struct FlatEntryMemo {
 struct PeerMemo {
     network: String,
     exported: BTreeSet<(String, String)>,
-    by_resource: HashMap<Arc<str>, MemoizedEntry>,
+    /// One entry per remote workload, renamed by pod churn: see [`HalfEmptyMap`].
+    by_resource: HalfEmptyMap<Arc<str>, MemoizedEntry>,
     /// The build that last used this peer (its entries take it when used).
     pass: u64,
 }

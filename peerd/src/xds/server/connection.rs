@@ -18,8 +18,9 @@ use tonic::Status;
 
 use super::outstanding::Ledger;
 use super::registry::{AckEvent, Subscriber, Subscribers};
-use super::{FastMap, FastSet, ServerOptions};
+use super::{FastSet, ServerOptions};
 use crate::bounded::{DISPLAY_LIMIT, truncate_for_display};
+use crate::half_empty_map::HalfEmptyMap;
 use crate::proto::envoy::service::discovery::v3 as discovery;
 use crate::view::{ChangeSet, View, ViewState};
 use crate::xds::offload;
@@ -46,8 +47,9 @@ struct TypeState {
     wildcard: bool,
     /// Explicitly subscribed names or on-demand keys.
     explicit: FastSet<Arc<str>>,
-    /// Wire name → version the client holds.
-    sent: FastMap<Arc<str>, Arc<str>>,
+    /// Wire name → version the client holds. Every pod restart removes a name and adds
+    /// another: see [`HalfEmptyMap`].
+    sent: HalfEmptyMap<Arc<str>, Arc<str>>,
     /// Resource names changed since the last flush.
     dirty: FastSet<Arc<str>>,
     /// Compare everything at the next flush (initial request, broadcast lag, wildcard on).
@@ -100,9 +102,10 @@ impl TypeState {
         if !self.subscribed {
             return (upserts, removed);
         }
-        let changed_version = |sent: &FastMap<Arc<str>, Arc<str>>, name: &str, r: &Resource| {
-            sent.get(name).is_none_or(|v| *v != r.version)
-        };
+        let changed_version =
+            |sent: &HalfEmptyMap<Arc<str>, Arc<str>>, name: &str, r: &Resource| {
+                sent.get(name).is_none_or(|v| *v != r.version)
+            };
         // When a large share of the view changed (a bulk load), walking the snapshot in
         // order is cheaper than a lookup per changed name plus a sort of the result.
         let bulk = self.wildcard && dirty.len() >= snapshot.len(kind) / 4 + 1024;
