@@ -5,7 +5,7 @@
 //! up its free room, however many entries it holds; at most half full, it clears them by
 //! rehashing in place instead. Under the soak's churn peerd's per-workload maps (the
 //! merge's claims, each xDS connection's record of what its client holds) doubled minutes
-//! after the first sync, the largest single growths of the live heap (heaptrack). Sized
+//! after the first sync, among the largest growths of the live heap (heaptrack). Sized
 //! this way from the start, what such a map holds after a sync is what it holds under
 //! churn.
 //!
